@@ -1,0 +1,91 @@
+package vaultudp
+
+import (
+	"fmt"
+	"runtime"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// Compression says when payloads are compressed.
+type Compression int
+
+const (
+	// CompressAuto, the zero value, compresses a payload when padding
+	// lets the saving show on the wire (Padding is PadNone or a block
+	// size) and the compressed form is smaller. With the default padding
+	// to the MTU every sealed datagram has the same size anyway, so
+	// compressing would cost CPU for nothing.
+	CompressAuto Compression = iota
+	// CompressNever never compresses. Received compressed payloads are
+	// still read.
+	CompressNever
+	// CompressAlways tries every payload, whatever the padding, and keeps
+	// the compressed form only when it is smaller.
+	CompressAlways
+)
+
+// minCompressLen is the payload size below which compression is not tried:
+// a zstd frame has about 10 bytes of framing, so small payloads do not
+// shrink.
+const minCompressLen = 64
+
+// compressor compresses and decompresses payloads with one reused zstd
+// encoder and decoder (both safe for concurrent use). Decompression is
+// bounded: a frame that would inflate past max bytes is refused before
+// anything is allocated for it.
+type compressor struct {
+	enc *zstd.Encoder
+	dec *zstd.Decoder
+	max int
+}
+
+func newCompressor(max int) (*compressor, error) {
+	n := runtime.GOMAXPROCS(0)
+	enc, err := zstd.NewWriter(nil,
+		zstd.WithEncoderLevel(zstd.SpeedFastest),
+		zstd.WithEncoderConcurrency(n),
+		zstd.WithEncoderCRC(false), // the AEAD authenticates the payload
+		zstd.WithWindowSize(1<<16),
+		zstd.WithZeroFrames(true),
+		zstd.WithSingleSegment(true), // content size in the header, read before decoding
+	)
+	if err != nil {
+		return nil, err
+	}
+	dec, err := zstd.NewReader(nil,
+		zstd.WithDecoderConcurrency(n),
+		zstd.WithDecoderMaxMemory(uint64(max)),
+		zstd.WithDecodeAllCapLimit(true),
+		zstd.WithDecoderMaxWindow(1<<17),
+	)
+	if err != nil {
+		enc.Close()
+		return nil, err
+	}
+	return &compressor{enc: enc, dec: dec, max: max}, nil
+}
+
+// compress appends the compressed form of src to dst.
+func (z *compressor) compress(dst, src []byte) []byte {
+	return z.enc.EncodeAll(src, dst)
+}
+
+// decompress appends the decompressed form of src to dst[:0], which must
+// have capacity for z.max bytes; no more is ever written or allocated.
+func (z *compressor) decompress(dst, src []byte) ([]byte, error) {
+	limit := min(z.max, cap(dst))
+	out, err := z.dec.DecodeAll(src, dst[:0:limit])
+	if err != nil {
+		if err == zstd.ErrDecoderSizeExceeded {
+			return nil, fmt.Errorf("%w: over %d bytes", errTooLarge, limit)
+		}
+		return nil, fmt.Errorf("%w: zstd: %v", errMalformed, err)
+	}
+	return out, nil
+}
+
+func (z *compressor) close() {
+	z.enc.Close()
+	z.dec.Close()
+}

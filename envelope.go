@@ -1,0 +1,578 @@
+package vaultudp
+
+import (
+	"fmt"
+	"math"
+)
+
+// The envelope is the inner record of every datagram, sealed or open: a
+// msgpack map with single-letter string keys.
+//
+//	"v"  uint     envelope version, 3 (any msgpack uint encoding is read)
+//	"p"  bin      the user's datagram, present iff the envelope carries one
+//	     ext 1    the same, zstd-compressed (one frame, content size set)
+//	"c"  bin      one control message (handshake, cookie), absent if none
+//	"g"  bin      padding, zeros when written, ignored when read
+//
+// The writer emits the keys in that order with the shortest encodings,
+// except that the padding length field may be wider to hit an exact size.
+// The reader accepts any order and encoding widths, ignores unknown keys
+// whose values are well-formed msgpack (forward compatibility), and rejects
+// everything else: truncation, trailing bytes, wrong types, duplicate keys,
+// non-string keys, more than maxEnvelopeKeys entries, nesting deeper than
+// maxSkipDepth. PROTOCOL.md gives the bytes.
+//
+// The msgpack codec here is written by hand rather than through
+// github.com/vmihailenco/msgpack/v5: the record is four fixed fields, and
+// the hand-written codec is strict (duplicates, unknown types), zero-copy
+// (payload and control alias the input) and allocation-free; the tests
+// check it against msgpack/v5 both ways.
+
+const (
+	envelopeVersion = 3
+
+	// extZstd is the msgpack ext type of a zstd-compressed payload. A
+	// reader that does not know it sees a wrong type and drops the
+	// datagram rather than deliver compressed bytes as data.
+	extZstd = 1
+
+	maxEnvelopeKeys = 16
+	maxSkipDepth    = 8
+
+	// maxFieldLen bounds every bin, str or ext field: no datagram is
+	// larger, so a longer length prefix is malformed however much input
+	// follows.
+	maxFieldLen = 65535
+
+	// msgpack format bytes used by the writer and reader.
+	mpNil      = 0xc0
+	mpFalse    = 0xc2
+	mpTrue     = 0xc3
+	mpBin8     = 0xc4
+	mpBin16    = 0xc5
+	mpBin32    = 0xc6
+	mpExt8     = 0xc7
+	mpExt16    = 0xc8
+	mpExt32    = 0xc9
+	mpFloat32  = 0xca
+	mpFloat64  = 0xcb
+	mpUint8    = 0xcc
+	mpUint16   = 0xcd
+	mpUint32   = 0xce
+	mpUint64   = 0xcf
+	mpInt8     = 0xd0
+	mpInt16    = 0xd1
+	mpInt32    = 0xd2
+	mpInt64    = 0xd3
+	mpFixExt1  = 0xd4
+	mpFixExt16 = 0xd8
+	mpStr8     = 0xd9
+	mpStr16    = 0xda
+	mpStr32    = 0xdb
+	mpArray16  = 0xdc
+	mpArray32  = 0xdd
+	mpMap16    = 0xde
+	mpMap32    = 0xdf
+)
+
+// record is a decoded envelope. Its slices alias the bytes it was parsed
+// from.
+type record struct {
+	payload    []byte // the user's datagram (compressed if compressed)
+	hasPayload bool   // an empty datagram is a datagram; its absence is not
+	compressed bool
+	control    []byte // nil if none
+	padding    int    // length of the "g" field read; informational
+}
+
+// binHeaderLen is the length of the shortest msgpack bin header for n bytes.
+func binHeaderLen(n int) int {
+	switch {
+	case n <= math.MaxUint8:
+		return 2
+	case n <= math.MaxUint16:
+		return 3
+	default:
+		return 5
+	}
+}
+
+// extHeaderLen is the length of the ext header the writer uses for n bytes.
+func extHeaderLen(n int) int {
+	return binHeaderLen(n) + 1
+}
+
+// envelopeLen is the exact length of the unpadded envelope appendTo writes.
+func (r *record) envelopeLen() int {
+	n := 1 + 3 // map header, "v" and its fixint
+	if r.hasPayload {
+		if r.compressed {
+			n += 2 + extHeaderLen(len(r.payload)) + len(r.payload)
+		} else {
+			n += 2 + binHeaderLen(len(r.payload)) + len(r.payload)
+		}
+	}
+	if r.control != nil {
+		n += 2 + binHeaderLen(len(r.control)) + len(r.control)
+	}
+	return n
+}
+
+// minPadField is the smallest "g" entry: its key and an empty bin8.
+const minPadField = 4
+
+// appendTo appends the envelope to dst. If size is larger than the
+// unpadded envelope by minPadField or more, a "g" field of zeros makes the
+// envelope exactly size bytes long; with less room than that it is left
+// unpadded (at most 3 bytes short of size).
+func (r *record) appendTo(dst []byte, size int) []byte {
+	base := r.envelopeLen()
+	pad := size - base
+	entries := 1
+	if r.hasPayload {
+		entries++
+	}
+	if r.control != nil {
+		entries++
+	}
+	if pad >= minPadField {
+		entries++
+	}
+	dst = append(dst, 0x80|byte(entries), 0xa1, 'v', envelopeVersion)
+	if r.hasPayload {
+		dst = append(dst, 0xa1, 'p')
+		if r.compressed {
+			dst = appendExtHeader(dst, extZstd, len(r.payload))
+		} else {
+			dst = appendBinHeader(dst, len(r.payload))
+		}
+		dst = append(dst, r.payload...)
+	}
+	if r.control != nil {
+		dst = append(dst, 0xa1, 'c')
+		dst = appendBinHeader(dst, len(r.control))
+		dst = append(dst, r.control...)
+	}
+	if pad >= minPadField {
+		dst = append(dst, 0xa1, 'g')
+		// Pick the header width that makes the total exact.
+		var n int
+		switch {
+		case pad-4 <= math.MaxUint8:
+			n = pad - 4
+			dst = append(dst, mpBin8, byte(n))
+		case pad-5 <= math.MaxUint16:
+			n = pad - 5
+			dst = append(dst, mpBin16, byte(n>>8), byte(n))
+		default:
+			n = pad - 7
+			dst = append(dst, mpBin32, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+		}
+		dst = appendZeros(dst, n)
+	}
+	return dst
+}
+
+func appendZeros(dst []byte, n int) []byte {
+	l := len(dst)
+	if cap(dst)-l >= n {
+		dst = dst[:l+n]
+		clear(dst[l:])
+		return dst
+	}
+	return append(dst, make([]byte, n)...)
+}
+
+func appendBinHeader(dst []byte, n int) []byte {
+	switch {
+	case n <= math.MaxUint8:
+		return append(dst, mpBin8, byte(n))
+	case n <= math.MaxUint16:
+		return append(dst, mpBin16, byte(n>>8), byte(n))
+	default:
+		return append(dst, mpBin32, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+}
+
+func appendExtHeader(dst []byte, typ int8, n int) []byte {
+	switch {
+	case n <= math.MaxUint8:
+		return append(dst, mpExt8, byte(n), byte(typ))
+	case n <= math.MaxUint16:
+		return append(dst, mpExt16, byte(n>>8), byte(n), byte(typ))
+	default:
+		return append(dst, mpExt32, byte(n>>24), byte(n>>16), byte(n>>8), byte(n), byte(typ))
+	}
+}
+
+// parseRecord decodes an envelope. The returned slices alias b. It never
+// panics and never allocates.
+func parseRecord(b []byte) (record, error) {
+	var r record
+	d := mpReader{b: b}
+	n, err := d.mapLen()
+	if err != nil {
+		return r, err
+	}
+	if n > maxEnvelopeKeys {
+		return r, fmt.Errorf("%w: %d map entries", errMalformed, n)
+	}
+	var seen uint8 // bit per known key
+	const (
+		seenV = 1 << iota
+		seenP
+		seenC
+		seenG
+	)
+	for i := 0; i < n; i++ {
+		key, err := d.str()
+		if err != nil {
+			return r, err
+		}
+		var bit uint8
+		if len(key) == 1 {
+			switch key[0] {
+			case 'v':
+				bit = seenV
+			case 'p':
+				bit = seenP
+			case 'c':
+				bit = seenC
+			case 'g':
+				bit = seenG
+			}
+		}
+		if bit != 0 && seen&bit != 0 {
+			return r, fmt.Errorf("%w: duplicate key %q", errMalformed, key)
+		}
+		seen |= bit
+		switch bit {
+		case seenV:
+			v, err := d.uint()
+			if err != nil {
+				return r, err
+			}
+			if v != envelopeVersion {
+				return r, fmt.Errorf("%w: envelope version %d", errMalformed, v)
+			}
+		case seenP:
+			p, ext, err := d.binOrExt()
+			if err != nil {
+				return r, err
+			}
+			switch ext {
+			case -1:
+			case extZstd:
+				r.compressed = true
+			default:
+				return r, fmt.Errorf("%w: payload ext type %d", errMalformed, ext)
+			}
+			r.payload, r.hasPayload = p, true
+		case seenC:
+			c, err := d.bin()
+			if err != nil {
+				return r, err
+			}
+			r.control = c
+		case seenG:
+			g, err := d.bin()
+			if err != nil {
+				return r, err
+			}
+			r.padding = len(g)
+		default:
+			if err := d.skip(0); err != nil {
+				return r, err
+			}
+		}
+	}
+	if seen&seenV == 0 {
+		return r, fmt.Errorf("%w: no version", errMalformed)
+	}
+	if d.off != len(b) {
+		return r, fmt.Errorf("%w: %d trailing bytes", errMalformed, len(b)-d.off)
+	}
+	return r, nil
+}
+
+// mpReader reads msgpack values from b, bounds-checked.
+type mpReader struct {
+	b   []byte
+	off int
+}
+
+var errTruncated = fmt.Errorf("%w: truncated", errMalformed)
+
+func (d *mpReader) byte() (byte, error) {
+	if d.off >= len(d.b) {
+		return 0, errTruncated
+	}
+	c := d.b[d.off]
+	d.off++
+	return c, nil
+}
+
+// uintN reads an n-byte big-endian unsigned integer.
+func (d *mpReader) uintN(n int) (uint64, error) {
+	if len(d.b)-d.off < n {
+		return 0, errTruncated
+	}
+	var v uint64
+	for _, c := range d.b[d.off : d.off+n] {
+		v = v<<8 | uint64(c)
+	}
+	d.off += n
+	return v, nil
+}
+
+// bytes returns the next n bytes.
+func (d *mpReader) bytes(n uint64) ([]byte, error) {
+	if n > maxFieldLen {
+		return nil, fmt.Errorf("%w: field of %d bytes", errMalformed, n)
+	}
+	if uint64(len(d.b)-d.off) < n {
+		return nil, errTruncated
+	}
+	p := d.b[d.off : d.off+int(n) : d.off+int(n)]
+	d.off += int(n)
+	return p, nil
+}
+
+func (d *mpReader) mapLen() (int, error) {
+	c, err := d.byte()
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	switch {
+	case c&0xf0 == 0x80:
+		n = uint64(c & 0x0f)
+	case c == mpMap16:
+		n, err = d.uintN(2)
+	case c == mpMap32:
+		n, err = d.uintN(4)
+	default:
+		return 0, fmt.Errorf("%w: envelope is not a map (0x%02x)", errMalformed, c)
+	}
+	if n > maxEnvelopeKeys {
+		return 0, fmt.Errorf("%w: %d map entries", errMalformed, n)
+	}
+	return int(n), err
+}
+
+func (d *mpReader) str() ([]byte, error) {
+	c, err := d.byte()
+	if err != nil {
+		return nil, err
+	}
+	var n uint64
+	switch {
+	case c&0xe0 == 0xa0:
+		n = uint64(c & 0x1f)
+	case c == mpStr8:
+		n, err = d.uintN(1)
+	case c == mpStr16:
+		n, err = d.uintN(2)
+	case c == mpStr32:
+		n, err = d.uintN(4)
+	default:
+		return nil, fmt.Errorf("%w: key is not a string (0x%02x)", errMalformed, c)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return d.bytes(n)
+}
+
+func (d *mpReader) uint() (uint64, error) {
+	c, err := d.byte()
+	if err != nil {
+		return 0, err
+	}
+	switch {
+	case c <= 0x7f:
+		return uint64(c), nil
+	case c == mpUint8:
+		return d.uintN(1)
+	case c == mpUint16:
+		return d.uintN(2)
+	case c == mpUint32:
+		return d.uintN(4)
+	case c == mpUint64:
+		return d.uintN(8)
+	}
+	return 0, fmt.Errorf("%w: version is not an unsigned integer (0x%02x)", errMalformed, c)
+}
+
+func (d *mpReader) bin() ([]byte, error) {
+	p, ext, err := d.binOrExt()
+	if err == nil && ext != -1 {
+		err = fmt.Errorf("%w: ext where bin expected", errMalformed)
+	}
+	return p, err
+}
+
+// binOrExt reads a bin (ext = -1) or an ext value (ext = its type).
+func (d *mpReader) binOrExt() (p []byte, ext int, err error) {
+	c, err := d.byte()
+	if err != nil {
+		return nil, -1, err
+	}
+	var n uint64
+	ext = -1
+	switch c {
+	case mpBin8:
+		n, err = d.uintN(1)
+	case mpBin16:
+		n, err = d.uintN(2)
+	case mpBin32:
+		n, err = d.uintN(4)
+	case mpExt8, mpExt16, mpExt32:
+		n, err = d.uintN(1 << (c - mpExt8))
+		if err == nil {
+			var t byte
+			t, err = d.byte()
+			ext = int(int8(t))
+		}
+	default:
+		return nil, -1, fmt.Errorf("%w: not bin (0x%02x)", errMalformed, c)
+	}
+	if err != nil {
+		return nil, -1, err
+	}
+	p, err = d.bytes(n)
+	return p, ext, err
+}
+
+// skip steps over one well-formed msgpack value of any type.
+func (d *mpReader) skip(depth int) error {
+	if depth > maxSkipDepth {
+		return fmt.Errorf("%w: nesting deeper than %d", errMalformed, maxSkipDepth)
+	}
+	c, err := d.byte()
+	if err != nil {
+		return err
+	}
+	var n uint64
+	switch {
+	case c <= 0x7f, c >= 0xe0, c == mpNil, c == mpFalse, c == mpTrue:
+		return nil
+	case c&0xe0 == 0xa0:
+		_, err = d.bytes(uint64(c & 0x1f))
+		return err
+	case c&0xf0 == 0x90, c&0xf0 == 0x80:
+		n = uint64(c & 0x0f)
+		if c&0xf0 == 0x80 {
+			n *= 2
+		}
+		return d.skipN(n, depth)
+	}
+	switch c {
+	case mpBin8, mpStr8:
+		n, err = d.uintN(1)
+	case mpBin16, mpStr16:
+		n, err = d.uintN(2)
+	case mpBin32, mpStr32:
+		n, err = d.uintN(4)
+	case mpExt8, mpExt16, mpExt32:
+		n, err = d.uintN(1 << (c - mpExt8))
+		n++ // the type byte
+	case mpFloat32, mpUint32, mpInt32:
+		n = 4
+	case mpFloat64, mpUint64, mpInt64:
+		n = 8
+	case mpUint8, mpInt8:
+		n = 1
+	case mpUint16, mpInt16:
+		n = 2
+	case mpArray16, mpArray32, mpMap16, mpMap32:
+		w := 2
+		if c == mpArray32 || c == mpMap32 {
+			w = 4
+		}
+		if n, err = d.uintN(w); err != nil {
+			return err
+		}
+		if c == mpMap16 || c == mpMap32 {
+			n *= 2
+		}
+		return d.skipN(n, depth)
+	default:
+		if c >= mpFixExt1 && c <= mpFixExt16 {
+			n = 1 + 1<<(c-mpFixExt1) // type byte and 1, 2, 4, 8 or 16 bytes
+			break
+		}
+		return fmt.Errorf("%w: unknown msgpack type 0x%02x", errMalformed, c)
+	}
+	if err != nil {
+		return err
+	}
+	_, err = d.bytes(n)
+	return err
+}
+
+func (d *mpReader) skipN(n uint64, depth int) error {
+	// Every element takes at least one byte: more elements than bytes
+	// left is truncated, and checking first bounds the loop.
+	if n > uint64(len(d.b)-d.off) {
+		return errTruncated
+	}
+	for i := uint64(0); i < n; i++ {
+		if err := d.skip(depth + 1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Padding says how sealed datagrams are padded, to hide the length of
+// what they carry. Padding bytes are zeros inside the encryption, so they
+// are indistinguishable from data on the wire and cost nothing to make.
+// Open (unencrypted) datagrams are never padded: there is nothing to hide.
+type Padding int
+
+const (
+	// PadMTU, the zero value, pads every sealed datagram to the largest
+	// size the path MTU allows (the reference's behaviour): all sealed
+	// datagrams have one length.
+	PadMTU Padding = 0
+	// PadNone sends sealed datagrams at their natural length.
+	PadNone Padding = -1
+)
+
+// PadBlock pads every sealed datagram to a multiple of n bytes (but never
+// past the MTU). n must be in [1, 65535].
+func PadBlock(n int) Padding { return Padding(n) }
+
+func (p Padding) String() string {
+	switch {
+	case p == PadMTU:
+		return "mtu"
+	case p == PadNone:
+		return "none"
+	case p > 0:
+		return fmt.Sprintf("block(%d)", int(p))
+	}
+	return fmt.Sprintf("Padding(%d)", int(p))
+}
+
+func (p Padding) check() error {
+	if p < PadNone || p > math.MaxUint16 {
+		return fmt.Errorf("%w: padding %d: want PadMTU, PadNone or PadBlock(1..65535)", ErrInvalidConfig, int(p))
+	}
+	return nil
+}
+
+// wireSize is the length on the wire that a sealed datagram of natural
+// length n (sealed overhead included) is padded to, for a maximum
+// datagram size of max.
+func (p Padding) wireSize(n, max int) int {
+	switch {
+	case p == PadMTU:
+		return max
+	case p > 0:
+		b := int(p)
+		return min((n+b-1)/b*b, max)
+	}
+	return n
+}

@@ -1,0 +1,80 @@
+package vaultudp
+
+import (
+	"errors"
+	"net"
+	"strconv"
+	"syscall"
+)
+
+// Sentinel errors. Errors returned by this package wrap one of these with
+// the detail (sizes, addresses) so callers test them with errors.Is.
+var (
+	// ErrMessageTooLarge is returned by WriteTo and its relatives when a
+	// datagram is larger than MaxPayload. Nothing is cut: the datagram is
+	// not sent. The returned error also matches syscall.EMSGSIZE, as the
+	// error of a UDP socket does, because consumers such as quic-go look
+	// for that.
+	ErrMessageTooLarge = errors.New("vaultudp: message too large")
+
+	// ErrHandshakeTimeout is returned by writes to a peer whose last key
+	// exchange did not complete within Config.HandshakeTimeout, until a
+	// new attempt starts, and by Handshake when its attempt times out.
+	ErrHandshakeTimeout = errors.New("vaultudp: handshake timed out")
+
+	// ErrPeerRejected is returned when the trust rules refuse a peer: a
+	// pinned key that does not match, a key Config.VerifyPeer refused, or
+	// an address whose remembered key (trust on first use) differs.
+	ErrPeerRejected = errors.New("vaultudp: peer rejected")
+
+	// ErrNoSession is returned when a datagram cannot be sent because the
+	// peer has no session and none can be started or waited for (the
+	// bounded queue of datagrams waiting for the handshake is full, or the
+	// peer's policy forbids the handshake).
+	ErrNoSession = errors.New("vaultudp: no session with peer")
+
+	// ErrUnknownPeer is returned by RemovePeer and Handshake for an
+	// address that is not a peer.
+	ErrUnknownPeer = errors.New("vaultudp: unknown peer")
+
+	// ErrInvalidConfig is returned by Listen and Wrap when a Config field
+	// holds a value outside its documented range.
+	ErrInvalidConfig = errors.New("vaultudp: invalid config")
+
+	// ErrInvalidKey is returned when a key cannot be parsed or loaded, or
+	// a key file is readable by group or others.
+	ErrInvalidKey = errors.New("vaultudp: invalid key")
+
+	// ErrClosed is net.ErrClosed: operations on a closed Conn return
+	// errors that wrap it.
+	ErrClosed = net.ErrClosed
+)
+
+// Errors of received data. They never reach ReadFrom (a bad datagram is
+// dropped and counted, as consumers such as quic-go stop on read errors);
+// they are returned by the decoding functions and used in tests and logs.
+var (
+	errMalformed    = errors.New("vaultudp: malformed datagram")
+	errTooLarge     = errors.New("vaultudp: decompressed payload too large")
+	errAuth         = errors.New("vaultudp: authentication failed")
+	errReplay       = errors.New("vaultudp: replayed or too old counter")
+	errStale        = errors.New("vaultudp: stale handshake")
+	errUnexpected   = errors.New("vaultudp: unexpected handshake message")
+	errVersion      = errors.New("vaultudp: no common protocol version")
+	errReflected    = errors.New("vaultudp: reflected handshake")
+	errCookieNeeded = errors.New("vaultudp: cookie required")
+)
+
+// tooLargeError is the error of a datagram over MaxPayload. It matches
+// both ErrMessageTooLarge and syscall.EMSGSIZE.
+type tooLargeError struct {
+	n, max int
+}
+
+func (e *tooLargeError) Error() string {
+	return ErrMessageTooLarge.Error() + ": " + strconv.Itoa(e.n) + " bytes > " + strconv.Itoa(e.max)
+}
+
+func (e *tooLargeError) Is(target error) bool {
+	return target == ErrMessageTooLarge || target == syscall.EMSGSIZE
+}
