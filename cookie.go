@@ -1,0 +1,105 @@
+package vaultudp
+
+import (
+	"crypto/rand"
+	"crypto/subtle"
+	"net/netip"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/blake2b"
+)
+
+// cookieRotation is how often the cookie secret changes. A cookie made
+// under the previous secret is still accepted, so a cookie lives between
+// one and two rotations.
+const cookieRotation = 2 * time.Minute
+
+// DefaultCookieThreshold is the number of hellos per second above which a
+// responder asks for cookies (Config.CookieThreshold): well under the
+// handshakes one core can verify (about 4,500/s), well over what a
+// legitimate crowd of peers sends.
+const DefaultCookieThreshold = 500
+
+// cookieJar makes and checks cookies, and tells when the responder is
+// under load. A cookie is BLAKE2b-128, keyed by a random secret that
+// rotates every cookieRotation, over the source IP (16 bytes, IPv4 as
+// IPv4-mapped IPv6) and port (2 bytes, big endian). It proves the sender
+// receives at that address, so a spoofed flood costs the responder one
+// MAC per hello, not a signature verification.
+type cookieJar struct {
+	threshold int
+
+	// mu guards the fields below.
+	mu          sync.Mutex
+	secret      [32]byte
+	previous    [32]byte
+	rotated     time.Time
+	second      time.Time // start of the one-second load window
+	helloCount  int       // hellos seen in that window
+	loadedUntil time.Time // cookies required until then
+}
+
+func newCookieJar(threshold int, now time.Time) *cookieJar {
+	j := &cookieJar{threshold: threshold, rotated: now, second: now}
+	rand.Read(j.secret[:])
+	rand.Read(j.previous[:])
+	return j
+}
+
+// rotateLocked changes the secret when it is older than cookieRotation.
+func (j *cookieJar) rotateLocked(now time.Time) {
+	if now.Sub(j.rotated) < cookieRotation {
+		return
+	}
+	j.previous = j.secret
+	rand.Read(j.secret[:])
+	j.rotated = now
+}
+
+func cookieFor(secret *[32]byte, addr netip.AddrPort) [cookieLen]byte {
+	var msg [18]byte
+	ip := addr.Addr().As16()
+	copy(msg[:16], ip[:])
+	msg[16], msg[17] = byte(addr.Port()>>8), byte(addr.Port())
+	h, _ := blake2b.New(cookieLen, secret[:])
+	h.Write(msg[:])
+	var c [cookieLen]byte
+	h.Sum(c[:0])
+	return c
+}
+
+// make returns the current cookie for addr.
+func (j *cookieJar) make(addr netip.AddrPort, now time.Time) [cookieLen]byte {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.rotateLocked(now)
+	return cookieFor(&j.secret, addr)
+}
+
+// valid reports whether cookie is addr's under the current or previous
+// secret, in constant time.
+func (j *cookieJar) valid(addr netip.AddrPort, cookie []byte, now time.Time) bool {
+	j.mu.Lock()
+	j.rotateLocked(now)
+	cur, prev := cookieFor(&j.secret, addr), cookieFor(&j.previous, addr)
+	j.mu.Unlock()
+	return subtle.ConstantTimeCompare(cur[:], cookie) == 1 ||
+		subtle.ConstantTimeCompare(prev[:], cookie) == 1
+}
+
+// underLoad counts one hello and reports whether cookies are required:
+// from the moment more than threshold hellos arrive within a second
+// until a full second after the rate falls back.
+func (j *cookieJar) underLoad(now time.Time) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if now.Sub(j.second) >= time.Second {
+		j.second, j.helloCount = now, 0
+	}
+	j.helloCount++
+	if j.helloCount > j.threshold {
+		j.loadedUntil = now.Add(time.Second)
+	}
+	return now.Before(j.loadedUntil)
+}

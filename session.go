@@ -1,0 +1,161 @@
+package vaultudp
+
+import (
+	"crypto/cipher"
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/crypto/chacha20poly1305"
+)
+
+// The sealed form of a datagram:
+//
+//	0  version   uint8 = 3
+//	1  type      uint8 = typeSealed
+//	2  reserved  2 bytes, zero
+//	4  receiver  uint32, big endian: the session index the receiver chose
+//	8  counter   uint64, big endian: the sender's message counter
+//	16 ciphertext of the envelope, then the 16-byte Poly1305 tag
+//
+// ChaCha20-Poly1305 with the 16-byte header as additional data and the
+// nonce 0x00000000 || counter (big endian). The counter starts at 0 and
+// never repeats within a session (one key per direction), so neither does
+// the nonce.
+//
+// The open form is the version, type typeOpen and the envelope in clear.
+const (
+	typeSealed = 1
+	typeOpen   = 2
+
+	openHeaderLen = 2
+
+	// rekeyAfterMessages starts a new handshake long before the counter
+	// nears counterLimit, where the session stops.
+	rekeyAfterMessages = 1 << 60
+)
+
+// Session lifetimes, derived from Config.KeyLifetime (T): a session is
+// renewed after T and refused after rejectAfter(T) = 1.5 T (wireguard-go
+// uses 120 s and 180 s).
+func rejectAfter(keyLifetime time.Duration) time.Duration { return keyLifetime + keyLifetime/2 }
+
+// session is one peer's keys in both directions, from one handshake.
+type session struct {
+	localIndex  uint32
+	remoteIndex uint32
+	version     uint8
+	initiator   bool
+	created     int64 // monotonic nanoseconds (Conn clock) when keys were made
+	peer        *peer
+
+	send cipher.AEAD
+	recv cipher.AEAD
+
+	sendCounter atomic.Uint64 // the next counter to send
+
+	// confirmed is set once the peer has proven it holds the keys (a
+	// reply for the initiator, a sealed datagram for the responder). A
+	// responder sends under a new session only when it is confirmed or it
+	// has no other: a replayed hello must not replace a working session.
+	confirmed atomic.Bool
+
+	// mu guards the fields below.
+	mu     sync.Mutex
+	replay replayWindow
+}
+
+func newSession(k *sessionKeys, created int64) (*session, error) {
+	send, err := chacha20poly1305.New(k.send[:])
+	if err != nil {
+		return nil, err
+	}
+	recv, err := chacha20poly1305.New(k.recv[:])
+	if err != nil {
+		return nil, err
+	}
+	s := &session{
+		localIndex:  k.localIndex,
+		remoteIndex: k.remoteIndex,
+		version:     k.version,
+		initiator:   k.initiator,
+		created:     created,
+		send:        send,
+		recv:        recv,
+	}
+	s.confirmed.Store(k.initiator)
+	return s, nil
+}
+
+// putSealedHeader writes the sealed header for counter into b[:16].
+func putSealedHeader(b []byte, receiver uint32, counter uint64) {
+	b[0] = ProtocolVersion
+	b[1] = typeSealed
+	b[2], b[3] = 0, 0
+	binary.BigEndian.PutUint32(b[4:], receiver)
+	binary.BigEndian.PutUint64(b[8:], counter)
+}
+
+func nonceFor(counter uint64) (n [chacha20poly1305.NonceSize]byte) {
+	binary.BigEndian.PutUint64(n[4:], counter)
+	return n
+}
+
+// nextCounter reserves the next send counter. It fails once the session
+// has used up its counters: the caller must rekey.
+func (s *session) nextCounter() (uint64, error) {
+	c := s.sendCounter.Add(1) - 1
+	if c >= counterLimit {
+		s.sendCounter.Store(counterLimit) // stay exhausted, never wrap
+		return 0, fmt.Errorf("%w: session counter exhausted", ErrNoSession)
+	}
+	return c, nil
+}
+
+// seal encrypts in place: b[:16] is space for the header and
+// b[16:] the envelope, with room for the tag in cap(b). It returns the
+// whole datagram.
+func (s *session) seal(b []byte) ([]byte, error) {
+	c, err := s.nextCounter()
+	if err != nil {
+		return nil, err
+	}
+	putSealedHeader(b, s.remoteIndex, c)
+	nonce := nonceFor(c)
+	out := s.send.Seal(b[sealedHeaderLen:sealedHeaderLen], nonce[:], b[sealedHeaderLen:], b[:sealedHeaderLen])
+	return b[:sealedHeaderLen+len(out)], nil
+}
+
+// sealedIndex reads the receiver index of a sealed datagram, so the
+// caller can find the session. ok is false if b is not a sealed datagram
+// of plausible length with zero reserved bytes.
+func sealedIndex(b []byte) (index uint32, ok bool) {
+	if len(b) < sealedOverhead || b[0] != ProtocolVersion || b[1] != typeSealed || b[2] != 0 || b[3] != 0 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint32(b[4:]), true
+}
+
+// open authenticates and decrypts a sealed datagram in place and returns
+// the envelope (aliasing b). The counter is marked in the replay window
+// only after authentication succeeded, so forgeries cannot move it.
+func (s *session) open(b []byte) ([]byte, error) {
+	counter := binary.BigEndian.Uint64(b[8:])
+	if counter >= counterLimit {
+		return nil, errReplay
+	}
+	nonce := nonceFor(counter)
+	env, err := s.recv.Open(b[sealedHeaderLen:sealedHeaderLen], nonce[:], b[sealedHeaderLen:], b[:sealedHeaderLen])
+	if err != nil {
+		return nil, errAuth
+	}
+	s.mu.Lock()
+	fresh := s.replay.checkAndUpdate(counter)
+	s.mu.Unlock()
+	if !fresh {
+		return nil, errReplay
+	}
+	return env, nil
+}
