@@ -1,0 +1,285 @@
+package vaultudp
+
+import (
+	"crypto/ed25519"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+)
+
+// Policy says whether a peer's traffic must be encrypted.
+type Policy int
+
+const (
+	// PolicyDefault, the zero value, takes the Conn's policy
+	// (Config.Policy), which itself defaults to RequireEncryption.
+	PolicyDefault Policy = iota
+	// RequireEncryption never sends or accepts plaintext: datagrams wait
+	// for the handshake, and open datagrams from the peer are dropped.
+	RequireEncryption
+	// Opportunistic sends plaintext until a session exists, then only
+	// sealed datagrams. It accepts plaintext from the peer only until a
+	// sealed datagram from it has been seen: after that, plaintext is a
+	// downgrade attempt and is dropped. An attacker on the path can keep
+	// a peer in plaintext by blocking its handshake: use it only where
+	// that is acceptable.
+	Opportunistic
+	// Plaintext never encrypts: datagrams go out open and open datagrams
+	// are accepted; handshakes from the peer are refused.
+	Plaintext
+)
+
+func (p Policy) String() string {
+	switch p {
+	case PolicyDefault:
+		return "default"
+	case RequireEncryption:
+		return "require-encryption"
+	case Opportunistic:
+		return "opportunistic"
+	case Plaintext:
+		return "plaintext"
+	}
+	return fmt.Sprintf("Policy(%d)", int(p))
+}
+
+// ParsePolicy parses the String form of a Policy.
+func ParsePolicy(s string) (Policy, error) {
+	for p := PolicyDefault; p <= Plaintext; p++ {
+		if p.String() == s {
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: policy %q: want require-encryption, opportunistic or plaintext", ErrInvalidConfig, s)
+}
+
+// Protocol is the wire protocol spoken with a peer.
+type Protocol int
+
+const (
+	// ProtocolV3, the zero value, is vaultudp's native protocol
+	// (PROTOCOL.md).
+	ProtocolV3 Protocol = 0
+	// ProtocolV2 is the Python reference's format, for interoperation
+	// with py-vault-udp peers. It is weaker than v3 and never chosen
+	// automatically.
+	ProtocolV2 Protocol = 2
+)
+
+// Config configures a Conn. The zero value (and a nil *Config) is valid:
+// every field documents its default.
+type Config struct {
+	// Identity is the Conn's long-term Ed25519 key. nil: a fresh key for
+	// this Conn (peers that pin keys then cannot pin it in advance).
+	Identity ed25519.PrivateKey
+
+	// Policy applies to peers whose PeerConfig.Policy is PolicyDefault
+	// and to peers not configured. Zero: RequireEncryption.
+	Policy Policy
+
+	// Peers are added when the Conn starts, as by AddPeer.
+	Peers []PeerConfig
+
+	// VerifyPeer decides whether to trust a peer whose key is not pinned
+	// in its PeerConfig. A nil error accepts. nil VerifyPeer: any
+	// correctly signed key is accepted and remembered for the address
+	// (trust on first use); another key from that address is then
+	// refused until the peer is removed. An unpinned key protects against
+	// eavesdroppers, not against a man in the middle on the first
+	// exchange.
+	VerifyPeer func(addr netip.AddrPort, key ed25519.PublicKey) error
+
+	// KeyLifetime is the age after which a session is renewed by a new
+	// handshake; a session is refused at 1.5 times this age. Zero: 120 s.
+	KeyLifetime time.Duration
+
+	// HandshakeTimeout is how long a handshake may take, retries
+	// included, before datagrams waiting for it are dropped and writes
+	// to the peer fail with ErrHandshakeTimeout. Zero: 5 s.
+	HandshakeTimeout time.Duration
+
+	// FreshnessWindow is how far a handshake message's timestamp may be
+	// from the local clock. Zero: 60 s.
+	FreshnessWindow time.Duration
+
+	// RateLimit is the number of datagrams per second accepted from each
+	// peer (a token bucket with a burst of RateBurst); the excess is
+	// dropped and counted. Zero: unlimited.
+	RateLimit float64
+
+	// RateBurst is the token bucket's size. Zero: RateLimit rounded up
+	// (one second's worth), and at least 1.
+	RateBurst int
+
+	// Padding pads sealed datagrams to hide their length. Zero: PadMTU.
+	Padding Padding
+
+	// Compression says when payloads are zstd-compressed. Zero:
+	// CompressAuto.
+	Compression Compression
+
+	// MTU is the path MTU in bytes, in [MinMTU, MaxMTU]. Zero: the
+	// smallest MTU of the host's up, non-loopback interfaces, or
+	// DefaultMTU when there is none. Both ends must use the same MTU:
+	// datagrams larger than the local MTU allows are dropped.
+	MTU int
+
+	// ReadQueue is the number of received datagrams that wait for
+	// ReadFrom; when it is full, further datagrams are dropped and
+	// counted, as a full socket buffer does. Zero: 1024.
+	ReadQueue int
+
+	// MaxPeers bounds the peers learned from the network (handshakes and
+	// writes to unconfigured addresses); configured peers do not count.
+	// Zero: 10,000.
+	MaxPeers int
+
+	// CookieThreshold is the number of hellos per second above which the
+	// Conn requires cookies before verifying signatures. Zero:
+	// DefaultCookieThreshold.
+	CookieThreshold int
+
+	// Logger receives handshake and error events (never one per datagram
+	// at Info level). nil: no logging.
+	Logger *slog.Logger
+
+	// now is the clock; tests replace it. nil: time.Now.
+	now func() time.Time
+	// interfaces lists interfaces for MTU discovery; nil: the system's.
+	interfaces interfaceLister
+}
+
+// PeerConfig describes a peer.
+type PeerConfig struct {
+	// Addr is the peer's address. An IPv4-mapped IPv6 address is the
+	// same peer as its IPv4 address.
+	Addr netip.AddrPort
+
+	// PublicKey pins the peer's identity: a handshake with any other key
+	// is refused. nil: Config.VerifyPeer decides.
+	PublicKey ed25519.PublicKey
+
+	// Policy overrides Config.Policy for this peer. Zero: Config.Policy.
+	Policy Policy
+
+	// Protocol is the wire protocol spoken with this peer. Zero:
+	// ProtocolV3.
+	Protocol Protocol
+}
+
+// Defaults of the Config fields.
+const (
+	DefaultKeyLifetime      = 120 * time.Second
+	DefaultHandshakeTimeout = 5 * time.Second
+	DefaultFreshnessWindow  = 60 * time.Second
+	DefaultReadQueue        = 1024
+	DefaultMaxPeers         = 10000
+)
+
+// resolve returns a copy of c with every default filled in, or an error
+// naming the first field out of range.
+func (c *Config) resolve() (Config, error) {
+	var r Config
+	if c != nil {
+		r = *c
+		r.Peers = append([]PeerConfig(nil), c.Peers...)
+	}
+	if r.Identity == nil {
+		r.Identity = GenerateIdentity()
+	} else if len(r.Identity) != ed25519.PrivateKeySize {
+		return r, fmt.Errorf("%w: Identity of %d bytes, want %d", ErrInvalidConfig, len(r.Identity), ed25519.PrivateKeySize)
+	}
+	if r.Policy == PolicyDefault {
+		r.Policy = RequireEncryption
+	}
+	if r.Policy < PolicyDefault || r.Policy > Plaintext {
+		return r, fmt.Errorf("%w: Policy %d", ErrInvalidConfig, int(r.Policy))
+	}
+	durations := []struct {
+		name string
+		d    *time.Duration
+		def  time.Duration
+	}{
+		{"KeyLifetime", &r.KeyLifetime, DefaultKeyLifetime},
+		{"HandshakeTimeout", &r.HandshakeTimeout, DefaultHandshakeTimeout},
+		{"FreshnessWindow", &r.FreshnessWindow, DefaultFreshnessWindow},
+	}
+	for _, f := range durations {
+		if *f.d < 0 {
+			return r, fmt.Errorf("%w: %s %v is negative", ErrInvalidConfig, f.name, *f.d)
+		}
+		if *f.d == 0 {
+			*f.d = f.def
+		}
+	}
+	if r.RateLimit < 0 || r.RateBurst < 0 {
+		return r, fmt.Errorf("%w: RateLimit %v, RateBurst %d: want >= 0", ErrInvalidConfig, r.RateLimit, r.RateBurst)
+	}
+	if r.RateLimit > 0 && r.RateBurst == 0 {
+		r.RateBurst = max(1, int(r.RateLimit+0.999999))
+	}
+	if err := r.Padding.check(); err != nil {
+		return r, err
+	}
+	if r.Compression < CompressAuto || r.Compression > CompressAlways {
+		return r, fmt.Errorf("%w: Compression %d", ErrInvalidConfig, int(r.Compression))
+	}
+	if err := checkMTU(r.MTU); err != nil {
+		return r, err
+	}
+	ints := []struct {
+		name string
+		v    *int
+		def  int
+	}{
+		{"ReadQueue", &r.ReadQueue, DefaultReadQueue},
+		{"MaxPeers", &r.MaxPeers, DefaultMaxPeers},
+		{"CookieThreshold", &r.CookieThreshold, DefaultCookieThreshold},
+	}
+	for _, f := range ints {
+		if *f.v < 0 {
+			return r, fmt.Errorf("%w: %s %d is negative", ErrInvalidConfig, f.name, *f.v)
+		}
+		if *f.v == 0 {
+			*f.v = f.def
+		}
+	}
+	if r.Logger == nil {
+		r.Logger = slog.New(slog.DiscardHandler)
+	}
+	if r.now == nil {
+		r.now = time.Now
+	}
+	if r.interfaces == nil {
+		r.interfaces = systemInterfaces
+	}
+	return r, nil
+}
+
+// checkPeer validates a PeerConfig.
+func (p *PeerConfig) check() error {
+	if !p.Addr.IsValid() || p.Addr.Port() == 0 {
+		return fmt.Errorf("%w: peer address %v: want an IP and a non-zero port", ErrInvalidConfig, p.Addr)
+	}
+	if p.PublicKey != nil && len(p.PublicKey) != ed25519.PublicKeySize {
+		return fmt.Errorf("%w: peer %v: PublicKey of %d bytes, want %d", ErrInvalidConfig, p.Addr, len(p.PublicKey), ed25519.PublicKeySize)
+	}
+	if p.Policy < PolicyDefault || p.Policy > Plaintext {
+		return fmt.Errorf("%w: peer %v: Policy %d", ErrInvalidConfig, p.Addr, int(p.Policy))
+	}
+	switch p.Protocol {
+	case ProtocolV3:
+	case ProtocolV2:
+		return fmt.Errorf("%w: peer %v: ProtocolV2 is not supported yet", ErrInvalidConfig, p.Addr)
+	default:
+		return fmt.Errorf("%w: peer %v: Protocol %d", ErrInvalidConfig, p.Addr, int(p.Protocol))
+	}
+	return nil
+}
+
+// normAddr is the key of a peer: IPv4-mapped addresses unmapped, zones
+// kept.
+func normAddr(a netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+}

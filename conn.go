@@ -1,0 +1,336 @@
+package vaultudp
+
+import (
+	"crypto/ed25519"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Conn is an encrypting net.PacketConn. Key exchange, sealing, padding,
+// compression, replay checks and rate limits happen beneath its methods,
+// so code written for a *net.UDPConn uses it unchanged:
+//
+//   - ReadFrom returns only datagrams that passed every check, with a
+//     fresh *net.UDPAddr as the source. Bad, forged, replayed or refused
+//     datagrams are dropped and counted in Stats, never returned as
+//     errors, because consumers such as quic-go stop on read errors.
+//   - WriteTo seals and sends at once when the peer has a session, and
+//     otherwise starts the handshake and queues the datagram until it
+//     completes (see Config.HandshakeTimeout).
+//   - Deadlines behave as on *net.UDPConn: timeouts are
+//     os.ErrDeadlineExceeded, and a deadline changed while a call waits
+//     takes effect at once.
+//   - Close unblocks every call; later calls return errors wrapping
+//     net.ErrClosed; every goroutine the Conn started has ended when
+//     Close returns.
+//
+// Conn deliberately has no ReadMsgUDP or WriteMsgUDP: consumers that find
+// them (quic-go, kcp-go) would read the socket beneath and bypass the
+// decryption. All methods are safe for concurrent use.
+type Conn struct {
+	cfg        Config
+	network    string // Listen's network; empty for Wrap
+	hs         *handshaker
+	z          *compressor
+	cookies    *cookieJar
+	log        *slog.Logger
+	mtu        int
+	datagram   int // the largest datagram on the wire (UDP payload)
+	maxPayload int
+	bufSize    int
+	start      time.Time
+	clock      atomic.Int64 // coarse monotonic nanoseconds since start
+	stats      counters
+	helloSweep int64 // Conn clock of the last forgetOldHellos; housekeeping's own
+
+	sock atomic.Pointer[socket]
+
+	pkts  sync.Pool // *packet
+	bufs  sync.Pool // *[]byte, for sealing
+	recvQ chan *packet
+
+	readDeadline  *deadline
+	writeDeadline *deadline
+
+	closed    chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+
+	// rebindMu serialises Rebind with Close.
+	rebindMu sync.Mutex
+
+	// mu guards the fields below. Lock order: mu, then a peer's mu,
+	// then idxMu.
+	mu        sync.RWMutex
+	peers     map[netip.AddrPort]*peer
+	learned   int // peers not configured
+	lastHello map[[ed25519.PublicKeySize]byte]uint64
+
+	// idxMu guards the fields below; it is a leaf lock.
+	idxMu     sync.Mutex
+	sessions  map[uint32]*session // by local index
+	initiated map[uint32]*peer    // pending initiations by local index
+}
+
+// packet is a buffer on its way from the socket to ReadFrom.
+type packet struct {
+	buf       []byte
+	data      []byte // the datagram within buf
+	from      netip.AddrPort
+	truncated bool
+}
+
+// housekeepingEvery is the tick of the Conn's timer goroutine: its coarse
+// clock, handshake retries and timeouts, session expiry.
+const housekeepingEvery = 50 * time.Millisecond
+
+func newConn(pc net.PacketConn, config *Config) (*Conn, error) {
+	cfg, err := config.resolve()
+	if err != nil {
+		return nil, err
+	}
+	for i := range cfg.Peers {
+		if err := cfg.Peers[i].check(); err != nil {
+			return nil, err
+		}
+	}
+	s := newSocket(pc)
+	mtu := cfg.MTU
+	if mtu == 0 {
+		mtu, _ = discoverMTU(cfg.interfaces)
+	}
+	datagram := datagramSize(mtu, s.ipv6)
+	maxPayload := maxPayloadFor(datagram)
+	if maxPayload < 1 {
+		return nil, fmt.Errorf("%w: MTU %d leaves no room for a payload", ErrInvalidConfig, mtu)
+	}
+	z, err := newCompressor(maxPayload)
+	if err != nil {
+		return nil, err
+	}
+	c := &Conn{
+		cfg:           cfg,
+		hs:            newHandshaker(cfg.Identity),
+		z:             z,
+		cookies:       newCookieJar(cfg.CookieThreshold, cfg.now()),
+		log:           cfg.Logger,
+		mtu:           mtu,
+		datagram:      datagram,
+		maxPayload:    maxPayload,
+		bufSize:       max(datagram, maxPayload) + 1, // one spare byte tells an oversized datagram
+		start:         time.Now(),
+		recvQ:         make(chan *packet, cfg.ReadQueue),
+		readDeadline:  newDeadline(),
+		writeDeadline: newDeadline(),
+		closed:        make(chan struct{}),
+		peers:         make(map[netip.AddrPort]*peer),
+		sessions:      make(map[uint32]*session),
+		initiated:     make(map[uint32]*peer),
+		lastHello:     make(map[[ed25519.PublicKeySize]byte]uint64),
+	}
+	c.pkts.New = func() any { return &packet{buf: make([]byte, c.bufSize)} }
+	c.bufs.New = func() any { b := make([]byte, c.bufSize+tagLen); return &b }
+	c.sock.Store(s)
+	c.log.Debug("vaultudp: listening", "addr", s.laddr, "mtu", mtu, "maxPayload", maxPayload,
+		"identity", EncodePublicKey(c.hs.public))
+
+	c.wg.Add(2)
+	go c.readLoop(s)
+	go c.housekeeping()
+	for _, pc := range cfg.Peers {
+		if err := c.AddPeer(pc); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// now returns the coarse monotonic clock, in nanoseconds since the Conn
+// started; it advances every housekeepingEvery.
+func (c *Conn) now() int64 { return c.clock.Load() }
+
+// LocalAddr returns the local address.
+func (c *Conn) LocalAddr() net.Addr { return c.sock.Load().pc.LocalAddr() }
+
+// PublicKey returns the Conn's identity, for peers to pin.
+func (c *Conn) PublicKey() ed25519.PublicKey { return c.hs.public }
+
+// MaxPayload returns the largest datagram WriteTo accepts: the path MTU
+// less the IP, UDP and vaultudp overheads. Larger writes fail with an
+// error matching ErrMessageTooLarge and syscall.EMSGSIZE.
+func (c *Conn) MaxPayload() int { return c.maxPayload }
+
+func (c *Conn) isClosed() bool { return isClosed(c.closed) }
+
+func (c *Conn) opError(op string, addr net.Addr, err error) error {
+	e := &net.OpError{Op: op, Net: "udp", Source: c.LocalAddr(), Err: err}
+	if op == "write" {
+		e.Addr = addr
+	}
+	return e
+}
+
+// ReadFrom reads the next datagram that passed every check into b and
+// returns its length and source. As with *net.UDPConn, a datagram longer
+// than b is cut to len(b) without an error.
+func (c *Conn) ReadFrom(b []byte) (int, net.Addr, error) {
+	n, from, err := c.ReadFromUDPAddrPort(b)
+	if err != nil {
+		return n, nil, err
+	}
+	return n, net.UDPAddrFromAddrPort(from), nil
+}
+
+// ReadFromUDPAddrPort is ReadFrom without the address allocation.
+func (c *Conn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) {
+	if c.isClosed() {
+		return 0, netip.AddrPort{}, c.opError("read", nil, net.ErrClosed)
+	}
+	select {
+	case p := <-c.recvQ:
+		n := copy(b, p.data)
+		from := p.from
+		c.putPacket(p)
+		return n, from, nil
+	case <-c.closed:
+		return 0, netip.AddrPort{}, c.opError("read", nil, net.ErrClosed)
+	case <-c.readDeadline.wait():
+		return 0, netip.AddrPort{}, c.opError("read", nil, os.ErrDeadlineExceeded)
+	}
+}
+
+func (c *Conn) getPacket() *packet { return c.pkts.Get().(*packet) }
+
+func (c *Conn) putPacket(p *packet) {
+	p.data, p.from, p.truncated = nil, netip.AddrPort{}, false
+	c.pkts.Put(p)
+}
+
+// WriteTo seals b and sends it to addr, a *net.UDPAddr. See Conn for what
+// happens when the peer has no session yet.
+func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	ua, ok := addr.(*net.UDPAddr)
+	if !ok || ua == nil {
+		return 0, c.opError("write", addr, &net.AddrError{Err: "unsupported address type (want *net.UDPAddr)", Addr: addrString(addr)})
+	}
+	return c.WriteToUDPAddrPort(b, ua.AddrPort())
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return "<nil>"
+	}
+	return a.String()
+}
+
+// WriteToUDPAddrPort is WriteTo with a netip.AddrPort.
+func (c *Conn) WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error) {
+	if err := c.send(b, normAddr(addr)); err != nil {
+		return 0, c.opError("write", net.UDPAddrFromAddrPort(addr), err)
+	}
+	return len(b), nil
+}
+
+// SetDeadline sets the read and write deadlines.
+func (c *Conn) SetDeadline(t time.Time) error {
+	if c.isClosed() {
+		return c.opError("set", nil, net.ErrClosed)
+	}
+	c.readDeadline.set(t)
+	c.writeDeadline.set(t)
+	return nil
+}
+
+// SetReadDeadline sets the deadline for ReadFrom and ReadBatch; a blocked
+// call sees a change at once.
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	if c.isClosed() {
+		return c.opError("set", nil, net.ErrClosed)
+	}
+	c.readDeadline.set(t)
+	return nil
+}
+
+// SetWriteDeadline sets the deadline for writes. UDP writes do not wait
+// for the network, so a write fails only if the deadline has passed when
+// it starts. The handshake traffic the Conn sends by itself is not
+// subject to it.
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	if c.isClosed() {
+		return c.opError("set", nil, net.ErrClosed)
+	}
+	c.writeDeadline.set(t)
+	return nil
+}
+
+// SetReadBuffer sets the socket's receive buffer, as on *net.UDPConn.
+func (c *Conn) SetReadBuffer(bytes int) error {
+	if s := c.sock.Load(); s.udp != nil {
+		return s.udp.SetReadBuffer(bytes)
+	}
+	return nil
+}
+
+// SetWriteBuffer sets the socket's send buffer, as on *net.UDPConn.
+func (c *Conn) SetWriteBuffer(bytes int) error {
+	if s := c.sock.Load(); s.udp != nil {
+		return s.udp.SetWriteBuffer(bytes)
+	}
+	return nil
+}
+
+// Close closes the Conn and its socket. Blocked calls return at once with
+// errors wrapping net.ErrClosed; Close returns after every goroutine of
+// the Conn has ended. A second Close returns an error wrapping
+// net.ErrClosed, as *net.UDPConn's does.
+func (c *Conn) Close() error {
+	first := false
+	c.closeOnce.Do(func() {
+		first = true
+		c.rebindMu.Lock()
+		close(c.closed)
+		err := c.sock.Load().pc.Close()
+		c.rebindMu.Unlock()
+		c.wg.Wait()
+		c.readDeadline.stop()
+		c.writeDeadline.stop()
+		c.z.close()
+		c.mu.Lock()
+		for _, p := range c.peers {
+			p.mu.Lock()
+			p.closeLocked(net.ErrClosed)
+			p.mu.Unlock()
+		}
+		c.mu.Unlock()
+		if err != nil {
+			c.log.Debug("vaultudp: closing socket", "err", err)
+		}
+	})
+	if !first {
+		return c.opError("close", nil, net.ErrClosed)
+	}
+	return nil
+}
+
+// housekeeping runs the Conn's timers until Close.
+func (c *Conn) housekeeping() {
+	defer c.wg.Done()
+	t := time.NewTicker(housekeepingEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.closed:
+			return
+		case <-t.C:
+			c.clock.Store(int64(time.Since(c.start)))
+			c.tick()
+		}
+	}
+}

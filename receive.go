@@ -1,0 +1,524 @@
+package vaultudp
+
+import (
+	"bytes"
+	"crypto/ecdh"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// readLoop reads s until it is closed (by Close or Rebind), handling
+// every datagram: handshakes are answered here, so a Conn that only
+// writes still completes them.
+func (c *Conn) readLoop(s *socket) {
+	defer c.wg.Done()
+	r := s.newReader()
+	pkts := make([]*packet, readBatchSize)
+	for i := range pkts {
+		pkts[i] = c.getPacket()
+	}
+	defer func() {
+		for _, p := range pkts {
+			c.putPacket(p)
+		}
+	}()
+	for {
+		n, err := r.read(pkts)
+		if err != nil {
+			if c.isClosed() || c.sock.Load() != s {
+				return
+			}
+			if errors.Is(err, ErrClosed) {
+				return
+			}
+			c.log.Debug("vaultudp: read", "err", err)
+			continue
+		}
+		for i := 0; i < n; i++ {
+			if c.receive(pkts[i]) {
+				pkts[i] = c.getPacket()
+			}
+		}
+	}
+}
+
+// receive handles one datagram. It returns true if it kept p (queued it
+// for ReadFrom).
+func (c *Conn) receive(p *packet) bool {
+	b := p.data
+	if p.truncated {
+		c.stats.tooLarge.Add(1)
+		return false
+	}
+	if len(b) < openHeaderLen || b[0] != ProtocolVersion {
+		c.stats.malformed.Add(1)
+		return false
+	}
+	switch b[1] {
+	case typeSealed:
+		return c.receiveSealed(p)
+	case typeOpen:
+		return c.receiveOpen(p)
+	}
+	c.stats.malformed.Add(1)
+	return false
+}
+
+func (c *Conn) receiveSealed(p *packet) bool {
+	idx, ok := sealedIndex(p.data)
+	if !ok {
+		c.stats.malformed.Add(1)
+		return false
+	}
+	c.idxMu.Lock()
+	s := c.sessions[idx]
+	c.idxMu.Unlock()
+	if s == nil {
+		c.stats.unknownSession.Add(1)
+		return false
+	}
+	now := c.now()
+	if time.Duration(now-s.created) >= rejectAfter(c.cfg.KeyLifetime) {
+		c.stats.unknownSession.Add(1)
+		return false
+	}
+	env, err := s.open(p.data)
+	switch {
+	case errors.Is(err, errReplay):
+		c.stats.replay.Add(1)
+		return false
+	case err != nil:
+		c.stats.auth.Add(1)
+		return false
+	}
+	rec, err := parseRecord(env)
+	if err != nil {
+		// Authentic but malformed: a peer's bug, not an attack.
+		c.stats.malformed.Add(1)
+		return false
+	}
+	pr := s.peer
+	pr.seenSealed.Store(true)
+	pr.mu.Lock()
+	if !s.confirmed.Load() {
+		c.confirmLocked(pr, s)
+	}
+	pr.lastSeen = now
+	roamed := pr.addr != p.from
+	pr.mu.Unlock()
+	if roamed {
+		c.roam(pr, p.from)
+	}
+	if !rec.hasPayload {
+		return false // a keepalive: it confirmed the session, nothing to deliver
+	}
+	return c.deliver(p, pr, &rec)
+}
+
+// confirmLocked makes s, now proven by a datagram from the peer, its
+// current session.
+func (c *Conn) confirmLocked(p *peer, s *session) {
+	s.confirmed.Store(true)
+	if p.next == s {
+		c.unindexLocked(p, p.previous)
+		p.previous, p.current, p.next = p.current, s, nil
+	}
+}
+
+// roam moves p to the address an authenticated datagram came from, as
+// WireGuard does. Unauthenticated datagrams never move a peer.
+func (c *Conn) roam(p *peer, to netip.AddrPort) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if other := c.peers[to]; other != nil && other != p {
+		if other.configured {
+			return // never displace a configured peer
+		}
+		c.dropPeerLocked(other, fmt.Errorf("%w: %v was taken over by a roaming peer", ErrUnknownPeer, to))
+	}
+	p.mu.Lock()
+	from := p.addr
+	if c.peers[from] == p {
+		delete(c.peers, from)
+	}
+	p.addr = to
+	p.mu.Unlock()
+	c.peers[to] = p
+	c.log.Debug("vaultudp: peer roamed", "from", from, "to", to)
+}
+
+// deliver queues the payload of rec (from p.data) for ReadFrom,
+// decompressing it into a new packet if it is compressed.
+func (c *Conn) deliver(p *packet, pr *peer, rec *record) bool {
+	if pr != nil && pr.limiter != nil && !pr.limiter.Allow() {
+		c.stats.rateLimit.Add(1)
+		return false
+	}
+	q, kept := p, true
+	if rec.compressed {
+		q = c.getPacket()
+		out, err := c.z.decompress(q.buf, rec.payload)
+		if err != nil {
+			c.putPacket(q)
+			if errors.Is(err, errTooLarge) {
+				c.stats.tooLarge.Add(1)
+			} else {
+				c.stats.malformed.Add(1)
+			}
+			return false
+		}
+		q.data, q.from, kept = out, p.from, false
+	} else {
+		q.data = rec.payload
+	}
+	n := len(q.data) // q belongs to the reader once queued
+	select {
+	case c.recvQ <- q:
+		c.stats.datagramsIn.Add(1)
+		c.stats.bytesIn.Add(uint64(n))
+		return kept
+	default:
+		c.stats.queueFull.Add(1)
+		if !kept {
+			c.putPacket(q)
+		}
+		return false
+	}
+}
+
+// policyFor returns the policy for datagrams from addr.
+func (c *Conn) policyFor(p *peer) Policy {
+	if p == nil {
+		return c.cfg.Policy
+	}
+	return p.policy
+}
+
+func (c *Conn) receiveOpen(p *packet) bool {
+	rec, err := parseRecord(p.data[openHeaderLen:])
+	if err != nil {
+		c.stats.malformed.Add(1)
+		return false
+	}
+	if rec.control != nil {
+		c.handleControl(rec.control, p.from)
+	}
+	if !rec.hasPayload {
+		return false
+	}
+	pr, _ := c.peerFor(p.from, false)
+	switch c.policyFor(pr) {
+	case RequireEncryption:
+		c.stats.policy.Add(1)
+		return false
+	case Opportunistic:
+		if pr != nil && pr.seenSealed.Load() {
+			c.stats.policy.Add(1) // a downgrade: this peer has spoken sealed
+			return false
+		}
+	}
+	if pr == nil {
+		// Plaintext from a new address under a permissive policy: it
+		// becomes a learned peer, so that rate limits apply to it.
+		if pr, err = c.peerFor(p.from, true); err != nil {
+			return false
+		}
+	}
+	return c.deliver(p, pr, &rec)
+}
+
+func (c *Conn) handleControl(msg []byte, from netip.AddrPort) {
+	if len(msg) == 0 {
+		c.stats.malformed.Add(1)
+		return
+	}
+	switch msg[0] {
+	case ctlHello:
+		c.handleHello(msg, from)
+	case ctlReply:
+		c.handleReply(msg)
+	case ctlCookie:
+		c.handleCookie(msg)
+	default:
+		c.stats.malformed.Add(1)
+	}
+}
+
+// trust applies the trust rules to key presented by p (nil if the address
+// is not a peer yet) at addr.
+func (c *Conn) trust(p *peer, addr netip.AddrPort, key ed25519.PublicKey) error {
+	var pinned, known ed25519.PublicKey
+	if p != nil {
+		p.mu.Lock()
+		pinned, known = p.pinned, p.identity
+		p.mu.Unlock()
+	}
+	switch {
+	case pinned != nil:
+		if !bytes.Equal(pinned, key) {
+			return fmt.Errorf("%w: %v presented %s, pinned key is %s", ErrPeerRejected, addr, EncodePublicKey(key), EncodePublicKey(pinned))
+		}
+	case c.cfg.VerifyPeer != nil:
+		if err := c.cfg.VerifyPeer(addr, slicesClone(key)); err != nil {
+			return fmt.Errorf("%w: %v: %w", ErrPeerRejected, addr, err)
+		}
+	case known != nil && !bytes.Equal(known, key):
+		return fmt.Errorf("%w: %v presented %s, but it used %s before (trust on first use)", ErrPeerRejected, addr, EncodePublicKey(key), EncodePublicKey(known))
+	}
+	return nil
+}
+
+func slicesClone(k ed25519.PublicKey) ed25519.PublicKey { return append(ed25519.PublicKey(nil), k...) }
+
+func (c *Conn) handleHello(msg []byte, from netip.AddrPort) {
+	m, err := parseHello(msg)
+	if err != nil {
+		c.stats.malformed.Add(1)
+		return
+	}
+	wall := c.cfg.now()
+	if c.cookies.underLoad(wall) && !c.cookies.valid(from, m.cookie, wall) {
+		cookie := c.cookies.make(from, wall)
+		c.stats.cookiesSent.Add(1)
+		c.sendControl(from, cookieMsg(m.senderIndex, cookie[:]))
+		return
+	}
+	if err := checkFresh(m.timestamp, wall, c.cfg.FreshnessWindow); err != nil {
+		c.stats.stale.Add(1)
+		return
+	}
+	var idKey [ed25519.PublicKeySize]byte
+	copy(idKey[:], m.identity)
+	c.mu.RLock()
+	pr := c.peers[from]
+	last := c.lastHello[idKey]
+	c.mu.RUnlock()
+	if m.timestamp <= last {
+		c.stats.stale.Add(1) // a replayed or reordered hello
+		return
+	}
+	if c.policyFor(pr) == Plaintext {
+		c.stats.policy.Add(1)
+		return
+	}
+	c.stats.verifications.Add(1)
+	if err := m.verify(); err != nil {
+		c.stats.auth.Add(1)
+		return
+	}
+	if err := c.trust(pr, from, m.identity); err != nil {
+		c.stats.rejected.Add(1)
+		c.log.Info("vaultudp: handshake refused", "peer", from, "err", err)
+		return
+	}
+	if pr != nil {
+		pr.mu.Lock()
+		weInitiate := pr.init != nil && bytes.Compare(c.hs.public, m.identity) > 0
+		pr.mu.Unlock()
+		if weInitiate {
+			// Both sides sent hellos at once: the larger identity
+			// initiates, the smaller answers, and one session results.
+			return
+		}
+	}
+	eph, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		return
+	}
+	c.idxMu.Lock()
+	idx := c.newIndexLocked()
+	c.sessions[idx] = nil // reserve it
+	c.idxMu.Unlock()
+	reply, keys, err := c.hs.respond(m, wall, idx, eph)
+	if err != nil {
+		c.releaseIndex(idx)
+		switch {
+		case errors.Is(err, errReflected):
+			c.stats.auth.Add(1)
+		default:
+			c.stats.malformed.Add(1)
+		}
+		return
+	}
+	s, err := newSession(keys, c.now())
+	if err != nil {
+		c.releaseIndex(idx)
+		return
+	}
+	c.mu.Lock()
+	if m.timestamp <= c.lastHello[idKey] {
+		c.mu.Unlock()
+		c.releaseIndex(idx)
+		c.stats.stale.Add(1)
+		return
+	}
+	c.lastHello[idKey] = m.timestamp
+	if pr = c.peers[from]; pr == nil {
+		if c.learned >= c.cfg.MaxPeers {
+			c.mu.Unlock()
+			c.releaseIndex(idx)
+			c.stats.peerLimit.Add(1)
+			return
+		}
+		pr = c.newPeer(from, nil)
+		c.peers[from] = pr
+		c.learned++
+	}
+	c.mu.Unlock()
+
+	queued := c.install(pr, s, keys.peerIdentity, wall)
+	c.sendControl(from, reply)
+	c.flush(s, from, queued)
+}
+
+func (c *Conn) releaseIndex(idx uint32) {
+	c.idxMu.Lock()
+	delete(c.sessions, idx)
+	c.idxMu.Unlock()
+}
+
+// install makes s a session of p and returns the datagrams that waited
+// for it, to be sent once the caller has sent what must go first.
+func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall time.Time) [][]byte {
+	s.peer = p
+	now := c.now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.removed {
+		c.releaseIndex(s.localIndex)
+		return nil
+	}
+	rekey := p.current != nil
+	c.idxMu.Lock()
+	c.sessions[s.localIndex] = s
+	if p.init != nil && (s.initiator || !c.usableLocked(p.current, now)) {
+		delete(c.initiated, p.init.localIndex)
+		p.init = nil
+	}
+	c.idxMu.Unlock()
+	switch {
+	case s.initiator || !c.usableLocked(p.current, now):
+		c.unindexLocked(p, p.previous, p.next)
+		p.previous, p.current, p.next = p.current, s, nil
+	default:
+		// A responder session with a live one in place waits for the
+		// peer's first sealed datagram before it is used to send.
+		c.unindexLocked(p, p.next)
+		p.next = s
+	}
+	p.identity = identity
+	p.lastHandshake = wall
+	p.failErr = nil
+	p.lastSeen = now
+	c.stats.handshakes.Add(1)
+	if rekey {
+		c.stats.rekeys.Add(1)
+	}
+	var queued [][]byte
+	if p.current == s {
+		queued, p.queue = p.queue, nil
+	}
+	p.notifyLocked()
+	c.log.Debug("vaultudp: session established", "peer", p.addr, "initiator", s.initiator, "rekey", rekey)
+	return queued
+}
+
+// flush sends datagrams that waited for s.
+func (c *Conn) flush(s *session, to netip.AddrPort, queued [][]byte) {
+	for _, b := range queued {
+		if err := c.sendData(s, to, b); err != nil {
+			c.log.Debug("vaultudp: sending queued datagram", "peer", to, "err", err)
+		}
+	}
+}
+
+func (c *Conn) handleReply(msg []byte) {
+	r, err := parseReply(msg)
+	if err != nil {
+		c.stats.malformed.Add(1)
+		return
+	}
+	c.idxMu.Lock()
+	p := c.initiated[r.receiverIndex]
+	c.idxMu.Unlock()
+	if p == nil {
+		c.stats.stale.Add(1) // an answer to no hello of ours, or to one completed
+		return
+	}
+	p.mu.Lock()
+	init, addr := p.init, p.addr
+	p.mu.Unlock()
+	if init == nil || init.localIndex != r.receiverIndex {
+		c.stats.stale.Add(1)
+		return
+	}
+	if err := c.trust(p, addr, r.identity); err != nil {
+		c.stats.rejected.Add(1)
+		c.log.Info("vaultudp: handshake refused", "peer", addr, "err", err)
+		return
+	}
+	wall := c.cfg.now()
+	keys, err := c.hs.complete(init, r, wall, c.cfg.FreshnessWindow)
+	if err != nil {
+		switch {
+		case errors.Is(err, errStale):
+			c.stats.stale.Add(1)
+		case errors.Is(err, errUnexpected):
+			c.stats.stale.Add(1)
+		default:
+			c.stats.auth.Add(1)
+		}
+		return
+	}
+	s, err := newSession(keys, c.now())
+	if err != nil {
+		return
+	}
+	p.mu.Lock()
+	still := p.init == init
+	p.mu.Unlock()
+	if !still {
+		c.stats.stale.Add(1)
+		return
+	}
+	queued := c.install(p, s, keys.peerIdentity, wall)
+	if len(queued) == 0 {
+		// Confirm the session to the responder at once, so that it may
+		// use it for sending.
+		if err := c.sendSealed(s, addr, nil, false); err != nil {
+			c.log.Debug("vaultudp: keepalive", "peer", addr, "err", err)
+		}
+	}
+	c.flush(s, addr, queued)
+}
+
+func (c *Conn) handleCookie(msg []byte) {
+	idx, cookie, err := parseCookieMsg(msg)
+	if err != nil {
+		c.stats.malformed.Add(1)
+		return
+	}
+	c.idxMu.Lock()
+	p := c.initiated[idx]
+	c.idxMu.Unlock()
+	if p == nil {
+		c.stats.stale.Add(1)
+		return
+	}
+	p.mu.Lock()
+	var hello []byte
+	if p.init != nil && p.init.localIndex == idx {
+		p.init.setCookie(cookie)
+		hello = p.init.hello
+		p.initSent = c.now()
+	}
+	to := p.addr
+	p.mu.Unlock()
+	if hello != nil {
+		c.sendControl(to, hello)
+	}
+}

@@ -1,0 +1,93 @@
+package vaultudp
+
+import "sync/atomic"
+
+// Stats is a snapshot of a Conn's state and counters.
+type Stats struct {
+	ProtocolVersion int // the native protocol version, 3
+	MTU             int // the path MTU in use
+	MaxPayload      int // the largest datagram WriteTo accepts
+	Peers           int // configured and learned peers
+	Sessions        int // live sessions (current, previous and unconfirmed)
+
+	DatagramsIn  uint64 // datagrams delivered to the application
+	BytesIn      uint64 // their payload bytes
+	DatagramsOut uint64 // datagrams the application wrote that were sent
+	BytesOut     uint64 // their payload bytes
+
+	Handshakes        uint64 // sessions established (either role)
+	Rekeys            uint64 // of which replaced a live session
+	HandshakeFailures uint64 // initiations that timed out
+	CookiesSent       uint64 // cookie replies sent under load
+	Verifications     uint64 // hello signatures verified
+
+	Drops Drops
+}
+
+// Drops counts datagrams dropped, by reason. None of them reached the
+// application, and none was returned as an error.
+type Drops struct {
+	Malformed        uint64 // not a well-formed vaultudp datagram
+	Replay           uint64 // a counter seen before or older than the window
+	Auth             uint64 // failed authentication: tag, signature, key exchange
+	Policy           uint64 // refused by policy: plaintext where encryption is required, a downgrade
+	Rejected         uint64 // handshakes from keys the trust rules refuse
+	Stale            uint64 // handshake messages out of the freshness window or replayed
+	RateLimit        uint64 // over Config.RateLimit
+	QueueFull        uint64 // the read queue was full
+	TooLarge         uint64 // larger than the MTU allows, or inflating past MaxPayload
+	UnknownSession   uint64 // a session index we do not have (expired, or never existed)
+	HandshakeTimeout uint64 // written datagrams dropped when their handshake failed
+	PeerLimit        uint64 // handshakes refused because Config.MaxPeers was reached
+}
+
+// counters are the Conn's atomic counters behind Stats.
+type counters struct {
+	datagramsIn, bytesIn, datagramsOut, bytesOut           atomic.Uint64
+	handshakes, rekeys, handshakeFailures, cookiesSent     atomic.Uint64
+	verifications                                          atomic.Uint64
+	malformed, replay, auth, policy, rejected, stale       atomic.Uint64
+	rateLimit, queueFull, tooLarge, unknownSession         atomic.Uint64
+	dropHandshakeTimeout, peerLimit                        atomic.Uint64
+}
+
+// Stats returns a snapshot of the Conn's counters.
+func (c *Conn) Stats() Stats {
+	c.mu.RLock()
+	peers := len(c.peers)
+	c.mu.RUnlock()
+	c.idxMu.Lock()
+	sessions := len(c.sessions)
+	c.idxMu.Unlock()
+	k := &c.stats
+	return Stats{
+		ProtocolVersion:   ProtocolVersion,
+		MTU:               c.mtu,
+		MaxPayload:        c.maxPayload,
+		Peers:             peers,
+		Sessions:          sessions,
+		DatagramsIn:       k.datagramsIn.Load(),
+		BytesIn:           k.bytesIn.Load(),
+		DatagramsOut:      k.datagramsOut.Load(),
+		BytesOut:          k.bytesOut.Load(),
+		Handshakes:        k.handshakes.Load(),
+		Rekeys:            k.rekeys.Load(),
+		HandshakeFailures: k.handshakeFailures.Load(),
+		CookiesSent:       k.cookiesSent.Load(),
+		Verifications:     k.verifications.Load(),
+		Drops: Drops{
+			Malformed:        k.malformed.Load(),
+			Replay:           k.replay.Load(),
+			Auth:             k.auth.Load(),
+			Policy:           k.policy.Load(),
+			Rejected:         k.rejected.Load(),
+			Stale:            k.stale.Load(),
+			RateLimit:        k.rateLimit.Load(),
+			QueueFull:        k.queueFull.Load(),
+			TooLarge:         k.tooLarge.Load(),
+			UnknownSession:   k.unknownSession.Load(),
+			HandshakeTimeout: k.dropHandshakeTimeout.Load(),
+			PeerLimit:        k.peerLimit.Load(),
+		},
+	}
+}

@@ -1,0 +1,74 @@
+package vaultudp
+
+import (
+	"net/netip"
+)
+
+// sendData sends a user datagram to a peer: sealed under s, or open if s
+// is nil.
+func (c *Conn) sendData(s *session, to netip.AddrPort, b []byte) error {
+	var err error
+	if s != nil {
+		err = c.sendSealed(s, to, b, true)
+	} else {
+		err = c.sendOpen(to, &record{payload: b, hasPayload: true})
+	}
+	if err == nil {
+		c.stats.datagramsOut.Add(1)
+		c.stats.bytesOut.Add(uint64(len(b)))
+	}
+	return err
+}
+
+// compressing reports whether payloads are worth trying to compress.
+func (c *Conn) compressing() bool {
+	switch c.cfg.Compression {
+	case CompressAlways:
+		return true
+	case CompressAuto:
+		return c.cfg.Padding != PadMTU
+	}
+	return false
+}
+
+// sendSealed seals an envelope carrying b (if hasPayload; a keepalive
+// otherwise) under s, padded as the Config says, and sends it.
+func (c *Conn) sendSealed(s *session, to netip.AddrPort, b []byte, hasPayload bool) error {
+	bp := c.bufs.Get().(*[]byte)
+	defer c.bufs.Put(bp)
+	rec := record{payload: b, hasPayload: hasPayload}
+	if hasPayload && len(b) >= minCompressLen && c.compressing() {
+		zp := c.bufs.Get().(*[]byte)
+		defer c.bufs.Put(zp)
+		z := c.z.compress((*zp)[:0], b)
+		if len(z)+extHeaderLen(len(z)) < len(b)+binHeaderLen(len(b)) {
+			rec.payload, rec.compressed = z, true
+		}
+	}
+	natural := sealedOverhead + rec.envelopeLen()
+	size := c.cfg.Padding.wireSize(natural, c.datagram) - sealedOverhead
+	buf := rec.appendTo((*bp)[:sealedHeaderLen], size)
+	out, err := s.seal(buf)
+	if err != nil {
+		return err
+	}
+	return c.sock.Load().writeTo(out, to)
+}
+
+// sendOpen sends an open (unencrypted) envelope. Open datagrams are not
+// padded: there is nothing to hide.
+func (c *Conn) sendOpen(to netip.AddrPort, rec *record) error {
+	bp := c.bufs.Get().(*[]byte)
+	defer c.bufs.Put(bp)
+	buf := append((*bp)[:0], ProtocolVersion, typeOpen)
+	buf = rec.appendTo(buf, 0)
+	return c.sock.Load().writeTo(buf, to)
+}
+
+// sendControl sends a handshake message in an open envelope. Errors are
+// logged, not returned: the handshake retries.
+func (c *Conn) sendControl(to netip.AddrPort, msg []byte) {
+	if err := c.sendOpen(to, &record{control: msg}); err != nil {
+		c.log.Debug("vaultudp: sending handshake message", "peer", to, "err", err)
+	}
+}
