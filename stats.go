@@ -43,12 +43,12 @@ type Drops struct {
 
 // counters are the Conn's atomic counters behind Stats.
 type counters struct {
-	datagramsIn, bytesIn, datagramsOut, bytesOut           atomic.Uint64
-	handshakes, rekeys, handshakeFailures, cookiesSent     atomic.Uint64
-	verifications                                          atomic.Uint64
-	malformed, replay, auth, policy, rejected, stale       atomic.Uint64
-	rateLimit, queueFull, tooLarge, unknownSession         atomic.Uint64
-	dropHandshakeTimeout, peerLimit                        atomic.Uint64
+	datagramsIn, bytesIn, datagramsOut, bytesOut       atomic.Uint64
+	handshakes, rekeys, handshakeFailures, cookiesSent atomic.Uint64
+	verifications                                      atomic.Uint64
+	malformed, replay, auth, policy, rejected, stale   atomic.Uint64
+	rateLimit, queueFull, tooLarge, unknownSession     atomic.Uint64
+	dropHandshakeTimeout, peerLimit                    atomic.Uint64
 }
 
 // Stats returns a snapshot of the Conn's counters.
