@@ -1,0 +1,99 @@
+// Command vaultudp tries, uses and measures vaultudp without writing Go.
+//
+//	vaultudp demo                     two Conns on loopback, a handshake, datagrams both ways
+//	vaultudp keygen -o FILE           write a private identity key (mode 0600), print the public key
+//	vaultudp pubkey FILE              print the public key of a key file
+//	vaultudp listen [flags] ADDR      receive datagrams on ADDR and print them
+//	vaultudp send [flags] ADDR        send each line of stdin to ADDR as a datagram
+//
+// Run "vaultudp COMMAND -h" for the flags of a command. Exit status: 0 on
+// success, 1 on error, 2 on a usage error. The flag package is enough for
+// five subcommands and adds no dependency.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+)
+
+type command struct {
+	name, args, summary string
+	run                 func(args []string, stdout, stderr io.Writer) error
+}
+
+var commands = []command{
+	{"demo", "", "two Conns on loopback: handshake, datagrams both ways, stats", runDemo},
+	{"keygen", "-o FILE", "write a private identity key file (mode 0600) and print its public key", runKeygen},
+	{"pubkey", "FILE", "print the public key of a private key file", runPubkey},
+	{"listen", "[flags] ADDR", "receive datagrams on ADDR and print them, one per line", runListen},
+	{"send", "[flags] ADDR", "send each line of stdin to ADDR as one datagram", runSend},
+}
+
+// errUsage marks errors that exit with status 2.
+var errUsage = errors.New("usage")
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(stderr)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	for _, c := range commands {
+		if c.name != args[0] {
+			continue
+		}
+		err := c.run(args[1:], stdout, stderr)
+		switch {
+		case err == nil || errors.Is(err, flag.ErrHelp):
+			return 0
+		case errors.Is(err, errUsage):
+			fmt.Fprintf(stderr, "vaultudp %s: %v\n", c.name, err)
+			return 2
+		default:
+			fmt.Fprintf(stderr, "vaultudp %s: %v\n", c.name, err)
+			return 1
+		}
+	}
+	fmt.Fprintf(stderr, "vaultudp: unknown command %q\n\n", args[0])
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "vaultudp: encrypted UDP, as a drop-in net.PacketConn.\n\nUsage:")
+	for _, c := range commands {
+		fmt.Fprintf(w, "  vaultudp %-7s %-13s %s\n", c.name, c.args, c.summary)
+	}
+	fmt.Fprintln(w, "\nRun 'vaultudp COMMAND -h' for a command's flags.")
+}
+
+// newFlags returns a FlagSet whose errors and help go to stderr.
+func newFlags(name, args string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: vaultudp %s %s\n", name, args)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parse parses flags and wraps a bad command line in errUsage.
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	return nil
+}
