@@ -123,7 +123,7 @@ func newConn(pc net.PacketConn, config *Config) (*Conn, error) {
 		mtu:           mtu,
 		datagram:      datagram,
 		maxPayload:    maxPayload,
-		bufSize:       max(datagram, maxPayload) + 1, // one spare byte tells an oversized datagram
+		bufSize:       recvBufSize(mtu),
 		start:         time.Now(),
 		recvQ:         make(chan *packet, cfg.ReadQueue),
 		readDeadline:  newDeadline(),
@@ -150,6 +150,15 @@ func newConn(pc net.PacketConn, config *Config) (*Conn, error) {
 		}
 	}
 	return c, nil
+}
+
+// recvBufSize is the size of receive (and seal) buffers: the largest
+// datagram a peer with the same MTU sends, which is its IPv4 size even when
+// this socket is IPv6 (a dual-stack peer pads to its own family's size), and
+// never less than a default Ethernet path's. One spare byte tells a
+// datagram that did not fit.
+func recvBufSize(mtu int) int {
+	return max(datagramSize(mtu, false), datagramSize(DefaultMTU, false)) + 1
 }
 
 // now returns the coarse monotonic clock, in nanoseconds since the Conn

@@ -5,10 +5,13 @@
 //	vaultudp pubkey FILE              print the public key of a key file
 //	vaultudp listen [flags] ADDR      receive datagrams on ADDR and print them
 //	vaultudp send [flags] ADDR        send each line of stdin to ADDR as a datagram
+//	vaultudp proxy -listen A -to B    client side of an encrypting UDP proxy
+//	vaultudp proxy -listen A -forward S  server side: opened datagrams go to service S
+//	vaultudp bench                    raw UDP beside vaultudp on loopback
 //
 // Run "vaultudp COMMAND -h" for the flags of a command. Exit status: 0 on
 // success, 1 on error, 2 on a usage error. The flag package is enough for
-// five subcommands and adds no dependency.
+// a handful of subcommands and adds no dependency.
 package main
 
 import (
@@ -30,6 +33,8 @@ var commands = []command{
 	{"pubkey", "FILE", "print the public key of a private key file", runPubkey},
 	{"listen", "[flags] ADDR", "receive datagrams on ADDR and print them, one per line", runListen},
 	{"send", "[flags] ADDR", "send each line of stdin to ADDR as one datagram", runSend},
+	{"proxy", "-listen A -to B", "encrypt an unchanged UDP program: plain in, sealed between proxies, plain out", runProxy},
+	{"bench", "[flags]", "raw UDP beside vaultudp on loopback: packets/s, MB/s, ratio", runBench},
 }
 
 // errUsage marks errors that exit with status 2.
