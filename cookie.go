@@ -48,13 +48,26 @@ func newCookieJar(threshold int, now time.Time) *cookieJar {
 }
 
 // rotateLocked changes the secret when it is older than cookieRotation.
+//
+// Rotations keep to a fixed schedule (rotated advances by whole periods)
+// and count every period that passed: rotating only once per call, at the
+// time of the call, let a cookie outlive two rotations, without limit when
+// no hello came in between (made at 0, still valid at 100 min), and by up
+// to a period when rotations drifted to the time of use.
 func (j *cookieJar) rotateLocked(now time.Time) {
-	if now.Sub(j.rotated) < cookieRotation {
+	n := now.Sub(j.rotated) / cookieRotation // periods passed; <= 0 if the clock stepped back
+	if n < 1 {
 		return
 	}
-	j.previous = j.secret
+	if n == 1 {
+		j.previous = j.secret
+	} else {
+		// The current secret is two or more periods old: neither it
+		// nor the previous may be accepted any longer.
+		rand.Read(j.previous[:])
+	}
 	rand.Read(j.secret[:])
-	j.rotated = now
+	j.rotated = j.rotated.Add(n * cookieRotation)
 }
 
 func cookieFor(secret *[32]byte, addr netip.AddrPort) [cookieLen]byte {

@@ -16,7 +16,7 @@ import (
 // ephemeral key (forward secrecy) and signs with its long-term Ed25519
 // identity. PROTOCOL.md gives every byte; in short:
 //
-//	hello (initiator → responder), 80+n+64+16 bytes with n versions:
+//	hello (initiator → responder), 78+n+64+16 bytes with n versions:
 //	  0  type = 1
 //	  1  sender index   uint32, big endian
 //	  5  timestamp      uint64, Unix nanoseconds, big endian
@@ -27,7 +27,7 @@ import (
 //	  .. signature      64 bytes: Ed25519 over helloLabel || bytes 0..78+n
 //	  .. cookie         16 bytes: zeros, or the responder's cookie (not signed)
 //
-//	reply (responder → initiator), 84+n+64 bytes:
+//	reply (responder → initiator), 82+n+64 bytes:
 //	  0  type = 2
 //	  1  sender index   uint32 (the responder's)
 //	  5  receiver index uint32 (the hello's sender index)
