@@ -121,10 +121,14 @@ func (r *record) envelopeLen() int {
 // minPadField is the smallest "g" entry: its key and an empty bin8.
 const minPadField = 4
 
-// appendTo appends the envelope to dst. If size is larger than the
-// unpadded envelope by minPadField or more, a "g" field of zeros makes the
-// envelope exactly size bytes long; with less room than that it is left
-// unpadded (at most 3 bytes short of size).
+// appendTo appends the envelope to dst, exactly size bytes long when size
+// is larger than the unpadded envelope: by a "g" field of zeros when there
+// are minPadField bytes of room or more, and for 1 to 3 bytes of room by
+// wider encodings of "v" and of the first bin field's header (valid
+// msgpack the reader accepts), so that padding to the MTU gives every
+// sealed datagram one length. The one case left short is an envelope with
+// neither payload nor control and 3 bytes of room. With size at or below
+// the unpadded length, the envelope is unpadded.
 func (r *record) appendTo(dst []byte, size int) []byte {
 	base := r.envelopeLen()
 	pad := size - base
@@ -135,22 +139,36 @@ func (r *record) appendTo(dst []byte, size int) []byte {
 	if r.control != nil {
 		entries++
 	}
-	if pad >= minPadField {
+	var vWide, fieldWide int // extra bytes in "v" and in the first field's header
+	switch {
+	case pad >= minPadField:
 		entries++
+	case pad > 0:
+		vWide, fieldWide = widen(pad, r.firstFieldHeaderLen())
 	}
-	dst = append(dst, 0x80|byte(entries), 0xa1, 'v', envelopeVersion)
+	dst = append(dst, 0x80|byte(entries), 0xa1, 'v')
+	switch vWide {
+	case 0:
+		dst = append(dst, envelopeVersion)
+	case 1:
+		dst = append(dst, mpUint8, envelopeVersion)
+	case 2:
+		dst = append(dst, mpUint16, 0, envelopeVersion)
+	}
 	if r.hasPayload {
 		dst = append(dst, 0xa1, 'p')
+		hdr := binHeaderLen(len(r.payload)) + fieldWide
 		if r.compressed {
-			dst = appendExtHeader(dst, extZstd, len(r.payload))
+			dst = appendExtHeaderWidth(dst, extZstd, len(r.payload), hdr)
 		} else {
-			dst = appendBinHeader(dst, len(r.payload))
+			dst = appendBinHeaderWidth(dst, len(r.payload), hdr)
 		}
 		dst = append(dst, r.payload...)
+		fieldWide = 0
 	}
 	if r.control != nil {
 		dst = append(dst, 0xa1, 'c')
-		dst = appendBinHeader(dst, len(r.control))
+		dst = appendBinHeaderWidth(dst, len(r.control), binHeaderLen(len(r.control))+fieldWide)
 		dst = append(dst, r.control...)
 	}
 	if pad >= minPadField {
@@ -160,17 +178,42 @@ func (r *record) appendTo(dst []byte, size int) []byte {
 		switch {
 		case pad-4 <= math.MaxUint8:
 			n = pad - 4
-			dst = append(dst, mpBin8, byte(n))
 		case pad-5 <= math.MaxUint16:
 			n = pad - 5
-			dst = append(dst, mpBin16, byte(n>>8), byte(n))
 		default:
 			n = pad - 7
-			dst = append(dst, mpBin32, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 		}
+		dst = appendBinHeaderWidth(dst, n, pad-2-n)
 		dst = appendZeros(dst, n)
 	}
 	return dst
+}
+
+// firstFieldHeaderLen is the shortest header length of the first bin
+// field after "v" (payload, else control), 0 if there is none.
+func (r *record) firstFieldHeaderLen() int {
+	switch {
+	case r.hasPayload:
+		return binHeaderLen(len(r.payload))
+	case r.control != nil:
+		return binHeaderLen(len(r.control))
+	}
+	return 0
+}
+
+// widen splits 1 to 3 bytes of padding between a wider "v" (fixint to
+// uint8: +1, to uint16: +2) and a wider header of the first field, whose
+// shortest header is hdr bytes (2 to 3: +1, 3 to 5: +2).
+func widen(pad, hdr int) (vWide, fieldWide int) {
+	switch {
+	case pad <= 2:
+		return pad, 0
+	case hdr == 2:
+		return 2, 1
+	case hdr == 3:
+		return 1, 2
+	}
+	return 0, 0 // no field to widen: leave it short
 }
 
 func appendZeros(dst []byte, n int) []byte {
@@ -183,22 +226,27 @@ func appendZeros(dst []byte, n int) []byte {
 	return append(dst, make([]byte, n)...)
 }
 
-func appendBinHeader(dst []byte, n int) []byte {
-	switch {
-	case n <= math.MaxUint8:
+// appendBinHeaderWidth appends a bin header for n bytes that is width
+// bytes long (2, 3 or 5), at least as wide as n needs.
+func appendBinHeaderWidth(dst []byte, n, width int) []byte {
+	switch width {
+	case 2:
 		return append(dst, mpBin8, byte(n))
-	case n <= math.MaxUint16:
+	case 3:
 		return append(dst, mpBin16, byte(n>>8), byte(n))
 	default:
 		return append(dst, mpBin32, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 	}
 }
 
-func appendExtHeader(dst []byte, typ int8, n int) []byte {
-	switch {
-	case n <= math.MaxUint8:
+// appendExtHeaderWidth appends an ext header of type typ for n bytes; width
+// is the width of the matching bin header (the ext header is one byte
+// more, for the type).
+func appendExtHeaderWidth(dst []byte, typ int8, n, width int) []byte {
+	switch width {
+	case 2:
 		return append(dst, mpExt8, byte(n), byte(typ))
-	case n <= math.MaxUint16:
+	case 3:
 		return append(dst, mpExt16, byte(n>>8), byte(n), byte(typ))
 	default:
 		return append(dst, mpExt32, byte(n>>24), byte(n>>16), byte(n>>8), byte(n), byte(typ))

@@ -51,10 +51,10 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 					natural := sealedOverhead + r.envelopeLen()
 					size := pad.wireSize(natural, datagram) - sealedOverhead
 					enc := r.appendTo(nil, size)
-					if size-r.envelopeLen() >= minPadField && len(enc) != size {
+					if size > r.envelopeLen() && len(enc) != size {
 						t.Fatalf("padded envelope is %d bytes, want %d", len(enc), size)
 					}
-					if len(enc) < size-minPadField+1 || (pad == PadNone && len(enc) != r.envelopeLen()) {
+					if size <= r.envelopeLen() && len(enc) != r.envelopeLen() {
 						t.Fatalf("envelope is %d bytes, want about %d", len(enc), size)
 					}
 					got, err := parseRecord(enc)
@@ -84,25 +84,46 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 	}
 }
 
-// The exact-size guarantee holds for every gap of minPadField or more,
-// across the bin8/bin16 boundary of the padding header.
+// The exact-size guarantee holds for every gap, across the bin8/bin16
+// boundaries of the padding and payload headers, for small and large
+// payloads, plain and compressed.
 func TestEnvelopePaddingExact(t *testing.T) {
-	r := record{payload: []byte("x"), hasPayload: true}
-	base := r.envelopeLen()
-	for size := base; size <= maxFieldLen; size++ {
-		if size > base+600 && size < base+65000 {
-			size = base + 65000
+	for _, r := range []record{
+		{payload: []byte("x"), hasPayload: true},
+		{payload: make([]byte, 300), hasPayload: true},
+		{payload: make([]byte, 300), hasPayload: true, compressed: true},
+		{control: make([]byte, 10)},
+		{payload: []byte{}, hasPayload: true, control: []byte{1}},
+	} {
+		base := r.envelopeLen()
+		for size := base; size <= maxFieldLen; size++ {
+			if size > base+600 && size < maxFieldLen-600 {
+				size = maxFieldLen - 600
+			}
+			enc := r.appendTo(nil, size)
+			if len(enc) != size {
+				t.Fatalf("%d-byte payload, size %d: got %d bytes", len(r.payload), size, len(enc))
+			}
+			got, err := parseRecord(enc)
+			if err != nil {
+				t.Fatalf("size %d: %v", size, err)
+			}
+			if got.hasPayload != r.hasPayload || got.compressed != r.compressed ||
+				!bytes.Equal(got.payload, r.payload) || !bytes.Equal(got.control, r.control) {
+				t.Fatalf("size %d: decoded %+v", size, got)
+			}
 		}
-		enc := r.appendTo(nil, size)
-		gap := size - base
-		switch {
-		case gap >= minPadField && len(enc) != size:
-			t.Fatalf("size %d: got %d bytes", size, len(enc))
-		case gap < minPadField && len(enc) != base:
-			t.Fatalf("size %d (gap %d): got %d bytes, want unpadded %d", size, gap, len(enc), base)
-		}
+	}
+	// The one case left short: nothing but "v" and 1 to 3 bytes of room
+	// (and even then 1 and 2 are absorbed).
+	var empty record
+	for gap := 1; gap <= 3; gap++ {
+		enc := empty.appendTo(nil, empty.envelopeLen()+gap)
 		if _, err := parseRecord(enc); err != nil {
-			t.Fatalf("size %d: %v", size, err)
+			t.Fatal(err)
+		}
+		if want := empty.envelopeLen() + min(gap, 2); gap == 3 && len(enc) != empty.envelopeLen() || gap < 3 && len(enc) != want {
+			t.Fatalf("empty record, gap %d: %d bytes", gap, len(enc))
 		}
 	}
 }
