@@ -45,7 +45,8 @@ type peer struct {
 	initStart     int64 // Conn clock at the first hello of this attempt
 	initSent      int64 // Conn clock at the last hello sent
 	queue         [][]byte
-	failErr       error // the last attempt's failure, until failedAt+backoff
+	flushed       chan struct{} // non-nil while queue's datagrams are being sent; closed after
+	failErr       error         // the last attempt's failure, until failedAt+backoff
 	failedAt      int64
 	lastSeen      int64 // Conn clock at the last datagram from or to it
 	lastHandshake time.Time
@@ -409,6 +410,19 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 	}
 	now := c.now()
 	p.mu.Lock()
+	for p.flushed != nil {
+		// The datagrams that waited for the handshake are going out:
+		// wait for them, so as not to overtake them (at most maxQueued
+		// sends, on the reader goroutine).
+		ch := p.flushed
+		p.mu.Unlock()
+		select {
+		case <-ch:
+		case <-c.closed:
+			return ErrClosed
+		}
+		p.mu.Lock()
+	}
 	p.lastSeen = now
 	if s := c.sendSessionLocked(p, now); s != nil {
 		var hello []byte
@@ -422,7 +436,25 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 		}
 		return c.sendData(s, to, b)
 	}
-	if p.init == nil && p.failErr != nil && time.Duration(now-p.failedAt) < c.cfg.HandshakeTimeout {
+	backoff := p.init == nil && p.failErr != nil && time.Duration(now-p.failedAt) < c.cfg.HandshakeTimeout
+	if p.policy == Opportunistic {
+		// Opportunistic sends in clear while there is no session, also
+		// after a failed handshake: a peer that refuses encryption is
+		// not an error for it. It starts a new attempt once the backoff
+		// after a failure has passed.
+		var hello []byte
+		if p.init == nil && !backoff && !p.removed {
+			p.failErr = nil
+			hello = c.initiateLocked(p)
+		}
+		to := p.addr
+		p.mu.Unlock()
+		if hello != nil {
+			c.sendControl(to, hello)
+		}
+		return c.sendData(nil, to, b)
+	}
+	if backoff {
 		err := p.failErr
 		p.mu.Unlock()
 		return err
@@ -433,13 +465,6 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 		hello = c.initiateLocked(p)
 	}
 	to := p.addr
-	if p.policy == Opportunistic {
-		p.mu.Unlock()
-		if hello != nil {
-			c.sendControl(to, hello)
-		}
-		return c.sendData(nil, to, b)
-	}
 	if len(p.queue) >= maxQueued {
 		p.mu.Unlock()
 		return fmt.Errorf("%w: %v: handshake under way and %d datagrams already wait for it", ErrNoSession, to, maxQueued)
@@ -456,6 +481,10 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 // how many sends succeeded. Failures are joined in the error, each naming
 // its peer.
 func (c *Conn) Broadcast(b []byte) (int, error) {
+	if c.isClosed() {
+		// Also with no peers to fail: calls after Close return errors.
+		return 0, c.opError("write", nil, ErrClosed)
+	}
 	c.mu.RLock()
 	addrs := make([]netip.AddrPort, 0, len(c.peers))
 	for a := range c.peers {

@@ -175,13 +175,19 @@ func (c *Conn) deliver(p *packet, pr *peer, rec *record) bool {
 	} else {
 		q.data = rec.payload
 	}
-	n := len(q.data) // q belongs to the reader once queued
+	// Count before queueing: once queued, q belongs to the reader, and
+	// ReadFrom may return it before this goroutine runs again; Stats must
+	// not lag behind what the application has read. A full queue takes
+	// the count back.
+	n := uint64(len(q.data))
+	c.stats.datagramsIn.Add(1)
+	c.stats.bytesIn.Add(n)
 	select {
 	case c.recvQ <- q:
-		c.stats.datagramsIn.Add(1)
-		c.stats.bytesIn.Add(uint64(n))
 		return kept
 	default:
+		c.stats.datagramsIn.Add(^uint64(0))
+		c.stats.bytesIn.Add(-n)
 		c.stats.queueFull.Add(1)
 		if !kept {
 			c.putPacket(q)
@@ -372,7 +378,7 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort) {
 
 	queued := c.install(pr, s, keys.peerIdentity, wall)
 	c.sendControl(from, reply)
-	c.flush(s, from, queued)
+	c.flush(pr, s, from, queued)
 }
 
 func (c *Conn) releaseIndex(idx uint32) {
@@ -419,21 +425,32 @@ func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall tim
 		c.stats.rekeys.Add(1)
 	}
 	var queued [][]byte
-	if p.current == s {
+	if p.current == s && len(p.queue) > 0 && p.flushed == nil {
 		queued, p.queue = p.queue, nil
+		// Writers wait for the flush, so that a datagram written after
+		// one that waited for the handshake does not overtake it.
+		p.flushed = make(chan struct{})
 	}
 	p.notifyLocked()
 	c.log.Debug("vaultudp: session established", "peer", p.addr, "initiator", s.initiator, "rekey", rekey)
 	return queued
 }
 
-// flush sends datagrams that waited for s.
-func (c *Conn) flush(s *session, to netip.AddrPort, queued [][]byte) {
+// flush sends datagrams that waited for s, then lets the writers that
+// wait for it (see install) go on.
+func (c *Conn) flush(p *peer, s *session, to netip.AddrPort, queued [][]byte) {
+	if len(queued) == 0 {
+		return
+	}
 	for _, b := range queued {
 		if err := c.sendData(s, to, b); err != nil {
 			c.log.Debug("vaultudp: sending queued datagram", "peer", to, "err", err)
 		}
 	}
+	p.mu.Lock()
+	close(p.flushed)
+	p.flushed = nil
+	p.mu.Unlock()
 }
 
 func (c *Conn) handleReply(msg []byte) {
@@ -493,7 +510,7 @@ func (c *Conn) handleReply(msg []byte) {
 			c.log.Debug("vaultudp: keepalive", "peer", addr, "err", err)
 		}
 	}
-	c.flush(s, addr, queued)
+	c.flush(p, s, addr, queued)
 }
 
 func (c *Conn) handleCookie(msg []byte) {
