@@ -30,6 +30,11 @@ const (
 // shrink.
 const minCompressLen = 64
 
+// minCompressMaxPayload is the smallest MaxPayload at which payloads are
+// compressed: a zstd window is at least 1 KiB, and the decoder's bound
+// refuses larger windows than MaxPayload.
+const minCompressMaxPayload = 1024
+
 // compressor compresses and decompresses payloads with one reused zstd
 // encoder and decoder (both safe for concurrent use). Decompression is
 // bounded: a frame that would inflate past max bytes is refused before

@@ -62,7 +62,6 @@ var (
 	errUnexpected   = errors.New("vaultudp: unexpected handshake message")
 	errVersion      = errors.New("vaultudp: no common protocol version")
 	errReflected    = errors.New("vaultudp: reflected handshake")
-	errCookieNeeded = errors.New("vaultudp: cookie required")
 )
 
 // tooLargeError is the error of a datagram over MaxPayload. It matches

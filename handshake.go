@@ -111,6 +111,9 @@ type initiation struct {
 // transcript hashes: everything but the cookie.
 func (i *initiation) signedHello() []byte { return i.hello[:len(i.hello)-cookieLen] }
 
+// cookie returns the cookie in the hello (zeros if none).
+func (i *initiation) cookie() []byte { return i.hello[len(i.hello)-cookieLen:] }
+
 // setCookie puts a cookie from the responder into the hello, for the next
 // retransmission. The signature does not cover it, so no re-signing. The
 // hello is copied, not changed in place: a sender may still hold the old.

@@ -41,7 +41,9 @@ type peer struct {
 	current       *session
 	previous      *session // kept until it expires, for datagrams in flight
 	next          *session // a responder session waiting for confirmation
-	init          *initiation
+	nextOld       *session // the one before, if the initiator retried: either may be confirmed
+	init          *initiation // the hello of this attempt awaiting a reply
+	prevInit      *initiation // the one it replaced: a slow reply to it still completes
 	initStart     int64 // Conn clock at the first hello of this attempt
 	initSent      int64 // Conn clock at the last hello sent
 	queue         [][]byte
@@ -90,7 +92,7 @@ func (p *peer) notifyLocked() {
 // its indexes.
 func (p *peer) closeLocked(reason error) {
 	p.removed = true
-	p.current, p.previous, p.next, p.init = nil, nil, nil, nil
+	p.current, p.previous, p.next, p.nextOld, p.init, p.prevInit = nil, nil, nil, nil, nil, nil
 	p.queue = nil
 	p.failErr = reason
 	p.notifyLocked()
@@ -135,12 +137,8 @@ func (c *Conn) dropPeerLocked(p *peer, reason error) {
 		c.learned--
 	}
 	c.stats.dropHandshakeTimeout.Add(uint64(len(p.queue)))
-	c.unindexLocked(p, p.current, p.previous, p.next)
-	if p.init != nil {
-		c.idxMu.Lock()
-		delete(c.initiated, p.init.localIndex)
-		c.idxMu.Unlock()
-	}
+	c.unindexLocked(p, p.current, p.previous, p.next, p.nextOld)
+	c.clearInitLocked(p)
 	p.closeLocked(reason)
 }
 
@@ -211,7 +209,7 @@ func (c *Conn) peerInfos(match func(netip.AddrPort) bool) []PeerInfo {
 			Policy:        p.policy,
 			Protocol:      ProtocolV3,
 			Configured:    p.configured,
-			Established:   c.usableLocked(p.current, now) || c.usableLocked(p.next, now),
+			Established:   c.usableLocked(p.current, now),
 			LastHandshake: p.lastHandshake,
 		})
 		p.mu.Unlock()
@@ -266,7 +264,7 @@ func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 			p.mu.Unlock()
 			return err
 		}
-		if c.usableLocked(p.current, c.now()) || c.usableLocked(p.next, c.now()) {
+		if c.usableLocked(p.current, c.now()) {
 			p.mu.Unlock()
 			return nil
 		}
@@ -276,7 +274,7 @@ func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 			return err
 		}
 		var hello []byte
-		if p.init == nil {
+		if p.init == nil && p.next == nil {
 			p.failErr = nil
 			hello = c.initiateLocked(p)
 		}
@@ -320,17 +318,36 @@ func (c *Conn) initiateLocked(p *peer) []byte {
 	}
 	now := c.now()
 	c.idxMu.Lock()
-	if p.init != nil {
-		delete(c.initiated, p.init.localIndex)
-	} else {
+	if p.prevInit != nil {
+		delete(c.initiated, p.prevInit.localIndex)
+	}
+	if p.init == nil {
 		p.initStart = now
 	}
 	idx := c.newIndexLocked()
 	c.initiated[idx] = p
 	c.idxMu.Unlock()
-	p.init = c.hs.initiate(c.cfg.now(), idx, eph)
+	old := p.init
+	p.prevInit, p.init = old, c.hs.initiate(c.cfg.now(), idx, eph)
+	if old != nil {
+		// A retry: the responder may be under load and want the
+		// cookie it gave us back.
+		p.init.setCookie(old.cookie())
+	}
 	p.initSent = now
 	return p.init.hello
+}
+
+// clearInitLocked forgets p's pending initiations.
+func (c *Conn) clearInitLocked(p *peer) {
+	c.idxMu.Lock()
+	for _, i := range []*initiation{p.init, p.prevInit} {
+		if i != nil && c.initiated[i.localIndex] == p {
+			delete(c.initiated, i.localIndex)
+		}
+	}
+	c.idxMu.Unlock()
+	p.init, p.prevInit = nil, nil
 }
 
 // newIndexLocked picks a random unused non-zero session index; idxMu is
@@ -361,13 +378,10 @@ func (c *Conn) usableLocked(s *session, now int64) bool {
 
 // sendSessionLocked returns the session to seal under, or nil.
 func (c *Conn) sendSessionLocked(p *peer, now int64) *session {
+	// A responder's new session (p.next) is not used before the peer
+	// confirms it: a replayed hello, or an initiator that refused our key,
+	// would otherwise swallow what we send.
 	if c.usableLocked(p.current, now) {
-		return p.current
-	}
-	if c.usableLocked(p.next, now) {
-		// The current session is gone: the unconfirmed one is all there is.
-		c.unindexLocked(p, p.previous)
-		p.previous, p.current, p.next = p.current, p.next, nil
 		return p.current
 	}
 	return nil
@@ -406,6 +420,9 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 		return err
 	}
 	if p.policy == Plaintext {
+		p.mu.Lock()
+		p.lastSeen = c.now()
+		p.mu.Unlock()
 		return c.sendData(nil, addr, b)
 	}
 	now := c.now()
@@ -460,7 +477,8 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 		return err
 	}
 	var hello []byte
-	if p.init == nil && !p.removed {
+	if p.init == nil && p.next == nil && !p.removed {
+		// (With p.next set, the peer's confirmation is on its way: wait.)
 		p.failErr = nil
 		hello = c.initiateLocked(p)
 	}
@@ -534,6 +552,21 @@ func (c *Conn) tick() {
 				*sp = nil
 			}
 		}
+		for _, sp := range []**session{&p.nextOld, &p.next} {
+			if s := *sp; s != nil && time.Duration(now-s.created) >= c.cfg.HandshakeTimeout {
+				// Never confirmed: the initiator did not take our reply.
+				c.unindexLocked(p, s)
+				*sp = nil
+			}
+		}
+		if p.next == nil && p.nextOld != nil {
+			p.next, p.nextOld = p.nextOld, nil
+		}
+		if p.next == nil && p.current == nil {
+			if len(p.queue) > 0 && p.init == nil && hello == nil {
+				hello = c.initiateLocked(p) // the queue gets an attempt of its own
+			}
+		}
 		if !p.configured && p.current == nil && p.next == nil && p.init == nil &&
 			time.Duration(now-p.lastSeen) >= reject {
 			idle = append(idle, p)
@@ -561,10 +594,7 @@ func (c *Conn) tick() {
 
 // failLocked ends p's handshake attempt with a timeout.
 func (c *Conn) failLocked(p *peer, now int64) {
-	c.idxMu.Lock()
-	delete(c.initiated, p.init.localIndex)
-	c.idxMu.Unlock()
-	p.init = nil
+	c.clearInitLocked(p)
 	p.failErr = fmt.Errorf("%w: no session with %v after %v", ErrHandshakeTimeout, p.addr, c.cfg.HandshakeTimeout)
 	p.failedAt = now
 	c.stats.handshakeFailures.Add(1)

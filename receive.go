@@ -104,8 +104,9 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	pr := s.peer
 	pr.seenSealed.Store(true)
 	pr.mu.Lock()
+	var queued [][]byte
 	if !s.confirmed.Load() {
-		c.confirmLocked(pr, s)
+		queued = c.confirmLocked(pr, s)
 	}
 	pr.lastSeen = now
 	roamed := pr.addr != p.from
@@ -113,20 +114,44 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	if roamed {
 		c.roam(pr, p.from)
 	}
+	c.flush(pr, s, p.from, queued)
 	if !rec.hasPayload {
 		return false // a keepalive: it confirmed the session, nothing to deliver
 	}
 	return c.deliver(p, pr, &rec)
 }
 
-// confirmLocked makes s, now proven by a datagram from the peer, its
-// current session.
-func (c *Conn) confirmLocked(p *peer, s *session) {
+// confirmLocked makes s, a responder session now proven by a datagram
+// from the peer, its current session, and returns the datagrams that
+// waited for it.
+func (c *Conn) confirmLocked(p *peer, s *session) [][]byte {
 	s.confirmed.Store(true)
-	if p.next == s {
-		c.unindexLocked(p, p.previous)
-		p.previous, p.current, p.next = p.current, s, nil
+	if p.next != s && p.nextOld != s {
+		return nil
 	}
+	// The other unconfirmed session, if any, answered a hello the
+	// initiator has given up.
+	other := p.next
+	if other == s {
+		other = p.nextOld
+	}
+	c.unindexLocked(p, p.previous, other)
+	p.previous, p.current, p.next, p.nextOld = p.current, s, nil, nil
+	p.notifyLocked()
+	return c.takeQueueLocked(p, s)
+}
+
+// takeQueueLocked hands the datagrams waiting for a session to the caller
+// once s is p's current session. Writers wait until flush has sent them,
+// so that a datagram written after one that waited does not overtake it.
+func (c *Conn) takeQueueLocked(p *peer, s *session) [][]byte {
+	if p.current != s || len(p.queue) == 0 || p.flushed != nil {
+		return nil
+	}
+	queued := p.queue
+	p.queue = nil
+	p.flushed = make(chan struct{})
+	return queued
 }
 
 // roam moves p to the address an authenticated datagram came from, as
@@ -234,6 +259,9 @@ func (c *Conn) receiveOpen(p *packet) bool {
 			return false
 		}
 	}
+	pr.mu.Lock()
+	pr.lastSeen = c.now()
+	pr.mu.Unlock()
 	return c.deliver(p, pr, &rec)
 }
 
@@ -248,7 +276,7 @@ func (c *Conn) handleControl(msg []byte, from netip.AddrPort) {
 	case ctlReply:
 		c.handleReply(msg)
 	case ctlCookie:
-		c.handleCookie(msg)
+		c.handleCookie(msg, from)
 	default:
 		c.stats.malformed.Add(1)
 	}
@@ -401,20 +429,21 @@ func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall tim
 	rekey := p.current != nil
 	c.idxMu.Lock()
 	c.sessions[s.localIndex] = s
-	if p.init != nil && (s.initiator || !c.usableLocked(p.current, now)) {
-		delete(c.initiated, p.init.localIndex)
-		p.init = nil
-	}
 	c.idxMu.Unlock()
-	switch {
-	case s.initiator || !c.usableLocked(p.current, now):
-		c.unindexLocked(p, p.previous, p.next)
-		p.previous, p.current, p.next = p.current, s, nil
-	default:
-		// A responder session with a live one in place waits for the
-		// peer's first sealed datagram before it is used to send.
-		c.unindexLocked(p, p.next)
-		p.next = s
+	// Our own attempt, if any, is over: completed (initiator), or
+	// superseded by the peer's (responder; see the tie-break in
+	// handleHello).
+	c.clearInitLocked(p)
+	if s.initiator {
+		c.unindexLocked(p, p.previous, p.next, p.nextOld)
+		p.previous, p.current, p.next, p.nextOld = p.current, s, nil, nil
+	} else {
+		// A responder session waits for the peer's first sealed
+		// datagram (confirmLocked) before it is used to send.
+		// Keep the one before: the initiator may have retried before our
+		// first reply reached it, and then confirms that one.
+		c.unindexLocked(p, p.nextOld)
+		p.nextOld, p.next = p.next, s
 	}
 	p.identity = identity
 	p.lastHandshake = wall
@@ -424,13 +453,7 @@ func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall tim
 	if rekey {
 		c.stats.rekeys.Add(1)
 	}
-	var queued [][]byte
-	if p.current == s && len(p.queue) > 0 && p.flushed == nil {
-		queued, p.queue = p.queue, nil
-		// Writers wait for the flush, so that a datagram written after
-		// one that waited for the handshake does not overtake it.
-		p.flushed = make(chan struct{})
-	}
+	queued := c.takeQueueLocked(p, s)
 	p.notifyLocked()
 	c.log.Debug("vaultudp: session established", "peer", p.addr, "initiator", s.initiator, "rekey", rekey)
 	return queued
@@ -468,14 +491,12 @@ func (c *Conn) handleReply(msg []byte) {
 	}
 	p.mu.Lock()
 	init, addr := p.init, p.addr
+	if p.prevInit != nil && p.prevInit.localIndex == r.receiverIndex {
+		init = p.prevInit // a reply slower than our retry
+	}
 	p.mu.Unlock()
 	if init == nil || init.localIndex != r.receiverIndex {
 		c.stats.stale.Add(1)
-		return
-	}
-	if err := c.trust(p, addr, r.identity); err != nil {
-		c.stats.rejected.Add(1)
-		c.log.Info("vaultudp: handshake refused", "peer", addr, "err", err)
 		return
 	}
 	wall := c.cfg.now()
@@ -491,12 +512,18 @@ func (c *Conn) handleReply(msg []byte) {
 		}
 		return
 	}
+	// Trust is decided on a key whose signature has been verified.
+	if err := c.trust(p, addr, r.identity); err != nil {
+		c.stats.rejected.Add(1)
+		c.log.Info("vaultudp: handshake refused", "peer", addr, "err", err)
+		return
+	}
 	s, err := newSession(keys, c.now())
 	if err != nil {
 		return
 	}
 	p.mu.Lock()
-	still := p.init == init
+	still := p.init == init || p.prevInit == init
 	p.mu.Unlock()
 	if !still {
 		c.stats.stale.Add(1)
@@ -513,7 +540,7 @@ func (c *Conn) handleReply(msg []byte) {
 	c.flush(p, s, addr, queued)
 }
 
-func (c *Conn) handleCookie(msg []byte) {
+func (c *Conn) handleCookie(msg []byte, from netip.AddrPort) {
 	idx, cookie, err := parseCookieMsg(msg)
 	if err != nil {
 		c.stats.malformed.Add(1)
@@ -528,7 +555,9 @@ func (c *Conn) handleCookie(msg []byte) {
 	}
 	p.mu.Lock()
 	var hello []byte
-	if p.init != nil && p.init.localIndex == idx {
+	// Only the address we sent the hello to may ask for a cookie, and
+	// only once per hello (the cookie is then in it).
+	if p.init != nil && p.init.localIndex == idx && from == p.addr && !bytes.Equal(p.init.cookie(), cookie) {
 		p.init.setCookie(cookie)
 		hello = p.init.hello
 		p.initSent = c.now()

@@ -22,6 +22,9 @@ func (c *Conn) sendData(s *session, to netip.AddrPort, b []byte) error {
 
 // compressing reports whether payloads are worth trying to compress.
 func (c *Conn) compressing() bool {
+	if c.maxPayload < minCompressMaxPayload {
+		return false // the bounded decoder refuses frames on paths this small
+	}
 	switch c.cfg.Compression {
 	case CompressAlways:
 		return true
