@@ -54,14 +54,14 @@ var (
 // dropped and counted, as consumers such as quic-go stop on read errors);
 // they are returned by the decoding functions and used in tests and logs.
 var (
-	errMalformed    = errors.New("vaultudp: malformed datagram")
-	errTooLarge     = errors.New("vaultudp: decompressed payload too large")
-	errAuth         = errors.New("vaultudp: authentication failed")
-	errReplay       = errors.New("vaultudp: replayed or too old counter")
-	errStale        = errors.New("vaultudp: stale handshake")
-	errUnexpected   = errors.New("vaultudp: unexpected handshake message")
-	errVersion      = errors.New("vaultudp: no common protocol version")
-	errReflected    = errors.New("vaultudp: reflected handshake")
+	errMalformed  = errors.New("vaultudp: malformed datagram")
+	errTooLarge   = errors.New("vaultudp: decompressed payload too large")
+	errAuth       = errors.New("vaultudp: authentication failed")
+	errReplay     = errors.New("vaultudp: replayed or too old counter")
+	errStale      = errors.New("vaultudp: stale handshake")
+	errUnexpected = errors.New("vaultudp: unexpected handshake message")
+	errVersion    = errors.New("vaultudp: no common protocol version")
+	errReflected  = errors.New("vaultudp: reflected handshake")
 )
 
 // tooLargeError is the error of a datagram over MaxPayload. It matches

@@ -39,13 +39,13 @@ type peer struct {
 	addr          netip.AddrPort
 	identity      ed25519.PublicKey // the key of its sessions (remembered: trust on first use)
 	current       *session
-	previous      *session // kept until it expires, for datagrams in flight
-	next          *session // a responder session waiting for confirmation
-	nextOld       *session // the one before, if the initiator retried: either may be confirmed
+	previous      *session    // kept until it expires, for datagrams in flight
+	next          *session    // a responder session waiting for confirmation
+	nextOld       *session    // the one before, if the initiator retried: either may be confirmed
 	init          *initiation // the hello of this attempt awaiting a reply
 	prevInit      *initiation // the one it replaced: a slow reply to it still completes
-	initStart     int64 // Conn clock at the first hello of this attempt
-	initSent      int64 // Conn clock at the last hello sent
+	initStart     int64       // Conn clock at the first hello of this attempt
+	initSent      int64       // Conn clock at the last hello sent
 	queue         [][]byte
 	flushed       chan struct{} // non-nil while queue's datagrams are being sent; closed after
 	failErr       error         // the last attempt's failure, until failedAt+backoff

@@ -28,7 +28,7 @@ func (s *slowConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 func TestHandshakeSlowPath(t *testing.T) {
 	pa, pb := vaulttest.Pipe()
 	cfg := func() *Config { return &Config{HandshakeTimeout: 3 * time.Second} } // retry every 600 ms
-	a, err := Wrap(&slowConn{pa, 400 * time.Millisecond}, cfg())              // round trip 800 ms
+	a, err := Wrap(&slowConn{pa, 400 * time.Millisecond}, cfg())                // round trip 800 ms
 	if err != nil {
 		t.Fatal(err)
 	}
