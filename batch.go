@@ -3,31 +3,22 @@ package vaultudp
 import (
 	"net"
 	"net/netip"
-
-	"golang.org/x/net/ipv4"
-	"golang.org/x/net/ipv6"
 )
 
 // readBatchSize is the number of datagrams one recvmmsg call may return.
 const readBatchSize = 32
 
-// batchConn is what ipv4.PacketConn and ipv6.PacketConn have in common
-// (their Message types are both x/net/internal/socket.Message).
-type batchConn interface {
-	ReadBatch(ms []ipv4.Message, flags int) (int, error)
-	WriteBatch(ms []ipv4.Message, flags int) (int, error)
-}
-
-// socket is the datagram I/O beneath a Conn: batch I/O through
-// recvmmsg/sendmmsg when the PacketConn is a *net.UDPConn, one datagram
-// per call through the net.PacketConn methods otherwise (an in-memory
-// PacketConn from vaulttest, say).
+// socket is the datagram I/O beneath a Conn: batch reads (recvmmsg) and
+// segmented batch writes (UDP GSO) when the PacketConn is a *net.UDPConn
+// on a system that has them (batch_linux.go), one datagram per call
+// through the net.PacketConn methods otherwise (an in-memory PacketConn
+// from vaulttest, say).
 type socket struct {
 	pc    net.PacketConn
 	udp   *net.UDPConn // nil unless pc is one
-	batch batchConn    // nil unless udp is set
 	ipv6  bool         // the socket may carry IPv6 (udp6, or dual-stack udp)
 	laddr net.Addr
+	sys   sysSocket // the system-specific batch I/O state; zero without udp
 }
 
 func newSocket(pc net.PacketConn) *socket {
@@ -40,28 +31,21 @@ func newSocket(pc net.PacketConn) *socket {
 	}
 	if uc, ok := pc.(*net.UDPConn); ok {
 		s.udp = uc
-		if s.ipv6 {
-			s.batch = ipv6.NewPacketConn(uc)
-		} else {
-			s.batch = ipv4.NewPacketConn(uc)
-		}
+		s.sys.init(uc, s.ipv6)
 	}
 	return s
 }
 
 // reader reads datagrams into packets, in batches where it can.
 type reader struct {
-	s    *socket
-	msgs []ipv4.Message
+	s   *socket
+	sys sysReader
 }
 
 func (s *socket) newReader() *reader {
 	r := &reader{s: s}
-	if s.batch != nil {
-		r.msgs = make([]ipv4.Message, readBatchSize)
-		for i := range r.msgs {
-			r.msgs[i].Buffers = make([][]byte, 1)
-		}
+	if s.udp != nil {
+		r.sys.init(s)
 	}
 	return r
 }
@@ -70,32 +54,17 @@ func (s *socket) newReader() *reader {
 // pkt.from to the source) and returns n >= 1, or an error. A datagram that
 // did not fit its buffer has pkt.truncated set.
 func (r *reader) read(pkts []*packet) (int, error) {
-	if r.s.batch == nil {
-		p := pkts[0]
-		n, addr, err := r.s.pc.ReadFrom(p.buf)
-		if err != nil {
-			return 0, err
-		}
-		p.data, p.truncated = p.buf[:n], n == len(p.buf)
-		p.from = addrPortOf(addr)
-		return 1, nil
+	if r.s.udp != nil {
+		return r.sys.read(pkts)
 	}
-	ms := r.msgs[:min(len(r.msgs), len(pkts))]
-	for i := range ms {
-		ms[i].Buffers[0] = pkts[i].buf
-	}
-	n, err := r.s.batch.ReadBatch(ms, 0)
+	p := pkts[0]
+	n, addr, err := r.s.pc.ReadFrom(p.buf)
 	if err != nil {
 		return 0, err
 	}
-	for i := 0; i < n; i++ {
-		p := pkts[i]
-		p.data = p.buf[:ms[i].N]
-		p.truncated = ms[i].N == len(p.buf) || ms[i].Flags&msgTrunc != 0
-		p.from = addrPortOf(ms[i].Addr)
-		ms[i].Addr = nil
-	}
-	return n, nil
+	p.data, p.truncated = p.buf[:n], n == len(p.buf)
+	p.from = addrPortOf(addr)
+	return 1, nil
 }
 
 // addrPortOf returns the normalised AddrPort of a UDP address, or the zero
@@ -117,26 +86,23 @@ func (s *socket) writeTo(b []byte, to netip.AddrPort) error {
 	return err
 }
 
-// writeBatch sends bufs[i] to addrs[i] and returns how many were sent.
-func (s *socket) writeBatch(ms []ipv4.Message) (int, error) {
-	if s.batch == nil {
-		for i := range ms {
-			if _, err := s.pc.WriteTo(ms[i].Buffers[0], ms[i].Addr); err != nil {
-				return i, err
-			}
+// writeSegments sends n datagrams of size bytes each (the last may be
+// shorter), laid out back to back in b, to one address: in one system call
+// with UDP GSO where the kernel has it, one by one otherwise.
+func (s *socket) writeSegments(b []byte, size int, to netip.AddrPort) error {
+	if s.udp != nil && len(b) > size && s.sys.gso() {
+		err := s.sys.writeGSO(s.udp, b, size, to)
+		if err == nil || !s.sys.gsoFailed(err) {
+			return err
 		}
-		return len(ms), nil
+		// The kernel or the path refused GSO: fall back for good.
 	}
-	sent := 0
-	for sent < len(ms) {
-		n, err := s.batch.WriteBatch(ms[sent:], 0)
-		sent += n
-		if err != nil {
-			return sent, err
+	for len(b) > 0 {
+		n := min(size, len(b))
+		if err := s.writeTo(b[:n], to); err != nil {
+			return err
 		}
-		if n == 0 {
-			break
-		}
+		b = b[n:]
 	}
-	return sent, nil
+	return nil
 }

@@ -51,9 +51,13 @@ type Conn struct {
 
 	sock atomic.Pointer[socket]
 
-	pkts  sync.Pool // *packet
-	bufs  sync.Pool // *[]byte, for sealing
-	recvQ chan *packet
+	// freePkts recycles packets between the reader goroutine and
+	// ReadFrom. A channel rather than a sync.Pool: the two run on
+	// different Ps, and a Pool then allocates in steady state.
+	freePkts chan *packet
+	bufs     sync.Pool // *[]byte, for sealing
+	runBufs  sync.Pool // *[]byte, for WriteBatch's trains of sealed datagrams
+	recvQ    chan *packet
 
 	readDeadline  *deadline
 	writeDeadline *deadline
@@ -134,8 +138,9 @@ func newConn(pc net.PacketConn, config *Config) (*Conn, error) {
 		initiated:     make(map[uint32]*peer),
 		lastHello:     make(map[[ed25519.PublicKeySize]byte]uint64),
 	}
-	c.pkts.New = func() any { return &packet{buf: make([]byte, c.bufSize)} }
+	c.freePkts = make(chan *packet, cfg.ReadQueue+2*readBatchSize)
 	c.bufs.New = func() any { b := make([]byte, c.bufSize+tagLen); return &b }
+	c.runBufs.New = func() any { b := make([]byte, 0, maxBatchRun*(c.bufSize+tagLen)); return &b }
 	c.sock.Store(s)
 	c.log.Debug("vaultudp: listening", "addr", s.laddr, "mtu", mtu, "maxPayload", maxPayload,
 		"identity", EncodePublicKey(c.hs.public))
@@ -215,11 +220,21 @@ func (c *Conn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) {
 	}
 }
 
-func (c *Conn) getPacket() *packet { return c.pkts.Get().(*packet) }
+func (c *Conn) getPacket() *packet {
+	select {
+	case p := <-c.freePkts:
+		return p
+	default:
+		return &packet{buf: make([]byte, c.bufSize)}
+	}
+}
 
 func (c *Conn) putPacket(p *packet) {
 	p.data, p.from, p.truncated = nil, netip.AddrPort{}, false
-	c.pkts.Put(p)
+	select {
+	case c.freePkts <- p:
+	default: // more than ever wait at once: let it go
+	}
 }
 
 // WriteTo seals b and sends it to addr, a *net.UDPAddr. See Conn for what

@@ -425,34 +425,14 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 		p.mu.Unlock()
 		return c.sendData(nil, addr, b)
 	}
-	now := c.now()
-	p.mu.Lock()
-	for p.flushed != nil {
-		// The datagrams that waited for the handshake are going out:
-		// wait for them, so as not to overtake them (at most maxQueued
-		// sends, on the reader goroutine).
-		ch := p.flushed
-		p.mu.Unlock()
-		select {
-		case <-ch:
-		case <-c.closed:
-			return ErrClosed
-		}
-		p.mu.Lock()
+	s, to, err := c.acquireSession(p)
+	if err != nil {
+		return err
 	}
-	p.lastSeen = now
-	if s := c.sendSessionLocked(p, now); s != nil {
-		var hello []byte
-		if p.init == nil && p.next == nil && c.needsRekey(s, now) {
-			hello = c.initiateLocked(p)
-		}
-		to := p.addr
-		p.mu.Unlock()
-		if hello != nil {
-			c.sendControl(to, hello)
-		}
+	if s != nil {
 		return c.sendData(s, to, b)
 	}
+	now := c.now() // p.mu is held from here on
 	backoff := p.init == nil && p.failErr != nil && time.Duration(now-p.failedAt) < c.cfg.HandshakeTimeout
 	if p.policy == Opportunistic {
 		// Opportunistic sends in clear while there is no session, also
@@ -464,7 +444,7 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 			p.failErr = nil
 			hello = c.initiateLocked(p)
 		}
-		to := p.addr
+		to = p.addr
 		p.mu.Unlock()
 		if hello != nil {
 			c.sendControl(to, hello)
@@ -482,7 +462,7 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 		p.failErr = nil
 		hello = c.initiateLocked(p)
 	}
-	to := p.addr
+	to = p.addr
 	if len(p.queue) >= maxQueued {
 		p.mu.Unlock()
 		return fmt.Errorf("%w: %v: handshake under way and %d datagrams already wait for it", ErrNoSession, to, maxQueued)
@@ -493,6 +473,42 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 		c.sendControl(to, hello)
 	}
 	return nil
+}
+
+// acquireSession returns p's session to seal under now, starting a rekey
+// when one is due, with p.mu released. With no session it returns nil and
+// keeps p.mu held for the caller's no-session path, so that no session can
+// come and flush the queue in between. Either way it first waits while
+// datagrams that waited for the handshake are going out, so as not to
+// overtake them (at most maxQueued sends, on the reader goroutine).
+func (c *Conn) acquireSession(p *peer) (*session, netip.AddrPort, error) {
+	p.mu.Lock()
+	for p.flushed != nil {
+		ch := p.flushed
+		p.mu.Unlock()
+		select {
+		case <-ch:
+		case <-c.closed:
+			return nil, netip.AddrPort{}, ErrClosed
+		}
+		p.mu.Lock()
+	}
+	now := c.now()
+	p.lastSeen = now
+	s := c.sendSessionLocked(p, now)
+	if s == nil {
+		return nil, p.addr, nil
+	}
+	var hello []byte
+	if p.init == nil && p.next == nil && c.needsRekey(s, now) {
+		hello = c.initiateLocked(p)
+	}
+	to := p.addr
+	p.mu.Unlock()
+	if hello != nil {
+		c.sendControl(to, hello)
+	}
+	return s, to, nil
 }
 
 // Broadcast writes p to every peer, configured and learned, and returns

@@ -39,6 +39,16 @@ func (c *Conn) compressing() bool {
 func (c *Conn) sendSealed(s *session, to netip.AddrPort, b []byte, hasPayload bool) error {
 	bp := c.bufs.Get().(*[]byte)
 	defer c.bufs.Put(bp)
+	out, err := c.appendSealed((*bp)[:0], s, b, hasPayload)
+	if err != nil {
+		return err
+	}
+	return c.sock.Load().writeTo(out, to)
+}
+
+// appendSealed appends to dst the sealed datagram carrying b. dst must
+// have room for bufSize+tagLen more bytes, or the result is a new slice.
+func (c *Conn) appendSealed(dst []byte, s *session, b []byte, hasPayload bool) ([]byte, error) {
 	rec := record{payload: b, hasPayload: hasPayload}
 	if hasPayload && len(b) >= minCompressLen && c.compressing() {
 		zp := c.bufs.Get().(*[]byte)
@@ -50,12 +60,14 @@ func (c *Conn) sendSealed(s *session, to netip.AddrPort, b []byte, hasPayload bo
 	}
 	natural := sealedOverhead + rec.envelopeLen()
 	size := c.cfg.Padding.wireSize(natural, c.datagram) - sealedOverhead
-	buf := rec.appendTo((*bp)[:sealedHeaderLen], size)
-	out, err := s.seal(buf)
+	off := len(dst)
+	var hdr [sealedHeaderLen]byte
+	dst = rec.appendTo(append(dst, hdr[:]...), size)
+	out, err := s.seal(dst[off:])
 	if err != nil {
-		return err
+		return dst[:off], err
 	}
-	return c.sock.Load().writeTo(out, to)
+	return append(dst[:off], out...), nil // no copy when out is in place
 }
 
 // sendOpen sends an open (unencrypted) envelope. Open datagrams are not

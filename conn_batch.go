@@ -1,0 +1,159 @@
+package vaultudp
+
+import (
+	"net/netip"
+	"os"
+)
+
+// Message is one datagram of ReadBatch or WriteBatch.
+type Message struct {
+	// Buf holds the datagram: ReadBatch reads into it (cutting, as
+	// ReadFrom does, what does not fit), WriteBatch sends it.
+	Buf []byte
+	// N is the number of bytes ReadBatch read into Buf.
+	N int
+	// Addr is the source (ReadBatch) or the destination (WriteBatch).
+	Addr netip.AddrPort
+}
+
+// ReadBatch reads up to len(ms) datagrams: it waits, as ReadFrom does, for
+// the first, then takes those already received without waiting more. It
+// returns how many it read. Deadlines and Close apply as to ReadFrom.
+func (c *Conn) ReadBatch(ms []Message) (int, error) {
+	if len(ms) == 0 {
+		return 0, nil
+	}
+	n, from, err := c.ReadFromUDPAddrPort(ms[0].Buf)
+	if err != nil {
+		return 0, err
+	}
+	ms[0].N, ms[0].Addr = n, from
+	k := 1
+	for k < len(ms) {
+		select {
+		case p := <-c.recvQ:
+			ms[k].N = copy(ms[k].Buf, p.data)
+			ms[k].Addr = p.from
+			c.putPacket(p)
+			k++
+		default:
+			return k, nil
+		}
+	}
+	return k, nil
+}
+
+// WriteBatch seals and sends ms in order and returns how many were sent;
+// on an error, the datagrams before the failing one were sent and none
+// after it. Consecutive datagrams to one peer with a session go out
+// segmented in one system call where the kernel has UDP GSO (with the
+// default padding they all have the same length on the wire, which is
+// what GSO needs). The rest behave as WriteTo.
+func (c *Conn) WriteBatch(ms []Message) (int, error) {
+	for i := 0; i < len(ms); {
+		to := normAddr(ms[i].Addr)
+		j := i + 1
+		for j < len(ms) && j-i < maxBatchRun && normAddr(ms[j].Addr) == to {
+			j++
+		}
+		n, err := c.writeRun(ms[i:j], to)
+		if err != nil {
+			return i + n, c.opError("write", nil, err)
+		}
+		i = j
+	}
+	return len(ms), nil
+}
+
+// maxBatchRun is the most datagrams sealed into one run buffer.
+const maxBatchRun = 64
+
+// writeRun sends datagrams to one destination.
+func (c *Conn) writeRun(ms []Message, to netip.AddrPort) (int, error) {
+	if c.isClosed() {
+		return 0, ErrClosed
+	}
+	if isClosed(c.writeDeadline.wait()) {
+		return 0, os.ErrDeadlineExceeded
+	}
+	var s *session
+	if p, err := c.peerFor(to, false); err == nil && p != nil && p.policy != Plaintext {
+		var err error
+		if s, to, err = c.acquireSession(p); err != nil {
+			return 0, err
+		}
+		if s == nil {
+			p.mu.Unlock() // acquireSession keeps it held without a session
+		}
+	}
+	if s == nil {
+		// No session yet (or plaintext): WriteTo's path, which queues
+		// for the handshake.
+		for k := range ms {
+			if err := c.send(ms[k].Buf, to); err != nil {
+				return k, err
+			}
+		}
+		return len(ms), nil
+	}
+	bp := c.runBufs.Get().(*[]byte)
+	defer c.runBufs.Put(bp)
+	buf := (*bp)[:0]
+	size := -1 // the common sealed length of the train in buf
+	sent := 0
+	// flush sends buf[:end], datagrams ms[sent:k], as one train.
+	flush := func(k, end int) error {
+		if end > 0 {
+			if err := c.sock.Load().writeSegments(buf[:end], size, to); err != nil {
+				return err
+			}
+		}
+		for _, m := range ms[sent:k] {
+			c.stats.datagramsOut.Add(1)
+			c.stats.bytesOut.Add(uint64(len(m.Buf)))
+		}
+		sent, buf, size = k, buf[:0], -1
+		return nil
+	}
+	for k := range ms {
+		b := ms[k].Buf
+		off := len(buf)
+		if len(b) > c.maxPayload {
+			c.stats.tooLarge.Add(1)
+			err := error(&tooLargeError{n: len(b), max: c.maxPayload})
+			if ferr := flush(k, off); ferr != nil {
+				err = ferr
+			}
+			return sent, err
+		}
+		out, err := c.appendSealed(buf, s, b, true)
+		if err != nil {
+			if ferr := flush(k, off); ferr != nil {
+				err = ferr
+			}
+			return sent, err
+		}
+		buf = out
+		n := len(buf) - off
+		switch {
+		case size < 0:
+			size = n
+		case n < size:
+			// A shorter datagram may end a GSO train: send it with it.
+			if err := flush(k+1, len(buf)); err != nil {
+				return sent, err
+			}
+		case n > size:
+			// A longer one may not: send the train before it, and start
+			// the next with it.
+			if err := flush(k, off); err != nil {
+				return sent, err
+			}
+			buf, size = buf[:copy(buf[:n], buf[off:off+n])], n
+		}
+	}
+	if err := flush(len(ms), len(buf)); err != nil {
+		return sent, err
+	}
+	return len(ms), nil
+}
