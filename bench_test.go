@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/net/ipv4"
 )
 
 // The benchmarks here run raw UDP and vaultudp side by side in the same
@@ -37,6 +39,9 @@ func benchRawPair(b *testing.B) (benchEndpoint, benchEndpoint) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { x.Close(); y.Close() })
+	// The same buffers as Listen asks for, so that the comparison is fair.
+	setSocketBuffers(x)
+	setSocketBuffers(y)
 	return x, y
 }
 
@@ -198,4 +203,103 @@ func BenchmarkPeerMemory(b *testing.B) {
 		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/peers, "bytes/peer")
 		c.Close()
 	}
+}
+
+// batchThroughput sends b.N datagrams in batches of 64 with send and
+// receives with recv (both return how many they handled), one sender and
+// one receiver goroutine, and reports delivered datagrams per second.
+func batchThroughput(b *testing.B, size int, send func(n int) error, recv func() (int, error), setDeadline func(time.Time)) {
+	var got atomic.Int64
+	var last atomic.Int64
+	done := make(chan struct{})
+	b.ReportAllocs()
+	b.SetBytes(int64(size))
+	b.ResetTimer()
+	start := time.Now()
+	go func() {
+		defer close(done)
+		for {
+			n, err := recv()
+			if err != nil {
+				return
+			}
+			got.Add(int64(n))
+			last.Store(int64(time.Since(start)))
+		}
+	}()
+	for sent := 0; sent < b.N; {
+		n := min(64, b.N-sent)
+		if err := send(n); err != nil {
+			b.Fatal(err)
+		}
+		sent += n
+	}
+	setDeadline(time.Now().Add(200 * time.Millisecond))
+	<-done
+	b.StopTimer()
+	setDeadline(time.Time{})
+	n := got.Load()
+	if elapsed := time.Duration(last.Load()); elapsed > 0 {
+		b.ReportMetric(float64(n)/elapsed.Seconds(), "recv/s")
+	}
+	b.ReportMetric(100*float64(int64(b.N)-n)/float64(b.N), "loss%")
+}
+
+// BenchmarkBatch: (*Conn).WriteBatch/ReadBatch beside raw
+// golang.org/x/net/ipv4 batches (sendmmsg/recvmmsg), 1200-byte datagrams,
+// and beside raw per-datagram WriteTo (the usual way to send UDP).
+// vaultudp's WriteBatch uses UDP GSO where the kernel has it.
+func BenchmarkBatch(b *testing.B) {
+	const size = 1200
+	b.Run("raw-writeto/1200B", func(b *testing.B) {
+		x, y := benchRawPair(b)
+		to := y.LocalAddr().(*net.UDPAddr).AddrPort()
+		msg, buf := make([]byte, size), make([]byte, 2048)
+		batchThroughput(b, size, func(n int) error {
+			for range n {
+				if _, err := x.WriteToUDPAddrPort(msg, to); err != nil {
+					return err
+				}
+			}
+			return nil
+		}, func() (int, error) {
+			_, _, err := y.ReadFromUDPAddrPort(buf)
+			return 1, err
+		}, func(t time.Time) { y.SetReadDeadline(t) })
+	})
+	b.Run("raw-mmsg/1200B", func(b *testing.B) {
+		x, y := benchRawPair(b)
+		px, py := ipv4.NewPacketConn(x.(*net.UDPConn)), ipv4.NewPacketConn(y.(*net.UDPConn))
+		out, in := make([]ipv4.Message, 64), make([]ipv4.Message, 64)
+		for i := range out {
+			out[i] = ipv4.Message{Buffers: [][]byte{make([]byte, size)}, Addr: y.LocalAddr()}
+			in[i] = ipv4.Message{Buffers: [][]byte{make([]byte, 2048)}}
+		}
+		batchThroughput(b, size, func(n int) error {
+			for sent := 0; sent < n; {
+				k, err := px.WriteBatch(out[sent:n], 0)
+				if err != nil {
+					return err
+				}
+				sent += k
+			}
+			return nil
+		}, func() (int, error) {
+			return py.ReadBatch(in, 0)
+		}, func(t time.Time) { y.SetReadDeadline(t) })
+	})
+	b.Run("vaultudp/1200B", func(b *testing.B) {
+		x, y := benchVaultPair(b, func() *Config { return &Config{ReadQueue: 4096} })
+		out, in := make([]Message, 64), make([]Message, 64)
+		for i := range out {
+			out[i] = Message{Buf: make([]byte, size), Addr: addrOf(y)}
+			in[i].Buf = make([]byte, 2048)
+		}
+		batchThroughput(b, size, func(n int) error {
+			_, err := x.WriteBatch(out[:n])
+			return err
+		}, func() (int, error) {
+			return y.ReadBatch(in)
+		}, func(t time.Time) { y.SetReadDeadline(t) })
+	})
 }

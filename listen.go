@@ -18,6 +18,7 @@ func Listen(network, address string, config *Config) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	setSocketBuffers(pc)
 	c, err := newConn(pc, config)
 	if err != nil {
 		pc.Close()
@@ -25,6 +26,20 @@ func Listen(network, address string, config *Config) (*Conn, error) {
 	}
 	c.network = network
 	return c, nil
+}
+
+// SocketBuffer is the receive and send buffer size Listen and Rebind ask
+// for (the kernel may cap it: net.core.rmem_max on Linux). Bursts of
+// datagrams that outrun the reader wait there instead of being dropped by
+// the kernel, as quic-go and wireguard-go do with similar sizes. Wrap
+// leaves the caller's socket as it is.
+const SocketBuffer = 4 << 20
+
+func setSocketBuffers(pc net.PacketConn) {
+	if uc, ok := pc.(*net.UDPConn); ok {
+		uc.SetReadBuffer(SocketBuffer) // best effort: a smaller buffer still works
+		uc.SetWriteBuffer(SocketBuffer)
+	}
 }
 
 // Wrap returns a Conn over a PacketConn the caller made. It uses batch
@@ -50,6 +65,7 @@ func (c *Conn) Rebind(address string) error {
 	if err != nil {
 		return err
 	}
+	setSocketBuffers(pc)
 	s := newSocket(pc)
 	c.rebindMu.Lock()
 	defer c.rebindMu.Unlock()
