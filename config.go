@@ -144,6 +144,25 @@ type Config struct {
 	// at Info level). nil: no logging.
 	Logger *slog.Logger
 
+	// V2BoxPrivateKey and V2SigningKey are the static keys spoken to
+	// ProtocolV2 peers (the Python reference's enc_private, as 32 raw
+	// bytes, and its signing key), for a Conn that must keep keys a
+	// reference deployment already knows. nil V2SigningKey: Identity.
+	// nil V2BoxPrivateKey: derived from the signing key (the Ed25519 to
+	// X25519 conversion of libsodium), so one key file serves both
+	// protocols. Unused when no peer speaks ProtocolV2.
+	V2BoxPrivateKey []byte
+	V2SigningKey    ed25519.PrivateKey
+
+	// V2KeyProbe makes the Conn ask a ProtocolV2 peer whose box key it
+	// does not know for its key exchange at once, instead of waiting up
+	// to 20 s for the reference's periodic one (v2SendProbeLocked in
+	// v2conn.go explains the trick and its cost: a reference that
+	// already holds this Conn's keys then sends to it in plaintext until
+	// its next periodic key exchange). false: wait. PeerConfig.BoxKey
+	// makes both unnecessary.
+	V2KeyProbe bool
+
 	// now is the clock; tests replace it. nil: time.Now.
 	now func() time.Time
 	// interfaces lists interfaces for MTU discovery; nil: the system's.
@@ -164,8 +183,19 @@ type PeerConfig struct {
 	Policy Policy
 
 	// Protocol is the wire protocol spoken with this peer. Zero:
-	// ProtocolV3.
+	// ProtocolV3. ProtocolV2 speaks the Python reference's format to an
+	// IPv4 peer (see v2conn.go and README "Migrating from
+	// py-vault-udp"); for such a peer PublicKey pins the reference's
+	// Ed25519 sign_key, and Config.VerifyPeer, when set, is given that
+	// sign_key.
 	Protocol Protocol
+
+	// BoxKey, for a ProtocolV2 peer only, is the reference's X25519
+	// public key (its enc_key, 32 raw bytes) when known out of band: it
+	// is pinned (a key exchange carrying another is refused), and the
+	// Conn sends sealed at once instead of waiting to learn it. nil:
+	// learned from the peer's key exchange.
+	BoxKey []byte
 }
 
 // Defaults of the Config fields.
@@ -271,9 +301,15 @@ func (p *PeerConfig) check() error {
 	switch p.Protocol {
 	case ProtocolV3:
 	case ProtocolV2:
-		return fmt.Errorf("%w: peer %v: ProtocolV2 is not supported yet", ErrInvalidConfig, p.Addr)
+		// Protocol v2 (v2conn.go): the reference's sockets are IPv4 only.
+		if !p.Addr.Addr().Unmap().Is4() {
+			return fmt.Errorf("%w: peer %v: ProtocolV2 peers are IPv4 only", ErrInvalidConfig, p.Addr)
+		}
 	default:
 		return fmt.Errorf("%w: peer %v: Protocol %d", ErrInvalidConfig, p.Addr, int(p.Protocol))
+	}
+	if p.BoxKey != nil && (p.Protocol != ProtocolV2 || len(p.BoxKey) != 32) {
+		return fmt.Errorf("%w: peer %v: BoxKey of %d bytes: want 32, and ProtocolV2", ErrInvalidConfig, p.Addr, len(p.BoxKey))
 	}
 	return nil
 }

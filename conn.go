@@ -49,6 +49,8 @@ type Conn struct {
 	stats      counters
 	helloSweep int64 // Conn clock of the last forgetOldHellos; housekeeping's own
 
+	v2 *v2State // protocol v2 (the Python reference's format) peers: v2conn.go
+
 	sock atomic.Pointer[socket]
 
 	// freePkts recycles packets between the reader goroutine and
@@ -114,11 +116,16 @@ func newConn(pc net.PacketConn, config *Config) (*Conn, error) {
 	if maxPayload < 1 {
 		return nil, fmt.Errorf("%w: MTU %d leaves no room for a payload", ErrInvalidConfig, mtu)
 	}
+	v2, err := newV2State(&cfg) // protocol v2 keys (v2conn.go)
+	if err != nil {
+		return nil, err
+	}
 	z, err := newCompressor(maxPayload)
 	if err != nil {
 		return nil, err
 	}
 	c := &Conn{
+		v2:            v2,
 		cfg:           cfg,
 		hs:            newHandshaker(cfg.Identity),
 		z:             z,
@@ -326,6 +333,7 @@ func (c *Conn) Close() error {
 		c.readDeadline.stop()
 		c.writeDeadline.stop()
 		c.z.close()
+		c.v2.close() // protocol v2 (v2conn.go)
 		c.mu.Lock()
 		for _, p := range c.peers {
 			p.mu.Lock()

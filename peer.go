@@ -54,6 +54,8 @@ type peer struct {
 	lastHandshake time.Time
 	changed       chan struct{} // closed and replaced when a session comes or an attempt fails
 	removed       bool
+
+	v2 *v2Peer // non-nil for a ProtocolV2 peer: its state is there (v2conn.go)
 }
 
 // PeerInfo describes a peer.
@@ -118,8 +120,19 @@ func (c *Conn) AddPeer(pc PeerConfig) error {
 		c.dropPeerLocked(old, ErrUnknownPeer)
 	}
 	p := c.newPeer(addr, &pc)
+	if pc.Protocol == ProtocolV2 {
+		// Protocol v2 (v2conn.go): the reference's key exchange, no handshake.
+		if err := c.v2AddLocked(p, &pc); err != nil {
+			c.mu.Unlock()
+			return err
+		}
+	}
 	c.peers[addr] = p
 	c.mu.Unlock()
+	if p.v2 != nil {
+		c.v2Start(p.v2)
+		return nil
+	}
 	if p.policy != Plaintext {
 		c.startHandshake(p)
 	}
@@ -165,6 +178,9 @@ func (c *Conn) RemovePeer(addr netip.AddrPort) error {
 		return fmt.Errorf("%w: %v", ErrUnknownPeer, addr)
 	}
 	c.dropPeerLocked(p, fmt.Errorf("%w: %v was removed", ErrUnknownPeer, addr))
+	if p.v2 != nil {
+		c.v2Remove(p.v2) // protocol v2 (v2conn.go)
+	}
 	return nil
 }
 
@@ -212,6 +228,9 @@ func (c *Conn) peerInfos(match func(netip.AddrPort) bool) []PeerInfo {
 			Established:   c.usableLocked(p.current, now),
 			LastHandshake: p.lastHandshake,
 		})
+		if p.v2 != nil {
+			p.v2.info(&out[len(out)-1]) // protocol v2 (v2conn.go)
+		}
 		p.mu.Unlock()
 	}
 	slices.SortFunc(out, func(a, b PeerInfo) int { return a.Addr.Compare(b.Addr) })
@@ -252,6 +271,9 @@ func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 	p, err := c.peerFor(addr, true)
 	if err != nil {
 		return err
+	}
+	if p.v2 != nil {
+		return c.v2Handshake(ctx, p.v2) // protocol v2 (v2conn.go)
 	}
 	if p.policy == Plaintext {
 		return fmt.Errorf("%w: %v: policy is plaintext", ErrNoSession, addr)
@@ -407,6 +429,9 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 	}
 	if isClosed(c.writeDeadline.wait()) {
 		return os.ErrDeadlineExceeded
+	}
+	if vp := c.v2.lookup(addr); vp != nil {
+		return c.sendV2(vp, b) // protocol v2 (v2conn.go): its own size limit and path
 	}
 	if len(b) > c.maxPayload {
 		c.stats.tooLarge.Add(1)
@@ -606,6 +631,7 @@ func (c *Conn) tick() {
 		c.helloSweep = now
 		c.forgetOldHellos()
 	}
+	c.v2Tick(now) // protocol v2 key exchanges (v2conn.go)
 }
 
 // failLocked ends p's handshake attempt with a timeout.

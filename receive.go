@@ -49,6 +49,13 @@ func (c *Conn) readLoop(s *socket) {
 // receive handles one datagram. It returns true if it kept p (queued it
 // for ReadFrom).
 func (c *Conn) receive(p *packet) bool {
+	// Protocol v2 (v2conn.go): a datagram from the IP of a ProtocolV2
+	// peer is tried as v2 first (v2 has no version byte: route by IP).
+	if c.v2.active() {
+		if kept, done := c.receiveV2(p); done {
+			return kept
+		}
+	}
 	b := p.data
 	if p.truncated {
 		c.stats.tooLarge.Add(1)

@@ -20,6 +20,7 @@ type Stats struct {
 	HandshakeFailures uint64 // initiations that timed out
 	CookiesSent       uint64 // cookie replies sent under load
 	Verifications     uint64 // hello signatures verified
+	V2KeyExchanges    uint64 // key exchanges accepted from ProtocolV2 peers (v2conn.go)
 
 	Drops Drops
 }
@@ -39,6 +40,7 @@ type Drops struct {
 	UnknownSession   uint64 // a session index we do not have (expired, or never existed)
 	HandshakeTimeout uint64 // written datagrams dropped when their handshake failed
 	PeerLimit        uint64 // handshakes refused because Config.MaxPeers was reached
+	V2SendLimit      uint64 // written to ProtocolV2 peers but not sent: over the reference's 100 a second
 }
 
 // counters are the Conn's atomic counters behind Stats.
@@ -49,6 +51,7 @@ type counters struct {
 	malformed, replay, auth, policy, rejected, stale   atomic.Uint64
 	rateLimit, queueFull, tooLarge, unknownSession     atomic.Uint64
 	dropHandshakeTimeout, peerLimit                    atomic.Uint64
+	v2KeyExchanges, v2SendLimit                        atomic.Uint64 // protocol v2 (v2conn.go)
 }
 
 // Stats returns a snapshot of the Conn's counters.
@@ -75,6 +78,7 @@ func (c *Conn) Stats() Stats {
 		HandshakeFailures: k.handshakeFailures.Load(),
 		CookiesSent:       k.cookiesSent.Load(),
 		Verifications:     k.verifications.Load(),
+		V2KeyExchanges:    k.v2KeyExchanges.Load(),
 		Drops: Drops{
 			Malformed:        k.malformed.Load(),
 			Replay:           k.replay.Load(),
@@ -88,6 +92,7 @@ func (c *Conn) Stats() Stats {
 			UnknownSession:   k.unknownSession.Load(),
 			HandshakeTimeout: k.dropHandshakeTimeout.Load(),
 			PeerLimit:        k.peerLimit.Load(),
+			V2SendLimit:      k.v2SendLimit.Load(),
 		},
 	}
 }
