@@ -26,8 +26,17 @@ func (c *Conn) readLoop(s *socket) {
 			c.putPacket(p)
 		}
 	}()
+	direct := s.udp != nil // application readers take turns (direct.go)
+	idle := time.NewTimer(time.Hour)
+	defer idle.Stop()
 	for {
+		if direct && !c.bgBegin(s, idle) {
+			return
+		}
 		n, err := r.read(pkts)
+		if direct && err != nil && c.bgEnd(s) {
+			continue // an application reader interrupted us
+		}
 		if err != nil {
 			if c.isClosed() || c.sock.Load() != s {
 				return
@@ -42,6 +51,11 @@ func (c *Conn) readLoop(s *socket) {
 			if c.receive(pkts[i]) {
 				pkts[i] = c.getPacket()
 			}
+		}
+		if direct {
+			// Out of the socket only now that what it read is queued: an
+			// application reader looks at the queue before the socket.
+			c.bgEnd(s)
 		}
 	}
 }
