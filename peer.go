@@ -52,7 +52,7 @@ type peer struct {
 	failedAt      int64
 	lastSeen      int64 // Conn clock at the last datagram from or to it
 	lastHandshake time.Time
-	established   bool // it has had a confirmed session
+	established   bool          // it has had a confirmed session
 	changed       chan struct{} // closed and replaced when a session comes or an attempt fails
 	removed       bool
 }
