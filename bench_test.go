@@ -166,6 +166,10 @@ func BenchmarkPingPong(b *testing.B) {
 		x, y := benchVaultPair(b, func() *Config { return nil })
 		run(b, x, y)
 	})
+	b.Run("vaultudp-padnone", func(b *testing.B) {
+		x, y := benchVaultPair(b, func() *Config { return &Config{Padding: PadNone} })
+		run(b, x, y)
+	})
 }
 
 // BenchmarkPeerMemory: heap per peer with a live session, 10,000 peers.

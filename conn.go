@@ -62,6 +62,9 @@ type Conn struct {
 	recvQ    chan *packet
 
 	readDeadline  *deadline
+	rd            readCoord     // who reads the socket (direct.go)
+	appToken      chan struct{} // held by the one application goroutine reading the socket
+	appReaderPool sync.Pool     // *appReader
 	writeDeadline *deadline
 
 	closed    chan struct{}
@@ -138,6 +141,7 @@ func newConn(pc net.PacketConn, config *Config) (*Conn, error) {
 		start:         time.Now(),
 		recvQ:         make(chan *packet, cfg.ReadQueue),
 		readDeadline:  newDeadline(),
+		appToken:      make(chan struct{}, 1),
 		writeDeadline: newDeadline(),
 		closed:        make(chan struct{}),
 		peers:         make(map[netip.AddrPort]*peer),
@@ -214,7 +218,16 @@ func (c *Conn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) {
 	if c.isClosed() {
 		return 0, netip.AddrPort{}, c.opError("read", nil, net.ErrClosed)
 	}
+	direct := c.appToken // nil (never ready) unless the socket allows direct reads
+	if c.sock.Load().udp == nil {
+		direct = nil
+	}
 	select {
+	case direct <- struct{}{}:
+		// This goroutine reads the socket itself (direct.go); others
+		// wait here for what it queues, or for their turn.
+		defer func() { <-direct }()
+		return c.readDirect(b)
 	case p := <-c.recvQ:
 		n := copy(b, p.data)
 		from := p.from
@@ -275,6 +288,7 @@ func (c *Conn) SetDeadline(t time.Time) error {
 		return c.opError("set", nil, net.ErrClosed)
 	}
 	c.readDeadline.set(t)
+	c.setSocketReadDeadline(t)
 	c.writeDeadline.set(t)
 	return nil
 }
@@ -286,6 +300,7 @@ func (c *Conn) SetReadDeadline(t time.Time) error {
 		return c.opError("set", nil, net.ErrClosed)
 	}
 	c.readDeadline.set(t)
+	c.setSocketReadDeadline(t)
 	return nil
 }
 

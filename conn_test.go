@@ -197,7 +197,7 @@ func waitBlockedIn(t testing.TB, fn string) {
 	for {
 		n := runtime.Stack(buf, true)
 		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
-			if strings.Contains(g, fn) && (strings.Contains(g, "[select") || strings.Contains(g, "[chan receive")) {
+			if strings.Contains(g, fn) && (strings.Contains(g, "[select") || strings.Contains(g, "[chan receive") || strings.Contains(g, "[IO wait")) {
 				return
 			}
 		}

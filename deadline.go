@@ -15,6 +15,7 @@ type deadline struct {
 	mu     sync.Mutex
 	timer  *time.Timer
 	cancel chan struct{} // closed when the deadline passes
+	t      time.Time     // the deadline; zero for none
 }
 
 func newDeadline() *deadline {
@@ -29,6 +30,7 @@ func (d *deadline) set(t time.Time) {
 		<-d.cancel // the timer fired and closed cancel: wait is over
 	}
 	d.timer = nil
+	d.t = t
 
 	closed := isClosed(d.cancel)
 	if t.IsZero() {
@@ -55,6 +57,13 @@ func (d *deadline) wait() chan struct{} {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.cancel
+}
+
+// time returns the deadline; the zero time means none.
+func (d *deadline) time() time.Time {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.t
 }
 
 // stop releases the timer.

@@ -52,6 +52,7 @@ type peer struct {
 	failedAt      int64
 	lastSeen      int64 // Conn clock at the last datagram from or to it
 	lastHandshake time.Time
+	established   bool          // it has had a confirmed session
 	changed       chan struct{} // closed and replaced when a session comes or an attempt fails
 	removed       bool
 
@@ -392,6 +393,14 @@ func (c *Conn) newIndexLocked() uint32 {
 	}
 }
 
+// receiveLimit is the age at which a session stops opening datagrams: its
+// send limit (rejectAfter) plus a handshake timeout, because the two ends
+// made their copies up to a round trip apart, and the datagrams the older
+// end sealed last are still on their way.
+func (c *Conn) receiveLimit() time.Duration {
+	return rejectAfter(c.cfg.KeyLifetime) + c.cfg.HandshakeTimeout
+}
+
 // usableLocked reports whether s can carry datagrams now.
 func (c *Conn) usableLocked(s *session, now int64) bool {
 	return s != nil && time.Duration(now-s.created) < rejectAfter(c.cfg.KeyLifetime) &&
@@ -575,6 +584,7 @@ func (c *Conn) tick() {
 	c.mu.RUnlock()
 	retry := min(max(c.cfg.HandshakeTimeout/5, 100*time.Millisecond), time.Second)
 	reject := rejectAfter(c.cfg.KeyLifetime)
+	keep := c.receiveLimit()
 	var idle []*peer
 	for _, p := range ps {
 		p.mu.Lock()
@@ -588,7 +598,7 @@ func (c *Conn) tick() {
 			}
 		}
 		for _, sp := range []**session{&p.previous, &p.current, &p.next} {
-			if s := *sp; s != nil && time.Duration(now-s.created) >= reject {
+			if s := *sp; s != nil && time.Duration(now-s.created) >= keep {
 				c.unindexLocked(p, s)
 				*sp = nil
 			}
@@ -608,8 +618,15 @@ func (c *Conn) tick() {
 				hello = c.initiateLocked(p) // the queue gets an attempt of its own
 			}
 		}
-		if !p.configured && p.current == nil && p.next == nil && p.init == nil &&
-			time.Duration(now-p.lastSeen) >= reject {
+		// A learned peer is forgotten when idle: after a session's
+		// lifetime, or after a handshake timeout if it never confirmed a
+		// session (a forged or abandoned hello must not hold a slot).
+		idleFor := reject
+		if !p.established {
+			idleFor = c.cfg.HandshakeTimeout
+		}
+		if !p.configured && p.current == nil && p.next == nil && p.nextOld == nil && p.init == nil &&
+			time.Duration(now-p.lastSeen) >= idleFor {
 			idle = append(idle, p)
 		}
 		to := p.addr
@@ -639,6 +656,7 @@ func (c *Conn) failLocked(p *peer, now int64) {
 	c.clearInitLocked(p)
 	p.failErr = fmt.Errorf("%w: no session with %v after %v", ErrHandshakeTimeout, p.addr, c.cfg.HandshakeTimeout)
 	p.failedAt = now
+	p.lastSeen = now // keep the peer (and its error) a while for writers to see
 	c.stats.handshakeFailures.Add(1)
 	c.stats.dropHandshakeTimeout.Add(uint64(len(p.queue)))
 	p.queue = nil

@@ -26,8 +26,17 @@ func (c *Conn) readLoop(s *socket) {
 			c.putPacket(p)
 		}
 	}()
+	direct := s.udp != nil // application readers take turns (direct.go)
+	idle := time.NewTimer(time.Hour)
+	defer idle.Stop()
 	for {
+		if direct && !c.bgBegin(s, idle) {
+			return
+		}
 		n, err := r.read(pkts)
+		if direct && err != nil && c.bgEnd(s) {
+			continue // an application reader interrupted us
+		}
 		if err != nil {
 			if c.isClosed() || c.sock.Load() != s {
 				return
@@ -42,6 +51,11 @@ func (c *Conn) readLoop(s *socket) {
 			if c.receive(pkts[i]) {
 				pkts[i] = c.getPacket()
 			}
+		}
+		if direct {
+			// Out of the socket only now that what it read is queued: an
+			// application reader looks at the queue before the socket.
+			c.bgEnd(s)
 		}
 	}
 }
@@ -89,7 +103,7 @@ func (c *Conn) receiveSealed(p *packet) bool {
 		return false
 	}
 	now := c.now()
-	if time.Duration(now-s.created) >= rejectAfter(c.cfg.KeyLifetime) {
+	if time.Duration(now-s.created) >= c.receiveLimit() {
 		c.stats.unknownSession.Add(1)
 		return false
 	}
@@ -144,6 +158,7 @@ func (c *Conn) confirmLocked(p *peer, s *session) [][]byte {
 	}
 	c.unindexLocked(p, p.previous, other)
 	p.previous, p.current, p.next, p.nextOld = p.current, s, nil, nil
+	p.established = true
 	p.notifyLocked()
 	return c.takeQueueLocked(p, s)
 }
@@ -337,7 +352,15 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort) {
 	c.mu.RLock()
 	pr := c.peers[from]
 	last := c.lastHello[idKey]
+	full := pr == nil && c.learned >= c.cfg.MaxPeers
 	c.mu.RUnlock()
+	if full {
+		// Refused before any costly work: a flood of signed hellos from
+		// new addresses cannot buy signature checks once the table is
+		// full.
+		c.stats.peerLimit.Add(1)
+		return
+	}
 	if m.timestamp <= last {
 		c.stats.stale.Add(1) // a replayed or reordered hello
 		return
@@ -397,7 +420,6 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort) {
 		c.stats.stale.Add(1)
 		return
 	}
-	c.lastHello[idKey] = m.timestamp
 	if pr = c.peers[from]; pr == nil {
 		if c.learned >= c.cfg.MaxPeers {
 			c.mu.Unlock()
@@ -409,6 +431,7 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort) {
 		c.peers[from] = pr
 		c.learned++
 	}
+	c.lastHello[idKey] = m.timestamp // only for a hello that is answered
 	c.mu.Unlock()
 
 	queued := c.install(pr, s, keys.peerIdentity, wall)
@@ -444,6 +467,7 @@ func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall tim
 	if s.initiator {
 		c.unindexLocked(p, p.previous, p.next, p.nextOld)
 		p.previous, p.current, p.next, p.nextOld = p.current, s, nil, nil
+		p.established = true
 	} else {
 		// A responder session waits for the peer's first sealed
 		// datagram (confirmLocked) before it is used to send.

@@ -1,0 +1,212 @@
+package vaultudp
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+)
+
+// Who reads the socket. A goroutine blocked in ReadFrom reads the socket
+// itself and handles what arrives (handshakes included), so that a
+// datagram reaches it with no hand-off between goroutines: on two cores a
+// hand-off wakes a second thread, which costs more than the rest of the
+// receive path. The background reader (readLoop) reads only while no
+// application goroutine has been reading for directGrace, so that a
+// program that never reads still answers handshakes, within directGrace.
+// When an application reader arrives while the background reader waits in
+// the socket, it interrupts it with a past socket deadline and takes over.
+//
+// This needs the socket's deadlines and batch reads, so it is used only
+// over a *net.UDPConn; other PacketConns keep the background reader and
+// the queue.
+
+// directGrace is how long the background reader stays out of the socket
+// after the last application read.
+const directGrace = 20 * time.Millisecond
+
+// aLongTimeAgo is a deadline in the past, to interrupt a socket read.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// readCoord coordinates the socket's readers.
+type readCoord struct {
+	// mu guards the fields below.
+	mu         sync.Mutex
+	appReaders int           // goroutines in ReadFrom that read the socket
+	lastApp    time.Time     // when the last of them left
+	bgReading  bool          // the background reader is in a socket read
+	bgSock     *socket       // ... of this socket
+	kicked     bool          // ... and has been interrupted
+	bgOut      chan struct{} // closed when the background reader leaves the socket
+}
+
+// appReader is the per-goroutine state of a direct read.
+type appReader struct {
+	r    *reader
+	pkts []*packet
+}
+
+// bgBegin waits until the background reader may read s, and marks it
+// reading. It returns false when the Conn is closed or s replaced. It
+// polls every directGrace rather than being woken when application
+// readers leave: they leave after every datagram, and waking another
+// goroutine each time is the cost direct reads avoid. t is the caller's
+// timer, reused.
+func (c *Conn) bgBegin(s *socket, t *time.Timer) bool {
+	rc := &c.rd
+	rc.mu.Lock()
+	for {
+		if c.isClosed() || c.sock.Load() != s {
+			rc.mu.Unlock()
+			return false
+		}
+		wait := directGrace - time.Since(rc.lastApp)
+		if rc.appReaders > 0 {
+			wait = directGrace
+		}
+		if wait <= 0 {
+			break
+		}
+		rc.mu.Unlock()
+		t.Reset(wait)
+		select {
+		case <-t.C:
+		case <-c.closed:
+			t.Stop()
+		}
+		rc.mu.Lock()
+	}
+	s.pc.SetReadDeadline(time.Time{}) // an application reader may have left one
+	rc.bgReading, rc.bgSock, rc.kicked = true, s, false
+	rc.bgOut = make(chan struct{})
+	rc.mu.Unlock()
+	return true
+}
+
+// bgEnd marks the background reader out of the socket.
+func (c *Conn) bgEnd(s *socket) (kicked bool) {
+	rc := &c.rd
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if rc.bgSock != s {
+		return true // replaced by Rebind: its reader took over the state
+	}
+	kicked = rc.kicked
+	rc.bgReading, rc.bgSock, rc.kicked = false, nil, false
+	close(rc.bgOut)
+	return kicked
+}
+
+// appBegin registers an application reader and waits until the
+// background reader is out of the socket.
+func (c *Conn) appBegin(s *socket) {
+	rc := &c.rd
+	rc.mu.Lock()
+	rc.appReaders++
+	for rc.bgReading {
+		if !rc.kicked {
+			rc.kicked = true
+			rc.bgSock.pc.SetReadDeadline(aLongTimeAgo)
+		}
+		ch := rc.bgOut
+		rc.mu.Unlock()
+		<-ch // the background reader leaves at once: its read fails
+		rc.mu.Lock()
+	}
+	// The socket's deadline is the Conn's read deadline while
+	// application readers read it (SetReadDeadline keeps it so).
+	s.pc.SetReadDeadline(c.readDeadline.time())
+	rc.mu.Unlock()
+}
+
+func (c *Conn) appEnd() {
+	rc := &c.rd
+	rc.mu.Lock()
+	rc.appReaders--
+	rc.lastApp = time.Now()
+	rc.mu.Unlock()
+}
+
+// setSocketReadDeadline passes a new read deadline to the socket while
+// application readers read it.
+func (c *Conn) setSocketReadDeadline(t time.Time) {
+	rc := &c.rd
+	rc.mu.Lock()
+	if rc.appReaders > 0 {
+		c.sock.Load().pc.SetReadDeadline(t)
+	}
+	rc.mu.Unlock()
+}
+
+// readDirect is ReadFromUDPAddrPort reading the socket itself.
+func (c *Conn) readDirect(b []byte) (int, netip.AddrPort, error) {
+	ar, _ := c.appReaderPool.Get().(*appReader)
+	defer func() { c.appReaderPool.Put(ar) }()
+	for {
+		s := c.sock.Load()
+		if ar == nil || ar.r.s != s {
+			if ar != nil {
+				for _, p := range ar.pkts {
+					c.putPacket(p)
+				}
+			}
+			ar = &appReader{r: s.newReader(), pkts: make([]*packet, readBatchSize)}
+			for i := range ar.pkts {
+				ar.pkts[i] = c.getPacket()
+			}
+		}
+		c.appBegin(s)
+		n, from, err := c.readOnce(ar, b, s)
+		c.appEnd()
+		if err != errRetry {
+			return n, from, err
+		}
+	}
+}
+
+// errRetry says the socket was replaced under a reader (Rebind).
+var errRetry = errors.New("vaultudp: socket replaced")
+
+// readOnce reads the socket until a datagram for the application is
+// queued, and returns the first in the queue.
+func (c *Conn) readOnce(ar *appReader, b []byte, s *socket) (int, netip.AddrPort, error) {
+	for {
+		select {
+		case p := <-c.recvQ:
+			n, from := copy(b, p.data), p.from
+			c.putPacket(p)
+			return n, from, nil
+		default:
+		}
+		if c.isClosed() {
+			return 0, netip.AddrPort{}, c.opError("read", nil, ErrClosed)
+		}
+		if isClosed(c.readDeadline.wait()) {
+			return 0, netip.AddrPort{}, c.opError("read", nil, os.ErrDeadlineExceeded)
+		}
+		n, err := ar.r.read(ar.pkts)
+		if err != nil {
+			switch {
+			case c.isClosed():
+				return 0, netip.AddrPort{}, c.opError("read", nil, ErrClosed)
+			case c.sock.Load() != s:
+				return 0, netip.AddrPort{}, errRetry
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				// The Conn's deadline passed (its timer may close the
+				// channel checked above a moment later), or it moved.
+				if t := c.readDeadline.time(); !t.IsZero() && !time.Now().Before(t) {
+					return 0, netip.AddrPort{}, c.opError("read", nil, os.ErrDeadlineExceeded)
+				}
+				continue
+			}
+			c.log.Debug("vaultudp: read", "err", err)
+			continue
+		}
+		for i := 0; i < n; i++ {
+			if c.receive(ar.pkts[i]) {
+				ar.pkts[i] = c.getPacket()
+			}
+		}
+	}
+}
