@@ -83,7 +83,7 @@ func TestWriteBatchTooLarge(t *testing.T) {
 
 // Steady-state batch I/O allocates nothing per datagram.
 func TestBatchZeroAlloc(t *testing.T) {
-	if raceDetector {
+	if raceEnabled {
 		t.Skip("allocation counts differ under -race; CI runs the Alloc tests without it")
 	}
 	a, b := pair(t, "udp4", "127.0.0.1", nil, &Config{ReadQueue: 4096})
@@ -120,7 +120,7 @@ func isTooLarge(err error) bool {
 // and ReadFrom/WriteTo no more than *net.UDPConn's (the fresh
 // *net.UDPAddr of each ReadFrom).
 func TestDatagramAllocs(t *testing.T) {
-	if raceDetector {
+	if raceEnabled {
 		t.Skip("allocation counts differ under -race; CI runs the Alloc tests without it")
 	}
 	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)

@@ -538,11 +538,17 @@ func TestFloodSpoofedHellosManySources(t *testing.T) {
 				if bound := tc.threshold + 1 + 2*int(mid.Rekeys-before.Rekeys) + 4; verified > bound {
 					t.Errorf("%d signature verifications for %d hellos, want at most %d", verified, tc.n, bound)
 				}
-			} else if verified < tc.n {
-				t.Errorf("without cookies: %d verifications for %d hellos", verified, tc.n)
+			} else if refused := int(mid.Drops.PeerLimit - before.Drops.PeerLimit); verified+refused < tc.n {
+				// Hellos from new addresses while the table is full are
+				// refused before verification; every other one is verified.
+				t.Errorf("without cookies: %d verifications and %d refusals for %d hellos", verified, refused, tc.n)
 			}
-			if mid.Drops.PeerLimit == before.Drops.PeerLimit && verified > maxPeers {
-				t.Errorf("MaxPeers never refused a handshake")
+			// More answered hellos than MaxPeers: either the table filled
+			// and MaxPeers refused some, or never-confirmed learned peers
+			// were forgotten fast enough (after HandshakeTimeout) that it
+			// never filled.
+			if mid.Drops.PeerLimit == before.Drops.PeerLimit && verified > maxPeers && maxLearned >= maxPeers {
+				t.Errorf("MaxPeers never refused a handshake, yet %d learned peers were held", maxLearned)
 			}
 			if lost > written/1000 {
 				t.Errorf("legit traffic lost %d of %d datagrams in memory", lost, written)

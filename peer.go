@@ -480,10 +480,14 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 		}
 		to = p.addr
 		p.mu.Unlock()
+		// The datagram goes before the hello: once the hello is out, the
+		// session (and the peer's "seen sealed" rule) may come before a
+		// later open datagram, which the peer would then drop.
+		err := c.sendData(nil, to, b)
 		if hello != nil {
 			c.sendControl(to, hello)
 		}
-		return c.sendData(nil, to, b)
+		return err
 	}
 	if backoff {
 		err := p.failErr
