@@ -36,7 +36,16 @@ func pyseedDir(t *testing.T) string {
 	t.Helper()
 	dir := os.Getenv("VAULTUDP_PYSEED")
 	if dir == "" {
-		dir = filepath.Join("..", "shared", "pyseed") // tests run in the repository root
+		// Tests run in the repository root; the harness sits in a
+		// "shared" folder beside the checkout, or a few levels up.
+		dir = filepath.Join("..", "shared", "pyseed")
+		for _, up := range []string{"..", "../..", "../../.."} {
+			cand := filepath.Join(up, "shared", "pyseed")
+			if _, err := os.Stat(filepath.Join(cand, "peer.py")); err == nil {
+				dir = cand
+				break
+			}
+		}
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
