@@ -612,6 +612,7 @@ func (c *Conn) tick() {
 				// Never confirmed: the initiator did not take our reply.
 				c.unindexLocked(p, s)
 				*sp = nil
+				p.notifyLocked() // Handshake callers wait on it
 			}
 		}
 		if p.next == nil && p.nextOld != nil {
