@@ -19,10 +19,14 @@ type socket struct {
 	ipv6  bool         // the socket may carry IPv6 (udp6, or dual-stack udp)
 	laddr net.Addr
 	sys   sysSocket // the system-specific batch I/O state; zero without udp
+
+	// dlUnknown is set until the Conn first sets the socket's read
+	// deadline (direct.go keeps track of it from then on).
+	dlUnknown bool
 }
 
 func newSocket(pc net.PacketConn) *socket {
-	s := &socket{pc: pc, laddr: pc.LocalAddr()}
+	s := &socket{pc: pc, laddr: pc.LocalAddr(), dlUnknown: true}
 	if ua, ok := s.laddr.(*net.UDPAddr); ok {
 		ip, _ := netip.AddrFromSlice(ua.IP)
 		s.ipv6 = ua.IP == nil || !ip.Unmap().Is4()

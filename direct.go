@@ -24,6 +24,8 @@ import (
 
 // directGrace is how long the background reader stays out of the socket
 // after the last application read.
+// It is read on the Conn's coarse clock (housekeepingEvery), so the real
+// wait is between one and two ticks longer.
 const directGrace = 20 * time.Millisecond
 
 // aLongTimeAgo is a deadline in the past, to interrupt a socket read.
@@ -34,7 +36,8 @@ type readCoord struct {
 	// mu guards the fields below.
 	mu         sync.Mutex
 	appReaders int           // goroutines in ReadFrom that read the socket
-	lastApp    time.Time     // when the last of them left
+	lastApp    int64         // Conn clock when the last of them left
+	sockDL     time.Time     // the read deadline last set on the socket
 	bgReading  bool          // the background reader is in a socket read
 	bgSock     *socket       // ... of this socket
 	kicked     bool          // ... and has been interrupted
@@ -61,11 +64,11 @@ func (c *Conn) bgBegin(s *socket, t *time.Timer) bool {
 			rc.mu.Unlock()
 			return false
 		}
-		wait := directGrace - time.Since(rc.lastApp)
+		wait := directGrace - time.Duration(c.now()-rc.lastApp)
 		if rc.appReaders > 0 {
 			wait = directGrace
 		}
-		if wait <= 0 {
+		if wait <= 0 && rc.appReaders == 0 {
 			break
 		}
 		rc.mu.Unlock()
@@ -77,7 +80,7 @@ func (c *Conn) bgBegin(s *socket, t *time.Timer) bool {
 		}
 		rc.mu.Lock()
 	}
-	s.pc.SetReadDeadline(time.Time{}) // an application reader may have left one
+	c.setSockDeadlineLocked(s, time.Time{}) // an application reader may have left one
 	rc.bgReading, rc.bgSock, rc.kicked = true, s, false
 	rc.bgOut = make(chan struct{})
 	rc.mu.Unlock()
@@ -107,7 +110,7 @@ func (c *Conn) appBegin(s *socket) {
 	for rc.bgReading {
 		if !rc.kicked {
 			rc.kicked = true
-			rc.bgSock.pc.SetReadDeadline(aLongTimeAgo)
+			c.setSockDeadlineLocked(rc.bgSock, aLongTimeAgo)
 		}
 		ch := rc.bgOut
 		rc.mu.Unlock()
@@ -116,7 +119,7 @@ func (c *Conn) appBegin(s *socket) {
 	}
 	// The socket's deadline is the Conn's read deadline while
 	// application readers read it (SetReadDeadline keeps it so).
-	s.pc.SetReadDeadline(c.readDeadline.time())
+	c.setSockDeadlineLocked(s, c.readDeadline.time())
 	rc.mu.Unlock()
 }
 
@@ -124,7 +127,7 @@ func (c *Conn) appEnd() {
 	rc := &c.rd
 	rc.mu.Lock()
 	rc.appReaders--
-	rc.lastApp = time.Now()
+	rc.lastApp = c.now() // the coarse clock: no time.Now per datagram
 	rc.mu.Unlock()
 }
 
@@ -134,9 +137,20 @@ func (c *Conn) setSocketReadDeadline(t time.Time) {
 	rc := &c.rd
 	rc.mu.Lock()
 	if rc.appReaders > 0 {
-		c.sock.Load().pc.SetReadDeadline(t)
+		c.setSockDeadlineLocked(c.sock.Load(), t)
 	}
 	rc.mu.Unlock()
+}
+
+// setSockDeadlineLocked sets the socket's read deadline unless it is
+// already t (each direct read would otherwise reset a runtime timer);
+// c.rd.mu is held.
+func (c *Conn) setSockDeadlineLocked(s *socket, t time.Time) {
+	rc := &c.rd
+	if !t.Equal(rc.sockDL) || s.dlUnknown {
+		s.pc.SetReadDeadline(t)
+		rc.sockDL, s.dlUnknown = t, false
+	}
 }
 
 // readDirect is ReadFromUDPAddrPort reading the socket itself.
