@@ -351,6 +351,9 @@ type mpReader struct {
 
 var errTruncated = fmt.Errorf("%w: truncated", errMalformed)
 
+// left is the number of bytes not read yet.
+func (d *mpReader) left() int { return len(d.b) - d.off }
+
 func (d *mpReader) byte() (byte, error) {
 	if d.off >= len(d.b) {
 		return 0, errTruncated

@@ -220,7 +220,7 @@ func appendV2BinHeader(dst []byte, n int) []byte {
 // The returned slices alias b. decodeV2Frame never panics.
 func decodeV2Frame(b []byte) (v2Frame, error) {
 	var f v2Frame
-	d := v2Reader{b: b}
+	d := v2Reader{mpReader{b: b}}
 	c, err := d.byte()
 	if err != nil {
 		return f, err
@@ -240,7 +240,7 @@ func decodeV2Frame(b []byte) (v2Frame, error) {
 		return f, err
 	}
 	if n > uint64(d.left())/2 { // every entry takes at least 2 bytes
-		return f, errV2Truncated
+		return f, errTruncated
 	}
 	var seen [4]bool // v, p, c, g
 	for range n {
@@ -340,48 +340,23 @@ func (v v2Val) truthy() bool {
 	return true // ExtType and Timestamp objects
 }
 
-// v2Reader reads msgpack values from b, bounds-checked.
+// v2Reader reads msgpack values of any type from b, bounds-checked, on
+// the primitives of envelope.go's mpReader.
 type v2Reader struct {
-	b   []byte
-	off int
+	mpReader
 }
 
-var errV2Truncated = fmt.Errorf("%w: truncated", errV2Frame)
-
-func (d *v2Reader) left() int { return len(d.b) - d.off }
-
-func (d *v2Reader) byte() (byte, error) {
-	if d.off >= len(d.b) {
-		return 0, errV2Truncated
-	}
-	c := d.b[d.off]
-	d.off++
-	return c, nil
-}
-
-func (d *v2Reader) uintN(n int) (uint64, error) {
-	if d.left() < n {
-		return 0, errV2Truncated
-	}
-	var v uint64
-	for _, c := range d.b[d.off : d.off+n] {
-		v = v<<8 | uint64(c)
-	}
-	d.off += n
-	return v, nil
-}
-
+// take returns the next n bytes. Unlike mpReader.bytes it has no field
+// cap of its own: a v2 frame's fields are bounded by the datagram.
 func (d *v2Reader) take(n uint64) ([]byte, error) {
 	if uint64(d.left()) < n {
-		return nil, errV2Truncated
+		return nil, errTruncated
 	}
 	p := d.b[d.off : d.off+int(n) : d.off+int(n)]
 	d.off += int(n)
 	return p, nil
 }
 
-// value reads one complete value; arrays and maps are read through and
-// checked (keys str or bin, depth bounded) but only their length is kept.
 func (d *v2Reader) value(depth int) (v2Val, error) {
 	if depth > v2MaxDepth {
 		return v2Val{}, fmt.Errorf("%w: nested deeper than %d", errV2Frame, v2MaxDepth)
@@ -494,7 +469,7 @@ func (d *v2Reader) ext(n uint64) (v2Val, error) {
 
 func (d *v2Reader) array(n uint64, depth int) (v2Val, error) {
 	if n > uint64(d.left()) { // every element takes at least a byte
-		return v2Val{}, errV2Truncated
+		return v2Val{}, errTruncated
 	}
 	for range n {
 		if _, err := d.value(depth + 1); err != nil {
@@ -506,7 +481,7 @@ func (d *v2Reader) array(n uint64, depth int) (v2Val, error) {
 
 func (d *v2Reader) mapv(n uint64, depth int) (v2Val, error) {
 	if n > uint64(d.left())/2 {
-		return v2Val{}, errV2Truncated
+		return v2Val{}, errTruncated
 	}
 	for range n {
 		k, err := d.value(depth + 1)
