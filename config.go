@@ -122,7 +122,8 @@ type Config struct {
 	// MTU is the path MTU in bytes, in [MinMTU, MaxMTU]. Zero: the
 	// smallest MTU of the host's up, non-loopback interfaces, or
 	// DefaultMTU when there is none. Both ends must use the same MTU:
-	// datagrams larger than the local MTU allows are dropped.
+	// received datagrams larger than the local MTU allows (or, if that is
+	// more, than a DefaultMTU IPv4 path allows) are dropped.
 	MTU int
 
 	// ReadQueue is the number of received datagrams that wait for

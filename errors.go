@@ -28,17 +28,22 @@ var (
 	ErrPeerRejected = errors.New("vaultudp: peer rejected")
 
 	// ErrNoSession is returned when a datagram cannot be sent because the
-	// peer has no session and none can be started or waited for (the
-	// bounded queue of datagrams waiting for the handshake is full, or the
-	// peer's policy forbids the handshake).
+	// peer has no session and none can be started or waited for: the
+	// bounded queue of datagrams waiting for the handshake is full, the
+	// peer's policy forbids the handshake (Handshake on a Plaintext peer),
+	// Config.MaxPeers learned peers exist already, the destination is not
+	// a valid address, or the session's counters are used up.
 	ErrNoSession = errors.New("vaultudp: no session with peer")
 
-	// ErrUnknownPeer is returned by RemovePeer and Handshake for an
-	// address that is not a peer.
+	// ErrUnknownPeer is returned by RemovePeer for an address that is not
+	// a peer, and by Handshake when the peer is dropped (removed,
+	// replaced or forgotten) while it waits.
 	ErrUnknownPeer = errors.New("vaultudp: unknown peer")
 
-	// ErrInvalidConfig is returned by Listen and Wrap when a Config field
-	// holds a value outside its documented range.
+	// ErrInvalidConfig is returned by Listen, Wrap and AddPeer when a
+	// Config or PeerConfig field holds a value outside its documented
+	// range (or a peer is added twice), by ParsePolicy for an unknown
+	// name, and by Rebind on a Conn made by Wrap.
 	ErrInvalidConfig = errors.New("vaultudp: invalid config")
 
 	// ErrInvalidKey is returned when a key cannot be parsed or loaded, or
