@@ -226,6 +226,12 @@ func appendZeros(dst []byte, n int) []byte {
 	return append(dst, make([]byte, n)...)
 }
 
+// appendBinHeader appends the shortest bin header for n bytes: c4 LL,
+// c5 HH LL or c6 and 4 bytes (the v2 frame uses it too).
+func appendBinHeader(dst []byte, n int) []byte {
+	return appendBinHeaderWidth(dst, n, binHeaderLen(n))
+}
+
 // appendBinHeaderWidth appends a bin header for n bytes that is width
 // bytes long (2, 3 or 5), at least as wide as n needs.
 func appendBinHeaderWidth(dst []byte, n, width int) []byte {

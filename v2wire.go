@@ -143,27 +143,14 @@ type v2Frame struct {
 	control []byte // "c": key-exchange JSON (§5), nil if none
 }
 
-// v2BinHeaderLen is the length of the shortest msgpack bin header for n
-// bytes: c4 LL, c5 HH LL or c6 + 4 bytes (§3).
-func v2BinHeaderLen(n int) int {
-	switch {
-	case n <= math.MaxUint8:
-		return 2
-	case n <= math.MaxUint16:
-		return 3
-	default:
-		return 5
-	}
-}
-
 // v2FrameLen is the exact length of the frame appendV2Frame writes for a
 // payload, control and padding of these lengths.
 func v2FrameLen(payloadLen, controlLen, padLen int) int {
 	// map header 84; "v" a1 76 02; three keys of 2 bytes and their bins.
 	return 1 + 3 + 3*2 +
-		v2BinHeaderLen(payloadLen) + payloadLen +
-		v2BinHeaderLen(controlLen) + controlLen +
-		v2BinHeaderLen(padLen) + padLen
+		binHeaderLen(payloadLen) + payloadLen +
+		binHeaderLen(controlLen) + controlLen +
+		binHeaderLen(padLen) + padLen
 }
 
 // appendV2Frame appends the frame exactly as the reference writes it
@@ -176,22 +163,11 @@ func v2FrameLen(payloadLen, controlLen, padLen int) int {
 func appendV2Frame(dst, payload, control, pad []byte) []byte {
 	dst = append(dst, 0x84, 0xa1, 'v', v2Version)
 	dst = append(dst, 0xa1, 'p')
-	dst = append(appendV2BinHeader(dst, len(payload)), payload...)
+	dst = append(appendBinHeader(dst, len(payload)), payload...)
 	dst = append(dst, 0xa1, 'c')
-	dst = append(appendV2BinHeader(dst, len(control)), control...)
+	dst = append(appendBinHeader(dst, len(control)), control...)
 	dst = append(dst, 0xa1, 'g')
-	return append(appendV2BinHeader(dst, len(pad)), pad...)
-}
-
-func appendV2BinHeader(dst []byte, n int) []byte {
-	switch {
-	case n <= math.MaxUint8:
-		return append(dst, 0xc4, byte(n))
-	case n <= math.MaxUint16:
-		return append(dst, 0xc5, byte(n>>8), byte(n))
-	default:
-		return append(dst, 0xc6, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
+	return append(appendBinHeader(dst, len(pad)), pad...)
 }
 
 // decodeV2Frame decodes a frame (a whole plaintext datagram, or the box
@@ -542,7 +518,7 @@ func appendV2PaddedFrame(dst, payload, control []byte, effMTU int, rnd io.Reader
 	orig := len(dst)
 	dst = appendV2Frame(dst, payload, control, nil)
 	dst = dst[:len(dst)-2] // the empty g's c4 00
-	dst = appendV2BinHeader(dst, pad)
+	dst = appendBinHeader(dst, pad)
 	start := len(dst)
 	dst = append(dst, make([]byte, pad)...)
 	if rnd != nil {
