@@ -1,8 +1,10 @@
 package vaultudp
 
 import (
+	"bytes"
 	"context"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -78,4 +80,52 @@ func TestResponderWaitsForConfirmation(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectRead(t, a, "confirmed", addrOf(b))
+}
+
+// A retry carries the responder's cookie forward, and the hello it
+// replaces stays answerable; a cookie message counts only from the address
+// the hello went to.
+func TestRetryCookieRules(t *testing.T) {
+	c := listenT(t, "udp4", "127.0.0.1:0", nil)
+	peerAddr := deadPort(t, "udp4", "127.0.0.1")
+	p, err := c.peerFor(peerAddr, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cookie := bytes.Repeat([]byte{0xc0}, cookieLen)
+
+	p.mu.Lock()
+	c.initiateLocked(p)
+	first := p.init.localIndex
+	p.mu.Unlock()
+
+	// A cookie from another address is ignored.
+	stranger := netip.AddrPortFrom(peerAddr.Addr(), peerAddr.Port()+1)
+	c.handleCookie(cookieMsg(first, cookie), stranger)
+	p.mu.Lock()
+	if !bytes.Equal(p.init.cookie(), make([]byte, cookieLen)) {
+		p.mu.Unlock()
+		t.Fatal("a cookie from another address was taken")
+	}
+	p.mu.Unlock()
+
+	// From the peer's address it is taken, and a retry keeps it.
+	c.handleCookie(cookieMsg(first, cookie), peerAddr)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !bytes.Equal(p.init.cookie(), cookie) {
+		t.Fatal("the peer's cookie was not taken")
+	}
+	c.initiateLocked(p)
+	if !bytes.Equal(p.init.cookie(), cookie) {
+		t.Fatal("the retry dropped the cookie")
+	}
+	if p.prevInit == nil || p.prevInit.localIndex != first {
+		t.Fatal("the replaced hello is not kept")
+	}
+	c.idxMu.Lock()
+	defer c.idxMu.Unlock()
+	if c.initiated[first] != p || c.initiated[p.init.localIndex] != p {
+		t.Fatal("both hellos of the attempt must stay answerable")
+	}
 }
