@@ -49,7 +49,7 @@ type Conn struct {
 	stats      counters
 
 	queuedBytes atomic.Int64 // bytes waiting for handshakes, all peers
-	helloSweep int64 // Conn clock of the last forgetOldHellos; housekeeping's own
+	helloSweep  int64        // Conn clock of the last forgetOldHellos; housekeeping's own
 
 	v2 *v2State // protocol v2 (the Python reference's format) peers: v2conn.go
 
