@@ -82,6 +82,10 @@ type Conn struct {
 	mu        sync.RWMutex
 	peers     map[netip.AddrPort]*peer
 	learned   int // peers not configured
+	// plainPeers counts the learned peers known only from plaintext,
+	// plainOrder holds them oldest first (and some that are gone).
+	plainPeers int
+	plainOrder []*peer
 	lastHello map[[ed25519.PublicKeySize]byte]uint64
 
 	// idxMu guards the fields below; it is a leaf lock.

@@ -1,6 +1,7 @@
 package vaultudp
 
 import (
+	"bytes"
 	"encoding/binary"
 	"testing"
 	"time"
@@ -64,5 +65,89 @@ func TestFieldQueueBoundPerConn(t *testing.T) {
 	}
 	if a.Stats().Drops.WriteQueueFull == 0 {
 		t.Error("nothing counted in Drops.WriteQueueFull")
+	}
+}
+
+// TestFieldClientRestartsWithNewKey: a client on a fixed port restarts
+// with a fresh identity. The server, which accepts any key, remembers the
+// old one at that address (trust on first use), challenges the old
+// session, gets no answer, and takes the new identity within about a
+// hello retry.
+func TestFieldClientRestartsWithNewKey(t *testing.T) {
+	s := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: time.Second})
+	c1, err := Listen("udp4", "127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := addrOf(c1)
+	if _, err := c1.WriteToUDPAddrPort([]byte("old key"), addrOf(s)); err != nil {
+		t.Fatal(err)
+	}
+	expectRead(t, s, "old key", port)
+	c1.Close()
+
+	c2 := listenT(t, "udp4", port.String(), &Config{HandshakeTimeout: 2 * time.Second})
+	start := time.Now()
+	handshakeT(t, c2, addrOf(s))
+	if _, err := c2.WriteToUDPAddrPort([]byte("new key"), addrOf(s)); err != nil {
+		t.Fatal(err)
+	}
+	expectRead(t, s, "new key", port)
+	t.Logf("back after %v", time.Since(start).Round(time.Millisecond))
+	ps := s.PeersByIP(port.Addr())
+	for _, p := range ps {
+		if p.Addr == port && !bytes.Equal(p.PublicKey, c2.PublicKey()) {
+			t.Errorf("the server's peer at %v has the old key", port)
+		}
+	}
+}
+
+// TestFieldLivePeerNotDisplaced: hellos with another identity forged as
+// from a live learned peer's address are refused: the live peer answers
+// the liveness challenge sealed under its session, and keeps its place.
+func TestFieldLivePeerNotDisplaced(t *testing.T) {
+	sp := newSpoofer(t)
+	s := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: time.Second})
+	c := listenT(t, "udp4", "127.0.0.1:0", nil)
+	handshakeT(t, c, addrOf(s))
+	before := s.Stats()
+	for range 6 {
+		sp.send(t, addrOf(c), addrOf(s), helloDatagram(t))
+		strangerBarrier(t, rawUDP(t), addrOf(s))
+		// Let the liveness answer come back before the next hello.
+		if _, err := c.WriteToUDPAddrPort([]byte("alive"), addrOf(s)); err != nil {
+			t.Fatal(err)
+		}
+		expectRead(t, s, "alive", addrOf(c))
+		// The challenge was answered (not merely not yet overdue).
+		s.mu.RLock()
+		p := s.peers[addrOf(c)]
+		s.mu.RUnlock()
+		deadline := time.Now().Add(waitLong)
+		for {
+			p.mu.Lock()
+			answered := p.live == nil && p.alive != 0
+			p.mu.Unlock()
+			if answered {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the live peer did not answer the liveness challenge")
+			}
+			time.Sleep(time.Millisecond) // polling a condition, bounded above
+		}
+	}
+	after := s.Stats()
+	// Each barrier is a handshake of its own; the forged hellos got none.
+	if got := after.Handshakes - before.Handshakes; got != 6 {
+		t.Errorf("%d handshakes completed, want the 6 barriers' only", got)
+	}
+	if after.Drops.Rejected-before.Drops.Rejected != 6 {
+		t.Errorf("Drops.Rejected +%d, want +6 (the forged hellos)", after.Drops.Rejected-before.Drops.Rejected)
+	}
+	for _, p := range s.PeersByIP(addrOf(c).Addr()) {
+		if p.Addr == addrOf(c) && !bytes.Equal(p.PublicKey, c.PublicKey()) {
+			t.Fatal("the live peer was displaced")
+		}
 	}
 }

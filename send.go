@@ -66,8 +66,16 @@ func (c *Conn) appendSealed(dst []byte, s *session, b []byte, hasPayload bool) (
 			rec.payload, rec.compressed = z, true
 		}
 	}
-	natural := sealedOverhead + rec.envelopeLen()
-	size := c.cfg.Padding.wireSize(natural, c.datagram) - sealedOverhead
+	return c.appendSealedRecord(dst, s, &rec, true)
+}
+
+// appendSealedRecord appends to dst rec sealed under s, padded as the
+// Config says if pad is set.
+func (c *Conn) appendSealedRecord(dst []byte, s *session, rec *record, pad bool) ([]byte, error) {
+	size := rec.envelopeLen()
+	if pad {
+		size = c.cfg.Padding.wireSize(sealedOverhead+size, c.datagram) - sealedOverhead
+	}
 	off := len(dst)
 	var hdr [sealedHeaderLen]byte
 	dst = rec.appendTo(append(dst, hdr[:]...), size)
@@ -76,6 +84,17 @@ func (c *Conn) appendSealed(dst []byte, s *session, b []byte, hasPayload bool) (
 		return dst[:off], err
 	}
 	return append(dst[:off], out...), nil // no copy when out is in place
+}
+
+// sendSealedRecord seals rec under s and sends it to to.
+func (c *Conn) sendSealedRecord(s *session, to netip.AddrPort, rec *record, pad bool) error {
+	bp := c.bufs.Get().(*[]byte)
+	defer c.bufs.Put(bp)
+	out, err := c.appendSealedRecord((*bp)[:0], s, rec, pad)
+	if err != nil {
+		return err
+	}
+	return c.sock.Load().writeTo(out, to)
 }
 
 // sendOpen sends an open (unencrypted) envelope. Open datagrams are not
@@ -122,7 +141,7 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 	if !addr.IsValid() || addr.Port() == 0 {
 		return &net.AddrError{Err: "invalid destination", Addr: addr.String()}
 	}
-	p, err := c.peerFor(addr, true)
+	p, err := c.peerFor(addr, originWrite)
 	if err != nil {
 		c.stats.writePeerLimit.Add(1) // MaxPeers learned peers: until one is forgotten
 		return nil
@@ -149,7 +168,7 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 		// after a failed handshake: a peer that refuses encryption is
 		// not an error for it. It starts a new attempt once the backoff
 		// after a failure has passed.
-		hello := p.init == nil && !backoff && p.claimHelloLocked()
+		hello := p.init == nil && !backoff && c.mayInitiateLocked(p) && p.claimHelloLocked()
 		to = p.addr
 		p.mu.Unlock()
 		// The datagram goes before the hello: once the hello is out, the
@@ -171,7 +190,7 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 		return nil
 	}
 	// With p.next set, the peer's confirmation is on its way: wait.
-	hello := p.init == nil && p.next == nil && p.claimHelloLocked()
+	hello := p.init == nil && p.next == nil && c.mayInitiateLocked(p) && p.claimHelloLocked()
 	if !c.enqueueLocked(p, b) {
 		c.stats.writeQueueFull.Add(1)
 	}

@@ -15,6 +15,8 @@ import (
 //	session expiry       a session past its receive limit is dropped
 //	unconfirmed expiry   a responder session never confirmed within
 //	                     HandshakeTimeout is dropped
+//	path timeout         a path or liveness challenge unanswered for
+//	                     HandshakeTimeout is abandoned (path.go)
 //	queue attempt        datagrams wait and no attempt is under way
 //	forget               a learned peer with nothing left is forgotten when
 //	                     idle (a session lifetime if it ever had a session,
@@ -38,6 +40,7 @@ func (c *Conn) tick() {
 		hello := c.onHandshakeTimer(p, now)
 		c.onSessionExpiry(p, now)
 		c.onUnconfirmedExpiry(p, now)
+		c.onPathTimeout(p, now)
 		hello = c.onQueueWaiting(p) || hello
 		if c.onIdle(p, now) {
 			idle = append(idle, p)
@@ -85,7 +88,7 @@ func (c *Conn) onHandshakeTimer(p *peer, now int64) bool {
 			err = fmt.Errorf("%w; %w", err, p.refused)
 		}
 		c.failLocked(p, now, err)
-	case time.Duration(now-p.initSent) >= c.retryAfter():
+	case time.Duration(now-p.initSent) >= c.retryAfter() && p.mayRetryLocked():
 		return p.claimHelloLocked()
 	}
 	return false
@@ -121,7 +124,8 @@ func (c *Conn) onUnconfirmedExpiry(p *peer, now int64) {
 // way; they get an attempt of their own. It reports whether it claimed a
 // hello.
 func (c *Conn) onQueueWaiting(p *peer) bool {
-	return p.next == nil && p.current == nil && len(p.queue) > 0 && p.init == nil && p.claimHelloLocked()
+	return p.next == nil && p.current == nil && len(p.queue) > 0 && p.init == nil &&
+		c.mayInitiateLocked(p) && p.claimHelloLocked()
 }
 
 // onIdle: a learned peer with no session and no attempt is forgotten when
