@@ -79,14 +79,14 @@ type Conn struct {
 
 	// mu guards the fields below. Lock order: mu, then a peer's mu,
 	// then idxMu.
-	mu        sync.RWMutex
-	peers     map[netip.AddrPort]*peer
-	learned   int // peers not configured
+	mu      sync.RWMutex
+	peers   map[netip.AddrPort]*peer
+	learned int // peers not configured
 	// plainPeers counts the learned peers known only from plaintext,
 	// plainOrder holds them oldest first (and some that are gone).
 	plainPeers int
 	plainOrder []*peer
-	lastHello map[[ed25519.PublicKeySize]byte]uint64
+	lastHello  map[[ed25519.PublicKeySize]byte]uint64
 
 	// idxMu guards the fields below; it is a leaf lock.
 	idxMu     sync.Mutex

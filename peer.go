@@ -363,4 +363,3 @@ func (c *Conn) newIndexLocked() uint32 {
 		return i
 	}
 }
-

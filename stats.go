@@ -44,7 +44,7 @@ type Drops struct {
 
 	// Written by the application, not sent, and not returned as an
 	// error (as a UDP socket drops what its full buffer cannot take):
-	Unvalidated      uint64 // authentic, but from an address the peer has not proved: held for path validation and dropped when it failed, or another peer holds the address
+	Unvalidated uint64 // authentic, but from an address the peer has not proved: held for path validation and dropped when it failed, or another peer holds the address
 
 	WriteQueueFull uint64 // the queue of datagrams waiting for a handshake was full
 	WriteBackoff   uint64 // the last handshake with the peer failed less than HandshakeTimeout ago
