@@ -1,0 +1,241 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/vaultudp/vaultudp"
+)
+
+// maxFailures bounds the addresses whose last failure a recorder keeps.
+const maxFailures = 64
+
+// failure is the last handshake failure seen for an address.
+type failure struct {
+	reason string
+	at     time.Time
+}
+
+// recorder is a slog.Handler for one Conn's Config.Logger: it keeps the
+// last handshake failure per peer address (refusals and timeouts, which
+// the library logs), for the -status table and for error messages, and
+// passes every record on to next (stderr with -v) if next is not nil.
+type recorder struct {
+	mu    sync.Mutex
+	fails map[netip.AddrPort]failure
+	order []netip.AddrPort // oldest first, to bound fails
+	next  slog.Handler
+}
+
+func newRecorder(next slog.Handler) *recorder {
+	return &recorder{fails: map[netip.AddrPort]failure{}, next: next}
+}
+
+// logger returns a Logger whose records go to r.
+func (r *recorder) logger() *slog.Logger { return slog.New(recHandler{r: r, next: r.next}) }
+
+// last returns the last failure recorded for addr.
+func (r *recorder) last(addr netip.AddrPort) (failure, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	f, ok := r.fails[normAddr(addr)]
+	return f, ok
+}
+
+// all returns the addresses with a recorded failure, oldest first.
+func (r *recorder) all() []netip.AddrPort {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]netip.AddrPort(nil), r.order...)
+}
+
+func (r *recorder) record(addr netip.AddrPort, reason string, at time.Time) {
+	addr = normAddr(addr)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.fails[addr]; ok {
+		for i, a := range r.order {
+			if a == addr {
+				r.order = append(r.order[:i], r.order[i+1:]...)
+				break
+			}
+		}
+	} else if len(r.order) >= maxFailures {
+		delete(r.fails, r.order[0])
+		r.order = r.order[1:]
+	}
+	r.order = append(r.order, addr)
+	r.fails[addr] = failure{reason: reason, at: at}
+}
+
+func normAddr(a netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+}
+
+// recHandler is the slog.Handler of a recorder.
+type recHandler struct {
+	r    *recorder
+	next slog.Handler
+}
+
+// Enabled accepts every level: handshake timeouts are Debug records.
+func (h recHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h recHandler) Handle(ctx context.Context, rec slog.Record) error {
+	if strings.Contains(rec.Message, "refused") || strings.Contains(rec.Message, "timed out") {
+		var (
+			addr    netip.AddrPort
+			errText string
+			reason  = strings.TrimPrefix(rec.Message, "vaultudp: ")
+		)
+		rec.Attrs(func(a slog.Attr) bool {
+			switch a.Key {
+			case "peer":
+				if ap, ok := a.Value.Any().(netip.AddrPort); ok {
+					addr = ap
+				}
+			case "err":
+				errText = a.Value.String()
+			}
+			return true
+		})
+		if errText != "" {
+			// The reason without what the table already shows.
+			errText = strings.TrimPrefix(errText, vaultudp.ErrPeerRejected.Error()+": ")
+			if addr.IsValid() {
+				errText = strings.TrimPrefix(strings.TrimPrefix(errText, addr.String()+": "), addr.String()+" ")
+			}
+			reason += ": " + errText
+		}
+		if addr.IsValid() {
+			h.r.record(addr, reason, rec.Time)
+		}
+	}
+	if h.next != nil && h.next.Enabled(ctx, rec.Level) {
+		return h.next.Handle(ctx, rec)
+	}
+	return nil
+}
+
+func (h recHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	if h.next != nil {
+		h.next = h.next.WithAttrs(as)
+	}
+	return h
+}
+
+func (h recHandler) WithGroup(name string) slog.Handler {
+	if h.next != nil {
+		h.next = h.next.WithGroup(name)
+	}
+	return h
+}
+
+// stderrHandler is the handler -v gives: every record, Debug and up, as
+// text on w. Without -v it is nil: nothing is logged.
+func stderrHandler(verbose bool, w io.Writer) slog.Handler {
+	if !verbose {
+		return nil
+	}
+	return slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})
+}
+
+// watched is a Conn the status table shows.
+type watched struct {
+	conn  *vaultudp.Conn
+	rec   *recorder
+	label string // what it is, e.g. "listen" or "flow of client ADDR"
+}
+
+// printStatus writes a table of the peers of each Conn, as wg show does:
+// address, public key, configured or learned, whether a session is up,
+// the last handshake, traffic in and out, and the last failure. Addresses
+// whose handshake was refused are listed too (kind "refused"): they are
+// not peers.
+func printStatus(w io.Writer, now time.Time, conns []watched) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "status at %s\n", now.UTC().Format(time.RFC3339))
+	if len(conns) == 0 {
+		b.WriteString("  no connections yet\n")
+	}
+	for _, c := range conns {
+		fmt.Fprintf(&b, "%s %v, identity %s\n", c.label, c.conn.LocalAddr(), vaultudp.EncodePublicKey(c.conn.PublicKey()))
+		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  PEER\tPUBLIC KEY\tKIND\tESTABLISHED\tLAST HANDSHAKE\tIN\tOUT\tLAST FAILURE")
+		peers := c.conn.Peers()
+		listed := map[netip.AddrPort]bool{}
+		for _, p := range peers {
+			listed[normAddr(p.Addr)] = true
+			key, kind, est, hs := "(none yet)", "learned", "no", "never"
+			if p.PublicKey != nil {
+				key = vaultudp.EncodePublicKey(p.PublicKey)
+			}
+			if p.Configured {
+				kind = "configured"
+			}
+			if p.Established {
+				est = "yes"
+			}
+			if !p.LastHandshake.IsZero() {
+				hs = ago(now, p.LastHandshake)
+			}
+			in, out := traffic(p)
+			fmt.Fprintf(tw, "  %v\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Addr, key, kind, est, hs, in, out, lastFailure(c.rec, p.Addr, now))
+		}
+		for _, a := range c.rec.all() {
+			if !listed[a] {
+				fmt.Fprintf(tw, "  %v\t-\trefused\tno\tnever\t-\t-\t%s\n", a, lastFailure(c.rec, a, now))
+			}
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// traffic is the IN and OUT columns. PeerInfo has no per-peer counters
+// in this version of the library, so they are "n/a".
+func traffic(vaultudp.PeerInfo) (in, out string) { return "n/a", "n/a" }
+
+func lastFailure(r *recorder, addr netip.AddrPort, now time.Time) string {
+	f, ok := r.last(addr)
+	if !ok {
+		return "-"
+	}
+	return fmt.Sprintf("%s (%s)", f.reason, ago(now, f.at))
+}
+
+func ago(now, t time.Time) string {
+	d := now.Sub(t)
+	if d < 0 {
+		d = 0
+	}
+	return d.Round(time.Second).String() + " ago"
+}
+
+// statusLoop prints the status of conns() to w every interval until done
+// is closed. interval <= 0: it returns at once.
+func statusLoop(w io.Writer, interval time.Duration, done <-chan struct{}, conns func() []watched) {
+	if interval <= 0 {
+		return
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case now := <-t.C:
+			printStatus(w, now, conns())
+		}
+	}
+}
