@@ -17,6 +17,10 @@ import (
 // maxFailures bounds the addresses whose last failure a recorder keeps.
 const maxFailures = 64
 
+// refusalKept is how long a refused handshake stays the last failure of
+// an address when the attempt then times out.
+const refusalKept = 30 * time.Second
+
 // failure is the last handshake failure seen for an address.
 type failure struct {
 	reason string
@@ -60,6 +64,10 @@ func (r *recorder) record(addr netip.AddrPort, reason string, at time.Time) {
 	addr = normAddr(addr)
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if old, ok := r.fails[addr]; ok && strings.Contains(reason, "timed out") &&
+		strings.Contains(old.reason, "refused") && at.Sub(old.at) < refusalKept {
+		return // the refusal is why it timed out: keep the reason
+	}
 	if _, ok := r.fails[addr]; ok {
 		for i, a := range r.order {
 			if a == addr {
