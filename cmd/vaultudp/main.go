@@ -13,8 +13,9 @@
 // success, 1 on error, 2 on a usage error. The flag package is enough for
 // a handful of subcommands and adds no dependency.
 //
-// listen and proxy keep one identity across restarts: -key FILE, or the
-// default key file (defaultKeyPath), created with mode 0600 on first use.
+// listen and proxy keep one identity across restarts: -key FILE, or
+// vaultudp/identity.key in the user's configuration directory, created
+// with mode 0600 on first use.
 // -allow KEY and -allow-file PATH restrict the peers they accept to the
 // listed public keys. Addresses may be host names: they are resolved,
 // IPv4 first unless the local socket is IPv6.
