@@ -205,18 +205,6 @@ func (p *proc) stop() {
 	}
 }
 
-// exited waits for the process to end by itself and returns its status.
-func (p *proc) exited(t *testing.T) int {
-	t.Helper()
-	select {
-	case <-p.done:
-		return p.cmd.ProcessState.ExitCode()
-	case <-time.After(waitFor):
-		t.Fatalf("vaultudp %q still running after %v", p.cmd.Args[1:], waitFor)
-		return -1
-	}
-}
-
 var listeningRE = regexp.MustCompile(`^listening on (\S+), identity (\S+) \(key file (.+)\)$`)
 
 // listen starts 'vaultudp listen' with args and returns it, its address
