@@ -269,6 +269,27 @@ func TestCLIAllowRefuses(t *testing.T) {
 	}
 }
 
+// A client that pins another key than the listener's fails with the
+// refusal as the reason, without -v; with -v the library's log shows it.
+func TestCLIPinnedKeyMismatch(t *testing.T) {
+	dir := t.TempDir()
+	env := userEnv(dir)
+	_, addr, pub := listen(t, env, "127.0.0.1:0")
+	_, other := keygen(t, env, dir, "other.key")
+	r := runCLI(t, env, "x\n", "send", "-timeout", "1s", "-peer", addr+"="+other, addr)
+	if r.code != 1 {
+		t.Fatalf("send pinning the wrong key exited %d, want 1: %s", r.code, r.stderr)
+	}
+	want := "presented " + pub + ", pinned key is " + other
+	if !strings.Contains(r.stderr, want) || strings.Count(r.stderr, "vaultudp send:") != 1 {
+		t.Errorf("the error does not give the refusal (%q) once:\n%s", want, r.stderr)
+	}
+	r = runCLI(t, env, "x\n", "send", "-v", "-timeout", "1s", "-peer", addr+"="+other, addr)
+	if r.code != 1 || !regexp.MustCompile(`level=INFO msg="vaultudp: handshake refused"`).MatchString(r.stderr) {
+		t.Errorf("send -v exited %d without logging the refusal:\n%s", r.code, r.stderr)
+	}
+}
+
 // -allow-file: one key a line, comments and blank lines ignored; a key in
 // a comment is not allowed; a bad line is reported with its number.
 func TestCLIAllowFile(t *testing.T) {
@@ -494,6 +515,7 @@ func TestCLIFlagErrorOnce(t *testing.T) {
 		{"listen", "-status", "soon", "127.0.0.1:0"},
 		{"proxy", "-allow", "notakey", "-listen", "127.0.0.1:0", "-to", "127.0.0.1:1"},
 		{"proxy", "-listen", "127.0.0.1:0", "-forward", "127.0.0.1:1", "-remote-key", "x"},
+		{"send", "-peer", "localhost:9", "-peer", "127.0.0.1:9", "127.0.0.1:9"},
 	} {
 		r := runCLI(t, env, "", args...)
 		if r.code != 2 {

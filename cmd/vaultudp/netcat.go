@@ -72,12 +72,25 @@ func (pf *peerFlags) config(prefer6 bool, stderr io.Writer) (*vaultudp.Config, e
 		if err != nil {
 			return nil, fmt.Errorf("%w: -peer %q: %v", errUsage, s, err)
 		}
-		cfg.Peers = append(cfg.Peers, pc)
+		if err := addPeer(cfg, pc); err != nil {
+			return nil, fmt.Errorf("%w: -peer %q: %v", errUsage, s, err)
+		}
 	}
 	if pf.allow != nil {
 		pf.allow.apply(cfg, stderr)
 	}
 	return cfg, nil
+}
+
+// addPeer adds pc to cfg.Peers unless its address is there already.
+func addPeer(cfg *vaultudp.Config, pc vaultudp.PeerConfig) error {
+	for _, p := range cfg.Peers {
+		if normAddr(p.Addr) == normAddr(pc.Addr) {
+			return fmt.Errorf("%v is given twice", pc.Addr)
+		}
+	}
+	cfg.Peers = append(cfg.Peers, pc)
+	return nil
 }
 
 // parsePeer parses HOST:PORT or HOST:PORT=PUBKEY.

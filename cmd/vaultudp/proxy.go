@@ -76,7 +76,9 @@ func runProxy(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("%w: -remote-key: %v", errUsage, err)
 		}
-		base.Peers = append(base.Peers, vaultudp.PeerConfig{Addr: pc.to, PublicKey: k})
+		if err := addPeer(base, vaultudp.PeerConfig{Addr: pc.to, PublicKey: k}); err != nil {
+			return fmt.Errorf("%w: -remote-key: %v (as -peer too: give its key once)", errUsage, err)
+		}
 	}
 	id, keyPath, err := persistentIdentity(*pf.key, stderr)
 	if err != nil {
