@@ -576,6 +576,6 @@ func TestCLIStatus(t *testing.T) {
 		t.Fatalf("refused send exited %d: %s", r.code, r.stderr)
 	}
 	l.stderr.wait(t, "status header", regexp.MustCompile(`^\s+PEER\s+PUBLIC KEY\s+KIND\s+ESTABLISHED\s+LAST HANDSHAKE\s+IN\s+OUT\s+LAST FAILURE$`))
-	l.stderr.wait(t, "status row of the client", regexp.MustCompile(`^\s+`+regexp.QuoteMeta(from)+`\s+`+regexp.QuoteMeta(cpub)+`\s+learned\s+yes\s+\d+s ago\s`))
+	l.stderr.wait(t, "status row of the client", regexp.MustCompile(`^\s+`+regexp.QuoteMeta(from)+`\s+`+regexp.QuoteMeta(cpub)+`\s+learned\s+yes\s+\d+s ago\s+5 B, 1 datagram\s+0 B, 0 datagrams\s+-$`))
 	l.stderr.wait(t, "status row of the refused address", regexp.MustCompile(`^\s+`+regexp.QuoteMeta(stranger)+`\s+-\s+refused\s+no\s+never\s.*not in the allow list`))
 }

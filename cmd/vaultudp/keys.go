@@ -180,8 +180,8 @@ func (al *allowList) apply(cfg *vaultudp.Config, stderr io.Writer) {
 	}
 	keys := al.keys
 	cfg.VerifyPeer = func(addr netip.AddrPort, key ed25519.PublicKey) error {
-		if k := vaultudp.EncodePublicKey(key); !keys[k] {
-			return fmt.Errorf("key %s is not in the allow list (-allow, -allow-file)", k)
+		if !keys[vaultudp.EncodePublicKey(key)] {
+			return errors.New("not in the allow list (-allow, -allow-file)")
 		}
 		return nil
 	}

@@ -28,9 +28,11 @@ type failure struct {
 }
 
 // recorder is a slog.Handler for one Conn's Config.Logger: it keeps the
-// last handshake failure per peer address (refusals and timeouts, which
+// last handshake failure per address (refusals and failed attempts, which
 // the library logs), for the -status table and for error messages, and
 // passes every record on to next (stderr with -v) if next is not nil.
+// PeerInfo.LastFailure has the failures of peers; the recorder adds the
+// addresses refused before they became peers, which PeerInfo cannot list.
 type recorder struct {
 	mu    sync.Mutex
 	fails map[netip.AddrPort]failure
@@ -93,11 +95,11 @@ type recHandler struct {
 	next slog.Handler
 }
 
-// Enabled accepts every level: handshake timeouts are Debug records.
+// Enabled accepts every level: failed handshakes are Debug records.
 func (h recHandler) Enabled(context.Context, slog.Level) bool { return true }
 
 func (h recHandler) Handle(ctx context.Context, rec slog.Record) error {
-	if strings.Contains(rec.Message, "refused") || strings.Contains(rec.Message, "timed out") {
+	if strings.Contains(rec.Message, "refused") || strings.Contains(rec.Message, "failed") {
 		var (
 			addr    netip.AddrPort
 			errText string
@@ -115,12 +117,7 @@ func (h recHandler) Handle(ctx context.Context, rec slog.Record) error {
 			return true
 		})
 		if errText != "" {
-			// The reason without what the table already shows.
-			errText = strings.TrimPrefix(errText, vaultudp.ErrPeerRejected.Error()+": ")
-			if addr.IsValid() {
-				errText = strings.TrimPrefix(strings.TrimPrefix(errText, addr.String()+": "), addr.String()+" ")
-			}
-			reason += ": " + errText
+			reason += ": " + shortReason(errText, addr)
 		}
 		if addr.IsValid() {
 			h.r.record(addr, reason, rec.Time)
@@ -164,7 +161,8 @@ type watched struct {
 
 // printStatus writes a table of the peers of each Conn, as wg show does:
 // address, public key, configured or learned, whether a session is up,
-// the last handshake, traffic in and out, and the last failure. Addresses
+// the last handshake, traffic in and out (application payload bytes and
+// datagrams, as PeerInfo counts them), and the last failure. Addresses
 // whose handshake was refused are listed too (kind "refused"): they are
 // not peers.
 func printStatus(w io.Writer, now time.Time, conns []watched) error {
@@ -194,8 +192,12 @@ func printStatus(w io.Writer, now time.Time, conns []watched) error {
 			if !p.LastHandshake.IsZero() {
 				hs = ago(now, p.LastHandshake)
 			}
-			in, out := traffic(p)
-			fmt.Fprintf(tw, "  %v\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Addr, key, kind, est, hs, in, out, lastFailure(c.rec, p.Addr, now))
+			fail := lastFailure(c.rec, p.Addr, now)
+			if p.LastFailure != nil && fail == "-" {
+				fail = shortReason(p.LastFailure.Error(), p.Addr)
+			}
+			fmt.Fprintf(tw, "  %v\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Addr, key, kind, est, hs,
+				traffic(p.BytesIn, p.DatagramsIn), traffic(p.BytesOut, p.DatagramsOut), fail)
 		}
 		for _, a := range c.rec.all() {
 			if !listed[a] {
@@ -210,9 +212,36 @@ func printStatus(w io.Writer, now time.Time, conns []watched) error {
 	return err
 }
 
-// traffic is the IN and OUT columns. PeerInfo has no per-peer counters
-// in this version of the library, so they are "n/a".
-func traffic(vaultudp.PeerInfo) (in, out string) { return "n/a", "n/a" }
+// traffic is an IN or OUT column: payload bytes and datagrams.
+func traffic(bytes, datagrams uint64) string {
+	unit := "datagrams"
+	if datagrams == 1 {
+		unit = "datagram"
+	}
+	return fmt.Sprintf("%s, %d %s", humanBytes(bytes), datagrams, unit)
+}
+
+// humanBytes writes n as wg(8) does: B, KiB, MiB, GiB, TiB.
+func humanBytes(n uint64) string {
+	if n < 1024 {
+		return fmt.Sprintf("%d B", n)
+	}
+	v, unit := float64(n)/1024, "KiB"
+	for _, u := range []string{"MiB", "GiB", "TiB"} {
+		if v < 1024 {
+			break
+		}
+		v, unit = v/1024, u
+	}
+	return fmt.Sprintf("%.2f %s", v, unit)
+}
+
+// shortReason is an error's text without what the table's row already
+// says: the sentinel's prefix and the address.
+func shortReason(s string, addr netip.AddrPort) string {
+	s = strings.TrimPrefix(s, vaultudp.ErrPeerRejected.Error()+": ")
+	return strings.TrimPrefix(strings.TrimPrefix(s, addr.String()+": "), addr.String()+" ")
+}
 
 func lastFailure(r *recorder, addr netip.AddrPort, now time.Time) string {
 	f, ok := r.last(addr)
