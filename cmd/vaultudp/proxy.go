@@ -241,7 +241,7 @@ func relay(ctx context.Context, pc proxyConfig, down net.PacketConn, rec *record
 		}
 		mu.Unlock()
 		if _, err := f.up.WriteTo(buf[:n], target); err != nil {
-			if f.rec != nil {
+			if f.rec != nil && !errors.Is(err, vaultudp.ErrPeerRejected) {
 				if fl, ok := f.rec.last(pc.to); ok {
 					err = fmt.Errorf("%w; %s", err, fl.reason)
 				}
