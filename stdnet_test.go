@@ -1370,7 +1370,7 @@ func TestStdnetDeadlineChangedWhileBlocked(t *testing.T) {
 
 // TestStdnetManyDeadlines has no Go test of its own: a deadline moved
 // many times before it fires behaves as the last one set, and so does
-// one that fired and was set again.
+// one that fired and was set again, or was moved away just as it fired.
 func TestStdnetManyDeadlines(t *testing.T) {
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		c, peer := impl.pair(t)
@@ -1395,6 +1395,18 @@ func TestStdnetManyDeadlines(t *testing.T) {
 			}
 			if n, _, err := c.ReadFrom(buf); err != nil || string(buf[:n]) != "ok" {
 				t.Fatalf("round %d: read %q, %v", round, buf[:n], err)
+			}
+		}
+		for round := range 200 {
+			// A deadline about to fire, moved an hour away: whether or
+			// not its timer fired in between, it is the hour that holds.
+			c.SetReadDeadline(time.Now().Add(time.Duration(round%20) * time.Microsecond))
+			c.SetReadDeadline(time.Now().Add(time.Hour))
+			if _, err := peer.WriteTo([]byte("moved"), c.LocalAddr()); err != nil {
+				t.Fatal(err)
+			}
+			if n, _, err := c.ReadFrom(buf); err != nil || string(buf[:n]) != "moved" {
+				t.Fatalf("moved deadline, round %d: read %q, %v", round, buf[:n], err)
 			}
 		}
 	})
