@@ -39,6 +39,7 @@ type Conn struct {
 	hs         *handshaker
 	z          *compressor
 	cookies    *cookieJar
+	resets     *resetter
 	log        *slog.Logger
 	mtu        int
 	datagram   int // the largest datagram on the wire (UDP payload)
@@ -136,6 +137,7 @@ func newConn(pc net.PacketConn, config *Config) (*Conn, error) {
 		hs:            newHandshaker(cfg.Identity),
 		z:             z,
 		cookies:       newCookieJar(cfg.CookieThreshold, cfg.now()),
+		resets:        newResetter(cfg.Identity),
 		log:           cfg.Logger,
 		mtu:           mtu,
 		datagram:      datagram,
