@@ -133,7 +133,9 @@ func newConn(pc net.PacketConn, config *Config) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	z, err := newCompressor(maxPayload)
+	// Payloads from peers may be as large as this Conn receives
+	// (sizes.go): the decoder's bound.
+	z, err := newCompressor(maxPayloadFor(recvBufSize(mtu) - 1))
 	if err != nil {
 		return nil, err
 	}
@@ -199,9 +201,11 @@ func (c *Conn) LocalAddr() net.Addr { return c.sock.Load().pc.LocalAddr() }
 // PublicKey returns the Conn's identity, for peers to pin.
 func (c *Conn) PublicKey() ed25519.PublicKey { return c.hs.public }
 
-// MaxPayload returns the largest datagram WriteTo accepts: the path MTU
-// less the IP, UDP and vaultudp overheads. Larger writes fail with an
-// error matching ErrMessageTooLarge and syscall.EMSGSIZE.
+// MaxPayload returns the largest datagram that fits the Conn's default
+// path MTU (Config.MTU, or the host's smallest interface MTU) less the IP,
+// UDP and vaultudp overheads. Per peer, MaxPayloadTo tells what WriteTo
+// sends; larger writes fail with an error matching ErrMessageTooLarge and
+// syscall.EMSGSIZE.
 func (c *Conn) MaxPayload() int { return c.maxPayload }
 
 func (c *Conn) isClosed() bool { return isClosed(c.closed) }

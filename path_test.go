@@ -114,13 +114,12 @@ func TestAttackImpersonation(t *testing.T) {
 	}
 	expectRead(t, s, "y here", addrOf(y))
 
-	raw := rawUDP(t)
 	for _, victim := range []netip.AddrPort{addrOf(x), addrOf(y)} {
 		before := s.Stats().Drops.Unvalidated
 		for range 5 {
 			sp.send(t, victim, addrOf(s), sealedFrom(t, m, addrOf(s), "I am "+victim.String()))
 		}
-		strangerBarrier(t, raw, addrOf(s))
+		strangerBarrier(t, rawUDP(t), addrOf(s))
 		expectNothing(t, s, 20*time.Millisecond)
 		if got := s.Stats().Drops.Unvalidated - before; got != 5 {
 			t.Errorf("forged as %v: Drops.Unvalidated +%d, want +5", victim, got)

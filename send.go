@@ -66,15 +66,25 @@ func (c *Conn) appendSealed(dst []byte, s *session, b []byte, hasPayload bool) (
 			rec.payload, rec.compressed = z, true
 		}
 	}
-	return c.appendSealedRecord(dst, s, &rec, true)
+	out, err := c.appendSealedRecord(dst, s, &rec, true)
+	if tl, ok := err.(*tooLargeError); ok {
+		tl.n = len(b) // the caller's datagram, not what it compressed to
+	}
+	return out, err
 }
 
 // appendSealedRecord appends to dst rec sealed under s, padded as the
 // Config says if pad is set.
 func (c *Conn) appendSealedRecord(dst []byte, s *session, rec *record, pad bool) ([]byte, error) {
 	size := rec.envelopeLen()
-	if pad {
-		size = c.cfg.Padding.wireSize(sealedOverhead+size, c.datagram) - sealedOverhead
+	if natural := sealedOverhead + size; natural > c.sendLimit(s) {
+		c.stats.tooLarge.Add(1)
+		return dst, &tooLargeError{n: len(rec.payload), max: maxPayloadFor(c.sendLimit(s))}
+	} else if pad {
+		size = c.paddedSize(s, natural) - sealedOverhead
+	}
+	if s.path != 0 && sealedOverhead+size > s.path {
+		c.stats.abovePathMTU.Add(1)
 	}
 	off := len(dst)
 	var hdr [sealedHeaderLen]byte
@@ -137,9 +147,9 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 	if vp := c.v2.lookup(addr); vp != nil {
 		return c.sendV2(vp, b) // protocol v2 (v2conn.go): its own size limit and path
 	}
-	if len(b) > c.maxPayload {
+	if max := maxPayloadFor(udpMaxDatagram); len(b) > max {
 		c.stats.tooLarge.Add(1)
-		return &tooLargeError{n: len(b), max: c.maxPayload}
+		return &tooLargeError{n: len(b), max: max}
 	}
 	if !addr.IsValid() || addr.Port() == 0 {
 		return &net.AddrError{Err: "invalid destination", Addr: addr.String()}
@@ -194,6 +204,13 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 		}
 		c.stats.writeBackoff.Add(1)
 		return nil
+	}
+	if max := c.queueLimit(p); len(b) > max {
+		// Until the session says what the peer receives, no more than
+		// every Conn receives waits for it.
+		p.mu.Unlock()
+		c.stats.tooLarge.Add(1)
+		return &tooLargeError{n: len(b), max: max}
 	}
 	// With p.next set, the peer's confirmation is on its way: wait.
 	hello := p.init == nil && p.next == nil && c.mayInitiateLocked(p) && p.claimHelloLocked()
