@@ -229,8 +229,14 @@ func (c *Conn) deliver(p *packet, pr *peer, rec *record) bool {
 	n := uint64(len(q.data))
 	c.stats.datagramsIn.Add(1)
 	c.stats.bytesIn.Add(n)
+	recvQ := c.recvQ
+	if pr != nil {
+		if pq := pr.connTo.Load(); pq != nil {
+			recvQ = pq.ch // a net.Conn from ConnTo reads this peer (dial.go)
+		}
+	}
 	select {
-	case c.recvQ <- q:
+	case recvQ <- q:
 		return kept
 	default:
 		c.stats.datagramsIn.Add(^uint64(0))
