@@ -27,7 +27,11 @@ func Dial(network, address string, config *Config) (net.Conn, error) {
 // The returned net.Conn reads only datagrams from that peer (those from
 // other addresses are dropped, never returned) and writes only to it. Its
 // deadlines behave as a *net.UDPConn's, and Close closes its socket.
-// LocalAddr is the local address the route to the peer uses.
+// LocalAddr is the local address the route to the peer uses. Like a
+// connected *net.UDPConn it is a net.PacketConn too, which consumers such
+// as miekg/dns look for to tell datagrams from streams: ReadFrom is Read
+// returning the peer's address, and WriteTo fails with
+// net.ErrWriteToConnected.
 //
 // Trust: the peer is a configured peer. To pin its key, put a PeerConfig
 // for the resolved address, with its PublicKey, in config.Peers (an entry
@@ -158,6 +162,21 @@ func (d *dialConn) Write(b []byte) (int, error) {
 	return d.c.WriteToUDPAddrPort(b, d.addr())
 }
 
+// ReadFrom is Read, returning the peer's address.
+func (d *dialConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	n, err := d.Read(b)
+	if err != nil {
+		return n, nil, err
+	}
+	return n, d.RemoteAddr(), nil
+}
+
+// WriteTo fails with net.ErrWriteToConnected, as on a connected
+// *net.UDPConn.
+func (d *dialConn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	return 0, &net.OpError{Op: "write", Net: "udp", Source: d.LocalAddr(), Addr: addr, Err: net.ErrWriteToConnected}
+}
+
 func (d *dialConn) Close() error                       { return d.c.Close() }
 func (d *dialConn) LocalAddr() net.Addr                { return d.c.LocalAddr() }
 func (d *dialConn) RemoteAddr() net.Addr               { return net.UDPAddrFromAddrPort(d.addr()) }
@@ -181,7 +200,8 @@ type peerQueue struct {
 // While it is open, the datagrams of that peer go to its Read and no
 // longer to c's ReadFrom (and ReadBatch); other peers are not affected.
 // Its Write sends to the peer as WriteTo does, following the peer when it
-// roams. Its deadlines are its own (c's write deadline applies too),
+// roams. As Dial's, it is a net.PacketConn too (ReadFrom returns the
+// peer's address, WriteTo fails with net.ErrWriteToConnected). Its deadlines are its own (c's write deadline applies too),
 // and its Close stops the diversion
 // (datagrams not yet read are dropped) without closing c.
 //
@@ -279,6 +299,23 @@ func (pc *peerConn) Read(b []byte) (int, error) {
 		case <-changed: // a session came, or the peer was dropped: look again
 		}
 	}
+}
+
+// ReadFrom is Read, returning the peer's address.
+func (pc *peerConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	n, err := pc.Read(b)
+	if err != nil {
+		return n, nil, err
+	}
+	return n, pc.RemoteAddr(), nil
+}
+
+// WriteTo fails with net.ErrWriteToConnected, as on a connected
+// *net.UDPConn.
+func (pc *peerConn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	e := pc.opError("write", net.ErrWriteToConnected).(*net.OpError)
+	e.Addr = addr
+	return 0, e
 }
 
 func (pc *peerConn) take(b []byte, pkt *packet) int {

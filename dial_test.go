@@ -66,10 +66,38 @@ func TestDialEcho(t *testing.T) {
 				t.Errorf("LocalAddr %v, want %s and a port (the route's local address)", d.LocalAddr(), tc.host)
 			}
 			connEcho(t, d)
+			checkPacketConn(t, d, server.LocalAddr())
 			if !server.HasPeer(la.AddrPort()) {
 				t.Errorf("server has no peer at the dialer's LocalAddr %v", la)
 			}
 		})
+	}
+}
+
+// checkPacketConn checks that d is a net.PacketConn as a connected
+// *net.UDPConn is: ReadFrom names the peer, WriteTo is refused. d's peer
+// echoes.
+func checkPacketConn(t *testing.T, d net.Conn, peer net.Addr) {
+	t.Helper()
+	pc, ok := d.(net.PacketConn)
+	if !ok {
+		t.Fatalf("%T is not a net.PacketConn", d)
+	}
+	if _, err := pc.WriteTo([]byte("x"), peer); !errors.Is(err, net.ErrWriteToConnected) {
+		t.Fatalf("WriteTo: %v, want net.ErrWriteToConnected", err)
+	}
+	if _, err := d.Write([]byte("via ReadFrom")); err != nil {
+		t.Fatal(err)
+	}
+	pc.SetReadDeadline(time.Now().Add(waitLong))
+	defer pc.SetReadDeadline(time.Time{})
+	buf := make([]byte, 100)
+	n, from, err := pc.ReadFrom(buf)
+	if err != nil || string(buf[:n]) != "via ReadFrom" || from.String() != peer.String() {
+		t.Fatalf("ReadFrom: %q from %v, %v; want the echo from %v", buf[:n], from, err, peer)
+	}
+	if _, ok := from.(*net.UDPAddr); !ok {
+		t.Fatalf("ReadFrom's address is a %T", from)
 	}
 }
 
@@ -303,6 +331,20 @@ func TestConnToDemux(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectRead(t, a, "to a", srv)
+	if _, ok := ca.(net.PacketConn); !ok {
+		t.Fatalf("%T is not a net.PacketConn", ca)
+	}
+	if _, err := ca.(net.PacketConn).WriteTo([]byte("x"), a.LocalAddr()); !errors.Is(err, net.ErrWriteToConnected) {
+		t.Fatalf("WriteTo: %v, want net.ErrWriteToConnected", err)
+	}
+	if _, err := a.WriteToUDPAddrPort([]byte("from a"), srv); err != nil {
+		t.Fatal(err)
+	}
+	ca.SetReadDeadline(time.Now().Add(waitLong))
+	buf := make([]byte, 100)
+	if n, from, err := ca.(net.PacketConn).ReadFrom(buf); err != nil || string(buf[:n]) != "from a" || from.String() != a.LocalAddr().String() {
+		t.Fatalf("ReadFrom: %q from %v, %v", buf[:n], from, err)
+	}
 
 	// Close ends the diversion, not the Conn: a's datagrams reach
 	// ReadFrom again, b's still go to its net.Conn.
