@@ -258,9 +258,9 @@ func (pc *peerConn) opError(op string, err error) error {
 	return e
 }
 
-// state returns the peer's address, and the reason it was dropped (nil
-// while it is a peer) with the channel that says when that may change.
-func (pc *peerConn) state() (netip.AddrPort, error, chan struct{}) {
+// state returns the peer's address, the channel that says when its state
+// may change, and the reason it was dropped (nil while it is a peer).
+func (pc *peerConn) state() (netip.AddrPort, chan struct{}, error) {
 	pc.p.mu.Lock()
 	defer pc.p.mu.Unlock()
 	var err error
@@ -270,7 +270,7 @@ func (pc *peerConn) state() (netip.AddrPort, error, chan struct{}) {
 			err = fmt.Errorf("%w: %v was dropped", ErrUnknownPeer, pc.p.addr)
 		}
 	}
-	return pc.p.addr, err, pc.p.changed
+	return pc.p.addr, pc.p.changed, err
 }
 
 func (pc *peerConn) Read(b []byte) (int, error) {
@@ -283,7 +283,7 @@ func (pc *peerConn) Read(b []byte) (int, error) {
 		if isClosed(pc.closed) {
 			return 0, pc.opError("read", net.ErrClosed)
 		}
-		_, dropped, changed := pc.state()
+		_, changed, dropped := pc.state()
 		if dropped != nil {
 			return 0, pc.opError("read", dropped)
 		}
@@ -331,7 +331,7 @@ func (pc *peerConn) Write(b []byte) (int, error) {
 	if isClosed(pc.writeDeadline.wait()) {
 		return 0, pc.opError("write", os.ErrDeadlineExceeded)
 	}
-	to, dropped, _ := pc.state()
+	to, _, dropped := pc.state()
 	if dropped != nil {
 		return 0, pc.opError("write", dropped)
 	}

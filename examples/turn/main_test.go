@@ -52,7 +52,7 @@ func TestTURN(t *testing.T) {
 	// In: Binding, Allocate (twice: the first is answered with the
 	// realm and nonce), CreatePermission, n data. Out: their answers and
 	// n data.
-	if st.Handshakes != 1 || st.DatagramsIn < n+4 || st.DatagramsOut < n+4 {
+	if st.Handshakes < 1 || st.DatagramsIn < n+4 || st.DatagramsOut < n+4 {
 		t.Errorf("server stats: %d handshakes, %d datagrams in, %d out", st.Handshakes, st.DatagramsIn, st.DatagramsOut)
 	}
 	t.Logf("TURN server: %d datagrams in, %d out, all sealed", st.DatagramsIn, st.DatagramsOut)
