@@ -38,7 +38,9 @@ func Dial(network, address string, config *Config) (net.Conn, error) {
 // for that address is used as it is, Policy and Protocol included);
 // otherwise config.VerifyPeer decides, and with neither any correctly
 // signed key is accepted, which stops eavesdroppers but not a man in the
-// middle.
+// middle. The socket still answers handshakes from other addresses as a
+// Conn does (VerifyPeer, when set, decides on them too), but what they
+// send is never returned.
 //
 // Errors are *net.OpError with Op "dial", wrapping the cause: an address
 // that does not resolve, ctx's error, or the handshake's error

@@ -375,6 +375,18 @@ func TestConnToDemux(t *testing.T) {
 	ca2.Close()
 }
 
+// ConnTo refuses a ProtocolV2 peer: its datagrams take another path.
+func TestConnToProtocolV2(t *testing.T) {
+	c := listenT(t, "udp4", "127.0.0.1:0", nil)
+	at := deadPort(t, "udp4", "127.0.0.1")
+	if err := c.AddPeer(PeerConfig{Addr: at, Protocol: ProtocolV2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ConnTo(at); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("ConnTo a ProtocolV2 peer: %v, want ErrInvalidConfig", err)
+	}
+}
+
 func TestConnToDeadlineCloseRemove(t *testing.T) {
 	server, client := pair(t, "udp4", "127.0.0.1", nil, nil)
 	handshakeT(t, client, addrOf(server))
@@ -458,4 +470,65 @@ func TestConnToDeadlineCloseRemove(t *testing.T) {
 	if _, err := server.ConnTo(addrOf(client)); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("ConnTo on a closed Conn: %v", err)
 	}
+}
+
+// BenchmarkDialPingPong: 64-byte round trips from a dialed net.Conn to an
+// echo server, raw UDP (net.DialUDP) beside vaultudp.Dial, and beside a
+// server that reads its one client through ConnTo (one hand-off between
+// goroutines more per datagram than ReadFrom's direct reads).
+func BenchmarkDialPingPong(b *testing.B) {
+	run := func(b *testing.B, d net.Conn) {
+		msg, buf := make([]byte, 64), make([]byte, 2048)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for range b.N {
+			if _, err := d.Write(msg); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := d.Read(buf); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/rtt")
+	}
+	b.Run("raw", func(b *testing.B) {
+		srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer srv.Close()
+		go echoServe(srv)
+		d, err := net.DialUDP("udp4", nil, srv.LocalAddr().(*net.UDPAddr))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer d.Close()
+		run(b, d)
+	})
+	b.Run("vaultudp-dial", func(b *testing.B) {
+		srv := listenT(b, "udp4", "127.0.0.1:0", nil)
+		go echoServe(srv)
+		d := dialT(b, "udp", srv.LocalAddr().String(), nil)
+		run(b, d)
+	})
+	b.Run("vaultudp-dial-connto", func(b *testing.B) {
+		srv := listenT(b, "udp4", "127.0.0.1:0", nil)
+		d := dialT(b, "udp", srv.LocalAddr().String(), nil)
+		pc, err := srv.ConnTo(d.LocalAddr().(*net.UDPAddr).AddrPort())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer pc.Close()
+		go func() {
+			buf := make([]byte, 2048)
+			for {
+				n, err := pc.Read(buf)
+				if err != nil {
+					return
+				}
+				pc.Write(buf[:n])
+			}
+		}()
+		run(b, d)
+	})
 }
