@@ -18,8 +18,9 @@ func Dial(network, address string, config *Config) (net.Conn, error) {
 
 // DialContext opens a Conn on a socket of its own, connected to the one
 // peer at address, as net.DialUDP is, and returns it once the handshake
-// with that peer is done (or failed: ctx ended, Config.HandshakeTimeout
-// passed, or the trust rules refused the peer). network is "udp", "udp4"
+// with that peer is done (at once if the peer's policy is Plaintext), or
+// an error if it failed: ctx ended, Config.HandshakeTimeout passed, or the
+// trust rules refused the peer. network is "udp", "udp4"
 // or "udp6"; address is "host:port", where host may be a name, resolved
 // as net.Dial does (for "udp", an IPv4 address is preferred). A nil
 // config means every default.
@@ -91,6 +92,9 @@ func DialContext(ctx context.Context, network, address string, config *Config) (
 		c.Close()
 		return nil, opErr(ua, nil, fmt.Errorf("%w: %v was not added", ErrUnknownPeer, raddr))
 	}
+	if p.policy == Plaintext {
+		return &dialConn{c: c, p: p}, nil // no handshake to wait for
+	}
 	if err := c.Handshake(ctx, raddr); err != nil {
 		laddr := c.LocalAddr()
 		c.Close()
@@ -115,7 +119,7 @@ func resolveUDP(ctx context.Context, network, address string) (netip.AddrPort, e
 	want := map[string]string{"udp": "ip", "udp4": "ip4", "udp6": "ip6"}[network]
 	var ips []netip.Addr
 	if ip, err := netip.ParseAddr(host); err == nil {
-		ips = []netip.Addr{ip.WithZone("")}
+		ips = []netip.Addr{ip}
 	} else if host == "" {
 		ips = []netip.Addr{netip.IPv6Loopback(), netip.AddrFrom4([4]byte{127, 0, 0, 1})}
 	} else if ips, err = net.DefaultResolver.LookupNetIP(ctx, want, host); err != nil {

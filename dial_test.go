@@ -251,6 +251,18 @@ func TestDialTrust(t *testing.T) {
 	}
 }
 
+// A Plaintext peer has no handshake: Dial returns at once, and the
+// datagrams go in clear.
+func TestDialPlaintext(t *testing.T) {
+	server := listenT(t, "udp4", "127.0.0.1:0", &Config{Policy: Plaintext})
+	go echoServe(server)
+	d := dialT(t, "udp", server.LocalAddr().String(), &Config{Policy: Plaintext})
+	connEcho(t, d)
+	if st := d.(*dialConn).c.Stats(); st.Handshakes != 0 || st.DatagramsIn != 5 {
+		t.Fatalf("stats %+v: want no handshake and 5 datagrams", st)
+	}
+}
+
 // DialContext returns ctx's error when ctx ends before the handshake.
 func TestDialContextCanceled(t *testing.T) {
 	dead := deadPort(t, "udp4", "127.0.0.1")
@@ -453,6 +465,13 @@ func TestConnToDeadlineCloseRemove(t *testing.T) {
 		t.Fatal("Close did not unblock Read")
 	}
 	handshakeT(t, server, addrOf(client))
+	// The client uses the new session once it has seen it confirmed (a
+	// datagram under it, here "ping"); until then it sends under the one
+	// RemovePeer dropped on the server.
+	if _, err := server.WriteToUDPAddrPort([]byte("ping"), addrOf(client)); err != nil {
+		t.Fatal(err)
+	}
+	expectRead(t, client, "ping", addrOf(server))
 	if _, err := client.WriteToUDPAddrPort([]byte("still open"), addrOf(server)); err != nil {
 		t.Fatal(err)
 	}
