@@ -41,6 +41,14 @@ type Drops struct {
 	HandshakeTimeout uint64 // written datagrams dropped when their handshake failed
 	PeerLimit        uint64 // handshakes refused because Config.MaxPeers was reached
 	V2SendLimit      uint64 // written to ProtocolV2 peers but not sent: over the reference's 100 a second
+
+	// Written by the application, not sent, and not returned as an
+	// error (as a UDP socket drops what its full buffer cannot take):
+	Unvalidated uint64 // authentic, but from an address the peer has not proved: held for path validation and dropped when it failed, or another peer holds the address
+
+	WriteQueueFull uint64 // the queue of datagrams waiting for a handshake was full
+	WriteBackoff   uint64 // the last handshake with the peer failed less than HandshakeTimeout ago
+	WritePeerLimit uint64 // a write to a new address while Config.MaxPeers learned peers exist
 }
 
 // counters are the Conn's atomic counters behind Stats.
@@ -51,6 +59,8 @@ type counters struct {
 	malformed, replay, auth, policy, rejected, stale   atomic.Uint64
 	rateLimit, queueFull, tooLarge, unknownSession     atomic.Uint64
 	dropHandshakeTimeout, peerLimit                    atomic.Uint64
+	writeQueueFull, writeBackoff, writePeerLimit       atomic.Uint64
+	unvalidated                                        atomic.Uint64
 	v2KeyExchanges, v2SendLimit                        atomic.Uint64 // protocol v2 (v2conn.go)
 }
 
@@ -92,6 +102,10 @@ func (c *Conn) Stats() Stats {
 			UnknownSession:   k.unknownSession.Load(),
 			HandshakeTimeout: k.dropHandshakeTimeout.Load(),
 			PeerLimit:        k.peerLimit.Load(),
+			Unvalidated:      k.unvalidated.Load(),
+			WriteQueueFull:   k.writeQueueFull.Load(),
+			WriteBackoff:     k.writeBackoff.Load(),
+			WritePeerLimit:   k.writePeerLimit.Load(),
 			V2SendLimit:      k.v2SendLimit.Load(),
 		},
 	}
