@@ -189,6 +189,13 @@ func (c *Conn) clearInitLocked(p *peer) {
 // that follows are dropped too (or fail, for a refused key).
 func (c *Conn) failLocked(p *peer, now int64, err error) {
 	c.clearInitLocked(p)
+	if p.silent {
+		// The peer has not answered for SilenceTimeout and then a
+		// handshake: it is gone (restarted, or another key). Its
+		// session would only swallow what is written.
+		c.unindexLocked(p, p.current, p.previous)
+		p.current, p.previous, p.silent = nil, nil, false
+	}
 	p.failErr, p.lastFailure = err, err
 	p.failedAt = now
 	p.lastSeen = now // keep the peer (and its error) a while for writers to see

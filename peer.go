@@ -22,8 +22,16 @@ type peer struct {
 	policy     Policy            // resolved: never PolicyDefault
 	limiter    *rate.Limiter     // nil: unlimited
 
+	keepalive  time.Duration // PeerConfig.Keepalive
+
 	// Counters for PeerInfo, atomic: the data path takes no lock for them.
 	datagramsIn, bytesIn, datagramsOut, bytesOut atomic.Uint64
+
+	// The keepalive and silence timers' marks (timers.go), atomic for the
+	// data path: Conn clock | 1, zero for none.
+	sentAt     atomic.Int64 // the last sealed datagram sent
+	unanswered atomic.Int64 // the first sealed datagram sent since the last authenticated one received
+	dataIn     atomic.Int64 // the first payload received since the last sealed datagram sent
 
 	// seenSealed is set once a sealed datagram from the peer opened:
 	// from then on, plaintext from it is a downgrade.
@@ -45,6 +53,7 @@ type peer struct {
 	flushed       chan struct{} // non-nil while queue's datagrams are being sent; closed after
 	initiating    bool          // a hello is being made (claimHelloLocked)
 	hellos        int           // hellos sent to it, ever
+	silent        bool          // the attempt under way began with a silence (timers.go)
 	credit        int           // bytes received from it before it proved it receives (origin plaintext)
 	queuedBytes   int64         // the bytes in queue
 	failErr       error         // the last attempt's failure, until failedAt+backoff
@@ -89,6 +98,7 @@ func (c *Conn) newPeer(addr netip.AddrPort, pc *PeerConfig) *peer {
 	p := &peer{addr: addr, policy: c.cfg.Policy, changed: make(chan struct{}), lastSeen: c.now()}
 	if pc != nil {
 		p.configured, p.origin = true, originConfig
+		p.keepalive = pc.Keepalive
 		p.pinned = slices.Clone(pc.PublicKey)
 		if pc.Policy != PolicyDefault {
 			p.policy = pc.Policy

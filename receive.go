@@ -127,6 +127,7 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	validated := pr.addr == p.from
 	if validated {
 		pr.lastSeen = now
+		c.markReceived(pr, rec.hasPayload)
 	}
 	to := pr.addr
 	pr.mu.Unlock()
@@ -140,6 +141,9 @@ func (c *Conn) receiveSealed(p *packet) bool {
 		return c.onNewPath(pr, s, p, &rec) // path.go
 	}
 	if !rec.hasPayload {
+		if rec.control == nil {
+			c.stats.keepalivesReceived.Add(1)
+		}
 		return false // a keepalive: it confirmed the session, nothing to deliver
 	}
 	return c.deliver(p, pr, &rec)

@@ -83,6 +83,9 @@ func (c *Conn) appendSealedRecord(dst []byte, s *session, rec *record, pad bool)
 	if err != nil {
 		return dst[:off], err
 	}
+	if s.peer != nil {
+		c.markSent(s.peer)
+	}
 	return append(dst[:off], out...), nil // no copy when out is in place
 }
 
@@ -141,6 +144,9 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 	if !addr.IsValid() || addr.Port() == 0 {
 		return &net.AddrError{Err: "invalid destination", Addr: addr.String()}
 	}
+	if c.isSelf(addr) {
+		return c.sendSelf(b, addr)
+	}
 	p, err := c.peerFor(addr, originWrite)
 	if err != nil {
 		c.stats.writePeerLimit.Add(1) // MaxPeers learned peers: until one is forgotten
@@ -197,6 +203,36 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 	p.mu.Unlock()
 	if hello {
 		c.sendHello(p)
+	}
+	return nil
+}
+
+// isSelf reports whether addr is the Conn's own address: its bound
+// address, or, on a wildcard bind, a loopback address with its port.
+func (c *Conn) isSelf(addr netip.AddrPort) bool {
+	local := normAddr(addrPortOf(c.LocalAddr()))
+	if addr.Port() != local.Port() {
+		return false
+	}
+	if local.Addr().IsUnspecified() {
+		return addr.Addr().IsLoopback()
+	}
+	return addr.Addr() == local.Addr()
+}
+
+// sendSelf delivers b to the Conn's own readers, as from addr, as a UDP
+// socket delivers what it writes to itself: nothing crosses the network,
+// so nothing is sealed. A full read queue drops it (counted).
+func (c *Conn) sendSelf(b []byte, addr netip.AddrPort) error {
+	q := c.getPacket()
+	if len(b) > len(q.buf) {
+		q.buf = make([]byte, len(b))
+	}
+	q.data, q.from = q.buf[:copy(q.buf, b)], addr
+	c.stats.datagramsOut.Add(1)
+	c.stats.bytesOut.Add(uint64(len(b)))
+	if !c.queueRead(q, nil) {
+		c.putPacket(q)
 	}
 	return nil
 }

@@ -20,6 +20,9 @@ type Stats struct {
 	HandshakeFailures uint64 // initiations that timed out
 	CookiesSent       uint64 // cookie replies sent under load
 	Verifications     uint64 // hello signatures verified
+	Silences          uint64 // handshakes started because a peer went silent (Config.SilenceTimeout)
+	KeepalivesSent    uint64 // empty sealed datagrams sent (Config.KeepaliveTimeout, PeerConfig.Keepalive)
+	KeepalivesIn      uint64 // ... received
 	V2KeyExchanges    uint64 // key exchanges accepted from ProtocolV2 peers (v2conn.go)
 
 	Drops Drops
@@ -61,6 +64,7 @@ type counters struct {
 	dropHandshakeTimeout, peerLimit                    atomic.Uint64
 	writeQueueFull, writeBackoff, writePeerLimit       atomic.Uint64
 	unvalidated                                        atomic.Uint64
+	silences, keepalivesSent, keepalivesReceived       atomic.Uint64
 	v2KeyExchanges, v2SendLimit                        atomic.Uint64 // protocol v2 (v2conn.go)
 }
 
@@ -88,6 +92,9 @@ func (c *Conn) Stats() Stats {
 		HandshakeFailures: k.handshakeFailures.Load(),
 		CookiesSent:       k.cookiesSent.Load(),
 		Verifications:     k.verifications.Load(),
+		Silences:          k.silences.Load(),
+		KeepalivesSent:    k.keepalivesSent.Load(),
+		KeepalivesIn:      k.keepalivesReceived.Load(),
 		V2KeyExchanges:    k.v2KeyExchanges.Load(),
 		Drops: Drops{
 			Malformed:        k.malformed.Load(),
