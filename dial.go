@@ -44,9 +44,9 @@ func Dial(network, address string, config *Config) (net.Conn, error) {
 // send is never returned.
 //
 // Errors are *net.OpError with Op "dial", wrapping the cause: an address
-// that does not resolve, ctx's error, or the handshake's error
-// (ErrHandshakeTimeout when no session came, including when the peer's key
-// was refused; ErrPeerRejected where the refusal is reported as such).
+// that does not resolve, ctx's error, or the handshake's error:
+// ErrPeerRejected when the trust rules refused the peer's key,
+// ErrHandshakeTimeout when no session came in time.
 func DialContext(ctx context.Context, network, address string, config *Config) (net.Conn, error) {
 	opErr := func(raddr net.Addr, laddr net.Addr, err error) error {
 		return &net.OpError{Op: "dial", Net: network, Source: laddr, Addr: raddr, Err: err}
