@@ -1,16 +1,13 @@
 // Command metrics exports a vaultudp Conn's counters to Prometheus with
 // github.com/prometheus/client_golang: a Collector that reads Conn.Stats
-// (traffic, handshakes, drops by reason, peers, sessions) and Conn.Peers
-// (one series per peer: whether it has a session, its last handshake) at
-// each scrape. The program runs an echo exchange over plain UDP and over
+// (traffic, handshakes, keepalives, drops by reason, peers, sessions) and
+// Conn.Peers (per peer: datagrams and bytes each way, whether it has a
+// session, its last handshake, its last handshake failure) at each
+// scrape. The program runs an echo exchange over plain UDP and over
 // vaultudp with the same code, then prints the vaultudp server's metrics
 // as a scrape of its /metrics endpoint returns them.
 //
 //	go run ./metrics
-//
-// Per-peer traffic counters: PeerInfo has none yet (it has Addr,
-// PublicKey, Policy, Protocol, Configured, Established, LastHandshake),
-// so the per-peer series are the peer's state; traffic is per Conn.
 package main
 
 import (
@@ -38,9 +35,12 @@ type Collector struct {
 
 	datagramsIn, bytesIn, datagramsOut, bytesOut  *prometheus.Desc
 	handshakes, rekeys, failures, cookies, verifs *prometheus.Desc
+	silences, keepalivesSent, keepalivesIn        *prometheus.Desc
 	drops                                         *prometheus.Desc
 	peers, sessions, mtu, maxPayload              *prometheus.Desc
-	peerEstablished, peerLastHandshake            *prometheus.Desc
+
+	peerDatagramsIn, peerBytesIn, peerDatagramsOut, peerBytesOut *prometheus.Desc
+	peerEstablished, peerLastHandshake, peerFailure              *prometheus.Desc
 }
 
 // NewCollector returns a Collector for conn. constLabels tell several
@@ -64,13 +64,21 @@ func NewCollector(conn *vaultudp.Conn, constLabels prometheus.Labels, perPeer bo
 		failures:          d("handshake_failures_total", "Handshake initiations that timed out."),
 		cookies:           d("cookies_sent_total", "Cookie replies sent under handshake load."),
 		verifs:            d("verifications_total", "Hello signatures verified."),
+		silences:          d("silences_total", "Handshakes started because a peer went silent."),
+		keepalivesSent:    d("keepalives_sent_total", "Keepalives (empty sealed datagrams) sent."),
+		keepalivesIn:      d("keepalives_received_total", "Keepalives received."),
 		drops:             d("drops_total", "Datagrams dropped, by reason; none reached the application.", "reason"),
 		peers:             d("peers", "Peers, configured and learned."),
 		sessions:          d("sessions", "Live sessions."),
 		mtu:               d("mtu_bytes", "Path MTU in use."),
 		maxPayload:        d("max_payload_bytes", "Largest datagram a write accepts."),
+		peerDatagramsIn:   d("peer_datagrams_in_total", "Datagrams from the peer delivered to the application.", "peer"),
+		peerBytesIn:       d("peer_bytes_in_total", "Payload bytes from the peer delivered to the application.", "peer"),
+		peerDatagramsOut:  d("peer_datagrams_out_total", "Datagrams the application wrote to the peer that were sent.", "peer"),
+		peerBytesOut:      d("peer_bytes_out_total", "Payload bytes the application wrote to the peer that were sent.", "peer"),
 		peerEstablished:   d("peer_established", "1 if the peer has a session now.", "peer", "configured", "policy"),
 		peerLastHandshake: d("peer_last_handshake_timestamp_seconds", "Unix time of the peer's last handshake (absent before the first).", "peer"),
+		peerFailure:       d("peer_handshake_failed", "1 if the peer's last handshake failed, by reason (absent if none failed).", "peer", "reason"),
 	}
 }
 
@@ -78,14 +86,19 @@ func NewCollector(conn *vaultudp.Conn, constLabels prometheus.Labels, perPeer bo
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.datagramsIn, c.bytesIn, c.datagramsOut, c.bytesOut,
-		c.handshakes, c.rekeys, c.failures, c.cookies, c.verifs, c.drops,
+		c.handshakes, c.rekeys, c.failures, c.cookies, c.verifs,
+		c.silences, c.keepalivesSent, c.keepalivesIn, c.drops,
 		c.peers, c.sessions, c.mtu, c.maxPayload,
 	} {
 		ch <- d
 	}
 	if c.perPeer {
-		ch <- c.peerEstablished
-		ch <- c.peerLastHandshake
+		for _, d := range []*prometheus.Desc{
+			c.peerDatagramsIn, c.peerBytesIn, c.peerDatagramsOut, c.peerBytesOut,
+			c.peerEstablished, c.peerLastHandshake, c.peerFailure,
+		} {
+			ch <- d
+		}
 	}
 }
 
@@ -107,6 +120,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.failures, st.HandshakeFailures)
 	counter(c.cookies, st.CookiesSent)
 	counter(c.verifs, st.Verifications)
+	counter(c.silences, st.Silences)
+	counter(c.keepalivesSent, st.KeepalivesSent)
+	counter(c.keepalivesIn, st.KeepalivesIn)
 	for _, r := range []struct {
 		reason string
 		n      uint64
@@ -124,6 +140,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		{"handshake_timeout", st.Drops.HandshakeTimeout},
 		{"peer_limit", st.Drops.PeerLimit},
 		{"v2_send_limit", st.Drops.V2SendLimit},
+		{"unvalidated", st.Drops.Unvalidated},
+		{"write_queue_full", st.Drops.WriteQueueFull},
+		{"write_backoff", st.Drops.WriteBackoff},
+		{"write_peer_limit", st.Drops.WritePeerLimit},
 	} {
 		counter(c.drops, r.n, r.reason)
 	}
@@ -136,6 +156,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, p := range c.conn.Peers() {
 		addr := p.Addr.String()
+		counter(c.peerDatagramsIn, p.DatagramsIn, addr)
+		counter(c.peerBytesIn, p.BytesIn, addr)
+		counter(c.peerDatagramsOut, p.DatagramsOut, addr)
+		counter(c.peerBytesOut, p.BytesOut, addr)
 		established := 0.0
 		if p.Established {
 			established = 1
@@ -143,6 +167,16 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.peerEstablished, established, addr, fmt.Sprint(p.Configured), p.Policy.String())
 		if !p.LastHandshake.IsZero() {
 			gauge(c.peerLastHandshake, float64(p.LastHandshake.UnixNano())/1e9, addr)
+		}
+		if p.LastFailure != nil {
+			reason := "other"
+			switch {
+			case errors.Is(p.LastFailure, vaultudp.ErrPeerRejected):
+				reason = "rejected"
+			case errors.Is(p.LastFailure, vaultudp.ErrHandshakeTimeout):
+				reason = "timeout"
+			}
+			gauge(c.peerFailure, 1, addr, reason)
 		}
 	}
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -29,8 +31,8 @@ func TestMetrics(t *testing.T) {
 	sealed, err := runEcho(ctx, Vault, Messages, func(server, client net.PacketConn) error {
 		conn := server.(*vaultudp.Conn)
 		col := NewCollector(conn, nil, true)
-		if n := testutil.CollectAndCount(col); n < 14+13 {
-			t.Errorf("%d series, want at least 27", n)
+		if n := testutil.CollectAndCount(col); n < 31 {
+			t.Errorf("%d series, want at least 31", n)
 		}
 		if probs, err := testutil.CollectAndLint(col); err != nil || len(probs) > 0 {
 			t.Errorf("lint: %v %+v", err, probs)
@@ -57,11 +59,24 @@ vaultudp_datagrams_out_total %d
 vaultudp_peers 1
 # HELP vaultudp_peer_established 1 if the peer has a session now.
 # TYPE vaultudp_peer_established gauge
-vaultudp_peer_established{configured="false",peer=%q,policy="require-encryption"} 1
+vaultudp_peer_established{configured="false",peer=%[4]q,policy="require-encryption"} 1
+# HELP vaultudp_peer_datagrams_in_total Datagrams from the peer delivered to the application.
+# TYPE vaultudp_peer_datagrams_in_total counter
+vaultudp_peer_datagrams_in_total{peer=%[4]q} %[1]d
+# HELP vaultudp_peer_bytes_in_total Payload bytes from the peer delivered to the application.
+# TYPE vaultudp_peer_bytes_in_total counter
+vaultudp_peer_bytes_in_total{peer=%[4]q} %[2]d
+# HELP vaultudp_peer_datagrams_out_total Datagrams the application wrote to the peer that were sent.
+# TYPE vaultudp_peer_datagrams_out_total counter
+vaultudp_peer_datagrams_out_total{peer=%[4]q} %[1]d
+# HELP vaultudp_peer_bytes_out_total Payload bytes the application wrote to the peer that were sent.
+# TYPE vaultudp_peer_bytes_out_total counter
+vaultudp_peer_bytes_out_total{peer=%[4]q} %[2]d
 `, datagrams, bytes, datagrams, peer.Addr.String())
 			if err := testutil.CollectAndCompare(col, strings.NewReader(want),
 				"vaultudp_datagrams_in_total", "vaultudp_bytes_in_total", "vaultudp_datagrams_out_total",
-				"vaultudp_peers", "vaultudp_peer_established"); err != nil {
+				"vaultudp_peers", "vaultudp_peer_established", "vaultudp_peer_datagrams_in_total",
+				"vaultudp_peer_bytes_in_total", "vaultudp_peer_datagrams_out_total", "vaultudp_peer_bytes_out_total"); err != nil {
 				t.Error(err)
 			}
 			// (A hello retried on a loaded machine makes a second
@@ -89,6 +104,29 @@ vaultudp_peer_established{configured="false",peer=%q,policy="require-encryption"
 		if !strings.Contains(body, fmt.Sprintf(`vaultudp_datagrams_in_total{conn="server"} %d`, len(Messages)+2)) ||
 			!strings.Contains(body, `vaultudp_peer_last_handshake_timestamp_seconds{conn="server",peer="`+peer.Addr.String()+`"}`) {
 			t.Errorf("scrape:\n%s", body)
+		}
+
+		// A peer whose key is refused shows up with the reason.
+		other, err := vaultudp.Listen("udp4", "127.0.0.1:0", nil)
+		if err != nil {
+			return err
+		}
+		defer other.Close()
+		otherAddr := other.LocalAddr().(*net.UDPAddr).AddrPort()
+		wrong := vaultudp.GenerateIdentity().Public().(ed25519.PublicKey)
+		if err := conn.AddPeer(vaultudp.PeerConfig{Addr: otherAddr, PublicKey: wrong}); err != nil {
+			return err
+		}
+		if err := conn.Handshake(ctx, otherAddr); !errors.Is(err, vaultudp.ErrPeerRejected) {
+			t.Errorf("handshake with a wrong pinned key: %v", err)
+		}
+		want := fmt.Sprintf(`
+# HELP vaultudp_peer_handshake_failed 1 if the peer's last handshake failed, by reason (absent if none failed).
+# TYPE vaultudp_peer_handshake_failed gauge
+vaultudp_peer_handshake_failed{peer=%q,reason="rejected"} 1
+`, otherAddr)
+		if err := testutil.CollectAndCompare(col, strings.NewReader(want), "vaultudp_peer_handshake_failed"); err != nil {
+			t.Error(err)
 		}
 		return nil
 	})
