@@ -207,9 +207,10 @@ type peerQueue struct {
 // longer to c's ReadFrom (and ReadBatch); other peers are not affected.
 // Its Write sends to the peer as WriteTo does, following the peer when it
 // roams. As Dial's, it is a net.PacketConn too (ReadFrom returns the
-// peer's address, WriteTo fails with net.ErrWriteToConnected). Its deadlines are its own (c's write deadline applies too),
-// and its Close stops the diversion
-// (datagrams not yet read are dropped) without closing c.
+// peer's address, WriteTo fails with net.ErrWriteToConnected). Its
+// deadlines are its own (c's write deadline applies too), and its Close
+// stops the diversion (datagrams not yet read are dropped) without
+// closing c.
 //
 // A peer has at most one such net.Conn at a time. ConnTo fails with an
 // error wrapping ErrUnknownPeer if addr is not a peer, ErrInvalidConfig
