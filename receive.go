@@ -79,6 +79,9 @@ func (c *Conn) receive(p *packet) bool {
 		return c.receiveSealed(p)
 	case typeOpen:
 		return c.receiveOpen(p)
+	case typeReset:
+		c.receiveReset(p) // reset.go
+		return false
 	}
 	c.stats.malformed.Add(1)
 	return false
@@ -95,6 +98,7 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	c.idxMu.Unlock()
 	if s == nil {
 		c.stats.unknownSession.Add(1)
+		c.sendReset(idx, p.from) // reset.go: we may have restarted
 		return false
 	}
 	now := c.now()
@@ -121,7 +125,8 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	pr.seenSealed.Store(true)
 	pr.mu.Lock()
 	var queued [][]byte
-	if !s.confirmed.Load() {
+	confirmed := !s.confirmed.Load()
+	if confirmed {
 		queued = c.confirmLocked(pr, s)
 	}
 	validated := pr.addr == p.from
@@ -134,6 +139,9 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	// What this datagram causes to be sent goes to the peer's validated
 	// address, never to a source that has not proved it receives.
 	c.flush(pr, s, to, queued)
+	if confirmed {
+		c.sendToken(s, to) // reset.go
+	}
 	if rec.control != nil {
 		c.handleSealedControl(pr, s, rec.control, p.from)
 	}
