@@ -149,9 +149,7 @@ type dialConn struct {
 
 // addr is the peer's address now (it moves when the peer roams).
 func (d *dialConn) addr() netip.AddrPort {
-	d.p.mu.Lock()
-	defer d.p.mu.Unlock()
-	return d.p.addr
+	return *d.p.at.Load()
 }
 
 func (d *dialConn) Read(b []byte) (int, error) {
