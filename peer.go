@@ -79,6 +79,8 @@ type peer struct {
 	removed       bool
 
 	v2 *v2Peer // non-nil for a ProtocolV2 peer: its state is there (v2conn.go)
+
+	connTo atomic.Pointer[peerQueue] // non-nil while a net.Conn from ConnTo reads this peer (dial.go)
 }
 
 // PeerInfo describes a peer.

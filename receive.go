@@ -225,8 +225,14 @@ func (c *Conn) queueRead(q *packet, pr *peer) bool {
 		pr.datagramsIn.Add(1)
 		pr.bytesIn.Add(n)
 	}
+	recvQ := c.recvQ
+	if pr != nil {
+		if pq := pr.connTo.Load(); pq != nil {
+			recvQ = pq.ch // a net.Conn from ConnTo reads this peer (dial.go)
+		}
+	}
 	select {
-	case c.recvQ <- q:
+	case recvQ <- q:
 		return true
 	default:
 		c.stats.datagramsIn.Add(^uint64(0))
