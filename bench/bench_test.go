@@ -1,0 +1,62 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestTinyRound runs every contender and every measure once with tiny
+// durations, so that the command cannot rot: each contender must set up,
+// move datagrams and appear in the table. It asserts no speed.
+func TestTinyRound(t *testing.T) {
+	var out, progress bytes.Buffer
+	args := []string{"-rounds", "1", "-dur", "20ms", "-rtt", "20", "-hs", "1"}
+	if err := mainErr(args, &out, &progress); err != nil {
+		t.Fatalf("bench %v: %v\nprogress:\n%s\ntable:\n%s", args, err, progress.String(), out.String())
+	}
+	table := out.String()
+	env, err := newEnv(options{}, &progress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range env.contenders() {
+		if !strings.Contains(table, "| "+c.name+" |") {
+			t.Errorf("table has no row for %s (%q)", c.key, c.name)
+		}
+	}
+	for _, m := range []string{"delivered/s, 64 B", "delivered/s, 512 B", "delivered/s, 1200 B", "64 B ping-pong RTT", "nothing → first datagram"} {
+		if !strings.Contains(table, "| "+m) {
+			t.Errorf("table has no %q rows", m)
+		}
+	}
+	if t.Failed() {
+		t.Logf("table:\n%s", table)
+	}
+}
+
+// TestFlags: bad flags are refused with a message, not run.
+func TestFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"-rounds", "0"},
+		{"-dur", "0s"},
+		{"-sizes", "64,x"},
+		{"-only", "nosuch"},
+		{"-skip", "nosuch"},
+		{"-dtls-suite", "rc4"},
+		{"extra"},
+	} {
+		var out, errs bytes.Buffer
+		start := time.Now()
+		if err := mainErr(args, &out, &errs); err == nil {
+			t.Errorf("bench %v: no error", args)
+		}
+		if out.Len() != 0 {
+			t.Errorf("bench %v wrote a table: %q", args, out.String())
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("bench %v took %v to refuse", args, d)
+		}
+	}
+}
