@@ -57,7 +57,9 @@ type contender struct {
 	newPair func(ctx context.Context) (*pair, error)
 	first   func(ctx context.Context, msg []byte) error
 	hsOnly  bool // measured for the first datagram only
-	noFirst bool // not measured for the first datagram (the same as another contender there)
+	// firstName, when set, names the first-datagram row instead of name.
+	firstName string
+	noFirst   bool // not measured for the first datagram (the same as another contender there)
 }
 
 // env is what the contenders share: the options, the TLS material of
@@ -88,7 +90,8 @@ func (e *env) contenders() []contender {
 	nopad := func() *vaultudp.Config { return &vaultudp.Config{Padding: vaultudp.PadNone} }
 	return []contender{
 		{key: "raw", name: "raw UDP (*net.UDPConn, 4 MiB bufs)", newPair: newRaw},
-		{key: "vault", name: "vaultudp default (PadMTU)", newPair: newVault(def, false), first: vaultFirst(def, false)},
+		{key: "vault", name: "vaultudp default (PadMTU)", newPair: newVault(def, false), first: vaultFirst(def, false),
+			firstName: "vaultudp default, nobody reading until the datagram was written"},
 		{key: "vaultnopad", name: "vaultudp PadNone", newPair: newVault(nopad, false), noFirst: true},
 		{key: "vaultbatch", name: "vaultudp Write/ReadBatch ×64", newPair: newVault(def, true), noFirst: true},
 		{key: "quic", name: "quic-go datagrams (RFC 9221)", newPair: e.newQuic},
@@ -550,22 +553,20 @@ func (e *env) newDTLS(ctx context.Context) (*pair, error) {
 	}
 	// pion leaves the socket as it is: give it the buffers raw and vaultudp have.
 	setBuffers(uc, us)
-	srv, err := dtls.Server(us, uc.LocalAddr(), &dtls.Config{
-		Certificates:  []tls.Certificate{e.tlsCert},
-		CipherSuites:  []dtls.CipherSuiteID{e.dtlsSuite()},
-		LoggerFactory: e.dtlsLogs,
-	})
+	srv, err := dtls.ServerWithOptions(us, uc.LocalAddr(),
+		dtls.WithCertificates(e.tlsCert),
+		dtls.WithCipherSuites(e.dtlsSuite()),
+		dtls.WithLoggerFactory(e.dtlsLogs))
 	if err != nil {
 		uc.Close()
 		us.Close()
 		return nil, err
 	}
-	cli, err := dtls.Client(uc, us.LocalAddr(), &dtls.Config{
-		RootCAs:       e.rootCAs,
-		ServerName:    "localhost",
-		CipherSuites:  []dtls.CipherSuiteID{e.dtlsSuite()},
-		LoggerFactory: e.dtlsLogs,
-	})
+	cli, err := dtls.ClientWithOptions(uc, us.LocalAddr(),
+		dtls.WithRootCAs(e.rootCAs),
+		dtls.WithServerName("localhost"),
+		dtls.WithCipherSuites(e.dtlsSuite()),
+		dtls.WithLoggerFactory(e.dtlsLogs))
 	if err != nil {
 		srv.Close()
 		uc.Close()

@@ -510,8 +510,12 @@ func run(o options, w, progress io.Writer) error {
 			lo, hi := minMax(vals)
 			rs := ratiosOf(first[c.key], first["raw"])
 			rlo, rhi := minMax(rs)
+			name := c.name
+			if c.firstName != "" {
+				name = c.firstName
+			}
 			fmt.Fprintf(w, "| nothing → first datagram, ms (lower is better) | %s | %.3f | (%.3f–%.3f) | %.1f | (%.1f–%.1f) | | | | |\n",
-				c.name, median(vals), lo, hi, median(rs), rlo, rhi)
+				name, median(vals), lo, hi, median(rs), rlo, rhi)
 		}
 	}
 	fmt.Fprintln(w)
