@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"cmp"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -68,5 +70,38 @@ func TestFlags(t *testing.T) {
 		if d := time.Since(start); d > 5*time.Second {
 			t.Errorf("bench %v took %v to refuse", args, d)
 		}
+	}
+}
+
+// TestRatios: -ratios pairs each pass of a vaultudp benchmark with the
+// same pass of raw's.
+func TestRatios(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "net.txt")
+	in := `goos: linux
+BenchmarkThroughput/raw/64B-2      	  100000	  9000 ns/op	 0 loss%	  100000 recv/s	 0 B/op	 0 allocs/op
+BenchmarkThroughput/vaultudp/64B-2 	  100000	  9000 ns/op	 1.5 loss%	   80000 recv/s	 0 B/op	 0 allocs/op
+BenchmarkThroughput/raw/64B-2      	  100000	  9000 ns/op	 0 loss%	   50000 recv/s	 0 B/op	 0 allocs/op
+BenchmarkThroughput/vaultudp/64B-2 	  100000	  9000 ns/op	 0.5 loss%	   45000 recv/s	 0 B/op	 0 allocs/op
+BenchmarkThroughput/raw/64B-2      	  100000	  9000 ns/op	 0 loss%	   90000 recv/s	 0 B/op	 0 allocs/op
+BenchmarkThroughput/vaultudp/64B-2 	  100000	  9000 ns/op	 0 loss%	   63000 recv/s	 0 B/op	 0 allocs/op
+PASS
+`
+	if err := os.WriteFile(path, []byte(in), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errs bytes.Buffer
+	if err := mainErr([]string{"-ratios", path}, &out, &errs); err != nil {
+		t.Fatal(err)
+	}
+	// Per pass: 0.80, 0.90, 0.70; median 0.80. Raw's median 90k, vaultudp's 63k.
+	want := "| WriteTo/ReadFrom 64B, delivered/s | 90.0k/s | 63.0k/s | **0.80** (0.70–0.90) | 3 | 0.00 (0.0) | 0.50 (1.5) | 0 |"
+	if !strings.Contains(out.String(), want) {
+		t.Errorf("-ratios printed\n%s\nwant the row\n%s", out.String(), want)
+	}
+	if !strings.Contains(out.String(), "| WriteTo/ReadFrom 512B, delivered/s | | | (not in") {
+		t.Errorf("-ratios does not say what is missing:\n%s", out.String())
+	}
+	if err := mainErr([]string{"-ratios", filepath.Join(t.TempDir(), "none.txt")}, &out, &errs); err == nil {
+		t.Error("-ratios on a missing file: no error")
 	}
 }

@@ -12,6 +12,9 @@
 //
 //	cd bench && go run . -rounds 5 -dur 2s
 //
+// With -ratios file it measures nothing and prints vaultudp ÷ raw per
+// pass from the root module's benchmark output instead.
+//
 // It is a module of its own so that the library gains no dependency on
 // quic-go or pion; it uses only vaultudp's public API.
 package main
@@ -38,7 +41,7 @@ func mainErr(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var o options
-	var sizes, only, skip, cpuprofile string
+	var sizes, only, skip, cpuprofile, ratios string
 	fs.IntVar(&o.rounds, "rounds", 5, "interleaved rounds")
 	fs.DurationVar(&o.dur, "dur", 2*time.Second, "send time of each throughput window")
 	fs.StringVar(&sizes, "sizes", "64,512,1200", "payload sizes in bytes, comma-separated")
@@ -49,12 +52,16 @@ func mainErr(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&skip, "skip", "", "comma-separated measures to skip: tput,rtt,first")
 	fs.StringVar(&cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	fs.BoolVar(&o.quicTrace, "quictrace", false, "count quic-go's own datagram drops with a qlog tracer (slows quic-go)")
+	fs.StringVar(&ratios, "ratios", "", "measure nothing: read this file of the root module's benchmark output (BENCHMARKS.md) and print vaultudp ÷ raw per pass")
 	fs.StringVar(&o.dtlsSuite, "dtls-suite", "chacha", "pion/dtls cipher suite: chacha (ECDHE_ECDSA_CHACHA20_POLY1305) or aes (ECDHE_ECDSA_AES_128_GCM)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() != 0 {
 		return fmt.Errorf("unexpected arguments %q: bench takes flags only", fs.Args())
+	}
+	if ratios != "" {
+		return printRatios(ratios, stdout)
 	}
 	if o.rounds < 1 || o.dur <= 0 || o.rtt < 1 || o.hs < 1 {
 		return fmt.Errorf("-rounds, -rtt and -hs must be at least 1 and -dur positive")
