@@ -26,7 +26,7 @@ func (c *Conn) readLoop(s *socket) {
 			c.putPacket(p)
 		}
 	}()
-	direct := s.udp != nil // application readers take turns (direct.go)
+	direct := s.Caps().Deadlines // application readers take turns (direct.go)
 	idle := time.NewTimer(time.Hour)
 	defer idle.Stop()
 	for {

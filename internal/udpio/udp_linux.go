@@ -1,0 +1,209 @@
+package udpio
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// On Linux the socket is driven through its file descriptor rather than
+// golang.org/x/net/ipv4's ReadBatch, which allocates a *net.UDPAddr per
+// datagram: recvmmsg into the caller's buffers with sockaddrs parsed into
+// netip.AddrPort, and UDP GSO (a UDP_SEGMENT control message) for
+// segmented writes, where the kernel has it (probed once, at New) and
+// until the device refuses it.
+
+// maxGSOSegments is the kernel's limit of segments in one GSO send
+// (UDP_MAX_SEGMENTS).
+const maxGSOSegments = 64
+
+// maxGSOBytes is the most one GSO send carries (below the UDP length
+// field's limit with the headers).
+const maxGSOBytes = 65000
+
+type sysSocket struct {
+	rc syscall.RawConn
+	// sendFault, when set (by tests), is called before each GSO send;
+	// an error it returns is that send's result, and nothing is sent.
+	sendFault func() error
+}
+
+// newUDP returns the Socket over uc, or nil if uc has no file descriptor.
+func newUDP(uc *net.UDPConn) *udpSocket {
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	s := &udpSocket{uc: uc, sys: sysSocket{rc: rc}}
+	s.caps = Caps{BatchRead: true, Deadlines: true}
+	rc.Control(func(fd uintptr) {
+		// A kernel with UDP GSO (4.18) answers for UDP_SEGMENT, as
+		// wireguard-go's conn/features_linux.go probes it.
+		_, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_SEGMENT)
+		s.caps.GSO = err == nil
+	})
+	return s
+}
+
+func (s *udpSocket) WriteTo(b []byte, to netip.AddrPort, _ netip.Addr) error {
+	_, err := s.uc.WriteToUDPAddrPort(b, to)
+	return err
+}
+
+func (s *udpSocket) WriteSegments(b []byte, size int, to netip.AddrPort, src netip.Addr) (int, error) {
+	sent := 0 // bytes of b sent, a multiple of size
+	if size > 0 && len(b) > size && s.Caps().GSO {
+		var err error
+		sent, err = s.writeGSO(b, size, to)
+		if err == nil {
+			return (len(b) + size - 1) / size, nil
+		}
+		if !gsoRefused(err) {
+			return sent / size, err
+		}
+		// The device cannot segment: GSO stays off on this socket, and
+		// what the refused send held, and the rest, goes one by one.
+		s.noGSO.Store(true)
+	}
+	return writeEach(s, b, sent, size, to, src)
+}
+
+// gsoRefused reports whether err, from a GSO send, means the device
+// cannot do GSO at all, rather than that this send failed. That is EIO,
+// which udp_send_skb returns when the device has no transmit checksum
+// offload, without which UDP_SEGMENT does not work (see udp(7) on
+// UDP_SEGMENT and net/ipv4/udp.c, udp_send_skb, in Linux 6.2:
+// https://git.kernel.org/pub/scm/linux/kernel/git/torvalds/linux.git/tree/net/ipv4/udp.c?h=v6.2#n942;
+// wireguard-go's conn/errors_linux.go decides the same). Nothing of such
+// a send went out. Any other error is the send's own (a full buffer, an
+// unreachable port, a segment too large for the path) and is returned to
+// the caller as it would be without GSO.
+func gsoRefused(err error) bool {
+	var errno syscall.Errno
+	return errors.As(err, &errno) && errno == unix.EIO
+}
+
+// gsoControl is a control message holding UDP_SEGMENT = size.
+func gsoControl(buf []byte, size int) []byte {
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&buf[0]))
+	h.Level = unix.SOL_UDP
+	h.Type = unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	*(*uint16)(unsafe.Pointer(&buf[unix.CmsgLen(0)])) = uint16(size)
+	return buf[:unix.CmsgSpace(2)]
+}
+
+// writeGSO sends b in trains of at most maxGSOSegments segments and
+// returns how many bytes of it were sent: a GSO send goes out whole or
+// not at all, so a failed one leaves the bytes sent a multiple of size.
+func (s *udpSocket) writeGSO(b []byte, size int, to netip.AddrPort) (int, error) {
+	var oob [64]byte
+	chunk := max(1, min(maxGSOSegments, maxGSOBytes/size)) * size
+	for off := 0; off < len(b); {
+		end := min(off+chunk, len(b))
+		var err error
+		if s.sys.sendFault != nil {
+			err = s.sys.sendFault()
+		}
+		if err == nil {
+			_, _, err = s.uc.WriteMsgUDPAddrPort(b[off:end], gsoControl(oob[:], size), to)
+		}
+		if err != nil {
+			return off, err
+		}
+		off = end
+	}
+	return len(b), nil
+}
+
+// linuxReader reads with recvmmsg.
+type linuxReader struct {
+	rc    syscall.RawConn
+	hdrs  [MaxBatch]unix.Mmsghdr
+	iovs  [MaxBatch]unix.Iovec
+	names [MaxBatch]unix.RawSockaddrInet6 // large enough for IPv4 too
+	// The state of one call, kept here so that doRead, made a method
+	// value once, allocates nothing per call.
+	vlen   int
+	n      int
+	errno  syscall.Errno
+	doRead func(fd uintptr) bool
+}
+
+func (s *udpSocket) NewReader() Reader {
+	r := &linuxReader{rc: s.sys.rc}
+	r.doRead = r.recvmmsg
+	return r
+}
+
+func (r *linuxReader) recvmmsg(fd uintptr) bool {
+	for {
+		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(r.vlen), 0, 0, 0)
+		switch errno {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false // nothing to read: wait for the poller
+		}
+		r.n, r.errno = int(n), errno
+		return true
+	}
+}
+
+func (r *linuxReader) Read(ms []Message) (int, error) {
+	if len(ms) == 0 {
+		return 0, nil
+	}
+	r.vlen = min(len(ms), MaxBatch)
+	for i := 0; i < r.vlen; i++ {
+		buf := ms[i].Buf
+		if len(buf) > 0 {
+			r.iovs[i].Base = &buf[0]
+		} else {
+			r.iovs[i].Base = nil
+		}
+		r.iovs[i].SetLen(len(buf))
+		h := &r.hdrs[i].Hdr
+		h.Name = (*byte)(unsafe.Pointer(&r.names[i]))
+		h.Namelen = uint32(unsafe.Sizeof(r.names[i]))
+		h.Iov = &r.iovs[i]
+		h.SetIovlen(1)
+		h.Control, h.Flags = nil, 0
+		h.SetControllen(0)
+	}
+	if err := r.rc.Read(r.doRead); err != nil {
+		return 0, err
+	}
+	if r.errno != 0 {
+		return 0, &net.OpError{Op: "read", Net: "udp", Err: os.NewSyscallError("recvmmsg", r.errno)}
+	}
+	for i := 0; i < r.n; i++ {
+		m := &ms[i]
+		h := &r.hdrs[i]
+		m.N = int(h.Len)
+		m.Truncated = m.N == len(m.Buf) || h.Hdr.Flags&unix.MSG_TRUNC != 0
+		m.Addr = sockaddrToAddrPort(&r.names[i])
+		m.Local = netip.Addr{}
+	}
+	return r.n, nil
+}
+
+// sockaddrToAddrPort parses an AF_INET or AF_INET6 sockaddr, IPv4-mapped
+// addresses unmapped.
+func sockaddrToAddrPort(sa *unix.RawSockaddrInet6) netip.AddrPort {
+	ne := (*[2]byte)(unsafe.Pointer(&sa.Port)) // network byte order in memory
+	port := uint16(ne[0])<<8 | uint16(ne[1])
+	switch sa.Family {
+	case unix.AF_INET:
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), port)
+	case unix.AF_INET6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port)
+	}
+	return netip.AddrPort{}
+}
