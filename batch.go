@@ -68,3 +68,30 @@ func (r *reader) read(pkts []*packet) (int, error) {
 func (s *socket) writeTo(b []byte, to netip.AddrPort) error {
 	return s.WriteTo(b, to, netip.Addr{})
 }
+
+// setLocal records a, the local address an authenticated datagram from p
+// arrived at, for answers to leave from (nothing where the socket does not
+// tell). It allocates only when the address changes.
+func (p *peer) setLocal(a netip.Addr) {
+	if !a.IsValid() {
+		return
+	}
+	if cur := p.local.Load(); cur == nil || *cur != a {
+		na := new(netip.Addr)
+		*na = a
+		p.local.Store(na)
+	}
+}
+
+// source returns the local address datagrams sealed under s leave from:
+// where its peer's last authenticated datagram arrived, or the zero Addr
+// (the system's choice).
+func (s *session) source() netip.Addr {
+	if s.peer == nil {
+		return netip.Addr{}
+	}
+	if a := s.peer.local.Load(); a != nil {
+		return *a
+	}
+	return netip.Addr{}
+}

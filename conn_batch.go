@@ -107,7 +107,7 @@ func (c *Conn) writeRun(ms []Message, to netip.AddrPort) (int, error) {
 		var err error
 		if end > 0 {
 			var n int
-			n, err = c.sock.Load().WriteSegments(buf[:end], size, to, netip.Addr{})
+			n, err = c.sock.Load().WriteSegments(buf[:end], size, to, s.source())
 			if err != nil {
 				k = sent + n
 			}

@@ -119,6 +119,7 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	}
 	pr := s.peer
 	pr.seenSealed.Store(true)
+	pr.setLocal(p.local) // answers leave from where it arrived
 	pr.mu.Lock()
 	var queued [][]byte
 	if !s.confirmed.Load() {

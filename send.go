@@ -49,7 +49,7 @@ func (c *Conn) sendSealed(s *session, to netip.AddrPort, b []byte, hasPayload bo
 	if err != nil {
 		return err
 	}
-	return c.sock.Load().writeTo(out, to)
+	return c.sock.Load().WriteTo(out, to, s.source())
 }
 
 // appendSealed appends to dst the sealed datagram carrying b. dst must

@@ -16,7 +16,9 @@ import (
 // datagram: recvmmsg into the caller's buffers with sockaddrs parsed into
 // netip.AddrPort, and UDP GSO (a UDP_SEGMENT control message) for
 // segmented writes, where the kernel has it (probed once, at New) and
-// until the device refuses it.
+// until the device refuses it; on sockets bound to a wildcard address,
+// IP_PKTINFO and IPV6_PKTINFO for the local address of each datagram and
+// the source of each send.
 
 // maxGSOSegments is the kernel's limit of segments in one GSO send
 // (UDP_MAX_SEGMENTS).
@@ -41,16 +43,90 @@ func newUDP(uc *net.UDPConn) *udpSocket {
 	}
 	s := &udpSocket{uc: uc, sys: sysSocket{rc: rc}}
 	s.caps = Caps{BatchRead: true, Deadlines: true}
+	wildcard := AddrPortOf(uc.LocalAddr()).Addr().IsUnspecified()
 	rc.Control(func(fd uintptr) {
 		// A kernel with UDP GSO (4.18) answers for UDP_SEGMENT, as
 		// wireguard-go's conn/features_linux.go probes it.
 		_, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_SEGMENT)
 		s.caps.GSO = err == nil
+		if wildcard {
+			s.caps.PacketInfo = enablePacketInfo(int(fd))
+		}
 	})
 	return s
 }
 
-func (s *udpSocket) WriteTo(b []byte, to netip.AddrPort, _ netip.Addr) error {
+// enablePacketInfo asks for the local address of each datagram received
+// (IP_PKTINFO, IPV6_RECVPKTINFO), as quic-go's sys_conn_oob.go does on
+// sockets bound to a wildcard address, and reports whether the socket
+// gives it for its family. A dual-stack socket gets both: IPv4
+// datagrams then come with either.
+func enablePacketInfo(fd int) bool {
+	domain, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	if err != nil {
+		return false
+	}
+	err4 := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_PKTINFO, 1)
+	if domain == unix.AF_INET {
+		return err4 == nil
+	}
+	return unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1) == nil
+}
+
+// oobLen is the room for the control messages of a send: a source
+// (in6_pktinfo, the larger) and a segment size.
+const oobLen = 64
+
+// oobBuf holds the control messages of a send, aligned for their headers.
+type oobBuf [oobLen / 8]uint64
+
+func (o *oobBuf) bytes() []byte { return unsafe.Slice((*byte)(unsafe.Pointer(&o[0])), oobLen) }
+
+// sourceControl writes into buf the control message that makes a datagram
+// to to leave from src, and returns it; it returns buf[:0] where src is
+// not to be used (see Socket.WriteTo). IPv4 sources go in IP_PKTINFO's
+// ipi_spec_dst, also on a dual-stack socket (the kernel's udp_sendmsg
+// reads IPv4 control messages for an IPv4-mapped destination), IPv6
+// ones in IPV6_PKTINFO; the interface is left to the routing.
+func (s *udpSocket) sourceControl(buf []byte, to netip.AddrPort, src netip.Addr) []byte {
+	src = src.Unmap()
+	if !s.caps.PacketInfo || !src.IsValid() || src.IsUnspecified() || src.Is4() != to.Addr().Unmap().Is4() {
+		return buf[:0]
+	}
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&buf[0]))
+	data := unsafe.Pointer(&buf[unix.CmsgLen(0)])
+	if src.Is4() {
+		h.Level, h.Type = unix.IPPROTO_IP, unix.IP_PKTINFO
+		h.SetLen(unix.CmsgLen(unix.SizeofInet4Pktinfo))
+		*(*unix.Inet4Pktinfo)(data) = unix.Inet4Pktinfo{Spec_dst: src.As4()}
+		return buf[:unix.CmsgSpace(unix.SizeofInet4Pktinfo)]
+	}
+	h.Level, h.Type = unix.IPPROTO_IPV6, unix.IPV6_PKTINFO
+	h.SetLen(unix.CmsgLen(unix.SizeofInet6Pktinfo))
+	*(*unix.Inet6Pktinfo)(data) = unix.Inet6Pktinfo{Addr: src.As16()}
+	return buf[:unix.CmsgSpace(unix.SizeofInet6Pktinfo)]
+}
+
+// sourceRefused reports whether err, from a send with a source, may mean
+// the system refused the source: the route lookup fails a source that is
+// no longer a local address with ENETUNREACH (IPv4, Linux 6.x) or EINVAL
+// (IPv6, older IPv4), and EADDRNOTAVAIL where the address is still
+// tentative. The send is then tried again without it, as wireguard-go's
+// sticky sockets did; where the error was the destination's, the retry
+// fails the same way.
+func sourceRefused(err error) bool {
+	var errno syscall.Errno
+	return errors.As(err, &errno) && (errno == unix.EINVAL || errno == unix.ENETUNREACH || errno == unix.EADDRNOTAVAIL)
+}
+
+func (s *udpSocket) WriteTo(b []byte, to netip.AddrPort, src netip.Addr) error {
+	var ob oobBuf
+	if ctl := s.sourceControl(ob.bytes(), to, src); len(ctl) > 0 {
+		_, _, err := s.uc.WriteMsgUDPAddrPort(b, ctl, to)
+		if err == nil || !sourceRefused(err) {
+			return err
+		}
+	}
 	_, err := s.uc.WriteToUDPAddrPort(b, to)
 	return err
 }
@@ -59,7 +135,7 @@ func (s *udpSocket) WriteSegments(b []byte, size int, to netip.AddrPort, src net
 	sent := 0 // bytes of b sent, a multiple of size
 	if size > 0 && len(b) > size && s.Caps().GSO {
 		var err error
-		sent, err = s.writeGSO(b, size, to)
+		sent, err = s.writeGSO(b, size, to, src)
 		if err == nil {
 			return (len(b) + size - 1) / size, nil
 		}
@@ -88,7 +164,8 @@ func gsoRefused(err error) bool {
 	return errors.As(err, &errno) && errno == unix.EIO
 }
 
-// gsoControl is a control message holding UDP_SEGMENT = size.
+// gsoControl writes into buf a control message holding UDP_SEGMENT =
+// size, and returns it.
 func gsoControl(buf []byte, size int) []byte {
 	h := (*unix.Cmsghdr)(unsafe.Pointer(&buf[0]))
 	h.Level = unix.SOL_UDP
@@ -101,8 +178,11 @@ func gsoControl(buf []byte, size int) []byte {
 // writeGSO sends b in trains of at most maxGSOSegments segments and
 // returns how many bytes of it were sent: a GSO send goes out whole or
 // not at all, so a failed one leaves the bytes sent a multiple of size.
-func (s *udpSocket) writeGSO(b []byte, size int, to netip.AddrPort) (int, error) {
-	var oob [64]byte
+func (s *udpSocket) writeGSO(b []byte, size int, to netip.AddrPort, src netip.Addr) (int, error) {
+	var ob oobBuf
+	oob := ob.bytes()
+	ctl := s.sourceControl(oob, to, src)
+	ctl = ctl[:len(ctl)+len(gsoControl(oob[len(ctl):], size))]
 	chunk := max(1, min(maxGSOSegments, maxGSOBytes/size)) * size
 	for off := 0; off < len(b); {
 		end := min(off+chunk, len(b))
@@ -111,7 +191,12 @@ func (s *udpSocket) writeGSO(b []byte, size int, to netip.AddrPort) (int, error)
 			err = s.sys.sendFault()
 		}
 		if err == nil {
-			_, _, err = s.uc.WriteMsgUDPAddrPort(b[off:end], gsoControl(oob[:], size), to)
+			_, _, err = s.uc.WriteMsgUDPAddrPort(b[off:end], ctl, to)
+			if err != nil && len(ctl) > unix.CmsgSpace(2) && sourceRefused(err) {
+				// Without the source, from here on.
+				ctl = gsoControl(oob[:], size)
+				_, _, err = s.uc.WriteMsgUDPAddrPort(b[off:end], ctl, to)
+			}
 		}
 		if err != nil {
 			return off, err
@@ -121,12 +206,19 @@ func (s *udpSocket) writeGSO(b []byte, size int, to netip.AddrPort) (int, error)
 	return len(b), nil
 }
 
+// ctrlLen is the room for the control messages of a datagram received:
+// in6_pktinfo and in_pktinfo (a dual-stack socket may give both for an
+// IPv4 datagram) and a GRO segment size, each under its header.
+const ctrlLen = 128
+
 // linuxReader reads with recvmmsg.
 type linuxReader struct {
 	rc    syscall.RawConn
+	ctrl  bool // ask for control messages (packet info)
 	hdrs  [MaxBatch]unix.Mmsghdr
 	iovs  [MaxBatch]unix.Iovec
 	names [MaxBatch]unix.RawSockaddrInet6 // large enough for IPv4 too
+	ctrls [MaxBatch][ctrlLen / 8]uint64   // aligned for the headers
 	// The state of one call, kept here so that doRead, made a method
 	// value once, allocates nothing per call.
 	vlen   int
@@ -136,7 +228,7 @@ type linuxReader struct {
 }
 
 func (s *udpSocket) NewReader() Reader {
-	r := &linuxReader{rc: s.sys.rc}
+	r := &linuxReader{rc: s.sys.rc, ctrl: s.caps.PacketInfo}
 	r.doRead = r.recvmmsg
 	return r
 }
@@ -173,8 +265,14 @@ func (r *linuxReader) Read(ms []Message) (int, error) {
 		h.Namelen = uint32(unsafe.Sizeof(r.names[i]))
 		h.Iov = &r.iovs[i]
 		h.SetIovlen(1)
-		h.Control, h.Flags = nil, 0
-		h.SetControllen(0)
+		h.Flags = 0
+		if r.ctrl {
+			h.Control = (*byte)(unsafe.Pointer(&r.ctrls[i][0]))
+			h.SetControllen(ctrlLen)
+		} else {
+			h.Control = nil
+			h.SetControllen(0)
+		}
 	}
 	if err := r.rc.Read(r.doRead); err != nil {
 		return 0, err
@@ -189,8 +287,35 @@ func (r *linuxReader) Read(ms []Message) (int, error) {
 		m.Truncated = m.N == len(m.Buf) || h.Hdr.Flags&unix.MSG_TRUNC != 0
 		m.Addr = sockaddrToAddrPort(&r.names[i])
 		m.Local = netip.Addr{}
+		if r.ctrl {
+			ctl := unsafe.Slice((*byte)(unsafe.Pointer(&r.ctrls[i][0])), ctrlLen)
+			m.Local = parseControl(ctl[:min(int(h.Hdr.Controllen), ctrlLen)])
+		}
 	}
 	return r.n, nil
+}
+
+// parseControl returns the local address in the control messages of a
+// datagram received: IP_PKTINFO's ipi_spec_dst (the destination of a
+// unicast datagram; for a broadcast, the local address to answer from)
+// or IPV6_PKTINFO's address, unmapped. Malformed messages are ignored.
+func parseControl(b []byte) (local netip.Addr) {
+	for len(b) >= unix.CmsgLen(0) {
+		h, data, rest, err := unix.ParseOneSocketControlMessage(b)
+		if err != nil {
+			return local
+		}
+		switch {
+		case h.Level == unix.IPPROTO_IP && h.Type == unix.IP_PKTINFO && len(data) >= unix.SizeofInet4Pktinfo:
+			info := (*unix.Inet4Pktinfo)(unsafe.Pointer(&data[0]))
+			local = netip.AddrFrom4(info.Spec_dst)
+		case h.Level == unix.IPPROTO_IPV6 && h.Type == unix.IPV6_PKTINFO && len(data) >= unix.SizeofInet6Pktinfo:
+			info := (*unix.Inet6Pktinfo)(unsafe.Pointer(&data[0]))
+			local = netip.AddrFrom16(info.Addr).Unmap()
+		}
+		b = rest
+	}
+	return local
 }
 
 // sockaddrToAddrPort parses an AF_INET or AF_INET6 sockaddr, IPv4-mapped
