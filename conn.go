@@ -47,7 +47,9 @@ type Conn struct {
 	start      time.Time
 	clock      atomic.Int64 // coarse monotonic nanoseconds since start
 	stats      counters
-	helloSweep int64 // Conn clock of the last forgetOldHellos; housekeeping's own
+
+	queuedBytes atomic.Int64 // bytes waiting for handshakes, all peers
+	helloSweep  int64        // Conn clock of the last forgetOldHellos; housekeeping's own
 
 	v2 *v2State // protocol v2 (the Python reference's format) peers: v2conn.go
 
@@ -63,6 +65,7 @@ type Conn struct {
 
 	readDeadline  *deadline
 	rd            readCoord     // who reads the socket (direct.go)
+	bgWake        chan struct{} // wakes the background reader (direct.go)
 	appToken      chan struct{} // held by the one application goroutine reading the socket
 	appReaderPool sync.Pool     // *appReader
 	writeDeadline *deadline
@@ -139,6 +142,7 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 		recvQ:         make(chan *packet, cfg.ReadQueue),
 		readDeadline:  newDeadline(),
 		appToken:      make(chan struct{}, 1),
+		bgWake:        make(chan struct{}, 1),
 		writeDeadline: newDeadline(),
 		closed:        make(chan struct{}),
 		peers:         make(map[netip.AddrPort]*peer),

@@ -389,7 +389,7 @@ func (c *Conn) trust(p *peer, addr netip.AddrPort, key ed25519.PublicKey) error 
 		}
 	case c.cfg.VerifyPeer != nil:
 		if err := c.cfg.VerifyPeer(addr, slicesClone(key)); err != nil {
-			return fmt.Errorf("%w: %v: %w", ErrPeerRejected, addr, err)
+			return fmt.Errorf("%w: %v presented %s: %w", ErrPeerRejected, addr, EncodePublicKey(key), err)
 		}
 	case known != nil && !bytes.Equal(known, key):
 		return fmt.Errorf("%w: %v presented %s, but it used %s before (trust on first use)", ErrPeerRejected, addr, EncodePublicKey(key), EncodePublicKey(known))

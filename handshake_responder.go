@@ -55,6 +55,11 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort) {
 	}
 	if err := c.trust(pr, from, m.identity); err != nil {
 		c.stats.rejected.Add(1)
+		if pr != nil {
+			pr.mu.Lock()
+			pr.lastFailure, pr.refused = err, err
+			pr.mu.Unlock()
+		}
 		c.log.Info("vaultudp: handshake refused", "peer", from, "err", err)
 		return
 	}

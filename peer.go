@@ -21,6 +21,9 @@ type peer struct {
 	policy     Policy            // resolved: never PolicyDefault
 	limiter    *rate.Limiter     // nil: unlimited
 
+	// Counters for PeerInfo, atomic: the data path takes no lock for them.
+	datagramsIn, bytesIn, datagramsOut, bytesOut atomic.Uint64
+
 	// seenSealed is set once a sealed datagram from the peer opened:
 	// from then on, plaintext from it is a downgrade.
 	seenSealed atomic.Bool
@@ -43,7 +46,11 @@ type peer struct {
 	initSent      int64       // Conn clock at the last hello sent
 	queue         [][]byte
 	flushed       chan struct{} // non-nil while queue's datagrams are being sent; closed after
+	initiating    bool          // a hello is being made (claimHelloLocked)
+	queuedBytes   int64         // the bytes in queue
 	failErr       error         // the last attempt's failure, until failedAt+backoff
+	lastFailure   error         // the last failure, kept for PeerInfo
+	refused       error         // the trust rules refused a hello from the peer's address since its last session
 	failedAt      int64
 	lastSeen      int64 // Conn clock at the last datagram from or to it
 	lastHandshake time.Time
@@ -63,6 +70,15 @@ type PeerInfo struct {
 	Configured    bool      // added by AddPeer or Config.Peers, not learned from the network
 	Established   bool      // it has a session now
 	LastHandshake time.Time // zero if none
+
+	// Traffic with the peer: application datagrams delivered from it
+	// and sent to it, and their payload bytes.
+	DatagramsIn, BytesIn, DatagramsOut, BytesOut uint64
+
+	// LastFailure is the last handshake failure with the peer (a
+	// timeout, or a key the trust rules refused, matching
+	// ErrHandshakeTimeout or ErrPeerRejected), nil if none.
+	LastFailure error
 }
 
 func (c *Conn) newPeer(addr netip.AddrPort, pc *PeerConfig) *peer {
@@ -145,7 +161,7 @@ func (c *Conn) dropPeerLocked(p *peer, reason error) {
 	if !p.configured {
 		c.learned--
 	}
-	c.stats.dropHandshakeTimeout.Add(uint64(len(p.queue)))
+	c.stats.dropHandshakeTimeout.Add(uint64(len(c.takeQueueLocked(p))))
 	c.unindexLocked(p, p.current, p.previous, p.next, p.nextOld)
 	c.clearInitLocked(p)
 	p.closeLocked(reason)
@@ -223,6 +239,11 @@ func (c *Conn) peerInfos(match func(netip.AddrPort) bool) []PeerInfo {
 			Configured:    p.configured,
 			Established:   c.usableLocked(p.current, now),
 			LastHandshake: p.lastHandshake,
+			DatagramsIn:   p.datagramsIn.Load(),
+			BytesIn:       p.bytesIn.Load(),
+			DatagramsOut:  p.datagramsOut.Load(),
+			BytesOut:      p.bytesOut.Load(),
+			LastFailure:   p.lastFailure,
 		})
 		if p.v2 != nil {
 			p.v2.info(&out[len(out)-1]) // protocol v2 (v2conn.go)
@@ -248,7 +269,6 @@ func (c *Conn) peerFor(addr netip.AddrPort, create bool) (*peer, error) {
 		return p, nil
 	}
 	if c.learned >= c.cfg.MaxPeers {
-		c.stats.peerLimit.Add(1)
 		return nil, fmt.Errorf("%w: %v: MaxPeers (%d) reached", ErrNoSession, addr, c.cfg.MaxPeers)
 	}
 	p = c.newPeer(addr, nil)

@@ -169,12 +169,20 @@ func (c *Conn) deliver(p *packet, pr *peer, rec *record) bool {
 	n := uint64(len(q.data))
 	c.stats.datagramsIn.Add(1)
 	c.stats.bytesIn.Add(n)
+	if pr != nil {
+		pr.datagramsIn.Add(1)
+		pr.bytesIn.Add(n)
+	}
 	select {
 	case c.recvQ <- q:
 		return kept
 	default:
 		c.stats.datagramsIn.Add(^uint64(0))
 		c.stats.bytesIn.Add(-n)
+		if pr != nil {
+			pr.datagramsIn.Add(^uint64(0))
+			pr.bytesIn.Add(-n)
+		}
 		c.stats.queueFull.Add(1)
 		if !kept {
 			c.putPacket(q)
@@ -218,6 +226,7 @@ func (c *Conn) receiveOpen(p *packet) bool {
 		// Plaintext from a new address under a permissive policy: it
 		// becomes a learned peer, so that rate limits apply to it.
 		if pr, err = c.peerFor(p.from, true); err != nil {
+			c.stats.peerLimit.Add(1)
 			return false
 		}
 	}

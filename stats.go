@@ -41,6 +41,12 @@ type Drops struct {
 	HandshakeTimeout uint64 // written datagrams dropped when their handshake failed
 	PeerLimit        uint64 // handshakes refused because Config.MaxPeers was reached
 	V2SendLimit      uint64 // written to ProtocolV2 peers but not sent: over the reference's 100 a second
+
+	// Written by the application, not sent, and not returned as an
+	// error (as a UDP socket drops what its full buffer cannot take):
+	WriteQueueFull uint64 // the queue of datagrams waiting for a handshake was full
+	WriteBackoff   uint64 // the last handshake with the peer failed less than HandshakeTimeout ago
+	WritePeerLimit uint64 // a write to a new address while Config.MaxPeers learned peers exist
 }
 
 // counters are the Conn's atomic counters behind Stats.
@@ -51,6 +57,7 @@ type counters struct {
 	malformed, replay, auth, policy, rejected, stale   atomic.Uint64
 	rateLimit, queueFull, tooLarge, unknownSession     atomic.Uint64
 	dropHandshakeTimeout, peerLimit                    atomic.Uint64
+	writeQueueFull, writeBackoff, writePeerLimit       atomic.Uint64
 	v2KeyExchanges, v2SendLimit                        atomic.Uint64 // protocol v2 (v2conn.go)
 }
 
@@ -92,6 +99,9 @@ func (c *Conn) Stats() Stats {
 			UnknownSession:   k.unknownSession.Load(),
 			HandshakeTimeout: k.dropHandshakeTimeout.Load(),
 			PeerLimit:        k.peerLimit.Load(),
+			WriteQueueFull:   k.writeQueueFull.Load(),
+			WriteBackoff:     k.writeBackoff.Load(),
+			WritePeerLimit:   k.writePeerLimit.Load(),
 			V2SendLimit:      k.v2SendLimit.Load(),
 		},
 	}
