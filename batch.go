@@ -83,15 +83,21 @@ func (p *peer) setLocal(a netip.Addr) {
 	}
 }
 
-// source returns the local address datagrams sealed under s leave from:
-// where its peer's last authenticated datagram arrived, or the zero Addr
-// (the system's choice).
+// localAddr returns the local address datagrams to p leave from: where
+// its last authenticated datagram arrived, or the zero Addr (the system's
+// choice).
+func (p *peer) localAddr() netip.Addr {
+	if a := p.local.Load(); a != nil {
+		return *a
+	}
+	return netip.Addr{}
+}
+
+// source returns the local address datagrams sealed under s leave from
+// (its peer's localAddr).
 func (s *session) source() netip.Addr {
 	if s.peer == nil {
 		return netip.Addr{}
 	}
-	if a := s.peer.local.Load(); a != nil {
-		return *a
-	}
-	return netip.Addr{}
+	return s.peer.localAddr()
 }

@@ -31,10 +31,12 @@ func (r *sourceRecorder) ReadFrom(b []byte) (int, net.Addr, error) {
 
 // A Conn bound to a wildcard address answers a peer from the local
 // address the peer's datagrams arrived at: a client that talks to it at
-// 127.0.0.2 (or ::1) hears every sealed datagram, WriteTo's and
-// WriteBatch's, from there, and so its peer stays at the address it
-// wrote to instead of roaming to the one the routing would choose
-// (127.0.0.1).
+// 127.0.0.2 (or ::1) hears every datagram from there (the cookie reply of
+// a server under load, the handshake reply, WriteTo's and WriteBatch's
+// sealed datagrams, the hello of a rekey the server starts), and so its
+// handshake completes (a cookie from
+// another address is ignored) and its peer stays at the address it wrote
+// to instead of roaming to the one the routing would choose (127.0.0.1).
 func TestAnswersLeaveFromTheAddressAsked(t *testing.T) {
 	for _, tc := range []struct {
 		name, network, bind string
@@ -57,6 +59,11 @@ func TestAnswersLeaveFromTheAddressAsked(t *testing.T) {
 			if !server.sock.Load().Caps().PacketInfo {
 				t.Skipf("the socket gives no packet info here (%+v)", server.sock.Load().Caps())
 			}
+			// The server is under load: it answers hellos without a
+			// cookie with one.
+			server.cookies.mu.Lock()
+			server.cookies.loadedUntil = time.Now().Add(time.Hour)
+			server.cookies.mu.Unlock()
 			rec := &sourceRecorder{PacketConn: pc}
 			client, err := Wrap(rec, nil)
 			if err != nil {
@@ -84,20 +91,47 @@ func TestAnswersLeaveFromTheAddressAsked(t *testing.T) {
 			for range ms {
 				expectRead(t, client, "batch", at)
 			}
+			// A rekey the server starts: its hello leaves from there too.
+			server.mu.RLock()
+			sp := server.peers[clientAt]
+			server.mu.RUnlock()
+			if sp == nil {
+				t.Fatalf("the server has no peer at %v", clientAt)
+			}
+			before := server.Stats().Handshakes
+			timeout := time.NewTimer(waitLong)
+			defer timeout.Stop()
+			for i := 0; server.Stats().Handshakes == before; i++ {
+				sp.mu.Lock()
+				ch := sp.changed
+				sp.mu.Unlock()
+				server.startHandshake(sp)
+				select {
+				case <-ch:
+				case <-timeout.C:
+					t.Fatalf("no rekey after %d waits (stats %+v)", i, server.Stats())
+				}
+			}
+			if _, err := server.WriteToUDPAddrPort([]byte("rekeyed"), clientAt); err != nil {
+				t.Fatal(err)
+			}
+			expectRead(t, client, "rekeyed", at)
 			rec.mu.Lock()
 			defer rec.mu.Unlock()
 			sealed := 0
 			for i, from := range rec.from {
-				if rec.types[i] != typeSealed {
-					continue
+				if rec.types[i] == typeSealed {
+					sealed++
 				}
-				sealed++
 				if from != at {
-					t.Errorf("sealed datagram %d came from %v, want %v", i, from, at)
+					t.Errorf("datagram %d (type %d) came from %v, want %v", i, rec.types[i], from, at)
 				}
 			}
 			if sealed < 1+len(ms) {
 				t.Errorf("%d sealed datagrams received, want at least %d", sealed, 1+len(ms))
+			}
+			if s := server.Stats(); s.CookiesSent == 0 {
+				t.Errorf("the server sent no cookie (stats %+v)", s)
 			}
 			if peers := client.Peers(); len(peers) != 1 || peers[0].Addr != at {
 				t.Errorf("client's peers: %+v; want one, still at %v", peers, at)

@@ -206,7 +206,7 @@ func (c *Conn) receiveOpen(p *packet) bool {
 		return false
 	}
 	if rec.control != nil {
-		c.handleControl(rec.control, p.from)
+		c.handleControl(rec.control, p.from, p.local)
 	}
 	if !rec.hasPayload {
 		return false
@@ -236,14 +236,16 @@ func (c *Conn) receiveOpen(p *packet) bool {
 	return c.deliver(p, pr, &rec)
 }
 
-func (c *Conn) handleControl(msg []byte, from netip.AddrPort) {
+// handleControl handles a handshake message from from that arrived at the
+// local address local (the zero Addr where the socket does not tell).
+func (c *Conn) handleControl(msg []byte, from netip.AddrPort, local netip.Addr) {
 	if len(msg) == 0 {
 		c.stats.malformed.Add(1)
 		return
 	}
 	switch msg[0] {
 	case ctlHello:
-		c.handleHello(msg, from)
+		c.handleHello(msg, from, local)
 	case ctlReply:
 		c.handleReply(msg)
 	case ctlCookie:
