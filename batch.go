@@ -64,6 +64,23 @@ func (r *reader) read(pkts []*packet) (int, error) {
 	return n, err
 }
 
+// receiveBuffered hands to receive what r holds from its last read (a
+// GRO read may bring in more datagrams than fit pkts), so that nothing
+// waits in r when its goroutine leaves the socket.
+func (c *Conn) receiveBuffered(r *reader, pkts []*packet) {
+	for r.r.Buffered() > 0 {
+		n, err := r.read(pkts)
+		if err != nil {
+			return
+		}
+		for i := 0; i < n; i++ {
+			if c.receive(pkts[i]) {
+				pkts[i] = c.getPacket()
+			}
+		}
+	}
+}
+
 // writeTo sends one datagram, from the address the system chooses.
 func (s *socket) writeTo(b []byte, to netip.AddrPort) error {
 	return s.WriteTo(b, to, netip.Addr{})

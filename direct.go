@@ -238,5 +238,6 @@ func (c *Conn) readOnce(ar *appReader, b []byte, s *socket) (int, netip.AddrPort
 				ar.pkts[i] = c.getPacket()
 			}
 		}
+		c.receiveBuffered(ar.r, ar.pkts)
 	}
 }

@@ -47,6 +47,7 @@ func (c *Conn) readLoop(s *socket) {
 				pkts[i] = c.getPacket()
 			}
 		}
+		c.receiveBuffered(r, pkts)
 		if direct {
 			// Out of the socket only now that what it read is queued: an
 			// application reader looks at the queue before the socket.

@@ -129,20 +129,20 @@ func TestPacketInfoOnlyOnWildcard(t *testing.T) {
 // parseControl takes what it understands and ignores the rest, also
 // malformed control data.
 func TestParseControl(t *testing.T) {
-	if got := parseControl(nil); got.IsValid() {
+	if got, _ := parseControl(nil); got.IsValid() {
 		t.Errorf("nil: %v", got)
 	}
-	if got := parseControl([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4, 5, 6, 7, 8, 9}); got.IsValid() {
+	if got, _ := parseControl([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4, 5, 6, 7, 8, 9}); got.IsValid() {
 		t.Errorf("garbage: %v", got)
 	}
 	s := &udpSocket{caps: Caps{PacketInfo: true}}
 	var ob oobBuf
 	ctl := s.sourceControl(ob.bytes(), netip.MustParseAddrPort("127.0.0.1:1"), netip.MustParseAddr("127.0.0.9"))
-	if got := parseControl(ctl); got != netip.MustParseAddr("127.0.0.9") {
+	if got, _ := parseControl(ctl); got != netip.MustParseAddr("127.0.0.9") {
 		t.Errorf("IP_PKTINFO: %v", got)
 	}
 	ctl = s.sourceControl(ob.bytes(), netip.MustParseAddrPort("[::1]:1"), netip.MustParseAddr("fe80::9"))
-	if got := parseControl(ctl); got != netip.MustParseAddr("fe80::9") {
+	if got, _ := parseControl(ctl); got != netip.MustParseAddr("fe80::9") {
 		t.Errorf("IPV6_PKTINFO: %v", got)
 	}
 	for i := range len(ctl) {

@@ -52,8 +52,20 @@ func newUDP(uc *net.UDPConn) *udpSocket {
 		if wildcard {
 			s.caps.PacketInfo = enablePacketInfo(int(fd))
 		}
+		s.caps.GRO = enableGRO(int(fd))
 	})
 	return s
+}
+
+// enableGRO asks the kernel to hand over coalesced datagrams (UDP_GRO)
+// and reports whether it will. Only kernels that can report the option
+// (getsockopt UDP_GRO, Linux 5.12) get it: before, UDP_GRO had bugs, and
+// wireguard-go also leaves it off there (conn/controlfns_linux.go).
+func enableGRO(fd int) bool {
+	if _, err := unix.GetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_GRO); err != nil {
+		return false
+	}
+	return unix.SetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_GRO, 1) == nil
 }
 
 // enablePacketInfo asks for the local address of each datagram received
@@ -211,10 +223,18 @@ func (s *udpSocket) writeGSO(b []byte, size int, to netip.AddrPort, src netip.Ad
 // IPv4 datagram) and a GRO segment size, each under its header.
 const ctrlLen = 128
 
+// groBufs is the number of coalesced datagrams one GRO read takes, and
+// groBufSize the room for each (the most GRO coalesces: 64 KiB).
+const (
+	groBufs    = 4
+	groBufSize = 1 << 16
+)
+
 // linuxReader reads with recvmmsg.
 type linuxReader struct {
 	rc    syscall.RawConn
-	ctrl  bool // ask for control messages (packet info)
+	ctrl  bool // ask for control messages (packet info, GRO)
+	gro   *groState
 	hdrs  [MaxBatch]unix.Mmsghdr
 	iovs  [MaxBatch]unix.Iovec
 	names [MaxBatch]unix.RawSockaddrInet6 // large enough for IPv4 too
@@ -227,10 +247,52 @@ type linuxReader struct {
 	doRead func(fd uintptr) bool
 }
 
+// groState is a reader's own buffers for coalesced datagrams, and the
+// datagrams of its last read not yet returned.
+type groState struct {
+	bufs   [groBufs][]byte
+	trains [groBufs]groTrain
+	n      int // trains of the last read
+	next   int // the first not yet wholly returned
+}
+
+// groTrain is one coalesced read: segments of seg bytes (the last may be
+// shorter; seg 0: one datagram), of which those before off are returned.
+type groTrain struct {
+	n, seg, off int
+	addr        netip.AddrPort
+	local       netip.Addr
+	truncated   bool
+}
+
 func (s *udpSocket) NewReader() Reader {
-	r := &linuxReader{rc: s.sys.rc, ctrl: s.caps.PacketInfo}
+	r := &linuxReader{rc: s.sys.rc, ctrl: s.caps.PacketInfo || s.caps.GRO}
+	if s.caps.GRO {
+		r.gro = new(groState)
+		for i := range r.gro.bufs {
+			r.gro.bufs[i] = make([]byte, groBufSize)
+		}
+	}
 	r.doRead = r.recvmmsg
 	return r
+}
+
+// Buffered returns how many datagrams of the last read Read returns
+// before it reads the socket again.
+func (r *linuxReader) Buffered() int {
+	g := r.gro
+	if g == nil {
+		return 0
+	}
+	k := 0
+	for _, t := range g.trains[g.next:g.n] {
+		if t.seg == 0 {
+			k++
+		} else {
+			k += (t.n - t.off + t.seg - 1) / t.seg
+		}
+	}
+	return k
 }
 
 func (r *linuxReader) recvmmsg(fd uintptr) bool {
@@ -251,9 +313,81 @@ func (r *linuxReader) Read(ms []Message) (int, error) {
 	if len(ms) == 0 {
 		return 0, nil
 	}
+	if r.gro != nil {
+		return r.readGRO(ms)
+	}
 	r.vlen = min(len(ms), MaxBatch)
+	if err := r.read(func(i int) []byte { return ms[i].Buf }); err != nil {
+		return 0, err
+	}
+	for i := 0; i < r.n; i++ {
+		m := &ms[i]
+		h := &r.hdrs[i]
+		m.N = int(h.Len)
+		m.Truncated = m.N == len(m.Buf) || h.Hdr.Flags&unix.MSG_TRUNC != 0
+		m.Addr = sockaddrToAddrPort(&r.names[i])
+		m.Local = netip.Addr{}
+		if r.ctrl {
+			m.Local, _ = parseControl(r.control(i))
+		}
+	}
+	return r.n, nil
+}
+
+// control returns the control messages received with datagram i.
+func (r *linuxReader) control(i int) []byte {
+	ctl := unsafe.Slice((*byte)(unsafe.Pointer(&r.ctrls[i][0])), ctrlLen)
+	return ctl[:min(int(r.hdrs[i].Hdr.Controllen), ctrlLen)]
+}
+
+// readGRO returns the segments of earlier coalesced reads, or reads the
+// socket into the reader's own buffers and returns the segments of what
+// came, copied into ms; those that do not fit wait for the next call.
+func (r *linuxReader) readGRO(ms []Message) (int, error) {
+	g := r.gro
+	if g.next == g.n {
+		r.vlen = groBufs
+		if err := r.read(func(i int) []byte { return g.bufs[i] }); err != nil {
+			return 0, err
+		}
+		for i := 0; i < r.n; i++ {
+			h := &r.hdrs[i]
+			t := &g.trains[i]
+			local, seg := parseControl(r.control(i))
+			*t = groTrain{n: int(h.Len), seg: seg, addr: sockaddrToAddrPort(&r.names[i]), local: local,
+				truncated: h.Hdr.Flags&unix.MSG_TRUNC != 0}
+			if t.seg >= t.n {
+				t.seg = 0
+			}
+		}
+		g.n, g.next = r.n, 0
+	}
+	k := 0
+	for k < len(ms) && g.next < g.n {
+		t := &g.trains[g.next]
+		end := t.n
+		if t.seg > 0 {
+			end = min(t.off+t.seg, t.n)
+		}
+		seg := g.bufs[g.next][t.off:end]
+		m := &ms[k]
+		m.N = copy(m.Buf, seg)
+		m.Truncated = len(seg) >= len(m.Buf) || t.truncated
+		m.Addr, m.Local = t.addr, t.local
+		k++
+		t.off = end
+		if t.off >= t.n {
+			g.next++
+		}
+	}
+	return k, nil
+}
+
+// read reads up to r.vlen datagrams into buf(i) with recvmmsg and sets
+// r.n.
+func (r *linuxReader) read(buf func(i int) []byte) error {
 	for i := 0; i < r.vlen; i++ {
-		buf := ms[i].Buf
+		buf := buf(i)
 		if len(buf) > 0 {
 			r.iovs[i].Base = &buf[0]
 		} else {
@@ -275,35 +409,24 @@ func (r *linuxReader) Read(ms []Message) (int, error) {
 		}
 	}
 	if err := r.rc.Read(r.doRead); err != nil {
-		return 0, err
+		return err
 	}
 	if r.errno != 0 {
-		return 0, &net.OpError{Op: "read", Net: "udp", Err: os.NewSyscallError("recvmmsg", r.errno)}
+		return &net.OpError{Op: "read", Net: "udp", Err: os.NewSyscallError("recvmmsg", r.errno)}
 	}
-	for i := 0; i < r.n; i++ {
-		m := &ms[i]
-		h := &r.hdrs[i]
-		m.N = int(h.Len)
-		m.Truncated = m.N == len(m.Buf) || h.Hdr.Flags&unix.MSG_TRUNC != 0
-		m.Addr = sockaddrToAddrPort(&r.names[i])
-		m.Local = netip.Addr{}
-		if r.ctrl {
-			ctl := unsafe.Slice((*byte)(unsafe.Pointer(&r.ctrls[i][0])), ctrlLen)
-			m.Local = parseControl(ctl[:min(int(h.Hdr.Controllen), ctrlLen)])
-		}
-	}
-	return r.n, nil
+	return nil
 }
 
 // parseControl returns the local address in the control messages of a
-// datagram received: IP_PKTINFO's ipi_spec_dst (the destination of a
+// datagram received, IP_PKTINFO's ipi_spec_dst (the destination of a
 // unicast datagram; for a broadcast, the local address to answer from)
-// or IPV6_PKTINFO's address, unmapped. Malformed messages are ignored.
-func parseControl(b []byte) (local netip.Addr) {
+// or IPV6_PKTINFO's address, unmapped, and the segment size of a
+// coalesced read (UDP_GRO; 0 if none). Malformed messages are ignored.
+func parseControl(b []byte) (local netip.Addr, seg int) {
 	for len(b) >= unix.CmsgLen(0) {
 		h, data, rest, err := unix.ParseOneSocketControlMessage(b)
 		if err != nil {
-			return local
+			return local, seg
 		}
 		switch {
 		case h.Level == unix.IPPROTO_IP && h.Type == unix.IP_PKTINFO && len(data) >= unix.SizeofInet4Pktinfo:
@@ -312,10 +435,14 @@ func parseControl(b []byte) (local netip.Addr) {
 		case h.Level == unix.IPPROTO_IPV6 && h.Type == unix.IPV6_PKTINFO && len(data) >= unix.SizeofInet6Pktinfo:
 			info := (*unix.Inet6Pktinfo)(unsafe.Pointer(&data[0]))
 			local = netip.AddrFrom16(info.Addr).Unmap()
+		case h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && len(data) >= 4:
+			seg = int(*(*int32)(unsafe.Pointer(&data[0]))) // the kernel's put_cmsg of an int
+		case h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && len(data) >= 2:
+			seg = int(*(*uint16)(unsafe.Pointer(&data[0])))
 		}
 		b = rest
 	}
-	return local
+	return local, seg
 }
 
 // sockaddrToAddrPort parses an AF_INET or AF_INET6 sockaddr, IPv4-mapped

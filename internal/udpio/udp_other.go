@@ -55,6 +55,8 @@ func (s *udpSocket) NewReader() Reader {
 	return r
 }
 
+func (r *otherReader) Buffered() int { return 0 }
+
 func (r *otherReader) Read(ms []Message) (int, error) {
 	if len(ms) == 0 {
 		return 0, nil

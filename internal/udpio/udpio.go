@@ -93,8 +93,13 @@ type Reader interface {
 	// Read waits for a datagram, fills ms[0:n] with it and those already
 	// received (n >= 1, at most len(ms)), and returns n. Each
 	// ms[i].Buf must be set by the caller; the other fields are set by
-	// Read. On an error n is 0.
+	// Read. On an error n is 0. Datagrams a GRO read brought in that did
+	// not fit ms are returned by the next calls, without waiting.
 	Read(ms []Message) (int, error)
+	// Buffered returns how many datagrams the next Read returns without
+	// reading the socket. A goroutine that stops reading should first
+	// read them, or they wait in the Reader.
+	Buffered() int
 }
 
 // New returns a Socket over pc: a *net.UDPConn gets the system's batch
@@ -176,6 +181,8 @@ func writeEach(w Socket, b []byte, off, size int, to netip.AddrPort, src netip.A
 type basicReader struct {
 	pc net.PacketConn
 }
+
+func (r basicReader) Buffered() int { return 0 }
 
 func (r basicReader) Read(ms []Message) (int, error) {
 	if len(ms) == 0 {
