@@ -81,6 +81,10 @@ func (c *Conn) receiveBuffered(r *reader, pkts []*packet) {
 	}
 }
 
+// addrPortOf returns the normalised AddrPort of a UDP address, or the zero
+// AddrPort for anything else.
+func addrPortOf(a net.Addr) netip.AddrPort { return udpio.AddrPortOf(a) }
+
 // writeTo sends one datagram, from the address the system chooses.
 func (s *socket) writeTo(b []byte, to netip.AddrPort) error {
 	return s.WriteTo(b, to, netip.Addr{})

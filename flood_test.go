@@ -727,8 +727,8 @@ func TestFloodPendingInitiationsBounded(t *testing.T) {
 	ok := n - refused
 	t.Logf("%d writes to silent addresses: %d queued, %d refused (MaxPeers %d); at most %d pending initiations; state %+v",
 		n, ok, refused, maxPeers, maxInit, stateOf(b))
-	if ok != maxPeers {
-		t.Errorf("%d writes queued, %d dropped (Drops.WritePeerLimit); want %d queued, one per learned peer", ok, refused, maxPeers)
+	if refused == 0 || ok < maxPeers {
+		t.Errorf("%d writes queued, %d dropped (Drops.WritePeerLimit); want at least %d queued and some dropped", ok, refused, maxPeers)
 	}
 	took, s, done := waitState(b, 5*time.Second, func(s stateSizes) bool { return s.peers == 0 && s.initiated == 0 && s.sessions == 0 })
 	after := b.Stats()

@@ -18,7 +18,7 @@ import (
 // a write to it would.
 func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 	addr = normAddr(addr)
-	p, err := c.peerFor(addr, true)
+	p, err := c.peerFor(addr, originWrite)
 	if err != nil {
 		return err
 	}
@@ -90,6 +90,35 @@ func (p *peer) claimHelloLocked() bool {
 	return true
 }
 
+// mayInitiateLocked reports whether the Conn may send p a hello of its own
+// accord (for a write, or a queue that waits): always for a configured
+// peer, one the application wrote to first, or one that has had a session;
+// never for a peer known only from its hello (a forged hello must not turn
+// the Conn against the address it named); for a peer known only from
+// plaintext, one hello, and only once that address has sent at least as
+// many bytes (no amplification before it answers). p.mu is held.
+func (c *Conn) mayInitiateLocked(p *peer) bool {
+	switch {
+	case p.established || p.origin == originConfig || p.origin == originWrite:
+		return true
+	case p.origin == originPlaintext:
+		return p.hellos == 0 && p.credit >= c.helloWireLen()
+	}
+	return false
+}
+
+// mayRetryLocked reports whether a hello to p that went unanswered may be
+// sent again: not to an address that has not proved it receives, unless
+// the application chose it. p.mu is held.
+func (p *peer) mayRetryLocked() bool {
+	return p.established || p.origin == originConfig || p.origin == originWrite
+}
+
+// helloWireLen is the length of a hello datagram.
+func (c *Conn) helloWireLen() int {
+	return openHeaderLen + (&record{control: make([]byte, helloFixedLen+len(c.hs.versions)+64+cookieLen)}).envelopeLen()
+}
+
 // handshakingLocked reports whether an initiation is pending or being
 // made; p.mu is held.
 func (p *peer) handshakingLocked() bool { return p.init != nil || p.initiating }
@@ -134,6 +163,7 @@ func (c *Conn) sendHello(p *peer) {
 	}
 	p.prevInit, p.init = old, init
 	p.initSent = now
+	p.hellos++
 	hello, to := init.hello, p.addr
 	p.mu.Unlock()
 	c.sendControlFrom(to, p.localAddr(), hello)
@@ -159,6 +189,13 @@ func (c *Conn) clearInitLocked(p *peer) {
 // that follows are dropped too (or fail, for a refused key).
 func (c *Conn) failLocked(p *peer, now int64, err error) {
 	c.clearInitLocked(p)
+	if p.silent {
+		// The peer has not answered for SilenceTimeout and then a
+		// handshake: it is gone (restarted, or another key). Its
+		// session would only swallow what is written.
+		c.unindexLocked(p, p.current, p.previous)
+		p.current, p.previous, p.silent = nil, nil, false
+	}
 	p.failErr, p.lastFailure = err, err
 	p.failedAt = now
 	p.lastSeen = now // keep the peer (and its error) a while for writers to see

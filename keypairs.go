@@ -39,7 +39,7 @@ func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall tim
 	}
 	p.identity = identity
 	p.lastHandshake = wall
-	p.failErr, p.refused = nil, nil
+	p.failErr, p.refused, p.silent = nil, nil, false
 	p.lastSeen = now
 	c.stats.handshakes.Add(1)
 	if rekey {

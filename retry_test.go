@@ -88,7 +88,7 @@ func TestResponderWaitsForConfirmation(t *testing.T) {
 func TestRetryCookieRules(t *testing.T) {
 	c := listenT(t, "udp4", "127.0.0.1:0", nil)
 	peerAddr := deadPort(t, "udp4", "127.0.0.1")
-	p, err := c.peerFor(peerAddr, true)
+	p, err := c.peerFor(peerAddr, originWrite)
 	if err != nil {
 		t.Fatal(err)
 	}

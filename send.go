@@ -66,8 +66,16 @@ func (c *Conn) appendSealed(dst []byte, s *session, b []byte, hasPayload bool) (
 			rec.payload, rec.compressed = z, true
 		}
 	}
-	natural := sealedOverhead + rec.envelopeLen()
-	size := c.cfg.Padding.wireSize(natural, c.datagram) - sealedOverhead
+	return c.appendSealedRecord(dst, s, &rec, true)
+}
+
+// appendSealedRecord appends to dst rec sealed under s, padded as the
+// Config says if pad is set.
+func (c *Conn) appendSealedRecord(dst []byte, s *session, rec *record, pad bool) ([]byte, error) {
+	size := rec.envelopeLen()
+	if pad {
+		size = c.cfg.Padding.wireSize(sealedOverhead+size, c.datagram) - sealedOverhead
+	}
 	off := len(dst)
 	var hdr [sealedHeaderLen]byte
 	dst = rec.appendTo(append(dst, hdr[:]...), size)
@@ -75,7 +83,21 @@ func (c *Conn) appendSealed(dst []byte, s *session, b []byte, hasPayload bool) (
 	if err != nil {
 		return dst[:off], err
 	}
+	if s.peer != nil {
+		c.markSent(s.peer)
+	}
 	return append(dst[:off], out...), nil // no copy when out is in place
+}
+
+// sendSealedRecord seals rec under s and sends it to to.
+func (c *Conn) sendSealedRecord(s *session, to netip.AddrPort, rec *record, pad bool) error {
+	bp := c.bufs.Get().(*[]byte)
+	defer c.bufs.Put(bp)
+	out, err := c.appendSealedRecord((*bp)[:0], s, rec, pad)
+	if err != nil {
+		return err
+	}
+	return c.sock.Load().writeTo(out, to)
 }
 
 // sendOpen sends an open (unencrypted) envelope. Open datagrams are not
@@ -130,7 +152,10 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 	if !addr.IsValid() || addr.Port() == 0 {
 		return &net.AddrError{Err: "invalid destination", Addr: addr.String()}
 	}
-	p, err := c.peerFor(addr, true)
+	if c.isSelf(addr) {
+		return c.sendSelf(b, addr)
+	}
+	p, err := c.peerFor(addr, originWrite)
 	if err != nil {
 		c.stats.writePeerLimit.Add(1) // MaxPeers learned peers: until one is forgotten
 		return nil
@@ -157,7 +182,7 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 		// after a failed handshake: a peer that refuses encryption is
 		// not an error for it. It starts a new attempt once the backoff
 		// after a failure has passed.
-		hello := p.init == nil && !backoff && p.claimHelloLocked()
+		hello := p.init == nil && !backoff && c.mayInitiateLocked(p) && p.claimHelloLocked()
 		to = p.addr
 		p.mu.Unlock()
 		// The datagram goes before the hello: once the hello is out, the
@@ -179,13 +204,43 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 		return nil
 	}
 	// With p.next set, the peer's confirmation is on its way: wait.
-	hello := p.init == nil && p.next == nil && p.claimHelloLocked()
+	hello := p.init == nil && p.next == nil && c.mayInitiateLocked(p) && p.claimHelloLocked()
 	if !c.enqueueLocked(p, b) {
 		c.stats.writeQueueFull.Add(1)
 	}
 	p.mu.Unlock()
 	if hello {
 		c.sendHello(p)
+	}
+	return nil
+}
+
+// isSelf reports whether addr is the Conn's own address: its bound
+// address, or, on a wildcard bind, a loopback address with its port.
+func (c *Conn) isSelf(addr netip.AddrPort) bool {
+	local := normAddr(addrPortOf(c.LocalAddr()))
+	if addr.Port() != local.Port() {
+		return false
+	}
+	if local.Addr().IsUnspecified() {
+		return addr.Addr().IsLoopback()
+	}
+	return addr.Addr() == local.Addr()
+}
+
+// sendSelf delivers b to the Conn's own readers, as from addr, as a UDP
+// socket delivers what it writes to itself: nothing crosses the network,
+// so nothing is sealed. A full read queue drops it (counted).
+func (c *Conn) sendSelf(b []byte, addr netip.AddrPort) error {
+	q := c.getPacket()
+	if len(b) > len(q.buf) {
+		q.buf = make([]byte, len(b))
+	}
+	q.data, q.from = q.buf[:copy(q.buf, b)], addr
+	c.stats.datagramsOut.Add(1)
+	c.stats.bytesOut.Add(uint64(len(b)))
+	if !c.queueRead(q, nil) {
+		c.putPacket(q)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package vaultudp
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 )
 
@@ -15,7 +16,14 @@ import (
 //	session expiry       a session past its receive limit is dropped
 //	unconfirmed expiry   a responder session never confirmed within
 //	                     HandshakeTimeout is dropped
+//	path timeout         a path or liveness challenge unanswered for
+//	                     HandshakeTimeout is abandoned (path.go)
 //	queue attempt        datagrams wait and no attempt is under way
+//	silence              sealed datagrams went out and nothing authenticated
+//	                     came back for SilenceTimeout: a new handshake
+//	keepalive            passive: a payload came in and nothing went back
+//	                     for KeepaliveTimeout; persistent: nothing went out
+//	                     for PeerConfig.Keepalive. An empty sealed datagram.
 //	forget               a learned peer with nothing left is forgotten when
 //	                     idle (a session lifetime if it ever had a session,
 //	                     HandshakeTimeout otherwise)
@@ -38,13 +46,20 @@ func (c *Conn) tick() {
 		hello := c.onHandshakeTimer(p, now)
 		c.onSessionExpiry(p, now)
 		c.onUnconfirmedExpiry(p, now)
+		c.onPathTimeout(p, now)
 		hello = c.onQueueWaiting(p) || hello
+		hello = c.onSilence(p, now) || hello
+		ka := c.onKeepalive(p, now)
 		if c.onIdle(p, now) {
 			idle = append(idle, p)
 		}
+		to := p.addr
 		p.mu.Unlock()
 		if hello {
 			c.sendHello(p)
+		}
+		if ka != nil {
+			c.sendKeepalive(p, ka, to)
 		}
 	}
 	if len(idle) > 0 {
@@ -61,6 +76,79 @@ func (c *Conn) tick() {
 		c.forgetOldHellos()
 	}
 	c.v2Tick(now) // protocol v2 key exchanges (v2conn.go)
+}
+
+// markSent marks a sealed datagram sent to p, for the keepalive and
+// silence timers. Mostly loads: the data path writes a mark only when it
+// changes.
+func (c *Conn) markSent(p *peer) {
+	now := c.now() | 1
+	if p.sentAt.Load() != now {
+		p.sentAt.Store(now)
+	}
+	if p.unanswered.Load() == 0 {
+		p.unanswered.CompareAndSwap(0, now)
+	}
+	if p.dataIn.Load() != 0 {
+		p.dataIn.Store(0)
+	}
+}
+
+// markReceived marks an authenticated datagram received from p (with a
+// payload, if data).
+func (c *Conn) markReceived(p *peer, data bool) {
+	if p.unanswered.Load() != 0 {
+		p.unanswered.Store(0)
+	}
+	if data && p.dataIn.Load() == 0 {
+		p.dataIn.CompareAndSwap(0, c.now()|1)
+	}
+}
+
+// onSilence: the Conn sent sealed datagrams and heard nothing
+// authenticated for SilenceTimeout: a new handshake, the session going on
+// meanwhile. It reports whether it claimed a hello.
+func (c *Conn) onSilence(p *peer, now int64) bool {
+	u := p.unanswered.Load()
+	if c.cfg.SilenceTimeout < 0 || u == 0 || time.Duration(now-u) < c.cfg.SilenceTimeout {
+		return false
+	}
+	if p.current == nil || p.handshakingLocked() || p.next != nil || !c.mayInitiateLocked(p) {
+		return false
+	}
+	p.unanswered.Store(now | 1) // once per silence: the handshake has its own timeout
+	if !p.claimHelloLocked() {
+		return false
+	}
+	p.silent = true // if this attempt fails too, the session is given up (failLocked)
+	c.stats.silences.Add(1)
+	return true
+}
+
+// onKeepalive: a passive keepalive (data came in, nothing went back for
+// KeepaliveTimeout) or a persistent one (nothing went out for
+// PeerConfig.Keepalive). It returns the session to send it under, or nil.
+func (c *Conn) onKeepalive(p *peer, now int64) *session {
+	s := p.current
+	if s == nil || !c.usableLocked(s, now) {
+		return nil
+	}
+	if d := p.dataIn.Load(); d != 0 && c.cfg.KeepaliveTimeout > 0 && time.Duration(now-d) >= c.cfg.KeepaliveTimeout {
+		return s
+	}
+	if p.keepalive > 0 && time.Duration(now-p.sentAt.Load()) >= p.keepalive {
+		return s
+	}
+	return nil
+}
+
+// sendKeepalive sends an empty sealed datagram under s to p.
+func (c *Conn) sendKeepalive(p *peer, s *session, to netip.AddrPort) {
+	if err := c.sendSealed(s, to, nil, false); err != nil {
+		c.log.Debug("vaultudp: keepalive", "peer", to, "err", err)
+		return
+	}
+	c.stats.keepalivesSent.Add(1)
 }
 
 // retryAfter is how long a hello waits for its reply before it is sent
@@ -85,7 +173,7 @@ func (c *Conn) onHandshakeTimer(p *peer, now int64) bool {
 			err = fmt.Errorf("%w; %w", err, p.refused)
 		}
 		c.failLocked(p, now, err)
-	case time.Duration(now-p.initSent) >= c.retryAfter():
+	case time.Duration(now-p.initSent) >= c.retryAfter() && p.mayRetryLocked():
 		return p.claimHelloLocked()
 	}
 	return false
@@ -121,7 +209,8 @@ func (c *Conn) onUnconfirmedExpiry(p *peer, now int64) {
 // way; they get an attempt of their own. It reports whether it claimed a
 // hello.
 func (c *Conn) onQueueWaiting(p *peer) bool {
-	return p.next == nil && p.current == nil && len(p.queue) > 0 && p.init == nil && p.claimHelloLocked()
+	return p.next == nil && p.current == nil && len(p.queue) > 0 && p.init == nil &&
+		c.mayInitiateLocked(p) && p.claimHelloLocked()
 }
 
 // onIdle: a learned peer with no session and no attempt is forgotten when

@@ -11,6 +11,13 @@ const MaxBatch = 32
 
 // udpSocket is a Socket over a *net.UDPConn. What the system gives it
 // beyond the UDPConn's methods (udp_linux.go, udp_other.go) is in sys.
+// ipv4Only reports whether a *net.UDPConn is an IPv4 socket: Go makes
+// one for an IPv4 local address, and a dual-stack or IPv6 one for a
+// wildcard or IPv6 address (whose LocalAddr is then IPv6).
+func ipv4Only(uc *net.UDPConn) bool {
+	return AddrPortOf(uc.LocalAddr()).Addr().Is4()
+}
+
 type udpSocket struct {
 	uc    *net.UDPConn
 	caps  Caps        // decided by New

@@ -42,7 +42,7 @@ func newUDP(uc *net.UDPConn) *udpSocket {
 		return nil
 	}
 	s := &udpSocket{uc: uc, sys: sysSocket{rc: rc}}
-	s.caps = Caps{BatchRead: true, Deadlines: true}
+	s.caps = Caps{BatchRead: true, Deadlines: true, IPv4Only: ipv4Only(uc)}
 	wildcard := AddrPortOf(uc.LocalAddr()).Addr().IsUnspecified()
 	rc.Control(func(fd uintptr) {
 		// A kernel with UDP GSO (4.18) answers for UDP_SEGMENT, as

@@ -23,7 +23,7 @@ type sysSocket struct {
 }
 
 func newUDP(uc *net.UDPConn) *udpSocket {
-	s := &udpSocket{uc: uc, caps: Caps{Deadlines: true}}
+	s := &udpSocket{uc: uc, caps: Caps{Deadlines: true, IPv4Only: ipv4Only(uc)}}
 	ap := AddrPortOf(uc.LocalAddr())
 	if ap.Addr().Is4() {
 		s.sys.batch = ipv4.NewPacketConn(uc)

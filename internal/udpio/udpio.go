@@ -40,6 +40,9 @@ type Caps struct {
 	// also one in another goroutine, as on a *net.UDPConn, so that
 	// readers may hand the socket to each other.
 	Deadlines bool
+	// IPv4Only: the socket is an IPv4 one (a *net.UDPConn bound to an
+	// IPv4 address), and a write to an IPv6 address fails.
+	IPv4Only bool
 }
 
 // Message is one datagram read.

@@ -61,7 +61,7 @@ func TestCapsAndFallback(t *testing.T) {
 		want Caps
 	}{
 		{"opaque", func(u *net.UDPConn) net.PacketConn { return opaque{u} }, Caps{}},
-		{"udp", func(u *net.UDPConn) net.PacketConn { return u }, Caps{Deadlines: true, BatchRead: runtime.GOOS == "linux"}},
+		{"udp", func(u *net.UDPConn) net.PacketConn { return u }, Caps{Deadlines: true, IPv4Only: true, BatchRead: runtime.GOOS == "linux"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := New(tc.wrap(listen(t, "udp4", "127.0.0.1:0")))
