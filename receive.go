@@ -80,6 +80,9 @@ func (c *Conn) receive(p *packet) bool {
 		return c.receiveSealed(p)
 	case typeOpen:
 		return c.receiveOpen(p)
+	case typeReset:
+		c.receiveReset(p) // reset.go
+		return false
 	}
 	c.stats.malformed.Add(1)
 	return false
@@ -96,6 +99,7 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	c.idxMu.Unlock()
 	if s == nil {
 		c.stats.unknownSession.Add(1)
+		c.sendReset(idx, p.from) // reset.go: we may have restarted
 		return false
 	}
 	now := c.now()
@@ -123,7 +127,8 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	pr.setLocal(p.local) // answers leave from where it arrived
 	pr.mu.Lock()
 	var queued [][]byte
-	if !s.confirmed.Load() {
+	confirmed := !s.confirmed.Load()
+	if confirmed {
 		queued = c.confirmLocked(pr, s)
 	}
 	validated := pr.addr == p.from
@@ -136,6 +141,9 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	// What this datagram causes to be sent goes to the peer's validated
 	// address, never to a source that has not proved it receives.
 	c.flush(pr, s, to, queued)
+	if confirmed {
+		c.sendToken(s, to) // reset.go
+	}
 	if rec.control != nil {
 		c.handleSealedControl(pr, s, rec.control, p.from)
 	}
