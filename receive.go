@@ -99,7 +99,7 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	c.idxMu.Unlock()
 	if s == nil {
 		c.stats.unknownSession.Add(1)
-		c.sendReset(idx, p.from) // reset.go: we may have restarted
+		c.sendReset(idx, p.from, p.local) // reset.go: we may have restarted
 		return false
 	}
 	now := c.now()

@@ -97,7 +97,7 @@ func (c *Conn) sendSealedRecord(s *session, to netip.AddrPort, rec *record, pad 
 	if err != nil {
 		return err
 	}
-	return c.sock.Load().writeTo(out, to)
+	return c.sock.Load().WriteTo(out, to, s.source())
 }
 
 // sendOpen sends an open (unencrypted) envelope. Open datagrams are not
