@@ -124,7 +124,6 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	}
 	pr := s.peer
 	pr.seenSealed.Store(true)
-	pr.setLocal(p.local) // answers leave from where it arrived
 	pr.mu.Lock()
 	var queued [][]byte
 	confirmed := !s.confirmed.Load()
@@ -135,6 +134,7 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	if validated {
 		pr.lastSeen = now
 		c.markReceived(pr, rec.hasPayload)
+		pr.setLocal(p.local) // answers leave from where it arrived
 	}
 	to := pr.addr
 	pr.mu.Unlock()
