@@ -46,6 +46,11 @@ type peer struct {
 	// from then on, plaintext from it is a downgrade.
 	seenSealed atomic.Bool
 
+	// local is the local address its last authenticated datagram from
+	// its validated address arrived at, where the socket tells
+	// (batch.go); nil until then.
+	local atomic.Pointer[netip.Addr]
+
 	// mu guards the fields below.
 	mu            sync.Mutex
 	addr          netip.AddrPort

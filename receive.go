@@ -21,7 +21,7 @@ func (c *Conn) readLoop(s *socket) {
 			c.putPacket(p)
 		}
 	}()
-	direct := s.udp != nil // application readers take turns (direct.go)
+	direct := s.Caps().Deadlines // application readers take turns (direct.go)
 	idle := time.NewTimer(time.Hour)
 	defer idle.Stop()
 	for {
@@ -47,6 +47,7 @@ func (c *Conn) readLoop(s *socket) {
 				pkts[i] = c.getPacket()
 			}
 		}
+		c.receiveBuffered(r, pkts)
 		if direct {
 			// Out of the socket only now that what it read is queued: an
 			// application reader looks at the queue before the socket.
@@ -96,7 +97,7 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	s := c.liveSession(idx) // keypairs.go: no lock
 	if s == nil {
 		c.stats.unknownSession.Add(1)
-		c.sendReset(idx, p.from) // reset.go: we may have restarted
+		c.sendReset(idx, p.from, p.local) // reset.go: we may have restarted
 		return false
 	}
 	now := c.now()
@@ -144,6 +145,7 @@ func (c *Conn) receiveSealed(p *packet) bool {
 			pr.lastSeen.Store(now)
 		}
 		c.markReceived(pr, rec.hasPayload)
+		pr.setLocal(p.local) // answers leave from where it arrived
 	}
 	// What this datagram causes to be sent goes to the peer's validated
 	// address, never to a source that has not proved it receives.
@@ -261,7 +263,7 @@ func (c *Conn) receiveOpen(p *packet) bool {
 		return false
 	}
 	if rec.control != nil {
-		c.handleControl(rec.control, p.from)
+		c.handleControl(rec.control, p.from, p.local)
 	}
 	if !rec.hasPayload {
 		return false
@@ -294,14 +296,16 @@ func (c *Conn) receiveOpen(p *packet) bool {
 	return c.deliver(p, pr, &rec)
 }
 
-func (c *Conn) handleControl(msg []byte, from netip.AddrPort) {
+// handleControl handles a handshake message from from that arrived at the
+// local address local (the zero Addr where the socket does not tell).
+func (c *Conn) handleControl(msg []byte, from netip.AddrPort, local netip.Addr) {
 	if len(msg) == 0 {
 		c.stats.malformed.Add(1)
 		return
 	}
 	switch msg[0] {
 	case ctlHello:
-		c.handleHello(msg, from)
+		c.handleHello(msg, from, local)
 	case ctlReply:
 		c.handleReply(msg)
 	case ctlCookie:

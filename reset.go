@@ -99,8 +99,8 @@ func (c *Conn) sendToken(s *session, to netip.AddrPort) {
 }
 
 // sendReset answers a sealed datagram for index, a session this Conn
-// does not have, from from.
-func (c *Conn) sendReset(index uint32, from netip.AddrPort) {
+// does not have, from from, that arrived at the local address local.
+func (c *Conn) sendReset(index uint32, from netip.AddrPort, local netip.Addr) {
 	if !c.resets.limit.Allow() {
 		return
 	}
@@ -109,7 +109,7 @@ func (c *Conn) sendReset(index uint32, from netip.AddrPort) {
 	binary.BigEndian.PutUint32(b[4:], index)
 	t := c.resets.token(index)
 	copy(b[8:], t[:])
-	if err := c.sock.Load().writeTo(b, from); err != nil {
+	if err := c.sock.Load().WriteTo(b, from, local); err != nil {
 		c.log.Debug("vaultudp: sending reset", "peer", from, "err", err)
 		return
 	}

@@ -51,7 +51,7 @@ func (c *Conn) sendSealed(s *session, to netip.AddrPort, b []byte, hasPayload bo
 	if err != nil {
 		return err
 	}
-	return c.sock.Load().writeTo(out, to)
+	return c.sock.Load().WriteTo(out, to, s.source())
 }
 
 // appendSealed appends to dst the sealed datagram carrying b. dst must
@@ -107,23 +107,31 @@ func (c *Conn) sendSealedRecord(s *session, to netip.AddrPort, rec *record, pad 
 	if err != nil {
 		return err
 	}
-	return c.sock.Load().writeTo(out, to)
+	return c.sock.Load().WriteTo(out, to, s.source())
 }
 
 // sendOpen sends an open (unencrypted) envelope. Open datagrams are not
 // padded: there is nothing to hide.
 func (c *Conn) sendOpen(to netip.AddrPort, rec *record) error {
+	return c.sendOpenFrom(to, netip.Addr{}, rec)
+}
+
+// sendOpenFrom is sendOpen from the local address src (see
+// udpio.Socket.WriteTo; the zero Addr: the system's choice).
+func (c *Conn) sendOpenFrom(to netip.AddrPort, src netip.Addr, rec *record) error {
 	bp := c.bufs.Get().(*[]byte)
 	defer c.bufs.Put(bp)
 	buf := append((*bp)[:0], ProtocolVersion, typeOpen)
 	buf = rec.appendTo(buf, 0)
-	return c.sock.Load().writeTo(buf, to)
+	return c.sock.Load().WriteTo(buf, to, src)
 }
 
-// sendControl sends a handshake message in an open envelope. Errors are
+// sendControlFrom sends a handshake message in an open envelope, from
+// the local address src (an answer leaves from the address the message it
+// answers arrived at; the zero Addr: the system's choice). Errors are
 // logged, not returned: the handshake retries.
-func (c *Conn) sendControl(to netip.AddrPort, msg []byte) {
-	if err := c.sendOpen(to, &record{control: msg}); err != nil {
+func (c *Conn) sendControlFrom(to netip.AddrPort, src netip.Addr, msg []byte) {
+	if err := c.sendOpenFrom(to, src, &record{control: msg}); err != nil {
 		c.log.Debug("vaultudp: sending handshake message", "peer", to, "err", err)
 	}
 }
