@@ -3,6 +3,7 @@ package vaultudp
 import (
 	"fmt"
 	"runtime"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -93,4 +94,39 @@ func (z *compressor) decompress(dst, src []byte) ([]byte, error) {
 func (z *compressor) close() {
 	z.enc.Close()
 	z.dec.Close()
+}
+
+// compressSkip stops trying zstd on a peer's payloads while they do not
+// shrink (random or already compressed data, where each try costs about
+// as much as the seal): after k failures in a row, the next 2^min(k,6)-1
+// payloads go as they are, so one in 64 is still tried, and a success
+// starts over. Its counters are a heuristic: races between writers only
+// move when the next try comes. The zero value tries every payload; a nil
+// one too.
+type compressSkip struct {
+	fails, skip atomic.Int32
+}
+
+// try reports whether the next payload should be tried.
+func (z *compressSkip) try() bool {
+	if z == nil || z.skip.Load() <= 0 {
+		return true
+	}
+	z.skip.Add(-1)
+	return false
+}
+
+// result records whether a try shrank the payload.
+func (z *compressSkip) result(shrank bool) {
+	if z == nil {
+		return
+	}
+	if shrank {
+		if z.fails.Load() != 0 {
+			z.fails.Store(0)
+		}
+		return
+	}
+	f := min(z.fails.Add(1), 6)
+	z.skip.Store(1<<f - 1)
 }

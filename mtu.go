@@ -12,7 +12,8 @@ import (
 //	IP header (20 or 40) | UDP header (8) | sealed header (16) |
 //	envelope (payload framing + payload [+ padding]) | Poly1305 tag (16)
 //
-// so the largest payload is the path MTU minus all of it (maxPayloadFor).
+// so the largest payload is the path MTU minus all of it (MaxPayload,
+// MaxPayloadTo).
 const (
 	ipv4HeaderLen   = 20
 	ipv6HeaderLen   = 40

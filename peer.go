@@ -25,6 +25,8 @@ type peer struct {
 
 	keepalive time.Duration // PeerConfig.Keepalive
 
+	zskip compressSkip // whether its payloads are worth trying to compress (compress.go)
+
 	// Counters for PeerInfo, atomic: the data path takes no lock for them.
 	datagramsIn, bytesIn, datagramsOut, bytesOut atomic.Uint64
 

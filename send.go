@@ -58,19 +58,30 @@ func (c *Conn) sendSealed(s *session, to netip.AddrPort, b []byte, hasPayload bo
 // have room for bufSize+tagLen more bytes, or the result is a new slice.
 func (c *Conn) appendSealed(dst []byte, s *session, b []byte, hasPayload bool) ([]byte, error) {
 	rec := record{payload: b, hasPayload: hasPayload}
-	if hasPayload && len(b) >= minCompressLen && c.compressing() {
+	if hasPayload && len(b) >= minCompressLen && c.compressing() && s.zskip().try() {
 		zp := c.bufs.Get().(*[]byte)
 		defer c.bufs.Put(zp)
 		z := c.z.compress((*zp)[:0], b)
-		if len(z)+extHeaderLen(len(z)) < len(b)+binHeaderLen(len(b)) {
+		shrank := len(z)+extHeaderLen(len(z)) < len(b)+binHeaderLen(len(b))
+		if shrank {
 			rec.payload, rec.compressed = z, true
 		}
+		s.zskip().result(shrank)
 	}
 	out, err := c.appendSealedRecord(dst, s, &rec, true)
 	if tl, ok := err.(*tooLargeError); ok {
 		tl.n = len(b) // the caller's datagram, not what it compressed to
 	}
 	return out, err
+}
+
+// zskip is the compression heuristic of s's peer, nil for a session with
+// none (tests).
+func (s *session) zskip() *compressSkip {
+	if s.peer == nil {
+		return nil
+	}
+	return &s.peer.zskip
 }
 
 // appendSealedRecord appends to dst rec sealed under s, padded as the
