@@ -68,6 +68,8 @@ type Conn struct {
 	bufs     sync.Pool // *[]byte, for sealing
 	runBufs  sync.Pool // *[]byte, for WriteBatch's trains of sealed datagrams
 	recvQ    chan *packet
+	hsQueue  chan *handshakeElem // handshake_queue.go
+	hsElems  sync.Pool           // *handshakeElem
 
 	readDeadline  *deadline
 	rd            readCoord     // who reads the socket (direct.go)
@@ -154,6 +156,7 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 		bufSize:       recvBufSize(mtu),
 		start:         time.Now(),
 		recvQ:         make(chan *packet, cfg.ReadQueue),
+		hsQueue:       make(chan *handshakeElem, handshakeQueueLen),
 		readDeadline:  newDeadline(),
 		appToken:      make(chan struct{}, 1),
 		bgWake:        make(chan struct{}, 1),
@@ -171,9 +174,11 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 	c.log.Debug("vaultudp: listening", "addr", s.laddr, "mtu", mtu, "maxPayload", maxPayload,
 		"identity", EncodePublicKey(c.hs.public))
 
-	c.wg.Add(2)
+	c.hsElems.New = func() any { return new(handshakeElem) }
+	c.wg.Add(3)
 	go c.readLoop(s)
 	go c.housekeeping()
+	go c.handshakeLoop()
 	for _, pc := range cfg.Peers {
 		if err := c.AddPeer(pc); err != nil {
 			c.Close()

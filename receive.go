@@ -304,10 +304,8 @@ func (c *Conn) handleControl(msg []byte, from netip.AddrPort, local netip.Addr) 
 		return
 	}
 	switch msg[0] {
-	case ctlHello:
-		c.handleHello(msg, from, local)
-	case ctlReply:
-		c.handleReply(msg)
+	case ctlHello, ctlReply:
+		c.queueHandshake(msg, from, local) // handshake_queue.go: off the data path
 	case ctlCookie:
 		c.handleCookie(msg, from)
 	default:

@@ -34,19 +34,20 @@ type Stats struct {
 // Drops counts datagrams dropped, by reason. None of them reached the
 // application, and none was returned as an error.
 type Drops struct {
-	Malformed        uint64 // not a well-formed vaultudp datagram
-	Replay           uint64 // a counter seen before or older than the window
-	Auth             uint64 // failed authentication: tag, signature, key exchange
-	Policy           uint64 // refused by policy: plaintext where encryption is required, a downgrade
-	Rejected         uint64 // handshakes from keys the trust rules refuse
-	Stale            uint64 // handshake messages out of the freshness window or replayed
-	RateLimit        uint64 // over Config.RateLimit
-	QueueFull        uint64 // the read queue was full
-	TooLarge         uint64 // larger than the MTU allows, or inflating past MaxPayload
-	UnknownSession   uint64 // a session index we do not have (expired, or never existed)
-	HandshakeTimeout uint64 // written datagrams dropped when their handshake failed
-	PeerLimit        uint64 // handshakes refused because Config.MaxPeers was reached
-	V2SendLimit      uint64 // written to ProtocolV2 peers but not sent: over the reference's 100 a second
+	Malformed          uint64 // not a well-formed vaultudp datagram
+	Replay             uint64 // a counter seen before or older than the window
+	Auth               uint64 // failed authentication: tag, signature, key exchange
+	Policy             uint64 // refused by policy: plaintext where encryption is required, a downgrade
+	Rejected           uint64 // handshakes from keys the trust rules refuse
+	Stale              uint64 // handshake messages out of the freshness window or replayed
+	RateLimit          uint64 // over Config.RateLimit
+	QueueFull          uint64 // the read queue was full
+	TooLarge           uint64 // larger than the MTU allows, or inflating past MaxPayload
+	UnknownSession     uint64 // a session index we do not have (expired, or never existed)
+	HandshakeTimeout   uint64 // written datagrams dropped when their handshake failed
+	PeerLimit          uint64 // handshakes refused because Config.MaxPeers was reached
+	HandshakeQueueFull uint64 // handshake messages dropped because the handshake queue was full (a flood)
+	V2SendLimit        uint64 // written to ProtocolV2 peers but not sent: over the reference's 100 a second
 
 	// Written by the application, not sent, and not returned as an
 	// error (as a UDP socket drops what its full buffer cannot take):
@@ -68,6 +69,7 @@ type counters struct {
 	writeQueueFull, writeBackoff, writePeerLimit       atomic.Uint64
 	unvalidated, abovePathMTU                          atomic.Uint64
 	silences, keepalivesSent, keepalivesReceived       atomic.Uint64
+	handshakeQueueFull                                 atomic.Uint64
 	resetsSent, resetsReceived                         atomic.Uint64
 	v2KeyExchanges, v2SendLimit                        atomic.Uint64 // protocol v2 (v2conn.go)
 }
@@ -104,23 +106,24 @@ func (c *Conn) Stats() Stats {
 		ResetsReceived:    k.resetsReceived.Load(),
 		V2KeyExchanges:    k.v2KeyExchanges.Load(),
 		Drops: Drops{
-			Malformed:        k.malformed.Load(),
-			Replay:           k.replay.Load(),
-			Auth:             k.auth.Load(),
-			Policy:           k.policy.Load(),
-			Rejected:         k.rejected.Load(),
-			Stale:            k.stale.Load(),
-			RateLimit:        k.rateLimit.Load(),
-			QueueFull:        k.queueFull.Load(),
-			TooLarge:         k.tooLarge.Load(),
-			UnknownSession:   k.unknownSession.Load(),
-			HandshakeTimeout: k.dropHandshakeTimeout.Load(),
-			PeerLimit:        k.peerLimit.Load(),
-			Unvalidated:      k.unvalidated.Load(),
-			WriteQueueFull:   k.writeQueueFull.Load(),
-			WriteBackoff:     k.writeBackoff.Load(),
-			WritePeerLimit:   k.writePeerLimit.Load(),
-			V2SendLimit:      k.v2SendLimit.Load(),
+			Malformed:          k.malformed.Load(),
+			Replay:             k.replay.Load(),
+			Auth:               k.auth.Load(),
+			Policy:             k.policy.Load(),
+			Rejected:           k.rejected.Load(),
+			Stale:              k.stale.Load(),
+			RateLimit:          k.rateLimit.Load(),
+			QueueFull:          k.queueFull.Load(),
+			TooLarge:           k.tooLarge.Load(),
+			UnknownSession:     k.unknownSession.Load(),
+			HandshakeTimeout:   k.dropHandshakeTimeout.Load(),
+			PeerLimit:          k.peerLimit.Load(),
+			HandshakeQueueFull: k.handshakeQueueFull.Load(),
+			Unvalidated:        k.unvalidated.Load(),
+			WriteQueueFull:     k.writeQueueFull.Load(),
+			WriteBackoff:       k.writeBackoff.Load(),
+			WritePeerLimit:     k.writePeerLimit.Load(),
+			V2SendLimit:        k.v2SendLimit.Load(),
 		},
 	}
 }
