@@ -299,7 +299,7 @@ func (c *Conn) v2AddLocked(p *peer, pc *PeerConfig) error {
 		peer:    p,
 		policy:  p.policy,
 		pinSign: slices.Clone(pc.PublicKey),
-		replay:  newV2ReplayCache(v2ReplayCapacity),
+		replay:  newV2PeerReplayCache(v2ReplayCapacity, c.cfg.now()),
 		changed: make(chan struct{}),
 	}
 	vp.sign = vp.pinSign

@@ -1076,6 +1076,35 @@ func newV2ReplayCache(capacity int) *v2ReplayCache {
 	}
 }
 
+// v2AddedAllowance is how far before the moment a v2 peer was added a
+// timestamp may lie and still be accepted from it (see
+// newV2PeerReplayCache): the v2SendBackdate a Go peer stamps its
+// datagrams with. The reference itself allows no clock skew into the
+// future (§6 step 3) and stamps its own clock at sending, so a reference
+// peer's datagrams pass from the start as long as its clock is at most
+// this much behind ours.
+const v2AddedAllowance = v2SendBackdate
+
+// newV2PeerReplayCache is the replay cache of a v2 peer added at added
+// (by AddPeer, or by Listen and Wrap for Config.Peers): its floor starts
+// at added − v2AddedAllowance instead of minus infinity, so that a sealed
+// datagram stamped earlier is refused. Without it a datagram captured
+// before a restart of the Conn with the same keys, or before RemovePeer
+// and AddPeer, would be accepted again while still in the window, its
+// nonce being in no cache. The rule, exactly: a sealed datagram from the
+// peer is refused unless its timestamp ts satisfies
+//
+//	added − 30 s < ts   and   now − 60 s ≤ ts ≤ now + 30 s
+//
+// (and its nonce is new). What stays open: a reference peer's datagrams
+// sent less than 30 s before the add (Go peers stamp 30 s in the past,
+// so none of theirs sent before the add passes).
+func newV2PeerReplayCache(capacity int, added time.Time) *v2ReplayCache {
+	c := newV2ReplayCache(capacity)
+	c.floor = v2UnixSeconds(added.Add(-v2AddedAllowance))
+	return c
+}
+
 // check accepts the nonce and timestamp of an opened datagram at now and
 // remembers the nonce, or rejects it (errReplay) changing nothing.
 func (c *v2ReplayCache) check(nonce *[v2InnerNonceLen]byte, ts float64, now time.Time) error {
