@@ -65,7 +65,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
 	"golang.org/x/crypto/nacl/box"
 )
 
@@ -613,9 +612,9 @@ func (c *Conn) appendV2Datagram(dst []byte, shared *[32]byte, payload, control [
 
 // sendV2 is the write path to a v2 peer (send calls it first).
 func (c *Conn) sendV2(vp *v2Peer, b []byte) error {
-	if len(b) > v2MaxPayload {
+	if len(b) > c.maxPayload { // the native rule: ReadFrom at a native peer would cut more
 		c.stats.tooLarge.Add(1)
-		return &tooLargeError{n: len(b), max: v2MaxPayload}
+		return &tooLargeError{n: len(b), max: c.maxPayload}
 	}
 	z := c.v2.z.Load()
 	if z == nil {
@@ -956,27 +955,20 @@ func (c *Conn) v2Install(vp *v2Peer, k *v2PeerKeys) bool {
 }
 
 // v2Deliver decompresses a payload from vp and queues it for ReadFrom,
-// with vp's configured address as the source. Any bytes are delivered, up
-// to v2MaxPayload (the reference would deliver only UTF-8).
+// with vp's configured address as the source. Any bytes are delivered
+// (the reference would deliver only UTF-8), up to MaxPayload after
+// decompression, as from a native peer: a larger payload is dropped and
+// counted as TooLarge.
 func (c *Conn) v2Deliver(vp *v2Peer, payload []byte) {
 	if l := vp.peer.limiter; l != nil && !l.Allow() {
 		c.stats.rateLimit.Add(1)
 		return
 	}
-	z := c.v2.z.Load()
-	if z == nil {
-		return
-	}
 	q := c.getPacket()
-	// Into the packet's own buffer when it fits (the decoder stops at its
-	// capacity), else into one of v2MaxPayload bytes.
-	out, err := z.dec.DecodeAll(payload, q.buf[:0])
-	if errors.Is(err, zstd.ErrDecoderSizeExceeded) {
-		out, err = z.decompress(nil, payload)
-	}
+	out, err := c.z.decompress(q.buf, payload) // bounded by MaxPayload
 	if err != nil {
 		c.putPacket(q)
-		if errors.Is(err, errTooLarge) || errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrWindowSizeExceeded) {
+		if errors.Is(err, errTooLarge) {
 			c.stats.tooLarge.Add(1)
 		} else {
 			c.stats.malformed.Add(1)

@@ -558,19 +558,30 @@ func TestV2TooLarge(t *testing.T) {
 	if got := r.readSealed(c); !bytes.Equal(got, rnd[:max]) {
 		t.Fatal("payload differs")
 	}
-	// Compressible payloads beyond the MTU fit, as at the reference; the
-	// Conn reads them up to 48000 bytes.
-	big := []byte(strings.Repeat("compressible ", 3000))
-	if _, err := c.WriteToUDPAddrPort(big, r.addr()); err != nil {
+	// Compressible payloads fit the reference's frame limit, but not
+	// beyond MaxPayload: the size rules of native peers.
+	fit := []byte(strings.Repeat("compressible ", c.MaxPayload()/13))
+	if _, err := c.WriteToUDPAddrPort(fit, r.addr()); err != nil {
 		t.Fatal(err)
 	}
-	if got := r.readSealed(c); !bytes.Equal(got, big) {
+	if got := r.readSealed(c); !bytes.Equal(got, fit) {
 		t.Fatal("payload differs")
 	}
+	big := []byte(strings.Repeat("compressible ", 3000))
+	_, err = c.WriteToUDPAddrPort(big, r.addr())
+	var tl *tooLargeError
+	if !errors.Is(err, ErrMessageTooLarge) || !errors.As(err, &tl) || tl.max != c.MaxPayload() {
+		t.Fatalf("write of %d compressible bytes: %v, want ErrMessageTooLarge with the limit MaxPayload (%d)", len(big), err, c.MaxPayload())
+	}
+	// What a v2 peer sends is read up to MaxPayload bytes, as from a
+	// native peer: beyond, it is dropped and counted.
+	before := c.Stats().Drops.TooLarge
 	r.send(r.snd, c, r.sealed(c, string(big), nil))
-	expectRead(t, c, string(big), r.addr())
-	if _, err := c.WriteToUDPAddrPort(make([]byte, v2MaxPayload+1), r.addr()); !errors.Is(err, ErrMessageTooLarge) {
-		t.Fatalf("write over v2MaxPayload: %v", err)
+	exact := strings.Repeat("x", c.MaxPayload())
+	r.send(r.snd, c, r.sealed(c, exact, nil))
+	expectRead(t, c, exact, r.addr())
+	if st := c.Stats(); st.Drops.TooLarge != before+1 {
+		t.Fatalf("TooLarge %d, want %d: a %d-byte payload from a v2 peer must be dropped (MaxPayload %d)", st.Drops.TooLarge, before+1, len(big), c.MaxPayload())
 	}
 }
 
