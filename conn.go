@@ -95,10 +95,6 @@ type packet struct {
 	truncated bool
 }
 
-// housekeepingEvery is the tick of the Conn's timer goroutine: its coarse
-// clock, handshake retries and timeouts, session expiry.
-const housekeepingEvery = 50 * time.Millisecond
-
 func newConn(pc net.PacketConn, config *Config) (*Conn, error) {
 	cfg, err := config.resolve()
 	if err != nil {
@@ -364,20 +360,4 @@ func (c *Conn) Close() error {
 		return c.opError("close", nil, net.ErrClosed)
 	}
 	return nil
-}
-
-// housekeeping runs the Conn's timers until Close.
-func (c *Conn) housekeeping() {
-	defer c.wg.Done()
-	t := time.NewTicker(housekeepingEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-c.closed:
-			return
-		case <-t.C:
-			c.clock.Store(int64(time.Since(c.start)))
-			c.tick()
-		}
-	}
 }

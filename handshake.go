@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"golang.org/x/crypto/blake2b"
@@ -371,3 +372,29 @@ func parseCookieMsg(msg []byte) (receiverIndex uint32, cookie []byte, err error)
 	}
 	return binary.BigEndian.Uint32(msg[1:]), msg[5:], nil
 }
+
+// trust applies the trust rules to key presented by p (nil if the address
+// is not a peer yet) at addr.
+func (c *Conn) trust(p *peer, addr netip.AddrPort, key ed25519.PublicKey) error {
+	var pinned, known ed25519.PublicKey
+	if p != nil {
+		p.mu.Lock()
+		pinned, known = p.pinned, p.identity
+		p.mu.Unlock()
+	}
+	switch {
+	case pinned != nil:
+		if !bytes.Equal(pinned, key) {
+			return fmt.Errorf("%w: %v presented %s, pinned key is %s", ErrPeerRejected, addr, EncodePublicKey(key), EncodePublicKey(pinned))
+		}
+	case c.cfg.VerifyPeer != nil:
+		if err := c.cfg.VerifyPeer(addr, slicesClone(key)); err != nil {
+			return fmt.Errorf("%w: %v: %w", ErrPeerRejected, addr, err)
+		}
+	case known != nil && !bytes.Equal(known, key):
+		return fmt.Errorf("%w: %v presented %s, but it used %s before (trust on first use)", ErrPeerRejected, addr, EncodePublicKey(key), EncodePublicKey(known))
+	}
+	return nil
+}
+
+func slicesClone(k ed25519.PublicKey) ed25519.PublicKey { return append(ed25519.PublicKey(nil), k...) }

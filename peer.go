@@ -1,16 +1,11 @@
 package vaultudp
 
 import (
-	"bytes"
-	"context"
-	"crypto/ecdh"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -18,10 +13,6 @@ import (
 
 	"golang.org/x/time/rate"
 )
-
-// maxQueued is the number of datagrams that wait per peer for a
-// handshake to complete.
-const maxQueued = 32
 
 // peer is the state kept for one remote address.
 type peer struct {
@@ -262,117 +253,6 @@ func (c *Conn) peerFor(addr netip.AddrPort, create bool) (*peer, error) {
 	return p, nil
 }
 
-// Handshake waits until the peer at addr has a session, starting a
-// handshake if none is under way (also after a failed one). It returns an
-// error wrapping ErrHandshakeTimeout if the attempt fails, ctx's error if
-// ctx ends first. An address that is not a peer becomes a learned one, as
-// a write to it would.
-func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
-	addr = normAddr(addr)
-	p, err := c.peerFor(addr, true)
-	if err != nil {
-		return err
-	}
-	if p.v2 != nil {
-		return c.v2Handshake(ctx, p.v2) // protocol v2 (v2conn.go)
-	}
-	if p.policy == Plaintext {
-		return fmt.Errorf("%w: %v: policy is plaintext", ErrNoSession, addr)
-	}
-	started := false
-	for {
-		p.mu.Lock()
-		if p.removed {
-			err := p.failErr
-			p.mu.Unlock()
-			return err
-		}
-		if c.usableLocked(p.current, c.now()) {
-			p.mu.Unlock()
-			return nil
-		}
-		if started && p.init == nil && p.failErr != nil {
-			err := p.failErr
-			p.mu.Unlock()
-			return err
-		}
-		var hello []byte
-		if p.init == nil && p.next == nil {
-			p.failErr = nil
-			hello = c.initiateLocked(p)
-		}
-		started = true
-		ch, to := p.changed, p.addr
-		p.mu.Unlock()
-		if hello != nil {
-			c.sendControl(to, hello)
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-c.closed:
-			return c.opError("handshake", nil, ErrClosed)
-		}
-	}
-}
-
-// startHandshake starts an initiation with p unless one is under way.
-func (c *Conn) startHandshake(p *peer) {
-	p.mu.Lock()
-	var hello []byte
-	if p.init == nil && !p.removed {
-		p.failErr = nil
-		hello = c.initiateLocked(p)
-	}
-	to := p.addr
-	p.mu.Unlock()
-	if hello != nil {
-		c.sendControl(to, hello)
-	}
-}
-
-// initiateLocked makes a new hello for p, replacing any pending one, and
-// returns it for the caller to send once p.mu is released.
-func (c *Conn) initiateLocked(p *peer) []byte {
-	eph, err := ecdh.X25519().GenerateKey(rand.Reader)
-	if err != nil {
-		panic(err) // crypto/rand does not fail
-	}
-	now := c.now()
-	c.idxMu.Lock()
-	if p.prevInit != nil {
-		delete(c.initiated, p.prevInit.localIndex)
-	}
-	if p.init == nil {
-		p.initStart = now
-	}
-	idx := c.newIndexLocked()
-	c.initiated[idx] = p
-	c.idxMu.Unlock()
-	old := p.init
-	p.prevInit, p.init = old, c.hs.initiate(c.cfg.now(), idx, eph)
-	if old != nil {
-		// A retry: the responder may be under load and want the
-		// cookie it gave us back.
-		p.init.setCookie(old.cookie())
-	}
-	p.initSent = now
-	return p.init.hello
-}
-
-// clearInitLocked forgets p's pending initiations.
-func (c *Conn) clearInitLocked(p *peer) {
-	c.idxMu.Lock()
-	for _, i := range []*initiation{p.init, p.prevInit} {
-		if i != nil && c.initiated[i.localIndex] == p {
-			delete(c.initiated, i.localIndex)
-		}
-	}
-	c.idxMu.Unlock()
-	p.init, p.prevInit = nil, nil
-}
-
 // newIndexLocked picks a random unused non-zero session index; idxMu is
 // held.
 func (c *Conn) newIndexLocked() uint32 {
@@ -393,291 +273,24 @@ func (c *Conn) newIndexLocked() uint32 {
 	}
 }
 
-// receiveLimit is the age at which a session stops opening datagrams: its
-// send limit (rejectAfter) plus a handshake timeout, because the two ends
-// made their copies up to a round trip apart, and the datagrams the older
-// end sealed last are still on their way.
-func (c *Conn) receiveLimit() time.Duration {
-	return rejectAfter(c.cfg.KeyLifetime) + c.cfg.HandshakeTimeout
-}
-
-// usableLocked reports whether s can carry datagrams now.
-func (c *Conn) usableLocked(s *session, now int64) bool {
-	return s != nil && time.Duration(now-s.created) < rejectAfter(c.cfg.KeyLifetime) &&
-		s.sendCounter.Load() < counterLimit
-}
-
-// sendSessionLocked returns the session to seal under, or nil.
-func (c *Conn) sendSessionLocked(p *peer, now int64) *session {
-	// A responder's new session (p.next) is not used before the peer
-	// confirms it: a replayed hello, or an initiator that refused our key,
-	// would otherwise swallow what we send.
-	if c.usableLocked(p.current, now) {
-		return p.current
-	}
-	return nil
-}
-
-// needsRekey reports whether s is due for renewal. The initiator of a
-// session renews it after KeyLifetime, the responder a quarter of a
-// lifetime later, so both rarely start at once.
-func (c *Conn) needsRekey(s *session, now int64) bool {
-	age := time.Duration(now - s.created)
-	due := c.cfg.KeyLifetime
-	if !s.initiator {
-		due += c.cfg.KeyLifetime / 4
-	}
-	return age >= due || s.sendCounter.Load() >= rekeyAfterMessages
-}
-
-// send is the write path: seal under the peer's session, or queue and
-// start the handshake, or send in clear where the policy says so.
-func (c *Conn) send(b []byte, addr netip.AddrPort) error {
-	if c.isClosed() {
-		return ErrClosed
-	}
-	if isClosed(c.writeDeadline.wait()) {
-		return os.ErrDeadlineExceeded
-	}
-	if vp := c.v2.lookup(addr); vp != nil {
-		return c.sendV2(vp, b) // protocol v2 (v2conn.go): its own size limit and path
-	}
-	if len(b) > c.maxPayload {
-		c.stats.tooLarge.Add(1)
-		return &tooLargeError{n: len(b), max: c.maxPayload}
-	}
-	if !addr.IsValid() || addr.Port() == 0 {
-		return fmt.Errorf("%w: invalid destination %v", ErrNoSession, addr)
-	}
-	p, err := c.peerFor(addr, true)
-	if err != nil {
-		return err
-	}
-	if p.policy == Plaintext {
-		p.mu.Lock()
-		p.lastSeen = c.now()
-		p.mu.Unlock()
-		return c.sendData(nil, addr, b)
-	}
-	s, to, err := c.acquireSession(p)
-	if err != nil {
-		return err
-	}
-	if s != nil {
-		return c.sendData(s, to, b)
-	}
-	now := c.now() // p.mu is held from here on
-	backoff := p.init == nil && p.failErr != nil && time.Duration(now-p.failedAt) < c.cfg.HandshakeTimeout
-	if p.policy == Opportunistic {
-		// Opportunistic sends in clear while there is no session, also
-		// after a failed handshake: a peer that refuses encryption is
-		// not an error for it. It starts a new attempt once the backoff
-		// after a failure has passed.
-		var hello []byte
-		if p.init == nil && !backoff && !p.removed {
-			p.failErr = nil
-			hello = c.initiateLocked(p)
-		}
-		to = p.addr
-		p.mu.Unlock()
-		// The datagram goes before the hello: once the hello is out, the
-		// session (and the peer's "seen sealed" rule) may come before a
-		// later open datagram, which the peer would then drop.
-		err := c.sendData(nil, to, b)
-		if hello != nil {
-			c.sendControl(to, hello)
-		}
-		return err
-	}
-	if backoff {
-		err := p.failErr
-		p.mu.Unlock()
-		return err
-	}
-	var hello []byte
-	if p.init == nil && p.next == nil && !p.removed {
-		// (With p.next set, the peer's confirmation is on its way: wait.)
-		p.failErr = nil
-		hello = c.initiateLocked(p)
-	}
-	to = p.addr
-	if len(p.queue) >= maxQueued {
-		p.mu.Unlock()
-		return fmt.Errorf("%w: %v: handshake under way and %d datagrams already wait for it", ErrNoSession, to, maxQueued)
-	}
-	p.queue = append(p.queue, bytes.Clone(b))
-	p.mu.Unlock()
-	if hello != nil {
-		c.sendControl(to, hello)
-	}
-	return nil
-}
-
-// acquireSession returns p's session to seal under now, starting a rekey
-// when one is due, with p.mu released. With no session it returns nil and
-// keeps p.mu held for the caller's no-session path, so that no session can
-// come and flush the queue in between. Either way it first waits while
-// datagrams that waited for the handshake are going out, so as not to
-// overtake them (at most maxQueued sends, on the reader goroutine).
-func (c *Conn) acquireSession(p *peer) (*session, netip.AddrPort, error) {
-	p.mu.Lock()
-	for p.flushed != nil {
-		ch := p.flushed
-		p.mu.Unlock()
-		select {
-		case <-ch:
-		case <-c.closed:
-			return nil, netip.AddrPort{}, ErrClosed
-		}
-		p.mu.Lock()
-	}
-	now := c.now()
-	p.lastSeen = now
-	s := c.sendSessionLocked(p, now)
-	if s == nil {
-		return nil, p.addr, nil
-	}
-	var hello []byte
-	if p.init == nil && p.next == nil && c.needsRekey(s, now) {
-		hello = c.initiateLocked(p)
-	}
-	to := p.addr
-	p.mu.Unlock()
-	if hello != nil {
-		c.sendControl(to, hello)
-	}
-	return s, to, nil
-}
-
-// Broadcast writes p to every peer, configured and learned, and returns
-// how many sends succeeded. Failures are joined in the error, each naming
-// its peer.
-func (c *Conn) Broadcast(b []byte) (int, error) {
-	if c.isClosed() {
-		// Also with no peers to fail: calls after Close return errors.
-		return 0, c.opError("write", nil, ErrClosed)
-	}
-	c.mu.RLock()
-	addrs := make([]netip.AddrPort, 0, len(c.peers))
-	for a := range c.peers {
-		addrs = append(addrs, a)
-	}
-	c.mu.RUnlock()
-	slices.SortFunc(addrs, netip.AddrPort.Compare)
-	var errs []error
-	n := 0
-	for _, a := range addrs {
-		if _, err := c.WriteToUDPAddrPort(b, a); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		n++
-	}
-	return n, errors.Join(errs...)
-}
-
-// tick runs the timers: handshake retries and timeouts, session expiry,
-// forgetting idle learned peers.
-func (c *Conn) tick() {
-	now := c.now()
-	c.mu.RLock()
-	ps := make([]*peer, 0, len(c.peers))
-	for _, p := range c.peers {
-		ps = append(ps, p)
-	}
-	c.mu.RUnlock()
-	retry := min(max(c.cfg.HandshakeTimeout/5, 100*time.Millisecond), time.Second)
-	reject := rejectAfter(c.cfg.KeyLifetime)
-	keep := c.receiveLimit()
-	var idle []*peer
-	for _, p := range ps {
-		p.mu.Lock()
-		var hello []byte
-		if p.init != nil {
-			switch {
-			case time.Duration(now-p.initStart) >= c.cfg.HandshakeTimeout:
-				c.failLocked(p, now)
-			case time.Duration(now-p.initSent) >= retry:
-				hello = c.initiateLocked(p)
-			}
-		}
-		for _, sp := range []**session{&p.previous, &p.current, &p.next} {
-			if s := *sp; s != nil && time.Duration(now-s.created) >= keep {
-				c.unindexLocked(p, s)
-				*sp = nil
-			}
-		}
-		for _, sp := range []**session{&p.nextOld, &p.next} {
-			if s := *sp; s != nil && time.Duration(now-s.created) >= c.cfg.HandshakeTimeout {
-				// Never confirmed: the initiator did not take our reply.
-				c.unindexLocked(p, s)
-				*sp = nil
-				p.notifyLocked() // Handshake callers wait on it
-			}
-		}
-		if p.next == nil && p.nextOld != nil {
-			p.next, p.nextOld = p.nextOld, nil
-		}
-		if p.next == nil && p.current == nil {
-			if len(p.queue) > 0 && p.init == nil && hello == nil {
-				hello = c.initiateLocked(p) // the queue gets an attempt of its own
-			}
-		}
-		// A learned peer is forgotten when idle: after a session's
-		// lifetime, or after a handshake timeout if it never confirmed a
-		// session (a forged or abandoned hello must not hold a slot).
-		idleFor := reject
-		if !p.established {
-			idleFor = c.cfg.HandshakeTimeout
-		}
-		if !p.configured && p.current == nil && p.next == nil && p.nextOld == nil && p.init == nil &&
-			time.Duration(now-p.lastSeen) >= idleFor {
-			idle = append(idle, p)
-		}
-		to := p.addr
-		p.mu.Unlock()
-		if hello != nil {
-			c.sendControl(to, hello)
-		}
-	}
-	if len(idle) > 0 {
-		c.mu.Lock()
-		for _, p := range idle {
-			if c.peers[p.addr] == p {
-				c.dropPeerLocked(p, fmt.Errorf("%w: %v was idle", ErrUnknownPeer, p.addr))
-			}
-		}
-		c.mu.Unlock()
-	}
-	if time.Duration(now-c.helloSweep) >= time.Second {
-		c.helloSweep = now
-		c.forgetOldHellos()
-	}
-	c.v2Tick(now) // protocol v2 key exchanges (v2conn.go)
-}
-
-// failLocked ends p's handshake attempt with a timeout.
-func (c *Conn) failLocked(p *peer, now int64) {
-	c.clearInitLocked(p)
-	p.failErr = fmt.Errorf("%w: no session with %v after %v", ErrHandshakeTimeout, p.addr, c.cfg.HandshakeTimeout)
-	p.failedAt = now
-	p.lastSeen = now // keep the peer (and its error) a while for writers to see
-	c.stats.handshakeFailures.Add(1)
-	c.stats.dropHandshakeTimeout.Add(uint64(len(p.queue)))
-	p.queue = nil
-	p.notifyLocked()
-	c.log.Debug("vaultudp: handshake timed out", "peer", p.addr)
-}
-
-// forgetOldHellos drops the remembered hello timestamps that are outside
-// the freshness window: a hello that old is refused anyway.
-func (c *Conn) forgetOldHellos() {
-	edge := uint64(c.cfg.now().Add(-c.cfg.FreshnessWindow).UnixNano())
+// roam moves p to the address an authenticated datagram came from, as
+// WireGuard does. Unauthenticated datagrams never move a peer.
+func (c *Conn) roam(p *peer, to netip.AddrPort) {
 	c.mu.Lock()
-	for k, ts := range c.lastHello {
-		if ts < edge {
-			delete(c.lastHello, k)
+	defer c.mu.Unlock()
+	if other := c.peers[to]; other != nil && other != p {
+		if other.configured {
+			return // never displace a configured peer
 		}
+		c.dropPeerLocked(other, fmt.Errorf("%w: %v was taken over by a roaming peer", ErrUnknownPeer, to))
 	}
-	c.mu.Unlock()
+	p.mu.Lock()
+	from := p.addr
+	if c.peers[from] == p {
+		delete(c.peers, from)
+	}
+	p.addr = to
+	p.mu.Unlock()
+	c.peers[to] = p
+	c.log.Debug("vaultudp: peer roamed", "from", from, "to", to)
 }

@@ -1,0 +1,125 @@
+package vaultudp
+
+import (
+	"bytes"
+	"crypto/ecdh"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"net/netip"
+)
+
+func (c *Conn) handleHello(msg []byte, from netip.AddrPort) {
+	m, err := parseHello(msg)
+	if err != nil {
+		c.stats.malformed.Add(1)
+		return
+	}
+	wall := c.cfg.now()
+	if c.cookies.underLoad(wall) && !c.cookies.valid(from, m.cookie, wall) {
+		cookie := c.cookies.make(from, wall)
+		c.stats.cookiesSent.Add(1)
+		c.sendControl(from, cookieMsg(m.senderIndex, cookie[:]))
+		return
+	}
+	if err := checkFresh(m.timestamp, wall, c.cfg.FreshnessWindow); err != nil {
+		c.stats.stale.Add(1)
+		return
+	}
+	var idKey [ed25519.PublicKeySize]byte
+	copy(idKey[:], m.identity)
+	c.mu.RLock()
+	pr := c.peers[from]
+	last := c.lastHello[idKey]
+	full := pr == nil && c.learned >= c.cfg.MaxPeers
+	c.mu.RUnlock()
+	if full {
+		// Refused before any costly work: a flood of signed hellos from
+		// new addresses cannot buy signature checks once the table is
+		// full.
+		c.stats.peerLimit.Add(1)
+		return
+	}
+	if m.timestamp <= last {
+		c.stats.stale.Add(1) // a replayed or reordered hello
+		return
+	}
+	if c.policyFor(pr) == Plaintext {
+		c.stats.policy.Add(1)
+		return
+	}
+	c.stats.verifications.Add(1)
+	if err := m.verify(); err != nil {
+		c.stats.auth.Add(1)
+		return
+	}
+	if err := c.trust(pr, from, m.identity); err != nil {
+		c.stats.rejected.Add(1)
+		c.log.Info("vaultudp: handshake refused", "peer", from, "err", err)
+		return
+	}
+	if pr != nil {
+		pr.mu.Lock()
+		weInitiate := pr.init != nil && bytes.Compare(c.hs.public, m.identity) > 0
+		pr.mu.Unlock()
+		if weInitiate {
+			// Both sides sent hellos at once: the larger identity
+			// initiates, the smaller answers, and one session results.
+			return
+		}
+	}
+	eph, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		return
+	}
+	c.idxMu.Lock()
+	idx := c.newIndexLocked()
+	c.sessions[idx] = nil // reserve it
+	c.idxMu.Unlock()
+	reply, keys, err := c.hs.respond(m, wall, idx, eph)
+	if err != nil {
+		c.releaseIndex(idx)
+		switch {
+		case errors.Is(err, errReflected):
+			c.stats.auth.Add(1)
+		default:
+			c.stats.malformed.Add(1)
+		}
+		return
+	}
+	s, err := newSession(keys, c.now())
+	if err != nil {
+		c.releaseIndex(idx)
+		return
+	}
+	c.mu.Lock()
+	if m.timestamp <= c.lastHello[idKey] {
+		c.mu.Unlock()
+		c.releaseIndex(idx)
+		c.stats.stale.Add(1)
+		return
+	}
+	if pr = c.peers[from]; pr == nil {
+		if c.learned >= c.cfg.MaxPeers {
+			c.mu.Unlock()
+			c.releaseIndex(idx)
+			c.stats.peerLimit.Add(1)
+			return
+		}
+		pr = c.newPeer(from, nil)
+		c.peers[from] = pr
+		c.learned++
+	}
+	c.lastHello[idKey] = m.timestamp // only for a hello that is answered
+	c.mu.Unlock()
+
+	queued := c.install(pr, s, keys.peerIdentity, wall)
+	c.sendControl(from, reply)
+	c.flush(pr, s, from, queued)
+}
+
+func (c *Conn) releaseIndex(idx uint32) {
+	c.idxMu.Lock()
+	delete(c.sessions, idx)
+	c.idxMu.Unlock()
+}

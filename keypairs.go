@@ -1,0 +1,140 @@
+package vaultudp
+
+import (
+	"crypto/ed25519"
+	"net/netip"
+	"time"
+)
+
+// install makes s a session of p and returns the datagrams that waited
+// for it, to be sent once the caller has sent what must go first.
+func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall time.Time) [][]byte {
+	s.peer = p
+	now := c.now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.removed {
+		c.releaseIndex(s.localIndex)
+		return nil
+	}
+	rekey := p.current != nil
+	c.idxMu.Lock()
+	c.sessions[s.localIndex] = s
+	c.idxMu.Unlock()
+	// Our own attempt, if any, is over: completed (initiator), or
+	// superseded by the peer's (responder; see the tie-break in
+	// handleHello).
+	c.clearInitLocked(p)
+	if s.initiator {
+		c.unindexLocked(p, p.previous, p.next, p.nextOld)
+		p.previous, p.current, p.next, p.nextOld = p.current, s, nil, nil
+		p.established = true
+	} else {
+		// A responder session waits for the peer's first sealed
+		// datagram (confirmLocked) before it is used to send.
+		// Keep the one before: the initiator may have retried before our
+		// first reply reached it, and then confirms that one.
+		c.unindexLocked(p, p.nextOld)
+		p.nextOld, p.next = p.next, s
+	}
+	p.identity = identity
+	p.lastHandshake = wall
+	p.failErr = nil
+	p.lastSeen = now
+	c.stats.handshakes.Add(1)
+	if rekey {
+		c.stats.rekeys.Add(1)
+	}
+	queued := c.takeQueueLocked(p, s)
+	p.notifyLocked()
+	c.log.Debug("vaultudp: session established", "peer", p.addr, "initiator", s.initiator, "rekey", rekey)
+	return queued
+}
+
+// confirmLocked makes s, a responder session now proven by a datagram
+// from the peer, its current session, and returns the datagrams that
+// waited for it.
+func (c *Conn) confirmLocked(p *peer, s *session) [][]byte {
+	s.confirmed.Store(true)
+	if p.next != s && p.nextOld != s {
+		return nil
+	}
+	// The other unconfirmed session, if any, answered a hello the
+	// initiator has given up.
+	other := p.next
+	if other == s {
+		other = p.nextOld
+	}
+	c.unindexLocked(p, p.previous, other)
+	p.previous, p.current, p.next, p.nextOld = p.current, s, nil, nil
+	p.established = true
+	p.notifyLocked()
+	return c.takeQueueLocked(p, s)
+}
+
+// takeQueueLocked hands the datagrams waiting for a session to the caller
+// once s is p's current session. Writers wait until flush has sent them,
+// so that a datagram written after one that waited does not overtake it.
+func (c *Conn) takeQueueLocked(p *peer, s *session) [][]byte {
+	if p.current != s || len(p.queue) == 0 || p.flushed != nil {
+		return nil
+	}
+	queued := p.queue
+	p.queue = nil
+	p.flushed = make(chan struct{})
+	return queued
+}
+
+// flush sends datagrams that waited for s, then lets the writers that
+// wait for it (see install) go on.
+func (c *Conn) flush(p *peer, s *session, to netip.AddrPort, queued [][]byte) {
+	if len(queued) == 0 {
+		return
+	}
+	for _, b := range queued {
+		if err := c.sendData(s, to, b); err != nil {
+			c.log.Debug("vaultudp: sending queued datagram", "peer", to, "err", err)
+		}
+	}
+	p.mu.Lock()
+	close(p.flushed)
+	p.flushed = nil
+	p.mu.Unlock()
+}
+
+// receiveLimit is the age at which a session stops opening datagrams: its
+// send limit (rejectAfter) plus a handshake timeout, because the two ends
+// made their copies up to a round trip apart, and the datagrams the older
+// end sealed last are still on their way.
+func (c *Conn) receiveLimit() time.Duration {
+	return rejectAfter(c.cfg.KeyLifetime) + c.cfg.HandshakeTimeout
+}
+
+// usableLocked reports whether s can carry datagrams now.
+func (c *Conn) usableLocked(s *session, now int64) bool {
+	return s != nil && time.Duration(now-s.created) < rejectAfter(c.cfg.KeyLifetime) &&
+		s.sendCounter.Load() < counterLimit
+}
+
+// sendSessionLocked returns the session to seal under, or nil.
+func (c *Conn) sendSessionLocked(p *peer, now int64) *session {
+	// A responder's new session (p.next) is not used before the peer
+	// confirms it: a replayed hello, or an initiator that refused our key,
+	// would otherwise swallow what we send.
+	if c.usableLocked(p.current, now) {
+		return p.current
+	}
+	return nil
+}
+
+// needsRekey reports whether s is due for renewal. The initiator of a
+// session renews it after KeyLifetime, the responder a quarter of a
+// lifetime later, so both rarely start at once.
+func (c *Conn) needsRekey(s *session, now int64) bool {
+	age := time.Duration(now - s.created)
+	due := c.cfg.KeyLifetime
+	if !s.initiator {
+		due += c.cfg.KeyLifetime / 4
+	}
+	return age >= due || s.sendCounter.Load() >= rekeyAfterMessages
+}
