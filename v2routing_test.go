@@ -1,0 +1,91 @@
+package vaultudp
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"testing"
+	"time"
+)
+
+// sealedWithNonce is a sealed datagram of payload to c whose box nonce
+// (its first 24 bytes) starts with prefix.
+func (r *fakeRef) sealedWithNonce(c *Conn, payload string, prefix []byte) []byte {
+	var bn [24]byte
+	var in [16]byte
+	rand.Read(bn[:])
+	rand.Read(in[:])
+	copy(bn[:], prefix)
+	return sealV2(nil, r.shared(c), &bn, &in, v2UnixSeconds(time.Now()), appendV2Frame(nil, r.z.compress(nil, []byte(payload)), nil, nil))
+}
+
+// TestV2RoutingNativeFirst: datagrams are native first; a v2 peer's
+// sealed datagram whose random box nonce happens to start like a native
+// datagram (version, type, even the index of a live session) is refused
+// by the native checks before anything is authenticated and then read as
+// v2. Garbage that is neither is counted once, under the native reason.
+// A native peer on the v2 peer's IP is unaffected, and a native hello
+// from the v2 peer's own address makes no session.
+func TestV2RoutingNativeFirst(t *testing.T) {
+	r := newFakeRef(t)
+	c := v2Conn(t, nil, PeerConfig{Addr: r.addr()})
+	keyed(t, c, r)
+	barrier(t, c) // a native session from a stranger on the same IP
+	c.idxMu.Lock()
+	var live uint32
+	for idx := range c.sessions {
+		live = idx
+	}
+	c.idxMu.Unlock()
+	if live == 0 {
+		t.Fatal("no native session")
+	}
+	liveHdr := []byte{ProtocolVersion, typeSealed, 0, 0, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(liveHdr[4:], live)
+	for name, prefix := range map[string][]byte{
+		"sealed header, unknown index": {ProtocolVersion, typeSealed, 0, 0},
+		"open header":                  {ProtocolVersion, typeOpen},
+		"open header and a map":        {ProtocolVersion, typeOpen, 0x81, 0xa1, 'v', envelopeVersion},
+	} {
+		d := r.sealedWithNonce(c, name, prefix)
+		r.send(r.snd, c, d)
+		expectRead(t, c, name, r.addr())
+	}
+	// The one form that is lost: the header and index of a live native
+	// session (a chance of about 2^-64 per session), refused by its tag.
+	before := c.Stats().Drops
+	r.send(r.snd, c, r.sealedWithNonce(c, "lost", liveHdr))
+	r.send(r.snd, c, r.sealed(c, "next", nil))
+	expectRead(t, c, "next", r.addr())
+	if after := c.Stats().Drops; after.Auth != before.Auth+1 {
+		t.Fatalf("a v2 datagram with a live native session's header: drops %+v, then %+v, want one Auth", before, after)
+	}
+	before = c.Stats().Drops
+	garbage := make([]byte, 100)
+	rand.Read(garbage)
+	copy(garbage, []byte{ProtocolVersion, typeSealed, 0, 0, 0xff, 0xff, 0xff, 0xff})
+	r.send(r.snd, c, garbage)
+	r.send(r.snd, c, r.sealed(c, "after", nil))
+	expectRead(t, c, "after", r.addr())
+	after := c.Stats().Drops
+	if after.UnknownSession != before.UnknownSession+1 || after.Malformed != before.Malformed || after.Auth != before.Auth {
+		t.Fatalf("garbage with a native header from a v2 IP: drops %+v, then %+v, want one UnknownSession", before, after)
+	}
+
+	native := listenT(t, "udp4", "127.0.0.1:0", nil)
+	if _, err := native.WriteToUDPAddrPort([]byte("native"), addrOf(c)); err != nil {
+		t.Fatal(err)
+	}
+	expectRead(t, c, "native", addrOf(native))
+
+	handshakes := c.Stats().Handshakes
+	r.send(r.lis, c, helloDatagram(t))
+	r.send(r.snd, c, r.sealed(c, "still v2", nil))
+	expectRead(t, c, "still v2", r.addr())
+	barrier(t, c)
+	if st := c.Stats(); st.Handshakes != handshakes+1 { // the barrier's
+		t.Fatalf("a native hello from the v2 peer's address: %d handshakes, want %d", st.Handshakes, handshakes+1)
+	}
+	if pi := peerInfo(t, c, r.addr()); pi.Protocol != ProtocolV2 {
+		t.Fatalf("peer %+v", pi)
+	}
+}
