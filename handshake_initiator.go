@@ -21,8 +21,8 @@ func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 	if err != nil {
 		return err
 	}
-	if p.v2 != nil {
-		return c.v2Handshake(ctx, p.v2) // protocol v2 (v2conn.go)
+	if p.proto != nil {
+		return p.proto.handshake(ctx) // protocol v2 (proto_v2.go)
 	}
 	if p.policy == Plaintext {
 		return fmt.Errorf("%w: %v: policy is plaintext", ErrNoSession, addr)

@@ -47,7 +47,7 @@ type peer struct {
 	changed       chan struct{} // closed and replaced when a session comes or an attempt fails
 	removed       bool
 
-	v2 *v2Peer // non-nil for a ProtocolV2 peer: its state is there (v2conn.go)
+	proto peerProto // non-nil for a ProtocolV2 peer: its state is there (proto_v2.go)
 }
 
 // PeerInfo describes a peer.
@@ -113,7 +113,7 @@ func (c *Conn) AddPeer(pc PeerConfig) error {
 	}
 	p := c.newPeer(addr, &pc)
 	if pc.Protocol == ProtocolV2 {
-		// Protocol v2 (v2conn.go): the reference's key exchange, no handshake.
+		// Protocol v2 (proto_v2.go): the reference's key exchange, no handshake.
 		if err := c.v2AddLocked(p, &pc); err != nil {
 			c.mu.Unlock()
 			return err
@@ -121,8 +121,8 @@ func (c *Conn) AddPeer(pc PeerConfig) error {
 	}
 	c.peers[addr] = p
 	c.mu.Unlock()
-	if p.v2 != nil {
-		c.v2Start(p.v2)
+	if p.proto != nil {
+		p.proto.start() // protocol v2 (proto_v2.go)
 		return nil
 	}
 	if p.policy != Plaintext {
@@ -170,8 +170,8 @@ func (c *Conn) RemovePeer(addr netip.AddrPort) error {
 		return fmt.Errorf("%w: %v", ErrUnknownPeer, addr)
 	}
 	c.dropPeerLocked(p, fmt.Errorf("%w: %v was removed", ErrUnknownPeer, addr))
-	if p.v2 != nil {
-		c.v2Remove(p.v2) // protocol v2 (v2conn.go)
+	if p.proto != nil {
+		p.proto.remove() // protocol v2 (proto_v2.go)
 	}
 	return nil
 }
@@ -220,8 +220,8 @@ func (c *Conn) peerInfos(match func(netip.AddrPort) bool) []PeerInfo {
 			Established:   c.usableLocked(p.current, now),
 			LastHandshake: p.lastHandshake,
 		})
-		if p.v2 != nil {
-			p.v2.info(&out[len(out)-1]) // protocol v2 (v2conn.go)
+		if p.proto != nil {
+			p.proto.info(&out[len(out)-1]) // protocol v2 (proto_v2.go)
 		}
 		p.mu.Unlock()
 	}

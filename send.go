@@ -103,8 +103,8 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 	if isClosed(c.writeDeadline.wait()) {
 		return os.ErrDeadlineExceeded
 	}
-	if vp := c.v2.lookup(addr); vp != nil {
-		return c.sendV2(vp, b) // protocol v2 (v2conn.go): its own size limit and path
+	if pp := c.protoAt(addr); pp != nil {
+		return pp.send(b) // protocol v2 (proto_v2.go): the same size limit, its own path
 	}
 	if len(b) > c.maxPayload {
 		c.stats.tooLarge.Add(1)

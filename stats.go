@@ -20,7 +20,7 @@ type Stats struct {
 	HandshakeFailures uint64 // initiations that timed out
 	CookiesSent       uint64 // cookie replies sent under load
 	Verifications     uint64 // hello signatures verified
-	V2KeyExchanges    uint64 // key exchanges accepted from ProtocolV2 peers (v2conn.go)
+	V2KeyExchanges    uint64 // key exchanges accepted from ProtocolV2 peers
 
 	Drops Drops
 }
@@ -51,7 +51,6 @@ type counters struct {
 	malformed, replay, auth, policy, rejected, stale   atomic.Uint64
 	rateLimit, queueFull, tooLarge, unknownSession     atomic.Uint64
 	dropHandshakeTimeout, peerLimit                    atomic.Uint64
-	v2KeyExchanges, v2SendLimit                        atomic.Uint64 // protocol v2 (v2conn.go)
 }
 
 // Stats returns a snapshot of the Conn's counters.
@@ -78,7 +77,7 @@ func (c *Conn) Stats() Stats {
 		HandshakeFailures: k.handshakeFailures.Load(),
 		CookiesSent:       k.cookiesSent.Load(),
 		Verifications:     k.verifications.Load(),
-		V2KeyExchanges:    k.v2KeyExchanges.Load(),
+		V2KeyExchanges:    c.v2.KeyExchanges(), // protocol v2 (proto_v2.go)
 		Drops: Drops{
 			Malformed:        k.malformed.Load(),
 			Replay:           k.replay.Load(),
@@ -92,7 +91,7 @@ func (c *Conn) Stats() Stats {
 			UnknownSession:   k.unknownSession.Load(),
 			HandshakeTimeout: k.dropHandshakeTimeout.Load(),
 			PeerLimit:        k.peerLimit.Load(),
-			V2SendLimit:      k.v2SendLimit.Load(),
+			V2SendLimit:      c.v2.SendLimited(),
 		},
 	}
 }

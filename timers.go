@@ -82,7 +82,7 @@ func (c *Conn) tick() {
 		c.helloSweep = now
 		c.forgetOldHellos()
 	}
-	c.v2Tick(now) // protocol v2 key exchanges (v2conn.go)
+	c.v2Tick(now) // protocol v2 key exchanges (proto_v2.go)
 }
 
 // forgetOldHellos drops the remembered hello timestamps that are outside

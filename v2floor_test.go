@@ -5,6 +5,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	v2 "github.com/vaultudp/vaultudp/internal/v2"
 )
 
 // testClock is a wall clock for Config's clock that moves only when told.
@@ -26,7 +28,7 @@ func (r *fakeRef) sealedAt(c *Conn, payload string, ts time.Time) []byte {
 	var in [16]byte
 	rand.Read(bn[:])
 	rand.Read(in[:])
-	return sealV2(nil, r.shared(c), &bn, &in, v2UnixSeconds(ts), appendV2Frame(nil, r.z.compress(nil, []byte(payload)), nil, nil))
+	return v2.Seal(nil, r.shared(c), &bn, &in, v2.UnixSeconds(ts), v2.AppendFrame(nil, r.z.compress(nil, []byte(payload)), nil, nil))
 }
 
 // TestV2ReplayFloor: a sealed datagram captured from a v2 peer is not

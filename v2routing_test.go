@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"testing"
 	"time"
+
+	v2 "github.com/vaultudp/vaultudp/internal/v2"
 )
 
 // sealedWithNonce is a sealed datagram of payload to c whose box nonce
@@ -15,7 +17,7 @@ func (r *fakeRef) sealedWithNonce(c *Conn, payload string, prefix []byte) []byte
 	rand.Read(bn[:])
 	rand.Read(in[:])
 	copy(bn[:], prefix)
-	return sealV2(nil, r.shared(c), &bn, &in, v2UnixSeconds(time.Now()), appendV2Frame(nil, r.z.compress(nil, []byte(payload)), nil, nil))
+	return v2.Seal(nil, r.shared(c), &bn, &in, v2.UnixSeconds(time.Now()), v2.AppendFrame(nil, r.z.compress(nil, []byte(payload)), nil, nil))
 }
 
 // TestV2RoutingNativeFirst: datagrams are native first; a v2 peer's
