@@ -187,7 +187,7 @@ func BenchmarkPeerMemory(b *testing.B) {
 		runtime.ReadMemStats(&before)
 		for i := range peers {
 			addr := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 9)
-			p, err := c.peerFor(addr, true)
+			p, err := c.peerFor(addr, originWrite)
 			if err != nil {
 				b.Fatal(err)
 			}

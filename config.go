@@ -99,6 +99,22 @@ type Config struct {
 	// to the peer fail with ErrHandshakeTimeout. Zero: 5 s.
 	HandshakeTimeout time.Duration
 
+	// KeepaliveTimeout: when a peer has sent the application a datagram
+	// and the application sends it nothing back within KeepaliveTimeout,
+	// the Conn sends it an empty sealed datagram, so that the peer knows
+	// the session still works (a passive keepalive, as WireGuard's
+	// 10 s). Zero: DefaultKeepaliveTimeout. Negative: never.
+	KeepaliveTimeout time.Duration
+
+	// SilenceTimeout: when the Conn has sent a peer sealed datagrams and
+	// received nothing authenticated from it for SilenceTimeout, it starts
+	// a new handshake, while the session goes on: the peer may have
+	// restarted, or lost its state. A peer that only receives answers
+	// with passive keepalives, so a live peer is not disturbed. Zero:
+	// KeepaliveTimeout + HandshakeTimeout (15 s by default, as
+	// WireGuard's). Negative: never.
+	SilenceTimeout time.Duration
+
 	// FreshnessWindow is how far a handshake message's timestamp may be
 	// from the local clock. Zero: 60 s.
 	FreshnessWindow time.Duration
@@ -183,6 +199,13 @@ type PeerConfig struct {
 	// Policy overrides Config.Policy for this peer. Zero: Config.Policy.
 	Policy Policy
 
+	// Keepalive, if positive, sends the peer an empty sealed datagram
+	// whenever nothing was sent to it for that long (a persistent
+	// keepalive, as WireGuard's PersistentKeepalive), to keep the mapping
+	// of a NAT or stateful firewall between the two open; NATs often
+	// forget an idle UDP flow after 30 s, so 25 s suits most. Zero: off.
+	Keepalive time.Duration
+
 	// Protocol is the wire protocol spoken with this peer. Zero:
 	// ProtocolV3. ProtocolV2 speaks the Python reference's format to an
 	// IPv4 peer (see internal/v2/endpoint.go and README "Migrating from
@@ -206,6 +229,7 @@ const (
 	DefaultFreshnessWindow  = 60 * time.Second
 	DefaultReadQueue        = 1024
 	DefaultMaxPeers         = 10000
+	DefaultKeepaliveTimeout = 10 * time.Second
 )
 
 // resolve returns a copy of c with every default filled in, or an error
@@ -243,6 +267,12 @@ func (c *Config) resolve() (Config, error) {
 		if *f.d == 0 {
 			*f.d = f.def
 		}
+	}
+	if r.KeepaliveTimeout == 0 {
+		r.KeepaliveTimeout = DefaultKeepaliveTimeout
+	}
+	if r.SilenceTimeout == 0 {
+		r.SilenceTimeout = max(r.KeepaliveTimeout, 0) + r.HandshakeTimeout
 	}
 	if r.RateLimit < 0 || r.RateBurst < 0 {
 		return r, fmt.Errorf("%w: RateLimit %v, RateBurst %d: want >= 0", ErrInvalidConfig, r.RateLimit, r.RateBurst)
@@ -298,6 +328,9 @@ func (p *PeerConfig) check() error {
 	}
 	if p.Policy < PolicyDefault || p.Policy > Plaintext {
 		return fmt.Errorf("%w: peer %v: Policy %d", ErrInvalidConfig, p.Addr, int(p.Policy))
+	}
+	if p.Keepalive < 0 {
+		return fmt.Errorf("%w: peer %v: Keepalive %v is negative", ErrInvalidConfig, p.Addr, p.Keepalive)
 	}
 	switch p.Protocol {
 	case ProtocolV3:

@@ -49,7 +49,9 @@ type Conn struct {
 	start      time.Time
 	clock      atomic.Int64 // coarse monotonic nanoseconds since start
 	stats      counters
-	helloSweep int64 // Conn clock of the last forgetOldHellos; housekeeping's own
+
+	queuedBytes atomic.Int64 // bytes waiting for handshakes, all peers
+	helloSweep  int64        // Conn clock of the last forgetOldHellos; housekeeping's own
 
 	v2 *v2.Endpoint // protocol v2 (the Python reference's format) peers: proto_v2.go
 
@@ -65,6 +67,7 @@ type Conn struct {
 
 	readDeadline  *deadline
 	rd            readCoord     // who reads the socket (direct.go)
+	bgWake        chan struct{} // wakes the background reader (direct.go)
 	appToken      chan struct{} // held by the one application goroutine reading the socket
 	appReaderPool sync.Pool     // *appReader
 	writeDeadline *deadline
@@ -78,10 +81,14 @@ type Conn struct {
 
 	// mu guards the fields below. Lock order: mu, then a peer's mu,
 	// then idxMu.
-	mu        sync.RWMutex
-	peers     map[netip.AddrPort]*peer
-	learned   int // peers not configured
-	lastHello map[[ed25519.PublicKeySize]byte]uint64
+	mu      sync.RWMutex
+	peers   map[netip.AddrPort]*peer
+	learned int // peers not configured
+	// plainPeers counts the learned peers known only from plaintext,
+	// plainOrder holds them oldest first (and some that are gone).
+	plainPeers int
+	plainOrder []*peer
+	lastHello  map[[ed25519.PublicKeySize]byte]uint64
 
 	// idxMu guards the fields below; it is a leaf lock.
 	idxMu     sync.Mutex
@@ -135,6 +142,7 @@ func newConn(pc net.PacketConn, config *Config) (*Conn, error) {
 		recvQ:         make(chan *packet, cfg.ReadQueue),
 		readDeadline:  newDeadline(),
 		appToken:      make(chan struct{}, 1),
+		bgWake:        make(chan struct{}, 1),
 		writeDeadline: newDeadline(),
 		closed:        make(chan struct{}),
 		peers:         make(map[netip.AddrPort]*peer),
@@ -191,10 +199,18 @@ func (c *Conn) MaxPayload() int { return c.maxPayload }
 
 func (c *Conn) isClosed() bool { return isClosed(c.closed) }
 
+// opError is the error of op, shaped as *net.UDPConn's are: Source is
+// the local address, Addr a write's destination, except for the deadline
+// setters ("set"), which put the local address in Addr.
 func (c *Conn) opError(op string, addr net.Addr, err error) error {
 	e := &net.OpError{Op: op, Net: "udp", Source: c.LocalAddr(), Err: err}
-	if op == "write" {
-		e.Addr = addr
+	switch op {
+	case "write":
+		if ua, ok := addr.(*net.UDPAddr); !ok || ua != nil { // no typed nil in an interface
+			e.Addr = addr
+		}
+	case "set":
+		e.Source, e.Addr = nil, e.Source
 	}
 	return e
 }
@@ -214,6 +230,11 @@ func (c *Conn) ReadFrom(b []byte) (int, net.Addr, error) {
 func (c *Conn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) {
 	if c.isClosed() {
 		return 0, netip.AddrPort{}, c.opError("read", nil, net.ErrClosed)
+	}
+	if isClosed(c.readDeadline.wait()) {
+		// As on *net.UDPConn, a deadline that has passed fails the read
+		// even when a datagram waits (the select below would pick either).
+		return 0, netip.AddrPort{}, c.opError("read", nil, os.ErrDeadlineExceeded)
 	}
 	direct := c.appToken // nil (never ready) unless the socket allows direct reads
 	if c.sock.Load().udp == nil {
@@ -273,7 +294,15 @@ func addrString(a net.Addr) string {
 
 // WriteToUDPAddrPort is WriteTo with a netip.AddrPort.
 func (c *Conn) WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error) {
+	if s := c.sock.Load(); s.udp != nil && !s.ipv6 && addr.Addr().Is6() && !addr.Addr().Is4In6() {
+		// An IPv4 socket cannot reach it: *net.UDPConn's error, at once
+		// (the handshake would otherwise wait for nothing).
+		return 0, c.opError("write", net.UDPAddrFromAddrPort(addr), &net.AddrError{Err: "non-IPv4 address", Addr: addr.Addr().String()})
+	}
 	if err := c.send(b, normAddr(addr)); err != nil {
+		if oe, ok := err.(*net.OpError); ok {
+			err = oe.Err // the socket's own: one *net.OpError, as *net.UDPConn's
+		}
 		return 0, c.opError("write", net.UDPAddrFromAddrPort(addr), err)
 	}
 	return len(b), nil

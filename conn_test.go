@@ -677,13 +677,14 @@ func TestHandshakeTimeout(t *testing.T) {
 	if s.DatagramsOut != 0 {
 		t.Errorf("DatagramsOut %d, want 0", s.DatagramsOut)
 	}
-	_, err = a.WriteToUDPAddrPort([]byte("later"), dead)
-	if !errors.Is(err, ErrHandshakeTimeout) {
-		t.Fatalf("write after the failure: %v, want an error wrapping ErrHandshakeTimeout", err)
+	// UDP's write contract: a write in the back-off after the failure is
+	// dropped and counted, not an error (quic-go and kcp-go end their
+	// sessions on write errors).
+	if n, err := a.WriteToUDPAddrPort([]byte("later"), dead); err != nil || n != 5 {
+		t.Fatalf("write after the failure: %d, %v; want 5, nil (dropped and counted)", n, err)
 	}
-	var oe *net.OpError
-	if !errors.As(err, &oe) || oe.Op != "write" {
-		t.Errorf("write error %v is not a *net.OpError of op write", err)
+	if got := a.Stats().Drops.WriteBackoff; got != 1 {
+		t.Errorf("Drops.WriteBackoff %d, want 1", got)
 	}
 	for _, p := range a.Peers() {
 		if p.Addr == dead && p.Established {
@@ -703,8 +704,14 @@ func TestPinnedKeyMismatch(t *testing.T) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 		defer cancel()
-		if err := a.Handshake(ctx, addrOf(b)); !errors.Is(err, ErrHandshakeTimeout) {
-			t.Fatalf("Handshake with a wrong pinned key: %v, want ErrHandshakeTimeout", err)
+		err := a.Handshake(ctx, addrOf(b))
+		if !errors.Is(err, ErrPeerRejected) || !strings.Contains(err.Error(), EncodePublicKey(wrong)) ||
+			!strings.Contains(err.Error(), EncodePublicKey(b.PublicKey())) {
+			t.Fatalf("Handshake with a wrong pinned key: %v, want ErrPeerRejected naming both keys", err)
+		}
+		// The refusal lasts: writes fail with it, and PeerInfo keeps it.
+		if _, werr := a.WriteToUDPAddrPort([]byte("refused"), addrOf(b)); !errors.Is(werr, ErrPeerRejected) {
+			t.Errorf("write to a refused peer: %v, want ErrPeerRejected", werr)
 		}
 		if s := a.Stats(); s.Drops.Rejected == 0 || s.Handshakes != 0 {
 			t.Errorf("a: Rejected %d, Handshakes %d; want > 0, 0", s.Drops.Rejected, s.Handshakes)
@@ -712,6 +719,9 @@ func TestPinnedKeyMismatch(t *testing.T) {
 		ps := a.PeersByIP(addrOf(b).Addr())
 		if len(ps) != 1 || ps[0].Established || !bytes.Equal(ps[0].PublicKey, wrong) || !ps[0].Configured {
 			t.Errorf("a's peers: %+v; want one configured, not established, with the pinned key", ps)
+		}
+		if len(ps) == 1 && !errors.Is(ps[0].LastFailure, ErrPeerRejected) {
+			t.Errorf("PeerInfo.LastFailure %v, want ErrPeerRejected", ps[0].LastFailure)
 		}
 	})
 
@@ -731,8 +741,8 @@ func TestPinnedKeyMismatch(t *testing.T) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 		defer cancel()
-		if err := b.Handshake(ctx, addrOf(a)); !errors.Is(err, ErrHandshakeTimeout) {
-			t.Fatalf("b: Handshake with a wrong pinned key: %v, want ErrHandshakeTimeout", err)
+		if err := b.Handshake(ctx, addrOf(a)); !errors.Is(err, ErrPeerRejected) {
+			t.Fatalf("b: Handshake with a wrong pinned key: %v, want ErrPeerRejected", err)
 		}
 		if _, err := a.WriteToUDPAddrPort([]byte("lost"), addrOf(b)); err != nil && !errors.Is(err, ErrHandshakeTimeout) {
 			t.Fatal(err)

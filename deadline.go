@@ -8,14 +8,16 @@ import (
 // deadline is a settable deadline, as net.Pipe implements them: wait
 // returns a channel that is closed once the deadline has passed. Setting
 // a new deadline while a call waits takes effect at once, and setting one
-// is cheap (one timer), because consumers such as miekg/dns set a read
-// deadline before every read.
+// allocates nothing in steady state (consumers such as miekg/dns set a
+// read deadline before every read): one timer serves every deadline, moved
+// with Reset, and the channel is replaced only after it was closed.
 type deadline struct {
-	// mu guards the fields below.
-	mu     sync.Mutex
-	timer  *time.Timer
-	cancel chan struct{} // closed when the deadline passes
-	t      time.Time     // the deadline; zero for none
+	// mu guards the fields below; the timer's function takes it too.
+	mu      sync.Mutex
+	timer   *time.Timer   // runs expire; made by the first deadline in the future
+	cancel  chan struct{} // closed when the deadline passes
+	t       time.Time     // the deadline; zero for none
+	stopped bool          // stop was called: the timer is never armed again
 }
 
 func newDeadline() *deadline {
@@ -26,12 +28,15 @@ func newDeadline() *deadline {
 func (d *deadline) set(t time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.timer != nil && !d.timer.Stop() {
-		<-d.cancel // the timer fired and closed cancel: wait is over
+	if d.stopped {
+		return
 	}
-	d.timer = nil
 	d.t = t
-
+	if d.timer != nil {
+		// If the timer has fired already, expire is waiting for mu or
+		// about to: it finds the new deadline and acts on that one.
+		d.timer.Stop()
+	}
 	closed := isClosed(d.cancel)
 	if t.IsZero() {
 		if closed {
@@ -39,15 +44,39 @@ func (d *deadline) set(t time.Time) {
 		}
 		return
 	}
-	if dur := time.Until(t); dur > 0 {
-		if closed {
-			d.cancel = make(chan struct{})
+	dur := time.Until(t)
+	if dur <= 0 {
+		if !closed {
+			close(d.cancel)
 		}
-		cancel := d.cancel
-		d.timer = time.AfterFunc(dur, func() { close(cancel) })
 		return
 	}
-	if !closed {
+	if closed {
+		d.cancel = make(chan struct{})
+	}
+	if d.timer == nil {
+		d.timer = time.AfterFunc(dur, d.expire)
+	} else {
+		d.timer.Reset(dur)
+	}
+}
+
+// expire is the timer's function: it closes the channel if the deadline
+// it finds has passed. A firing for a deadline moved since then finds
+// the deadline cleared (nothing to do) or in the future (the timer is
+// armed for it again: set has done so, or the wall clock moved under a
+// deadline without a monotonic reading).
+func (d *deadline) expire() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopped || d.t.IsZero() {
+		return
+	}
+	if dur := time.Until(d.t); dur > 0 {
+		d.timer.Reset(dur)
+		return
+	}
+	if !isClosed(d.cancel) {
 		close(d.cancel)
 	}
 }
@@ -66,13 +95,13 @@ func (d *deadline) time() time.Time {
 	return d.t
 }
 
-// stop releases the timer.
+// stop releases the timer for good.
 func (d *deadline) stop() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.stopped = true
 	if d.timer != nil {
 		d.timer.Stop()
-		d.timer = nil
 	}
 }
 

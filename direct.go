@@ -23,9 +23,9 @@ import (
 // the queue.
 
 // directGrace is how long the background reader stays out of the socket
-// after the last application read.
-// It is read on the Conn's coarse clock (housekeepingEvery), so the real
-// wait is between one and two ticks longer.
+// after the last application read. It does not wait when no application
+// goroutine has read yet, nor when the Conn expects a handshake message
+// (wakeBackgroundReader): the first datagram must not wait for it.
 const directGrace = 20 * time.Millisecond
 
 // aLongTimeAgo is a deadline in the past, to interrupt a socket read.
@@ -36,7 +36,7 @@ type readCoord struct {
 	// mu guards the fields below.
 	mu         sync.Mutex
 	appReaders int           // goroutines in ReadFrom that read the socket
-	lastApp    int64         // Conn clock when the last of them left
+	appReads   uint64        // how many direct reads have begun, ever
 	sockDL     time.Time     // the read deadline last set on the socket
 	bgReading  bool          // the background reader is in a socket read
 	bgSock     *socket       // ... of this socket
@@ -51,34 +51,40 @@ type appReader struct {
 }
 
 // bgBegin waits until the background reader may read s, and marks it
-// reading. It returns false when the Conn is closed or s replaced. It
-// polls every directGrace rather than being woken when application
-// readers leave: they leave after every datagram, and waking another
-// goroutine each time is the cost direct reads avoid. t is the caller's
-// timer, reused.
+// reading: at once if no application goroutine ever read, or when woken
+// by wakeBackgroundReader with no application reader in the socket, and
+// otherwise once no direct read has begun for a whole directGrace. It
+// returns false when the Conn is closed or s replaced. It polls every
+// directGrace rather than being woken when application readers leave:
+// they leave after every datagram, and waking another goroutine each time
+// is the cost direct reads avoid. t is the caller's timer, reused.
 func (c *Conn) bgBegin(s *socket, t *time.Timer) bool {
 	rc := &c.rd
 	rc.mu.Lock()
-	for {
+	for woken := false; ; {
 		if c.isClosed() || c.sock.Load() != s {
 			rc.mu.Unlock()
 			return false
 		}
-		wait := directGrace - time.Duration(c.now()-rc.lastApp)
-		if rc.appReaders > 0 {
-			wait = directGrace
-		}
-		if wait <= 0 && rc.appReaders == 0 {
+		if rc.appReaders == 0 && (rc.appReads == 0 || woken) {
 			break
 		}
+		reads := rc.appReads
 		rc.mu.Unlock()
-		t.Reset(wait)
+		t.Reset(directGrace)
+		woken = false
 		select {
 		case <-t.C:
+		case <-c.bgWake:
+			woken = true
+			t.Stop()
 		case <-c.closed:
 			t.Stop()
 		}
 		rc.mu.Lock()
+		if rc.appReads == reads {
+			woken = true // no application read for a whole grace
+		}
 	}
 	c.setSockDeadlineLocked(s, time.Time{}) // an application reader may have left one
 	rc.bgReading, rc.bgSock, rc.kicked = true, s, false
@@ -107,6 +113,7 @@ func (c *Conn) appBegin(s *socket) {
 	rc := &c.rd
 	rc.mu.Lock()
 	rc.appReaders++
+	rc.appReads++
 	for rc.bgReading {
 		if !rc.kicked {
 			rc.kicked = true
@@ -127,8 +134,17 @@ func (c *Conn) appEnd() {
 	rc := &c.rd
 	rc.mu.Lock()
 	rc.appReaders--
-	rc.lastApp = c.now() // the coarse clock: no time.Now per datagram
 	rc.mu.Unlock()
+}
+
+// wakeBackgroundReader has the background reader read the socket now if no
+// application goroutine is reading it: the Conn has sent a hello, and its
+// reply must not wait for an application read or the grace.
+func (c *Conn) wakeBackgroundReader() {
+	select {
+	case c.bgWake <- struct{}{}:
+	default:
+	}
 }
 
 // setSocketReadDeadline passes a new read deadline to the socket while

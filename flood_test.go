@@ -5,7 +5,6 @@ import (
 	"crypto/ecdh"
 	"crypto/rand"
 	"encoding/binary"
-	"errors"
 	mrand "math/rand/v2"
 	"net"
 	"net/netip"
@@ -698,7 +697,8 @@ func addrOf2(pc *net.UDPConn) netip.AddrPort {
 // TestFloodPendingInitiationsBounded: the application writes to thousands
 // of addresses where nobody answers (a scan, or a bug). Each becomes a
 // learned peer with a pending initiation and a queued datagram, up to
-// MaxPeers; writes beyond are refused and counted; every initiation ends
+// MaxPeers; writes beyond are dropped and counted (not errors: UDP's write
+// contract); every initiation ends
 // at HandshakeTimeout, its datagram dropped and counted; the idle peers
 // are then forgotten.
 func TestFloodPendingInitiationsBounded(t *testing.T) {
@@ -708,17 +708,10 @@ func TestFloodPendingInitiationsBounded(t *testing.T) {
 	mb := mn.listen(t, "10.0.0.2:2000")
 	b := wrapT(t, mb, &Config{MTU: 1500, MaxPeers: maxPeers, HandshakeTimeout: 300 * time.Millisecond, KeyLifetime: 400 * time.Millisecond})
 	before := b.Stats()
-	ok, refused := 0, 0
 	maxInit := 0
 	for i := range n {
 		to := netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2 + byte(i>>8), byte(i)}), 9)
-		_, err := b.WriteToUDPAddrPort([]byte("anyone?"), to)
-		switch {
-		case err == nil:
-			ok++
-		case errors.Is(err, ErrNoSession):
-			refused++
-		default:
+		if _, err := b.WriteToUDPAddrPort([]byte("anyone?"), to); err != nil {
 			t.Fatal(err)
 		}
 		if i%64 == 0 {
@@ -730,10 +723,12 @@ func TestFloodPendingInitiationsBounded(t *testing.T) {
 		}
 	}
 	mid := b.Stats()
+	refused := int(mid.Drops.WritePeerLimit - before.Drops.WritePeerLimit)
+	ok := n - refused
 	t.Logf("%d writes to silent addresses: %d queued, %d refused (MaxPeers %d); at most %d pending initiations; state %+v",
 		n, ok, refused, maxPeers, maxInit, stateOf(b))
-	if refused == 0 || int(mid.Drops.PeerLimit-before.Drops.PeerLimit) != refused {
-		t.Errorf("refused %d writes, PeerLimit counted %d", refused, mid.Drops.PeerLimit-before.Drops.PeerLimit)
+	if refused == 0 || ok < maxPeers {
+		t.Errorf("%d writes queued, %d dropped (Drops.WritePeerLimit); want at least %d queued and some dropped", ok, refused, maxPeers)
 	}
 	took, s, done := waitState(b, 5*time.Second, func(s stateSizes) bool { return s.peers == 0 && s.initiated == 0 && s.sessions == 0 })
 	after := b.Stats()

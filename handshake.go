@@ -389,12 +389,25 @@ func (c *Conn) trust(p *peer, addr netip.AddrPort, key ed25519.PublicKey) error 
 		}
 	case c.cfg.VerifyPeer != nil:
 		if err := c.cfg.VerifyPeer(addr, slicesClone(key)); err != nil {
-			return fmt.Errorf("%w: %v: %w", ErrPeerRejected, addr, err)
+			return fmt.Errorf("%w: %v presented %s: %w", ErrPeerRejected, addr, EncodePublicKey(key), err)
 		}
 	case known != nil && !bytes.Equal(known, key):
 		return fmt.Errorf("%w: %v presented %s, but it used %s before (trust on first use)", ErrPeerRejected, addr, EncodePublicKey(key), EncodePublicKey(known))
 	}
 	return nil
+}
+
+// tofuOnly reports whether the only trust rule for p is the key it used
+// first: a learned peer, no pinned key, no Config.VerifyPeer.
+func (c *Conn) tofuOnly(p *peer) bool {
+	return !p.configured && p.pinned == nil && c.cfg.VerifyPeer == nil
+}
+
+// hasIdentity reports whether key is the identity of p's sessions.
+func (p *peer) hasIdentity(key ed25519.PublicKey) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.identity == nil || bytes.Equal(p.identity, key)
 }
 
 func slicesClone(k ed25519.PublicKey) ed25519.PublicKey { return append(ed25519.PublicKey(nil), k...) }

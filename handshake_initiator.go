@@ -12,12 +12,13 @@ import (
 
 // Handshake waits until the peer at addr has a session, starting a
 // handshake if none is under way (also after a failed one). It returns an
-// error wrapping ErrHandshakeTimeout if the attempt fails, ctx's error if
+// error wrapping ErrHandshakeTimeout if the attempt fails, one wrapping
+// ErrPeerRejected if the trust rules refused the peer's key, ctx's error if
 // ctx ends first. An address that is not a peer becomes a learned one, as
 // a write to it would.
 func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 	addr = normAddr(addr)
-	p, err := c.peerFor(addr, true)
+	p, err := c.peerFor(addr, originWrite)
 	if err != nil {
 		return err
 	}
@@ -39,21 +40,17 @@ func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 			p.mu.Unlock()
 			return nil
 		}
-		if started && p.init == nil && p.failErr != nil {
+		if started && !p.handshakingLocked() && p.failErr != nil {
 			err := p.failErr
 			p.mu.Unlock()
 			return err
 		}
-		var hello []byte
-		if p.init == nil && p.next == nil {
-			p.failErr = nil
-			hello = c.initiateLocked(p)
-		}
+		hello := p.init == nil && p.next == nil && p.claimHelloLocked()
 		started = true
-		ch, to := p.changed, p.addr
+		ch := p.changed
 		p.mu.Unlock()
-		if hello != nil {
-			c.sendControl(to, hello)
+		if hello {
+			c.sendHello(p)
 		}
 		select {
 		case <-ch:
@@ -68,45 +65,111 @@ func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 // startHandshake starts an initiation with p unless one is under way.
 func (c *Conn) startHandshake(p *peer) {
 	p.mu.Lock()
-	var hello []byte
-	if p.init == nil && !p.removed {
-		p.failErr = nil
-		hello = c.initiateLocked(p)
-	}
-	to := p.addr
+	hello := p.init == nil && p.claimHelloLocked()
 	p.mu.Unlock()
-	if hello != nil {
-		c.sendControl(to, hello)
+	if hello {
+		c.sendHello(p)
 	}
 }
 
-// initiateLocked makes a new hello for p, replacing any pending one, and
-// returns it for the caller to send once p.mu is released.
-func (c *Conn) initiateLocked(p *peer) []byte {
+// Every hello goes through one entry point. A caller decides under p.mu
+// that p needs a hello and claims it (claimHelloLocked), then calls
+// sendHello with p.mu released: the key generation and the signature run
+// outside every lock the data path takes, and one claim at a time means
+// one hello at a time.
+
+// claimHelloLocked reserves the making of p's next hello. It reports false
+// if one is being made already or p is gone; p.mu is held. A successful
+// claim clears the last attempt's failure: a new attempt begins.
+func (p *peer) claimHelloLocked() bool {
+	if p.initiating || p.removed {
+		return false
+	}
+	p.initiating = true
+	p.failErr = nil
+	return true
+}
+
+// mayInitiateLocked reports whether the Conn may send p a hello of its own
+// accord (for a write, or a queue that waits): always for a configured
+// peer, one the application wrote to first, or one that has had a session;
+// never for a peer known only from its hello (a forged hello must not turn
+// the Conn against the address it named); for a peer known only from
+// plaintext, one hello, and only once that address has sent at least as
+// many bytes (no amplification before it answers). p.mu is held.
+func (c *Conn) mayInitiateLocked(p *peer) bool {
+	switch {
+	case p.established || p.origin == originConfig || p.origin == originWrite:
+		return true
+	case p.origin == originPlaintext:
+		return p.hellos == 0 && p.credit >= c.helloWireLen()
+	}
+	return false
+}
+
+// mayRetryLocked reports whether a hello to p that went unanswered may be
+// sent again: not to an address that has not proved it receives, unless
+// the application chose it. p.mu is held.
+func (p *peer) mayRetryLocked() bool {
+	return p.established || p.origin == originConfig || p.origin == originWrite
+}
+
+// helloWireLen is the length of a hello datagram.
+func (c *Conn) helloWireLen() int {
+	return openHeaderLen + (&record{control: make([]byte, helloFixedLen+len(c.hs.versions)+64+cookieLen)}).envelopeLen()
+}
+
+// handshakingLocked reports whether an initiation is pending or being
+// made; p.mu is held.
+func (p *peer) handshakingLocked() bool { return p.init != nil || p.initiating }
+
+// sendHello makes a new hello for p, replacing any pending one, and sends
+// it. The caller holds a claim (claimHelloLocked) and not p.mu. A retry
+// keeps the cookie the responder gave the hello it replaces; the one it
+// replaces stays answerable (a slow reply to it still completes).
+func (c *Conn) sendHello(p *peer) {
 	eph, err := ecdh.X25519().GenerateKey(rand.Reader)
 	if err != nil {
 		panic(err) // crypto/rand does not fail
 	}
-	now := c.now()
 	c.idxMu.Lock()
-	if p.prevInit != nil {
-		delete(c.initiated, p.prevInit.localIndex)
-	}
-	if p.init == nil {
-		p.initStart = now
-	}
 	idx := c.newIndexLocked()
 	c.initiated[idx] = p
 	c.idxMu.Unlock()
+	init := c.hs.initiate(c.cfg.now(), idx, eph)
+
+	now := c.now()
+	p.mu.Lock()
+	p.initiating = false
+	if p.removed {
+		p.mu.Unlock()
+		c.idxMu.Lock()
+		delete(c.initiated, idx)
+		c.idxMu.Unlock()
+		return
+	}
+	c.idxMu.Lock()
+	if p.prevInit != nil && c.initiated[p.prevInit.localIndex] == p {
+		delete(c.initiated, p.prevInit.localIndex)
+	}
+	c.idxMu.Unlock()
 	old := p.init
-	p.prevInit, p.init = old, c.hs.initiate(c.cfg.now(), idx, eph)
-	if old != nil {
+	if old == nil {
+		p.initStart = now
+	} else {
 		// A retry: the responder may be under load and want the
 		// cookie it gave us back.
-		p.init.setCookie(old.cookie())
+		init.setCookie(old.cookie())
 	}
+	p.prevInit, p.init = old, init
 	p.initSent = now
-	return p.init.hello
+	p.hellos++
+	hello, to := init.hello, p.addr
+	p.mu.Unlock()
+	c.sendControl(to, hello)
+	// The reply must be read at once even if no application goroutine
+	// is reading (direct.go).
+	c.wakeBackgroundReader()
 }
 
 // clearInitLocked forgets p's pending initiations.
@@ -121,17 +184,25 @@ func (c *Conn) clearInitLocked(p *peer) {
 	p.init, p.prevInit = nil, nil
 }
 
-// failLocked ends p's handshake attempt with a timeout.
-func (c *Conn) failLocked(p *peer, now int64) {
+// failLocked ends p's handshake attempt with err (a timeout, or a key the
+// trust rules refused): the queue is dropped, and writes in the back-off
+// that follows are dropped too (or fail, for a refused key).
+func (c *Conn) failLocked(p *peer, now int64, err error) {
 	c.clearInitLocked(p)
-	p.failErr = fmt.Errorf("%w: no session with %v after %v", ErrHandshakeTimeout, p.addr, c.cfg.HandshakeTimeout)
+	if p.silent {
+		// The peer has not answered for SilenceTimeout and then a
+		// handshake: it is gone (restarted, or another key). Its
+		// session would only swallow what is written.
+		c.unindexLocked(p, p.current, p.previous)
+		p.current, p.previous, p.silent = nil, nil, false
+	}
+	p.failErr, p.lastFailure = err, err
 	p.failedAt = now
 	p.lastSeen = now // keep the peer (and its error) a while for writers to see
 	c.stats.handshakeFailures.Add(1)
-	c.stats.dropHandshakeTimeout.Add(uint64(len(p.queue)))
-	p.queue = nil
+	c.stats.dropHandshakeTimeout.Add(uint64(len(c.takeQueueLocked(p))))
 	p.notifyLocked()
-	c.log.Debug("vaultudp: handshake timed out", "peer", p.addr)
+	c.log.Debug("vaultudp: handshake failed", "peer", p.addr, "err", err)
 }
 
 func (c *Conn) handleReply(msg []byte) {
@@ -172,8 +243,16 @@ func (c *Conn) handleReply(msg []byte) {
 	}
 	// Trust is decided on a key whose signature has been verified.
 	if err := c.trust(p, addr, r.identity); err != nil {
+		// A refusal that lasts: the attempt ends now, and Handshake
+		// and writes report it (an on-path attacker, who could drop the
+		// reply anyway, can end an attempt this way, no more).
 		c.stats.rejected.Add(1)
 		c.log.Info("vaultudp: handshake refused", "peer", addr, "err", err)
+		p.mu.Lock()
+		if p.init == init || p.prevInit == init {
+			c.failLocked(p, c.now(), err)
+		}
+		p.mu.Unlock()
 		return
 	}
 	s, err := newSession(keys, c.now())

@@ -53,8 +53,23 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort) {
 		c.stats.auth.Add(1)
 		return
 	}
+	if pr != nil && c.tofuOnly(pr) && !pr.hasIdentity(m.identity) && c.replaceable(pr) {
+		// A learned peer whose old identity did not answer a liveness
+		// challenge (path.go): a client that restarted with a new key.
+		c.mu.Lock()
+		if c.peers[from] == pr {
+			c.dropPeerLocked(pr, errReplaced(from))
+		}
+		c.mu.Unlock()
+		pr = nil
+	}
 	if err := c.trust(pr, from, m.identity); err != nil {
 		c.stats.rejected.Add(1)
+		if pr != nil {
+			pr.mu.Lock()
+			pr.lastFailure, pr.refused = err, err
+			pr.mu.Unlock()
+		}
 		c.log.Info("vaultudp: handshake refused", "peer", from, "err", err)
 		return
 	}

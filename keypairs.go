@@ -39,13 +39,13 @@ func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall tim
 	}
 	p.identity = identity
 	p.lastHandshake = wall
-	p.failErr = nil
+	p.failErr, p.refused, p.silent = nil, nil, false
 	p.lastSeen = now
 	c.stats.handshakes.Add(1)
 	if rekey {
 		c.stats.rekeys.Add(1)
 	}
-	queued := c.takeQueueLocked(p, s)
+	queued := c.flushQueueLocked(p, s)
 	p.notifyLocked()
 	c.log.Debug("vaultudp: session established", "peer", p.addr, "initiator", s.initiator, "rekey", rekey)
 	return queued
@@ -69,20 +69,19 @@ func (c *Conn) confirmLocked(p *peer, s *session) [][]byte {
 	p.previous, p.current, p.next, p.nextOld = p.current, s, nil, nil
 	p.established = true
 	p.notifyLocked()
-	return c.takeQueueLocked(p, s)
+	return c.flushQueueLocked(p, s)
 }
 
-// takeQueueLocked hands the datagrams waiting for a session to the caller
-// once s is p's current session. Writers wait until flush has sent them,
-// so that a datagram written after one that waited does not overtake it.
-func (c *Conn) takeQueueLocked(p *peer, s *session) [][]byte {
+// flushQueueLocked hands the datagrams waiting for a session to the
+// caller once s is p's current session. Writers wait until flush has sent
+// them, so that a datagram written after one that waited does not overtake
+// it.
+func (c *Conn) flushQueueLocked(p *peer, s *session) [][]byte {
 	if p.current != s || len(p.queue) == 0 || p.flushed != nil {
 		return nil
 	}
-	queued := p.queue
-	p.queue = nil
 	p.flushed = make(chan struct{})
-	return queued
+	return c.takeQueueLocked(p)
 }
 
 // flush sends datagrams that waited for s, then lets the writers that
@@ -92,7 +91,7 @@ func (c *Conn) flush(p *peer, s *session, to netip.AddrPort, queued [][]byte) {
 		return
 	}
 	for _, b := range queued {
-		if err := c.sendData(s, to, b); err != nil {
+		if err := c.sendData(p, s, to, b); err != nil {
 			c.log.Debug("vaultudp: sending queued datagram", "peer", to, "err", err)
 		}
 	}

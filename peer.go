@@ -17,9 +17,21 @@ import (
 // peer is the state kept for one remote address.
 type peer struct {
 	configured bool
+	origin     peerOrigin
 	pinned     ed25519.PublicKey // nil: not pinned
 	policy     Policy            // resolved: never PolicyDefault
 	limiter    *rate.Limiter     // nil: unlimited
+
+	keepalive  time.Duration // PeerConfig.Keepalive
+
+	// Counters for PeerInfo, atomic: the data path takes no lock for them.
+	datagramsIn, bytesIn, datagramsOut, bytesOut atomic.Uint64
+
+	// The keepalive and silence timers' marks (timers.go), atomic for the
+	// data path: Conn clock | 1, zero for none.
+	sentAt     atomic.Int64 // the last sealed datagram sent
+	unanswered atomic.Int64 // the first sealed datagram sent since the last authenticated one received
+	dataIn     atomic.Int64 // the first payload received since the last sealed datagram sent
 
 	// seenSealed is set once a sealed datagram from the peer opened:
 	// from then on, plaintext from it is a downgrade.
@@ -39,7 +51,17 @@ type peer struct {
 	initSent      int64       // Conn clock at the last hello sent
 	queue         [][]byte
 	flushed       chan struct{} // non-nil while queue's datagrams are being sent; closed after
+	initiating    bool          // a hello is being made (claimHelloLocked)
+	hellos        int           // hellos sent to it, ever
+	silent        bool          // the attempt under way began with a silence (timers.go)
+	credit        int           // bytes received from it before it proved it receives (origin plaintext)
+	queuedBytes   int64         // the bytes in queue
 	failErr       error         // the last attempt's failure, until failedAt+backoff
+	lastFailure   error         // the last failure, kept for PeerInfo
+	refused       error         // the trust rules refused a hello from the peer's address since its last session
+	path          *pathCheck    // a new address being validated (path.go)
+	live          *pathCheck    // a liveness challenge at addr (path.go)
+	alive         int64         // Conn clock (|1) when it last answered one
 	failedAt      int64
 	lastSeen      int64 // Conn clock at the last datagram from or to it
 	lastHandshake time.Time
@@ -59,12 +81,22 @@ type PeerInfo struct {
 	Configured    bool      // added by AddPeer or Config.Peers, not learned from the network
 	Established   bool      // it has a session now
 	LastHandshake time.Time // zero if none
+
+	// Traffic with the peer: application datagrams delivered from it
+	// and sent to it, and their payload bytes.
+	DatagramsIn, BytesIn, DatagramsOut, BytesOut uint64
+
+	// LastFailure is the last handshake failure with the peer (a
+	// timeout, or a key the trust rules refused, matching
+	// ErrHandshakeTimeout or ErrPeerRejected), nil if none.
+	LastFailure error
 }
 
 func (c *Conn) newPeer(addr netip.AddrPort, pc *PeerConfig) *peer {
 	p := &peer{addr: addr, policy: c.cfg.Policy, changed: make(chan struct{}), lastSeen: c.now()}
 	if pc != nil {
-		p.configured = true
+		p.configured, p.origin = true, originConfig
+		p.keepalive = pc.Keepalive
 		p.pinned = slices.Clone(pc.PublicKey)
 		if pc.Policy != PolicyDefault {
 			p.policy = pc.Policy
@@ -135,13 +167,21 @@ func (c *Conn) AddPeer(pc PeerConfig) error {
 func (c *Conn) dropPeerLocked(p *peer, reason error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.removed {
+		return // dropped already: the count must not go twice
+	}
 	if c.peers[p.addr] == p {
 		delete(c.peers, p.addr)
 	}
 	if !p.configured {
 		c.learned--
 	}
-	c.stats.dropHandshakeTimeout.Add(uint64(len(p.queue)))
+	if p.origin == originPlaintext {
+		c.plainPeers--
+	}
+	c.dropHeldLocked(p.path)
+	p.path, p.live = nil, nil
+	c.stats.dropHandshakeTimeout.Add(uint64(len(c.takeQueueLocked(p))))
 	c.unindexLocked(p, p.current, p.previous, p.next, p.nextOld)
 	c.clearInitLocked(p)
 	p.closeLocked(reason)
@@ -219,6 +259,11 @@ func (c *Conn) peerInfos(match func(netip.AddrPort) bool) []PeerInfo {
 			Configured:    p.configured,
 			Established:   c.usableLocked(p.current, now),
 			LastHandshake: p.lastHandshake,
+			DatagramsIn:   p.datagramsIn.Load(),
+			BytesIn:       p.bytesIn.Load(),
+			DatagramsOut:  p.datagramsOut.Load(),
+			BytesOut:      p.bytesOut.Load(),
+			LastFailure:   p.lastFailure,
 		})
 		if p.proto != nil {
 			p.proto.info(&out[len(out)-1]) // protocol v2 (proto_v2.go)
@@ -229,13 +274,30 @@ func (c *Conn) peerInfos(match func(netip.AddrPort) bool) []PeerInfo {
 	return out
 }
 
-// peerFor returns the peer at addr, creating a learned one if there is
-// none and create is set.
-func (c *Conn) peerFor(addr netip.AddrPort, create bool) (*peer, error) {
+// How a peer came to be. What the Conn may send of its own accord to a
+// peer that has not proved it receives depends on it.
+type peerOrigin uint8
+
+const (
+	lookupOnly      peerOrigin = iota // peerFor: do not create
+	originConfig                      // AddPeer or Config.Peers
+	originWrite                       // the application wrote to it, or called Handshake
+	originHello                       // it sent a hello
+	originPlaintext                   // it sent plaintext (Opportunistic, Plaintext)
+)
+
+// maxPlaintextPeers bounds the learned peers known only from plaintext;
+// a new one evicts the oldest, so plaintext from many addresses cannot
+// fill the table (MaxPeers) and lock out clients that handshake.
+const maxPlaintextPeers = 1024
+
+// peerFor returns the peer at addr, creating a learned one of the given
+// origin if there is none (unless origin is lookupOnly).
+func (c *Conn) peerFor(addr netip.AddrPort, origin peerOrigin) (*peer, error) {
 	c.mu.RLock()
 	p := c.peers[addr]
 	c.mu.RUnlock()
-	if p != nil || !create {
+	if p != nil || origin == lookupOnly {
 		return p, nil
 	}
 	c.mu.Lock()
@@ -243,14 +305,53 @@ func (c *Conn) peerFor(addr netip.AddrPort, create bool) (*peer, error) {
 	if p = c.peers[addr]; p != nil {
 		return p, nil
 	}
+	if origin == originPlaintext && c.plainPeers >= maxPlaintextPeers {
+		c.evictPlaintextPeerLocked()
+	}
 	if c.learned >= c.cfg.MaxPeers {
-		c.stats.peerLimit.Add(1)
 		return nil, fmt.Errorf("%w: %v: MaxPeers (%d) reached", ErrNoSession, addr, c.cfg.MaxPeers)
 	}
-	p = c.newPeer(addr, nil)
+	return c.addLearnedLocked(addr, origin), nil
+}
+
+// addLearnedLocked makes a learned peer at addr; c.mu is held and the
+// caller checked MaxPeers.
+func (c *Conn) addLearnedLocked(addr netip.AddrPort, origin peerOrigin) *peer {
+	p := c.newPeer(addr, nil)
+	p.origin = origin
 	c.peers[addr] = p
 	c.learned++
-	return p, nil
+	if origin == originPlaintext {
+		c.plainPeers++
+		if len(c.plainOrder) >= 2*maxPlaintextPeers {
+			c.plainOrder = slices.DeleteFunc(c.plainOrder, func(q *peer) bool { return c.peers[q.addrLoad()] != q })
+		}
+		c.plainOrder = append(c.plainOrder, p)
+	}
+	return p
+}
+
+// evictPlaintextPeerLocked forgets the oldest peer known only from
+// plaintext; c.mu is held.
+func (c *Conn) evictPlaintextPeerLocked() {
+	for len(c.plainOrder) > 0 {
+		q := c.plainOrder[0]
+		c.plainOrder = c.plainOrder[1:]
+		q.mu.Lock()
+		plain := !q.removed && q.origin == originPlaintext && !q.established && !q.seenSealed.Load()
+		addr := q.addr
+		q.mu.Unlock()
+		if plain && c.peers[addr] == q {
+			c.dropPeerLocked(q, fmt.Errorf("%w: %v: evicted by newer plaintext peers", ErrUnknownPeer, addr))
+			return
+		}
+	}
+}
+
+func (p *peer) addrLoad() netip.AddrPort {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.addr
 }
 
 // newIndexLocked picks a random unused non-zero session index; idxMu is
@@ -271,26 +372,4 @@ func (c *Conn) newIndexLocked() uint32 {
 		}
 		return i
 	}
-}
-
-// roam moves p to the address an authenticated datagram came from, as
-// WireGuard does. Unauthenticated datagrams never move a peer.
-func (c *Conn) roam(p *peer, to netip.AddrPort) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if other := c.peers[to]; other != nil && other != p {
-		if other.configured {
-			return // never displace a configured peer
-		}
-		c.dropPeerLocked(other, fmt.Errorf("%w: %v was taken over by a roaming peer", ErrUnknownPeer, to))
-	}
-	p.mu.Lock()
-	from := p.addr
-	if c.peers[from] == p {
-		delete(c.peers, from)
-	}
-	p.addr = to
-	p.mu.Unlock()
-	c.peers[to] = p
-	c.log.Debug("vaultudp: peer roamed", "from", from, "to", to)
 }

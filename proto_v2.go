@@ -193,7 +193,7 @@ func (c *Conn) notNative(p *packet, drop *atomic.Uint64) bool {
 	case payload != nil:
 		// Decompressed into a new packet, under the native bound, with
 		// the peer's configured address as the source.
-		pr, _ := c.peerFor(from, false)
+		pr, _ := c.peerFor(from, lookupOnly)
 		p.from = from
 		c.deliver(p, pr, &record{payload: payload, hasPayload: true, compressed: true})
 	}

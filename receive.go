@@ -112,43 +112,79 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	if !s.confirmed.Load() {
 		queued = c.confirmLocked(pr, s)
 	}
-	pr.lastSeen = now
-	roamed := pr.addr != p.from
-	pr.mu.Unlock()
-	if roamed {
-		c.roam(pr, p.from)
+	validated := pr.addr == p.from
+	if validated {
+		pr.lastSeen = now
+		c.markReceived(pr, rec.hasPayload)
 	}
-	c.flush(pr, s, p.from, queued)
+	to := pr.addr
+	pr.mu.Unlock()
+	// What this datagram causes to be sent goes to the peer's validated
+	// address, never to a source that has not proved it receives.
+	c.flush(pr, s, to, queued)
+	if rec.control != nil {
+		c.handleSealedControl(pr, s, rec.control, p.from)
+	}
+	if !validated {
+		return c.onNewPath(pr, s, p, &rec) // path.go
+	}
 	if !rec.hasPayload {
+		if rec.control == nil {
+			c.stats.keepalivesReceived.Add(1)
+		}
 		return false // a keepalive: it confirmed the session, nothing to deliver
 	}
 	return c.deliver(p, pr, &rec)
 }
 
 // deliver queues the payload of rec (from p.data) for ReadFrom,
-// decompressing it into a new packet if it is compressed.
+// decompressing it into a new packet if it is compressed. It returns true
+// if it kept p.
 func (c *Conn) deliver(p *packet, pr *peer, rec *record) bool {
-	if pr != nil && pr.limiter != nil && !pr.limiter.Allow() {
-		c.stats.rateLimit.Add(1)
+	q, kept, ok := c.payloadPacket(p, pr, rec)
+	if !ok {
 		return false
 	}
-	q, kept := p, true
-	if rec.compressed {
-		q = c.getPacket()
-		out, err := c.z.decompress(q.buf, rec.payload)
-		if err != nil {
-			c.putPacket(q)
-			if errors.Is(err, errTooLarge) {
-				c.stats.tooLarge.Add(1)
-			} else {
-				c.stats.malformed.Add(1)
-			}
-			return false
-		}
-		q.data, q.from, kept = out, p.from, false
-	} else {
-		q.data = rec.payload
+	if c.queueRead(q, pr) {
+		return kept
 	}
+	if !kept {
+		c.putPacket(q)
+	}
+	return false
+}
+
+// payloadPacket applies the peer's rate limit and returns the packet that
+// holds rec's payload as the application will read it: p itself, or a new
+// packet with the payload decompressed (kept is then false). ok is false
+// if the datagram is dropped (and counted).
+func (c *Conn) payloadPacket(p *packet, pr *peer, rec *record) (q *packet, kept, ok bool) {
+	if pr != nil && pr.limiter != nil && !pr.limiter.Allow() {
+		c.stats.rateLimit.Add(1)
+		return nil, false, false
+	}
+	if !rec.compressed {
+		p.data = rec.payload
+		return p, true, true
+	}
+	q = c.getPacket()
+	out, err := c.z.decompress(q.buf, rec.payload)
+	if err != nil {
+		c.putPacket(q)
+		if errors.Is(err, errTooLarge) {
+			c.stats.tooLarge.Add(1)
+		} else {
+			c.stats.malformed.Add(1)
+		}
+		return nil, false, false
+	}
+	q.data, q.from = out, p.from
+	return q, false, true
+}
+
+// queueRead hands q to ReadFrom, counting it, or drops it (and counts
+// that) if the read queue is full. It reports whether q was queued.
+func (c *Conn) queueRead(q *packet, pr *peer) bool {
 	// Count before queueing: once queued, q belongs to the reader, and
 	// ReadFrom may return it before this goroutine runs again; Stats must
 	// not lag behind what the application has read. A full queue takes
@@ -156,16 +192,21 @@ func (c *Conn) deliver(p *packet, pr *peer, rec *record) bool {
 	n := uint64(len(q.data))
 	c.stats.datagramsIn.Add(1)
 	c.stats.bytesIn.Add(n)
+	if pr != nil {
+		pr.datagramsIn.Add(1)
+		pr.bytesIn.Add(n)
+	}
 	select {
 	case c.recvQ <- q:
-		return kept
+		return true
 	default:
 		c.stats.datagramsIn.Add(^uint64(0))
 		c.stats.bytesIn.Add(-n)
-		c.stats.queueFull.Add(1)
-		if !kept {
-			c.putPacket(q)
+		if pr != nil {
+			pr.datagramsIn.Add(^uint64(0))
+			pr.bytesIn.Add(-n)
 		}
+		c.stats.queueFull.Add(1)
 		return false
 	}
 }
@@ -189,7 +230,7 @@ func (c *Conn) receiveOpen(p *packet) bool {
 	if !rec.hasPayload {
 		return false
 	}
-	pr, _ := c.peerFor(p.from, false)
+	pr, _ := c.peerFor(p.from, lookupOnly)
 	switch c.policyFor(pr) {
 	case RequireEncryption:
 		c.stats.policy.Add(1)
@@ -203,12 +244,16 @@ func (c *Conn) receiveOpen(p *packet) bool {
 	if pr == nil {
 		// Plaintext from a new address under a permissive policy: it
 		// becomes a learned peer, so that rate limits apply to it.
-		if pr, err = c.peerFor(p.from, true); err != nil {
+		if pr, err = c.peerFor(p.from, originPlaintext); err != nil {
+			c.stats.peerLimit.Add(1)
 			return false
 		}
 	}
 	pr.mu.Lock()
 	pr.lastSeen = c.now()
+	if !pr.established {
+		pr.credit += len(p.data) // what the Conn may send of its own accord (mayInitiateLocked)
+	}
 	pr.mu.Unlock()
 	return c.deliver(p, pr, &rec)
 }

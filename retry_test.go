@@ -88,14 +88,23 @@ func TestResponderWaitsForConfirmation(t *testing.T) {
 func TestRetryCookieRules(t *testing.T) {
 	c := listenT(t, "udp4", "127.0.0.1:0", nil)
 	peerAddr := deadPort(t, "udp4", "127.0.0.1")
-	p, err := c.peerFor(peerAddr, true)
+	p, err := c.peerFor(peerAddr, originWrite)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cookie := bytes.Repeat([]byte{0xc0}, cookieLen)
 
+	hello := func() {
+		p.mu.Lock()
+		claimed := p.claimHelloLocked()
+		p.mu.Unlock()
+		if !claimed {
+			t.Fatal("no hello could be claimed")
+		}
+		c.sendHello(p)
+	}
+	hello()
 	p.mu.Lock()
-	c.initiateLocked(p)
 	first := p.init.localIndex
 	p.mu.Unlock()
 
@@ -112,11 +121,14 @@ func TestRetryCookieRules(t *testing.T) {
 	// From the peer's address it is taken, and a retry keeps it.
 	c.handleCookie(cookieMsg(first, cookie), peerAddr)
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !bytes.Equal(p.init.cookie(), cookie) {
+	taken := bytes.Equal(p.init.cookie(), cookie)
+	p.mu.Unlock()
+	if !taken {
 		t.Fatal("the peer's cookie was not taken")
 	}
-	c.initiateLocked(p)
+	hello()
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if !bytes.Equal(p.init.cookie(), cookie) {
 		t.Fatal("the retry dropped the cookie")
 	}

@@ -3,16 +3,16 @@ package vaultudp
 import (
 	"bytes"
 	"errors"
-	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
 	"time"
 )
 
-// sendData sends a user datagram to a peer: sealed under s, or open if s
+// sendData sends a user datagram to p at to: sealed under s, or open if s
 // is nil.
-func (c *Conn) sendData(s *session, to netip.AddrPort, b []byte) error {
+func (c *Conn) sendData(p *peer, s *session, to netip.AddrPort, b []byte) error {
 	var err error
 	if s != nil {
 		err = c.sendSealed(s, to, b, true)
@@ -22,6 +22,8 @@ func (c *Conn) sendData(s *session, to netip.AddrPort, b []byte) error {
 	if err == nil {
 		c.stats.datagramsOut.Add(1)
 		c.stats.bytesOut.Add(uint64(len(b)))
+		p.datagramsOut.Add(1)
+		p.bytesOut.Add(uint64(len(b)))
 	}
 	return err
 }
@@ -64,8 +66,16 @@ func (c *Conn) appendSealed(dst []byte, s *session, b []byte, hasPayload bool) (
 			rec.payload, rec.compressed = z, true
 		}
 	}
-	natural := sealedOverhead + rec.envelopeLen()
-	size := c.cfg.Padding.wireSize(natural, c.datagram) - sealedOverhead
+	return c.appendSealedRecord(dst, s, &rec, true)
+}
+
+// appendSealedRecord appends to dst rec sealed under s, padded as the
+// Config says if pad is set.
+func (c *Conn) appendSealedRecord(dst []byte, s *session, rec *record, pad bool) ([]byte, error) {
+	size := rec.envelopeLen()
+	if pad {
+		size = c.cfg.Padding.wireSize(sealedOverhead+size, c.datagram) - sealedOverhead
+	}
 	off := len(dst)
 	var hdr [sealedHeaderLen]byte
 	dst = rec.appendTo(append(dst, hdr[:]...), size)
@@ -73,7 +83,21 @@ func (c *Conn) appendSealed(dst []byte, s *session, b []byte, hasPayload bool) (
 	if err != nil {
 		return dst[:off], err
 	}
+	if s.peer != nil {
+		c.markSent(s.peer)
+	}
 	return append(dst[:off], out...), nil // no copy when out is in place
+}
+
+// sendSealedRecord seals rec under s and sends it to to.
+func (c *Conn) sendSealedRecord(s *session, to netip.AddrPort, rec *record, pad bool) error {
+	bp := c.bufs.Get().(*[]byte)
+	defer c.bufs.Put(bp)
+	out, err := c.appendSealedRecord((*bp)[:0], s, rec, pad)
+	if err != nil {
+		return err
+	}
+	return c.sock.Load().writeTo(out, to)
 }
 
 // sendOpen sends an open (unencrypted) envelope. Open datagrams are not
@@ -96,6 +120,13 @@ func (c *Conn) sendControl(to netip.AddrPort, msg []byte) {
 
 // send is the write path: seal under the peer's session, or queue and
 // start the handshake, or send in clear where the policy says so.
+//
+// It follows *net.UDPConn's contract: it fails only where a UDP socket
+// would (closed, deadline passed, too large, bad address) or for a refusal
+// that lasts (the trust rules refused the peer's key). A datagram that
+// cannot go for a passing reason (the handshake queue is full, the last
+// handshake failed a moment ago, the peer table is full) is dropped and
+// counted in Stats.Drops, as a full socket buffer drops it.
 func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 	if c.isClosed() {
 		return ErrClosed
@@ -111,68 +142,97 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 		return &tooLargeError{n: len(b), max: c.maxPayload}
 	}
 	if !addr.IsValid() || addr.Port() == 0 {
-		return fmt.Errorf("%w: invalid destination %v", ErrNoSession, addr)
+		return &net.AddrError{Err: "invalid destination", Addr: addr.String()}
 	}
-	p, err := c.peerFor(addr, true)
+	if c.isSelf(addr) {
+		return c.sendSelf(b, addr)
+	}
+	p, err := c.peerFor(addr, originWrite)
 	if err != nil {
-		return err
+		c.stats.writePeerLimit.Add(1) // MaxPeers learned peers: until one is forgotten
+		return nil
 	}
 	if p.policy == Plaintext {
 		p.mu.Lock()
 		p.lastSeen = c.now()
 		p.mu.Unlock()
-		return c.sendData(nil, addr, b)
+		return c.sendData(p, nil, addr, b)
 	}
 	s, to, err := c.acquireSession(p)
 	if err != nil {
 		return err
 	}
 	if s != nil {
-		return c.sendData(s, to, b)
+		return c.sendData(p, s, to, b)
 	}
 	now := c.now() // p.mu is held from here on
-	backoff := p.init == nil && p.failErr != nil && time.Duration(now-p.failedAt) < c.cfg.HandshakeTimeout
-	if p.policy == Opportunistic {
+	backoff := !p.handshakingLocked() && p.failErr != nil && time.Duration(now-p.failedAt) < c.cfg.HandshakeTimeout
+	// Opportunistic is sticky: a peer that has had a session, or been
+	// seen sealed, is written to sealed only, as under RequireEncryption.
+	if p.policy == Opportunistic && !p.established && !p.seenSealed.Load() {
 		// Opportunistic sends in clear while there is no session, also
 		// after a failed handshake: a peer that refuses encryption is
 		// not an error for it. It starts a new attempt once the backoff
 		// after a failure has passed.
-		var hello []byte
-		if p.init == nil && !backoff && !p.removed {
-			p.failErr = nil
-			hello = c.initiateLocked(p)
-		}
+		hello := p.init == nil && !backoff && c.mayInitiateLocked(p) && p.claimHelloLocked()
 		to = p.addr
 		p.mu.Unlock()
 		// The datagram goes before the hello: once the hello is out, the
 		// session (and the peer's "seen sealed" rule) may come before a
 		// later open datagram, which the peer would then drop.
-		err := c.sendData(nil, to, b)
-		if hello != nil {
-			c.sendControl(to, hello)
+		err := c.sendData(p, nil, to, b)
+		if hello {
+			c.sendHello(p)
 		}
 		return err
 	}
 	if backoff {
 		err := p.failErr
 		p.mu.Unlock()
-		return err
+		if errors.Is(err, ErrPeerRejected) {
+			return err // lasting: the key is refused until the configuration changes
+		}
+		c.stats.writeBackoff.Add(1)
+		return nil
 	}
-	var hello []byte
-	if p.init == nil && p.next == nil && !p.removed {
-		// (With p.next set, the peer's confirmation is on its way: wait.)
-		p.failErr = nil
-		hello = c.initiateLocked(p)
+	// With p.next set, the peer's confirmation is on its way: wait.
+	hello := p.init == nil && p.next == nil && c.mayInitiateLocked(p) && p.claimHelloLocked()
+	if !c.enqueueLocked(p, b) {
+		c.stats.writeQueueFull.Add(1)
 	}
-	to = p.addr
-	if len(p.queue) >= maxQueued {
-		p.mu.Unlock()
-		return fmt.Errorf("%w: %v: handshake under way and %d datagrams already wait for it", ErrNoSession, to, maxQueued)
-	}
-	p.queue = append(p.queue, bytes.Clone(b))
 	p.mu.Unlock()
-	if hello != nil {
-		c.sendControl(to, hello)
+	if hello {
+		c.sendHello(p)
+	}
+	return nil
+}
+
+// isSelf reports whether addr is the Conn's own address: its bound
+// address, or, on a wildcard bind, a loopback address with its port.
+func (c *Conn) isSelf(addr netip.AddrPort) bool {
+	local := normAddr(addrPortOf(c.LocalAddr()))
+	if addr.Port() != local.Port() {
+		return false
+	}
+	if local.Addr().IsUnspecified() {
+		return addr.Addr().IsLoopback()
+	}
+	return addr.Addr() == local.Addr()
+}
+
+// sendSelf delivers b to the Conn's own readers, as from addr, as a UDP
+// socket delivers what it writes to itself: nothing crosses the network,
+// so nothing is sealed. A full read queue drops it (counted).
+func (c *Conn) sendSelf(b []byte, addr netip.AddrPort) error {
+	q := c.getPacket()
+	if len(b) > len(q.buf) {
+		q.buf = make([]byte, len(b))
+	}
+	q.data, q.from = q.buf[:copy(q.buf, b)], addr
+	c.stats.datagramsOut.Add(1)
+	c.stats.bytesOut.Add(uint64(len(b)))
+	if !c.queueRead(q, nil) {
+		c.putPacket(q)
 	}
 	return nil
 }
@@ -182,7 +242,8 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 // keeps p.mu held for the caller's no-session path, so that no session can
 // come and flush the queue in between. Either way it first waits while
 // datagrams that waited for the handshake are going out, so as not to
-// overtake them (at most maxQueued sends, on the reader goroutine).
+// overtake them (at most a queue's worth of sends, on the goroutine that
+// completed the handshake).
 func (c *Conn) acquireSession(p *peer) (*session, netip.AddrPort, error) {
 	p.mu.Lock()
 	for p.flushed != nil {
@@ -196,25 +257,29 @@ func (c *Conn) acquireSession(p *peer) (*session, netip.AddrPort, error) {
 		p.mu.Lock()
 	}
 	now := c.now()
-	p.lastSeen = now
+	if p.established {
+		// Writes keep a peer that has proved itself; they do not keep a
+		// learned peer that never confirmed a session (a spoofed hello).
+		p.lastSeen = now
+	}
 	s := c.sendSessionLocked(p, now)
 	if s == nil {
 		return nil, p.addr, nil
 	}
-	var hello []byte
-	if p.init == nil && p.next == nil && c.needsRekey(s, now) {
-		hello = c.initiateLocked(p)
-	}
+	hello := p.init == nil && p.next == nil && c.needsRekey(s, now) && p.claimHelloLocked()
 	to := p.addr
 	p.mu.Unlock()
-	if hello != nil {
-		c.sendControl(to, hello)
+	if hello {
+		c.sendHello(p)
 	}
 	return s, to, nil
 }
 
-// Broadcast writes p to every peer, configured and learned, and returns
-// how many sends succeeded. Failures are joined in the error, each naming
+// Broadcast writes b to every configured peer and to every learned peer
+// that has had a confirmed session (a learned peer that never proved
+// itself, say from a spoofed hello, gets nothing), and returns how many
+// writes were accepted, as WriteTo accepts them: a datagram dropped for a
+// passing reason counts (see Stats.Drops). Errors are joined, each naming
 // its peer.
 func (c *Conn) Broadcast(b []byte) (int, error) {
 	if c.isClosed() {
@@ -223,8 +288,13 @@ func (c *Conn) Broadcast(b []byte) (int, error) {
 	}
 	c.mu.RLock()
 	addrs := make([]netip.AddrPort, 0, len(c.peers))
-	for a := range c.peers {
-		addrs = append(addrs, a)
+	for a, p := range c.peers {
+		p.mu.Lock()
+		proved := p.configured || p.established
+		p.mu.Unlock()
+		if proved {
+			addrs = append(addrs, a)
+		}
 	}
 	c.mu.RUnlock()
 	slices.SortFunc(addrs, netip.AddrPort.Compare)
@@ -240,6 +310,35 @@ func (c *Conn) Broadcast(b []byte) (int, error) {
 	return n, errors.Join(errs...)
 }
 
-// maxQueued is the number of datagrams that wait per peer for a
-// handshake to complete.
-const maxQueued = 32
+// The queue of datagrams written before a handshake completes is bounded
+// in bytes, per peer and per Conn, whatever the number of peers.
+const (
+	maxQueued             = 32 // datagrams, for ProtocolV2 peers (v2conn.go)
+	maxQueuedBytesPerPeer = 128 << 10
+	maxQueuedBytesPerConn = 4 << 20
+)
+
+// enqueueLocked keeps a copy of b until p's handshake completes, if the
+// bounds allow; p.mu is held.
+func (c *Conn) enqueueLocked(p *peer, b []byte) bool {
+	n := int64(len(b))
+	if p.queuedBytes+n > maxQueuedBytesPerPeer {
+		return false
+	}
+	if c.queuedBytes.Add(n) > maxQueuedBytesPerConn {
+		c.queuedBytes.Add(-n)
+		return false
+	}
+	p.queue = append(p.queue, bytes.Clone(b))
+	p.queuedBytes += n
+	return true
+}
+
+// takeQueueLocked empties p's queue and returns what was in it; p.mu is
+// held.
+func (c *Conn) takeQueueLocked(p *peer) [][]byte {
+	q := p.queue
+	c.queuedBytes.Add(-p.queuedBytes)
+	p.queue, p.queuedBytes = nil, 0
+	return q
+}

@@ -20,6 +20,9 @@ type Stats struct {
 	HandshakeFailures uint64 // initiations that timed out
 	CookiesSent       uint64 // cookie replies sent under load
 	Verifications     uint64 // hello signatures verified
+	Silences          uint64 // handshakes started because a peer went silent (Config.SilenceTimeout)
+	KeepalivesSent    uint64 // empty sealed datagrams sent (Config.KeepaliveTimeout, PeerConfig.Keepalive)
+	KeepalivesIn      uint64 // ... received
 	V2KeyExchanges    uint64 // key exchanges accepted from ProtocolV2 peers
 
 	Drops Drops
@@ -41,6 +44,14 @@ type Drops struct {
 	HandshakeTimeout uint64 // written datagrams dropped when their handshake failed
 	PeerLimit        uint64 // handshakes refused because Config.MaxPeers was reached
 	V2SendLimit      uint64 // written to ProtocolV2 peers but not sent: over the reference's 100 a second
+
+	// Written by the application, not sent, and not returned as an
+	// error (as a UDP socket drops what its full buffer cannot take):
+	Unvalidated uint64 // authentic, but from an address the peer has not proved: held for path validation and dropped when it failed, or another peer holds the address
+
+	WriteQueueFull uint64 // the queue of datagrams waiting for a handshake was full
+	WriteBackoff   uint64 // the last handshake with the peer failed less than HandshakeTimeout ago
+	WritePeerLimit uint64 // a write to a new address while Config.MaxPeers learned peers exist
 }
 
 // counters are the Conn's atomic counters behind Stats.
@@ -51,6 +62,9 @@ type counters struct {
 	malformed, replay, auth, policy, rejected, stale   atomic.Uint64
 	rateLimit, queueFull, tooLarge, unknownSession     atomic.Uint64
 	dropHandshakeTimeout, peerLimit                    atomic.Uint64
+	writeQueueFull, writeBackoff, writePeerLimit       atomic.Uint64
+	unvalidated                                        atomic.Uint64
+	silences, keepalivesSent, keepalivesReceived       atomic.Uint64
 }
 
 // Stats returns a snapshot of the Conn's counters.
@@ -77,6 +91,9 @@ func (c *Conn) Stats() Stats {
 		HandshakeFailures: k.handshakeFailures.Load(),
 		CookiesSent:       k.cookiesSent.Load(),
 		Verifications:     k.verifications.Load(),
+		Silences:          k.silences.Load(),
+		KeepalivesSent:    k.keepalivesSent.Load(),
+		KeepalivesIn:      k.keepalivesReceived.Load(),
 		V2KeyExchanges:    c.v2.KeyExchanges(), // protocol v2 (proto_v2.go)
 		Drops: Drops{
 			Malformed:        k.malformed.Load(),
@@ -91,6 +108,10 @@ func (c *Conn) Stats() Stats {
 			UnknownSession:   k.unknownSession.Load(),
 			HandshakeTimeout: k.dropHandshakeTimeout.Load(),
 			PeerLimit:        k.peerLimit.Load(),
+			Unvalidated:      k.unvalidated.Load(),
+			WriteQueueFull:   k.writeQueueFull.Load(),
+			WriteBackoff:     k.writeBackoff.Load(),
+			WritePeerLimit:   k.writePeerLimit.Load(),
 			V2SendLimit:      c.v2.SendLimited(),
 		},
 	}

@@ -2,11 +2,36 @@ package vaultudp
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 )
 
-// tick runs the timers: handshake retries and timeouts, session expiry,
-// forgetting idle learned peers.
+// The timers. Every timed rule of a peer is one named event below, run on
+// each tick of the Conn's coarse clock (housekeepingEvery) with the peer's
+// lock held; an event that needs a hello claims it, and the hello is made
+// and sent after the lock is released (sendHello).
+//
+//	handshake retry      a hello unanswered for retryAfter is sent again
+//	handshake timeout    an attempt unanswered for HandshakeTimeout fails
+//	session expiry       a session past its receive limit is dropped
+//	unconfirmed expiry   a responder session never confirmed within
+//	                     HandshakeTimeout is dropped
+//	path timeout         a path or liveness challenge unanswered for
+//	                     HandshakeTimeout is abandoned (path.go)
+//	queue attempt        datagrams wait and no attempt is under way
+//	silence              sealed datagrams went out and nothing authenticated
+//	                     came back for SilenceTimeout: a new handshake
+//	keepalive            passive: a payload came in and nothing went back
+//	                     for KeepaliveTimeout; persistent: nothing went out
+//	                     for PeerConfig.Keepalive. An empty sealed datagram.
+//	forget               a learned peer with nothing left is forgotten when
+//	                     idle (a session lifetime if it ever had a session,
+//	                     HandshakeTimeout otherwise)
+//
+// Conn-wide: hello timestamps outside the freshness window are forgotten
+// every second, and the ProtocolV2 peers' timers run.
+
+// tick runs the timers once.
 func (c *Conn) tick() {
 	now := c.now()
 	c.mu.RLock()
@@ -15,58 +40,26 @@ func (c *Conn) tick() {
 		ps = append(ps, p)
 	}
 	c.mu.RUnlock()
-	retry := min(max(c.cfg.HandshakeTimeout/5, 100*time.Millisecond), time.Second)
-	reject := rejectAfter(c.cfg.KeyLifetime)
-	keep := c.receiveLimit()
 	var idle []*peer
 	for _, p := range ps {
 		p.mu.Lock()
-		var hello []byte
-		if p.init != nil {
-			switch {
-			case time.Duration(now-p.initStart) >= c.cfg.HandshakeTimeout:
-				c.failLocked(p, now)
-			case time.Duration(now-p.initSent) >= retry:
-				hello = c.initiateLocked(p)
-			}
-		}
-		for _, sp := range []**session{&p.previous, &p.current, &p.next} {
-			if s := *sp; s != nil && time.Duration(now-s.created) >= keep {
-				c.unindexLocked(p, s)
-				*sp = nil
-			}
-		}
-		for _, sp := range []**session{&p.nextOld, &p.next} {
-			if s := *sp; s != nil && time.Duration(now-s.created) >= c.cfg.HandshakeTimeout {
-				// Never confirmed: the initiator did not take our reply.
-				c.unindexLocked(p, s)
-				*sp = nil
-				p.notifyLocked() // Handshake callers wait on it
-			}
-		}
-		if p.next == nil && p.nextOld != nil {
-			p.next, p.nextOld = p.nextOld, nil
-		}
-		if p.next == nil && p.current == nil {
-			if len(p.queue) > 0 && p.init == nil && hello == nil {
-				hello = c.initiateLocked(p) // the queue gets an attempt of its own
-			}
-		}
-		// A learned peer is forgotten when idle: after a session's
-		// lifetime, or after a handshake timeout if it never confirmed a
-		// session (a forged or abandoned hello must not hold a slot).
-		idleFor := reject
-		if !p.established {
-			idleFor = c.cfg.HandshakeTimeout
-		}
-		if !p.configured && p.current == nil && p.next == nil && p.nextOld == nil && p.init == nil &&
-			time.Duration(now-p.lastSeen) >= idleFor {
+		hello := c.onHandshakeTimer(p, now)
+		c.onSessionExpiry(p, now)
+		c.onUnconfirmedExpiry(p, now)
+		c.onPathTimeout(p, now)
+		hello = c.onQueueWaiting(p) || hello
+		hello = c.onSilence(p, now) || hello
+		ka := c.onKeepalive(p, now)
+		if c.onIdle(p, now) {
 			idle = append(idle, p)
 		}
 		to := p.addr
 		p.mu.Unlock()
-		if hello != nil {
-			c.sendControl(to, hello)
+		if hello {
+			c.sendHello(p)
+		}
+		if ka != nil {
+			c.sendKeepalive(p, ka, to)
 		}
 	}
 	if len(idle) > 0 {
@@ -83,6 +76,156 @@ func (c *Conn) tick() {
 		c.forgetOldHellos()
 	}
 	c.v2Tick(now) // protocol v2 key exchanges (proto_v2.go)
+}
+
+// markSent marks a sealed datagram sent to p, for the keepalive and
+// silence timers. Mostly loads: the data path writes a mark only when it
+// changes.
+func (c *Conn) markSent(p *peer) {
+	now := c.now() | 1
+	if p.sentAt.Load() != now {
+		p.sentAt.Store(now)
+	}
+	if p.unanswered.Load() == 0 {
+		p.unanswered.CompareAndSwap(0, now)
+	}
+	if p.dataIn.Load() != 0 {
+		p.dataIn.Store(0)
+	}
+}
+
+// markReceived marks an authenticated datagram received from p (with a
+// payload, if data).
+func (c *Conn) markReceived(p *peer, data bool) {
+	if p.unanswered.Load() != 0 {
+		p.unanswered.Store(0)
+	}
+	if data && p.dataIn.Load() == 0 {
+		p.dataIn.CompareAndSwap(0, c.now()|1)
+	}
+}
+
+// onSilence: the Conn sent sealed datagrams and heard nothing
+// authenticated for SilenceTimeout: a new handshake, the session going on
+// meanwhile. It reports whether it claimed a hello.
+func (c *Conn) onSilence(p *peer, now int64) bool {
+	u := p.unanswered.Load()
+	if c.cfg.SilenceTimeout < 0 || u == 0 || time.Duration(now-u) < c.cfg.SilenceTimeout {
+		return false
+	}
+	if p.current == nil || p.handshakingLocked() || p.next != nil || !c.mayInitiateLocked(p) {
+		return false
+	}
+	p.unanswered.Store(now | 1) // once per silence: the handshake has its own timeout
+	if !p.claimHelloLocked() {
+		return false
+	}
+	p.silent = true // if this attempt fails too, the session is given up (failLocked)
+	c.stats.silences.Add(1)
+	return true
+}
+
+// onKeepalive: a passive keepalive (data came in, nothing went back for
+// KeepaliveTimeout) or a persistent one (nothing went out for
+// PeerConfig.Keepalive). It returns the session to send it under, or nil.
+func (c *Conn) onKeepalive(p *peer, now int64) *session {
+	s := p.current
+	if s == nil || !c.usableLocked(s, now) {
+		return nil
+	}
+	if d := p.dataIn.Load(); d != 0 && c.cfg.KeepaliveTimeout > 0 && time.Duration(now-d) >= c.cfg.KeepaliveTimeout {
+		return s
+	}
+	if p.keepalive > 0 && time.Duration(now-p.sentAt.Load()) >= p.keepalive {
+		return s
+	}
+	return nil
+}
+
+// sendKeepalive sends an empty sealed datagram under s to p.
+func (c *Conn) sendKeepalive(p *peer, s *session, to netip.AddrPort) {
+	if err := c.sendSealed(s, to, nil, false); err != nil {
+		c.log.Debug("vaultudp: keepalive", "peer", to, "err", err)
+		return
+	}
+	c.stats.keepalivesSent.Add(1)
+}
+
+// retryAfter is how long a hello waits for its reply before it is sent
+// again: a fifth of the handshake timeout, within [100 ms, 1 s].
+func (c *Conn) retryAfter() time.Duration {
+	return min(max(c.cfg.HandshakeTimeout/5, 100*time.Millisecond), time.Second)
+}
+
+// onHandshakeTimer: handshake retry and handshake timeout. It reports
+// whether it claimed a hello.
+func (c *Conn) onHandshakeTimer(p *peer, now int64) bool {
+	if p.init == nil || p.initiating {
+		return false
+	}
+	switch {
+	case time.Duration(now-p.initStart) >= c.cfg.HandshakeTimeout:
+		err := fmt.Errorf("%w: no session with %v after %v", ErrHandshakeTimeout, p.addr, c.cfg.HandshakeTimeout)
+		if p.refused != nil {
+			// The peer's own hellos came with a key the trust rules
+			// refuse: that is why (a hello alone does not end the
+			// attempt: anyone can send one from the peer's address).
+			err = fmt.Errorf("%w; %w", err, p.refused)
+		}
+		c.failLocked(p, now, err)
+	case time.Duration(now-p.initSent) >= c.retryAfter() && p.mayRetryLocked():
+		return p.claimHelloLocked()
+	}
+	return false
+}
+
+// onSessionExpiry: sessions past their receive limit are dropped.
+func (c *Conn) onSessionExpiry(p *peer, now int64) {
+	keep := c.receiveLimit()
+	for _, sp := range []**session{&p.previous, &p.current, &p.next} {
+		if s := *sp; s != nil && time.Duration(now-s.created) >= keep {
+			c.unindexLocked(p, s)
+			*sp = nil
+		}
+	}
+}
+
+// onUnconfirmedExpiry: responder sessions the initiator never confirmed
+// within a handshake timeout are dropped (it did not take our reply).
+func (c *Conn) onUnconfirmedExpiry(p *peer, now int64) {
+	for _, sp := range []**session{&p.nextOld, &p.next} {
+		if s := *sp; s != nil && time.Duration(now-s.created) >= c.cfg.HandshakeTimeout {
+			c.unindexLocked(p, s)
+			*sp = nil
+			p.notifyLocked() // Handshake callers wait on it
+		}
+	}
+	if p.next == nil && p.nextOld != nil {
+		p.next, p.nextOld = p.nextOld, nil
+	}
+}
+
+// onQueueWaiting: datagrams wait with no session and no attempt under
+// way; they get an attempt of their own. It reports whether it claimed a
+// hello.
+func (c *Conn) onQueueWaiting(p *peer) bool {
+	return p.next == nil && p.current == nil && len(p.queue) > 0 && p.init == nil &&
+		c.mayInitiateLocked(p) && p.claimHelloLocked()
+}
+
+// onIdle: a learned peer with no session and no attempt is forgotten when
+// idle: after a session's lifetime, or after a handshake timeout if it
+// never confirmed a session (a forged or abandoned hello must not hold a
+// slot).
+func (c *Conn) onIdle(p *peer, now int64) bool {
+	if p.configured || p.current != nil || p.next != nil || p.nextOld != nil || p.handshakingLocked() {
+		return false
+	}
+	idleFor := rejectAfter(c.cfg.KeyLifetime)
+	if !p.established {
+		idleFor = c.cfg.HandshakeTimeout
+	}
+	return time.Duration(now-p.lastSeen) >= idleFor
 }
 
 // forgetOldHellos drops the remembered hello timestamps that are outside

@@ -1,8 +1,8 @@
 // Command vaultudp tries, uses and measures vaultudp without writing Go.
 //
 //	vaultudp demo                     two Conns on loopback, a handshake, datagrams both ways
-//	vaultudp keygen -o FILE           write a private identity key (mode 0600), print the public key
-//	vaultudp pubkey FILE              print the public key of a key file
+//	vaultudp keygen [-o FILE]         a private identity key: to FILE (mode 0600), or to stdout
+//	vaultudp pubkey [FILE|-]          print the public key of a key file, or of a key on stdin
 //	vaultudp listen [flags] ADDR      receive datagrams on ADDR and print them
 //	vaultudp send [flags] ADDR        send each line of stdin to ADDR as a datagram
 //	vaultudp proxy -listen A -to B    client side of an encrypting UDP proxy
@@ -12,6 +12,13 @@
 // Run "vaultudp COMMAND -h" for the flags of a command. Exit status: 0 on
 // success, 1 on error, 2 on a usage error. The flag package is enough for
 // a handful of subcommands and adds no dependency.
+//
+// listen and proxy keep one identity across restarts: -key FILE, or
+// vaultudp/identity.key in the user's configuration directory, created
+// with mode 0600 on first use.
+// -allow KEY and -allow-file PATH restrict the peers they accept to the
+// listed public keys. Addresses may be host names: they are resolved,
+// IPv4 first unless the local socket is IPv6.
 package main
 
 import (
@@ -29,8 +36,8 @@ type command struct {
 
 var commands = []command{
 	{"demo", "", "two Conns on loopback: handshake, datagrams both ways, stats", runDemo},
-	{"keygen", "-o FILE", "write a private identity key file (mode 0600) and print its public key", runKeygen},
-	{"pubkey", "FILE", "print the public key of a private key file", runPubkey},
+	{"keygen", "[-o FILE]", "a private identity key: to FILE (mode 0600) printing its public key, or to stdout", runKeygen},
+	{"pubkey", "[FILE|-]", "print the public key of a private key file (no FILE or -: read the key from stdin)", runPubkey},
 	{"listen", "[flags] ADDR", "receive datagrams on ADDR and print them, one per line", runListen},
 	{"send", "[flags] ADDR", "send each line of stdin to ADDR as one datagram", runSend},
 	{"proxy", "-listen A -to B", "encrypt an unchanged UDP program: plain in, sealed between proxies, plain out", runProxy},
@@ -81,7 +88,7 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "\nRun 'vaultudp COMMAND -h' for a command's flags.")
 }
 
-// newFlags returns a FlagSet whose errors and help go to stderr.
+// newFlags returns a FlagSet whose help goes to stderr.
 func newFlags(name, args string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -92,13 +99,22 @@ func newFlags(name, args string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// parse parses flags and wraps a bad command line in errUsage.
+// parse parses flags and wraps a bad command line in errUsage. The flag
+// package's own report of a bad flag is silenced: run prints the returned
+// error, so it appears once. Help (-h) prints the usage.
 func parse(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
+	usage, out := fs.Usage, fs.Output()
+	fs.Usage = func() {}
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.Usage = usage
+	fs.SetOutput(out)
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fs.Usage()
 			return err
 		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return fmt.Errorf("%w: %v (run 'vaultudp %s -h' for the flags)", errUsage, err, fs.Name())
 	}
 	return nil
 }

@@ -58,7 +58,7 @@ func TestKeygenAndPubkey(t *testing.T) {
 }
 
 func TestUsageErrors(t *testing.T) {
-	for _, args := range [][]string{{}, {"nosuch"}, {"keygen"}, {"pubkey"}, {"send"}, {"listen", "a", "b"}, {"demo", "-bogus"}} {
+	for _, args := range [][]string{{}, {"nosuch"}, {"keygen", "extra"}, {"pubkey", "a", "b"}, {"send"}, {"listen"}, {"proxy", "-listen", "127.0.0.1:0"}, {"listen", "a", "b"}, {"demo", "-bogus"}} {
 		var out, errb bytes.Buffer
 		if code := run(args, &out, &errb); code != 2 {
 			t.Errorf("%q exited %d, want 2 (%s)", args, code, errb.String())

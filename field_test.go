@@ -1,0 +1,335 @@
+package vaultudp
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The field events of a drop-in: what a program over a *net.UDPConn meets
+// (a burst before the peer exists, restarts, silence, NAT), each over real
+// loopback sockets, the way a user's program meets it.
+
+// TestFieldBurstBeforePeerExists: 200 writes of 1000 bytes to an address
+// where nobody listens yet. Every write returns len(p), nil, as on a UDP
+// socket; the peer appears within the handshake timeout; the datagrams
+// that fit the queue (bounded in bytes) arrive, in order, and the rest are
+// counted in Stats.Drops.WriteQueueFull.
+func TestFieldBurstBeforePeerExists(t *testing.T) {
+	a := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: 5 * time.Second})
+	to := deadPort(t, "udp4", "127.0.0.1")
+	const writes, size = 200, 1000
+	msg := make([]byte, size)
+	for i := range writes {
+		binary.BigEndian.PutUint32(msg, uint32(i))
+		n, err := a.WriteToUDPAddrPort(msg, to)
+		if err != nil || n != size {
+			t.Fatalf("write %d before the peer exists: %d, %v; want %d, nil", i, n, err, size)
+		}
+	}
+	fit := maxQueuedBytesPerPeer / size
+	if got := a.Stats().Drops.WriteQueueFull; got != uint64(writes-fit) {
+		t.Errorf("Drops.WriteQueueFull %d, want %d (%d bytes queue per peer)", got, writes-fit, maxQueuedBytesPerPeer)
+	}
+	b := listenT(t, "udp4", to.String(), nil) // the peer starts; a's hello retries reach it
+	for i := range fit {
+		got, from := readWithin(t, b, waitLong)
+		if from != addrOf(a) || len(got) != size || binary.BigEndian.Uint32(got) != uint32(i) {
+			t.Fatalf("datagram %d: %d bytes, number %d, from %v; want %d bytes, number %d, from %v",
+				i, len(got), binary.BigEndian.Uint32(got), from, size, i, addrOf(a))
+		}
+	}
+	expectNothing(t, b, 50*time.Millisecond)
+	if s := a.Stats(); s.DatagramsOut != uint64(fit) {
+		t.Errorf("DatagramsOut %d, want %d", s.DatagramsOut, fit)
+	}
+}
+
+// TestFieldQueueBoundPerConn: the bytes waiting for handshakes are bounded
+// per Conn as well as per peer, whatever the number of peers.
+func TestFieldQueueBoundPerConn(t *testing.T) {
+	a := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: 5 * time.Second, MaxPeers: 1000})
+	big := make([]byte, 1200)
+	peers := maxQueuedBytesPerConn/maxQueuedBytesPerPeer + 4
+	for i := range peers {
+		to := deadPort(t, "udp4", "127.0.0.1")
+		for range maxQueuedBytesPerPeer / len(big) {
+			if _, err := a.WriteToUDPAddrPort(big, to); err != nil {
+				t.Fatalf("peer %d: %v", i, err)
+			}
+		}
+	}
+	if q := a.queuedBytes.Load(); q > maxQueuedBytesPerConn {
+		t.Fatalf("%d bytes queued, bound %d", q, maxQueuedBytesPerConn)
+	}
+	if a.Stats().Drops.WriteQueueFull == 0 {
+		t.Error("nothing counted in Drops.WriteQueueFull")
+	}
+}
+
+// TestFieldClientRestartsWithNewKey: a client on a fixed port restarts
+// with a fresh identity. The server, which accepts any key, remembers the
+// old one at that address (trust on first use), challenges the old
+// session, gets no answer, and takes the new identity within about a
+// hello retry.
+func TestFieldClientRestartsWithNewKey(t *testing.T) {
+	s := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: time.Second})
+	c1, err := Listen("udp4", "127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := addrOf(c1)
+	if _, err := c1.WriteToUDPAddrPort([]byte("old key"), addrOf(s)); err != nil {
+		t.Fatal(err)
+	}
+	expectRead(t, s, "old key", port)
+	c1.Close()
+
+	c2 := listenT(t, "udp4", port.String(), &Config{HandshakeTimeout: 2 * time.Second})
+	start := time.Now()
+	handshakeT(t, c2, addrOf(s))
+	if _, err := c2.WriteToUDPAddrPort([]byte("new key"), addrOf(s)); err != nil {
+		t.Fatal(err)
+	}
+	expectRead(t, s, "new key", port)
+	t.Logf("back after %v", time.Since(start).Round(time.Millisecond))
+	ps := s.PeersByIP(port.Addr())
+	for _, p := range ps {
+		if p.Addr == port && !bytes.Equal(p.PublicKey, c2.PublicKey()) {
+			t.Errorf("the server's peer at %v has the old key", port)
+		}
+	}
+}
+
+// TestFieldLivePeerNotDisplaced: hellos with another identity forged as
+// from a live learned peer's address are refused: the live peer answers
+// the liveness challenge sealed under its session, and keeps its place.
+func TestFieldLivePeerNotDisplaced(t *testing.T) {
+	sp := newSpoofer(t)
+	s := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: time.Second})
+	c := listenT(t, "udp4", "127.0.0.1:0", nil)
+	handshakeT(t, c, addrOf(s))
+	before := s.Stats()
+	for range 6 {
+		sp.send(t, addrOf(c), addrOf(s), helloDatagram(t))
+		strangerBarrier(t, rawUDP(t), addrOf(s))
+		// Let the liveness answer come back before the next hello.
+		if _, err := c.WriteToUDPAddrPort([]byte("alive"), addrOf(s)); err != nil {
+			t.Fatal(err)
+		}
+		expectRead(t, s, "alive", addrOf(c))
+		// The challenge was answered (not merely not yet overdue).
+		s.mu.RLock()
+		p := s.peers[addrOf(c)]
+		s.mu.RUnlock()
+		deadline := time.Now().Add(waitLong)
+		for {
+			p.mu.Lock()
+			answered := p.live == nil && p.alive != 0
+			p.mu.Unlock()
+			if answered {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the live peer did not answer the liveness challenge")
+			}
+			time.Sleep(time.Millisecond) // polling a condition, bounded above
+		}
+	}
+	after := s.Stats()
+	// Each barrier is a handshake of its own; the forged hellos got none.
+	if got := after.Handshakes - before.Handshakes; got != 6 {
+		t.Errorf("%d handshakes completed, want the 6 barriers' only", got)
+	}
+	if after.Drops.Rejected-before.Drops.Rejected != 6 {
+		t.Errorf("Drops.Rejected +%d, want +6 (the forged hellos)", after.Drops.Rejected-before.Drops.Rejected)
+	}
+	for _, p := range s.PeersByIP(addrOf(c).Addr()) {
+		if p.Addr == addrOf(c) && !bytes.Equal(p.PublicKey, c.PublicKey()) {
+			t.Fatal("the live peer was displaced")
+		}
+	}
+}
+
+// restartOn listens again on addr with cfg, skipping the test if the port
+// was taken meanwhile.
+func restartOn(t *testing.T, addr netip.AddrPort, cfg *Config) *Conn {
+	t.Helper()
+	c, err := Listen("udp4", addr.String(), cfg)
+	if err != nil {
+		t.Skipf("cannot listen again on %v: %v", addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// writeUntilRead writes msg from c to to until r reads it (from c's
+// address), as a program that keeps sending does; it returns how long it
+// took. Bounded by waitLong.
+func writeUntilRead(t *testing.T, c, r *Conn, msg string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	buf := make([]byte, 2048)
+	for time.Since(start) < waitLong {
+		if _, err := c.WriteToUDPAddrPort([]byte(msg), addrOf(r)); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		r.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		n, from, err := r.ReadFromUDPAddrPort(buf)
+		if err == nil && string(buf[:n]) == msg && from == addrOf(c) {
+			r.SetReadDeadline(time.Time{})
+			return time.Since(start)
+		}
+	}
+	t.Fatalf("%q never arrived (writer %+v, reader %+v)", msg, c.Stats(), r.Stats())
+	return 0
+}
+
+// TestFieldPeerRestartsSameIdentity: a server restarts on the same port
+// with the same identity while a client keeps writing. The client's
+// session is unknown to the new server; the client notices the silence and
+// handshakes again, and its datagrams arrive again.
+func TestFieldPeerRestartsSameIdentity(t *testing.T) {
+	id := GenerateIdentity()
+	short := &Config{KeepaliveTimeout: 100 * time.Millisecond, HandshakeTimeout: 300 * time.Millisecond}
+	s1, err := Listen("udp4", "127.0.0.1:0", &Config{Identity: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sAddr := addrOf(s1)
+	c := listenT(t, "udp4", "127.0.0.1:0", short)
+	if err := c.AddPeer(PeerConfig{Addr: sAddr, PublicKey: id.Public().(ed25519.PublicKey)}); err != nil {
+		t.Fatal(err)
+	}
+	writeUntilRead(t, c, s1, "before")
+	s1.Close()
+	s2 := restartOn(t, sAddr, &Config{Identity: id})
+	took := writeUntilRead(t, c, s2, "after the restart")
+	t.Logf("reached again %v after the restart (silence %v, stats %+v)", took.Round(time.Millisecond), c.cfg.SilenceTimeout, c.Stats())
+	if c.Stats().Handshakes < 2 {
+		t.Errorf("Handshakes %d, want a new one", c.Stats().Handshakes)
+	}
+}
+
+// TestFieldPeerRestartsNewIdentity: a server comes back on the same port
+// with another key. A client that pinned the old key, or remembered it on
+// first use, refuses it, visibly: Handshake returns ErrPeerRejected naming
+// both keys, PeerInfo carries it, Stats counts it.
+func TestFieldPeerRestartsNewIdentity(t *testing.T) {
+	for _, pinned := range []bool{true, false} {
+		t.Run(map[bool]string{true: "pinned", false: "remembered"}[pinned], func(t *testing.T) {
+			short := &Config{KeepaliveTimeout: 100 * time.Millisecond, HandshakeTimeout: 300 * time.Millisecond}
+			s1, err := Listen("udp4", "127.0.0.1:0", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sAddr, oldKey := addrOf(s1), s1.PublicKey()
+			c := listenT(t, "udp4", "127.0.0.1:0", short)
+			if pinned {
+				if err := c.AddPeer(PeerConfig{Addr: sAddr, PublicKey: oldKey}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			writeUntilRead(t, c, s1, "before")
+			s1.Close()
+			s2 := restartOn(t, sAddr, nil)
+			ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+			defer cancel()
+			// The silence starts a handshake; the new key is refused.
+			var err2 error
+			for ctx.Err() == nil {
+				c.WriteToUDPAddrPort([]byte("lost"), sAddr)
+				if _, ok := c.handshakeFailure(sAddr); ok {
+					break
+				}
+				time.Sleep(10 * time.Millisecond) // writes paced as a program's; bounded by ctx
+			}
+			err2, _ = c.handshakeFailure(sAddr)
+			if !errors.Is(err2, ErrPeerRejected) || !strings.Contains(err2.Error(), EncodePublicKey(oldKey)) ||
+				!strings.Contains(err2.Error(), EncodePublicKey(s2.PublicKey())) {
+				t.Fatalf("PeerInfo.LastFailure %v, want ErrPeerRejected naming both keys", err2)
+			}
+			if err := c.Handshake(ctx, sAddr); !errors.Is(err, ErrPeerRejected) {
+				t.Errorf("Handshake: %v, want ErrPeerRejected", err)
+			}
+			if c.Stats().Drops.Rejected == 0 {
+				t.Error("Drops.Rejected not counted")
+			}
+			expectNothing(t, s2, 20*time.Millisecond)
+		})
+	}
+}
+
+// handshakeFailure returns PeerInfo.LastFailure of the peer at addr.
+func (c *Conn) handshakeFailure(addr netip.AddrPort) (error, bool) {
+	for _, p := range c.Peers() {
+		if p.Addr == addr && p.LastFailure != nil {
+			return p.LastFailure, true
+		}
+	}
+	return nil, false
+}
+
+// TestFieldPassiveKeepalive: a peer that only receives answers with
+// passive keepalives, so the sender does not take it for silent and
+// handshake again.
+func TestFieldPassiveKeepalive(t *testing.T) {
+	short := &Config{KeepaliveTimeout: 50 * time.Millisecond, HandshakeTimeout: 200 * time.Millisecond}
+	a, b := pair(t, "udp4", "127.0.0.1", short, short)
+	handshakeT(t, a, addrOf(b))
+	deadline := time.Now().Add(4 * a.cfg.SilenceTimeout)
+	for i := 0; time.Now().Before(deadline); i++ {
+		msg := fmt.Sprintf("one-way %d", i)
+		if _, err := a.WriteToUDPAddrPort([]byte(msg), addrOf(b)); err != nil {
+			t.Fatal(err)
+		}
+		expectRead(t, b, msg, addrOf(a))
+		time.Sleep(10 * time.Millisecond) // a program's pace; the test's length is the deadline above
+	}
+	sa, sb := a.Stats(), b.Stats()
+	t.Logf("a: silences %d, handshakes %d, keepalives in %d; b: keepalives sent %d", sa.Silences, sa.Handshakes, sa.KeepalivesIn, sb.KeepalivesSent)
+	if sb.KeepalivesSent == 0 || sa.KeepalivesIn == 0 {
+		t.Errorf("no passive keepalive: b sent %d, a got %d", sb.KeepalivesSent, sa.KeepalivesIn)
+	}
+	if sa.Silences != 0 {
+		t.Errorf("a took a live peer for silent %d times", sa.Silences)
+	}
+}
+
+// TestFieldPersistentKeepalive: PeerConfig.Keepalive sends empty sealed
+// datagrams to an idle peer at that interval (for NAT mappings).
+func TestFieldPersistentKeepalive(t *testing.T) {
+	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
+	if err := a.AddPeer(PeerConfig{Addr: addrOf(b), Keepalive: 60 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	handshakeT(t, a, addrOf(b))
+	took, ok := waitFor(waitLong, func() bool { return b.Stats().KeepalivesIn >= 4 })
+	if !ok {
+		t.Fatalf("%d keepalives received after %v", b.Stats().KeepalivesIn, took)
+	}
+	t.Logf("4 keepalives after %v at a 60 ms interval", took.Round(time.Millisecond))
+	if s := a.Stats(); s.KeepalivesSent < 3 || s.DatagramsOut != 0 {
+		t.Errorf("a: KeepalivesSent %d, DatagramsOut %d", s.KeepalivesSent, s.DatagramsOut)
+	}
+}
+
+// waitFor polls ok until it holds, at most d (a bounded wait on a
+// condition that has no channel to wait on).
+func waitFor(d time.Duration, ok func() bool) (time.Duration, bool) {
+	start := time.Now()
+	for !ok() {
+		if time.Since(start) > d {
+			return time.Since(start), false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return time.Since(start), true
+}

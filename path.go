@@ -1,0 +1,285 @@
+package vaultudp
+
+import (
+	"crypto/rand"
+	"crypto/subtle"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Paths. Through a net.PacketConn the source address is the only identity
+// an application sees, so a peer is bound to one validated address, and a
+// datagram is delivered as from that address only. An authenticated
+// datagram from another address does not move the peer: it starts a path
+// challenge (QUIC, RFC 9000 §8.2 and §9), sealed under the peer's session
+// and sent to the new address; the peer moves when the answer, sealed
+// under its session, comes back from there. Datagrams that arrived on the
+// new path meanwhile are held (at most maxHeldOnPath) and delivered as
+// from the new address once it is proved; they are dropped if it is not
+// within a handshake timeout. A peer never moves onto an address held by
+// another peer.
+//
+// Nothing is sent to an address that has not proved it receives beyond
+// what it sent: a challenge goes out only when the datagrams from the new
+// address add up to at least its length (anti-amplification, 1×).
+//
+// A liveness challenge is the same message sent to a learned peer's own
+// address: when a hello with another identity comes from that address and
+// the old identity does not answer, the new one may replace it.
+//
+// The control messages, carried in the "c" field of sealed envelopes
+// (never open ones), unpadded:
+//
+//	challenge: 0 type = 4, 1 data, 8 random bytes
+//	response:  0 type = 5, 1 data, the challenge's 8 bytes
+
+const (
+	ctlChallenge = 4
+	ctlResponse  = 5
+
+	challengeLen = 1 + 8
+
+	// maxHeldOnPath is how many datagrams from an address being validated
+	// wait for its answer.
+	maxHeldOnPath = 8
+)
+
+// pathCheck is a challenge under way; the peer's mu guards it.
+type pathCheck struct {
+	addr    netip.AddrPort // where the challenge went
+	data    [8]byte
+	started int64     // Conn clock at the first challenge
+	sentAt  int64     // ... at the last one; zero if none sent yet
+	credit  int       // bytes received from addr not yet spent on challenges
+	held    []*packet // path only: datagrams that arrived from addr
+}
+
+// challengeWireLen is the length of a sealed, unpadded challenge.
+var challengeWireLen = sealedOverhead + (&record{control: make([]byte, challengeLen)}).envelopeLen()
+
+// onNewPath handles an authenticated datagram from from, an address other
+// than the peer's: it starts or continues the path challenge, and holds
+// the payload, if any, until the address is proved. It returns true if it
+// kept p.
+func (c *Conn) onNewPath(pr *peer, s *session, p *packet, rec *record) bool {
+	from := p.from
+	c.mu.RLock()
+	other := c.peers[from]
+	c.mu.RUnlock()
+	if other != nil && other != pr {
+		// Never onto an address that another peer holds: a configured
+		// one, or another identity. Nothing is delivered as from it.
+		c.stats.unvalidated.Add(1)
+		return false
+	}
+	now := c.now()
+	pr.mu.Lock()
+	pc := pr.path
+	if pc == nil || pc.addr != from {
+		c.dropHeldLocked(pc)
+		pc = &pathCheck{addr: from, started: now}
+		rand.Read(pc.data[:])
+		pr.path = pc
+	}
+	pc.credit += len(p.data)
+	send := c.challengeDueLocked(pc, now)
+	kept := false
+	if rec.hasPayload {
+		if len(pc.held) >= maxHeldOnPath {
+			c.stats.unvalidated.Add(1)
+		} else if q, k, ok := c.payloadPacket(p, pr, rec); ok {
+			q.from = from
+			pc.held = append(pc.held, q)
+			kept = k
+		}
+	}
+	data := pc.data
+	pr.mu.Unlock()
+	if send {
+		c.sendChallenge(s, from, ctlChallenge, data)
+	}
+	return kept
+}
+
+// challengeDueLocked reports whether a challenge may go to pc.addr now:
+// none was sent in the last retry interval, and what the address sent
+// covers its length. It spends the credit.
+func (c *Conn) challengeDueLocked(pc *pathCheck, now int64) bool {
+	if pc.sentAt != 0 && time.Duration(now-pc.sentAt) < c.retryAfter() {
+		return false
+	}
+	if pc.credit < challengeWireLen {
+		return false
+	}
+	pc.credit -= challengeWireLen
+	pc.sentAt = now | 1 // never zero
+	return true
+}
+
+// sendChallenge sends a challenge or response sealed under s to to.
+func (c *Conn) sendChallenge(s *session, to netip.AddrPort, typ byte, data [8]byte) {
+	msg := make([]byte, challengeLen)
+	msg[0] = typ
+	copy(msg[1:], data[:])
+	if err := c.sendSealedRecord(s, to, &record{control: msg}, false); err != nil {
+		c.log.Debug("vaultudp: sending path message", "peer", to, "err", err)
+	}
+}
+
+// handleSealedControl handles a control message in a sealed datagram from
+// pr's session s, received from from.
+func (c *Conn) handleSealedControl(pr *peer, s *session, msg []byte, from netip.AddrPort) {
+	if len(msg) != challengeLen {
+		c.stats.malformed.Add(1)
+		return
+	}
+	var data [8]byte
+	copy(data[:], msg[1:])
+	switch msg[0] {
+	case ctlChallenge:
+		// Answer to the peer's validated address only: whoever sent it
+		// from elsewhere gets nothing (a forwarded copy cannot reflect).
+		pr.mu.Lock()
+		to := pr.addr
+		pr.mu.Unlock()
+		c.sendChallenge(s, to, ctlResponse, data)
+	case ctlResponse:
+		c.handleResponse(pr, data, from)
+	default:
+		c.stats.malformed.Add(1)
+	}
+}
+
+// handleResponse completes a path or liveness challenge of pr answered
+// from from.
+func (c *Conn) handleResponse(pr *peer, data [8]byte, from netip.AddrPort) {
+	pr.mu.Lock()
+	if lc := pr.live; lc != nil && lc.addr == from && subtle.ConstantTimeCompare(lc.data[:], data[:]) == 1 {
+		pr.live = nil
+		pr.alive = c.now() | 1
+		pr.mu.Unlock()
+		return
+	}
+	pc := pr.path
+	if pc == nil || pc.addr != from || subtle.ConstantTimeCompare(pc.data[:], data[:]) != 1 {
+		pr.mu.Unlock()
+		c.stats.stale.Add(1)
+		return
+	}
+	pr.path = nil
+	held := pc.held
+	pr.mu.Unlock()
+	if !c.movePeer(pr, from) {
+		c.dropHeld(held)
+		return
+	}
+	for _, q := range held {
+		if !c.queueRead(q, pr) {
+			c.putPacket(q)
+		}
+	}
+}
+
+// movePeer moves pr to the address it proved, under c.mu, so that moving,
+// removing and forgetting peers are atomic with respect to each other. It
+// refuses (false) if pr is gone or another peer holds the address.
+func (c *Conn) movePeer(pr *peer, to netip.AddrPort) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if other := c.peers[to]; other != nil && other != pr {
+		c.stats.unvalidated.Add(1)
+		return false
+	}
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	if pr.removed || c.peers[pr.addr] != pr {
+		return false
+	}
+	from := pr.addr
+	delete(c.peers, from)
+	pr.addr = to
+	pr.lastSeen = c.now()
+	c.peers[to] = pr
+	c.log.Debug("vaultudp: peer moved to a validated address", "from", from, "to", to)
+	return true
+}
+
+// onPathTimeout: a path or liveness challenge unanswered for a handshake
+// timeout is abandoned (timers.go); held datagrams are dropped.
+func (c *Conn) onPathTimeout(p *peer, now int64) {
+	if pc := p.path; pc != nil && time.Duration(now-pc.started) >= c.cfg.HandshakeTimeout {
+		p.path = nil
+		c.dropHeldLocked(pc)
+	}
+	if lc := p.live; lc != nil && time.Duration(now-lc.started) >= c.cfg.HandshakeTimeout {
+		p.live = nil
+	}
+}
+
+func (c *Conn) dropHeldLocked(pc *pathCheck) {
+	if pc != nil {
+		c.dropHeld(pc.held)
+		pc.held = nil
+	}
+}
+
+func (c *Conn) dropHeld(held []*packet) {
+	for _, q := range held {
+		c.stats.unvalidated.Add(1)
+		c.putPacket(q)
+	}
+}
+
+// liveWait is how long a learned peer has to answer a liveness challenge
+// before a new identity at its address may replace it: half the hello
+// retry interval, so that the new identity's next hello finds the answer
+// overdue and a restarted client is back within about a retry.
+func (c *Conn) liveWait() time.Duration { return c.retryAfter() / 2 }
+
+// replaceable decides whether a hello from pr's address with another
+// identity may replace pr, a learned peer whose remembered key (trust on
+// first use) is the only objection. It reports true once a liveness
+// challenge sealed under pr's session went unanswered for liveWait;
+// otherwise it sends the challenge (if none is under way) and reports
+// false. A peer with no session to answer under is not replaced: it never
+// proved itself, or has been idle, and is forgotten soon (timers.go).
+func (c *Conn) replaceable(pr *peer) bool {
+	now := c.now()
+	pr.mu.Lock()
+	s := pr.current
+	if s == nil || !c.usableLocked(s, now) {
+		pr.mu.Unlock()
+		return false
+	}
+	lc := pr.live
+	if lc != nil && lc.sentAt != 0 && time.Duration(now-lc.sentAt) >= c.liveWait() {
+		pr.mu.Unlock()
+		return true
+	}
+	if pr.alive != 0 && time.Duration(now-pr.alive) < c.liveWait() {
+		pr.mu.Unlock()
+		return false // it answered a moment ago
+	}
+	send := false
+	if lc == nil {
+		lc = &pathCheck{addr: pr.addr, started: now, sentAt: now | 1}
+		rand.Read(lc.data[:])
+		pr.live = lc
+		send = true
+	}
+	to, data := pr.addr, lc.data
+	pr.mu.Unlock()
+	if send {
+		// To the peer's validated address, as small as the hello that
+		// caused it: no amplification.
+		c.sendChallenge(s, to, ctlChallenge, data)
+	}
+	return false
+}
+
+// errReplaced is the reason given to waiters on a learned peer that a new
+// identity replaced.
+func errReplaced(addr netip.AddrPort) error {
+	return fmt.Errorf("%w: %v: replaced by a new identity after a liveness challenge went unanswered", ErrUnknownPeer, addr)
+}
