@@ -22,7 +22,7 @@ type peer struct {
 	policy     Policy            // resolved: never PolicyDefault
 	limiter    *rate.Limiter     // nil: unlimited
 
-	keepalive  time.Duration // PeerConfig.Keepalive
+	keepalive time.Duration // PeerConfig.Keepalive
 
 	// Counters for PeerInfo, atomic: the data path takes no lock for them.
 	datagramsIn, bytesIn, datagramsOut, bytesOut atomic.Uint64
