@@ -114,7 +114,10 @@ func (c *Conn) v2AddLocked(p *peer, pc *PeerConfig) error {
 	case Plaintext:
 		policy = v2.Plaintext
 	}
-	vp, err := c.v2.AddPeer(v2.PeerConfig{Addr: p.addr, PublicKey: pc.PublicKey, BoxKey: pc.BoxKey, Policy: policy})
+	vp, err := c.v2.AddPeer(v2.PeerConfig{
+		Addr: p.addr, PublicKey: pc.PublicKey, BoxKey: pc.BoxKey, Policy: policy,
+		DatagramsOut: &p.datagramsOut, BytesOut: &p.bytesOut,
+	})
 	if err != nil {
 		if errors.Is(err, net.ErrClosed) {
 			return c.opError("add peer", nil, ErrClosed)

@@ -91,3 +91,22 @@ func TestV2RoutingNativeFirst(t *testing.T) {
 		t.Fatalf("peer %+v", pi)
 	}
 }
+
+// TestV2PeerInfoCounters: PeerInfo counts a v2 peer's traffic both ways.
+func TestV2PeerInfoCounters(t *testing.T) {
+	r := newFakeRef(t)
+	c := v2Conn(t, nil, PeerConfig{Addr: r.addr()})
+	keyed(t, c, r)
+	r.send(r.snd, c, r.sealed(c, "in", nil))
+	expectRead(t, c, "in", r.addr())
+	if _, err := c.WriteToUDPAddrPort([]byte("out!"), r.addr()); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.readSealed(c); string(got) != "out!" {
+		t.Fatalf("read %q", got)
+	}
+	pi := peerInfo(t, c, r.addr())
+	if pi.DatagramsIn != 1 || pi.BytesIn != 2 || pi.DatagramsOut != 1 || pi.BytesOut != 4 {
+		t.Fatalf("peer info %+v, want 1 datagram of 2 bytes in, 1 of 4 out", pi)
+	}
+}

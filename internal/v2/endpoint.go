@@ -202,6 +202,7 @@ type Peer struct {
 	policy  Policy
 	pinSign ed25519.PublicKey
 	pinBox  *[32]byte
+	out     [2]*atomic.Uint64 // PeerConfig.DatagramsOut, BytesOut
 
 	shared     atomic.Pointer[[32]byte] // the box key shared with it; nil until its box key is known
 	seenSealed atomic.Bool              // a sealed datagram from it opened: plaintext from it is a downgrade
@@ -366,6 +367,10 @@ type PeerConfig struct {
 	PublicKey ed25519.PublicKey // its pinned sign_key, or nil
 	BoxKey    []byte            // its pinned enc_key (32 bytes), or nil
 	Policy    Policy
+
+	// DatagramsOut and BytesOut count what was sent to this peer
+	// (besides Counters' totals); nil: not counted.
+	DatagramsOut, BytesOut *atomic.Uint64
 }
 
 // AddPeer adds a v2 peer. Its replay floor is set at this moment (see
@@ -376,6 +381,7 @@ func (e *Endpoint) AddPeer(pc PeerConfig) (*Peer, error) {
 		addr:    pc.Addr,
 		policy:  pc.Policy,
 		pinSign: slices.Clone(pc.PublicKey),
+		out:     [2]*atomic.Uint64{pc.DatagramsOut, pc.BytesOut},
 		replay:  newPeerReplayCache(replayCapacity, e.cfg.Now()),
 		changed: make(chan struct{}),
 	}
@@ -777,6 +783,10 @@ func (e *Endpoint) sendPayloadLocked(vp *Peer, shared *[32]byte, payload []byte,
 	if sent {
 		e.cnt.DatagramsOut.Add(1)
 		e.cnt.BytesOut.Add(uint64(n))
+		if vp.out[0] != nil {
+			vp.out[0].Add(1)
+			vp.out[1].Add(uint64(n))
+		}
 	}
 	return nil
 }
