@@ -24,7 +24,12 @@ import (
 //     errors, because consumers such as quic-go stop on read errors.
 //   - WriteTo seals and sends at once when the peer has a session, and
 //     otherwise starts the handshake and queues the datagram until it
-//     completes (see Config.HandshakeTimeout).
+//     completes (see Config.HandshakeTimeout). It fails only where a
+//     *net.UDPConn would, or when the trust rules refused the peer's key
+//     (ErrPeerRejected); a datagram that cannot go for a passing reason
+//     is dropped and counted in Stats.Drops. A write to the Conn's own
+//     address (or, on a wildcard bind, a loopback address with its port)
+//     is delivered to its own readers, as on a UDP socket.
 //   - Deadlines behave as on *net.UDPConn: timeouts are
 //     os.ErrDeadlineExceeded, and a deadline changed while a call waits
 //     takes effect at once.
@@ -41,6 +46,7 @@ type Conn struct {
 	hs         *handshaker
 	z          *compressor
 	cookies    *cookieJar
+	resets     *resetter
 	log        *slog.Logger
 	mtu        int
 	datagram   int // the largest datagram on the wire (UDP payload)
@@ -133,6 +139,7 @@ func newConn(pc net.PacketConn, config *Config) (*Conn, error) {
 		hs:            newHandshaker(cfg.Identity),
 		z:             z,
 		cookies:       newCookieJar(cfg.CookieThreshold, cfg.now()),
+		resets:        newResetter(cfg.Identity),
 		log:           cfg.Logger,
 		mtu:           mtu,
 		datagram:      datagram,

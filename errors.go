@@ -19,22 +19,25 @@ var (
 	// for that.
 	ErrMessageTooLarge = errors.New("vaultudp: message too large")
 
-	// ErrHandshakeTimeout is returned by writes to a peer whose last key
-	// exchange did not complete within Config.HandshakeTimeout, until a
-	// new attempt starts, and by Handshake when its attempt times out.
+	// ErrHandshakeTimeout is returned by Handshake when its attempt does
+	// not complete within Config.HandshakeTimeout. Writes never return
+	// it: a datagram written in the back-off after a failed attempt is
+	// dropped and counted (Drops.WriteBackoff), as a UDP socket drops
+	// what it cannot send.
 	ErrHandshakeTimeout = errors.New("vaultudp: handshake timed out")
 
-	// ErrPeerRejected is returned when the trust rules refuse a peer: a
-	// pinned key that does not match, a key Config.VerifyPeer refused, or
-	// an address whose remembered key (trust on first use) differs.
+	// ErrPeerRejected is returned by Handshake, and by writes until the
+	// next attempt, when the trust rules refused the peer's key: a pinned
+	// key that does not match, a key Config.VerifyPeer refused, or an
+	// address whose remembered key (trust on first use) differs. The error
+	// names both keys; PeerInfo.LastFailure keeps it, Drops.Rejected
+	// counts it.
 	ErrPeerRejected = errors.New("vaultudp: peer rejected")
 
-	// ErrNoSession is returned when a datagram cannot be sent because the
-	// peer has no session and none can be started or waited for: the
-	// bounded queue of datagrams waiting for the handshake is full, the
-	// peer's policy forbids the handshake (Handshake on a Plaintext peer),
-	// Config.MaxPeers learned peers exist already, the destination is not
-	// a valid address, or the session's counters are used up.
+	// ErrNoSession is returned by Handshake when no session can be made or
+	// waited for: the peer's policy forbids the handshake (a Plaintext
+	// peer), or Config.MaxPeers learned peers exist already; and by a
+	// write whose session's counters are used up (2^64 datagrams).
 	ErrNoSession = errors.New("vaultudp: no session with peer")
 
 	// ErrUnknownPeer is returned by RemovePeer for an address that is not

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -193,10 +194,68 @@ func writeUntilRead(t *testing.T, c, r *Conn, msg string) time.Duration {
 }
 
 // TestFieldPeerRestartsSameIdentity: a server restarts on the same port
-// with the same identity while a client keeps writing. The client's
-// session is unknown to the new server; the client notices the silence and
-// handshakes again, and its datagrams arrive again.
+// with the same identity while a client keeps writing. The new server
+// answers the client's datagrams for the lost session with a stateless
+// reset; the client handshakes at once and its datagrams arrive again,
+// long before any silence timer (the defaults: 15 s) would have noticed.
 func TestFieldPeerRestartsSameIdentity(t *testing.T) {
+	id := GenerateIdentity()
+	s1, err := Listen("udp4", "127.0.0.1:0", &Config{Identity: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sAddr := addrOf(s1)
+	c := listenT(t, "udp4", "127.0.0.1:0", nil)
+	if err := c.AddPeer(PeerConfig{Addr: sAddr, PublicKey: id.Public().(ed25519.PublicKey)}); err != nil {
+		t.Fatal(err)
+	}
+	writeUntilRead(t, c, s1, "before")
+	s1.Close()
+	s2 := restartOn(t, sAddr, &Config{Identity: id})
+	took := writeUntilRead(t, c, s2, "after the restart")
+	st := c.Stats()
+	t.Logf("reached again %v after the restart: %d resets received, %d sent by the new server, %d handshakes",
+		took.Round(time.Microsecond), st.ResetsReceived, s2.Stats().ResetsSent, st.Handshakes)
+	if st.ResetsReceived == 0 || st.Silences != 0 || st.Handshakes < 2 {
+		t.Errorf("ResetsReceived %d, Silences %d, Handshakes %d; want a reset, no silence, a new handshake", st.ResetsReceived, st.Silences, st.Handshakes)
+	}
+}
+
+// TestFieldForgedReset: a reset without the session's token (an attacker
+// who saw the traffic, not the token) changes nothing.
+func TestFieldForgedReset(t *testing.T) {
+	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
+	handshakeT(t, a, addrOf(b))
+	writeUntilRead(t, a, b, "one")
+	if _, err := b.WriteToUDPAddrPort([]byte("two"), addrOf(a)); err != nil {
+		t.Fatal(err)
+	}
+	expectRead(t, a, "two", addrOf(b))
+	a.mu.RLock()
+	p := a.peers[addrOf(b)]
+	a.mu.RUnlock()
+	p.mu.Lock()
+	idx := p.current.remoteIndex
+	p.mu.Unlock()
+	sp := newSpoofer(t)
+	before := a.Stats()
+	forged := make([]byte, resetLen)
+	forged[0], forged[1] = ProtocolVersion, typeReset
+	binary.BigEndian.PutUint32(forged[4:], idx)
+	sp.send(t, addrOf(b), addrOf(a), forged) // from b's address, right index, no token
+	strangerBarrier(t, rawUDP(t), addrOf(a))
+	if st := a.Stats(); st.ResetsReceived != 0 || st.Handshakes != before.Handshakes+1 || st.Drops.Auth != before.Drops.Auth+1 {
+		t.Errorf("after a forged reset: ResetsReceived %d, Handshakes %d -> %d, Drops.Auth %d -> %d; want 0, +1 (the barrier's), +1",
+			st.ResetsReceived, before.Handshakes, st.Handshakes, before.Drops.Auth, st.Drops.Auth)
+	}
+	writeUntilRead(t, a, b, "three")
+}
+
+// TestFieldSilence: a server vanishes without a word (its port swallows
+// everything: no resets). The client notices the silence after
+// SilenceTimeout, handshakes in vain and gives the session up; when the
+// server is back (same identity), the client's writes reach it again.
+func TestFieldSilence(t *testing.T) {
 	id := GenerateIdentity()
 	short := &Config{KeepaliveTimeout: 100 * time.Millisecond, HandshakeTimeout: 300 * time.Millisecond}
 	s1, err := Listen("udp4", "127.0.0.1:0", &Config{Identity: id})
@@ -210,12 +269,24 @@ func TestFieldPeerRestartsSameIdentity(t *testing.T) {
 	}
 	writeUntilRead(t, c, s1, "before")
 	s1.Close()
-	s2 := restartOn(t, sAddr, &Config{Identity: id})
-	took := writeUntilRead(t, c, s2, "after the restart")
-	t.Logf("reached again %v after the restart (silence %v, stats %+v)", took.Round(time.Millisecond), c.cfg.SilenceTimeout, c.Stats())
-	if c.Stats().Handshakes < 2 {
-		t.Errorf("Handshakes %d, want a new one", c.Stats().Handshakes)
+	hole, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(sAddr))
+	if err != nil {
+		t.Skipf("cannot listen again on %v: %v", sAddr, err)
 	}
+	took, ok := waitFor(waitLong, func() bool {
+		c.WriteToUDPAddrPort([]byte("into the void"), sAddr)
+		return c.Stats().HandshakeFailures > 0
+	})
+	if !ok {
+		t.Fatalf("no failed handshake after %v of silence: %+v", took, c.Stats())
+	}
+	if st := c.Stats(); st.Silences == 0 {
+		t.Errorf("Silences %d, want the silence counted", st.Silences)
+	}
+	hole.Close()
+	s2 := restartOn(t, sAddr, &Config{Identity: id})
+	back := writeUntilRead(t, c, s2, "after the silence")
+	t.Logf("silence noticed and given up after %v; reached again %v after the server came back", took.Round(time.Millisecond), back.Round(time.Millisecond))
 }
 
 // TestFieldPeerRestartsNewIdentity: a server comes back on the same port

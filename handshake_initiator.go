@@ -267,14 +267,11 @@ func (c *Conn) handleReply(msg []byte) {
 		return
 	}
 	queued := c.install(p, s, keys.peerIdentity, wall)
-	if len(queued) == 0 {
-		// Confirm the session to the responder at once, so that it may
-		// use it for sending.
-		if err := c.sendSealed(s, addr, nil, false); err != nil {
-			c.log.Debug("vaultudp: keepalive", "peer", addr, "err", err)
-		}
-	}
+	// The datagrams that waited go first; the reset token (reset.go)
+	// follows, and confirms the session to the responder at once when
+	// nothing waited, so that it may use it for sending.
 	c.flush(p, s, addr, queued)
+	c.sendToken(s, addr)
 }
 
 func (c *Conn) handleCookie(msg []byte, from netip.AddrPort) {

@@ -55,8 +55,9 @@ func Wrap(pc net.PacketConn, config *Config) (*Conn, error) {
 
 // Rebind moves the Conn to a new local address (a new port, say) without
 // losing its sessions: datagrams go out from the new socket at once, and
-// peers follow as they receive them (they roam the Conn to its new
-// address). It works on Conns made by Listen.
+// each peer moves to the new address once it has validated it (one round
+// trip: a path challenge, PROTOCOL.md section 5.12). It works on Conns made
+// by Listen.
 func (c *Conn) Rebind(address string) error {
 	if c.network == "" {
 		return fmt.Errorf("%w: Rebind needs a Conn made by Listen", ErrInvalidConfig)

@@ -178,29 +178,36 @@ func (c *Conn) notNativeAddr(addr netip.AddrPort) bool {
 // random box nonce, so about one in 32768 of them starts like a native
 // one, and the native checks then refuse it (a sealed header with an
 // unknown session index, an unparsable envelope) before handing it here.
-// The one v2 datagram lost: a box nonce that starts with a sealed header
+// A reset (ProtocolVersion, typeReset) has a fixed length no v2 datagram
+// has. The one v2 datagram lost: a box nonce that starts with a sealed header
 // and the index of a live native session (a chance of about 2^-64 per
 // session): its tag fails and the native open, which decrypts in place,
 // has overwritten it (counted as Auth).
 func (c *Conn) notNative(p *packet, drop *atomic.Uint64) bool {
-	if !c.v2.Active() || p.truncated {
+	if !c.receiveOther(p) {
 		drop.Add(1)
+	}
+	return false
+}
+
+// receiveOther is notNative for a caller that counts and answers a
+// datagram no other protocol takes itself: it reports whether protocol v2
+// took p (and then handled it). It never keeps p.
+func (c *Conn) receiveOther(p *packet) bool {
+	if !c.v2.Active() || p.truncated {
 		return false
 	}
 	bp := c.bufs.Get().(*[]byte)
 	defer c.bufs.Put(bp)
 	from, payload, took := c.v2.Receive(p.from, p.data, *bp)
-	switch {
-	case !took:
-		drop.Add(1)
-	case payload != nil:
+	if took && payload != nil {
 		// Decompressed into a new packet, under the native bound, with
 		// the peer's configured address as the source.
 		pr, _ := c.peerFor(from, lookupOnly)
 		p.from = from
 		c.deliver(p, pr, &record{payload: payload, hasPayload: true, compressed: true})
 	}
-	return false
+	return took
 }
 
 // v2Tick runs protocol v2's timers from the Conn's housekeeping.

@@ -71,6 +71,11 @@ func (c *Conn) receive(p *packet) bool {
 		return c.receiveSealed(p)
 	case typeOpen:
 		return c.receiveOpen(p)
+	case typeReset:
+		if len(b) == resetLen { // never a v2 datagram's length (64 bytes or more)
+			c.receiveReset(p) // reset.go
+			return false
+		}
 	}
 	return c.notNative(p, &c.stats.malformed)
 }
@@ -84,7 +89,12 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	s := c.sessions[idx]
 	c.idxMu.Unlock()
 	if s == nil {
-		return c.notNative(p, &c.stats.unknownSession)
+		if c.receiveOther(p) { // protocol v2 (proto_v2.go)
+			return false
+		}
+		c.stats.unknownSession.Add(1)
+		c.sendReset(idx, p.from) // reset.go: we may have restarted
+		return false
 	}
 	now := c.now()
 	if time.Duration(now-s.created) >= c.receiveLimit() {
@@ -109,7 +119,8 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	pr.seenSealed.Store(true)
 	pr.mu.Lock()
 	var queued [][]byte
-	if !s.confirmed.Load() {
+	confirmed := !s.confirmed.Load()
+	if confirmed {
 		queued = c.confirmLocked(pr, s)
 	}
 	validated := pr.addr == p.from
@@ -122,6 +133,9 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	// What this datagram causes to be sent goes to the peer's validated
 	// address, never to a source that has not proved it receives.
 	c.flush(pr, s, to, queued)
+	if confirmed {
+		c.sendToken(s, to) // reset.go
+	}
 	if rec.control != nil {
 		c.handleSealedControl(pr, s, rec.control, p.from)
 	}

@@ -63,6 +63,10 @@ type session struct {
 	// has no other: a replayed hello must not replace a working session.
 	confirmed atomic.Bool
 
+	// peerToken is the peer's reset token for this session (reset.go),
+	// nil until its token message arrives.
+	peerToken atomic.Pointer[[tokenLen]byte]
+
 	// mu guards the fields below.
 	mu     sync.Mutex
 	replay replayWindow

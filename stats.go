@@ -23,6 +23,8 @@ type Stats struct {
 	Silences          uint64 // handshakes started because a peer went silent (Config.SilenceTimeout)
 	KeepalivesSent    uint64 // empty sealed datagrams sent (Config.KeepaliveTimeout, PeerConfig.Keepalive)
 	KeepalivesIn      uint64 // ... received
+	ResetsSent        uint64 // stateless resets sent for sealed datagrams of unknown sessions
+	ResetsReceived    uint64 // valid resets received: the peer had lost the session
 	V2KeyExchanges    uint64 // key exchanges accepted from ProtocolV2 peers
 
 	Drops Drops
@@ -65,6 +67,7 @@ type counters struct {
 	writeQueueFull, writeBackoff, writePeerLimit       atomic.Uint64
 	unvalidated                                        atomic.Uint64
 	silences, keepalivesSent, keepalivesReceived       atomic.Uint64
+	resetsSent, resetsReceived                         atomic.Uint64
 }
 
 // Stats returns a snapshot of the Conn's counters.
@@ -94,6 +97,8 @@ func (c *Conn) Stats() Stats {
 		Silences:          k.silences.Load(),
 		KeepalivesSent:    k.keepalivesSent.Load(),
 		KeepalivesIn:      k.keepalivesReceived.Load(),
+		ResetsSent:        k.resetsSent.Load(),
+		ResetsReceived:    k.resetsReceived.Load(),
 		V2KeyExchanges:    c.v2.KeyExchanges(), // protocol v2 (proto_v2.go)
 		Drops: Drops{
 			Malformed:        k.malformed.Load(),

@@ -43,14 +43,19 @@ func TestV2RoutingNativeFirst(t *testing.T) {
 	}
 	liveHdr := []byte{ProtocolVersion, typeSealed, 0, 0, 0, 0, 0, 0}
 	binary.BigEndian.PutUint32(liveHdr[4:], live)
+	resets := c.Stats().ResetsSent
 	for name, prefix := range map[string][]byte{
 		"sealed header, unknown index": {ProtocolVersion, typeSealed, 0, 0},
 		"open header":                  {ProtocolVersion, typeOpen},
+		"reset header":                 {ProtocolVersion, typeReset, 0, 0},
 		"open header and a map":        {ProtocolVersion, typeOpen, 0x81, 0xa1, 'v', envelopeVersion},
 	} {
 		d := r.sealedWithNonce(c, name, prefix)
 		r.send(r.snd, c, d)
 		expectRead(t, c, name, r.addr())
+	}
+	if st := c.Stats(); st.ResetsSent != resets {
+		t.Fatalf("%d resets sent for v2 datagrams that look native", st.ResetsSent-resets)
 	}
 	// The one form that is lost: the header and index of a live native
 	// session (a chance of about 2^-64 per session), refused by its tag.

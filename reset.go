@@ -1,0 +1,158 @@
+package vaultudp
+
+import (
+	"crypto/ed25519"
+	"crypto/subtle"
+	"encoding/binary"
+	"net/netip"
+
+	"golang.org/x/crypto/blake2b"
+	"golang.org/x/time/rate"
+)
+
+// Stateless resets (QUIC, RFC 9000 §10.3, adapted). A Conn that restarts
+// loses its sessions; its peers' sealed datagrams then name a session
+// index it does not know. It answers each (rate-limited) with a reset that
+// carries a token only a holder of its identity key can compute for that
+// index; the peer, which got the token sealed under the session, drops the
+// session and handshakes at once, so it is reached again within a round
+// trip instead of after SilenceTimeout. Hosts that share one identity (a
+// fleet behind a load balancer) compute the same tokens, so a flow moved
+// to another host recovers the same way.
+//
+//	token(i)  = BLAKE2b-128(key = resetKey, i as uint32 big endian)
+//	resetKey  = BLAKE2b-256(key = the Ed25519 seed, resetLabel)
+//
+// Token message, in the "c" field of a sealed envelope, sent by each side
+// at the start of each session (the initiator with its confirmation, the
+// responder when its session is confirmed): the token of the sender's own
+// index, the one its peer seals to.
+//
+//	0 type = 6, 1 token, 16 bytes
+//
+// Reset datagram, 24 bytes, never answered, never larger than the
+// shortest sealed datagram (32 bytes), so it amplifies nothing:
+//
+//	0 version = 3, 1 type = 3, 2 reserved = 0 0,
+//	4 index uint32: the receiver index of the datagram that caused it
+//	8 token(index)
+//
+// Anyone who sees only the traffic never sees a token: it travels sealed.
+// A reset is honoured only from the peer's validated address and only for
+// a session of that peer whose token it carries.
+
+const (
+	typeReset = 3
+	ctlToken  = 6
+
+	tokenLen    = 16
+	tokenMsgLen = 1 + tokenLen
+	resetLen    = 8 + tokenLen
+
+	// resetRate and resetBurst bound the resets a Conn sends, whatever
+	// arrives: a restarted peer needs one.
+	resetRate  = 50
+	resetBurst = 10
+)
+
+var resetLabel = []byte("vaultudp/3 reset key\x00")
+
+// resetter computes tokens and paces resets; it has no mutable state but
+// the limiter, which is safe for concurrent use.
+type resetter struct {
+	key   [32]byte
+	limit *rate.Limiter
+}
+
+func newResetter(identity ed25519.PrivateKey) *resetter {
+	mac, err := blake2b.New256(identity.Seed())
+	if err != nil {
+		panic(err) // a 32-byte key: cannot happen
+	}
+	mac.Write(resetLabel)
+	r := &resetter{limit: rate.NewLimiter(resetRate, resetBurst)}
+	mac.Sum(r.key[:0])
+	return r
+}
+
+// token returns the reset token of local session index i.
+func (r *resetter) token(i uint32) (t [tokenLen]byte) {
+	mac, err := blake2b.New(tokenLen, r.key[:])
+	if err != nil {
+		panic(err)
+	}
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], i)
+	mac.Write(b[:])
+	mac.Sum(t[:0])
+	return t
+}
+
+// sendToken sends the token of s's local index to its peer, sealed.
+func (c *Conn) sendToken(s *session, to netip.AddrPort) {
+	t := c.resets.token(s.localIndex)
+	msg := append([]byte{ctlToken}, t[:]...)
+	if err := c.sendSealedRecord(s, to, &record{control: msg}, false); err != nil {
+		c.log.Debug("vaultudp: sending reset token", "peer", to, "err", err)
+	}
+}
+
+// sendReset answers a sealed datagram for index, a session this Conn
+// does not have, from from.
+func (c *Conn) sendReset(index uint32, from netip.AddrPort) {
+	if !c.resets.limit.Allow() {
+		return
+	}
+	b := make([]byte, resetLen)
+	b[0], b[1] = ProtocolVersion, typeReset
+	binary.BigEndian.PutUint32(b[4:], index)
+	t := c.resets.token(index)
+	copy(b[8:], t[:])
+	if err := c.sock.Load().writeTo(b, from); err != nil {
+		c.log.Debug("vaultudp: sending reset", "peer", from, "err", err)
+		return
+	}
+	c.stats.resetsSent.Add(1)
+}
+
+// receiveReset handles a reset datagram: if it names a session of the
+// peer at its source, with that session's token, the peer lost its state:
+// its sessions go, and a handshake starts at once.
+func (c *Conn) receiveReset(p *packet) {
+	b := p.data
+	if len(b) != resetLen || b[2] != 0 || b[3] != 0 {
+		c.stats.malformed.Add(1)
+		return
+	}
+	index := binary.BigEndian.Uint32(b[4:])
+	pr, _ := c.peerFor(p.from, lookupOnly)
+	if pr == nil {
+		c.stats.unknownSession.Add(1)
+		return
+	}
+	pr.mu.Lock()
+	valid := false
+	for _, s := range []*session{pr.current, pr.previous, pr.next, pr.nextOld} {
+		if s == nil || s.remoteIndex != index {
+			continue
+		}
+		if t := s.peerToken.Load(); t != nil && subtle.ConstantTimeCompare(t[:], b[8:]) == 1 {
+			valid = true
+		}
+	}
+	if !valid || pr.addr != p.from {
+		pr.mu.Unlock()
+		c.stats.auth.Add(1)
+		return
+	}
+	c.unindexLocked(pr, pr.current, pr.previous, pr.next, pr.nextOld)
+	pr.current, pr.previous, pr.next, pr.nextOld = nil, nil, nil, nil
+	hello := c.mayInitiateLocked(pr) && pr.init == nil && pr.claimHelloLocked()
+	pr.notifyLocked()
+	pr.mu.Unlock()
+	c.stats.resetsReceived.Add(1)
+	c.log.Debug("vaultudp: peer reset its session", "peer", p.from)
+	if hello {
+		c.sendHello(pr)
+	}
+}
