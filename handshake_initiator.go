@@ -99,6 +99,8 @@ func (p *peer) claimHelloLocked() bool {
 // many bytes (no amplification before it answers). p.mu is held.
 func (c *Conn) mayInitiateLocked(p *peer) bool {
 	switch {
+	case p.proto != nil:
+		return false // protocol v2 (proto_v2.go): no native handshake
 	case p.established || p.origin == originConfig || p.origin == originWrite:
 		return true
 	case p.origin == originPlaintext:

@@ -77,7 +77,6 @@ func newV2Endpoint(c *Conn) (*v2.Endpoint, error) {
 		Padding:       int(c.cfg.Padding),
 		MTU:           c.mtu,
 		MaxPayload:    c.maxPayload,
-		MaxQueued:     maxQueued,
 		BufSize:       c.bufSize + tagLen,
 		Write:         func(b []byte, to netip.AddrPort) error { return c.sock.Load().writeTo(b, to) },
 		LocalPort:     c.v2LocalPort,
@@ -116,6 +115,7 @@ func (c *Conn) v2AddLocked(p *peer, pc *PeerConfig) error {
 	}
 	vp, err := c.v2.AddPeer(v2.PeerConfig{
 		Addr: p.addr, PublicKey: pc.PublicKey, BoxKey: pc.BoxKey, Policy: policy,
+		Queue:        v2Queue{c: c, p: p},
 		DatagramsOut: &p.datagramsOut, BytesOut: &p.bytesOut,
 	})
 	if err != nil {
@@ -126,6 +126,31 @@ func (c *Conn) v2AddLocked(p *peer, pc *PeerConfig) error {
 	}
 	p.proto = v2Proto{c: c, p: vp}
 	return nil
+}
+
+// v2Queue is a v2 peer's wait for its box key in the Conn's write queue:
+// the queue of the peer's native entry, under the native bounds (per peer
+// and per Conn, in bytes); a full queue counts WriteQueueFull. The native
+// timers leave it alone: a v2 peer has no native handshake.
+type v2Queue struct {
+	c *Conn
+	p *peer
+}
+
+func (q v2Queue) Push(b []byte) bool {
+	q.p.mu.Lock()
+	ok := !q.p.removed && q.c.enqueueLocked(q.p, b)
+	q.p.mu.Unlock()
+	if !ok {
+		q.c.stats.writeQueueFull.Add(1)
+	}
+	return ok
+}
+
+func (q v2Queue) Take() [][]byte {
+	q.p.mu.Lock()
+	defer q.p.mu.Unlock()
+	return q.c.takeQueueLocked(q.p)
 }
 
 // v2Err wraps an error of the v2 side in the Conn's sentinel.

@@ -313,7 +313,6 @@ func (c *Conn) Broadcast(b []byte) (int, error) {
 // The queue of datagrams written before a handshake completes is bounded
 // in bytes, per peer and per Conn, whatever the number of peers.
 const (
-	maxQueued             = 32 // datagrams, for ProtocolV2 peers (v2conn.go)
 	maxQueuedBytesPerPeer = 128 << 10
 	maxQueuedBytesPerConn = 4 << 20
 )

@@ -3,6 +3,7 @@ package vaultudp
 import (
 	"crypto/rand"
 	"encoding/binary"
+	"strings"
 	"testing"
 	"time"
 
@@ -113,5 +114,36 @@ func TestV2PeerInfoCounters(t *testing.T) {
 	pi := peerInfo(t, c, r.addr())
 	if pi.DatagramsIn != 1 || pi.BytesIn != 2 || pi.DatagramsOut != 1 || pi.BytesOut != 4 {
 		t.Fatalf("peer info %+v, want 1 datagram of 2 bytes in, 1 of 4 out", pi)
+	}
+}
+
+// TestV2WriteQueue: datagrams written to a v2 peer before its box key is
+// known wait in the Conn's write queue, under its bounds (a full queue
+// counts WriteQueueFull and the write succeeds, as for a native peer), and
+// go out in order once the key is known.
+func TestV2WriteQueue(t *testing.T) {
+	r := newFakeRef(t)
+	c := v2Conn(t, nil, PeerConfig{Addr: r.addr()})
+	size := c.MaxPayload()
+	fit := maxQueuedBytesPerPeer / size
+	for i := range fit + 3 {
+		b := []byte(strings.Repeat(string(rune('a'+i%26)), size))
+		if _, err := c.WriteToUDPAddrPort(b, r.addr()); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	if st := c.Stats(); st.Drops.WriteQueueFull != 3 || st.DatagramsOut != 0 {
+		t.Fatalf("stats %+v, want 3 writes over the queue's bound", st)
+	}
+	if q := c.queuedBytes.Load(); q != int64(fit*size) {
+		t.Fatalf("%d bytes in the Conn's write queue, want %d", q, fit*size)
+	}
+	keyed(t, c, r)
+	if got := r.readSealed(c); string(got) != strings.Repeat("a", size) {
+		t.Fatalf("first datagram %q..., want the first written", got[:min(len(got), 8)])
+	}
+	barrier(t, c)
+	if st := c.Stats(); st.DatagramsOut+st.Drops.V2SendLimit != uint64(fit) || c.queuedBytes.Load() != 0 {
+		t.Fatalf("stats %+v, queued %d bytes: want the %d waiting datagrams sent or rate-limited", st, c.queuedBytes.Load(), fit)
 	}
 }

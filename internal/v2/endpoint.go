@@ -116,9 +116,7 @@ const (
 var (
 	// ErrRemoved: the peer was removed.
 	ErrRemoved = errors.New("v2 peer removed")
-	// ErrNoKey: the peer's box key is not known and the queue of
-	// datagrams waiting for it is full, or (Handshake) its policy is
-	// Plaintext.
+	// ErrNoKey: Handshake on a peer whose policy is Plaintext.
 	ErrNoKey = errors.New("no v2 key for the peer")
 	// ErrRejected: the trust rules refuse a key exchange.
 	ErrRejected = errors.New("v2 peer rejected")
@@ -152,7 +150,6 @@ type Config struct {
 	Padding       int                // 0: to the MTU, -1: none, n > 0: a multiple of n bytes
 	MTU           int                // the host MTU (§7)
 	MaxPayload    int                // the largest payload written or read
-	MaxQueued     int                // datagrams that wait per peer for its box key
 	BufSize       int                // the size of scratch buffers: at least the largest datagram
 
 	Write      func(b []byte, to netip.AddrPort) error                // sends from the listening socket
@@ -203,6 +200,7 @@ type Peer struct {
 	pinSign ed25519.PublicKey
 	pinBox  *[32]byte
 	out     [2]*atomic.Uint64 // PeerConfig.DatagramsOut, BytesOut
+	q       Queue
 
 	shared     atomic.Pointer[[32]byte] // the box key shared with it; nil until its box key is known
 	seenSealed atomic.Bool              // a sealed datagram from it opened: plaintext from it is a downgrade
@@ -229,17 +227,22 @@ type Peer struct {
 	answers   int
 	probes    int
 	probeSent int64
-	queue     []queued
-	queuedAt  int64
+	waiting   bool      // datagrams were queued since the queue was last taken
+	queuedAt  int64     // Clock when waiting began
 	lastKx    time.Time // wall clock of the last key exchange accepted from it
 	removed   bool
 	changed   chan struct{} // closed and replaced when its keys, our key exchange or removal change
 }
 
-// queued is a datagram written before the peer's box key was known.
-type queued struct {
-	payload []byte // zstd-compressed
-	n       int    // its length as written
+// Queue is where the datagrams written to a RequireEncryption peer wait
+// for its box key: the Conn's write queue, under its bounds. Its methods
+// are never called with the peer's state lock held.
+type Queue interface {
+	// Push keeps a copy of b, or reports false when the queue is full
+	// (and counts that).
+	Push(b []byte) bool
+	// Take empties the queue and returns what was in it.
+	Take() [][]byte
 }
 
 // rateWindow holds the send times of the last datagrams to a peer.
@@ -368,6 +371,9 @@ type PeerConfig struct {
 	BoxKey    []byte            // its pinned enc_key (32 bytes), or nil
 	Policy    Policy
 
+	// Queue holds what is written before its box key is known.
+	Queue Queue
+
 	// DatagramsOut and BytesOut count what was sent to this peer
 	// (besides Counters' totals); nil: not counted.
 	DatagramsOut, BytesOut *atomic.Uint64
@@ -382,6 +388,7 @@ func (e *Endpoint) AddPeer(pc PeerConfig) (*Peer, error) {
 		policy:  pc.Policy,
 		pinSign: slices.Clone(pc.PublicKey),
 		out:     [2]*atomic.Uint64{pc.DatagramsOut, pc.BytesOut},
+		q:       pc.Queue,
 		replay:  newPeerReplayCache(replayCapacity, e.cfg.Now()),
 		changed: make(chan struct{}),
 	}
@@ -427,7 +434,7 @@ func (e *Endpoint) AddPeer(pc PeerConfig) (*Peer, error) {
 	return vp, nil
 }
 
-// Remove forgets the peer: its queue is dropped, its waiters woken.
+// Remove forgets the peer and wakes its waiters (the Conn drops its queue).
 func (vp *Peer) Remove() {
 	e := vp.e
 	e.mu.Lock()
@@ -446,8 +453,7 @@ func (vp *Peer) Remove() {
 	vp.mu.Lock()
 	if !vp.removed {
 		vp.removed = true
-		e.cnt.Expired.Add(uint64(len(vp.queue)))
-		vp.queue = nil
+		vp.waiting = false
 		vp.notifyLocked()
 	}
 	vp.mu.Unlock()
@@ -552,9 +558,11 @@ func (e *Endpoint) Tick(now int64) {
 			vp.mu.Unlock()
 			continue
 		}
-		if len(vp.queue) > 0 && time.Duration(now-vp.queuedAt) >= KeyWait {
-			e.cnt.Expired.Add(uint64(len(vp.queue)))
-			vp.queue = nil
+		// The queue is taken after mu is released (Queue's rule): a
+		// datagram written in between goes with the expired ones.
+		expire := vp.waiting && time.Duration(now-vp.queuedAt) >= KeyWait
+		if expire {
+			vp.waiting = false
 		}
 		var kx, probe bool
 		if vp.policy != Plaintext {
@@ -570,6 +578,9 @@ func (e *Endpoint) Tick(now int64) {
 			}
 		}
 		vp.mu.Unlock()
+		if expire {
+			e.cnt.Expired.Add(uint64(len(vp.q.Take())))
+		}
 		// TryLock: housekeeping never waits behind a writer (one blocked
 		// on a full socket buffer, say); the next tick tries again.
 		if (kx || probe) && vp.sendMu.TryLock() {
@@ -753,14 +764,16 @@ func (vp *Peer) Send(b []byte) error {
 		shared = nil
 	}
 	if shared == nil && vp.policy == RequireEncryption {
-		defer vp.mu.Unlock()
-		if len(vp.queue) >= e.cfg.MaxQueued {
-			return fmt.Errorf("%w: %v: its v2 key is not known yet and %d datagrams already wait for it", ErrNoKey, vp.addr, e.cfg.MaxQueued)
+		// It waits, as for a native handshake: a full queue drops it
+		// (counted), and the write succeeds.
+		vp.mu.Unlock()
+		if vp.q.Push(b) {
+			vp.mu.Lock()
+			if !vp.waiting {
+				vp.waiting, vp.queuedAt = true, e.cfg.Clock()
+			}
+			vp.mu.Unlock()
 		}
-		if len(vp.queue) == 0 {
-			vp.queuedAt = e.cfg.Clock()
-		}
-		vp.queue = append(vp.queue, queued{payload: bytes.Clone(payload), n: len(b)})
 		return nil
 	}
 	vp.mu.Unlock()
@@ -794,17 +807,22 @@ func (e *Endpoint) sendPayloadLocked(vp *Peer, shared *[32]byte, payload []byte,
 // flushLocked sends the datagrams that waited for vp's box key;
 // vp.sendMu is held.
 func (e *Endpoint) flushLocked(vp *Peer) {
-	vp.mu.Lock()
 	shared := vp.shared.Load()
-	if shared == nil || len(vp.queue) == 0 {
-		vp.mu.Unlock()
+	z := e.z.Load()
+	if shared == nil || z == nil {
 		return
 	}
-	q := vp.queue
-	vp.queue = nil
+	vp.mu.Lock()
+	vp.waiting = false
 	vp.mu.Unlock()
-	for _, d := range q {
-		if err := e.sendPayloadLocked(vp, shared, d.payload, d.n); err != nil {
+	q := vp.q.Take()
+	if len(q) == 0 {
+		return
+	}
+	zp := e.getBuf()
+	defer e.putBuf(zp)
+	for _, b := range q {
+		if err := e.sendPayloadLocked(vp, shared, z.Compress((*zp)[:0], b), len(b)); err != nil {
 			e.log.Debug("vaultudp: sending queued v2 datagram", "peer", vp.addr, "err", err)
 		}
 	}
