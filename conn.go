@@ -99,6 +99,7 @@ type Conn struct {
 	// idxMu guards the fields below; it is a leaf lock.
 	idxMu     sync.Mutex
 	sessions  map[uint32]*session // by local index
+	live      sync.Map            // uint32 -> *session: sessions, for the receive path (keypairs.go)
 	initiated map[uint32]*peer    // pending initiations by local index
 }
 

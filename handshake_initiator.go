@@ -62,10 +62,11 @@ func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 	}
 }
 
-// startHandshake starts an initiation with p unless one is under way.
+// startHandshake starts an initiation with p unless one is under way, or
+// a responder session waits for the peer's confirmation (it has begun one).
 func (c *Conn) startHandshake(p *peer) {
 	p.mu.Lock()
-	hello := p.init == nil && p.claimHelloLocked()
+	hello := p.init == nil && p.next == nil && p.claimHelloLocked()
 	p.mu.Unlock()
 	if hello {
 		c.sendHello(p)
@@ -85,7 +86,7 @@ func (p *peer) claimHelloLocked() bool {
 	if p.initiating || p.removed {
 		return false
 	}
-	p.initiating = true
+	p.initiating, p.claimGen = true, p.gen
 	p.failErr = nil
 	return true
 }
@@ -143,7 +144,9 @@ func (c *Conn) sendHello(p *peer) {
 	now := c.now()
 	p.mu.Lock()
 	p.initiating = false
-	if p.removed {
+	if p.removed || p.gen != p.claimGen {
+		// Gone, or a session came while the hello was made (the peer's
+		// own handshake, answered here): this attempt is superseded.
 		p.mu.Unlock()
 		c.idxMu.Lock()
 		delete(c.initiated, idx)
@@ -200,7 +203,7 @@ func (c *Conn) failLocked(p *peer, now int64, err error) {
 	}
 	p.failErr, p.lastFailure = err, err
 	p.failedAt = now
-	p.lastSeen = now // keep the peer (and its error) a while for writers to see
+	p.lastSeen.Store(now) // keep the peer (and its error) a while for writers to see
 	c.stats.handshakeFailures.Add(1)
 	c.stats.dropHandshakeTimeout.Add(uint64(len(c.takeQueueLocked(p))))
 	p.notifyLocked()

@@ -75,7 +75,7 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort) {
 	}
 	if pr != nil {
 		pr.mu.Lock()
-		weInitiate := pr.init != nil && bytes.Compare(c.hs.public, m.identity) > 0
+		weInitiate := pr.handshakingLocked() && bytes.Compare(c.hs.public, m.identity) > 0
 		pr.mu.Unlock()
 		if weInitiate {
 			// Both sides sent hellos at once: the larger identity

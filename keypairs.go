@@ -1,10 +1,30 @@
 package vaultudp
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"net/netip"
 	"time"
 )
+
+// The sessions by local index: sessions (under idxMu) for the handshake
+// driver's bookkeeping, and live, a copy the receive path reads without a
+// lock (sync.Map: read-mostly, keys written once).
+
+// indexSession makes s findable by its local index.
+func (c *Conn) indexSession(s *session) {
+	c.idxMu.Lock()
+	c.sessions[s.localIndex] = s
+	c.live.Store(s.localIndex, s)
+	c.idxMu.Unlock()
+}
+
+// liveSession returns the session with local index idx, or nil.
+func (c *Conn) liveSession(idx uint32) *session {
+	s, _ := c.live.Load(idx)
+	ss, _ := s.(*session)
+	return ss
+}
 
 // install makes s a session of p and returns the datagrams that waited
 // for it, to be sent once the caller has sent what must go first.
@@ -18,16 +38,28 @@ func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall tim
 		return nil
 	}
 	rekey := p.current != nil
-	c.idxMu.Lock()
-	c.sessions[s.localIndex] = s
-	c.idxMu.Unlock()
+	c.indexSession(s)
 	// Our own attempt, if any, is over: completed (initiator), or
-	// superseded by the peer's (responder; see the tie-break in
-	// handleHello).
-	c.clearInitLocked(p)
+	// superseded by the peer's (responder) unless ours is the one that
+	// should win. Crossed hellos are settled by the larger identity
+	// initiating (see the tie-break in handleHello), but a hello made
+	// while the peer's was being answered can still cross it; then the
+	// larger side's attempt goes on, and whichever sessions result, the
+	// peer's traffic still opens (below).
+	if s.initiator || bytes.Compare(c.hs.public, identity) < 0 {
+		c.clearInitLocked(p)
+		p.gen++ // a hello being made now is superseded too
+	}
 	if s.initiator {
-		c.unindexLocked(p, p.previous, p.next, p.nextOld)
-		p.previous, p.current, p.next, p.nextOld = p.current, s, nil, nil
+		// Keep a responder session waiting for confirmation as the
+		// previous one when there is no current: the peer may be sealing
+		// under it (its hello crossed ours); it only receives.
+		keep, drop := p.current, p.next
+		if keep == nil {
+			keep, drop = p.next, nil
+		}
+		c.unindexLocked(p, p.previous, drop, p.nextOld)
+		p.previous, p.current, p.next, p.nextOld = keep, s, nil, nil
 		p.established = true
 	} else {
 		// A responder session waits for the peer's first sealed
@@ -40,7 +72,7 @@ func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall tim
 	p.identity = identity
 	p.lastHandshake = wall
 	p.failErr, p.refused, p.silent = nil, nil, false
-	p.lastSeen = now
+	p.lastSeen.Store(now)
 	c.stats.handshakes.Add(1)
 	if rekey {
 		c.stats.rekeys.Add(1)

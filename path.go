@@ -205,7 +205,8 @@ func (c *Conn) movePeer(pr *peer, to netip.AddrPort) bool {
 	from := pr.addr
 	delete(c.peers, from)
 	pr.addr = to
-	pr.lastSeen = c.now()
+	pr.at.Store(&to)
+	pr.lastSeen.Store(c.now())
 	c.peers[to] = pr
 	c.log.Debug("vaultudp: peer moved to a validated address", "from", from, "to", to)
 	return true

@@ -1,6 +1,7 @@
 package vaultudp
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/binary"
@@ -33,6 +34,14 @@ type peer struct {
 	unanswered atomic.Int64 // the first sealed datagram sent since the last authenticated one received
 	dataIn     atomic.Int64 // the first payload received since the last sealed datagram sent
 
+	// lastSeen is the Conn clock at the last datagram from the peer (or
+	// to it, once it has proved itself); atomic for the receive path.
+	lastSeen atomic.Int64
+
+	// at is addr, for the receive path to read without the lock; it
+	// changes only with addr (newPeer, movePeer).
+	at atomic.Pointer[netip.AddrPort]
+
 	// seenSealed is set once a sealed datagram from the peer opened:
 	// from then on, plaintext from it is a downgrade.
 	seenSealed atomic.Bool
@@ -52,6 +61,7 @@ type peer struct {
 	queue         [][]byte
 	flushed       chan struct{} // non-nil while queue's datagrams are being sent; closed after
 	initiating    bool          // a hello is being made (claimHelloLocked)
+	gen, claimGen uint64        // sessions installed, ever; gen at the claim
 	hellos        int           // hellos sent to it, ever
 	silent        bool          // the attempt under way began with a silence (timers.go)
 	credit        int           // bytes received from it before it proved it receives (origin plaintext)
@@ -63,7 +73,6 @@ type peer struct {
 	live          *pathCheck    // a liveness challenge at addr (path.go)
 	alive         int64         // Conn clock (|1) when it last answered one
 	failedAt      int64
-	lastSeen      int64 // Conn clock at the last datagram from or to it
 	lastHandshake time.Time
 	established   bool          // it has had a confirmed session
 	changed       chan struct{} // closed and replaced when a session comes or an attempt fails
@@ -93,7 +102,9 @@ type PeerInfo struct {
 }
 
 func (c *Conn) newPeer(addr netip.AddrPort, pc *PeerConfig) *peer {
-	p := &peer{addr: addr, policy: c.cfg.Policy, changed: make(chan struct{}), lastSeen: c.now()}
+	p := &peer{addr: addr, policy: c.cfg.Policy, changed: make(chan struct{})}
+	p.lastSeen.Store(c.now())
+	p.at.Store(&addr)
 	if pc != nil {
 		p.configured, p.origin = true, originConfig
 		p.keepalive = pc.Keepalive
@@ -141,6 +152,15 @@ func (c *Conn) AddPeer(pc PeerConfig) error {
 			c.mu.Unlock()
 			return fmt.Errorf("%w: %v is already a peer", ErrInvalidConfig, addr)
 		}
+		if c.adoptLocked(old, &pc) {
+			// The peer contacted us first (its hello may have crossed
+			// ours): it keeps its sessions, now as a configured peer.
+			c.mu.Unlock()
+			if old.policy != Plaintext {
+				c.startHandshake(old)
+			}
+			return nil
+		}
 		c.dropPeerLocked(old, ErrUnknownPeer)
 	}
 	p := c.newPeer(addr, &pc)
@@ -161,6 +181,27 @@ func (c *Conn) AddPeer(pc PeerConfig) error {
 		c.startHandshake(p)
 	}
 	return nil
+}
+
+// adoptLocked makes the learned peer p the configured peer pc describes,
+// keeping its sessions, if its identity fits pc (pc pins none, or p's) and
+// both speak the native protocol. c.mu is held.
+func (c *Conn) adoptLocked(p *peer, pc *PeerConfig) bool {
+	if pc.Protocol != ProtocolV3 {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.removed || p.v2 != nil || (pc.PublicKey != nil && p.identity != nil && !bytes.Equal(p.identity, pc.PublicKey)) {
+		return false
+	}
+	if p.origin == originPlaintext {
+		c.plainPeers--
+	}
+	c.learned--
+	np := c.newPeer(p.addr, pc)
+	p.configured, p.origin, p.pinned, p.policy, p.keepalive = true, originConfig, np.pinned, np.policy, np.keepalive
+	return true
 }
 
 // dropPeerLocked removes p; c.mu is held.
@@ -194,6 +235,7 @@ func (c *Conn) unindexLocked(p *peer, ss ...*session) {
 	for _, s := range ss {
 		if s != nil && c.sessions[s.localIndex] == s {
 			delete(c.sessions, s.localIndex)
+			c.live.CompareAndDelete(s.localIndex, s)
 		}
 	}
 }

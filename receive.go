@@ -85,9 +85,7 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	if !ok {
 		return c.notNative(p, &c.stats.malformed)
 	}
-	c.idxMu.Lock()
-	s := c.sessions[idx]
-	c.idxMu.Unlock()
+	s := c.liveSession(idx) // keypairs.go: no lock
 	if s == nil {
 		if c.receiveOther(p) { // protocol v2 (proto_v2.go)
 			return false
@@ -116,20 +114,31 @@ func (c *Conn) receiveSealed(p *packet) bool {
 		return false
 	}
 	pr := s.peer
-	pr.seenSealed.Store(true)
-	pr.mu.Lock()
-	var queued [][]byte
-	confirmed := !s.confirmed.Load()
-	if confirmed {
-		queued = c.confirmLocked(pr, s)
+	if !pr.seenSealed.Load() {
+		pr.seenSealed.Store(true)
 	}
-	validated := pr.addr == p.from
+	// The steady state takes no lock of the peer's: only the first
+	// datagram of a responder session promotes it, under the lock and
+	// checked again there (one goroutine promotes, as wireguard-go's
+	// ReceivedWithKeypair).
+	var queued [][]byte
+	confirmed := false
+	if !s.confirmed.Load() {
+		pr.mu.Lock()
+		if !s.confirmed.Load() {
+			queued = c.confirmLocked(pr, s)
+			confirmed = true
+		}
+		pr.mu.Unlock()
+	}
+	to := *pr.at.Load()
+	validated := to == p.from
 	if validated {
-		pr.lastSeen = now
+		if pr.lastSeen.Load() != now {
+			pr.lastSeen.Store(now)
+		}
 		c.markReceived(pr, rec.hasPayload)
 	}
-	to := pr.addr
-	pr.mu.Unlock()
 	// What this datagram causes to be sent goes to the peer's validated
 	// address, never to a source that has not proved it receives.
 	c.flush(pr, s, to, queued)
@@ -264,7 +273,7 @@ func (c *Conn) receiveOpen(p *packet) bool {
 		}
 	}
 	pr.mu.Lock()
-	pr.lastSeen = c.now()
+	pr.lastSeen.Store(c.now())
 	if !pr.established {
 		pr.credit += len(p.data) // what the Conn may send of its own accord (mayInitiateLocked)
 	}

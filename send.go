@@ -154,7 +154,7 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 	}
 	if p.policy == Plaintext {
 		p.mu.Lock()
-		p.lastSeen = c.now()
+		p.lastSeen.Store(c.now())
 		p.mu.Unlock()
 		return c.sendData(p, nil, addr, b)
 	}
@@ -260,7 +260,7 @@ func (c *Conn) acquireSession(p *peer) (*session, netip.AddrPort, error) {
 	if p.established {
 		// Writes keep a peer that has proved itself; they do not keep a
 		// learned peer that never confirmed a session (a spoofed hello).
-		p.lastSeen = now
+		p.lastSeen.Store(now)
 	}
 	s := c.sendSessionLocked(p, now)
 	if s == nil {

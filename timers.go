@@ -225,7 +225,7 @@ func (c *Conn) onIdle(p *peer, now int64) bool {
 	if !p.established {
 		idleFor = c.cfg.HandshakeTimeout
 	}
-	return time.Duration(now-p.lastSeen) >= idleFor
+	return time.Duration(now-p.lastSeen.Load()) >= idleFor
 }
 
 // forgetOldHellos drops the remembered hello timestamps that are outside
