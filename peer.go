@@ -192,7 +192,7 @@ func (c *Conn) adoptLocked(p *peer, pc *PeerConfig) bool {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.removed || p.v2 != nil || (pc.PublicKey != nil && p.identity != nil && !bytes.Equal(p.identity, pc.PublicKey)) {
+	if p.removed || p.proto != nil || (pc.PublicKey != nil && p.identity != nil && !bytes.Equal(p.identity, pc.PublicKey)) {
 		return false
 	}
 	if p.origin == originPlaintext {
