@@ -379,8 +379,9 @@ type PeerConfig struct {
 	DatagramsOut, BytesOut *atomic.Uint64
 }
 
-// AddPeer adds a v2 peer. Its replay floor is set at this moment (see
-// newPeerReplayCache). The caller then calls Start.
+// AddPeer adds a v2 peer. Its replay cache starts now: a sealed datagram
+// from it stamped 30 s or more before this moment is refused (a capture
+// from before a restart or a re-add). The caller then calls Start.
 func (e *Endpoint) AddPeer(pc PeerConfig) (*Peer, error) {
 	vp := &Peer{
 		e:       e,
