@@ -147,3 +147,23 @@ func TestV2WriteQueue(t *testing.T) {
 		t.Fatalf("stats %+v, queued %d bytes: want the %d waiting datagrams sent or rate-limited", st, c.queuedBytes.Load(), fit)
 	}
 }
+
+// TestV2SmallMTU: on the smallest MTU, where MaxPayload is below a zstd
+// window, v2 payloads (always compressed) are still read and written.
+func TestV2SmallMTU(t *testing.T) {
+	r := newFakeRef(t)
+	c := v2Conn(t, &Config{MTU: MinMTU}, PeerConfig{Addr: r.addr()})
+	if c.MaxPayload() >= 1024 {
+		t.Fatalf("MaxPayload %d at MTU %d", c.MaxPayload(), MinMTU)
+	}
+	keyed(t, c, r)
+	small := strings.Repeat("s", c.MaxPayload())
+	r.send(r.snd, c, r.sealed(c, small, nil))
+	expectRead(t, c, small, r.addr())
+	if _, err := c.WriteToUDPAddrPort([]byte("reply"), r.addr()); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.readSealed(c); string(got) != "reply" {
+		t.Fatalf("read %q", got)
+	}
+}

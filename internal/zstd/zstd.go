@@ -62,18 +62,24 @@ type Decoder struct {
 	max int
 }
 
-// NewDecoder returns a decoder bounded by max bytes.
-func NewDecoder(max int) (*Decoder, error) {
+// minWindow is the smallest zstd window.
+const minWindow = 1 << 10
+
+// NewDecoder returns a decoder bounded by bound bytes.
+func NewDecoder(bound int) (*Decoder, error) {
 	dec, err := zstd.NewReader(nil,
 		zstd.WithDecoderConcurrency(runtime.GOMAXPROCS(0)),
-		zstd.WithDecoderMaxMemory(uint64(max)),
+		// The memory bound also bounds the window, and no window is
+		// smaller than 1 KiB: below that every frame would be refused.
+		// The output is bounded by the capacity given to DecodeAll.
+		zstd.WithDecoderMaxMemory(uint64(max(bound, minWindow))),
 		zstd.WithDecodeAllCapLimit(true),
 		zstd.WithDecoderMaxWindow(1<<17),
 	)
 	if err != nil {
 		return nil, err
 	}
-	return &Decoder{dec: dec, max: max}, nil
+	return &Decoder{dec: dec, max: bound}, nil
 }
 
 // Max is the decoder's bound.
