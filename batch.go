@@ -3,22 +3,21 @@ package vaultudp
 import (
 	"net"
 	"net/netip"
+
+	"github.com/vaultudp/vaultudp/internal/udpio"
 )
 
-// readBatchSize is the number of datagrams one recvmmsg call may return.
-const readBatchSize = 32
+// readBatchSize is the number of datagrams one read of the socket may
+// return.
+const readBatchSize = udpio.MaxBatch
 
-// socket is the datagram I/O beneath a Conn: batch reads (recvmmsg) and
-// segmented batch writes (UDP GSO) when the PacketConn is a *net.UDPConn
-// on a system that has them (batch_linux.go), one datagram per call
-// through the net.PacketConn methods otherwise (an in-memory PacketConn
-// from vaulttest, say).
+// socket is the datagram I/O beneath a Conn (internal/udpio: batch reads,
+// GSO, packet info where the PacketConn and the system have them), and
+// the Conn's own state of it.
 type socket struct {
-	pc    net.PacketConn
-	udp   *net.UDPConn // nil unless pc is one
-	ipv6  bool         // the socket may carry IPv6 (udp6, or dual-stack udp)
+	udpio.Socket
+	ipv6  bool // the socket may carry IPv6 (udp6, or dual-stack udp)
 	laddr net.Addr
-	sys   sysSocket // the system-specific batch I/O state; zero without udp
 
 	// dlUnknown is set until the Conn first sets the socket's read
 	// deadline (direct.go keeps track of it from then on).
@@ -26,87 +25,100 @@ type socket struct {
 }
 
 func newSocket(pc net.PacketConn) *socket {
-	s := &socket{pc: pc, laddr: pc.LocalAddr(), dlUnknown: true}
+	s := &socket{Socket: udpio.New(pc), laddr: pc.LocalAddr(), dlUnknown: true}
 	if ua, ok := s.laddr.(*net.UDPAddr); ok {
 		ip, _ := netip.AddrFromSlice(ua.IP)
 		s.ipv6 = ua.IP == nil || !ip.Unmap().Is4()
 	} else {
 		s.ipv6 = true // unknown: assume the larger header
 	}
-	if uc, ok := pc.(*net.UDPConn); ok {
-		s.udp = uc
-		s.sys.init(uc, s.ipv6)
-	}
 	return s
 }
 
-// reader reads datagrams into packets, in batches where it can.
+// reader reads datagrams into packets, in batches where the socket can.
 type reader struct {
-	s   *socket
-	sys sysReader
+	s  *socket
+	r  udpio.Reader
+	ms [readBatchSize]udpio.Message
 }
 
 func (s *socket) newReader() *reader {
-	r := &reader{s: s}
-	if s.udp != nil {
-		r.sys.init(s)
-	}
-	return r
+	return &reader{s: s, r: s.NewReader()}
 }
 
 // read fills pkts[:n] with datagrams (pkt.data set to the bytes read,
-// pkt.from to the source) and returns n >= 1, or an error. A datagram that
-// did not fit its buffer has pkt.truncated set.
+// pkt.from to the source, pkt.local to the local address it came to where
+// the socket tells) and returns n >= 1, or an error. A datagram that did
+// not fit its buffer has pkt.truncated set.
 func (r *reader) read(pkts []*packet) (int, error) {
-	if r.s.udp != nil {
-		return r.sys.read(pkts)
+	ms := r.ms[:min(len(pkts), len(r.ms))]
+	for i := range ms {
+		ms[i].Buf = pkts[i].buf
 	}
-	p := pkts[0]
-	n, addr, err := r.s.pc.ReadFrom(p.buf)
-	if err != nil {
-		return 0, err
+	n, err := r.r.Read(ms)
+	for i := 0; i < n; i++ {
+		p, m := pkts[i], &ms[i]
+		p.data, p.truncated = p.buf[:m.N], m.Truncated
+		p.from, p.local = m.Addr, m.Local
 	}
-	p.data, p.truncated = p.buf[:n], n == len(p.buf)
-	p.from = addrPortOf(addr)
-	return 1, nil
+	return n, err
+}
+
+// receiveBuffered hands to receive what r holds from its last read (a
+// GRO read may bring in more datagrams than fit pkts), so that nothing
+// waits in r when its goroutine leaves the socket.
+func (c *Conn) receiveBuffered(r *reader, pkts []*packet) {
+	for r.r.Buffered() > 0 {
+		n, err := r.read(pkts)
+		if err != nil {
+			return
+		}
+		for i := 0; i < n; i++ {
+			if c.receive(pkts[i]) {
+				pkts[i] = c.getPacket()
+			}
+		}
+	}
 }
 
 // addrPortOf returns the normalised AddrPort of a UDP address, or the zero
 // AddrPort for anything else.
-func addrPortOf(a net.Addr) netip.AddrPort {
-	if ua, ok := a.(*net.UDPAddr); ok {
-		return normAddr(ua.AddrPort())
-	}
-	return netip.AddrPort{}
-}
+func addrPortOf(a net.Addr) netip.AddrPort { return udpio.AddrPortOf(a) }
 
-// writeTo sends one datagram.
+// writeTo sends one datagram, from the address the system chooses.
 func (s *socket) writeTo(b []byte, to netip.AddrPort) error {
-	if s.udp != nil {
-		_, err := s.udp.WriteToUDPAddrPort(b, to)
-		return err
-	}
-	_, err := s.pc.WriteTo(b, net.UDPAddrFromAddrPort(to))
-	return err
+	return s.WriteTo(b, to, netip.Addr{})
 }
 
-// writeSegments sends n datagrams of size bytes each (the last may be
-// shorter), laid out back to back in b, to one address: in one system call
-// with UDP GSO where the kernel has it, one by one otherwise.
-func (s *socket) writeSegments(b []byte, size int, to netip.AddrPort) error {
-	if s.udp != nil && len(b) > size && s.sys.gso() {
-		err := s.sys.writeGSO(s.udp, b, size, to)
-		if err == nil || !s.sys.gsoFailed(err) {
-			return err
-		}
-		// The kernel or the path refused GSO: fall back for good.
+// setLocal records a, the local address an authenticated datagram from p
+// arrived at, for answers to leave from (nothing where the socket does not
+// tell). It allocates only when the address changes.
+func (p *peer) setLocal(a netip.Addr) {
+	if !a.IsValid() {
+		return
 	}
-	for len(b) > 0 {
-		n := min(size, len(b))
-		if err := s.writeTo(b[:n], to); err != nil {
-			return err
-		}
-		b = b[n:]
+	if cur := p.local.Load(); cur == nil || *cur != a {
+		na := new(netip.Addr)
+		*na = a
+		p.local.Store(na)
 	}
-	return nil
+}
+
+// localAddr returns the local address datagrams to p leave from: where
+// its last authenticated datagram arrived, or the zero Addr (the system's
+// choice).
+func (p *peer) localAddr() netip.Addr {
+	if a := p.local.Load(); a != nil {
+		return *a
+	}
+	return netip.Addr{}
+}
+
+// source returns the local address datagrams sealed under s leave from
+// (its peer's localAddr).
+func (s *session) source() netip.Addr {
+	if s.peer == nil {
+		return netip.Addr{}
+	}
+	return s.peer.localAddr()
 }

@@ -142,6 +142,14 @@ type Config struct {
 	// more, than a DefaultMTU IPv4 path allows) are dropped.
 	MTU int
 
+	// StrictMTU refuses writes that do not fit the path MTU to the peer
+	// (with an error matching ErrMessageTooLarge and syscall.EMSGSIZE),
+	// for programs that size their own datagrams and want to know. false:
+	// a larger datagram is sent, up to what the peer receives, and IP
+	// fragments it, as it does a *net.UDPConn's (Stats.AbovePathMTU
+	// counts them).
+	StrictMTU bool
+
 	// ReadQueue is the number of received datagrams that wait for
 	// ReadFrom; when it is full, further datagrams are dropped and
 	// counted, as a full socket buffer does. Zero: 1024.

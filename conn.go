@@ -108,10 +108,12 @@ type packet struct {
 	buf       []byte
 	data      []byte // the datagram within buf
 	from      netip.AddrPort
+	local     netip.Addr // the local address it came to, where the socket tells (udpio.Caps.PacketInfo)
 	truncated bool
 }
 
-func newConn(pc net.PacketConn, config *Config) (*Conn, error) {
+// newConn returns a Conn over s; the caller closes s if it fails.
+func newConn(s *socket, config *Config) (*Conn, error) {
 	cfg, err := config.resolve()
 	if err != nil {
 		return nil, err
@@ -121,7 +123,6 @@ func newConn(pc net.PacketConn, config *Config) (*Conn, error) {
 			return nil, err
 		}
 	}
-	s := newSocket(pc)
 	mtu := cfg.MTU
 	if mtu == 0 {
 		mtu, _ = discoverMTU(cfg.interfaces)
@@ -131,7 +132,9 @@ func newConn(pc net.PacketConn, config *Config) (*Conn, error) {
 	if maxPayload < 1 {
 		return nil, fmt.Errorf("%w: MTU %d leaves no room for a payload", ErrInvalidConfig, mtu)
 	}
-	z, err := newCompressor(maxPayload)
+	// Payloads from peers may be as large as this Conn receives
+	// (sizes.go): the decoder's bound.
+	z, err := newCompressor(maxPayloadFor(recvBufSize(mtu) - 1))
 	if err != nil {
 		return nil, err
 	}
@@ -195,14 +198,16 @@ func recvBufSize(mtu int) int {
 func (c *Conn) now() int64 { return c.clock.Load() }
 
 // LocalAddr returns the local address.
-func (c *Conn) LocalAddr() net.Addr { return c.sock.Load().pc.LocalAddr() }
+func (c *Conn) LocalAddr() net.Addr { return c.sock.Load().LocalAddr() }
 
 // PublicKey returns the Conn's identity, for peers to pin.
 func (c *Conn) PublicKey() ed25519.PublicKey { return c.hs.public }
 
-// MaxPayload returns the largest datagram WriteTo accepts: the path MTU
-// less the IP, UDP and vaultudp overheads. Larger writes fail with an
-// error matching ErrMessageTooLarge and syscall.EMSGSIZE.
+// MaxPayload returns the largest datagram that fits the Conn's default
+// path MTU (Config.MTU, or the host's smallest interface MTU) less the IP,
+// UDP and vaultudp overheads. Per peer, MaxPayloadTo tells what WriteTo
+// sends; larger writes fail with an error matching ErrMessageTooLarge and
+// syscall.EMSGSIZE.
 func (c *Conn) MaxPayload() int { return c.maxPayload }
 
 func (c *Conn) isClosed() bool { return isClosed(c.closed) }
@@ -245,7 +250,7 @@ func (c *Conn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) {
 		return 0, netip.AddrPort{}, c.opError("read", nil, os.ErrDeadlineExceeded)
 	}
 	direct := c.appToken // nil (never ready) unless the socket allows direct reads
-	if c.sock.Load().udp == nil {
+	if !c.sock.Load().Caps().Deadlines {
 		direct = nil
 	}
 	select {
@@ -276,7 +281,7 @@ func (c *Conn) getPacket() *packet {
 }
 
 func (c *Conn) putPacket(p *packet) {
-	p.data, p.from, p.truncated = nil, netip.AddrPort{}, false
+	p.data, p.from, p.local, p.truncated = nil, netip.AddrPort{}, netip.Addr{}, false
 	select {
 	case c.freePkts <- p:
 	default: // more than ever wait at once: let it go
@@ -302,7 +307,7 @@ func addrString(a net.Addr) string {
 
 // WriteToUDPAddrPort is WriteTo with a netip.AddrPort.
 func (c *Conn) WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error) {
-	if s := c.sock.Load(); s.udp != nil && !s.ipv6 && addr.Addr().Is6() && !addr.Addr().Is4In6() {
+	if c.sock.Load().Caps().IPv4Only && addr.Addr().Is6() && !addr.Addr().Is4In6() {
 		// An IPv4 socket cannot reach it: *net.UDPConn's error, at once
 		// (the handshake would otherwise wait for nothing).
 		return 0, c.opError("write", net.UDPAddrFromAddrPort(addr), &net.AddrError{Err: "non-IPv4 address", Addr: addr.Addr().String()})
@@ -352,18 +357,12 @@ func (c *Conn) SetWriteDeadline(t time.Time) error {
 
 // SetReadBuffer sets the socket's receive buffer, as on *net.UDPConn.
 func (c *Conn) SetReadBuffer(bytes int) error {
-	if s := c.sock.Load(); s.udp != nil {
-		return s.udp.SetReadBuffer(bytes)
-	}
-	return nil
+	return c.sock.Load().SetReadBuffer(bytes)
 }
 
 // SetWriteBuffer sets the socket's send buffer, as on *net.UDPConn.
 func (c *Conn) SetWriteBuffer(bytes int) error {
-	if s := c.sock.Load(); s.udp != nil {
-		return s.udp.SetWriteBuffer(bytes)
-	}
-	return nil
+	return c.sock.Load().SetWriteBuffer(bytes)
 }
 
 // Close closes the Conn and its socket. Blocked calls return at once with
@@ -376,7 +375,7 @@ func (c *Conn) Close() error {
 		first = true
 		c.rebindMu.Lock()
 		close(c.closed)
-		err := c.sock.Load().pc.Close()
+		err := c.sock.Load().Close()
 		c.rebindMu.Unlock()
 		c.wg.Wait()
 		c.readDeadline.stop()

@@ -101,11 +101,15 @@ func (c *Conn) writeRun(ms []Message, to netip.AddrPort) (int, error) {
 	buf := (*bp)[:0]
 	size := -1 // the common sealed length of the train in buf
 	sent := 0
-	// flush sends buf[:end], datagrams ms[sent:k], as one train.
+	// flush sends buf[:end], datagrams ms[sent:k], as one train; on an
+	// error, sent counts those of them that went out.
 	flush := func(k, end int) error {
+		var err error
 		if end > 0 {
-			if err := c.sock.Load().writeSegments(buf[:end], size, to); err != nil {
-				return err
+			var n int
+			n, err = c.sock.Load().WriteSegments(buf[:end], size, to, s.source())
+			if err != nil {
+				k = sent + n
 			}
 		}
 		for _, m := range ms[sent:k] {
@@ -113,7 +117,7 @@ func (c *Conn) writeRun(ms []Message, to netip.AddrPort) (int, error) {
 			c.stats.bytesOut.Add(uint64(len(m.Buf)))
 		}
 		sent, buf, size = k, buf[:0], -1
-		return nil
+		return err
 	}
 	for k := range ms {
 		b := ms[k].Buf

@@ -560,11 +560,15 @@ func TestRekeyUnderTraffic(t *testing.T) {
 
 // ---- Sizes ----
 
+// TestTooLarge: with StrictMTU, a write that does not fit the path MTU
+// is refused with an error matching ErrMessageTooLarge and EMSGSIZE;
+// exactly MaxPayload goes through. (Without it, larger datagrams are sent
+// as a UDP socket sends them: TestSizesAsUDP.)
 func TestTooLarge(t *testing.T) {
 	for _, tc := range []struct{ network, host string }{{"udp4", "127.0.0.1"}, {"udp6", "::1"}} {
 		t.Run(tc.network, func(t *testing.T) {
 			for _, pad := range []Padding{PadMTU, PadNone, PadBlock(64)} {
-				cfg := Config{MTU: 1500, Padding: pad}
+				cfg := Config{MTU: 1500, Padding: pad, StrictMTU: true}
 				a, b := pair(t, tc.network, tc.host, &cfg, &cfg)
 				max := a.MaxPayload()
 				if max < 1280 {

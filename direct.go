@@ -18,9 +18,9 @@ import (
 // When an application reader arrives while the background reader waits in
 // the socket, it interrupts it with a past socket deadline and takes over.
 //
-// This needs the socket's deadlines and batch reads, so it is used only
-// over a *net.UDPConn; other PacketConns keep the background reader and
-// the queue.
+// This needs a socket whose read deadline interrupts a read in another
+// goroutine (udpio.Caps.Deadlines: a *net.UDPConn); over other
+// PacketConns the background reader reads alone and queues.
 
 // directGrace is how long the background reader stays out of the socket
 // after the last application read. It does not wait when no application
@@ -164,7 +164,7 @@ func (c *Conn) setSocketReadDeadline(t time.Time) {
 func (c *Conn) setSockDeadlineLocked(s *socket, t time.Time) {
 	rc := &c.rd
 	if !t.Equal(rc.sockDL) || s.dlUnknown {
-		s.pc.SetReadDeadline(t)
+		s.SetReadDeadline(t)
 		rc.sockDL, s.dlUnknown = t, false
 	}
 }
@@ -238,5 +238,6 @@ func (c *Conn) readOnce(ar *appReader, b []byte, s *socket) (int, netip.AddrPort
 				ar.pkts[i] = c.getPacket()
 			}
 		}
+		c.receiveBuffered(ar.r, ar.pkts)
 	}
 }

@@ -87,3 +87,46 @@ func ExampleWrap() {
 	fmt.Println(c.MaxPayload() > 1200)
 	// Output: true
 }
+
+// Dial replaces net.Dial("udp", ...): the net.Conn it returns talks to one
+// peer, and the handshake is done when it returns. Pinning the server's
+// key is a PeerConfig for its address in Config.Peers.
+func ExampleDial() {
+	server, err := vaultudp.Listen("udp", "127.0.0.1:0", nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer server.Close()
+	go func() { // an echo server
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := server.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			server.WriteTo(buf[:n], from)
+		}
+	}()
+
+	serverAddr := server.LocalAddr().(*net.UDPAddr).AddrPort()
+	conn, err := vaultudp.Dial("udp", serverAddr.String(), &vaultudp.Config{
+		Peers: []vaultudp.PeerConfig{{Addr: serverAddr, PublicKey: server.PublicKey()}},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+
+	// Unchanged net.Conn code from here on.
+	if _, err := conn.Write([]byte("hello")); err != nil {
+		log.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 1500)
+	n, err := conn.Read(buf)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("%s back from %v\n", buf[:n], conn.RemoteAddr().String() == serverAddr.String())
+	// Output: hello back from true
+}

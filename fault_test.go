@@ -444,8 +444,13 @@ func (d dropTally) sum() int { return d.malformed + d.unknown + d.auth + d.uncer
 // data.
 var keepaliveLen = sealedOverhead + (&record{}).envelopeLen()
 
+// tokenWireLen is the length of a sealed token message (reset token and
+// session parameters) written with PadNone.
+var tokenWireLen = sealedOverhead + (&record{control: make([]byte, tokenMsgLen+4)}).envelopeLen()
+
 // isSealedData reports whether b, as written by a Conn with PadNone, is
-// a sealed datagram carrying a payload.
+// a sealed datagram longer than a keepalive: a payload, or now and then a
+// sealed control message (a token at a session's start, a challenge).
 func isSealedData(b []byte) bool {
 	return len(b) > keepaliveLen && b[0] == ProtocolVersion && b[1] == typeSealed
 }
@@ -1094,9 +1099,41 @@ func netnsClient(t *testing.T) {
 		t.Fatalf("echo of %d bytes came back as %d bytes, different", len(p), len(got))
 	}
 	t.Logf("%d bytes crossed the 1280-byte link both ways (%d on the wire)", len(p), sealedLen(len(p))+ipv4HeaderLen+udpHeaderLen)
-	_, err = c.WriteToUDPAddrPort(append(p, 0), server)
-	if !errors.Is(err, ErrMessageTooLarge) || !errors.Is(err, syscall.EMSGSIZE) {
-		t.Fatalf("a datagram of MaxPayload+1 bytes: %v, want ErrMessageTooLarge and EMSGSIZE", err)
+	// One byte more is sent as a UDP socket sends it: IP fragments it
+	// over the 1280-byte link, and it arrives whole.
+	before := c.Stats().AbovePathMTU
+	if _, err := c.WriteToUDPAddrPort(append(p, 0), server); err != nil {
+		t.Fatalf("a datagram of MaxPayload+1 bytes: %v, want it sent (fragmented)", err)
 	}
-	t.Logf("one byte more: %v", err)
+	if got, _ := readWithin(t, c, 5*time.Second); len(got) != len(p)+1 {
+		t.Fatalf("echo of MaxPayload+1 bytes: %d bytes", len(got))
+	}
+	if c.Stats().AbovePathMTU == before {
+		t.Error("a datagram above the path MTU not counted in Stats.AbovePathMTU")
+	}
+	// Beyond what the peer receives: refused.
+	limit := c.MaxPayloadTo(server)
+	if _, err := c.WriteToUDPAddrPort(make([]byte, limit+1), server); !errors.Is(err, ErrMessageTooLarge) || !errors.Is(err, syscall.EMSGSIZE) {
+		t.Fatalf("a datagram of MaxPayloadTo+1 (%d) bytes: %v, want ErrMessageTooLarge and EMSGSIZE", limit+1, err)
+	}
+
+	// StrictMTU: the per-peer limit is the route's MTU (the veth's), and
+	// one byte more is refused.
+	s, err := Listen("udp4", "10.99.0.1:0", &Config{StrictMTU: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Handshake(ctx, server); err != nil {
+		t.Fatal(err)
+	}
+	want := maxPayloadFor(datagramSize(1280, false))
+	if got := s.MaxPayloadTo(server); got != want {
+		t.Fatalf("StrictMTU: MaxPayloadTo(server) %d, want %d (the route's 1280)", got, want)
+	}
+	_, err = s.WriteToUDPAddrPort(make([]byte, want+1), server)
+	if !errors.Is(err, ErrMessageTooLarge) || !errors.Is(err, syscall.EMSGSIZE) {
+		t.Fatalf("StrictMTU: a datagram of MaxPayloadTo+1 bytes: %v, want ErrMessageTooLarge and EMSGSIZE", err)
+	}
+	t.Logf("StrictMTU, one byte more: %v", err)
 }

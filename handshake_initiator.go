@@ -171,7 +171,7 @@ func (c *Conn) sendHello(p *peer) {
 	p.hellos++
 	hello, to := init.hello, p.addr
 	p.mu.Unlock()
-	c.sendControl(to, hello)
+	c.sendControlFrom(to, p.localAddr(), hello)
 	// The reply must be read at once even if no application goroutine
 	// is reading (direct.go).
 	c.wakeBackgroundReader()
@@ -304,6 +304,6 @@ func (c *Conn) handleCookie(msg []byte, from netip.AddrPort) {
 	to := p.addr
 	p.mu.Unlock()
 	if hello != nil {
-		c.sendControl(to, hello)
+		c.sendControlFrom(to, p.localAddr(), hello)
 	}
 }

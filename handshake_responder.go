@@ -9,7 +9,8 @@ import (
 	"net/netip"
 )
 
-func (c *Conn) handleHello(msg []byte, from netip.AddrPort) {
+// handleHello answers a hello from from that arrived at local, from there.
+func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 	m, err := parseHello(msg)
 	if err != nil {
 		c.stats.malformed.Add(1)
@@ -19,7 +20,7 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort) {
 	if c.cookies.underLoad(wall) && !c.cookies.valid(from, m.cookie, wall) {
 		cookie := c.cookies.make(from, wall)
 		c.stats.cookiesSent.Add(1)
-		c.sendControl(from, cookieMsg(m.senderIndex, cookie[:]))
+		c.sendControlFrom(from, local, cookieMsg(m.senderIndex, cookie[:]))
 		return
 	}
 	if err := checkFresh(m.timestamp, wall, c.cfg.FreshnessWindow); err != nil {
@@ -129,7 +130,7 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort) {
 	c.mu.Unlock()
 
 	queued := c.install(pr, s, keys.peerIdentity, wall)
-	c.sendControl(from, reply)
+	c.sendControlFrom(from, local, reply)
 	c.flush(pr, s, from, queued)
 }
 

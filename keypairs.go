@@ -30,6 +30,7 @@ func (c *Conn) liveSession(idx uint32) *session {
 // for it, to be sent once the caller has sent what must go first.
 func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall time.Time) [][]byte {
 	s.peer = p
+	s.path = c.pathDatagram(p.addrLoad()) // sizes.go: a system call, before the lock
 	now := c.now()
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -18,8 +18,9 @@ func Listen(network, address string, config *Config) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	setSocketBuffers(pc)
-	c, err := newConn(pc, config)
+	s := newSocket(pc)
+	setSocketBuffers(s)
+	c, err := newConn(s, config)
 	if err != nil {
 		pc.Close()
 		return nil, err
@@ -35,11 +36,16 @@ func Listen(network, address string, config *Config) (*Conn, error) {
 // leaves the caller's socket as it is.
 const SocketBuffer = 4 << 20
 
-func setSocketBuffers(pc net.PacketConn) {
-	if uc, ok := pc.(*net.UDPConn); ok {
-		uc.SetReadBuffer(SocketBuffer) // best effort: a smaller buffer still works
-		uc.SetWriteBuffer(SocketBuffer)
-	}
+// bufferSetter is a socket whose kernel buffers can be set (a
+// *net.UDPConn, a udpio.Socket).
+type bufferSetter interface {
+	SetReadBuffer(bytes int) error
+	SetWriteBuffer(bytes int) error
+}
+
+func setSocketBuffers(s bufferSetter) {
+	s.SetReadBuffer(SocketBuffer) // best effort: a smaller buffer still works
+	s.SetWriteBuffer(SocketBuffer)
 }
 
 // Wrap returns a Conn over a PacketConn the caller made. It uses batch
@@ -50,7 +56,7 @@ func Wrap(pc net.PacketConn, config *Config) (*Conn, error) {
 	if pc == nil {
 		return nil, fmt.Errorf("%w: nil PacketConn", ErrInvalidConfig)
 	}
-	return newConn(pc, config)
+	return newConn(newSocket(pc), config)
 }
 
 // Rebind moves the Conn to a new local address (a new port, say) without
@@ -66,8 +72,8 @@ func (c *Conn) Rebind(address string) error {
 	if err != nil {
 		return err
 	}
-	setSocketBuffers(pc)
 	s := newSocket(pc)
+	setSocketBuffers(s)
 	c.rebindMu.Lock()
 	defer c.rebindMu.Unlock()
 	if c.isClosed() {
@@ -77,5 +83,5 @@ func (c *Conn) Rebind(address string) error {
 	old := c.sock.Swap(s)
 	c.wg.Add(1)
 	go c.readLoop(s)
-	return old.pc.Close()
+	return old.Close()
 }

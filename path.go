@@ -29,7 +29,8 @@ import (
 // the old identity does not answer, the new one may replace it.
 //
 // The control messages, carried in the "c" field of sealed envelopes
-// (never open ones), unpadded:
+// (never open ones), padded as data is, but for a path challenge to an
+// unproved address:
 //
 //	challenge: 0 type = 4, 1 data, 8 random bytes
 //	response:  0 type = 5, 1 data, the challenge's 8 bytes
@@ -97,7 +98,7 @@ func (c *Conn) onNewPath(pr *peer, s *session, p *packet, rec *record) bool {
 	data := pc.data
 	pr.mu.Unlock()
 	if send {
-		c.sendChallenge(s, from, ctlChallenge, data)
+		c.sendChallenge(s, from, ctlChallenge, data, false) // unproved: as small as it gets
 	}
 	return kept
 }
@@ -118,11 +119,13 @@ func (c *Conn) challengeDueLocked(pc *pathCheck, now int64) bool {
 }
 
 // sendChallenge sends a challenge or response sealed under s to to.
-func (c *Conn) sendChallenge(s *session, to netip.AddrPort, typ byte, data [8]byte) {
+// Padded as the Config says if pad is set: to a validated address;
+// a path challenge to an unproved one is not (anti-amplification).
+func (c *Conn) sendChallenge(s *session, to netip.AddrPort, typ byte, data [8]byte, pad bool) {
 	msg := make([]byte, challengeLen)
 	msg[0] = typ
 	copy(msg[1:], data[:])
-	if err := c.sendSealedRecord(s, to, &record{control: msg}, false); err != nil {
+	if err := c.sendSealedRecord(s, to, &record{control: msg}, pad); err != nil {
 		c.log.Debug("vaultudp: sending path message", "peer", to, "err", err)
 	}
 }
@@ -130,10 +133,11 @@ func (c *Conn) sendChallenge(s *session, to netip.AddrPort, typ byte, data [8]by
 // handleSealedControl handles a control message in a sealed datagram from
 // pr's session s, received from from.
 func (c *Conn) handleSealedControl(pr *peer, s *session, msg []byte, from netip.AddrPort) {
-	if len(msg) == tokenMsgLen && msg[0] == ctlToken {
+	if len(msg) >= tokenMsgLen && msg[0] == ctlToken {
 		var t [tokenLen]byte
 		copy(t[:], msg[1:])
-		s.peerToken.Store(&t) // reset.go
+		s.peerToken.Store(&t)            // reset.go
+		readParams(s, msg[tokenMsgLen:]) // sizes.go
 		return
 	}
 	if len(msg) != challengeLen {
@@ -149,7 +153,7 @@ func (c *Conn) handleSealedControl(pr *peer, s *session, msg []byte, from netip.
 		pr.mu.Lock()
 		to := pr.addr
 		pr.mu.Unlock()
-		c.sendChallenge(s, to, ctlResponse, data)
+		c.sendChallenge(s, to, ctlResponse, data, true)
 	case ctlResponse:
 		c.handleResponse(pr, data, from)
 	default:
@@ -278,9 +282,8 @@ func (c *Conn) replaceable(pr *peer) bool {
 	to, data := pr.addr, lc.data
 	pr.mu.Unlock()
 	if send {
-		// To the peer's validated address, as small as the hello that
-		// caused it: no amplification.
-		c.sendChallenge(s, to, ctlChallenge, data)
+		// To the peer's validated address, which proved it receives.
+		c.sendChallenge(s, to, ctlChallenge, data, true)
 	}
 	return false
 }

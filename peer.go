@@ -46,6 +46,11 @@ type peer struct {
 	// from then on, plaintext from it is a downgrade.
 	seenSealed atomic.Bool
 
+	// local is the local address its last authenticated datagram from
+	// its validated address arrived at, where the socket tells
+	// (batch.go); nil until then.
+	local atomic.Pointer[netip.Addr]
+
 	// mu guards the fields below.
 	mu            sync.Mutex
 	addr          netip.AddrPort
@@ -79,6 +84,8 @@ type peer struct {
 	removed       bool
 
 	proto peerProto // non-nil for a ProtocolV2 peer: its state is there (proto_v2.go)
+
+	connTo atomic.Pointer[peerQueue] // non-nil while a net.Conn from ConnTo reads this peer (dial.go)
 }
 
 // PeerInfo describes a peer.

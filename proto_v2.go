@@ -8,7 +8,8 @@ package vaultudp
 // the native paths. The application does not see the difference: WriteTo
 // seals (or queues, or sends in clear, as the policy says) and ReadFrom
 // returns the peer's datagrams with its configured address as the source,
-// under the native size rules (at most MaxPayload either way).
+// under the native size rules (writes up to MaxPayload, reads through the
+// native bounded decoder).
 //
 // Routing: a datagram is native first. It goes to v2 only when the native
 // checks refuse it before authenticating it (notNative), or when it comes

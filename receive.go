@@ -21,7 +21,7 @@ func (c *Conn) readLoop(s *socket) {
 			c.putPacket(p)
 		}
 	}()
-	direct := s.udp != nil // application readers take turns (direct.go)
+	direct := s.Caps().Deadlines // application readers take turns (direct.go)
 	idle := time.NewTimer(time.Hour)
 	defer idle.Stop()
 	for {
@@ -47,6 +47,7 @@ func (c *Conn) readLoop(s *socket) {
 				pkts[i] = c.getPacket()
 			}
 		}
+		c.receiveBuffered(r, pkts)
 		if direct {
 			// Out of the socket only now that what it read is queued: an
 			// application reader looks at the queue before the socket.
@@ -91,7 +92,7 @@ func (c *Conn) receiveSealed(p *packet) bool {
 			return false
 		}
 		c.stats.unknownSession.Add(1)
-		c.sendReset(idx, p.from) // reset.go: we may have restarted
+		c.sendReset(idx, p.from, p.local) // reset.go: we may have restarted
 		return false
 	}
 	now := c.now()
@@ -138,6 +139,7 @@ func (c *Conn) receiveSealed(p *packet) bool {
 			pr.lastSeen.Store(now)
 		}
 		c.markReceived(pr, rec.hasPayload)
+		pr.setLocal(p.local) // answers leave from where it arrived
 	}
 	// What this datagram causes to be sent goes to the peer's validated
 	// address, never to a source that has not proved it receives.
@@ -219,8 +221,14 @@ func (c *Conn) queueRead(q *packet, pr *peer) bool {
 		pr.datagramsIn.Add(1)
 		pr.bytesIn.Add(n)
 	}
+	recvQ := c.recvQ
+	if pr != nil {
+		if pq := pr.connTo.Load(); pq != nil {
+			recvQ = pq.ch // a net.Conn from ConnTo reads this peer (dial.go)
+		}
+	}
 	select {
-	case c.recvQ <- q:
+	case recvQ <- q:
 		return true
 	default:
 		c.stats.datagramsIn.Add(^uint64(0))
@@ -248,7 +256,7 @@ func (c *Conn) receiveOpen(p *packet) bool {
 		return c.notNative(p, &c.stats.malformed)
 	}
 	if rec.control != nil {
-		c.handleControl(rec.control, p.from)
+		c.handleControl(rec.control, p.from, p.local)
 	}
 	if !rec.hasPayload {
 		return false
@@ -281,14 +289,16 @@ func (c *Conn) receiveOpen(p *packet) bool {
 	return c.deliver(p, pr, &rec)
 }
 
-func (c *Conn) handleControl(msg []byte, from netip.AddrPort) {
+// handleControl handles a handshake message from from that arrived at the
+// local address local (the zero Addr where the socket does not tell).
+func (c *Conn) handleControl(msg []byte, from netip.AddrPort, local netip.Addr) {
 	if len(msg) == 0 {
 		c.stats.malformed.Add(1)
 		return
 	}
 	switch msg[0] {
 	case ctlHello:
-		c.handleHello(msg, from)
+		c.handleHello(msg, from, local)
 	case ctlReply:
 		c.handleReply(msg)
 	case ctlCookie:

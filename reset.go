@@ -23,12 +23,13 @@ import (
 //	token(i)  = BLAKE2b-128(key = resetKey, i as uint32 big endian)
 //	resetKey  = BLAKE2b-256(key = the Ed25519 seed, resetLabel)
 //
-// Token message, in the "c" field of a sealed envelope, sent by each side
-// at the start of each session (the initiator with its confirmation, the
-// responder when its session is confirmed): the token of the sender's own
-// index, the one its peer seals to.
+// Token message, in the "c" field of a sealed envelope, padded as data,
+// sent by each side at the start of each session (the initiator with its
+// confirmation, the responder when its session is confirmed): the token
+// of the sender's own index, the one its peer seals to, then the sender's
+// session parameters (sizes.go).
 //
-//	0 type = 6, 1 token, 16 bytes
+//	0 type = 6, 1 token, 16 bytes, 17 parameters
 //
 // Reset datagram, 24 bytes, never answered, never larger than the
 // shortest sealed datagram (32 bytes), so it amplifies nothing:
@@ -91,15 +92,15 @@ func (r *resetter) token(i uint32) (t [tokenLen]byte) {
 // sendToken sends the token of s's local index to its peer, sealed.
 func (c *Conn) sendToken(s *session, to netip.AddrPort) {
 	t := c.resets.token(s.localIndex)
-	msg := append([]byte{ctlToken}, t[:]...)
-	if err := c.sendSealedRecord(s, to, &record{control: msg}, false); err != nil {
+	msg := c.appendParams(append([]byte{ctlToken}, t[:]...)) // sizes.go
+	if err := c.sendSealedRecord(s, to, &record{control: msg}, true); err != nil {
 		c.log.Debug("vaultudp: sending reset token", "peer", to, "err", err)
 	}
 }
 
 // sendReset answers a sealed datagram for index, a session this Conn
-// does not have, from from.
-func (c *Conn) sendReset(index uint32, from netip.AddrPort) {
+// does not have, from from, that arrived at the local address local.
+func (c *Conn) sendReset(index uint32, from netip.AddrPort, local netip.Addr) {
 	if !c.resets.limit.Allow() {
 		return
 	}
@@ -108,7 +109,7 @@ func (c *Conn) sendReset(index uint32, from netip.AddrPort) {
 	binary.BigEndian.PutUint32(b[4:], index)
 	t := c.resets.token(index)
 	copy(b[8:], t[:])
-	if err := c.sock.Load().writeTo(b, from); err != nil {
+	if err := c.sock.Load().WriteTo(b, from, local); err != nil {
 		c.log.Debug("vaultudp: sending reset", "peer", from, "err", err)
 		return
 	}
@@ -117,7 +118,9 @@ func (c *Conn) sendReset(index uint32, from netip.AddrPort) {
 
 // receiveReset handles a reset datagram: if it names a session of the
 // peer at its source, with that session's token, the peer lost its state:
-// its sessions go, and a handshake starts at once.
+// its sessions go, and a handshake starts at once. A reset that names an
+// older session (a late datagram under one the peer let expire) drops
+// that one only.
 func (c *Conn) receiveReset(p *packet) {
 	b := p.data
 	if len(b) != resetLen || b[2] != 0 || b[3] != 0 {
@@ -131,18 +134,27 @@ func (c *Conn) receiveReset(p *packet) {
 		return
 	}
 	pr.mu.Lock()
-	valid := false
-	for _, s := range []*session{pr.current, pr.previous, pr.next, pr.nextOld} {
+	var reset **session
+	for _, sp := range []**session{&pr.current, &pr.previous, &pr.next, &pr.nextOld} {
+		s := *sp
 		if s == nil || s.remoteIndex != index {
 			continue
 		}
 		if t := s.peerToken.Load(); t != nil && subtle.ConstantTimeCompare(t[:], b[8:]) == 1 {
-			valid = true
+			reset = sp
 		}
 	}
-	if !valid || pr.addr != p.from {
+	if reset == nil || pr.addr != p.from {
 		pr.mu.Unlock()
 		c.stats.auth.Add(1)
+		return
+	}
+	if reset != &pr.current {
+		// A session the peer let expire (a late datagram under it): that
+		// one goes, the current one stays.
+		c.unindexLocked(pr, *reset)
+		*reset = nil
+		pr.mu.Unlock()
 		return
 	}
 	c.unindexLocked(pr, pr.current, pr.previous, pr.next, pr.nextOld)

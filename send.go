@@ -51,7 +51,7 @@ func (c *Conn) sendSealed(s *session, to netip.AddrPort, b []byte, hasPayload bo
 	if err != nil {
 		return err
 	}
-	return c.sock.Load().writeTo(out, to)
+	return c.sock.Load().WriteTo(out, to, s.source())
 }
 
 // appendSealed appends to dst the sealed datagram carrying b. dst must
@@ -66,15 +66,25 @@ func (c *Conn) appendSealed(dst []byte, s *session, b []byte, hasPayload bool) (
 			rec.payload, rec.compressed = z, true
 		}
 	}
-	return c.appendSealedRecord(dst, s, &rec, true)
+	out, err := c.appendSealedRecord(dst, s, &rec, true)
+	if tl, ok := err.(*tooLargeError); ok {
+		tl.n = len(b) // the caller's datagram, not what it compressed to
+	}
+	return out, err
 }
 
 // appendSealedRecord appends to dst rec sealed under s, padded as the
 // Config says if pad is set.
 func (c *Conn) appendSealedRecord(dst []byte, s *session, rec *record, pad bool) ([]byte, error) {
 	size := rec.envelopeLen()
-	if pad {
-		size = c.cfg.Padding.wireSize(sealedOverhead+size, c.datagram) - sealedOverhead
+	if natural := sealedOverhead + size; natural > c.sendLimit(s) {
+		c.stats.tooLarge.Add(1)
+		return dst, &tooLargeError{n: len(rec.payload), max: maxPayloadFor(c.sendLimit(s))}
+	} else if pad {
+		size = c.paddedSize(s, natural) - sealedOverhead
+	}
+	if s.path != 0 && sealedOverhead+size > s.path {
+		c.stats.abovePathMTU.Add(1)
 	}
 	off := len(dst)
 	var hdr [sealedHeaderLen]byte
@@ -97,23 +107,31 @@ func (c *Conn) sendSealedRecord(s *session, to netip.AddrPort, rec *record, pad 
 	if err != nil {
 		return err
 	}
-	return c.sock.Load().writeTo(out, to)
+	return c.sock.Load().WriteTo(out, to, s.source())
 }
 
 // sendOpen sends an open (unencrypted) envelope. Open datagrams are not
 // padded: there is nothing to hide.
 func (c *Conn) sendOpen(to netip.AddrPort, rec *record) error {
+	return c.sendOpenFrom(to, netip.Addr{}, rec)
+}
+
+// sendOpenFrom is sendOpen from the local address src (see
+// udpio.Socket.WriteTo; the zero Addr: the system's choice).
+func (c *Conn) sendOpenFrom(to netip.AddrPort, src netip.Addr, rec *record) error {
 	bp := c.bufs.Get().(*[]byte)
 	defer c.bufs.Put(bp)
 	buf := append((*bp)[:0], ProtocolVersion, typeOpen)
 	buf = rec.appendTo(buf, 0)
-	return c.sock.Load().writeTo(buf, to)
+	return c.sock.Load().WriteTo(buf, to, src)
 }
 
-// sendControl sends a handshake message in an open envelope. Errors are
+// sendControlFrom sends a handshake message in an open envelope, from
+// the local address src (an answer leaves from the address the message it
+// answers arrived at; the zero Addr: the system's choice). Errors are
 // logged, not returned: the handshake retries.
-func (c *Conn) sendControl(to netip.AddrPort, msg []byte) {
-	if err := c.sendOpen(to, &record{control: msg}); err != nil {
+func (c *Conn) sendControlFrom(to netip.AddrPort, src netip.Addr, msg []byte) {
+	if err := c.sendOpenFrom(to, src, &record{control: msg}); err != nil {
 		c.log.Debug("vaultudp: sending handshake message", "peer", to, "err", err)
 	}
 }
@@ -137,9 +155,9 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 	if pp := c.protoAt(addr); pp != nil {
 		return pp.send(b) // protocol v2 (proto_v2.go): the same size limit, its own path
 	}
-	if len(b) > c.maxPayload {
+	if max := maxPayloadFor(udpMaxDatagram); len(b) > max {
 		c.stats.tooLarge.Add(1)
-		return &tooLargeError{n: len(b), max: c.maxPayload}
+		return &tooLargeError{n: len(b), max: max}
 	}
 	if !addr.IsValid() || addr.Port() == 0 {
 		return &net.AddrError{Err: "invalid destination", Addr: addr.String()}
@@ -194,6 +212,13 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 		}
 		c.stats.writeBackoff.Add(1)
 		return nil
+	}
+	if max := c.queueLimit(p); len(b) > max {
+		// Until the session says what the peer receives, no more than
+		// every Conn receives waits for it.
+		p.mu.Unlock()
+		c.stats.tooLarge.Add(1)
+		return &tooLargeError{n: len(b), max: max}
 	}
 	// With p.next set, the peer's confirmation is on its way: wait.
 	hello := p.init == nil && p.next == nil && c.mayInitiateLocked(p) && p.claimHelloLocked()

@@ -67,6 +67,12 @@ type session struct {
 	// nil until its token message arrives.
 	peerToken atomic.Pointer[[tokenLen]byte]
 
+	// path is the largest datagram that reaches the peer unfragmented,
+	// set at install; peerAccept the largest it receives, from its
+	// session parameters (zero until they arrive). sizes.go.
+	path       int
+	peerAccept atomic.Int32
+
 	// mu guards the fields below.
 	mu     sync.Mutex
 	replay replayWindow

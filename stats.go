@@ -13,6 +13,7 @@ type Stats struct {
 	DatagramsIn  uint64 // datagrams delivered to the application
 	BytesIn      uint64 // their payload bytes
 	DatagramsOut uint64 // datagrams the application wrote that were sent
+	AbovePathMTU uint64 // sealed datagrams sent larger than the path MTU to their peer: IP fragments them
 	BytesOut     uint64 // their payload bytes
 
 	Handshakes        uint64 // sessions established (either role)
@@ -65,7 +66,7 @@ type counters struct {
 	rateLimit, queueFull, tooLarge, unknownSession     atomic.Uint64
 	dropHandshakeTimeout, peerLimit                    atomic.Uint64
 	writeQueueFull, writeBackoff, writePeerLimit       atomic.Uint64
-	unvalidated                                        atomic.Uint64
+	unvalidated, abovePathMTU                          atomic.Uint64
 	silences, keepalivesSent, keepalivesReceived       atomic.Uint64
 	resetsSent, resetsReceived                         atomic.Uint64
 }
@@ -88,6 +89,7 @@ func (c *Conn) Stats() Stats {
 		DatagramsIn:       k.datagramsIn.Load(),
 		BytesIn:           k.bytesIn.Load(),
 		DatagramsOut:      k.datagramsOut.Load(),
+		AbovePathMTU:      k.abovePathMTU.Load(),
 		BytesOut:          k.bytesOut.Load(),
 		Handshakes:        k.handshakes.Load(),
 		Rekeys:            k.rekeys.Load(),

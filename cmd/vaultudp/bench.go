@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -22,7 +24,12 @@ type benchResult struct {
 	elapsed        time.Duration // first send to last receive
 }
 
-func (r benchResult) perSecond() float64 { return float64(r.received) / r.elapsed.Seconds() }
+func (r benchResult) perSecond() float64 {
+	if r.elapsed <= 0 {
+		return 0
+	}
+	return float64(r.received) / r.elapsed.Seconds()
+}
 
 func (r benchResult) loss() float64 {
 	if r.sent == 0 {
@@ -117,10 +124,35 @@ func vaultPair() (endpoint, endpoint, error) {
 	return a, b, nil
 }
 
+// isTerminal reports whether w is a terminal (a character device), where
+// progress lines that overwrite themselves belong; into a file or a pipe
+// they would only clutter the table.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
 func runBench(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("bench", "[-sizes 64,512,1200] [-time 2s]", stderr)
+	fs := newFlags("bench", "[-sizes 64,512,1200] [-time 1s] [-repeat 3]", stderr)
 	sizesFlag := fs.String("sizes", "64,512,1200", "datagram sizes in bytes, comma-separated")
-	d := fs.Duration("time", 2*time.Second, "how long each run sends")
+	d := fs.Duration("time", time.Second, "how long each run sends")
+	repeat := fs.Int("repeat", 3, "runs of each measurement, raw and vaultudp taking turns; the table shows their medians")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -132,33 +164,52 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		}
 		sizes = append(sizes, n)
 	}
-	if fs.NArg() != 0 || *d <= 0 {
-		return fmt.Errorf("%w: bench takes flags only, and -time > 0", errUsage)
+	if fs.NArg() != 0 || *d <= 0 || *repeat < 1 {
+		return fmt.Errorf("%w: bench takes flags only, -time > 0 and -repeat >= 1", errUsage)
 	}
+	progress := io.Discard
+	if isTerminal(stderr) {
+		progress = stderr
+	}
+	names := [2]string{"raw UDP", "vaultudp"}
+	mks := [2]func() (endpoint, endpoint, error){rawPair, vaultPair}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "size\traw pkt/s\traw MB/s\tvaultudp pkt/s\tvaultudp MB/s\tratio\tvaultudp loss\t")
+	fmt.Fprintf(tw, "size\traw pkt/s\traw MB/s\traw loss\tvaultudp pkt/s\tvaultudp MB/s\tvaultudp loss\tratio\t\n")
 	for i, size := range sizes {
-		var res [2]benchResult
-		for j, mk := range []func() (endpoint, endpoint, error){rawPair, vaultPair} {
-			name := [2]string{"raw UDP", "vaultudp"}[j]
-			fmt.Fprintf(stderr, "\r[%d/%d] %5d B: %-8s for %v...   ", i+1, len(sizes), size, name, *d)
-			a, b, err := mk()
-			if err != nil {
-				return fmt.Errorf("setting up %s on loopback: %w", name, err)
+		// rates[j], losses[j]: one per repetition; ratios: vaultudp ÷
+		// raw of the same repetition.
+		var rates, losses [2][]float64
+		var ratios []float64
+		for r := range *repeat {
+			for j := range mks {
+				fmt.Fprintf(progress, "\r[%d/%d] %5d B: %-8s run %d/%d for %v...   ", i+1, len(sizes), size, names[j], r+1, *repeat, *d)
+				a, b, err := mks[j]()
+				if err != nil {
+					return fmt.Errorf("setting up %s on loopback: %w", names[j], err)
+				}
+				res, err := measure(a, b, size, *d)
+				a.Close()
+				b.Close()
+				if err != nil {
+					return fmt.Errorf("%s, %d-byte datagrams: %w", names[j], size, err)
+				}
+				rates[j] = append(rates[j], res.perSecond())
+				losses[j] = append(losses[j], res.loss())
 			}
-			res[j], err = measure(a, b, size, *d)
-			a.Close()
-			b.Close()
-			if err != nil {
-				return fmt.Errorf("%s, %d-byte datagrams: %w", name, size, err)
+			if raw := rates[0][r]; raw > 0 {
+				ratios = append(ratios, rates[1][r]/raw)
 			}
 		}
-		raw, v := res[0], res[1]
-		fmt.Fprintf(tw, "%d B\t%.0f\t%.1f\t%.0f\t%.1f\t%.2f\t%.2f%%\t\n", size,
-			raw.perSecond(), raw.perSecond()*float64(size)/1e6,
-			v.perSecond(), v.perSecond()*float64(size)/1e6,
-			v.perSecond()/raw.perSecond(), v.loss())
+		raw, v := median(rates[0]), median(rates[1])
+		fmt.Fprintf(tw, "%d B\t%.0f\t%.1f\t%.2f%%\t%.0f\t%.1f\t%.2f%%\t%.2f\t\n", size,
+			raw, raw*float64(size)/1e6, median(losses[0]),
+			v, v*float64(size)/1e6, median(losses[1]),
+			median(ratios))
 	}
-	fmt.Fprintf(stderr, "\r%60s\r", "")
-	return tw.Flush()
+	fmt.Fprintf(progress, "\r%70s\r", "")
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(stdout, "medians of %d runs of %v each; ratio: median of vaultudp ÷ raw of the same run; loss: sent but never delivered\n", *repeat, *d)
+	return err
 }

@@ -149,7 +149,7 @@ type Config struct {
 	Probe         bool               // Config.Probe
 	Padding       int                // 0: to the MTU, -1: none, n > 0: a multiple of n bytes
 	MTU           int                // the host MTU (§7)
-	MaxPayload    int                // the largest payload written or read
+	MaxPayload    int                // the largest payload written
 	BufSize       int                // the size of scratch buffers: at least the largest datagram
 
 	Write      func(b []byte, to netip.AddrPort) error                // sends from the listening socket

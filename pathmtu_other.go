@@ -1,0 +1,36 @@
+//go:build !linux
+
+package vaultudp
+
+import (
+	"net"
+	"net/netip"
+)
+
+// routeMTU returns the MTU of the interface the route to addr leaves by:
+// the local address a connected UDP socket gets (no datagram is sent),
+// then the interface holding it. ok is false if none is found.
+func routeMTU(addr netip.AddrPort) (mtu int, ok bool) {
+	uc, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
+	if err != nil {
+		return 0, false
+	}
+	local := uc.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap()
+	uc.Close()
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return 0, false
+	}
+	for _, ifi := range ifs {
+		addrs, err := ifi.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Unmap() == local {
+				return ifi.MTU, ifi.MTU >= MinMTU
+			}
+		}
+	}
+	return 0, false
+}

@@ -1,0 +1,139 @@
+package vaultudp
+
+import (
+	"encoding/binary"
+	"net/netip"
+)
+
+// Datagram sizes per peer (PROTOCOL.md section 6). Each side tells its
+// peer, in the session parameters it sends sealed at the start of every
+// session (the token message, reset.go), the largest datagram it
+// receives. Padding to the MTU pads to the smaller of the path MTU to that
+// peer (the route's, or Config.MTU) and what the peer receives, so every
+// datagram to a peer has one length, whatever MTU either host has. A
+// datagram above that target is still sent, up to what the peer receives
+// (unless Config.StrictMTU), padded to a multiple of the target; IP
+// fragments it where the path needs it, as it does a *net.UDPConn's.
+
+const (
+	// udpMaxDatagram is the largest UDP payload (over IPv4).
+	udpMaxDatagram = 65507
+
+	// minAccept is the largest datagram every Conn receives, assumed of a
+	// peer until it says: receive buffers hold at least a DefaultMTU IPv4
+	// datagram (recvBufSize).
+	minAccept = DefaultMTU - ipv4HeaderLen - udpHeaderLen
+
+	// extMaxDatagram is the session parameter "largest datagram received":
+	// type 1, length 2, uint16 big endian.
+	extMaxDatagram = 1
+)
+
+// accept is the largest datagram this Conn receives: its receive
+// buffers, less the byte that tells a datagram that did not fit.
+func (c *Conn) accept() int { return c.bufSize - 1 }
+
+// pathDatagram returns the largest datagram that reaches addr without IP
+// fragmentation: Config.MTU's if set, else the route's MTU (loopback's on
+// loopback), else the Conn's default.
+func (c *Conn) pathDatagram(addr netip.AddrPort) int {
+	if c.cfg.MTU != 0 {
+		return c.datagram
+	}
+	mtu, ok := routeMTU(addr)
+	if !ok {
+		return c.datagram
+	}
+	return min(datagramSize(min(mtu, MaxMTU), !addr.Addr().Unmap().Is4()), udpMaxDatagram)
+}
+
+// peerAccept is what s's peer receives: what it said, or minAccept.
+func (s *session) peerAcceptOr() int {
+	if n := int(s.peerAccept.Load()); n > 0 {
+		return n
+	}
+	return minAccept
+}
+
+// padTarget is the length PadMTU gives datagrams under s.
+func (c *Conn) padTarget(s *session) int {
+	path := s.path
+	if path == 0 {
+		path = c.datagram
+	}
+	return min(path, s.peerAcceptOr())
+}
+
+// sendLimit is the largest datagram sent under s.
+func (c *Conn) sendLimit(s *session) int {
+	if c.cfg.StrictMTU {
+		return c.padTarget(s)
+	}
+	return min(s.peerAcceptOr(), udpMaxDatagram)
+}
+
+// paddedSize is the length of a sealed datagram whose natural length is
+// n, under s, when padding applies.
+func (c *Conn) paddedSize(s *session, n int) int {
+	t, limit := c.padTarget(s), c.sendLimit(s)
+	switch {
+	case n <= t:
+		return c.cfg.Padding.wireSize(n, t)
+	case c.cfg.Padding == PadMTU:
+		// Above the target: a multiple of it, so that the length says
+		// little more than "large".
+		return min((n+t-1)/t*t, limit)
+	}
+	return c.cfg.Padding.wireSize(n, limit)
+}
+
+// appendParams appends the session parameters this Conn states.
+func (c *Conn) appendParams(b []byte) []byte {
+	return binary.BigEndian.AppendUint16(append(b, extMaxDatagram, 2), uint16(min(c.accept(), 65535)))
+}
+
+// readParams reads session parameters from the peer into s. Unknown
+// types are skipped; a parameter that runs past the end ends the list.
+func readParams(s *session, b []byte) {
+	for len(b) >= 2 {
+		typ, n := b[0], int(b[1])
+		if len(b) < 2+n {
+			return
+		}
+		v := b[2 : 2+n]
+		if typ == extMaxDatagram && n == 2 {
+			if m := int(binary.BigEndian.Uint16(v)); m >= minAccept {
+				s.peerAccept.Store(int32(m))
+			}
+		}
+		b = b[2+n:]
+	}
+}
+
+// MaxPayloadTo returns the largest datagram WriteTo sends to addr now:
+// what the peer receives (or, without a session yet, what every Conn
+// receives), less vaultudp's overhead; with Config.StrictMTU, what fits
+// the path MTU to it.
+func (c *Conn) MaxPayloadTo(addr netip.AddrPort) int {
+	addr = normAddr(addr)
+	if p, _ := c.peerFor(addr, lookupOnly); p != nil {
+		p.mu.Lock()
+		s := p.current
+		p.mu.Unlock()
+		if s != nil {
+			return maxPayloadFor(c.sendLimit(s))
+		}
+	}
+	if c.cfg.StrictMTU {
+		return maxPayloadFor(min(c.pathDatagram(addr), minAccept))
+	}
+	return maxPayloadFor(minAccept)
+}
+
+// queueLimit is the largest datagram that may wait for p's handshake.
+func (c *Conn) queueLimit(p *peer) int {
+	if c.cfg.StrictMTU {
+		return maxPayloadFor(min(c.datagram, minAccept))
+	}
+	return maxPayloadFor(minAccept)
+}

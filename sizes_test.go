@@ -1,0 +1,96 @@
+package vaultudp
+
+import (
+	"bytes"
+	"errors"
+	"net/netip"
+	"sync"
+	"syscall"
+	"testing"
+)
+
+// TestSizesAsUDP: a Conn on 127.0.0.1 takes and delivers a 1,400-byte
+// datagram (kcp-go's default) as a *net.UDPConn does, whatever the host's
+// other interfaces' MTUs; beyond what the peer receives, the write fails
+// with an error matching ErrMessageTooLarge and EMSGSIZE.
+func TestSizesAsUDP(t *testing.T) {
+	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
+	handshakeT(t, a, addrOf(b))
+	msg := bytes.Repeat([]byte{0xa5}, 1400)
+	if n, err := a.WriteToUDPAddrPort(msg, addrOf(b)); n != len(msg) || err != nil {
+		t.Fatalf("write of 1400 bytes: %d, %v", n, err)
+	}
+	if got, _ := readWithin(t, b, waitLong); !bytes.Equal(got, msg) {
+		t.Fatalf("read %d bytes, want the 1400 written", len(got))
+	}
+	limit := a.MaxPayloadTo(addrOf(b))
+	if limit < 1400 {
+		t.Errorf("MaxPayloadTo(b) %d, want at least 1400", limit)
+	}
+	_, err := a.WriteToUDPAddrPort(make([]byte, limit+1), addrOf(b))
+	if !errors.Is(err, ErrMessageTooLarge) || !errors.Is(err, syscall.EMSGSIZE) {
+		t.Fatalf("write of MaxPayloadTo+1 bytes: %v, want ErrMessageTooLarge and EMSGSIZE", err)
+	}
+}
+
+// TestSizesMixedMTU: one Conn with MTU 9000, one with 1500. Each tells
+// the other what it receives; every datagram arrives both ways, padded
+// (PadMTU) to the smaller of the path's datagram and what the receiver
+// takes, and larger ones to a multiple of that.
+func TestSizesMixedMTU(t *testing.T) {
+	tap := &wireTap{}
+	n := newMemNet()
+	lengths := map[netip.AddrPort]map[int]int{}
+	var mu sync.Mutex
+	n.tap = func(from, to netip.AddrPort, b []byte) {
+		tap.record(from, to, b)
+		if len(b) > 1 && b[1] == typeSealed {
+			mu.Lock()
+			if lengths[to] == nil {
+				lengths[to] = map[int]int{}
+			}
+			lengths[to][len(b)]++
+			mu.Unlock()
+		}
+	}
+	mj, ms := n.listen(t, "10.0.0.1:1000"), n.listen(t, "10.0.0.2:2000")
+	jumbo := wrapT(t, mj, &Config{MTU: 9000})
+	small := wrapT(t, ms, &Config{MTU: 1500})
+	handshakeT(t, jumbo, ms.addr)
+	handshakeT(t, small, mj.addr)
+	for _, size := range []int{11, 1000, 1431} {
+		msg := bytes.Repeat([]byte{byte(size)}, size)
+		if _, err := jumbo.WriteToUDPAddrPort(msg, ms.addr); err != nil {
+			t.Fatalf("jumbo -> small, %d bytes: %v", size, err)
+		}
+		if got, _ := readWithin(t, small, waitLong); !bytes.Equal(got, msg) {
+			t.Fatalf("jumbo -> small, %d bytes: read %d", size, len(got))
+		}
+	}
+	for _, size := range []int{11, 1000, 1431, 5000} {
+		msg := bytes.Repeat([]byte{byte(size)}, size)
+		if _, err := small.WriteToUDPAddrPort(msg, mj.addr); err != nil {
+			t.Fatalf("small -> jumbo, %d bytes: %v", size, err)
+		}
+		if got, _ := readWithin(t, jumbo, waitLong); !bytes.Equal(got, msg) {
+			t.Fatalf("small -> jumbo, %d bytes: read %d", size, len(got))
+		}
+	}
+	// The small side takes 1472-byte datagrams: more is refused, not lost.
+	if _, err := jumbo.WriteToUDPAddrPort(make([]byte, 5000), ms.addr); !errors.Is(err, syscall.EMSGSIZE) {
+		t.Errorf("jumbo -> small, 5000 bytes: %v, want EMSGSIZE", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("sealed lengths to small: %v; to jumbo: %v", lengths[ms.addr], lengths[mj.addr])
+	for l := range lengths[ms.addr] {
+		if l != 1472 {
+			t.Errorf("a %d-byte sealed datagram to the 1500 side, want 1472 only", l)
+		}
+	}
+	for l := range lengths[mj.addr] {
+		if l != 1472 && l != 4*1472 {
+			t.Errorf("a %d-byte sealed datagram to the 9000 side, want 1472 (and 4 x 1472 for 5000 bytes)", l)
+		}
+	}
+}
