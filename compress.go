@@ -1,11 +1,9 @@
 package vaultudp
 
 import (
-	"fmt"
-	"runtime"
 	"sync/atomic"
 
-	"github.com/klauspost/compress/zstd"
+	"github.com/vaultudp/vaultudp/internal/zstd"
 )
 
 // Compression says when payloads are compressed.
@@ -39,57 +37,32 @@ const minCompressMaxPayload = 1024
 // compressor compresses and decompresses payloads with one reused zstd
 // encoder and decoder (both safe for concurrent use). Decompression is
 // bounded: a frame that would inflate past max bytes is refused before
-// anything is allocated for it.
+// anything is allocated for it. Protocol v2 decompresses with the same
+// decoder, so that its payloads have the same bound.
 type compressor struct {
 	enc *zstd.Encoder
 	dec *zstd.Decoder
-	max int
 }
 
 func newCompressor(max int) (*compressor, error) {
-	n := runtime.GOMAXPROCS(0)
-	enc, err := zstd.NewWriter(nil,
-		zstd.WithEncoderLevel(zstd.SpeedFastest),
-		zstd.WithEncoderConcurrency(n),
-		zstd.WithEncoderCRC(false), // the AEAD authenticates the payload
-		zstd.WithWindowSize(1<<16),
-		zstd.WithZeroFrames(true),
-		zstd.WithSingleSegment(true), // content size in the header, read before decoding
-	)
+	enc, err := zstd.NewEncoder(zstd.SpeedFastest)
 	if err != nil {
 		return nil, err
 	}
-	dec, err := zstd.NewReader(nil,
-		zstd.WithDecoderConcurrency(n),
-		zstd.WithDecoderMaxMemory(uint64(max)),
-		zstd.WithDecodeAllCapLimit(true),
-		zstd.WithDecoderMaxWindow(1<<17),
-	)
+	dec, err := zstd.NewDecoder(max)
 	if err != nil {
 		enc.Close()
 		return nil, err
 	}
-	return &compressor{enc: enc, dec: dec, max: max}, nil
+	return &compressor{enc: enc, dec: dec}, nil
 }
 
 // compress appends the compressed form of src to dst.
-func (z *compressor) compress(dst, src []byte) []byte {
-	return z.enc.EncodeAll(src, dst)
-}
+func (z *compressor) compress(dst, src []byte) []byte { return z.enc.Compress(dst, src) }
 
 // decompress appends the decompressed form of src to dst[:0], which must
-// have capacity for z.max bytes; no more is ever written or allocated.
-func (z *compressor) decompress(dst, src []byte) ([]byte, error) {
-	limit := min(z.max, cap(dst))
-	out, err := z.dec.DecodeAll(src, dst[:0:limit])
-	if err != nil {
-		if err == zstd.ErrDecoderSizeExceeded {
-			return nil, fmt.Errorf("%w: over %d bytes", errTooLarge, limit)
-		}
-		return nil, fmt.Errorf("%w: zstd: %v", errMalformed, err)
-	}
-	return out, nil
-}
+// have capacity for max bytes; no more is ever written or allocated.
+func (z *compressor) decompress(dst, src []byte) ([]byte, error) { return z.dec.Decompress(dst, src) }
 
 func (z *compressor) close() {
 	z.enc.Close()

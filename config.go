@@ -182,7 +182,7 @@ type Config struct {
 	// V2KeyProbe makes the Conn ask a ProtocolV2 peer whose box key it
 	// does not know for its key exchange at once, instead of waiting up
 	// to 20 s for the reference's periodic one (v2SendProbeLocked in
-	// v2conn.go explains the trick and its cost: a reference that
+	// internal/v2/endpoint.go explains the trick and its cost: a reference that
 	// already holds this Conn's keys then sends to it in plaintext until
 	// its next periodic key exchange). false: wait. PeerConfig.BoxKey
 	// makes both unnecessary.
@@ -216,7 +216,7 @@ type PeerConfig struct {
 
 	// Protocol is the wire protocol spoken with this peer. Zero:
 	// ProtocolV3. ProtocolV2 speaks the Python reference's format to an
-	// IPv4 peer (see v2conn.go and README "Migrating from
+	// IPv4 peer (see internal/v2/endpoint.go and README "Migrating from
 	// py-vault-udp"); for such a peer PublicKey pins the reference's
 	// Ed25519 sign_key, and Config.VerifyPeer, when set, is given that
 	// sign_key.
@@ -343,7 +343,7 @@ func (p *PeerConfig) check() error {
 	switch p.Protocol {
 	case ProtocolV3:
 	case ProtocolV2:
-		// Protocol v2 (v2conn.go): the reference's sockets are IPv4 only.
+		// Protocol v2 (proto_v2.go): the reference's sockets are IPv4 only.
 		if !p.Addr.Addr().Unmap().Is4() {
 			return fmt.Errorf("%w: peer %v: ProtocolV2 peers are IPv4 only", ErrInvalidConfig, p.Addr)
 		}

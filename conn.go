@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	v2 "github.com/vaultudp/vaultudp/internal/v2"
 )
 
 // Conn is an encrypting net.PacketConn. Key exchange, sealing, padding,
@@ -57,7 +59,7 @@ type Conn struct {
 	queuedBytes atomic.Int64 // bytes waiting for handshakes, all peers
 	helloSweep  int64        // Conn clock of the last forgetOldHellos; housekeeping's own
 
-	v2 *v2State // protocol v2 (the Python reference's format) peers: v2conn.go
+	v2 *v2.Endpoint // protocol v2 (the Python reference's format) peers: proto_v2.go
 
 	sock atomic.Pointer[socket]
 
@@ -132,10 +134,6 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 	if maxPayload < 1 {
 		return nil, fmt.Errorf("%w: MTU %d leaves no room for a payload", ErrInvalidConfig, mtu)
 	}
-	v2, err := newV2State(&cfg) // protocol v2 keys (v2conn.go)
-	if err != nil {
-		return nil, err
-	}
 	// Payloads from peers may be as large as this Conn receives
 	// (sizes.go): the decoder's bound.
 	z, err := newCompressor(maxPayloadFor(recvBufSize(mtu) - 1))
@@ -143,7 +141,6 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 		return nil, err
 	}
 	c := &Conn{
-		v2:            v2,
 		cfg:           cfg,
 		hs:            newHandshaker(cfg.Identity),
 		z:             z,
@@ -171,6 +168,10 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 	c.bufs.New = func() any { b := make([]byte, c.bufSize+tagLen); return &b }
 	c.runBufs.New = func() any { b := make([]byte, 0, maxBatchRun*(c.bufSize+tagLen)); return &b }
 	c.sock.Store(s)
+	if c.v2, err = newV2Endpoint(c); err != nil { // protocol v2 keys (proto_v2.go)
+		z.close()
+		return nil, err
+	}
 	c.log.Debug("vaultudp: listening", "addr", s.laddr, "mtu", mtu, "maxPayload", maxPayload,
 		"identity", EncodePublicKey(c.hs.public))
 
@@ -385,7 +386,7 @@ func (c *Conn) Close() error {
 		c.readDeadline.stop()
 		c.writeDeadline.stop()
 		c.z.close()
-		c.v2.close() // protocol v2 (v2conn.go)
+		c.v2.Close() // protocol v2 (proto_v2.go)
 		c.mu.Lock()
 		for _, p := range c.peers {
 			p.mu.Lock()

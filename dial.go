@@ -228,7 +228,7 @@ func (c *Conn) ConnTo(addr netip.AddrPort) (net.Conn, error) {
 	if p == nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnknownPeer, addr)
 	}
-	if p.v2 != nil {
+	if p.proto != nil {
 		return nil, fmt.Errorf("%w: %v: ConnTo does not serve ProtocolV2 peers", ErrInvalidConfig, addr)
 	}
 	q := &peerQueue{ch: make(chan *packet, c.cfg.ReadQueue)}

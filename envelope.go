@@ -3,6 +3,8 @@ package vaultudp
 import (
 	"fmt"
 	"math"
+
+	"github.com/vaultudp/vaultudp/internal/msgp"
 )
 
 // The envelope is the inner record of every datagram, sealed or open: a
@@ -38,41 +40,6 @@ const (
 
 	maxEnvelopeKeys = 16
 	maxSkipDepth    = 8
-
-	// maxFieldLen bounds every bin, str or ext field: no datagram is
-	// larger, so a longer length prefix is malformed however much input
-	// follows.
-	maxFieldLen = 65535
-
-	// msgpack format bytes used by the writer and reader.
-	mpNil      = 0xc0
-	mpFalse    = 0xc2
-	mpTrue     = 0xc3
-	mpBin8     = 0xc4
-	mpBin16    = 0xc5
-	mpBin32    = 0xc6
-	mpExt8     = 0xc7
-	mpExt16    = 0xc8
-	mpExt32    = 0xc9
-	mpFloat32  = 0xca
-	mpFloat64  = 0xcb
-	mpUint8    = 0xcc
-	mpUint16   = 0xcd
-	mpUint32   = 0xce
-	mpUint64   = 0xcf
-	mpInt8     = 0xd0
-	mpInt16    = 0xd1
-	mpInt32    = 0xd2
-	mpInt64    = 0xd3
-	mpFixExt1  = 0xd4
-	mpFixExt16 = 0xd8
-	mpStr8     = 0xd9
-	mpStr16    = 0xda
-	mpStr32    = 0xdb
-	mpArray16  = 0xdc
-	mpArray32  = 0xdd
-	mpMap16    = 0xde
-	mpMap32    = 0xdf
 )
 
 // record is a decoded envelope. Its slices alias the bytes it was parsed
@@ -85,22 +52,10 @@ type record struct {
 	padding    int    // length of the "g" field read; informational
 }
 
-// binHeaderLen is the length of the shortest msgpack bin header for n bytes.
-func binHeaderLen(n int) int {
-	switch {
-	case n <= math.MaxUint8:
-		return 2
-	case n <= math.MaxUint16:
-		return 3
-	default:
-		return 5
-	}
-}
-
-// extHeaderLen is the length of the ext header the writer uses for n bytes.
-func extHeaderLen(n int) int {
-	return binHeaderLen(n) + 1
-}
+// binHeaderLen and extHeaderLen are the shortest bin and ext header
+// lengths for n bytes (the native code's names for the shared helpers).
+func binHeaderLen(n int) int { return msgp.BinHeaderLen(n) }
+func extHeaderLen(n int) int { return msgp.ExtHeaderLen(n) }
 
 // envelopeLen is the exact length of the unpadded envelope appendTo writes.
 func (r *record) envelopeLen() int {
@@ -151,24 +106,24 @@ func (r *record) appendTo(dst []byte, size int) []byte {
 	case 0:
 		dst = append(dst, envelopeVersion)
 	case 1:
-		dst = append(dst, mpUint8, envelopeVersion)
+		dst = append(dst, msgp.Uint8, envelopeVersion)
 	case 2:
-		dst = append(dst, mpUint16, 0, envelopeVersion)
+		dst = append(dst, msgp.Uint16, 0, envelopeVersion)
 	}
 	if r.hasPayload {
 		dst = append(dst, 0xa1, 'p')
 		hdr := binHeaderLen(len(r.payload)) + fieldWide
 		if r.compressed {
-			dst = appendExtHeaderWidth(dst, extZstd, len(r.payload), hdr)
+			dst = msgp.AppendExtHeaderWidth(dst, extZstd, len(r.payload), hdr)
 		} else {
-			dst = appendBinHeaderWidth(dst, len(r.payload), hdr)
+			dst = msgp.AppendBinHeaderWidth(dst, len(r.payload), hdr)
 		}
 		dst = append(dst, r.payload...)
 		fieldWide = 0
 	}
 	if r.control != nil {
 		dst = append(dst, 0xa1, 'c')
-		dst = appendBinHeaderWidth(dst, len(r.control), binHeaderLen(len(r.control))+fieldWide)
+		dst = msgp.AppendBinHeaderWidth(dst, len(r.control), binHeaderLen(len(r.control))+fieldWide)
 		dst = append(dst, r.control...)
 	}
 	if pad >= minPadField {
@@ -183,7 +138,7 @@ func (r *record) appendTo(dst []byte, size int) []byte {
 		default:
 			n = pad - 7
 		}
-		dst = appendBinHeaderWidth(dst, n, pad-2-n)
+		dst = msgp.AppendBinHeaderWidth(dst, n, pad-2-n)
 		dst = appendZeros(dst, n)
 	}
 	return dst
@@ -226,44 +181,11 @@ func appendZeros(dst []byte, n int) []byte {
 	return append(dst, make([]byte, n)...)
 }
 
-// appendBinHeader appends the shortest bin header for n bytes: c4 LL,
-// c5 HH LL or c6 and 4 bytes (the v2 frame uses it too).
-func appendBinHeader(dst []byte, n int) []byte {
-	return appendBinHeaderWidth(dst, n, binHeaderLen(n))
-}
-
-// appendBinHeaderWidth appends a bin header for n bytes that is width
-// bytes long (2, 3 or 5), at least as wide as n needs.
-func appendBinHeaderWidth(dst []byte, n, width int) []byte {
-	switch width {
-	case 2:
-		return append(dst, mpBin8, byte(n))
-	case 3:
-		return append(dst, mpBin16, byte(n>>8), byte(n))
-	default:
-		return append(dst, mpBin32, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
-}
-
-// appendExtHeaderWidth appends an ext header of type typ for n bytes; width
-// is the width of the matching bin header (the ext header is one byte
-// more, for the type).
-func appendExtHeaderWidth(dst []byte, typ int8, n, width int) []byte {
-	switch width {
-	case 2:
-		return append(dst, mpExt8, byte(n), byte(typ))
-	case 3:
-		return append(dst, mpExt16, byte(n>>8), byte(n), byte(typ))
-	default:
-		return append(dst, mpExt32, byte(n>>24), byte(n>>16), byte(n>>8), byte(n), byte(typ))
-	}
-}
-
 // parseRecord decodes an envelope. The returned slices alias b. It never
 // panics and never allocates.
 func parseRecord(b []byte) (record, error) {
 	var r record
-	d := mpReader{b: b}
+	d := mpReader{msgp.Reader{B: b}}
 	n, err := d.mapLen()
 	if err != nil {
 		return r, err
@@ -343,72 +265,27 @@ func parseRecord(b []byte) (record, error) {
 	if seen&seenV == 0 {
 		return r, fmt.Errorf("%w: no version", errMalformed)
 	}
-	if d.off != len(b) {
-		return r, fmt.Errorf("%w: %d trailing bytes", errMalformed, len(b)-d.off)
+	if d.Off != len(b) {
+		return r, fmt.Errorf("%w: %d trailing bytes", errMalformed, len(b)-d.Off)
 	}
 	return r, nil
 }
 
-// mpReader reads msgpack values from b, bounds-checked.
+// mpReader reads the envelope's msgpack values, bounds-checked, on the
+// shared primitives.
 type mpReader struct {
-	b   []byte
-	off int
+	msgp.Reader
 }
 
-var errTruncated = fmt.Errorf("%w: truncated", errMalformed)
-
-// left is the number of bytes not read yet.
-func (d *mpReader) left() int { return len(d.b) - d.off }
-
-func (d *mpReader) byte() (byte, error) {
-	if d.off >= len(d.b) {
-		return 0, errTruncated
-	}
-	c := d.b[d.off]
-	d.off++
-	return c, nil
-}
-
-// uintN reads an n-byte big-endian unsigned integer.
-func (d *mpReader) uintN(n int) (uint64, error) {
-	if len(d.b)-d.off < n {
-		return 0, errTruncated
-	}
-	var v uint64
-	for _, c := range d.b[d.off : d.off+n] {
-		v = v<<8 | uint64(c)
-	}
-	d.off += n
-	return v, nil
-}
-
-// bytes returns the next n bytes.
-func (d *mpReader) bytes(n uint64) ([]byte, error) {
-	if n > maxFieldLen {
-		return nil, fmt.Errorf("%w: field of %d bytes", errMalformed, n)
-	}
-	if uint64(len(d.b)-d.off) < n {
-		return nil, errTruncated
-	}
-	p := d.b[d.off : d.off+int(n) : d.off+int(n)]
-	d.off += int(n)
-	return p, nil
-}
+var errTruncated = msgp.ErrTruncated
 
 func (d *mpReader) mapLen() (int, error) {
-	c, err := d.byte()
+	c, err := d.Byte()
 	if err != nil {
 		return 0, err
 	}
-	var n uint64
-	switch {
-	case c&0xf0 == 0x80:
-		n = uint64(c & 0x0f)
-	case c == mpMap16:
-		n, err = d.uintN(2)
-	case c == mpMap32:
-		n, err = d.uintN(4)
-	default:
+	n, ok, err := d.MapHeader(c)
+	if !ok {
 		return 0, fmt.Errorf("%w: envelope is not a map (0x%02x)", errMalformed, c)
 	}
 	if n > maxEnvelopeKeys {
@@ -418,7 +295,7 @@ func (d *mpReader) mapLen() (int, error) {
 }
 
 func (d *mpReader) str() ([]byte, error) {
-	c, err := d.byte()
+	c, err := d.Byte()
 	if err != nil {
 		return nil, err
 	}
@@ -426,37 +303,37 @@ func (d *mpReader) str() ([]byte, error) {
 	switch {
 	case c&0xe0 == 0xa0:
 		n = uint64(c & 0x1f)
-	case c == mpStr8:
-		n, err = d.uintN(1)
-	case c == mpStr16:
-		n, err = d.uintN(2)
-	case c == mpStr32:
-		n, err = d.uintN(4)
+	case c == msgp.Str8:
+		n, err = d.UintN(1)
+	case c == msgp.Str16:
+		n, err = d.UintN(2)
+	case c == msgp.Str32:
+		n, err = d.UintN(4)
 	default:
 		return nil, fmt.Errorf("%w: key is not a string (0x%02x)", errMalformed, c)
 	}
 	if err != nil {
 		return nil, err
 	}
-	return d.bytes(n)
+	return d.Bytes(n)
 }
 
 func (d *mpReader) uint() (uint64, error) {
-	c, err := d.byte()
+	c, err := d.Byte()
 	if err != nil {
 		return 0, err
 	}
 	switch {
 	case c <= 0x7f:
 		return uint64(c), nil
-	case c == mpUint8:
-		return d.uintN(1)
-	case c == mpUint16:
-		return d.uintN(2)
-	case c == mpUint32:
-		return d.uintN(4)
-	case c == mpUint64:
-		return d.uintN(8)
+	case c == msgp.Uint8:
+		return d.UintN(1)
+	case c == msgp.Uint16:
+		return d.UintN(2)
+	case c == msgp.Uint32:
+		return d.UintN(4)
+	case c == msgp.Uint64:
+		return d.UintN(8)
 	}
 	return 0, fmt.Errorf("%w: version is not an unsigned integer (0x%02x)", errMalformed, c)
 }
@@ -471,24 +348,24 @@ func (d *mpReader) bin() ([]byte, error) {
 
 // binOrExt reads a bin (ext = -1) or an ext value (ext = its type).
 func (d *mpReader) binOrExt() (p []byte, ext int, err error) {
-	c, err := d.byte()
+	c, err := d.Byte()
 	if err != nil {
 		return nil, -1, err
 	}
 	var n uint64
 	ext = -1
 	switch c {
-	case mpBin8:
-		n, err = d.uintN(1)
-	case mpBin16:
-		n, err = d.uintN(2)
-	case mpBin32:
-		n, err = d.uintN(4)
-	case mpExt8, mpExt16, mpExt32:
-		n, err = d.uintN(1 << (c - mpExt8))
+	case msgp.Bin8:
+		n, err = d.UintN(1)
+	case msgp.Bin16:
+		n, err = d.UintN(2)
+	case msgp.Bin32:
+		n, err = d.UintN(4)
+	case msgp.Ext8, msgp.Ext16, msgp.Ext32:
+		n, err = d.UintN(1 << (c - msgp.Ext8))
 		if err == nil {
 			var t byte
-			t, err = d.byte()
+			t, err = d.Byte()
 			ext = int(int8(t))
 		}
 	default:
@@ -497,7 +374,7 @@ func (d *mpReader) binOrExt() (p []byte, ext int, err error) {
 	if err != nil {
 		return nil, -1, err
 	}
-	p, err = d.bytes(n)
+	p, err = d.Bytes(n)
 	return p, ext, err
 }
 
@@ -506,16 +383,16 @@ func (d *mpReader) skip(depth int) error {
 	if depth > maxSkipDepth {
 		return fmt.Errorf("%w: nesting deeper than %d", errMalformed, maxSkipDepth)
 	}
-	c, err := d.byte()
+	c, err := d.Byte()
 	if err != nil {
 		return err
 	}
 	var n uint64
 	switch {
-	case c <= 0x7f, c >= 0xe0, c == mpNil, c == mpFalse, c == mpTrue:
+	case c <= 0x7f, c >= 0xe0, c == msgp.Nil, c == msgp.False, c == msgp.True:
 		return nil
 	case c&0xe0 == 0xa0:
-		_, err = d.bytes(uint64(c & 0x1f))
+		_, err = d.Bytes(uint64(c & 0x1f))
 		return err
 	case c&0xf0 == 0x90, c&0xf0 == 0x80:
 		n = uint64(c & 0x0f)
@@ -525,38 +402,38 @@ func (d *mpReader) skip(depth int) error {
 		return d.skipN(n, depth)
 	}
 	switch c {
-	case mpBin8, mpStr8:
-		n, err = d.uintN(1)
-	case mpBin16, mpStr16:
-		n, err = d.uintN(2)
-	case mpBin32, mpStr32:
-		n, err = d.uintN(4)
-	case mpExt8, mpExt16, mpExt32:
-		n, err = d.uintN(1 << (c - mpExt8))
+	case msgp.Bin8, msgp.Str8:
+		n, err = d.UintN(1)
+	case msgp.Bin16, msgp.Str16:
+		n, err = d.UintN(2)
+	case msgp.Bin32, msgp.Str32:
+		n, err = d.UintN(4)
+	case msgp.Ext8, msgp.Ext16, msgp.Ext32:
+		n, err = d.UintN(1 << (c - msgp.Ext8))
 		n++ // the type byte
-	case mpFloat32, mpUint32, mpInt32:
+	case msgp.Float32, msgp.Uint32, msgp.Int32:
 		n = 4
-	case mpFloat64, mpUint64, mpInt64:
+	case msgp.Float64, msgp.Uint64, msgp.Int64:
 		n = 8
-	case mpUint8, mpInt8:
+	case msgp.Uint8, msgp.Int8:
 		n = 1
-	case mpUint16, mpInt16:
+	case msgp.Uint16, msgp.Int16:
 		n = 2
-	case mpArray16, mpArray32, mpMap16, mpMap32:
+	case msgp.Array16, msgp.Array32, msgp.Map16, msgp.Map32:
 		w := 2
-		if c == mpArray32 || c == mpMap32 {
+		if c == msgp.Array32 || c == msgp.Map32 {
 			w = 4
 		}
-		if n, err = d.uintN(w); err != nil {
+		if n, err = d.UintN(w); err != nil {
 			return err
 		}
-		if c == mpMap16 || c == mpMap32 {
+		if c == msgp.Map16 || c == msgp.Map32 {
 			n *= 2
 		}
 		return d.skipN(n, depth)
 	default:
-		if c >= mpFixExt1 && c <= mpFixExt16 {
-			n = 1 + 1<<(c-mpFixExt1) // type byte and 1, 2, 4, 8 or 16 bytes
+		if c >= msgp.FixExt1 && c <= msgp.FixExt16 {
+			n = 1 + 1<<(c-msgp.FixExt1) // type byte and 1, 2, 4, 8 or 16 bytes
 			break
 		}
 		return fmt.Errorf("%w: unknown msgpack type 0x%02x", errMalformed, c)
@@ -564,14 +441,14 @@ func (d *mpReader) skip(depth int) error {
 	if err != nil {
 		return err
 	}
-	_, err = d.bytes(n)
+	_, err = d.Bytes(n)
 	return err
 }
 
 func (d *mpReader) skipN(n uint64, depth int) error {
 	// Every element takes at least one byte: more elements than bytes
 	// left is truncated, and checking first bounds the loop.
-	if n > uint64(len(d.b)-d.off) {
+	if n > uint64(d.Left()) {
 		return errTruncated
 	}
 	for i := uint64(0); i < n; i++ {

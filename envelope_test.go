@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
+	"github.com/vaultudp/vaultudp/internal/msgp"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -96,9 +97,9 @@ func TestEnvelopePaddingExact(t *testing.T) {
 		{payload: []byte{}, hasPayload: true, control: []byte{1}},
 	} {
 		base := r.envelopeLen()
-		for size := base; size <= maxFieldLen; size++ {
-			if size > base+600 && size < maxFieldLen-600 {
-				size = maxFieldLen - 600
+		for size := base; size <= msgp.MaxFieldLen; size++ {
+			if size > base+600 && size < msgp.MaxFieldLen-600 {
+				size = msgp.MaxFieldLen - 600
 			}
 			enc := r.appendTo(nil, size)
 			if len(enc) != size {
@@ -190,7 +191,7 @@ func TestEnvelopeMalformed(t *testing.T) {
 	cases := map[string][]byte{
 		"empty":              {},
 		"not a map":          mp(t, []any{1, 2}),
-		"nil":                {mpNil},
+		"nil":                {msgp.Nil},
 		"no version":         mp(t, map[string]any{"p": []byte("x")}),
 		"wrong version":      mp(t, map[string]any{"v": 2, "p": []byte("x")}),
 		"version is string":  mp(t, map[string]any{"v": "3"}),
@@ -198,25 +199,25 @@ func TestEnvelopeMalformed(t *testing.T) {
 		"payload is string":  mp(t, map[string]any{"v": 3, "p": "text"}),
 		"payload is int":     mp(t, map[string]any{"v": 3, "p": 1}),
 		"payload nil":        mp(t, map[string]any{"v": 3, "p": nil}),
-		"payload ext 2":      {0x82, 0xa1, 'v', 3, 0xa1, 'p', mpExt8, 1, 2, 0},
+		"payload ext 2":      {0x82, 0xa1, 'v', 3, 0xa1, 'p', msgp.Ext8, 1, 2, 0},
 		"control is array":   mp(t, map[string]any{"v": 3, "c": []any{1}}),
-		"control is ext":     {0x82, 0xa1, 'v', 3, 0xa1, 'c', mpExt8, 1, 1, 0},
+		"control is ext":     {0x82, 0xa1, 'v', 3, 0xa1, 'c', msgp.Ext8, 1, 1, 0},
 		"padding is str":     mp(t, map[string]any{"v": 3, "g": "zzzz"}),
 		"duplicate v":        {0x82, 0xa1, 'v', 3, 0xa1, 'v', 3},
-		"duplicate p":        {0x83, 0xa1, 'v', 3, 0xa1, 'p', mpBin8, 0, 0xa1, 'p', mpBin8, 0},
-		"duplicate g":        {0x83, 0xa1, 'v', 3, 0xa1, 'g', mpBin8, 0, 0xa1, 'g', mpBin8, 0},
+		"duplicate p":        {0x83, 0xa1, 'v', 3, 0xa1, 'p', msgp.Bin8, 0, 0xa1, 'p', msgp.Bin8, 0},
+		"duplicate g":        {0x83, 0xa1, 'v', 3, 0xa1, 'g', msgp.Bin8, 0, 0xa1, 'g', msgp.Bin8, 0},
 		"integer key":        {0x82, 0xa1, 'v', 3, 0x01, 0x02},
-		"too many keys":      append([]byte{mpMap16, 0, 17}, valid[1:]...),
-		"map32 huge":         {mpMap32, 0xff, 0xff, 0xff, 0xff},
+		"too many keys":      append([]byte{msgp.Map16, 0, 17}, valid[1:]...),
+		"map32 huge":         {msgp.Map32, 0xff, 0xff, 0xff, 0xff},
 		"trailing byte":      append(append([]byte{}, valid...), 0),
 		"truncated header":   valid[:1],
 		"truncated payload":  valid[:len(valid)-1],
-		"bin length lies":    {0x82, 0xa1, 'v', 3, 0xa1, 'p', mpBin32, 0xff, 0xff, 0xff, 0xff, 1},
-		"bin over 64k":       append([]byte{0x82, 0xa1, 'v', 3, 0xa1, 'p', mpBin32, 0, 1, 0, 0}, make([]byte, 65536)...),
+		"bin length lies":    {0x82, 0xa1, 'v', 3, 0xa1, 'p', msgp.Bin32, 0xff, 0xff, 0xff, 0xff, 1},
+		"bin over 64k":       append([]byte{0x82, 0xa1, 'v', 3, 0xa1, 'p', msgp.Bin32, 0, 1, 0, 0}, make([]byte, 65536)...),
 		"unknown key bad":    {0x82, 0xa1, 'v', 3, 0xa1, 'x', 0xc1},
-		"unknown key trunc":  {0x82, 0xa1, 'v', 3, 0xa1, 'x', mpArray16, 0, 5, 1},
+		"unknown key trunc":  {0x82, 0xa1, 'v', 3, 0xa1, 'x', msgp.Array16, 0, 5, 1},
 		"unknown deep":       append(append([]byte{0x82, 0xa1, 'v', 3, 0xa1, 'x'}, bytes.Repeat([]byte{0x91}, 20)...), 1),
-		"unknown arr32 huge": {0x82, 0xa1, 'v', 3, 0xa1, 'x', mpArray32, 0xff, 0xff, 0xff, 0xff},
+		"unknown arr32 huge": {0x82, 0xa1, 'v', 3, 0xa1, 'x', msgp.Array32, 0xff, 0xff, 0xff, 0xff},
 		"key truncated":      {0x81, 0xa5, 'v'},
 	}
 	for name, in := range cases {
@@ -234,7 +235,7 @@ func TestEnvelopeUnknownKeysIgnored(t *testing.T) {
 	in := mp(t, map[string]any{
 		"v": 3, "p": []byte("data"),
 		"future":  map[string]any{"a": []any{int64(-5), uint64(1 << 40), float32(1.5), 2.5, "s", []byte{1}, false}},
-		"another": msgpack.RawMessage{mpFixExt16 - 1, 7, 1, 2, 3, 4, 5, 6, 7, 8}, // fixext8
+		"another": msgpack.RawMessage{msgp.FixExt16 - 1, 7, 1, 2, 3, 4, 5, 6, 7, 8}, // fixext8
 	})
 	got, err := parseRecord(in)
 	if err != nil {

@@ -5,6 +5,8 @@ import (
 	"net"
 	"strconv"
 	"syscall"
+
+	"github.com/vaultudp/vaultudp/internal/errs"
 )
 
 // Sentinel errors. Errors returned by this package wrap one of these with
@@ -62,10 +64,10 @@ var (
 // dropped and counted, as consumers such as quic-go stop on read errors);
 // they are returned by the decoding functions and used in tests and logs.
 var (
-	errMalformed  = errors.New("vaultudp: malformed datagram")
-	errTooLarge   = errors.New("vaultudp: decompressed payload too large")
-	errAuth       = errors.New("vaultudp: authentication failed")
-	errReplay     = errors.New("vaultudp: replayed or too old counter")
+	errMalformed  = errs.ErrMalformed // shared with the internal packages
+	errTooLarge   = errs.ErrTooLarge
+	errAuth       = errs.ErrAuth
+	errReplay     = errs.ErrReplay
 	errStale      = errors.New("vaultudp: stale handshake")
 	errUnexpected = errors.New("vaultudp: unexpected handshake message")
 	errVersion    = errors.New("vaultudp: no common protocol version")

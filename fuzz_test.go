@@ -182,35 +182,3 @@ func FuzzHandshake(f *testing.F) {
 		}
 	})
 }
-
-// FuzzV2Decode: the protocol v2 decoders (v2wire.go) never panic on any
-// input; a frame they accept re-encodes (as the reference writes it) to a
-// frame that decodes to the same channels; a decompressed payload never
-// exceeds v2MaxPayload; the replay cache never accepts a nonce twice.
-// Its setup and seeds are v2FuzzSetup in v2wire_test.go.
-func FuzzV2Decode(f *testing.F) {
-	z, shared, seeds := v2FuzzSetup(f)
-	for _, s := range seeds {
-		f.Add(s)
-	}
-	buf := make([]byte, 0, v2MaxPayload)
-	f.Fuzz(func(t *testing.T, data []byte) {
-		if fr, err := decodeV2Frame(data); err == nil {
-			re := appendV2Frame(nil, fr.payload, fr.control, nil)
-			fr2, err := decodeV2Frame(re)
-			if err != nil || !bytes.Equal(fr2.payload, fr.payload) || !bytes.Equal(fr2.control, fr.control) {
-				t.Fatalf("re-encoded frame %x: %v", re, err)
-			}
-		}
-		if k, err := decodeV2KeyExchange(data); err == nil {
-			verifyV2KeyExchange(&k)
-		}
-		if o, err := openV2(nil, shared, data); err == nil {
-			v2FuzzCheckReplay(t, &o)
-			decodeV2Frame(o.frame)
-		}
-		if out, err := z.decompress(buf, data); err == nil && len(out) > v2MaxPayload {
-			t.Fatalf("decompressed %d bytes", len(out))
-		}
-	})
-}

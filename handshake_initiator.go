@@ -22,8 +22,8 @@ func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 	if err != nil {
 		return err
 	}
-	if p.v2 != nil {
-		return c.v2Handshake(ctx, p.v2) // protocol v2 (v2conn.go)
+	if p.proto != nil {
+		return p.proto.handshake(ctx) // protocol v2 (proto_v2.go)
 	}
 	if p.policy == Plaintext {
 		return fmt.Errorf("%w: %v: policy is plaintext", ErrNoSession, addr)
@@ -100,6 +100,8 @@ func (p *peer) claimHelloLocked() bool {
 // many bytes (no amplification before it answers). p.mu is held.
 func (c *Conn) mayInitiateLocked(p *peer) bool {
 	switch {
+	case p.proto != nil:
+		return false // protocol v2 (proto_v2.go): no native handshake
 	case p.established || p.origin == originConfig || p.origin == originWrite:
 		return true
 	case p.origin == originPlaintext:

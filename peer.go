@@ -85,7 +85,7 @@ type peer struct {
 	changed       chan struct{} // closed and replaced when a session comes or an attempt fails
 	removed       bool
 
-	v2 *v2Peer // non-nil for a ProtocolV2 peer: its state is there (v2conn.go)
+	proto peerProto // non-nil for a ProtocolV2 peer: its state is there (proto_v2.go)
 
 	connTo atomic.Pointer[peerQueue] // non-nil while a net.Conn from ConnTo reads this peer (dial.go)
 }
@@ -174,7 +174,7 @@ func (c *Conn) AddPeer(pc PeerConfig) error {
 	}
 	p := c.newPeer(addr, &pc)
 	if pc.Protocol == ProtocolV2 {
-		// Protocol v2 (v2conn.go): the reference's key exchange, no handshake.
+		// Protocol v2 (proto_v2.go): the reference's key exchange, no handshake.
 		if err := c.v2AddLocked(p, &pc); err != nil {
 			c.mu.Unlock()
 			return err
@@ -182,8 +182,8 @@ func (c *Conn) AddPeer(pc PeerConfig) error {
 	}
 	c.peers[addr] = p
 	c.mu.Unlock()
-	if p.v2 != nil {
-		c.v2Start(p.v2)
+	if p.proto != nil {
+		p.proto.start() // protocol v2 (proto_v2.go)
 		return nil
 	}
 	if p.policy != Plaintext {
@@ -201,7 +201,7 @@ func (c *Conn) adoptLocked(p *peer, pc *PeerConfig) bool {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.removed || p.v2 != nil || (pc.PublicKey != nil && p.identity != nil && !bytes.Equal(p.identity, pc.PublicKey)) {
+	if p.removed || p.proto != nil || (pc.PublicKey != nil && p.identity != nil && !bytes.Equal(p.identity, pc.PublicKey)) {
 		return false
 	}
 	if p.origin == originPlaintext {
@@ -261,8 +261,8 @@ func (c *Conn) RemovePeer(addr netip.AddrPort) error {
 		return fmt.Errorf("%w: %v", ErrUnknownPeer, addr)
 	}
 	c.dropPeerLocked(p, fmt.Errorf("%w: %v was removed", ErrUnknownPeer, addr))
-	if p.v2 != nil {
-		c.v2Remove(p.v2) // protocol v2 (v2conn.go)
+	if p.proto != nil {
+		p.proto.remove() // protocol v2 (proto_v2.go)
 	}
 	return nil
 }
@@ -316,8 +316,8 @@ func (c *Conn) peerInfos(match func(netip.AddrPort) bool) []PeerInfo {
 			BytesOut:      p.bytesOut.Load(),
 			LastFailure:   p.lastFailure,
 		})
-		if p.v2 != nil {
-			p.v2.info(&out[len(out)-1]) // protocol v2 (v2conn.go)
+		if p.proto != nil {
+			p.proto.info(&out[len(out)-1]) // protocol v2 (proto_v2.go)
 		}
 		p.mu.Unlock()
 	}

@@ -59,21 +59,13 @@ func (c *Conn) readLoop(s *socket) {
 // receive handles one datagram. It returns true if it kept p (queued it
 // for ReadFrom).
 func (c *Conn) receive(p *packet) bool {
-	// Protocol v2 (v2conn.go): a datagram from the IP of a ProtocolV2
-	// peer is tried as v2 first (v2 has no version byte: route by IP).
-	if c.v2.active() {
-		if kept, done := c.receiveV2(p); done {
-			return kept
-		}
-	}
 	b := p.data
 	if p.truncated {
 		c.stats.tooLarge.Add(1)
 		return false
 	}
-	if len(b) < openHeaderLen || b[0] != ProtocolVersion {
-		c.stats.malformed.Add(1)
-		return false
+	if len(b) < openHeaderLen || b[0] != ProtocolVersion || c.notNativeAddr(p.from) {
+		return c.notNative(p, &c.stats.malformed)
 	}
 	switch b[1] {
 	case typeSealed:
@@ -81,29 +73,31 @@ func (c *Conn) receive(p *packet) bool {
 	case typeOpen:
 		return c.receiveOpen(p)
 	case typeReset:
-		c.receiveReset(p) // reset.go
-		return false
+		if len(b) == resetLen { // never a v2 datagram's length (64 bytes or more)
+			c.receiveReset(p) // reset.go
+			return false
+		}
 	}
-	c.stats.malformed.Add(1)
-	return false
+	return c.notNative(p, &c.stats.malformed)
 }
 
 func (c *Conn) receiveSealed(p *packet) bool {
 	idx, ok := sealedIndex(p.data)
 	if !ok {
-		c.stats.malformed.Add(1)
-		return false
+		return c.notNative(p, &c.stats.malformed)
 	}
 	s := c.liveSession(idx) // keypairs.go: no lock
 	if s == nil {
+		if c.receiveOther(p) { // protocol v2 (proto_v2.go)
+			return false
+		}
 		c.stats.unknownSession.Add(1)
 		c.sendReset(idx, p.from, p.local) // reset.go: we may have restarted
 		return false
 	}
 	now := c.now()
 	if time.Duration(now-s.created) >= c.receiveLimit() {
-		c.stats.unknownSession.Add(1)
-		return false
+		return c.notNative(p, &c.stats.unknownSession)
 	}
 	env, err := s.open(p.data)
 	switch {
@@ -111,7 +105,7 @@ func (c *Conn) receiveSealed(p *packet) bool {
 		c.stats.replay.Add(1)
 		return false
 	case err != nil:
-		c.stats.auth.Add(1)
+		c.stats.auth.Add(1) // open decrypted in place: p is no longer what came
 		return false
 	}
 	rec, err := parseRecord(env)
@@ -259,8 +253,7 @@ func (c *Conn) policyFor(p *peer) Policy {
 func (c *Conn) receiveOpen(p *packet) bool {
 	rec, err := parseRecord(p.data[openHeaderLen:])
 	if err != nil {
-		c.stats.malformed.Add(1)
-		return false
+		return c.notNative(p, &c.stats.malformed)
 	}
 	if rec.control != nil {
 		c.handleControl(rec.control, p.from, p.local)

@@ -163,8 +163,8 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 	if isClosed(c.writeDeadline.wait()) {
 		return os.ErrDeadlineExceeded
 	}
-	if vp := c.v2.lookup(addr); vp != nil {
-		return c.sendV2(vp, b) // protocol v2 (v2conn.go): its own size limit and path
+	if pp := c.protoAt(addr); pp != nil {
+		return pp.send(b) // protocol v2 (proto_v2.go): the same size limit, its own path
 	}
 	if max := maxPayloadFor(udpMaxDatagram); len(b) > max {
 		c.stats.tooLarge.Add(1)
@@ -349,7 +349,6 @@ func (c *Conn) Broadcast(b []byte) (int, error) {
 // The queue of datagrams written before a handshake completes is bounded
 // in bytes, per peer and per Conn, whatever the number of peers.
 const (
-	maxQueued             = 32 // datagrams, for ProtocolV2 peers (v2conn.go)
 	maxQueuedBytesPerPeer = 128 << 10
 	maxQueuedBytesPerConn = 4 << 20
 )

@@ -26,7 +26,7 @@ type Stats struct {
 	KeepalivesIn      uint64 // ... received
 	ResetsSent        uint64 // stateless resets sent for sealed datagrams of unknown sessions
 	ResetsReceived    uint64 // valid resets received: the peer had lost the session
-	V2KeyExchanges    uint64 // key exchanges accepted from ProtocolV2 peers (v2conn.go)
+	V2KeyExchanges    uint64 // key exchanges accepted from ProtocolV2 peers
 
 	Drops Drops
 }
@@ -71,7 +71,6 @@ type counters struct {
 	silences, keepalivesSent, keepalivesReceived       atomic.Uint64
 	handshakeQueueFull                                 atomic.Uint64
 	resetsSent, resetsReceived                         atomic.Uint64
-	v2KeyExchanges, v2SendLimit                        atomic.Uint64 // protocol v2 (v2conn.go)
 }
 
 // Stats returns a snapshot of the Conn's counters.
@@ -104,7 +103,7 @@ func (c *Conn) Stats() Stats {
 		KeepalivesIn:      k.keepalivesReceived.Load(),
 		ResetsSent:        k.resetsSent.Load(),
 		ResetsReceived:    k.resetsReceived.Load(),
-		V2KeyExchanges:    k.v2KeyExchanges.Load(),
+		V2KeyExchanges:    c.v2.KeyExchanges(), // protocol v2 (proto_v2.go)
 		Drops: Drops{
 			Malformed:          k.malformed.Load(),
 			Replay:             k.replay.Load(),
@@ -123,7 +122,7 @@ func (c *Conn) Stats() Stats {
 			WriteQueueFull:     k.writeQueueFull.Load(),
 			WriteBackoff:       k.writeBackoff.Load(),
 			WritePeerLimit:     k.writePeerLimit.Load(),
-			V2SendLimit:        k.v2SendLimit.Load(),
+			V2SendLimit:        c.v2.SendLimited(),
 		},
 	}
 }

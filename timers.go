@@ -75,7 +75,7 @@ func (c *Conn) tick() {
 		c.helloSweep = now
 		c.forgetOldHellos()
 	}
-	c.v2Tick(now) // protocol v2 key exchanges (v2conn.go)
+	c.v2Tick(now) // protocol v2 key exchanges (proto_v2.go)
 }
 
 // markSent marks a sealed datagram sent to p, for the keepalive and

@@ -12,6 +12,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
+
+	v2 "github.com/vaultudp/vaultudp/internal/v2"
+	"github.com/vaultudp/vaultudp/internal/zstd"
 )
 
 // Tests of ProtocolV2 peers on a Conn, against a reference peer played by
@@ -27,26 +31,26 @@ type fakeRef struct {
 	t    *testing.T
 	lis  *net.UDPConn // its listening socket: the address Go is configured with
 	snd  *net.UDPConn // its sending socket
-	keys *v2Keys
-	z    *v2Zstd
+	keys *v2.Keys
+	z    *refZstd
 }
 
 func newFakeRef(t *testing.T) *fakeRef {
 	t.Helper()
 	var k [32]byte
 	rand.Read(k[:])
-	return &fakeRef{t: t, lis: rawUDP(t), snd: rawUDP(t), keys: newV2Keys(&k, GenerateIdentity()), z: mustV2Zstd(t)}
+	return &fakeRef{t: t, lis: rawUDP(t), snd: rawUDP(t), keys: v2.NewKeys(&k, GenerateIdentity()), z: mustRefZstd(t)}
 }
 
 func (r *fakeRef) addr() netip.AddrPort { return r.lis.LocalAddr().(*net.UDPAddr).AddrPort() }
 
 func (r *fakeRef) port() int { return int(r.addr().Port()) }
 
-func (r *fakeRef) signPub() ed25519.PublicKey { return r.keys.sign.Public().(ed25519.PublicKey) }
+func (r *fakeRef) signPub() ed25519.PublicKey { return r.keys.Sign.Public().(ed25519.PublicKey) }
 
 // kx is its key exchange naming port, as a plaintext datagram.
 func (r *fakeRef) kx(port int) []byte {
-	return appendV2Frame(nil, nil, appendV2KeyExchange(nil, r.keys.keyExchange(port)), make([]byte, 100))
+	return v2.AppendFrame(nil, nil, v2.AppendKeyExchange(nil, r.keys.KeyExchange(port)), make([]byte, 100))
 }
 
 // shared is the box key it shares with c.
@@ -55,7 +59,7 @@ func (r *fakeRef) shared(c *Conn) *[32]byte {
 	box, _ := c.V2PublicKeys()
 	var k [32]byte
 	copy(k[:], box)
-	s, err := r.keys.sharedKey(&k)
+	s, err := r.keys.SharedKey(&k)
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -72,12 +76,12 @@ func (r *fakeRef) sealed(c *Conn, payload string, control []byte) []byte {
 	var in [16]byte
 	rand.Read(bn[:])
 	rand.Read(in[:])
-	return sealV2(nil, r.shared(c), &bn, &in, v2UnixSeconds(time.Now()), appendV2Frame(nil, p, control, nil))
+	return v2.Seal(nil, r.shared(c), &bn, &in, v2.UnixSeconds(time.Now()), v2.AppendFrame(nil, p, control, nil))
 }
 
 // plain is a plaintext data datagram.
 func (r *fakeRef) plain(payload string) []byte {
-	return appendV2Frame(nil, r.z.compress(nil, []byte(payload)), nil, nil)
+	return v2.AppendFrame(nil, r.z.compress(nil, []byte(payload)), nil, nil)
 }
 
 // send sends b from sock to c.
@@ -106,20 +110,20 @@ func (r *fakeRef) read() []byte {
 func (r *fakeRef) readKx(c *Conn) {
 	r.t.Helper()
 	b := r.read()
-	want := appendV2Frame(nil, nil, appendV2KeyExchange(nil, c.v2.keys.keyExchange(int(addrOf(c).Port()))), nil)
+	want := v2.AppendFrame(nil, nil, v2.AppendKeyExchange(nil, c.v2.Keys().KeyExchange(int(addrOf(c).Port()))), nil)
 	if !bytes.Equal(b, want) {
 		r.t.Fatalf("reference: got %d bytes %x..., want the Conn's plaintext key exchange", len(b), b[:min(len(b), 40)])
 	}
-	f, err := decodeV2Frame(b)
+	f, err := v2.DecodeFrame(b)
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	kx, err := decodeV2KeyExchange(f.control)
+	kx, err := v2.DecodeKeyExchange(f.Control)
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	if _, err := verifyV2KeyExchange(&kx); err != nil || kx.port != int(addrOf(c).Port()) {
-		r.t.Fatalf("the Conn's key exchange: %v, port %d", err, kx.port)
+	if _, err := v2.VerifyKeyExchange(&kx); err != nil || kx.Port != int(addrOf(c).Port()) {
+		r.t.Fatalf("the Conn's key exchange: %v, port %d", err, kx.Port)
 	}
 }
 
@@ -127,18 +131,18 @@ func (r *fakeRef) readKx(c *Conn) {
 func (r *fakeRef) readSealed(c *Conn) []byte {
 	r.t.Helper()
 	b := r.read()
-	in, err := openV2(nil, r.shared(c), b)
+	in, err := v2.Open(nil, r.shared(c), b)
 	if err != nil {
 		r.t.Fatalf("reference: cannot open a %d-byte datagram from the Conn: %v", len(b), err)
 	}
-	if !v2ReferenceAcceptsTimestamp(in.ts, time.Now()) {
-		r.t.Fatalf("reference would refuse the timestamp %f (now %f)", in.ts, v2UnixSeconds(time.Now()))
+	if !referenceAcceptsTimestamp(in.TS, time.Now()) {
+		r.t.Fatalf("reference would refuse the timestamp %f (now %f)", in.TS, v2.UnixSeconds(time.Now()))
 	}
-	f, err := decodeV2Frame(in.frame)
-	if err != nil || f.payload == nil {
+	f, err := v2.DecodeFrame(in.Frame)
+	if err != nil || f.Payload == nil {
 		r.t.Fatalf("frame: %v", err)
 	}
-	p, err := r.z.decompress(nil, f.payload)
+	p, err := r.z.decompress(nil, f.Payload)
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -213,18 +217,18 @@ func TestV2Exchange(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := r.read()
-	if eff := v2EffectiveMTU(c.mtu); len(b) != eff+v2SealOverhead && len(b) != eff+1+v2SealOverhead {
+	if eff := v2.EffectiveMTU(c.mtu); len(b) != eff+v2.SealOverhead && len(b) != eff+1+v2.SealOverhead {
 		t.Fatalf("sealed datagram of %d bytes, want the reference's padded size for MTU %d", len(b), c.mtu)
 	}
-	in, err := openV2(nil, r.shared(c), b)
+	in, err := v2.Open(nil, r.shared(c), b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if age := v2UnixSeconds(time.Now()) - in.ts; age < 25 || age > 35 {
-		t.Fatalf("timestamp %f s old, want about %v (backdated)", age, v2SendBackdate)
+	if age := v2.UnixSeconds(time.Now()) - in.TS; age < 25 || age > 35 {
+		t.Fatalf("timestamp %f s old, want about %v (backdated)", age, v2.SendBackdate)
 	}
-	f, _ := decodeV2Frame(in.frame)
-	if p, _ := r.z.decompress(nil, f.payload); !bytes.Equal(p, bin) || v2ReferenceDelivers(p) {
+	f, _ := v2.DecodeFrame(in.Frame)
+	if p, _ := r.z.decompress(nil, f.Payload); !bytes.Equal(p, bin) || utf8.Valid(p) {
 		t.Fatalf("payload %x", p)
 	}
 	r.send(r.snd, c, r.sealed(c, string(bin), nil))
@@ -239,7 +243,7 @@ func TestV2Exchange(t *testing.T) {
 	}
 
 	// Its sealed periodic key exchange refreshes, answers nothing.
-	r.send(r.snd, c, r.sealed(c, "", appendV2KeyExchange(nil, r.keys.keyExchange(r.port()))))
+	r.send(r.snd, c, r.sealed(c, "", v2.AppendKeyExchange(nil, r.keys.KeyExchange(r.port()))))
 	r.send(r.snd, c, r.sealed(c, "after", nil))
 	expectRead(t, c, "after", r.addr())
 	st := c.Stats()
@@ -256,7 +260,7 @@ func TestV2Exchange(t *testing.T) {
 	if err := c.RemovePeer(r.addr()); err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Peers()) != 0 || c.v2.active() {
+	if len(c.Peers()) != 0 || c.v2.Active() {
 		t.Fatalf("after RemovePeer: %+v", c.Peers())
 	}
 }
@@ -265,7 +269,7 @@ func TestV2Exchange(t *testing.T) {
 // its key exchange at AddPeer and seals at once.
 func TestV2PinnedBoxKey(t *testing.T) {
 	r := newFakeRef(t)
-	c := v2Conn(t, nil, PeerConfig{Addr: r.addr(), BoxKey: r.keys.boxPublic[:]})
+	c := v2Conn(t, nil, PeerConfig{Addr: r.addr(), BoxKey: r.keys.BoxPublic[:]})
 	r.readKx(c)
 	if _, err := c.WriteToUDPAddrPort([]byte("at once"), r.addr()); err != nil {
 		t.Fatal(err)
@@ -286,20 +290,20 @@ func TestV2AttackLiftedSignature(t *testing.T) {
 	c := v2Conn(t, nil, PeerConfig{Addr: r.addr()})
 	var ak [32]byte
 	rand.Read(ak[:])
-	attacker := newV2Keys(&ak, GenerateIdentity())
-	witness := r.keys.keyExchange(r.port())
+	attacker := v2.NewKeys(&ak, GenerateIdentity())
+	witness := r.keys.KeyExchange(r.port())
 
 	lifted := *witness
-	lifted.encKey = attacker.encKey // the witness's sign_key and signature stay
-	other := *attacker.keyExchange(r.port())
-	other.signature = r.keys.keyExchange(r.port()).signature // self-signed message over other keys
-	selfOther := *attacker.keyExchange(r.port())
-	msg := []byte(r.keys.encKey + attacker.signKey)
-	selfOther.signature = v2B64.EncodeToString(append(ed25519.Sign(attacker.sign, msg), msg...))
-	unsigned := *attacker.keyExchange(r.port())
-	unsigned.signature = ""
-	for _, kx := range []*v2KeyExchange{&lifted, &other, &selfOther, &unsigned} {
-		r.send(r.snd, c, appendV2Frame(nil, nil, appendV2KeyExchange(nil, kx), nil))
+	lifted.EncKey = attacker.EncKey // the witness's sign_key and signature stay
+	other := *attacker.KeyExchange(r.port())
+	other.Signature = r.keys.KeyExchange(r.port()).Signature // self-signed message over other keys
+	selfOther := *attacker.KeyExchange(r.port())
+	msg := []byte(r.keys.EncKey + attacker.SignKey)
+	selfOther.Signature = v2.B64.EncodeToString(append(ed25519.Sign(attacker.Sign, msg), msg...))
+	unsigned := *attacker.KeyExchange(r.port())
+	unsigned.Signature = ""
+	for _, kx := range []*v2.KeyExchange{&lifted, &other, &selfOther, &unsigned} {
+		r.send(r.snd, c, v2.AppendFrame(nil, nil, v2.AppendKeyExchange(nil, kx), nil))
 	}
 	barrier(t, c)
 	if st := c.Stats(); st.Drops.Auth != 4 || st.V2KeyExchanges != 0 {
@@ -326,7 +330,7 @@ func TestV2AttackSpoofedKeyExchange(t *testing.T) {
 			if pin == "PublicKey" {
 				pc.PublicKey = r.signPub()
 			} else {
-				pc.BoxKey = r.keys.boxPublic[:]
+				pc.BoxKey = r.keys.BoxPublic[:]
 			}
 			c := v2Conn(t, nil, pc)
 			if pin == "BoxKey" {
@@ -335,8 +339,8 @@ func TestV2AttackSpoofedKeyExchange(t *testing.T) {
 			keyed(t, c, r)
 			var ak [32]byte
 			rand.Read(ak[:])
-			attacker := newV2Keys(&ak, GenerateIdentity())
-			spoof := appendV2Frame(nil, nil, appendV2KeyExchange(nil, attacker.keyExchange(r.port())), nil)
+			attacker := v2.NewKeys(&ak, GenerateIdentity())
+			spoof := v2.AppendFrame(nil, nil, v2.AppendKeyExchange(nil, attacker.KeyExchange(r.port())), nil)
 			r.send(r.lis, c, spoof) // from the reference's own address
 			r.send(r.snd, c, spoof) // and from its sending port
 			barrier(t, c)
@@ -347,15 +351,15 @@ func TestV2AttackSpoofedKeyExchange(t *testing.T) {
 				t.Fatal(err)
 			}
 			b := r.read()
-			as, _ := attacker.sharedKey(&c.v2.keys.boxPublic)
-			if _, err := openV2(nil, as, b); err == nil {
+			as, _ := attacker.SharedKey(&c.v2.Keys().BoxPublic)
+			if _, err := v2.Open(nil, as, b); err == nil {
 				t.Fatal("the attacker opened the Conn's datagram")
 			}
-			in, err := openV2(nil, r.shared(c), b)
+			in, err := v2.Open(nil, r.shared(c), b)
 			if err != nil {
 				t.Fatalf("the pinned reference cannot open the Conn's datagram: %v", err)
 			}
-			if f, _ := decodeV2Frame(in.frame); f.payload == nil {
+			if f, _ := v2.DecodeFrame(in.Frame); f.Payload == nil {
 				t.Fatal("no payload")
 			}
 			r.send(r.snd, c, r.sealed(c, "still", nil))
@@ -386,7 +390,7 @@ func TestV2AttackReplay(t *testing.T) {
 	var in [16]byte
 	rand.Read(bn[:])
 	rand.Read(in[:])
-	old := sealV2(nil, r.shared(c), &bn, &in, v2UnixSeconds(time.Now().Add(-61*time.Second)), appendV2Frame(nil, r.z.compress(nil, []byte("old")), nil, nil))
+	old := v2.Seal(nil, r.shared(c), &bn, &in, v2.UnixSeconds(time.Now().Add(-61*time.Second)), v2.AppendFrame(nil, r.z.compress(nil, []byte("old")), nil, nil))
 	r.send(r.snd, c, old)
 	r.send(r.snd, c, r.sealed(c, "fresh", nil))
 	expectRead(t, c, "fresh", r.addr())
@@ -420,8 +424,8 @@ func TestV2AttackPlaintext(t *testing.T) {
 			t.Fatal(err)
 		}
 		b := r.read() // in clear: no key yet
-		f, err := decodeV2Frame(b)
-		if err != nil || f.payload == nil {
+		f, err := v2.DecodeFrame(b)
+		if err != nil || f.Payload == nil {
 			t.Fatalf("plaintext datagram: %v", err)
 		}
 		r.send(r.snd, c, r.plain("plain"))
@@ -467,7 +471,7 @@ func TestV2AttackPortField(t *testing.T) {
 		t.Fatal(err)
 	}
 	keyed(t, c, r)
-	r.send(r.snd, c, r.sealed(c, "", appendV2KeyExchange(nil, r.keys.keyExchange(r2.port()))))
+	r.send(r.snd, c, r.sealed(c, "", v2.AppendKeyExchange(nil, r.keys.KeyExchange(r2.port()))))
 	barrier(t, c)
 	if pi := peerInfo(t, c, r2.addr()); pi.PublicKey != nil {
 		t.Fatalf("the second peer got keys from the first's key exchange: %x", pi.PublicKey)
@@ -488,7 +492,7 @@ func TestV2AttackPortField(t *testing.T) {
 func TestV2OwnKeysReflected(t *testing.T) {
 	r := newFakeRef(t)
 	c := v2Conn(t, nil, PeerConfig{Addr: r.addr()})
-	own := appendV2Frame(nil, nil, appendV2KeyExchange(nil, c.v2.keys.keyExchange(r.port())), nil)
+	own := v2.AppendFrame(nil, nil, v2.AppendKeyExchange(nil, c.v2.Keys().KeyExchange(r.port())), nil)
 	r.send(r.snd, c, own)
 	barrier(t, c)
 	if st := c.Stats(); st.Drops.Auth != 1 || st.V2KeyExchanges != 0 {
@@ -511,7 +515,7 @@ func TestV2ReferenceRestart(t *testing.T) {
 			keyed(t, c, r)
 			var k [32]byte
 			rand.Read(k[:])
-			r.keys = newV2Keys(&k, GenerateIdentity())
+			r.keys = v2.NewKeys(&k, GenerateIdentity())
 			r.send(r.snd, c, r.kx(r.port()))
 			if !follow {
 				barrier(t, c)
@@ -533,7 +537,7 @@ func TestV2KeyProbe(t *testing.T) {
 	r := newFakeRef(t)
 	c := v2Conn(t, &Config{V2KeyProbe: true}, PeerConfig{Addr: r.addr()})
 	b := r.read()
-	want := appendV2Frame(nil, nil, appendV2KeyProbe(nil, c.v2.keys.signKey, int(addrOf(c).Port())), nil)
+	want := v2.AppendFrame(nil, nil, v2.AppendKeyProbe(nil, c.v2.Keys().SignKey, int(addrOf(c).Port())), nil)
 	if !bytes.Equal(b, want) {
 		t.Fatalf("got %q, want the probe", b)
 	}
@@ -542,10 +546,10 @@ func TestV2KeyProbe(t *testing.T) {
 
 func TestV2TooLarge(t *testing.T) {
 	r := newFakeRef(t)
-	c := v2Conn(t, nil, PeerConfig{Addr: r.addr(), BoxKey: r.keys.boxPublic[:]})
+	c := v2Conn(t, nil, PeerConfig{Addr: r.addr(), BoxKey: r.keys.BoxPublic[:]})
 	r.readKx(c)
-	eff := v2EffectiveMTU(c.mtu)
-	max := v2MaxIncompressible(eff)
+	eff := v2.EffectiveMTU(c.mtu)
+	max := v2.MaxIncompressible(eff)
 	rnd := make([]byte, max+1)
 	rand.Read(rnd)
 	_, err := c.WriteToUDPAddrPort(rnd, r.addr())
@@ -558,19 +562,30 @@ func TestV2TooLarge(t *testing.T) {
 	if got := r.readSealed(c); !bytes.Equal(got, rnd[:max]) {
 		t.Fatal("payload differs")
 	}
-	// Compressible payloads beyond the MTU fit, as at the reference; the
-	// Conn reads them up to 48000 bytes.
-	big := []byte(strings.Repeat("compressible ", 3000))
-	if _, err := c.WriteToUDPAddrPort(big, r.addr()); err != nil {
+	// Compressible payloads fit the reference's frame limit, but not
+	// beyond MaxPayload: the size rules of native peers.
+	fit := []byte(strings.Repeat("compressible ", c.MaxPayload()/13))
+	if _, err := c.WriteToUDPAddrPort(fit, r.addr()); err != nil {
 		t.Fatal(err)
 	}
-	if got := r.readSealed(c); !bytes.Equal(got, big) {
+	if got := r.readSealed(c); !bytes.Equal(got, fit) {
 		t.Fatal("payload differs")
 	}
+	big := []byte(strings.Repeat("compressible ", 3000))
+	_, err = c.WriteToUDPAddrPort(big, r.addr())
+	var tl *tooLargeError
+	if !errors.Is(err, ErrMessageTooLarge) || !errors.As(err, &tl) || tl.max != c.MaxPayload() {
+		t.Fatalf("write of %d compressible bytes: %v, want ErrMessageTooLarge with the limit MaxPayload (%d)", len(big), err, c.MaxPayload())
+	}
+	// What a v2 peer sends is read up to MaxPayload bytes, as from a
+	// native peer: beyond, it is dropped and counted.
+	before := c.Stats().Drops.TooLarge
 	r.send(r.snd, c, r.sealed(c, string(big), nil))
-	expectRead(t, c, string(big), r.addr())
-	if _, err := c.WriteToUDPAddrPort(make([]byte, v2MaxPayload+1), r.addr()); !errors.Is(err, ErrMessageTooLarge) {
-		t.Fatalf("write over v2MaxPayload: %v", err)
+	exact := strings.Repeat("x", c.MaxPayload())
+	r.send(r.snd, c, r.sealed(c, exact, nil))
+	expectRead(t, c, exact, r.addr())
+	if st := c.Stats(); st.Drops.TooLarge != before+1 {
+		t.Fatalf("TooLarge %d, want %d: a %d-byte payload from a v2 peer must be dropped (MaxPayload %d)", st.Drops.TooLarge, before+1, len(big), c.MaxPayload())
 	}
 }
 
@@ -579,7 +594,7 @@ func TestV2ConnPadding(t *testing.T) {
 	for _, pad := range []Padding{PadNone, PadBlock(64), PadBlock(500)} {
 		t.Run(pad.String(), func(t *testing.T) {
 			r := newFakeRef(t)
-			c := v2Conn(t, &Config{Padding: pad}, PeerConfig{Addr: r.addr(), BoxKey: r.keys.boxPublic[:]})
+			c := v2Conn(t, &Config{Padding: pad}, PeerConfig{Addr: r.addr(), BoxKey: r.keys.BoxPublic[:]})
 			r.readKx(c)
 			for _, n := range []int{0, 5, 300, 900} {
 				p := make([]byte, n)
@@ -588,14 +603,14 @@ func TestV2ConnPadding(t *testing.T) {
 					t.Fatal(err)
 				}
 				b := r.read()
-				natural := v2SealOverhead + v2FrameLen(len(r.z.compress(nil, p)), 0, 0)
+				natural := v2.SealOverhead + v2.FrameLen(len(r.z.compress(nil, p)), 0, 0)
 				switch {
 				case pad == PadNone && len(b) != natural:
 					t.Fatalf("%d bytes: datagram of %d, want %d", n, len(b), natural)
-				case pad > 0 && len(b)%int(pad) != 0 && len(b) != v2EffectiveMTU(c.mtu)+v2SealOverhead && len(b)%int(pad) != int(pad)-1:
+				case pad > 0 && len(b)%int(pad) != 0 && len(b) != v2.EffectiveMTU(c.mtu)+v2.SealOverhead && len(b)%int(pad) != int(pad)-1:
 					t.Fatalf("%d bytes: datagram of %d, not a multiple of %d", n, len(b), int(pad))
 				}
-				if _, err := openV2(nil, r.shared(c), b); err != nil {
+				if _, err := v2.Open(nil, r.shared(c), b); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -607,7 +622,7 @@ func TestV2ConnPadding(t *testing.T) {
 // out; the rest is counted.
 func TestV2SendRateLimit(t *testing.T) {
 	r := newFakeRef(t)
-	c := v2Conn(t, nil, PeerConfig{Addr: r.addr(), BoxKey: r.keys.boxPublic[:]})
+	c := v2Conn(t, nil, PeerConfig{Addr: r.addr(), BoxKey: r.keys.BoxPublic[:]})
 	r.readKx(c)
 	for range 150 {
 		if _, err := c.WriteToUDPAddrPort([]byte("x"), r.addr()); err != nil {
@@ -615,7 +630,7 @@ func TestV2SendRateLimit(t *testing.T) {
 		}
 	}
 	st := c.Stats()
-	if st.DatagramsOut+st.Drops.V2SendLimit != 150 || st.DatagramsOut > v2SendData || st.DatagramsOut < v2SendData-1 {
+	if st.DatagramsOut+st.Drops.V2SendLimit != 150 || st.DatagramsOut > v2.SendData || st.DatagramsOut < v2.SendData-1 {
 		t.Fatalf("sent %d, held back %d", st.DatagramsOut, st.Drops.V2SendLimit)
 	}
 }
@@ -641,7 +656,7 @@ func TestV2GoToGo(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	big := bytes.Repeat([]byte{0, 1, 2, 3, 0xff}, 9000)
+	big := bytes.Repeat([]byte{0, 1, 2, 3, 0xff}, a.MaxPayload()/5) // compressible, as large as any datagram
 	for _, p := range [][]byte{{0xff, 0xfe, 0}, []byte("text"), big} {
 		if _, err := a.WriteToUDPAddrPort(p, addrOf(b)); err != nil {
 			t.Fatal(err)
@@ -690,7 +705,7 @@ func TestV2Config(t *testing.T) {
 	id := GenerateIdentity()
 	c := listenT(t, "udp4", "127.0.0.1:0", &Config{Identity: id})
 	box, sign := c.V2PublicKeys()
-	if d := deriveV2Keys(id); !bytes.Equal(box, d.boxPublic[:]) || !bytes.Equal(sign, id.Public().(ed25519.PublicKey)) {
+	if d := v2.DeriveKeys(id); !bytes.Equal(box, d.BoxPublic[:]) || !bytes.Equal(sign, id.Public().(ed25519.PublicKey)) {
 		t.Fatal("v2 keys not derived from the identity")
 	}
 	var priv [32]byte
@@ -698,47 +713,41 @@ func TestV2Config(t *testing.T) {
 	signKey := GenerateIdentity()
 	c2 := listenT(t, "udp4", "127.0.0.1:0", &Config{V2BoxPrivateKey: priv[:], V2SigningKey: signKey})
 	box, sign = c2.V2PublicKeys()
-	if want := newV2Keys(&priv, signKey); !bytes.Equal(box, want.boxPublic[:]) || !bytes.Equal(sign, signKey.Public().(ed25519.PublicKey)) {
+	if want := v2.NewKeys(&priv, signKey); !bytes.Equal(box, want.BoxPublic[:]) || !bytes.Equal(sign, signKey.Public().(ed25519.PublicKey)) {
 		t.Fatal("explicit v2 keys not used")
 	}
-	if c2.v2.active() {
+	if c2.v2.Active() {
 		t.Fatal("v2 path active without v2 peers")
 	}
 }
 
 // TestV2KeyRefresh: our key exchange is resent with a backoff until the
-// reference shows it holds our keys, then every v2KeyRefreshInterval, at
+// reference shows it holds our keys, then every v2.KeyRefreshInterval, at
 // once after a Rebind (it names the new port), and datagrams waiting for
-// a box key are dropped after v2KeyWait. The schedule is driven by moving
+// a box key are dropped after v2.KeyWait. The schedule is driven by moving
 // the peer's timestamps back rather than by waiting.
 func TestV2KeyRefresh(t *testing.T) {
 	r := newFakeRef(t)
 	c := v2Conn(t, nil, PeerConfig{Addr: r.addr()})
-	vp := c.v2.lookup(r.addr())
-	back := func(d time.Duration) {
-		vp.mu.Lock()
-		vp.kxSent -= int64(d)
-		vp.mu.Unlock()
-	}
+	vp := c.v2.Lookup(r.addr())
+	back := vp.Backdate
 	if _, err := c.WriteToUDPAddrPort([]byte("waits"), r.addr()); err != nil {
 		t.Fatal(err)
 	}
-	vp.mu.Lock()
-	vp.queuedAt -= int64(v2KeyWait)
-	vp.mu.Unlock()
+	back(v2.KeyWait)
 	c.v2Tick(c.now()) // as housekeeping does
 	if st := c.Stats(); st.Drops.HandshakeTimeout != 1 {
 		t.Fatalf("queued datagram not dropped: %+v", st)
 	}
 
 	keyed(t, c, r) // not yet heard sealed: retries at 1 s, 2 s, ...
-	back(v2FirstRetry)
+	back(v2.FirstRetry)
 	r.readKx(c)
-	back(2 * v2FirstRetry)
+	back(2 * v2.FirstRetry)
 	r.readKx(c)
 	r.send(r.snd, c, r.sealed(c, "heard", nil))
 	expectRead(t, c, "heard", r.addr())
-	back(v2KeyRefreshInterval)
+	back(v2.KeyRefreshInterval)
 	r.readKx(c)
 
 	if err := c.Rebind("127.0.0.1:0"); err != nil {
@@ -762,19 +771,6 @@ func TestV2KeyRefresh(t *testing.T) {
 	}
 }
 
-func TestV2Backoff(t *testing.T) {
-	var got []time.Duration
-	for n := range 7 {
-		got = append(got, v2Backoff(n))
-	}
-	want := []time.Duration{time.Second, time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 15 * time.Second, 15 * time.Second}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Fatalf("v2Backoff = %v, want %v", got, want)
-		}
-	}
-}
-
 // TestV2Garbage: mutations of every kind of v2 datagram, cut ones, random
 // bytes, and a native hello from a v2 peer's own address (that address
 // speaks v2 only) are dropped, never delivered, never answered, and the
@@ -785,7 +781,7 @@ func TestV2Garbage(t *testing.T) {
 	keyed(t, c, r)
 	seeds := [][]byte{
 		r.sealed(c, "sealed", nil),
-		r.sealed(c, "", appendV2KeyExchange(nil, r.keys.keyExchange(r.port()))),
+		r.sealed(c, "", v2.AppendKeyExchange(nil, r.keys.KeyExchange(r.port()))),
 		r.plain("plain"),
 		r.kx(r.port()),
 	}
@@ -824,8 +820,42 @@ func TestV2Garbage(t *testing.T) {
 		if err != nil {
 			break
 		}
-		if f, err := decodeV2Frame(buf[:n]); err != nil || f.control == nil || f.payload != nil {
+		if f, err := v2.DecodeFrame(buf[:n]); err != nil || f.Control == nil || f.Payload != nil {
 			t.Fatalf("the Conn sent %d bytes that are not a key exchange", n)
 		}
 	}
+}
+
+// refZstd is the payload codec of the played reference: it compresses as
+// a v2 Conn does and reads what a Conn sends, whatever its MaxPayload.
+type refZstd struct {
+	enc *zstd.Encoder
+	dec *zstd.Decoder
+}
+
+func mustRefZstd(t testing.TB) *refZstd {
+	t.Helper()
+	enc, err := zstd.NewEncoder(zstd.SpeedDefault)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec, err := zstd.NewDecoder(65535)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { enc.Close(); dec.Close() })
+	return &refZstd{enc: enc, dec: dec}
+}
+
+func (z *refZstd) compress(dst, src []byte) []byte { return z.enc.Compress(dst, src) }
+
+func (z *refZstd) decompress(dst, p []byte) ([]byte, error) {
+	return z.dec.Decompress(make([]byte, 0, 65535), p)
+}
+
+// referenceAcceptsTimestamp is the reference's freshness rule (§6 step
+// 3) at its clock refNow: accepted iff 0 ≤ refNow − ts ≤ 60 s.
+func referenceAcceptsTimestamp(ts float64, refNow time.Time) bool {
+	age := v2.UnixSeconds(refNow) - ts
+	return !(age < 0 || age > v2.MaxAge.Seconds())
 }

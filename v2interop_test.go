@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	v2 "github.com/vaultudp/vaultudp/internal/v2"
 	"golang.org/x/crypto/curve25519"
 )
 
@@ -269,7 +270,7 @@ func freeRefPort(t *testing.T) netip.AddrPort {
 	t.Helper()
 	for range 100 {
 		a := deadPort(t, "udp4", "127.0.0.1")
-		if int(a.Port()) == v2ReferenceClampPort(int(a.Port())) {
+		if int(a.Port()) == v2.ReferenceClampPort(int(a.Port())) {
 			return a
 		}
 	}
@@ -286,7 +287,7 @@ func listenV2T(t *testing.T, addr netip.AddrPort, cfg *Config) *Conn {
 	}
 	for range 100 {
 		c := listenT(t, "udp4", "127.0.0.1:0", cfg)
-		if p := int(addrOf(c).Port()); p == v2ReferenceClampPort(p) {
+		if p := int(addrOf(c).Port()); p == v2.ReferenceClampPort(p) {
 			return c
 		}
 		c.Close()
@@ -308,8 +309,8 @@ func refKeys(t *testing.T) (path string, boxPub []byte, signPub ed25519.PublicKe
 	}
 	signPub = ed25519.NewKeyFromSeed(seed[:]).Public().(ed25519.PublicKey)
 	b, _ := json.Marshal(map[string]string{
-		"enc_private":  v2B64.EncodeToString(encPriv[:]),
-		"sign_private": v2B64.EncodeToString(seed[:]),
+		"enc_private":  v2.B64.EncodeToString(encPriv[:]),
+		"sign_private": v2.B64.EncodeToString(seed[:]),
 	})
 	path = filepath.Join(t.TempDir(), "reference-keys.json")
 	if err := os.WriteFile(path, b, 0o600); err != nil {
@@ -475,7 +476,7 @@ func v2Interop(t *testing.T, py, dir string, goFirst, keyOOB, probe bool, within
 		t.Errorf("Peers() = %+v, want one established ProtocolV2 peer at %v", info, refAddr)
 	}
 	// Its signing key as the reference announces it.
-	if got := v2B64.EncodeToString(info[0].PublicKey); got != ref.ready.SignKey {
+	if got := v2.B64.EncodeToString(info[0].PublicKey); got != ref.ready.SignKey {
 		t.Errorf("PeerInfo.PublicKey %s, the reference's sign_key is %s", got, ref.ready.SignKey)
 	}
 	// The reference holds Go's keys under Go's listening address.
@@ -492,8 +493,8 @@ func v2Interop(t *testing.T, py, dir string, goFirst, keyOOB, probe bool, within
 				EncKey string `json:"enc_key"`
 			}
 			json.Unmarshal(ev.PeerKeys, &keys)
-			if k, ok := keys[goAddr.String()]; !ok || k.EncKey != v2B64.EncodeToString(box) {
-				t.Errorf("the reference holds %s for %v, want Go's enc_key %s", ev.PeerKeys, goAddr, v2B64.EncodeToString(box))
+			if k, ok := keys[goAddr.String()]; !ok || k.EncKey != v2.B64.EncodeToString(box) {
+				t.Errorf("the reference holds %s for %v, want Go's enc_key %s", ev.PeerKeys, goAddr, v2.B64.EncodeToString(box))
 			}
 			return
 		case <-timeout:
