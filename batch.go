@@ -18,6 +18,7 @@ type socket struct {
 	udpio.Socket
 	ipv6  bool // the socket may carry IPv6 (udp6, or dual-stack udp)
 	laddr net.Addr
+	self  netip.AddrPort // laddr as a peer key (send.go: writes to itself)
 
 	// dlUnknown is set until the Conn first sets the socket's read
 	// deadline (direct.go keeps track of it from then on).
@@ -26,6 +27,7 @@ type socket struct {
 
 func newSocket(pc net.PacketConn) *socket {
 	s := &socket{Socket: udpio.New(pc), laddr: pc.LocalAddr(), dlUnknown: true}
+	s.self = normAddr(addrPortOf(s.laddr))
 	if ua, ok := s.laddr.(*net.UDPAddr); ok {
 		ip, _ := netip.AddrFromSlice(ua.IP)
 		s.ipv6 = ua.IP == nil || !ip.Unmap().Is4()

@@ -246,7 +246,7 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 // isSelf reports whether addr is the Conn's own address: its bound
 // address, or, on a wildcard bind, a loopback address with its port.
 func (c *Conn) isSelf(addr netip.AddrPort) bool {
-	local := normAddr(addrPortOf(c.LocalAddr()))
+	local := c.sock.Load().self
 	if addr.Port() != local.Port() {
 		return false
 	}
