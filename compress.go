@@ -1,6 +1,7 @@
 package vaultudp
 
 import (
+	"sync"
 	"sync/atomic"
 
 	"github.com/vaultudp/vaultudp/internal/zstd"
@@ -35,38 +36,57 @@ const minCompressLen = 64
 const minCompressMaxPayload = 1024
 
 // compressor compresses and decompresses payloads with one reused zstd
-// encoder and decoder (both safe for concurrent use). Decompression is
-// bounded: a frame that would inflate past max bytes is refused before
-// anything is allocated for it. Protocol v2 decompresses with the same
-// decoder, so that its payloads have the same bound.
+// encoder and decoder (both safe for concurrent use), each made on first
+// use: making them costs about a millisecond, and a Conn that pads to the
+// MTU (the default) never compresses and rarely decompresses, while Listen
+// should be quick. Decompression is bounded: a frame that would inflate
+// past max bytes is refused before anything is allocated for it. Protocol
+// v2 decompresses with the same decoder, so that its payloads have the
+// same bound.
 type compressor struct {
-	enc *zstd.Encoder
-	dec *zstd.Decoder
+	max int
+
+	encOnce sync.Once
+	enc     *zstd.Encoder
+	decOnce sync.Once
+	dec     *zstd.Decoder
+	decErr  error
 }
 
-func newCompressor(max int) (*compressor, error) {
-	enc, err := zstd.NewEncoder(zstd.SpeedFastest)
-	if err != nil {
-		return nil, err
-	}
-	dec, err := zstd.NewDecoder(max)
-	if err != nil {
-		enc.Close()
-		return nil, err
-	}
-	return &compressor{enc: enc, dec: dec}, nil
-}
+func newCompressor(max int) (*compressor, error) { return &compressor{max: max}, nil }
 
 // compress appends the compressed form of src to dst.
-func (z *compressor) compress(dst, src []byte) []byte { return z.enc.Compress(dst, src) }
+func (z *compressor) compress(dst, src []byte) []byte {
+	z.encOnce.Do(func() {
+		var err error
+		if z.enc, err = zstd.NewEncoder(zstd.SpeedFastest); err != nil {
+			panic(err) // fixed, valid options: cannot happen
+		}
+	})
+	return z.enc.Compress(dst, src)
+}
 
 // decompress appends the decompressed form of src to dst[:0], which must
 // have capacity for max bytes; no more is ever written or allocated.
-func (z *compressor) decompress(dst, src []byte) ([]byte, error) { return z.dec.Decompress(dst, src) }
+func (z *compressor) decompress(dst, src []byte) ([]byte, error) {
+	z.decOnce.Do(func() { z.dec, z.decErr = zstd.NewDecoder(z.max) })
+	if z.decErr != nil {
+		return nil, z.decErr
+	}
+	return z.dec.Decompress(dst, src)
+}
 
+// close releases the encoder and decoder; the Conn is closed, and its
+// goroutines that used them have ended.
 func (z *compressor) close() {
-	z.enc.Close()
-	z.dec.Close()
+	z.encOnce.Do(func() {})
+	z.decOnce.Do(func() {})
+	if z.enc != nil {
+		z.enc.Close()
+	}
+	if z.dec != nil {
+		z.dec.Close()
+	}
 }
 
 // compressSkip stops trying zstd on a peer's payloads while they do not

@@ -60,7 +60,7 @@ func TestDiscoverMTU(t *testing.T) {
 func TestSystemInterfaces(t *testing.T) {
 	ifs, err := systemInterfaces()
 	if err != nil {
-		t.Skipf("gopsutil cannot list interfaces here: %v", err)
+		t.Skipf("the system cannot list interfaces here: %v", err)
 	}
 	sawLoopback := false
 	for _, ifi := range ifs {
