@@ -95,8 +95,10 @@ type Config struct {
 	KeyLifetime time.Duration
 
 	// HandshakeTimeout is how long a handshake may take, retries
-	// included, before datagrams waiting for it are dropped and writes
-	// to the peer fail with ErrHandshakeTimeout. Zero: 5 s.
+	// included, before datagrams waiting for it are dropped (and
+	// counted) and Handshake fails with ErrHandshakeTimeout; writes in
+	// the same time after the failure are dropped and counted too. Zero:
+	// 5 s.
 	HandshakeTimeout time.Duration
 
 	// KeepaliveTimeout: when a peer has sent the application a datagram
@@ -135,11 +137,12 @@ type Config struct {
 	// CompressAuto.
 	Compression Compression
 
-	// MTU is the path MTU in bytes, in [MinMTU, MaxMTU]. Zero: the
-	// smallest MTU of the host's up, non-loopback interfaces, or
-	// DefaultMTU when there is none. Both ends must use the same MTU:
-	// received datagrams larger than the local MTU allows (or, if that is
-	// more, than a DefaultMTU IPv4 path allows) are dropped.
+	// MTU is the path MTU in bytes, in [MinMTU, MaxMTU], for every peer.
+	// Zero: per peer, the MTU of the route to it (loopback's on
+	// loopback); MaxPayload and the receive buffers use the smallest MTU
+	// of the host's up, non-loopback interfaces, or DefaultMTU when there
+	// is none. The two ends need not agree: each tells the other the
+	// largest datagram it receives, and padding follows the smaller.
 	MTU int
 
 	// StrictMTU refuses writes that do not fit the path MTU to the peer
@@ -181,11 +184,10 @@ type Config struct {
 
 	// V2KeyProbe makes the Conn ask a ProtocolV2 peer whose box key it
 	// does not know for its key exchange at once, instead of waiting up
-	// to 20 s for the reference's periodic one (v2SendProbeLocked in
-	// internal/v2/endpoint.go explains the trick and its cost: a reference that
-	// already holds this Conn's keys then sends to it in plaintext until
-	// its next periodic key exchange). false: wait. PeerConfig.BoxKey
-	// makes both unnecessary.
+	// to 20 s for the reference's periodic one. Its cost: a reference
+	// that already holds this Conn's keys then sends to it in plaintext
+	// until its next periodic key exchange (README, "Talking to Python
+	// peers"). false: wait. PeerConfig.BoxKey makes both unnecessary.
 	V2KeyProbe bool
 
 	// now is the clock; tests replace it. nil: time.Now.
@@ -216,10 +218,9 @@ type PeerConfig struct {
 
 	// Protocol is the wire protocol spoken with this peer. Zero:
 	// ProtocolV3. ProtocolV2 speaks the Python reference's format to an
-	// IPv4 peer (see internal/v2/endpoint.go and README "Migrating from
-	// py-vault-udp"); for such a peer PublicKey pins the reference's
-	// Ed25519 sign_key, and Config.VerifyPeer, when set, is given that
-	// sign_key.
+	// IPv4 peer (see README, "Migrating from py-vault-udp"); for such a
+	// peer PublicKey pins the reference's Ed25519 sign_key, and
+	// Config.VerifyPeer, when set, is given that sign_key.
 	Protocol Protocol
 
 	// BoxKey, for a ProtocolV2 peer only, is the reference's X25519
