@@ -100,17 +100,21 @@ func newHandshaker(identity ed25519.PrivateKey) *handshaker {
 	}
 }
 
-// initiation is a hello we sent and whose reply we wait for.
+// initiation is a hello we sent and whose reply we wait for. Its fields
+// but hello never change once it is made, so the handshake goroutine
+// reads them without a lock; hello is replaced (with its cookie) under the
+// peer's lock, and read under it.
 type initiation struct {
 	localIndex uint32
 	ephemeral  *ecdh.PrivateKey
+	signed     []byte // the hello without its cookie: what the reply signs
 	hello      []byte // the whole control message, cookie last
 	timestamp  uint64
 }
 
 // signedHello is the part of a hello that the reply signs and the
 // transcript hashes: everything but the cookie.
-func (i *initiation) signedHello() []byte { return i.hello[:len(i.hello)-cookieLen] }
+func (i *initiation) signedHello() []byte { return i.signed }
 
 // cookie returns the cookie in the hello (zeros if none).
 func (i *initiation) cookie() []byte { return i.hello[len(i.hello)-cookieLen:] }
@@ -139,7 +143,7 @@ func (h *handshaker) initiate(now time.Time, index uint32, eph *ecdh.PrivateKey)
 	copy(msg[78:], h.versions)
 	msg = append(msg, h.sign(helloLabel, msg)...)
 	msg = append(msg, make([]byte, cookieLen)...)
-	return &initiation{localIndex: index, ephemeral: eph, hello: msg, timestamp: ts}
+	return &initiation{localIndex: index, ephemeral: eph, signed: bytes.Clone(msg[:len(msg)-cookieLen]), hello: msg, timestamp: ts}
 }
 
 func (h *handshaker) sign(parts ...[]byte) []byte {
