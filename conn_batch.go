@@ -77,7 +77,7 @@ func (c *Conn) writeRun(ms []Message, to netip.AddrPort) (int, error) {
 		return 0, os.ErrDeadlineExceeded
 	}
 	var s *session
-	if p, err := c.peerFor(to, lookupOnly); err == nil && p != nil && p.policy != Plaintext {
+	if p, err := c.peerFor(to, lookupOnly); err == nil && p != nil && p.policy() != Plaintext {
 		var err error
 		if s, to, err = c.acquireSession(p); err != nil {
 			return 0, err

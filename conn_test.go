@@ -982,6 +982,7 @@ type memNet struct {
 	mu    sync.Mutex
 	conns map[netip.AddrPort]*memConn
 	tap   func(from, to netip.AddrPort, b []byte)
+	drop  func(from, to netip.AddrPort, b []byte) bool // true: lost on the way
 }
 
 type memDatagram struct {
@@ -1091,10 +1092,13 @@ func (m *memConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	}
 	to := normAddr(ua.AddrPort())
 	m.n.mu.Lock()
-	dst, tap := m.n.conns[to], m.n.tap
+	dst, tap, drop := m.n.conns[to], m.n.tap, m.n.drop
 	m.n.mu.Unlock()
 	if tap != nil {
 		tap(m.addr, to, b)
+	}
+	if drop != nil && drop(m.addr, to, b) {
+		return len(b), nil
 	}
 	if dst != nil {
 		dst.enqueue(m.addr, bytes.Clone(b))

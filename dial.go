@@ -92,7 +92,7 @@ func DialContext(ctx context.Context, network, address string, config *Config) (
 		c.Close()
 		return nil, opErr(ua, nil, fmt.Errorf("%w: %v was not added", ErrUnknownPeer, raddr))
 	}
-	if p.policy == Plaintext {
+	if p.policy() == Plaintext {
 		return &dialConn{c: c, p: p}, nil // no handshake to wait for
 	}
 	if err := c.Handshake(ctx, raddr); err != nil {

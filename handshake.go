@@ -404,6 +404,8 @@ func (c *Conn) trust(p *peer, addr netip.AddrPort, key ed25519.PublicKey) error 
 // tofuOnly reports whether the only trust rule for p is the key it used
 // first: a learned peer, no pinned key, no Config.VerifyPeer.
 func (c *Conn) tofuOnly(p *peer) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	return !p.configured && p.pinned == nil && c.cfg.VerifyPeer == nil
 }
 

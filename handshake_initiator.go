@@ -25,7 +25,7 @@ func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 	if p.proto != nil {
 		return p.proto.handshake(ctx) // protocol v2 (proto_v2.go)
 	}
-	if p.policy == Plaintext {
+	if p.policy() == Plaintext {
 		return fmt.Errorf("%w: %v: policy is plaintext", ErrNoSession, addr)
 	}
 	started := false

@@ -54,17 +54,12 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 		c.stats.auth.Add(1)
 		return
 	}
-	if pr != nil && c.tofuOnly(pr) && !pr.hasIdentity(m.identity) && c.replaceable(pr) {
-		// A learned peer whose old identity did not answer a liveness
-		// challenge (path.go): a client that restarted with a new key.
-		c.mu.Lock()
-		if c.peers[from] == pr {
-			c.dropPeerLocked(pr, errReplaced(from))
-		}
-		c.mu.Unlock()
-		pr = nil
-	}
-	if err := c.trust(pr, from, m.identity); err != nil {
+	// A learned peer whose old identity did not answer a liveness
+	// challenge (path.go): perhaps a client that restarted with a new
+	// key. Its hello is answered; the new identity takes the address only
+	// if it confirms the session from there (confirmLocked).
+	replacing := pr != nil && c.tofuOnly(pr) && !pr.hasIdentity(m.identity) && c.replaceable(pr)
+	if err := c.trust(pr, from, m.identity); err != nil && !replacing {
 		c.stats.rejected.Add(1)
 		if pr != nil {
 			pr.mu.Lock()

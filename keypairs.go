@@ -30,6 +30,7 @@ func (c *Conn) liveSession(idx uint32) *session {
 // for it, to be sent once the caller has sent what must go first.
 func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall time.Time) [][]byte {
 	s.peer = p
+	s.identity = identity
 	s.path = c.pathDatagram(p.addrLoad()) // sizes.go: a system call, before the lock
 	now := c.now()
 	p.mu.Lock()
@@ -70,7 +71,11 @@ func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall tim
 		c.unindexLocked(p, p.nextOld)
 		p.nextOld, p.next = p.next, s
 	}
-	p.identity = identity
+	if s.initiator {
+		// Our hello was answered: the identity holds the address. A
+		// responder session's identity counts once it is confirmed.
+		p.identity = identity
+	}
 	p.lastHandshake = wall
 	p.failErr, p.refused, p.silent = nil, nil, false
 	p.lastSeen.Store(now)
@@ -98,8 +103,36 @@ func (c *Conn) confirmLocked(p *peer, s *session) [][]byte {
 	if other == s {
 		other = p.nextOld
 	}
-	c.unindexLocked(p, p.previous, other)
-	p.previous, p.current, p.next, p.nextOld = p.current, s, nil, nil
+	keep := p.current
+	if p.identity != nil && !bytes.Equal(p.identity, s.identity) {
+		// A new identity at a learned peer's address (path.go,
+		// replaceable): it replaces the old one only now that it proved
+		// it receives at the address, and only if the old one did not
+		// answer its liveness challenge meanwhile.
+		if p.alive != 0 && p.alive >= p.replacing {
+			c.unindexLocked(p, s)
+			if p.next == s {
+				p.next = nil
+			} else {
+				p.nextOld = nil
+			}
+			s.confirmed.Store(false) // the caller drops the datagram
+			c.stats.rejected.Add(1)
+			return nil
+		}
+		c.unindexLocked(p, p.current, p.previous)
+		keep = nil
+		p.live, p.alive, p.replacing = nil, 0, 0
+		c.log.Debug("vaultudp: a new identity replaced an unanswering one", "peer", p.addr)
+	}
+	c.unindexLocked(p, other)
+	if keep != p.current {
+		p.previous = nil
+	} else {
+		c.unindexLocked(p, p.previous)
+	}
+	p.previous, p.current, p.next, p.nextOld = keep, s, nil, nil
+	p.identity = s.identity
 	p.established = true
 	p.notifyLocked()
 	return c.flushQueueLocked(p, s)

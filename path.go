@@ -138,6 +138,11 @@ func (c *Conn) handleSealedControl(pr *peer, s *session, msg []byte, from netip.
 		copy(t[:], msg[1:])
 		s.peerToken.Store(&t)            // reset.go
 		readParams(s, msg[tokenMsgLen:]) // sizes.go
+		if !s.initiator {
+			// The initiator resends its token until ours answers it
+			// (timers.go): answer each, in case ours was lost.
+			c.sendToken(s, *pr.at.Load())
+		}
 		return
 	}
 	if len(msg) != challengeLen {
@@ -265,6 +270,9 @@ func (c *Conn) replaceable(pr *peer) bool {
 	}
 	lc := pr.live
 	if lc != nil && lc.sentAt != 0 && time.Duration(now-lc.sentAt) >= c.liveWait() {
+		if pr.replacing == 0 {
+			pr.replacing = now | 1 // an answer after this still keeps the old identity
+		}
 		pr.mu.Unlock()
 		return true
 	}

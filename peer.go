@@ -20,7 +20,7 @@ type peer struct {
 	configured bool
 	origin     peerOrigin
 	pinned     ed25519.PublicKey // nil: not pinned
-	policy     Policy            // resolved: never PolicyDefault
+	policyV    atomic.Int32      // its Policy, resolved (never PolicyDefault); atomic: AddPeer may adopt a learned peer while it is in use
 	limiter    *rate.Limiter     // nil: unlimited
 
 	keepalive time.Duration // PeerConfig.Keepalive
@@ -79,6 +79,7 @@ type peer struct {
 	path          *pathCheck    // a new address being validated (path.go)
 	live          *pathCheck    // a liveness challenge at addr (path.go)
 	alive         int64         // Conn clock (|1) when it last answered one
+	replacing     int64         // Conn clock (|1) when a new identity's hello was let in after an unanswered challenge
 	failedAt      int64
 	lastHandshake time.Time
 	established   bool          // it has had a confirmed session
@@ -111,7 +112,8 @@ type PeerInfo struct {
 }
 
 func (c *Conn) newPeer(addr netip.AddrPort, pc *PeerConfig) *peer {
-	p := &peer{addr: addr, policy: c.cfg.Policy, changed: make(chan struct{})}
+	p := &peer{addr: addr, changed: make(chan struct{})}
+	p.policyV.Store(int32(c.cfg.Policy))
 	p.lastSeen.Store(c.now())
 	p.at.Store(&addr)
 	if pc != nil {
@@ -119,7 +121,7 @@ func (c *Conn) newPeer(addr netip.AddrPort, pc *PeerConfig) *peer {
 		p.keepalive = pc.Keepalive
 		p.pinned = slices.Clone(pc.PublicKey)
 		if pc.Policy != PolicyDefault {
-			p.policy = pc.Policy
+			p.policyV.Store(int32(pc.Policy))
 		}
 	}
 	if c.cfg.RateLimit > 0 {
@@ -127,6 +129,9 @@ func (c *Conn) newPeer(addr netip.AddrPort, pc *PeerConfig) *peer {
 	}
 	return p
 }
+
+// policy returns p's policy.
+func (p *peer) policy() Policy { return Policy(p.policyV.Load()) }
 
 // notifyLocked wakes the goroutines waiting in Handshake.
 func (p *peer) notifyLocked() {
@@ -146,7 +151,10 @@ func (p *peer) closeLocked(reason error) {
 
 // AddPeer adds a peer and starts the handshake with it at once (unless
 // its policy is Plaintext). A learned peer at the same address (one that
-// contacted the Conn first) is replaced, its sessions dropped.
+// contacted the Conn first, perhaps with a hello that crossed this Conn's)
+// becomes the configured peer and keeps its sessions if its key fits
+// pc.PublicKey (and unconfirmed ones under another key are dropped);
+// otherwise, or for ProtocolV2, it is replaced and its sessions dropped.
 func (c *Conn) AddPeer(pc PeerConfig) error {
 	if err := pc.check(); err != nil {
 		return err
@@ -165,7 +173,7 @@ func (c *Conn) AddPeer(pc PeerConfig) error {
 			// The peer contacted us first (its hello may have crossed
 			// ours): it keeps its sessions, now as a configured peer.
 			c.mu.Unlock()
-			if old.policy != Plaintext {
+			if old.policy() != Plaintext {
 				c.startHandshake(old)
 			}
 			return nil
@@ -186,7 +194,7 @@ func (c *Conn) AddPeer(pc PeerConfig) error {
 		p.proto.start() // protocol v2 (proto_v2.go)
 		return nil
 	}
-	if p.policy != Plaintext {
+	if p.policy() != Plaintext {
 		c.startHandshake(p)
 	}
 	return nil
@@ -209,7 +217,21 @@ func (c *Conn) adoptLocked(p *peer, pc *PeerConfig) bool {
 	}
 	c.learned--
 	np := c.newPeer(p.addr, pc)
-	p.configured, p.origin, p.pinned, p.policy, p.keepalive = true, originConfig, np.pinned, np.policy, np.keepalive
+	p.configured, p.origin, p.pinned, p.keepalive = true, originConfig, np.pinned, np.keepalive
+	p.policyV.Store(np.policyV.Load())
+	if p.pinned != nil {
+		// Unconfirmed sessions under another key (a forged hello, say)
+		// would only delay the handshake with the pinned one.
+		for _, sp := range []**session{&p.next, &p.nextOld} {
+			if s := *sp; s != nil && !bytes.Equal(s.identity, p.pinned) {
+				c.unindexLocked(p, s)
+				*sp = nil
+			}
+		}
+		if p.next == nil && p.nextOld != nil {
+			p.next, p.nextOld = p.nextOld, nil
+		}
+	}
 	return true
 }
 
@@ -305,7 +327,7 @@ func (c *Conn) peerInfos(match func(netip.AddrPort) bool) []PeerInfo {
 		out = append(out, PeerInfo{
 			Addr:          p.addr,
 			PublicKey:     slices.Clone(key),
-			Policy:        p.policy,
+			Policy:        p.policy(),
 			Protocol:      ProtocolV3,
 			Configured:    p.configured,
 			Established:   c.usableLocked(p.current, now),

@@ -108,7 +108,7 @@ func (c *Conn) v2LocalPort() int {
 // v2AddLocked makes p, just made by AddPeer, a v2 peer; Conn.mu is held.
 func (c *Conn) v2AddLocked(p *peer, pc *PeerConfig) error {
 	policy := v2.RequireEncryption
-	switch p.policy {
+	switch p.policy() {
 	case Opportunistic:
 		policy = v2.Opportunistic
 	case Plaintext:

@@ -128,7 +128,13 @@ func (c *Conn) receiveSealed(p *packet) bool {
 		pr.mu.Lock()
 		if !s.confirmed.Load() {
 			queued = c.confirmLocked(pr, s)
-			confirmed = true
+			confirmed = s.confirmed.Load()
+			if !confirmed {
+				// A new identity refused at confirmation: the old one
+				// answered its liveness challenge (keypairs.go).
+				pr.mu.Unlock()
+				return false
+			}
 		}
 		pr.mu.Unlock()
 	}
@@ -247,7 +253,7 @@ func (c *Conn) policyFor(p *peer) Policy {
 	if p == nil {
 		return c.cfg.Policy
 	}
-	return p.policy
+	return p.policy()
 }
 
 func (c *Conn) receiveOpen(p *packet) bool {

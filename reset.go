@@ -91,6 +91,7 @@ func (r *resetter) token(i uint32) (t [tokenLen]byte) {
 
 // sendToken sends the token of s's local index to its peer, sealed.
 func (c *Conn) sendToken(s *session, to netip.AddrPort) {
+	s.tokenSent.Store(c.now() | 1)
 	t := c.resets.token(s.localIndex)
 	msg := c.appendParams(append([]byte{ctlToken}, t[:]...)) // sizes.go
 	if err := c.sendSealedRecord(s, to, &record{control: msg}, true); err != nil {

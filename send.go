@@ -181,7 +181,7 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 		c.stats.writePeerLimit.Add(1) // MaxPeers learned peers: until one is forgotten
 		return nil
 	}
-	if p.policy == Plaintext {
+	if p.policy() == Plaintext {
 		p.mu.Lock()
 		p.lastSeen.Store(c.now())
 		p.mu.Unlock()
@@ -198,7 +198,7 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 	backoff := !p.handshakingLocked() && p.failErr != nil && time.Duration(now-p.failedAt) < c.cfg.HandshakeTimeout
 	// Opportunistic is sticky: a peer that has had a session, or been
 	// seen sealed, is written to sealed only, as under RequireEncryption.
-	if p.policy == Opportunistic && !p.established && !p.seenSealed.Load() {
+	if p.policy() == Opportunistic && !p.established && !p.seenSealed.Load() {
 		// Opportunistic sends in clear while there is no session, also
 		// after a failed handshake: a peer that refuses encryption is
 		// not an error for it. It starts a new attempt once the backoff

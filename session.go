@@ -2,6 +2,7 @@ package vaultudp
 
 import (
 	"crypto/cipher"
+	"crypto/ed25519"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -72,6 +73,15 @@ type session struct {
 	// session parameters (zero until they arrive). sizes.go.
 	path       int
 	peerAccept atomic.Int32
+
+	// identity is the peer's key in this session's handshake (set at
+	// install). A peer's remembered key (trust on first use) is taken
+	// from a session only once it is confirmed: a hello anyone can forge
+	// must not decide whom the address belongs to.
+	identity ed25519.PublicKey
+	// tokenSent is the Conn clock when the initiator last sent its token
+	// message (timers.go: resent until the responder's token answers).
+	tokenSent atomic.Int64
 
 	// mu guards the fields below.
 	mu     sync.Mutex

@@ -21,6 +21,9 @@ import (
 //	queue attempt        datagrams wait and no attempt is under way
 //	silence              sealed datagrams went out and nothing authenticated
 //	                     came back for SilenceTimeout: a new handshake
+//	token retry          the initiator's token message is unanswered: sent
+//	                     again, and the session given up after
+//	                     HandshakeTimeout (the responder dropped it)
 //	keepalive            passive: a payload came in and nothing went back
 //	                     for KeepaliveTimeout; persistent: nothing went out
 //	                     for PeerConfig.Keepalive. An empty sealed datagram.
@@ -49,6 +52,8 @@ func (c *Conn) tick() {
 		c.onPathTimeout(p, now)
 		hello = c.onQueueWaiting(p) || hello
 		hello = c.onSilence(p, now) || hello
+		tok, lost := c.onUnansweredToken(p, now)
+		hello = lost || hello
 		ka := c.onKeepalive(p, now)
 		if c.onIdle(p, now) {
 			idle = append(idle, p)
@@ -60,6 +65,9 @@ func (c *Conn) tick() {
 		}
 		if ka != nil {
 			c.sendKeepalive(p, ka, to)
+		}
+		if tok != nil {
+			c.sendToken(tok, to)
 		}
 	}
 	if len(idle) > 0 {
@@ -123,6 +131,29 @@ func (c *Conn) onSilence(p *peer, now int64) bool {
 	p.silent = true // if this attempt fails too, the session is given up (failLocked)
 	c.stats.silences.Add(1)
 	return true
+}
+
+// onUnansweredToken: the initiator's token message (its confirmation of
+// the session, reset.go) is answered by the responder's; while it is not,
+// it is sent again every retry interval. After a handshake timeout with no
+// answer the responder has dropped the session as never confirmed: it is
+// given up, and a hello claimed (lost reports that). tok is the session to
+// resend the token under, or nil.
+func (c *Conn) onUnansweredToken(p *peer, now int64) (tok *session, lost bool) {
+	s := p.current
+	if s == nil || !s.initiator || s.peerToken.Load() != nil {
+		return nil, false
+	}
+	if time.Duration(now-s.created) >= c.cfg.HandshakeTimeout {
+		c.unindexLocked(p, s)
+		p.current = nil
+		p.notifyLocked()
+		return nil, c.mayInitiateLocked(p) && !p.handshakingLocked() && p.claimHelloLocked()
+	}
+	if time.Duration(now-s.tokenSent.Load()) >= c.retryAfter() {
+		return s, false
+	}
+	return nil, false
 }
 
 // onKeepalive: a passive keepalive (data came in, nothing went back for

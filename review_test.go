@@ -1,0 +1,154 @@
+package vaultudp
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdh"
+	"crypto/ed25519"
+	"crypto/rand"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Regressions found by a security review of the identity and session
+// rules.
+
+// TestForgedHelloDoesNotPinPeer: a hello forged as from an unpinned
+// configured peer's address, before its first session, must not make the
+// forger's key that peer's remembered identity: the real peer, when it
+// comes, completes its handshake.
+func TestForgedHelloDoesNotPinPeer(t *testing.T) {
+	atk, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bAddr := addrOf2(atk)
+	a := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: 300 * time.Millisecond})
+	if err := a.AddPeer(PeerConfig{Addr: bAddr}); err != nil {
+		t.Fatal(err)
+	}
+	var id ed25519.PrivateKey
+	for {
+		if id = GenerateIdentity(); bytes.Compare(a.PublicKey(), id.Public().(ed25519.PublicKey)) < 0 {
+			break // it wins the crossed-hello tie-break: a answers it
+		}
+	}
+	eph, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	if _, err := atk.WriteToUDPAddrPort(helloDatagramFrom(id, time.Now(), 7, eph), addrOf(a)); err != nil {
+		t.Fatal(err)
+	}
+	// The forged hello is answered (the reply comes back to atk).
+	atk.SetReadDeadline(time.Now().Add(waitLong))
+	buf := make([]byte, 2048)
+	for {
+		n, _, err := atk.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("no reply to the forged hello: %v", err)
+		}
+		if rec, err := parseRecord(buf[2:n]); err == nil && len(rec.control) > 0 && rec.control[0] == ctlReply {
+			break
+		}
+	}
+	atk.Close()
+	listenT(t, "udp4", bAddr.String(), nil) // the real peer
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	if err := a.Handshake(ctx, bAddr); err != nil {
+		t.Fatalf("the configured peer after one forged hello: %v", err)
+	}
+}
+
+// TestLostConfirmation: the initiator's confirmation (its token message)
+// is lost and it writes nothing for a while; its token is sent again until
+// the responder's answers, so the session works when it writes.
+func TestLostConfirmation(t *testing.T) {
+	n := newMemNet()
+	ma, mb := n.listen(t, "10.0.0.1:1000"), n.listen(t, "10.0.0.2:2000")
+	var mu sync.Mutex
+	dropped := false
+	n.mu.Lock()
+	n.drop = func(from, to netip.AddrPort, b []byte) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if from == ma.addr && len(b) > 1 && b[1] == typeSealed && !dropped {
+			dropped = true // the first sealed datagram: the confirmation
+			return true
+		}
+		return false
+	}
+	n.mu.Unlock()
+	cfg := &Config{MTU: 1500, HandshakeTimeout: 300 * time.Millisecond}
+	a, b := wrapT(t, ma, cfg), wrapT(t, mb, cfg)
+	handshakeT(t, a, mb.addr)
+	// Idle past the responder's unconfirmed expiry.
+	if took, ok := waitFor(waitLong, func() bool {
+		a.mu.RLock()
+		p := a.peers[mb.addr]
+		a.mu.RUnlock()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.current != nil && p.current.peerToken.Load() != nil
+	}); !ok {
+		t.Fatalf("the responder's token never came after %v", took)
+	}
+	if _, err := a.WriteToUDPAddrPort([]byte("after a lost confirmation"), mb.addr); err != nil {
+		t.Fatal(err)
+	}
+	expectRead(t, b, "after a lost confirmation", ma.addr)
+}
+
+// TestLostChallengeDoesNotDisplace: a live learned peer's liveness
+// challenge is lost, and forged hellos with another identity keep coming
+// from its address. The forger is answered, but cannot confirm a session
+// from there (it receives nothing there), so it never takes the address;
+// the live peer keeps it and gets through.
+func TestLostChallengeDoesNotDisplace(t *testing.T) {
+	n := newMemNet()
+	ms, ml := n.listen(t, "10.0.0.1:1000"), n.listen(t, "10.0.0.2:2000")
+	cfg := &Config{MTU: 1500, HandshakeTimeout: 300 * time.Millisecond}
+	s, l := wrapT(t, ms, cfg), wrapT(t, ml, cfg)
+	handshakeT(t, l, ms.addr)
+	if _, err := l.WriteToUDPAddrPort([]byte("hi"), ms.addr); err != nil {
+		t.Fatal(err)
+	}
+	expectRead(t, s, "hi", ml.addr)
+	var mu sync.Mutex
+	armed := true
+	n.mu.Lock()
+	n.drop = func(from, to netip.AddrPort, b []byte) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if from == ms.addr && to == ml.addr && armed && len(b) > 1 && b[1] == typeSealed {
+			armed = false // the liveness challenge is lost
+			return true
+		}
+		return false
+	}
+	n.mu.Unlock()
+	id := GenerateIdentity()
+	eph, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	for i := range 4 {
+		n.inject(ml.addr, ms.addr, helloDatagramFrom(id, time.Now(), uint32(7+i), eph))
+		time.Sleep(s.liveWait() + 10*time.Millisecond) // the scenario: the challenge overdue
+	}
+	for i := range 5 {
+		msg := []byte("still here")
+		if _, err := l.WriteToUDPAddrPort(msg, ms.addr); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := readWithin(t, s, waitLong); !bytes.Equal(got, msg) {
+			t.Fatalf("write %d: read %q", i, got)
+		}
+	}
+	s.mu.RLock()
+	p := s.peers[ml.addr]
+	s.mu.RUnlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !bytes.Equal(p.identity, l.PublicKey()) {
+		t.Error("the live learned peer was displaced by forged hellos after one lost challenge")
+	}
+}
