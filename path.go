@@ -3,7 +3,6 @@ package vaultudp
 import (
 	"crypto/rand"
 	"crypto/subtle"
-	"fmt"
 	"net/netip"
 	"time"
 )
@@ -294,10 +293,4 @@ func (c *Conn) replaceable(pr *peer) bool {
 		c.sendChallenge(s, to, ctlChallenge, data, true)
 	}
 	return false
-}
-
-// errReplaced is the reason given to waiters on a learned peer that a new
-// identity replaced.
-func errReplaced(addr netip.AddrPort) error {
-	return fmt.Errorf("%w: %v: replaced by a new identity after a liveness challenge went unanswered", ErrUnknownPeer, addr)
 }
