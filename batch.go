@@ -62,6 +62,12 @@ func (r *reader) read(pkts []*packet) (int, error) {
 		p, m := pkts[i], &ms[i]
 		p.data, p.truncated = p.buf[:m.N], m.Truncated
 		p.from, p.local = m.Addr, m.Local
+		if m.Whole != nil && len(m.Whole) <= udpMaxDatagram {
+			// Larger than the packet's buffer, but received whole: a
+			// buffer of its own (the rare path; it allocates).
+			p.buf = make([]byte, len(m.Whole)+1)
+			p.data, p.truncated = p.buf[:copy(p.buf, m.Whole)], false
+		}
 	}
 	return n, err
 }

@@ -446,7 +446,7 @@ var keepaliveLen = sealedOverhead + (&record{}).envelopeLen()
 
 // tokenWireLen is the length of a sealed token message (reset token and
 // session parameters) written with PadNone.
-var tokenWireLen = sealedOverhead + (&record{control: make([]byte, tokenMsgLen+4)}).envelopeLen()
+var tokenWireLen = sealedOverhead + (&record{control: make([]byte, tokenMsgLen+8)}).envelopeLen()
 
 // isSealedData reports whether b, as written by a Conn with PadNone, is
 // a sealed datagram longer than a keepalive: a payload, or now and then a

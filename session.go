@@ -73,6 +73,7 @@ type session struct {
 	// session parameters (zero until they arrive). sizes.go.
 	path       int
 	peerAccept atomic.Int32
+	peerWhole  atomic.Int32 // the largest it receives at all, fragmented
 
 	// identity is the peer's key in this session's handshake (set at
 	// install). A peer's remembered key (trust on first use) is taken

@@ -24,14 +24,30 @@ const (
 	// datagram (recvBufSize).
 	minAccept = DefaultMTU - ipv4HeaderLen - udpHeaderLen
 
-	// extMaxDatagram is the session parameter "largest datagram received":
-	// type 1, length 2, uint16 big endian.
-	extMaxDatagram = 1
+	// The session parameters, each length 2, uint16 big endian:
+	// extMaxDatagram, the largest datagram the sender receives without IP
+	// fragmentation (its own MTU's; what padding may fill), and
+	// extMaxReassembled, the largest it receives at all (fragmented).
+	extMaxDatagram    = 1
+	extMaxReassembled = 2
 )
 
-// accept is the largest datagram this Conn receives: its receive
-// buffers, less the byte that tells a datagram that did not fit.
+// accept is the largest datagram this Conn receives without IP
+// fragmentation, as it states it: its receive buffers (its MTU's IPv4
+// datagram, at least 1472), less the byte that tells a datagram that did
+// not fit.
 func (c *Conn) accept() int { return c.bufSize - 1 }
+
+// acceptWhole is the largest datagram this Conn receives at all: the UDP
+// maximum on a socket that reads with UDP GRO (its 64 KiB buffers take any
+// datagram whole, and one larger than a packet's buffer gets one of its
+// own), accept otherwise.
+func (c *Conn) acceptWhole() int {
+	if c.sock.Load().Caps().GRO {
+		return udpMaxDatagram
+	}
+	return c.accept()
+}
 
 // pathDatagram returns the largest datagram that reaches addr without IP
 // fragmentation: Config.MTU's if set, else the route's MTU (loopback's on
@@ -69,7 +85,8 @@ func (c *Conn) sendLimit(s *session) int {
 	if c.cfg.StrictMTU {
 		return c.padTarget(s)
 	}
-	return min(s.peerAcceptOr(), udpMaxDatagram)
+	whole := int(s.peerWhole.Load())
+	return min(max(whole, s.peerAcceptOr()), udpMaxDatagram)
 }
 
 // paddedSize is the length of a sealed datagram whose natural length is
@@ -89,7 +106,8 @@ func (c *Conn) paddedSize(s *session, n int) int {
 
 // appendParams appends the session parameters this Conn states.
 func (c *Conn) appendParams(b []byte) []byte {
-	return binary.BigEndian.AppendUint16(append(b, extMaxDatagram, 2), uint16(min(c.accept(), 65535)))
+	b = binary.BigEndian.AppendUint16(append(b, extMaxDatagram, 2), uint16(min(c.accept(), 65535)))
+	return binary.BigEndian.AppendUint16(append(b, extMaxReassembled, 2), uint16(min(c.acceptWhole(), 65535)))
 }
 
 // readParams reads session parameters from the peer into s. Unknown
@@ -101,9 +119,13 @@ func readParams(s *session, b []byte) {
 			return
 		}
 		v := b[2 : 2+n]
-		if typ == extMaxDatagram && n == 2 {
-			if m := int(binary.BigEndian.Uint16(v)); m >= minAccept {
+		if n == 2 {
+			m := int(binary.BigEndian.Uint16(v))
+			switch {
+			case typ == extMaxDatagram && m >= minAccept:
 				s.peerAccept.Store(int32(m))
+			case typ == extMaxReassembled && m >= minAccept:
+				s.peerWhole.Store(int32(m))
 			}
 		}
 		b = b[2+n:]

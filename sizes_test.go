@@ -67,6 +67,10 @@ func TestSizesMixedMTU(t *testing.T) {
 			t.Fatalf("jumbo -> small, %d bytes: read %d", size, len(got))
 		}
 	}
+	// The jumbo side's sizes reach the small one before it writes 5000.
+	if took, ok := waitFor(waitLong, func() bool { return small.MaxPayloadTo(mj.addr) >= 5000 }); !ok {
+		t.Fatalf("small's MaxPayloadTo(jumbo) still %d after %v", small.MaxPayloadTo(mj.addr), took)
+	}
 	for _, size := range []int{11, 1000, 1431, 5000} {
 		msg := bytes.Repeat([]byte{byte(size)}, size)
 		if _, err := small.WriteToUDPAddrPort(msg, mj.addr); err != nil {
@@ -92,5 +96,32 @@ func TestSizesMixedMTU(t *testing.T) {
 		if l != 1472 && l != 4*1472 {
 			t.Errorf("a %d-byte sealed datagram to the 9000 side, want 1472 (and 4 x 1472 for 5000 bytes)", l)
 		}
+	}
+}
+
+// TestSizesLargeDatagram: on loopback (a socket that reads with UDP GRO),
+// a 60,000-byte datagram is sealed, sent and delivered whole, as a
+// *net.UDPConn sends and receives it; padding still pads small datagrams
+// to the MTU's size, not to the 64 KiB loopback route.
+func TestSizesLargeDatagram(t *testing.T) {
+	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
+	if !b.sock.Load().Caps().GRO {
+		t.Skip("no UDP GRO on this kernel: datagrams above the MTU's size are refused with EMSGSIZE instead")
+	}
+	handshakeT(t, a, addrOf(b))
+	// b's token message, with its sizes, reaches a.
+	if took, ok := waitFor(waitLong, func() bool { return a.MaxPayloadTo(addrOf(b)) >= 60000 }); !ok {
+		t.Fatalf("MaxPayloadTo(b) still %d after %v", a.MaxPayloadTo(addrOf(b)), took)
+	}
+	msg := make([]byte, 60000)
+	for i := range msg {
+		msg[i] = byte(i * 13)
+	}
+	if n, err := a.WriteToUDPAddrPort(msg, addrOf(b)); n != len(msg) || err != nil {
+		t.Fatalf("write of 60,000 bytes: %d, %v (MaxPayloadTo %d)", n, err, a.MaxPayloadTo(addrOf(b)))
+	}
+	got, _ := readWithin(t, b, waitLong)
+	if !bytes.Equal(got, msg) {
+		t.Fatalf("read %d bytes, want the 60,000 written", len(got))
 	}
 }

@@ -373,6 +373,10 @@ func (r *linuxReader) readGRO(ms []Message) (int, error) {
 		m := &ms[k]
 		m.N = copy(m.Buf, seg)
 		m.Truncated = len(seg) >= len(m.Buf) || t.truncated
+		m.Whole = nil
+		if m.Truncated && !t.truncated {
+			m.Whole = seg
+		}
 		m.Addr, m.Local = t.addr, t.local
 		k++
 		t.off = end

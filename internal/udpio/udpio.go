@@ -60,6 +60,10 @@ type Message struct {
 	// Truncated is set when the datagram did not fit Buf (or filled it
 	// exactly: the caller's buffer should have a spare byte).
 	Truncated bool
+	// Whole is, for a datagram that did not fit Buf but was received
+	// whole (a socket with Caps.GRO reads into 64 KiB buffers of its
+	// own), the whole datagram, valid until the next Read; nil otherwise.
+	Whole []byte
 }
 
 // Socket is a datagram socket. Its methods are safe for concurrent use;
