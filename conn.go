@@ -286,6 +286,9 @@ func (c *Conn) getPacket() *packet {
 }
 
 func (c *Conn) putPacket(p *packet) {
+	if len(p.buf) != c.bufSize {
+		return // one made for a datagram larger than the MTU's: not kept, so the free list stays small
+	}
 	p.data, p.from, p.local, p.truncated = nil, netip.AddrPort{}, netip.Addr{}, false
 	select {
 	case c.freePkts <- p:

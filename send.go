@@ -88,11 +88,12 @@ func (s *session) zskip() *compressSkip {
 // Config says if pad is set.
 func (c *Conn) appendSealedRecord(dst []byte, s *session, rec *record, pad bool) ([]byte, error) {
 	size := rec.envelopeLen()
-	if natural := sealedOverhead + size; natural > c.sendLimit(s) {
+	limit := c.sendLimit(s)
+	if natural := sealedOverhead + size; natural > limit {
 		c.stats.tooLarge.Add(1)
-		return dst, &tooLargeError{n: len(rec.payload), max: maxPayloadFor(c.sendLimit(s))}
+		return dst, &tooLargeError{n: len(rec.payload), max: maxPayloadFor(limit)}
 	} else if pad {
-		size = c.paddedSize(s, natural) - sealedOverhead
+		size = c.cfg.Padding.paddedSize(natural, c.padTarget(s), limit) - sealedOverhead
 	}
 	if s.path != 0 && sealedOverhead+size > s.path {
 		c.stats.abovePathMTU.Add(1)
@@ -224,7 +225,7 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 		c.stats.writeBackoff.Add(1)
 		return nil
 	}
-	if max := c.queueLimit(p); len(b) > max {
+	if max := c.queueLimit(); len(b) > max {
 		// Until the session says what the peer receives, no more than
 		// every Conn receives waits for it.
 		p.mu.Unlock()
@@ -296,7 +297,9 @@ func (c *Conn) acquireSession(p *peer) (*session, netip.AddrPort, error) {
 	if p.established {
 		// Writes keep a peer that has proved itself; they do not keep a
 		// learned peer that never confirmed a session (a spoofed hello).
-		p.lastSeen.Store(now)
+		if p.lastSeen.Load() != now { // the coarse clock: most writes change nothing
+			p.lastSeen.Store(now)
+		}
 	}
 	s := c.sendSessionLocked(p, now)
 	if s == nil {

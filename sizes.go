@@ -90,18 +90,17 @@ func (c *Conn) sendLimit(s *session) int {
 }
 
 // paddedSize is the length of a sealed datagram whose natural length is
-// n, under s, when padding applies.
-func (c *Conn) paddedSize(s *session, n int) int {
-	t, limit := c.padTarget(s), c.sendLimit(s)
+// n, padded by p towards target t without passing limit.
+func (p Padding) paddedSize(n, t, limit int) int {
 	switch {
 	case n <= t:
-		return c.cfg.Padding.wireSize(n, t)
-	case c.cfg.Padding == PadMTU:
+		return p.wireSize(n, t)
+	case p == PadMTU:
 		// Above the target: a multiple of it, so that the length says
 		// little more than "large".
 		return min((n+t-1)/t*t, limit)
 	}
-	return c.cfg.Padding.wireSize(n, limit)
+	return p.wireSize(n, limit)
 }
 
 // appendParams appends the session parameters this Conn states.
@@ -152,8 +151,8 @@ func (c *Conn) MaxPayloadTo(addr netip.AddrPort) int {
 	return maxPayloadFor(minAccept)
 }
 
-// queueLimit is the largest datagram that may wait for p's handshake.
-func (c *Conn) queueLimit(p *peer) int {
+// queueLimit is the largest datagram that may wait for a handshake.
+func (c *Conn) queueLimit() int {
 	if c.cfg.StrictMTU {
 		return maxPayloadFor(min(c.datagram, minAccept))
 	}
