@@ -125,3 +125,35 @@ func TestSizesLargeDatagram(t *testing.T) {
 		t.Fatalf("read %d bytes, want the 60,000 written", len(got))
 	}
 }
+
+// TestSizesMixedMTUSockets: the mixed-MTU case over real loopback sockets,
+// as two programs would meet it: a Conn with MTU 9000 and one with 1500
+// exchange datagrams of every size both ways, and every one arrives (the
+// padded lengths on the wire are TestSizesMixedMTU's).
+func TestSizesMixedMTUSockets(t *testing.T) {
+	jumbo := listenT(t, "udp4", "127.0.0.1:0", &Config{MTU: 9000})
+	small := listenT(t, "udp4", "127.0.0.1:0", &Config{MTU: 1500})
+	handshakeT(t, jumbo, addrOf(small))
+	for _, d := range []struct {
+		name     string
+		from, to *Conn
+	}{{"jumbo -> small", jumbo, small}, {"small -> jumbo", small, jumbo}} {
+		sizes := []int{11, 1000, 1431, 5000}
+		if d.to == small && !small.sock.Load().Caps().GRO {
+			sizes = sizes[:3] // without GRO the small side takes its MTU's datagram at most (and says so)
+		}
+		big := sizes[len(sizes)-1]
+		if took, ok := waitFor(waitLong, func() bool { return d.from.MaxPayloadTo(addrOf(d.to)) >= big }); !ok {
+			t.Fatalf("%s: MaxPayloadTo still %d after %v", d.name, d.from.MaxPayloadTo(addrOf(d.to)), took)
+		}
+		for _, size := range sizes {
+			msg := bytes.Repeat([]byte{byte(size)}, size)
+			if _, err := d.from.WriteToUDPAddrPort(msg, addrOf(d.to)); err != nil {
+				t.Fatalf("%s, %d bytes: %v", d.name, size, err)
+			}
+			if got, from := readWithin(t, d.to, waitLong); !bytes.Equal(got, msg) || from != addrOf(d.from) {
+				t.Fatalf("%s, %d bytes: read %d from %v", d.name, size, len(got), from)
+			}
+		}
+	}
+}
