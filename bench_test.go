@@ -214,10 +214,7 @@ func BenchmarkPeerMemory(b *testing.B) {
 				b.Fatal(err)
 			}
 			keys := &sessionKeys{initiator: true, version: ProtocolVersion}
-			c.idxMu.Lock()
-			keys.localIndex = c.newIndexLocked()
-			c.sessions[keys.localIndex] = nil
-			c.idxMu.Unlock()
+			keys.localIndex = c.index.reserve()
 			s, err := newSession(keys, c.now())
 			if err != nil {
 				b.Fatal(err)

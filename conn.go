@@ -84,11 +84,27 @@ type Conn struct {
 	closeOnce sync.Once
 	wg        sync.WaitGroup
 
+	// The locks, in the one order they are taken (never the reverse):
+	//
+	//	rebindMu   Rebind against Close
+	//	mu         the peer table, below
+	//	peer.mu    one peer's address, handshake attempt and queue (peer.go)
+	//	peer.kp.mu its session slots (keypairs.go)
+	//	index.mu   sessions and initiations by index (keypairs.go)
+	//
+	// A name ending in Locked is called with a lock held: TableLocked,
+	// c.mu; otherwise the mu of the peer it works on (its argument, or
+	// its receiver), or of the value it is a method of (a cookieJar,
+	// the sessionIndex), or the lock its comment names (c.rd.mu in
+	// direct.go). No lock is held across a handshake's crypto or a system
+	// call, and the data path takes none of them in the steady state:
+	// it finds sessions by index without a lock, and a writer reads
+	// its peer's current session atomically (keypairs.go).
+
 	// rebindMu serialises Rebind with Close.
 	rebindMu sync.Mutex
 
-	// mu guards the fields below. Lock order: mu, then a peer's mu,
-	// then idxMu.
+	// mu guards the fields below.
 	mu      sync.RWMutex
 	peers   map[netip.AddrPort]*peer
 	learned int // peers not configured
@@ -98,11 +114,7 @@ type Conn struct {
 	plainOrder []*peer
 	lastHello  map[[ed25519.PublicKeySize]byte]uint64
 
-	// idxMu guards the fields below; it is a leaf lock.
-	idxMu     sync.Mutex
-	sessions  map[uint32]*session // by local index
-	live      sync.Map            // uint32 -> *session: sessions, for the receive path (keypairs.go)
-	initiated map[uint32]*peer    // pending initiations by local index
+	index *sessionIndex // sessions and initiations by local index (keypairs.go)
 }
 
 // packet is a buffer on its way from the socket to ReadFrom.
@@ -160,8 +172,7 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 		writeDeadline: newDeadline(),
 		closed:        make(chan struct{}),
 		peers:         make(map[netip.AddrPort]*peer),
-		sessions:      make(map[uint32]*session),
-		initiated:     make(map[uint32]*peer),
+		index:         newSessionIndex(),
 		lastHello:     make(map[[ed25519.PublicKeySize]byte]uint64),
 	}
 	c.freePkts = make(chan *packet, cfg.ReadQueue+2*readBatchSize)

@@ -20,7 +20,7 @@ func TestHandshakeCrossedAddPeer(t *testing.T) {
 		for _, p := range c.peers {
 			p.mu.Lock()
 			t.Logf("%s: peer %v: current %v, next %v, nextOld %v, init %v, initiating %v, failure %v",
-				name, p.addr, p.current != nil, p.next != nil, p.nextOld != nil, p.init != nil, p.initiating, p.failErr)
+				name, p.addr, p.kp.current() != nil, p.kp.next != nil, p.kp.nextOld != nil, p.init != nil, p.initiating, p.failErr)
 			p.mu.Unlock()
 		}
 		t.Logf("%s: %+v", name, c.Stats())

@@ -505,9 +505,9 @@ func reportFaults(events []vaulttest.Event, live func(uint32) bool) faultReport 
 // index, now.
 func liveIn(c *Conn) func(uint32) bool {
 	return func(idx uint32) bool {
-		c.idxMu.Lock()
-		defer c.idxMu.Unlock()
-		_, ok := c.sessions[idx]
+		c.index.mu.Lock()
+		defer c.index.mu.Unlock()
+		_, ok := c.index.sessions[idx]
 		return ok
 	}
 }

@@ -235,7 +235,7 @@ func TestFieldForgedReset(t *testing.T) {
 	p := a.peers[addrOf(b)]
 	a.mu.RUnlock()
 	p.mu.Lock()
-	idx := p.current.remoteIndex
+	idx := p.kp.current().remoteIndex
 	p.mu.Unlock()
 	sp := newSpoofer(t)
 	before := a.Stats()
@@ -403,4 +403,73 @@ func waitFor(d time.Duration, ok func() bool) (time.Duration, bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	return time.Since(start), true
+}
+
+// TestFieldWritesDuringFlushKeepOrder: one goroutine writes numbered
+// datagrams without pause from before the handshake until well after it.
+// The ones written before it wait in the queue and are sent when the
+// session comes; a write made while they are being sent must not overtake
+// them, though it finds the new session without taking a lock. Loopback
+// keeps a socket's datagrams in order, so any reordering is the Conn's.
+func TestFieldWritesDuringFlushKeepOrder(t *testing.T) {
+	a := listenT(t, "udp4", "127.0.0.1:0", nil)
+	b := listenT(t, "udp4", "127.0.0.1:0", nil)
+	const after = 2000 // writes once the session is there
+	wrote, stop := make(chan int, 1), make(chan struct{})
+	var werr error
+	defer func() { close(stop); <-wrote }() // the writer ends before the test
+	go func() {
+		msg := make([]byte, 64)
+		i, left := 0, -1
+		for ; left != 0 && i < 1<<20; i++ {
+			select {
+			case <-stop:
+				wrote <- i
+				return
+			default:
+			}
+			binary.BigEndian.PutUint32(msg, uint32(i))
+			if _, err := a.WriteToUDPAddrPort(msg, addrOf(b)); err != nil {
+				werr = fmt.Errorf("write %d: %w", i, err)
+				break
+			}
+			switch {
+			case left > 0:
+				left--
+			case i%16 == 0 && a.Stats().Handshakes > 0:
+				left = after
+			}
+		}
+		wrote <- i
+	}()
+	last, got := -1, 0
+	for {
+		if err := b.SetReadDeadline(time.Now().Add(time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 128)
+		n, _, err := b.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			break // the writer has finished, and what it sent is read
+		}
+		if n != 64 {
+			t.Fatalf("a %d-byte datagram, want 64", n)
+		}
+		i := int(binary.BigEndian.Uint32(buf))
+		if i <= last {
+			t.Fatalf("datagram %d arrived after %d", i, last)
+		}
+		last = i
+		got++
+	}
+	writes := <-wrote
+	wrote <- writes // for the deferred wait
+	if werr != nil {
+		t.Fatal(werr)
+	}
+	s := a.Stats()
+	if got == 0 || s.DatagramsOut != uint64(writes)-s.Drops.WriteQueueFull {
+		t.Fatalf("%d datagrams read; a sent %d of %d written, %d dropped at the queue", got, s.DatagramsOut, writes, s.Drops.WriteQueueFull)
+	}
+	t.Logf("%d of %d written were read, in order", got, writes)
 }

@@ -190,10 +190,11 @@ func sessionOf(t testing.TB, c *Conn, addr netip.AddrPort) *session {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.current == nil {
+	s := p.kp.current()
+	if s == nil {
 		t.Fatalf("no session with %v", addr)
 	}
-	return p.current
+	return s
 }
 
 // stateSizes returns the sizes of c's per-source state: peers, learned
@@ -208,9 +209,7 @@ func stateOf(c *Conn) stateSizes {
 	c.mu.RLock()
 	s.peers, s.learned, s.lastHello = len(c.peers), c.learned, len(c.lastHello)
 	c.mu.RUnlock()
-	c.idxMu.Lock()
-	s.sessions, s.initiated = len(c.sessions), len(c.initiated)
-	c.idxMu.Unlock()
+	s.sessions, s.initiated = c.index.counts()
 	return s
 }
 

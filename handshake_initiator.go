@@ -36,7 +36,7 @@ func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 			p.mu.Unlock()
 			return err
 		}
-		if c.usableLocked(p.current, c.now()) {
+		if c.usable(p.kp.current(), c.now()) {
 			p.mu.Unlock()
 			return nil
 		}
@@ -45,7 +45,7 @@ func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 			p.mu.Unlock()
 			return err
 		}
-		hello := p.init == nil && p.next == nil && p.claimHelloLocked()
+		hello := p.init == nil && !p.kp.pending() && p.claimHelloLocked()
 		started = true
 		ch := p.changed
 		p.mu.Unlock()
@@ -66,7 +66,7 @@ func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 // a responder session waits for the peer's confirmation (it has begun one).
 func (c *Conn) startHandshake(p *peer) {
 	p.mu.Lock()
-	hello := p.init == nil && p.next == nil && p.claimHelloLocked()
+	hello := p.init == nil && !p.kp.pending() && p.claimHelloLocked()
 	p.mu.Unlock()
 	if hello {
 		c.sendHello(p)
@@ -135,10 +135,7 @@ func (c *Conn) sendHello(p *peer) {
 	if err != nil {
 		panic(err) // crypto/rand does not fail
 	}
-	c.idxMu.Lock()
-	idx := c.newIndexLocked()
-	c.initiated[idx] = p
-	c.idxMu.Unlock()
+	idx := c.index.initiate(p)
 	init := c.hs.initiate(c.cfg.now(), idx, eph)
 
 	now := c.now()
@@ -148,16 +145,10 @@ func (c *Conn) sendHello(p *peer) {
 		// Gone, or a session came while the hello was made (the peer's
 		// own handshake, answered here): this attempt is superseded.
 		p.mu.Unlock()
-		c.idxMu.Lock()
-		delete(c.initiated, idx)
-		c.idxMu.Unlock()
+		c.index.forgetIndex(idx)
 		return
 	}
-	c.idxMu.Lock()
-	if p.prevInit != nil && c.initiated[p.prevInit.localIndex] == p {
-		delete(c.initiated, p.prevInit.localIndex)
-	}
-	c.idxMu.Unlock()
+	c.index.forget(p, p.prevInit)
 	old := p.init
 	if old == nil {
 		p.initStart = now
@@ -179,13 +170,7 @@ func (c *Conn) sendHello(p *peer) {
 
 // clearInitLocked forgets p's pending initiations.
 func (c *Conn) clearInitLocked(p *peer) {
-	c.idxMu.Lock()
-	for _, i := range []*initiation{p.init, p.prevInit} {
-		if i != nil && c.initiated[i.localIndex] == p {
-			delete(c.initiated, i.localIndex)
-		}
-	}
-	c.idxMu.Unlock()
+	c.index.forget(p, p.init, p.prevInit)
 	p.init, p.prevInit = nil, nil
 }
 
@@ -198,8 +183,8 @@ func (c *Conn) failLocked(p *peer, now int64, err error) {
 		// The peer has not answered for SilenceTimeout and then a
 		// handshake: it is gone (restarted, or another key). Its
 		// session would only swallow what is written.
-		c.unindexLocked(p, p.current, p.previous)
-		p.current, p.previous, p.silent = nil, nil, false
+		c.index.remove(p.kp.dropSending()...)
+		p.silent = false
 	}
 	p.failErr, p.lastFailure = err, err
 	p.failedAt = now
@@ -216,9 +201,7 @@ func (c *Conn) handleReply(msg []byte) {
 		c.stats.malformed.Add(1)
 		return
 	}
-	c.idxMu.Lock()
-	p := c.initiated[r.receiverIndex]
-	c.idxMu.Unlock()
+	p := c.index.initiator(r.receiverIndex)
 	if p == nil {
 		c.stats.stale.Add(1) // an answer to no hello of ours, or to one completed
 		return
@@ -285,9 +268,7 @@ func (c *Conn) handleCookie(msg []byte, from netip.AddrPort) {
 		c.stats.malformed.Add(1)
 		return
 	}
-	c.idxMu.Lock()
-	p := c.initiated[idx]
-	c.idxMu.Unlock()
+	p := c.index.initiator(idx)
 	if p == nil {
 		c.stats.stale.Add(1)
 		return

@@ -83,13 +83,10 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 	if err != nil {
 		return
 	}
-	c.idxMu.Lock()
-	idx := c.newIndexLocked()
-	c.sessions[idx] = nil // reserve it
-	c.idxMu.Unlock()
+	idx := c.index.reserve()
 	reply, keys, err := c.hs.respond(m, wall, idx, eph)
 	if err != nil {
-		c.releaseIndex(idx)
+		c.index.release(idx)
 		switch {
 		case errors.Is(err, errReflected):
 			c.stats.auth.Add(1)
@@ -100,20 +97,20 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 	}
 	s, err := newSession(keys, c.now())
 	if err != nil {
-		c.releaseIndex(idx)
+		c.index.release(idx)
 		return
 	}
 	c.mu.Lock()
 	if m.timestamp <= c.lastHello[idKey] {
 		c.mu.Unlock()
-		c.releaseIndex(idx)
+		c.index.release(idx)
 		c.stats.stale.Add(1)
 		return
 	}
 	if pr = c.peers[from]; pr == nil {
 		if c.learned >= c.cfg.MaxPeers {
 			c.mu.Unlock()
-			c.releaseIndex(idx)
+			c.index.release(idx)
 			c.stats.peerLimit.Add(1)
 			return
 		}
@@ -127,10 +124,4 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 	queued := c.install(pr, s, keys.peerIdentity, wall)
 	c.sendControlFrom(from, local, reply)
 	c.flush(pr, s, from, queued)
-}
-
-func (c *Conn) releaseIndex(idx uint32) {
-	c.idxMu.Lock()
-	delete(c.sessions, idx)
-	c.idxMu.Unlock()
 }

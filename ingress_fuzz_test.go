@@ -266,7 +266,7 @@ func (r *ingressRig) pSession() *session {
 	r.p.mu.RUnlock()
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
-	return pr.current
+	return pr.kp.current()
 }
 
 // seal seals payload as P's next datagram to A, compressed if asked and
@@ -393,7 +393,7 @@ func (r *ingressRig) run(t *testing.T, in []byte) {
 	}
 	if flags&32 != 0 && len(data) >= sealedHeaderLen && data[1] == typeSealed {
 		r.aPeer.mu.Lock()
-		if s := r.aPeer.current; s != nil {
+		if s := r.aPeer.kp.current(); s != nil {
 			binary.BigEndian.PutUint32(data[4:], s.localIndex)
 		}
 		r.aPeer.mu.Unlock()

@@ -3,27 +3,330 @@ package vaultudp
 import (
 	"bytes"
 	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/binary"
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
-// The sessions by local index: sessions (under idxMu) for the handshake
-// driver's bookkeeping, and live, a copy the receive path reads without a
-// lock (sync.Map: read-mostly, keys written once).
-
-// indexSession makes s findable by its local index.
-func (c *Conn) indexSession(s *session) {
-	c.idxMu.Lock()
-	c.sessions[s.localIndex] = s
-	c.live.Store(s.localIndex, s)
-	c.idxMu.Unlock()
+// sessionIndex finds a Conn's sessions and pending initiations by the
+// local index that the peer puts in every sealed datagram and reply. Its
+// lock is the innermost of all (see Conn). live holds the same sessions
+// for the receive path, which reads it without a lock (sync.Map:
+// read-mostly, each key written once).
+type sessionIndex struct {
+	mu        sync.Mutex
+	sessions  map[uint32]*session // a nil value is reserved: a reply is being made under it
+	initiated map[uint32]*peer    // pending initiations
+	live      sync.Map            // uint32 -> *session
 }
 
-// liveSession returns the session with local index idx, or nil.
-func (c *Conn) liveSession(idx uint32) *session {
-	s, _ := c.live.Load(idx)
+func newSessionIndex() *sessionIndex {
+	return &sessionIndex{sessions: make(map[uint32]*session), initiated: make(map[uint32]*peer)}
+}
+
+// lookup returns the session with local index idx, or nil. It takes no
+// lock: the receive path calls it for every sealed datagram.
+func (x *sessionIndex) lookup(idx uint32) *session {
+	s, _ := x.live.Load(idx)
 	ss, _ := s.(*session)
 	return ss
+}
+
+// add makes s findable by its local index.
+func (x *sessionIndex) add(s *session) {
+	x.mu.Lock()
+	x.sessions[s.localIndex] = s
+	x.live.Store(s.localIndex, s)
+	x.mu.Unlock()
+}
+
+// remove forgets the sessions ss (nil entries are skipped).
+func (x *sessionIndex) remove(ss ...*session) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, s := range ss {
+		if s != nil && x.sessions[s.localIndex] == s {
+			delete(x.sessions, s.localIndex)
+			x.live.CompareAndDelete(s.localIndex, s)
+		}
+	}
+}
+
+// reserve picks an index for a responder session being made.
+func (x *sessionIndex) reserve() uint32 {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	idx := x.newIndexLocked()
+	x.sessions[idx] = nil
+	return idx
+}
+
+// release gives back an index reserve returned, or a session's.
+func (x *sessionIndex) release(idx uint32) {
+	x.mu.Lock()
+	delete(x.sessions, idx)
+	x.mu.Unlock()
+}
+
+// initiate picks an index for a hello to p.
+func (x *sessionIndex) initiate(p *peer) uint32 {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	idx := x.newIndexLocked()
+	x.initiated[idx] = p
+	return idx
+}
+
+// initiator returns the peer the hello with index idx went to, or nil.
+func (x *sessionIndex) initiator(idx uint32) *peer {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.initiated[idx]
+}
+
+// forget drops the initiations of p among inits (nil entries are
+// skipped).
+func (x *sessionIndex) forget(p *peer, inits ...*initiation) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, i := range inits {
+		if i != nil && x.initiated[i.localIndex] == p {
+			delete(x.initiated, i.localIndex)
+		}
+	}
+}
+
+// forgetIndex drops the initiation with index idx.
+func (x *sessionIndex) forgetIndex(idx uint32) {
+	x.mu.Lock()
+	delete(x.initiated, idx)
+	x.mu.Unlock()
+}
+
+// counts returns how many sessions and initiations are indexed.
+func (x *sessionIndex) counts() (sessions, initiated int) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return len(x.sessions), len(x.initiated)
+}
+
+// newIndexLocked picks a random unused non-zero index; x.mu is held.
+func (x *sessionIndex) newIndexLocked() uint32 {
+	var b [4]byte
+	for {
+		rand.Read(b[:])
+		i := binary.BigEndian.Uint32(b[:])
+		if i == 0 {
+			continue
+		}
+		if _, ok := x.sessions[i]; ok {
+			continue
+		}
+		if _, ok := x.initiated[i]; ok {
+			continue
+		}
+		return i
+	}
+}
+
+// keypairs holds one peer's sessions, as wireguard-go's Keypairs does:
+//
+//	current   the session it sends under
+//	previous  the one before, kept until it expires for datagrams in flight
+//	next      a responder session waiting for the peer's first sealed
+//	          datagram, which proves the peer holds its keys (confirm)
+//	nextOld   the responder session before next, when the initiator
+//	          retried before our reply reached it: either may be confirmed
+//
+// Its lock guards the slots; current is also atomic, so that the send
+// path reads it with no lock at all. The receive path finds a session by
+// index (sessionIndex) and takes this lock only to promote a responder
+// session on its first datagram, checked again under the lock. Methods
+// that take sessions out of the slots return them, for the caller to
+// remove from the index.
+type keypairs struct {
+	cur atomic.Pointer[session] // current; written under mu
+
+	mu            sync.Mutex
+	prev          *session
+	next, nextOld *session
+}
+
+// current returns the session to send under, or nil; it takes no lock.
+func (kp *keypairs) current() *session { return kp.cur.Load() }
+
+// pending reports whether a responder session waits for confirmation:
+// the peer has begun a handshake of its own.
+func (kp *keypairs) pending() bool {
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	return kp.next != nil
+}
+
+// empty reports whether the peer has no session at all.
+func (kp *keypairs) empty() bool {
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	return kp.cur.Load() == nil && kp.prev == nil && kp.next == nil && kp.nextOld == nil
+}
+
+// isPending reports whether s waits for confirmation.
+func (kp *keypairs) isPending(s *session) bool {
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	return s != nil && (kp.next == s || kp.nextOld == s)
+}
+
+// useInitiated makes s, the session of our answered hello, current. A
+// responder session waiting for confirmation is kept as the previous one
+// when there is no current: the peer may be sealing under it (its hello
+// crossed ours); it only receives.
+func (kp *keypairs) useInitiated(s *session) (dropped []*session) {
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	keep, drop := kp.cur.Load(), kp.next
+	if keep == nil {
+		keep, drop = kp.next, nil
+	}
+	dropped = []*session{kp.prev, drop, kp.nextOld}
+	kp.prev, kp.next, kp.nextOld = keep, nil, nil
+	kp.cur.Store(s)
+	return dropped
+}
+
+// addPending adds s, a responder session, to wait for confirmation. The
+// one before stays too: the initiator may have retried before our first
+// reply reached it, and then confirms that one.
+func (kp *keypairs) addPending(s *session) (dropped *session) {
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	dropped = kp.nextOld
+	kp.nextOld, kp.next = kp.next, s
+	return dropped
+}
+
+// promote makes s, a confirmed responder session, current, and drops the
+// other one waiting. The current session becomes the previous one, unless
+// replace (a new identity took the peer's place): then both go.
+func (kp *keypairs) promote(s *session, replace bool) (dropped []*session) {
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	other := kp.next
+	if other == s {
+		other = kp.nextOld
+	}
+	keep := kp.cur.Load()
+	dropped = []*session{other, kp.prev}
+	if replace {
+		dropped = append(dropped, keep)
+		keep = nil
+	}
+	kp.prev, kp.next, kp.nextOld = keep, nil, nil
+	kp.cur.Store(s)
+	return dropped
+}
+
+// discard takes s out of whichever slot holds it and reports whether it
+// was the current one.
+func (kp *keypairs) discard(s *session) (wasCurrent bool) {
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	switch s {
+	case nil:
+	case kp.cur.Load():
+		kp.cur.Store(nil)
+		return true
+	case kp.prev:
+		kp.prev = nil
+	case kp.next:
+		kp.next = nil
+	case kp.nextOld:
+		kp.nextOld = nil
+	}
+	return false
+}
+
+// dropSending takes out the current and previous sessions: the peer is
+// gone (silent through a handshake), and they would only swallow what is
+// written.
+func (kp *keypairs) dropSending() (dropped []*session) {
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	dropped = []*session{kp.cur.Load(), kp.prev}
+	kp.cur.Store(nil)
+	kp.prev = nil
+	return dropped
+}
+
+// clear takes out every session.
+func (kp *keypairs) clear() (dropped []*session) {
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	dropped = []*session{kp.cur.Load(), kp.prev, kp.next, kp.nextOld}
+	kp.cur.Store(nil)
+	kp.prev, kp.next, kp.nextOld = nil, nil, nil
+	return dropped
+}
+
+// expire takes out the sessions made limit or longer before now.
+func (kp *keypairs) expire(now int64, limit time.Duration) (dropped []*session) {
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	if s := kp.cur.Load(); s != nil && time.Duration(now-s.created) >= limit {
+		dropped = append(dropped, s)
+		kp.cur.Store(nil)
+	}
+	for _, sp := range []**session{&kp.prev, &kp.next} {
+		if s := *sp; s != nil && time.Duration(now-s.created) >= limit {
+			dropped = append(dropped, s)
+			*sp = nil
+		}
+	}
+	return dropped
+}
+
+// expirePending takes out the responder sessions still unconfirmed limit
+// after they were made.
+func (kp *keypairs) expirePending(now int64, limit time.Duration) []*session {
+	return kp.keepPending(func(s *session) bool { return time.Duration(now-s.created) < limit })
+}
+
+// keepPending takes out the responder sessions waiting for confirmation
+// that fail keep.
+func (kp *keypairs) keepPending(keep func(*session) bool) (dropped []*session) {
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	for _, sp := range []**session{&kp.next, &kp.nextOld} {
+		if s := *sp; s != nil && !keep(s) {
+			dropped = append(dropped, s)
+			*sp = nil
+		}
+	}
+	if kp.next == nil {
+		kp.next, kp.nextOld = kp.nextOld, nil
+	}
+	return dropped
+}
+
+// byReset returns the session a stateless reset with the peer's index
+// and token is for, or nil if none (the token compared in constant time).
+func (kp *keypairs) byReset(index uint32, token []byte) *session {
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	var found *session
+	for _, s := range []*session{kp.cur.Load(), kp.prev, kp.next, kp.nextOld} {
+		if s == nil || s.remoteIndex != index {
+			continue
+		}
+		if t := s.peerToken.Load(); t != nil && subtle.ConstantTimeCompare(t[:], token) == 1 {
+			found = s
+		}
+	}
+	return found
 }
 
 // install makes s a session of p and returns the datagrams that waited
@@ -36,11 +339,11 @@ func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall tim
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.removed {
-		c.releaseIndex(s.localIndex)
+		c.index.release(s.localIndex)
 		return nil
 	}
-	rekey := p.current != nil
-	c.indexSession(s)
+	rekey := p.kp.current() != nil
+	c.index.add(s)
 	// Our own attempt, if any, is over: completed (initiator), or
 	// superseded by the peer's (responder) unless ours is the one that
 	// should win. Crossed hellos are settled by the larger identity
@@ -52,29 +355,20 @@ func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall tim
 		c.clearInitLocked(p)
 		p.gen++ // a hello being made now is superseded too
 	}
-	if s.initiator {
-		// Keep a responder session waiting for confirmation as the
-		// previous one when there is no current: the peer may be sealing
-		// under it (its hello crossed ours); it only receives.
-		keep, drop := p.current, p.next
-		if keep == nil {
-			keep, drop = p.next, nil
-		}
-		c.unindexLocked(p, p.previous, drop, p.nextOld)
-		p.previous, p.current, p.next, p.nextOld = keep, s, nil, nil
-		p.established = true
-	} else {
-		// A responder session waits for the peer's first sealed
-		// datagram (confirmLocked) before it is used to send.
-		// Keep the one before: the initiator may have retried before our
-		// first reply reached it, and then confirms that one.
-		c.unindexLocked(p, p.nextOld)
-		p.nextOld, p.next = p.next, s
-	}
+	var queued [][]byte
 	if s.initiator {
 		// Our hello was answered: the identity holds the address. A
 		// responder session's identity counts once it is confirmed.
+		queued = c.flushQueueLocked(p) // before s is current: see acquireSession
+		c.index.remove(p.kp.useInitiated(s)...)
+		p.established = true
 		p.identity = identity
+	} else {
+		// A responder session waits for the peer's first sealed
+		// datagram (confirmLocked) before it is used to send: a
+		// replayed hello, or an initiator that refused our key, would
+		// otherwise swallow what we send.
+		c.index.remove(p.kp.addPending(s))
 	}
 	p.lastHandshake = wall
 	p.failErr, p.refused, p.silent = nil, nil, false
@@ -83,7 +377,6 @@ func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall tim
 	if rekey {
 		c.stats.rekeys.Add(1)
 	}
-	queued := c.flushQueueLocked(p, s)
 	p.notifyLocked()
 	c.log.Debug("vaultudp: session established", "peer", p.addr, "initiator", s.initiator, "rekey", rekey)
 	return queued
@@ -91,67 +384,52 @@ func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall tim
 
 // confirmLocked makes s, a responder session now proven by a datagram
 // from the peer, its current session, and returns the datagrams that
-// waited for it.
+// waited for it. p.mu is held.
 func (c *Conn) confirmLocked(p *peer, s *session) [][]byte {
 	s.confirmed.Store(true)
-	if p.next != s && p.nextOld != s {
+	if !p.kp.isPending(s) {
 		return nil
 	}
-	// The other unconfirmed session, if any, answered a hello the
-	// initiator has given up.
-	other := p.next
-	if other == s {
-		other = p.nextOld
-	}
-	keep := p.current
+	replace := false
 	if p.identity != nil && !bytes.Equal(p.identity, s.identity) {
 		// A new identity at a learned peer's address (path.go,
 		// replaceable): it replaces the old one only now that it proved
 		// it receives at the address, and only if the old one did not
 		// answer its liveness challenge meanwhile.
 		if p.alive != 0 && p.alive >= p.replacing {
-			c.unindexLocked(p, s)
-			if p.next == s {
-				p.next = nil
-			} else {
-				p.nextOld = nil
-			}
+			p.kp.discard(s)
+			c.index.remove(s)
 			s.confirmed.Store(false) // the caller drops the datagram
 			c.stats.rejected.Add(1)
 			return nil
 		}
-		c.unindexLocked(p, p.current, p.previous)
-		keep = nil
+		replace = true
 		p.live, p.alive, p.replacing = nil, 0, 0
 		c.log.Debug("vaultudp: a new identity replaced an unanswering one", "peer", p.addr)
 	}
-	c.unindexLocked(p, other)
-	if keep != p.current {
-		p.previous = nil
-	} else {
-		c.unindexLocked(p, p.previous)
-	}
-	p.previous, p.current, p.next, p.nextOld = keep, s, nil, nil
+	queued := c.flushQueueLocked(p) // before s is current: see acquireSession
+	c.index.remove(p.kp.promote(s, replace)...)
 	p.identity = s.identity
 	p.established = true
 	p.notifyLocked()
-	return c.flushQueueLocked(p, s)
+	return queued
 }
 
 // flushQueueLocked hands the datagrams waiting for a session to the
-// caller once s is p's current session. Writers wait until flush has sent
-// them, so that a datagram written after one that waited does not overtake
-// it.
-func (c *Conn) flushQueueLocked(p *peer, s *session) [][]byte {
-	if p.current != s || len(p.queue) == 0 || p.flushed != nil {
+// caller, which is about to make one current: it sets p.flushing first, so
+// that a writer that sees the new session also sees that it must wait
+// (acquireSession) until flush has sent them, and does not overtake them.
+func (c *Conn) flushQueueLocked(p *peer) [][]byte {
+	if len(p.queue) == 0 || p.flushed != nil {
 		return nil
 	}
 	p.flushed = make(chan struct{})
+	p.flushing.Store(true)
 	return c.takeQueueLocked(p)
 }
 
 // flush sends datagrams that waited for s, then lets the writers that
-// wait for it (see install) go on.
+// wait for it (see flushQueueLocked) go on.
 func (c *Conn) flush(p *peer, s *session, to netip.AddrPort, queued [][]byte) {
 	if len(queued) == 0 {
 		return
@@ -162,6 +440,7 @@ func (c *Conn) flush(p *peer, s *session, to netip.AddrPort, queued [][]byte) {
 		}
 	}
 	p.mu.Lock()
+	p.flushing.Store(false)
 	close(p.flushed)
 	p.flushed = nil
 	p.mu.Unlock()
@@ -175,21 +454,10 @@ func (c *Conn) receiveLimit() time.Duration {
 	return rejectAfter(c.cfg.KeyLifetime) + c.cfg.HandshakeTimeout
 }
 
-// usableLocked reports whether s can carry datagrams now.
-func (c *Conn) usableLocked(s *session, now int64) bool {
+// usable reports whether s can carry datagrams now.
+func (c *Conn) usable(s *session, now int64) bool {
 	return s != nil && time.Duration(now-s.created) < rejectAfter(c.cfg.KeyLifetime) &&
 		s.sendCounter.Load() < counterLimit
-}
-
-// sendSessionLocked returns the session to seal under, or nil.
-func (c *Conn) sendSessionLocked(p *peer, now int64) *session {
-	// A responder's new session (p.next) is not used before the peer
-	// confirms it: a replayed hello, or an initiator that refused our key,
-	// would otherwise swallow what we send.
-	if c.usableLocked(p.current, now) {
-		return p.current
-	}
-	return nil
 }
 
 // needsRekey reports whether s is due for renewal. The initiator of a

@@ -104,7 +104,8 @@ func (c *Conn) onNewPath(pr *peer, s *session, p *packet, rec *record) bool {
 
 // challengeDueLocked reports whether a challenge may go to pc.addr now:
 // none was sent in the last retry interval, and what the address sent
-// covers its length. It spends the credit.
+// covers its length. It spends the credit. The mu of the peer pc belongs
+// to is held.
 func (c *Conn) challengeDueLocked(pc *pathCheck, now int64) bool {
 	if pc.sentAt != 0 && time.Duration(now-pc.sentAt) < c.retryAfter() {
 		return false
@@ -232,6 +233,8 @@ func (c *Conn) onPathTimeout(p *peer, now int64) {
 	}
 }
 
+// dropHeldLocked drops the datagrams pc holds; the mu of the peer pc
+// belongs to is held.
 func (c *Conn) dropHeldLocked(pc *pathCheck) {
 	if pc != nil {
 		c.dropHeld(pc.held)
@@ -262,8 +265,8 @@ func (c *Conn) liveWait() time.Duration { return c.retryAfter() / 2 }
 func (c *Conn) replaceable(pr *peer) bool {
 	now := c.now()
 	pr.mu.Lock()
-	s := pr.current
-	if s == nil || !c.usableLocked(s, now) {
+	s := pr.kp.current()
+	if !c.usable(s, now) {
 		pr.mu.Unlock()
 		return false
 	}

@@ -251,8 +251,7 @@ func TestAttackOpportunisticStaysSealed(t *testing.T) {
 	p := a.peers[bAddr]
 	a.mu.RUnlock()
 	p.mu.Lock()
-	a.unindexLocked(p, p.current, p.previous)
-	p.current, p.previous = nil, nil
+	a.index.remove(p.kp.dropSending()...)
 	p.mu.Unlock()
 	if _, err := a.WriteToUDPAddrPort([]byte("secret after the lapse"), bAddr); err != nil {
 		t.Fatal(err)
@@ -296,7 +295,7 @@ func TestPeerTableNoResurrection(t *testing.T) {
 				case 2:
 					c.mu.Lock()
 					if p := c.peers[addr(i)]; p != nil {
-						c.dropPeerLocked(p, errors.New("forgotten"))
+						c.dropPeerTableLocked(p, errors.New("forgotten"))
 					}
 					c.mu.Unlock()
 				}

@@ -3,8 +3,6 @@ package vaultudp
 import (
 	"bytes"
 	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -53,20 +51,23 @@ type peer struct {
 	// (batch.go); nil until then.
 	local atomic.Pointer[netip.Addr]
 
+	// kp holds its sessions, under a lock of its own (keypairs.go).
+	kp keypairs
+
+	// flushing is set while the datagrams that waited for a handshake
+	// are being sent: writers must wait (acquireSession).
+	flushing atomic.Bool
+
 	// mu guards the fields below.
 	mu            sync.Mutex
 	addr          netip.AddrPort
 	identity      ed25519.PublicKey // the key of its sessions (remembered: trust on first use)
-	current       *session
-	previous      *session    // kept until it expires, for datagrams in flight
-	next          *session    // a responder session waiting for confirmation
-	nextOld       *session    // the one before, if the initiator retried: either may be confirmed
-	init          *initiation // the hello of this attempt awaiting a reply
-	prevInit      *initiation // the one it replaced: a slow reply to it still completes
-	initStart     int64       // Conn clock at the first hello of this attempt
-	initSent      int64       // Conn clock at the last hello sent
+	init          *initiation       // the hello of this attempt awaiting a reply
+	prevInit      *initiation       // the one it replaced: a slow reply to it still completes
+	initStart     int64             // Conn clock at the first hello of this attempt
+	initSent      int64             // Conn clock at the last hello sent
 	queue         [][]byte
-	flushed       chan struct{} // non-nil while queue's datagrams are being sent; closed after
+	flushed       chan struct{} // non-nil while queue's datagrams are being sent; closed after (flushing mirrors it)
 	initiating    bool          // a hello is being made (claimHelloLocked)
 	gen, claimGen uint64        // sessions installed, ever; gen at the claim
 	hellos        int           // hellos sent to it, ever
@@ -143,7 +144,8 @@ func (p *peer) notifyLocked() {
 // its indexes.
 func (p *peer) closeLocked(reason error) {
 	p.removed = true
-	p.current, p.previous, p.next, p.nextOld, p.init, p.prevInit = nil, nil, nil, nil, nil, nil
+	p.kp.clear()
+	p.init, p.prevInit = nil, nil
 	p.queue = nil
 	p.failErr = reason
 	p.notifyLocked()
@@ -169,7 +171,7 @@ func (c *Conn) AddPeer(pc PeerConfig) error {
 			c.mu.Unlock()
 			return fmt.Errorf("%w: %v is already a peer", ErrInvalidConfig, addr)
 		}
-		if c.adoptLocked(old, &pc) {
+		if c.adoptTableLocked(old, &pc) {
 			// The peer contacted us first (its hello may have crossed
 			// ours): it keeps its sessions, now as a configured peer.
 			c.mu.Unlock()
@@ -178,7 +180,7 @@ func (c *Conn) AddPeer(pc PeerConfig) error {
 			}
 			return nil
 		}
-		c.dropPeerLocked(old, ErrUnknownPeer)
+		c.dropPeerTableLocked(old, ErrUnknownPeer)
 	}
 	p := c.newPeer(addr, &pc)
 	if pc.Protocol == ProtocolV2 {
@@ -200,10 +202,10 @@ func (c *Conn) AddPeer(pc PeerConfig) error {
 	return nil
 }
 
-// adoptLocked makes the learned peer p the configured peer pc describes,
+// adoptTableLocked makes the learned peer p the configured peer pc describes,
 // keeping its sessions, if its identity fits pc (pc pins none, or p's) and
 // both speak the native protocol. c.mu is held.
-func (c *Conn) adoptLocked(p *peer, pc *PeerConfig) bool {
+func (c *Conn) adoptTableLocked(p *peer, pc *PeerConfig) bool {
 	if pc.Protocol != ProtocolV3 {
 		return false
 	}
@@ -222,21 +224,13 @@ func (c *Conn) adoptLocked(p *peer, pc *PeerConfig) bool {
 	if p.pinned != nil {
 		// Unconfirmed sessions under another key (a forged hello, say)
 		// would only delay the handshake with the pinned one.
-		for _, sp := range []**session{&p.next, &p.nextOld} {
-			if s := *sp; s != nil && !bytes.Equal(s.identity, p.pinned) {
-				c.unindexLocked(p, s)
-				*sp = nil
-			}
-		}
-		if p.next == nil && p.nextOld != nil {
-			p.next, p.nextOld = p.nextOld, nil
-		}
+		c.index.remove(p.kp.keepPending(func(s *session) bool { return bytes.Equal(s.identity, p.pinned) })...)
 	}
 	return true
 }
 
-// dropPeerLocked removes p; c.mu is held.
-func (c *Conn) dropPeerLocked(p *peer, reason error) {
+// dropPeerTableLocked removes p; c.mu is held.
+func (c *Conn) dropPeerTableLocked(p *peer, reason error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.removed {
@@ -254,21 +248,9 @@ func (c *Conn) dropPeerLocked(p *peer, reason error) {
 	c.dropHeldLocked(p.path)
 	p.path, p.live = nil, nil
 	c.stats.dropHandshakeTimeout.Add(uint64(len(c.takeQueueLocked(p))))
-	c.unindexLocked(p, p.current, p.previous, p.next, p.nextOld)
+	c.index.remove(p.kp.clear()...)
 	c.clearInitLocked(p)
 	p.closeLocked(reason)
-}
-
-// unindexLocked forgets sessions of p; p.mu is held.
-func (c *Conn) unindexLocked(p *peer, ss ...*session) {
-	c.idxMu.Lock()
-	defer c.idxMu.Unlock()
-	for _, s := range ss {
-		if s != nil && c.sessions[s.localIndex] == s {
-			delete(c.sessions, s.localIndex)
-			c.live.CompareAndDelete(s.localIndex, s)
-		}
-	}
 }
 
 // RemovePeer removes a peer, configured or learned, and drops its keys and
@@ -282,7 +264,7 @@ func (c *Conn) RemovePeer(addr netip.AddrPort) error {
 	if p == nil {
 		return fmt.Errorf("%w: %v", ErrUnknownPeer, addr)
 	}
-	c.dropPeerLocked(p, fmt.Errorf("%w: %v was removed", ErrUnknownPeer, addr))
+	c.dropPeerTableLocked(p, fmt.Errorf("%w: %v was removed", ErrUnknownPeer, addr))
 	if p.proto != nil {
 		p.proto.remove() // protocol v2 (proto_v2.go)
 	}
@@ -330,7 +312,7 @@ func (c *Conn) peerInfos(match func(netip.AddrPort) bool) []PeerInfo {
 			Policy:        p.policy(),
 			Protocol:      ProtocolV3,
 			Configured:    p.configured,
-			Established:   c.usableLocked(p.current, now),
+			Established:   c.usable(p.kp.current(), now),
 			LastHandshake: p.lastHandshake,
 			DatagramsIn:   p.datagramsIn.Load(),
 			BytesIn:       p.bytesIn.Load(),
@@ -379,17 +361,17 @@ func (c *Conn) peerFor(addr netip.AddrPort, origin peerOrigin) (*peer, error) {
 		return p, nil
 	}
 	if origin == originPlaintext && c.plainPeers >= maxPlaintextPeers {
-		c.evictPlaintextPeerLocked()
+		c.evictPlaintextPeerTableLocked()
 	}
 	if c.learned >= c.cfg.MaxPeers {
 		return nil, fmt.Errorf("%w: %v: MaxPeers (%d) reached", ErrNoSession, addr, c.cfg.MaxPeers)
 	}
-	return c.addLearnedLocked(addr, origin), nil
+	return c.addLearnedTableLocked(addr, origin), nil
 }
 
-// addLearnedLocked makes a learned peer at addr; c.mu is held and the
+// addLearnedTableLocked makes a learned peer at addr; c.mu is held and the
 // caller checked MaxPeers.
-func (c *Conn) addLearnedLocked(addr netip.AddrPort, origin peerOrigin) *peer {
+func (c *Conn) addLearnedTableLocked(addr netip.AddrPort, origin peerOrigin) *peer {
 	p := c.newPeer(addr, nil)
 	p.origin = origin
 	c.peers[addr] = p
@@ -404,9 +386,9 @@ func (c *Conn) addLearnedLocked(addr netip.AddrPort, origin peerOrigin) *peer {
 	return p
 }
 
-// evictPlaintextPeerLocked forgets the oldest peer known only from
+// evictPlaintextPeerTableLocked forgets the oldest peer known only from
 // plaintext; c.mu is held.
-func (c *Conn) evictPlaintextPeerLocked() {
+func (c *Conn) evictPlaintextPeerTableLocked() {
 	for len(c.plainOrder) > 0 {
 		q := c.plainOrder[0]
 		c.plainOrder = c.plainOrder[1:]
@@ -415,7 +397,7 @@ func (c *Conn) evictPlaintextPeerLocked() {
 		addr := q.addr
 		q.mu.Unlock()
 		if plain && c.peers[addr] == q {
-			c.dropPeerLocked(q, fmt.Errorf("%w: %v: evicted by newer plaintext peers", ErrUnknownPeer, addr))
+			c.dropPeerTableLocked(q, fmt.Errorf("%w: %v: evicted by newer plaintext peers", ErrUnknownPeer, addr))
 			return
 		}
 	}
@@ -425,24 +407,4 @@ func (p *peer) addrLoad() netip.AddrPort {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.addr
-}
-
-// newIndexLocked picks a random unused non-zero session index; idxMu is
-// held.
-func (c *Conn) newIndexLocked() uint32 {
-	var b [4]byte
-	for {
-		rand.Read(b[:])
-		i := binary.BigEndian.Uint32(b[:])
-		if i == 0 {
-			continue
-		}
-		if _, ok := c.sessions[i]; ok {
-			continue
-		}
-		if _, ok := c.initiated[i]; ok {
-			continue
-		}
-		return i
-	}
 }

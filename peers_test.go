@@ -257,7 +257,7 @@ func sealedFrom(t testing.TB, c *Conn, to netip.AddrPort, p string) []byte {
 		t.Fatalf("%v is not a peer", to)
 	}
 	pr.mu.Lock()
-	s := pr.current
+	s := pr.kp.current()
 	pr.mu.Unlock()
 	if s == nil {
 		t.Fatalf("no session with %v", to)

@@ -86,7 +86,7 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	if !ok {
 		return c.notNative(p, &c.stats.malformed)
 	}
-	s := c.liveSession(idx) // keypairs.go: no lock
+	s := c.index.lookup(idx) // keypairs.go: no lock
 	if s == nil {
 		if c.receiveOther(p) { // protocol v2 (proto_v2.go)
 			return false

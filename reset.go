@@ -2,7 +2,6 @@ package vaultudp
 
 import (
 	"crypto/ed25519"
-	"crypto/subtle"
 	"encoding/binary"
 	"net/netip"
 
@@ -135,31 +134,21 @@ func (c *Conn) receiveReset(p *packet) {
 		return
 	}
 	pr.mu.Lock()
-	var reset **session
-	for _, sp := range []**session{&pr.current, &pr.previous, &pr.next, &pr.nextOld} {
-		s := *sp
-		if s == nil || s.remoteIndex != index {
-			continue
-		}
-		if t := s.peerToken.Load(); t != nil && subtle.ConstantTimeCompare(t[:], b[8:]) == 1 {
-			reset = sp
-		}
-	}
+	reset := pr.kp.byReset(index, b[8:])
 	if reset == nil || pr.addr != p.from {
 		pr.mu.Unlock()
 		c.stats.auth.Add(1)
 		return
 	}
-	if reset != &pr.current {
+	if reset != pr.kp.current() {
 		// A session the peer let expire (a late datagram under it): that
 		// one goes, the current one stays.
-		c.unindexLocked(pr, *reset)
-		*reset = nil
+		pr.kp.discard(reset)
+		c.index.remove(reset)
 		pr.mu.Unlock()
 		return
 	}
-	c.unindexLocked(pr, pr.current, pr.previous, pr.next, pr.nextOld)
-	pr.current, pr.previous, pr.next, pr.nextOld = nil, nil, nil, nil
+	c.index.remove(pr.kp.clear()...)
 	hello := c.mayInitiateLocked(pr) && pr.init == nil && pr.claimHelloLocked()
 	pr.notifyLocked()
 	pr.mu.Unlock()

@@ -135,9 +135,7 @@ func TestRetryCookieRules(t *testing.T) {
 	if p.prevInit == nil || p.prevInit.localIndex != first {
 		t.Fatal("the replaced hello is not kept")
 	}
-	c.idxMu.Lock()
-	defer c.idxMu.Unlock()
-	if c.initiated[first] != p || c.initiated[p.init.localIndex] != p {
+	if c.index.initiator(first) != p || c.index.initiator(p.init.localIndex) != p {
 		t.Fatal("both hellos of the attempt must stay answerable")
 	}
 }

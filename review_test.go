@@ -90,7 +90,8 @@ func TestLostConfirmation(t *testing.T) {
 		a.mu.RUnlock()
 		p.mu.Lock()
 		defer p.mu.Unlock()
-		return p.current != nil && p.current.peerToken.Load() != nil
+		s := p.kp.current()
+		return s != nil && s.peerToken.Load() != nil
 	}); !ok {
 		t.Fatalf("the responder's token never came after %v", took)
 	}

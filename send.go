@@ -183,9 +183,9 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 		return nil
 	}
 	if p.policy() == Plaintext {
-		p.mu.Lock()
-		p.lastSeen.Store(c.now())
-		p.mu.Unlock()
+		if now := c.now(); p.lastSeen.Load() != now {
+			p.lastSeen.Store(now)
+		}
 		return c.sendData(p, nil, addr, b)
 	}
 	s, to, err := c.acquireSession(p)
@@ -232,8 +232,9 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 		c.stats.tooLarge.Add(1)
 		return &tooLargeError{n: len(b), max: max}
 	}
-	// With p.next set, the peer's confirmation is on its way: wait.
-	hello := p.init == nil && p.next == nil && c.mayInitiateLocked(p) && p.claimHelloLocked()
+	// With a responder session pending, the peer's confirmation is on
+	// its way: wait.
+	hello := p.init == nil && !p.kp.pending() && c.mayInitiateLocked(p) && p.claimHelloLocked()
 	if !c.enqueueLocked(p, b) {
 		c.stats.writeQueueFull.Add(1)
 	}
@@ -281,7 +282,23 @@ func (c *Conn) sendSelf(b []byte, addr netip.AddrPort) error {
 // datagrams that waited for the handshake are going out, so as not to
 // overtake them (at most a queue's worth of sends, on the goroutine that
 // completed the handshake).
+//
+// The steady state takes no lock: a current session, usable and not due
+// for renewal, with nothing being flushed. flushQueueLocked sets
+// p.flushing before it makes a session current, so a writer that sees
+// the new session sees the flag too.
 func (c *Conn) acquireSession(p *peer) (*session, netip.AddrPort, error) {
+	if s := p.kp.current(); s != nil && !p.flushing.Load() {
+		now := c.now()
+		if c.usable(s, now) && !c.needsRekey(s, now) {
+			// A current session means the peer proved itself
+			// (established): its writes keep it.
+			if p.lastSeen.Load() != now {
+				p.lastSeen.Store(now)
+			}
+			return s, *p.at.Load(), nil
+		}
+	}
 	p.mu.Lock()
 	for p.flushed != nil {
 		ch := p.flushed
@@ -301,11 +318,11 @@ func (c *Conn) acquireSession(p *peer) (*session, netip.AddrPort, error) {
 			p.lastSeen.Store(now)
 		}
 	}
-	s := c.sendSessionLocked(p, now)
-	if s == nil {
+	s := p.kp.current()
+	if !c.usable(s, now) {
 		return nil, p.addr, nil
 	}
-	hello := p.init == nil && p.next == nil && c.needsRekey(s, now) && p.claimHelloLocked()
+	hello := p.init == nil && !p.kp.pending() && c.needsRekey(s, now) && p.claimHelloLocked()
 	to := p.addr
 	p.mu.Unlock()
 	if hello {

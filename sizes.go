@@ -138,10 +138,7 @@ func readParams(s *session, b []byte) {
 func (c *Conn) MaxPayloadTo(addr netip.AddrPort) int {
 	addr = normAddr(addr)
 	if p, _ := c.peerFor(addr, lookupOnly); p != nil {
-		p.mu.Lock()
-		s := p.current
-		p.mu.Unlock()
-		if s != nil {
+		if s := p.kp.current(); s != nil {
 			return maxPayloadFor(c.sendLimit(s))
 		}
 	}

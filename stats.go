@@ -78,9 +78,7 @@ func (c *Conn) Stats() Stats {
 	c.mu.RLock()
 	peers := len(c.peers)
 	c.mu.RUnlock()
-	c.idxMu.Lock()
-	sessions := len(c.sessions)
-	c.idxMu.Unlock()
+	sessions, _ := c.index.counts()
 	k := &c.stats
 	return Stats{
 		ProtocolVersion:   ProtocolVersion,

@@ -74,7 +74,7 @@ func (c *Conn) tick() {
 		c.mu.Lock()
 		for _, p := range idle {
 			if c.peers[p.addr] == p {
-				c.dropPeerLocked(p, fmt.Errorf("%w: %v was idle", ErrUnknownPeer, p.addr))
+				c.dropPeerTableLocked(p, fmt.Errorf("%w: %v was idle", ErrUnknownPeer, p.addr))
 			}
 		}
 		c.mu.Unlock()
@@ -121,7 +121,7 @@ func (c *Conn) onSilence(p *peer, now int64) bool {
 	if c.cfg.SilenceTimeout < 0 || u == 0 || time.Duration(now-u) < c.cfg.SilenceTimeout {
 		return false
 	}
-	if p.current == nil || p.handshakingLocked() || p.next != nil || !c.mayInitiateLocked(p) {
+	if p.kp.current() == nil || p.handshakingLocked() || p.kp.pending() || !c.mayInitiateLocked(p) {
 		return false
 	}
 	p.unanswered.Store(now | 1) // once per silence: the handshake has its own timeout
@@ -140,13 +140,13 @@ func (c *Conn) onSilence(p *peer, now int64) bool {
 // given up, and a hello claimed (lost reports that). tok is the session to
 // resend the token under, or nil.
 func (c *Conn) onUnansweredToken(p *peer, now int64) (tok *session, lost bool) {
-	s := p.current
+	s := p.kp.current()
 	if s == nil || !s.initiator || s.peerToken.Load() != nil {
 		return nil, false
 	}
 	if time.Duration(now-s.created) >= c.cfg.HandshakeTimeout {
-		c.unindexLocked(p, s)
-		p.current = nil
+		p.kp.discard(s)
+		c.index.remove(s)
 		p.notifyLocked()
 		return nil, c.mayInitiateLocked(p) && !p.handshakingLocked() && p.claimHelloLocked()
 	}
@@ -160,8 +160,8 @@ func (c *Conn) onUnansweredToken(p *peer, now int64) (tok *session, lost bool) {
 // KeepaliveTimeout) or a persistent one (nothing went out for
 // PeerConfig.Keepalive). It returns the session to send it under, or nil.
 func (c *Conn) onKeepalive(p *peer, now int64) *session {
-	s := p.current
-	if s == nil || !c.usableLocked(s, now) {
+	s := p.kp.current()
+	if !c.usable(s, now) {
 		return nil
 	}
 	if d := p.dataIn.Load(); d != 0 && c.cfg.KeepaliveTimeout > 0 && time.Duration(now-d) >= c.cfg.KeepaliveTimeout {
@@ -212,27 +212,15 @@ func (c *Conn) onHandshakeTimer(p *peer, now int64) bool {
 
 // onSessionExpiry: sessions past their receive limit are dropped.
 func (c *Conn) onSessionExpiry(p *peer, now int64) {
-	keep := c.receiveLimit()
-	for _, sp := range []**session{&p.previous, &p.current, &p.next} {
-		if s := *sp; s != nil && time.Duration(now-s.created) >= keep {
-			c.unindexLocked(p, s)
-			*sp = nil
-		}
-	}
+	c.index.remove(p.kp.expire(now, c.receiveLimit())...)
 }
 
 // onUnconfirmedExpiry: responder sessions the initiator never confirmed
 // within a handshake timeout are dropped (it did not take our reply).
 func (c *Conn) onUnconfirmedExpiry(p *peer, now int64) {
-	for _, sp := range []**session{&p.nextOld, &p.next} {
-		if s := *sp; s != nil && time.Duration(now-s.created) >= c.cfg.HandshakeTimeout {
-			c.unindexLocked(p, s)
-			*sp = nil
-			p.notifyLocked() // Handshake callers wait on it
-		}
-	}
-	if p.next == nil && p.nextOld != nil {
-		p.next, p.nextOld = p.nextOld, nil
+	if dropped := p.kp.expirePending(now, c.cfg.HandshakeTimeout); len(dropped) > 0 {
+		c.index.remove(dropped...)
+		p.notifyLocked() // Handshake callers wait on it
 	}
 }
 
@@ -240,7 +228,7 @@ func (c *Conn) onUnconfirmedExpiry(p *peer, now int64) {
 // way; they get an attempt of their own. It reports whether it claimed a
 // hello.
 func (c *Conn) onQueueWaiting(p *peer) bool {
-	return p.next == nil && p.current == nil && len(p.queue) > 0 && p.init == nil &&
+	return len(p.queue) > 0 && p.init == nil && p.kp.current() == nil && !p.kp.pending() &&
 		c.mayInitiateLocked(p) && p.claimHelloLocked()
 }
 
@@ -249,7 +237,7 @@ func (c *Conn) onQueueWaiting(p *peer) bool {
 // never confirmed a session (a forged or abandoned hello must not hold a
 // slot).
 func (c *Conn) onIdle(p *peer, now int64) bool {
-	if p.configured || p.current != nil || p.next != nil || p.nextOld != nil || p.handshakingLocked() {
+	if p.configured || p.handshakingLocked() || !p.kp.empty() {
 		return false
 	}
 	idleFor := rejectAfter(c.cfg.KeyLifetime)

@@ -33,12 +33,12 @@ func TestV2RoutingNativeFirst(t *testing.T) {
 	c := v2Conn(t, nil, PeerConfig{Addr: r.addr()})
 	keyed(t, c, r)
 	barrier(t, c) // a native session from a stranger on the same IP
-	c.idxMu.Lock()
+	c.index.mu.Lock()
 	var live uint32
-	for idx := range c.sessions {
+	for idx := range c.index.sessions {
 		live = idx
 	}
-	c.idxMu.Unlock()
+	c.index.mu.Unlock()
 	if live == 0 {
 		t.Fatal("no native session")
 	}
