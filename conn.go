@@ -29,7 +29,12 @@ import (
 //     (ErrPeerRejected); a datagram that cannot go for a passing reason
 //     is dropped and counted in Stats.Drops. A write to the Conn's own
 //     address (or, on a wildcard bind, a loopback address with its port)
-//     is delivered to its own readers, as on a UDP socket.
+//     is delivered to its own readers, as on a UDP socket. A writer that
+//     streams faster than the socket's system calls has its datagrams
+//     gathered, in order, into trains that the Conn sends in one call each
+//     (UDP GSO); it waits only while 256 KiB are queued, as on a full
+//     socket send buffer, and Close sends what is queued before it closes
+//     the socket.
 //   - Deadlines behave as on *net.UDPConn: timeouts are
 //     os.ErrDeadlineExceeded, and a deadline changed while a call waits
 //     takes effect at once.
@@ -91,15 +96,17 @@ type Conn struct {
 	//	peer.mu    one peer's address, handshake attempt and queue (peer.go)
 	//	peer.kp.mu its session slots (keypairs.go)
 	//	index.mu   sessions and initiations by index (keypairs.go)
+	//	sq.mu      the send queue (sendqueue.go); like index.mu, it is
+	//	           taken last and never held while waiting
 	//
 	// A name ending in Locked is called with a lock held: TableLocked,
 	// c.mu; otherwise the mu of the peer it works on (its argument, or
 	// its receiver), or of the value it is a method of (a cookieJar,
 	// the sessionIndex), or the lock its comment names (c.rd.mu in
 	// direct.go). No lock is held across a handshake's crypto or a system
-	// call, and the data path takes none of them in the steady state:
-	// it finds sessions by index without a lock, and a writer reads
-	// its peer's current session atomically (keypairs.go).
+	// call, and the data path takes none of them but the send queue's in
+	// the steady state: it finds sessions by index without a lock, and a
+	// writer reads its peer's current session atomically (keypairs.go).
 
 	// rebindMu serialises Rebind with Close.
 	rebindMu sync.Mutex
@@ -115,6 +122,8 @@ type Conn struct {
 	lastHello  map[[ed25519.PublicKeySize]byte]uint64
 
 	index *sessionIndex // sessions and initiations by local index (keypairs.go)
+
+	sq *sendQueue // sealed datagrams behind a streaming writer (sendqueue.go)
 }
 
 // packet is a buffer on its way from the socket to ReadFrom.
@@ -173,6 +182,7 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 		closed:        make(chan struct{}),
 		peers:         make(map[netip.AddrPort]*peer),
 		index:         newSessionIndex(),
+		sq:            newSendQueue(),
 		lastHello:     make(map[[ed25519.PublicKeySize]byte]uint64),
 	}
 	c.freePkts = make(chan *packet, cfg.ReadQueue+2*readBatchSize)
@@ -363,9 +373,11 @@ func (c *Conn) SetReadDeadline(t time.Time) error {
 }
 
 // SetWriteDeadline sets the deadline for writes. UDP writes do not wait
-// for the network, so a write fails only if the deadline has passed when
-// it starts. The handshake traffic the Conn sends by itself is not
-// subject to it.
+// for the network: a write fails if the deadline has passed when it
+// starts, or while it waits for room in the send queue, as a UDP write
+// waits for room in a full socket send buffer (a writer streaming faster
+// than the socket sends; see WriteTo). The handshake traffic the Conn
+// sends by itself is not subject to it.
 func (c *Conn) SetWriteDeadline(t time.Time) error {
 	if c.isClosed() {
 		return c.opError("set", nil, net.ErrClosed)
@@ -394,6 +406,7 @@ func (c *Conn) Close() error {
 		first = true
 		c.rebindMu.Lock()
 		close(c.closed)
+		c.sq.stop() // what writes queued goes out first (sendqueue.go)
 		err := c.sock.Load().Close()
 		c.rebindMu.Unlock()
 		c.wg.Wait()

@@ -51,7 +51,7 @@ func (c *Conn) sendSealed(s *session, to netip.AddrPort, b []byte, hasPayload bo
 	if err != nil {
 		return err
 	}
-	return c.sock.Load().WriteTo(out, to, s.source())
+	return c.transmit(out, to, s.source()) // sendqueue.go
 }
 
 // appendSealed appends to dst the sealed datagram carrying b. dst must
@@ -119,7 +119,7 @@ func (c *Conn) sendSealedRecord(s *session, to netip.AddrPort, rec *record, pad 
 	if err != nil {
 		return err
 	}
-	return c.sock.Load().WriteTo(out, to, s.source())
+	return c.transmit(out, to, s.source()) // sendqueue.go
 }
 
 // sendOpen sends an open (unencrypted) envelope. Open datagrams are not

@@ -56,6 +56,7 @@ type Drops struct {
 	WriteQueueFull uint64 // the queue of datagrams waiting for a handshake was full
 	WriteBackoff   uint64 // the last handshake with the peer failed less than HandshakeTimeout ago
 	WritePeerLimit uint64 // a write to a new address while Config.MaxPeers learned peers exist
+	SendFailed     uint64 // sealed and queued behind a streaming writer's earlier datagrams, then refused by the socket (the write had returned)
 }
 
 // counters are the Conn's atomic counters behind Stats.
@@ -67,6 +68,7 @@ type counters struct {
 	rateLimit, queueFull, tooLarge, unknownSession     atomic.Uint64
 	dropHandshakeTimeout, peerLimit                    atomic.Uint64
 	writeQueueFull, writeBackoff, writePeerLimit       atomic.Uint64
+	sendFailed                                         atomic.Uint64
 	unvalidated, abovePathMTU                          atomic.Uint64
 	silences, keepalivesSent, keepalivesReceived       atomic.Uint64
 	handshakeQueueFull                                 atomic.Uint64
@@ -120,6 +122,7 @@ func (c *Conn) Stats() Stats {
 			WriteQueueFull:     k.writeQueueFull.Load(),
 			WriteBackoff:       k.writeBackoff.Load(),
 			WritePeerLimit:     k.writePeerLimit.Load(),
+			SendFailed:         k.sendFailed.Load(),
 			V2SendLimit:        c.v2.SendLimited(),
 		},
 	}

@@ -1,0 +1,153 @@
+package vaultudp
+
+import (
+	"encoding/binary"
+	"errors"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// streaming makes c's writes take the send queue, as a writer that comes
+// back faster than its system calls does, and reports whether c's socket
+// has UDP GSO (without it nothing is queued).
+func streaming(t *testing.T, c *Conn) {
+	t.Helper()
+	if !c.sock.Load().Caps().GSO {
+		t.Skip("no UDP GSO here: writes are never queued")
+	}
+	c.sq.mu.Lock()
+	c.sq.sendCost = time.Hour // every write comes back sooner than half of it
+	c.sq.mu.Unlock()
+}
+
+func setBeforeSend(c *Conn, f func() error) {
+	c.sq.mu.Lock()
+	c.sq.beforeSend = f
+	c.sq.mu.Unlock()
+}
+
+// TestSendQueueOrderAndClose: a streaming writer's datagrams are all
+// sent, in order, in trains; and those still queued when Close comes are
+// sent before the socket closes, as a socket sends what a write that
+// returned gave it.
+func TestSendQueueOrderAndClose(t *testing.T) {
+	a := listenT(t, "udp4", "127.0.0.1:0", nil)
+	b := listenT(t, "udp4", "127.0.0.1:0", nil)
+	handshakeT(t, a, addrOf(b))
+	streaming(t, a)
+	release := make(chan struct{})
+	setBeforeSend(a, func() error { <-release; return nil }) // the trains gather
+	const n = 150                                            // fewer than the queue holds (256 KiB, datagrams padded to 1372 bytes)
+	msg := make([]byte, 200)
+	for i := range n {
+		binary.BigEndian.PutUint32(msg, uint32(i))
+		if _, err := a.WriteToUDPAddrPort(msg, addrOf(b)); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- a.Close() }()
+	close(release)
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		got, _ := readWithin(t, b, waitLong)
+		if len(got) != len(msg) || binary.BigEndian.Uint32(got) != uint32(i) {
+			t.Fatalf("datagram %d: %d bytes, number %d", i, len(got), binary.BigEndian.Uint32(got))
+		}
+	}
+	expectNothing(t, b, 20*time.Millisecond)
+	if s := a.Stats(); s.DatagramsOut != n || s.Drops.SendFailed != 0 {
+		t.Fatalf("DatagramsOut %d, SendFailed %d; want %d, 0", s.DatagramsOut, s.Drops.SendFailed, n)
+	}
+}
+
+// TestSendQueueFullWaits: a writer that fills the send queue waits, as on
+// a socket whose send buffer is full: until there is room, its write
+// deadline (a timeout error), or Close (net.ErrClosed).
+func TestSendQueueFullWaits(t *testing.T) {
+	a := listenT(t, "udp4", "127.0.0.1:0", nil)
+	b := listenT(t, "udp4", "127.0.0.1:0", nil)
+	handshakeT(t, a, addrOf(b))
+	streaming(t, a)
+	release := make(chan struct{})
+	setBeforeSend(a, func() error { <-release; return nil })
+	msg := make([]byte, 1000)
+	fill := func() int {
+		// Writes until one waits: the deadline ends it.
+		if err := a.SetWriteDeadline(time.Now().Add(100 * time.Millisecond)); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 2 * sendQueueBytes / len(msg) {
+			_, err := a.WriteToUDPAddrPort(msg, addrOf(b))
+			if err == nil {
+				continue
+			}
+			var ne net.Error
+			if !errors.As(err, &ne) || !ne.Timeout() || !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("write %d: %v, want a timeout", i, err)
+			}
+			return i
+		}
+		t.Fatalf("%d writes, none waited for room in the queue", 2*sendQueueBytes/len(msg))
+		return 0
+	}
+	accepted := fill()
+	if accepted == 0 || accepted*len(msg) > sendQueueBytes+1500 {
+		t.Fatalf("%d writes of %d bytes accepted before the queue was full; it holds %d bytes", accepted, len(msg), sendQueueBytes)
+	}
+	// Room again once the sender goes on.
+	close(release)
+	a.SetWriteDeadline(time.Time{})
+	if _, err := a.WriteToUDPAddrPort(msg, addrOf(b)); err != nil {
+		t.Fatalf("a write once the queue drained: %v", err)
+	}
+	// Close ends a wait.
+	hold := make(chan struct{})
+	setBeforeSend(a, func() error { <-hold; return nil })
+	defer close(hold)
+	for {
+		errc := make(chan error, 1)
+		go func() { _, err := a.WriteToUDPAddrPort(msg, addrOf(b)); errc <- err }()
+		select {
+		case err := <-errc:
+			if err != nil {
+				t.Fatalf("write before the queue is full: %v", err)
+			}
+			continue
+		case <-time.After(50 * time.Millisecond): // it waits (the queue is full), or is slow: Close ends it either way
+		}
+		go a.Close()
+		if err := <-errc; err != nil && !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("a write waiting at Close: %v, want net.ErrClosed", err)
+		}
+		return
+	}
+}
+
+// TestSendQueueFailureCounted: queued datagrams the socket refuses are
+// counted in Drops.SendFailed, each (the writes that queued them have
+// returned).
+func TestSendQueueFailureCounted(t *testing.T) {
+	a := listenT(t, "udp4", "127.0.0.1:0", nil)
+	b := listenT(t, "udp4", "127.0.0.1:0", nil)
+	handshakeT(t, a, addrOf(b))
+	streaming(t, a)
+	release := make(chan struct{})
+	setBeforeSend(a, func() error { <-release; return errors.New("refused") })
+	msg := make([]byte, 100)
+	const n = 10
+	for range n {
+		if _, err := a.WriteToUDPAddrPort(msg, addrOf(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(release)
+	a.Close() // what is queued goes, or fails, first
+	if got := a.Stats().Drops.SendFailed; got != n {
+		t.Fatalf("Drops.SendFailed %d, want %d", got, n)
+	}
+}
