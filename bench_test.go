@@ -136,6 +136,30 @@ func BenchmarkThroughput(b *testing.B) {
 	}
 }
 
+// BenchmarkStream: one writer and one reader goroutine, as in
+// BenchmarkThroughput, but flow-controlled as a stream over UDP is (QUIC,
+// KCP): at most streamWindow datagrams in flight (see windowed). Without
+// it, a writer faster than its reader only measures how much the
+// receiver's socket buffer drops; with it, recv/s is what the pair
+// carries with (next to) no loss. Raw beside vaultudp, each with the same
+// window.
+func BenchmarkStream(b *testing.B) {
+	for _, size := range []int{64, 512, 1200} {
+		b.Run(fmt.Sprintf("raw/%dB", size), func(b *testing.B) {
+			x, y := benchRawPair(b)
+			windowed(b, y, []benchEndpoint{x}, size, streamWindow)
+		})
+		b.Run(fmt.Sprintf("vaultudp/%dB", size), func(b *testing.B) {
+			x, y := benchVaultPair(b, func() *Config { return nil })
+			windowed(b, y, []benchEndpoint{x}, size, streamWindow)
+		})
+	}
+}
+
+// streamWindow is BenchmarkStream's window: what a receiver's 4 MiB
+// socket buffer holds with room to spare.
+const streamWindow = 1024
+
 // BenchmarkPadding: each padding mode at every size, raw beside them in
 // the same run. The 64-byte sub-benchmarks keep their old names (mtu,
 // block(64), none) so that benchstat compares them with earlier runs.
@@ -235,11 +259,46 @@ func BenchmarkPeerMemory(b *testing.B) {
 
 // batchThroughput sends b.N datagrams in batches of 64 with send and
 // receives with recv (both return how many they handled), one sender and
-// one receiver goroutine, and reports delivered datagrams per second.
-func batchThroughput(b *testing.B, size int, send func(n int) error, recv func() (int, error), setDeadline func(time.Time)) {
+// one receiver goroutine, and reports delivered datagrams per second. With
+// a window, at most that many datagrams are in flight (a credit each,
+// returned as the receiver gets them, topped up when it has made no
+// progress for 10 ms), as in windowed.
+func batchThroughput(b *testing.B, size, window int, send func(n int) error, recv func() (int, error), setDeadline func(time.Time)) {
 	var got atomic.Int64
 	var last atomic.Int64
 	done := make(chan struct{})
+	credits := make(chan struct{}, max(window, 1))
+	for range window {
+		credits <- struct{}{}
+	}
+	stop, refilled := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(refilled)
+		if window == 0 {
+			return
+		}
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		seen := int64(-1)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			if g := got.Load(); g != seen {
+				seen = g
+				continue
+			}
+			for full := false; !full; {
+				select {
+				case credits <- struct{}{}:
+				default:
+					full = true
+				}
+			}
+		}
+	}()
 	b.ReportAllocs()
 	b.SetBytes(int64(size))
 	b.ResetTimer()
@@ -253,15 +312,28 @@ func batchThroughput(b *testing.B, size int, send func(n int) error, recv func()
 			}
 			got.Add(int64(n))
 			last.Store(int64(time.Since(start)))
+			for range min(n, window) {
+				select {
+				case credits <- struct{}{}:
+				default:
+				}
+			}
 		}
 	}()
 	for sent := 0; sent < b.N; {
 		n := min(64, b.N-sent)
+		if window > 0 {
+			for range n {
+				<-credits
+			}
+		}
 		if err := send(n); err != nil {
 			b.Fatal(err)
 		}
 		sent += n
 	}
+	close(stop)
+	<-refilled
 	setDeadline(time.Now().Add(200 * time.Millisecond))
 	<-done
 	b.StopTimer()
@@ -276,60 +348,68 @@ func batchThroughput(b *testing.B, size int, send func(n int) error, recv func()
 // BenchmarkBatch: (*Conn).WriteBatch/ReadBatch beside raw
 // golang.org/x/net/ipv4 batches (sendmmsg/recvmmsg), 1200-byte datagrams,
 // and beside raw per-datagram WriteTo (the usual way to send UDP).
-// vaultudp's WriteBatch uses UDP GSO where the kernel has it.
+// vaultudp's WriteBatch uses UDP GSO where the kernel has it. Each runs
+// unpaced, and flow-controlled (-window: streamWindow datagrams in flight,
+// see batchThroughput).
 func BenchmarkBatch(b *testing.B) {
 	const size = 1200
-	b.Run("raw-writeto/1200B", func(b *testing.B) {
-		x, y := benchRawPair(b)
-		to := y.LocalAddr().(*net.UDPAddr).AddrPort()
-		msg, buf := make([]byte, size), make([]byte, 2048)
-		batchThroughput(b, size, func(n int) error {
-			for range n {
-				if _, err := x.WriteToUDPAddrPort(msg, to); err != nil {
-					return err
-				}
-			}
-			return nil
-		}, func() (int, error) {
-			_, _, err := y.ReadFromUDPAddrPort(buf)
-			return 1, err
-		}, func(t time.Time) { y.SetReadDeadline(t) })
-	})
-	b.Run("raw-mmsg/1200B", func(b *testing.B) {
-		x, y := benchRawPair(b)
-		px, py := ipv4.NewPacketConn(x.(*net.UDPConn)), ipv4.NewPacketConn(y.(*net.UDPConn))
-		out, in := make([]ipv4.Message, 64), make([]ipv4.Message, 64)
-		for i := range out {
-			out[i] = ipv4.Message{Buffers: [][]byte{make([]byte, size)}, Addr: y.LocalAddr()}
-			in[i] = ipv4.Message{Buffers: [][]byte{make([]byte, 2048)}}
+	for _, window := range []int{0, streamWindow} {
+		name := ""
+		if window > 0 {
+			name = "-window"
 		}
-		batchThroughput(b, size, func(n int) error {
-			for sent := 0; sent < n; {
-				k, err := px.WriteBatch(out[sent:n], 0)
-				if err != nil {
-					return err
+		b.Run("raw-writeto"+name+"/1200B", func(b *testing.B) {
+			x, y := benchRawPair(b)
+			to := y.LocalAddr().(*net.UDPAddr).AddrPort()
+			msg, buf := make([]byte, size), make([]byte, 2048)
+			batchThroughput(b, size, window, func(n int) error {
+				for range n {
+					if _, err := x.WriteToUDPAddrPort(msg, to); err != nil {
+						return err
+					}
 				}
-				sent += k
+				return nil
+			}, func() (int, error) {
+				_, _, err := y.ReadFromUDPAddrPort(buf)
+				return 1, err
+			}, func(t time.Time) { y.SetReadDeadline(t) })
+		})
+		b.Run("raw-mmsg"+name+"/1200B", func(b *testing.B) {
+			x, y := benchRawPair(b)
+			px, py := ipv4.NewPacketConn(x.(*net.UDPConn)), ipv4.NewPacketConn(y.(*net.UDPConn))
+			out, in := make([]ipv4.Message, 64), make([]ipv4.Message, 64)
+			for i := range out {
+				out[i] = ipv4.Message{Buffers: [][]byte{make([]byte, size)}, Addr: y.LocalAddr()}
+				in[i] = ipv4.Message{Buffers: [][]byte{make([]byte, 2048)}}
 			}
-			return nil
-		}, func() (int, error) {
-			return py.ReadBatch(in, 0)
-		}, func(t time.Time) { y.SetReadDeadline(t) })
-	})
-	b.Run("vaultudp/1200B", func(b *testing.B) {
-		x, y := benchVaultPair(b, func() *Config { return &Config{ReadQueue: 4096} })
-		out, in := make([]Message, 64), make([]Message, 64)
-		for i := range out {
-			out[i] = Message{Buf: make([]byte, size), Addr: addrOf(y)}
-			in[i].Buf = make([]byte, 2048)
-		}
-		batchThroughput(b, size, func(n int) error {
-			_, err := x.WriteBatch(out[:n])
-			return err
-		}, func() (int, error) {
-			return y.ReadBatch(in)
-		}, func(t time.Time) { y.SetReadDeadline(t) })
-	})
+			batchThroughput(b, size, window, func(n int) error {
+				for sent := 0; sent < n; {
+					k, err := px.WriteBatch(out[sent:n], 0)
+					if err != nil {
+						return err
+					}
+					sent += k
+				}
+				return nil
+			}, func() (int, error) {
+				return py.ReadBatch(in, 0)
+			}, func(t time.Time) { y.SetReadDeadline(t) })
+		})
+		b.Run("vaultudp"+name+"/1200B", func(b *testing.B) {
+			x, y := benchVaultPair(b, func() *Config { return &Config{ReadQueue: 4096} })
+			out, in := make([]Message, 64), make([]Message, 64)
+			for i := range out {
+				out[i] = Message{Buf: make([]byte, size), Addr: addrOf(y)}
+				in[i].Buf = make([]byte, 2048)
+			}
+			batchThroughput(b, size, window, func(n int) error {
+				_, err := x.WriteBatch(out[:n])
+				return err
+			}, func() (int, error) {
+				return y.ReadBatch(in)
+			}, func(t time.Time) { y.SetReadDeadline(t) })
+		})
+	}
 }
 
 // BenchmarkFirstDatagram: nothing → the first datagram delivered, one op
@@ -439,6 +519,100 @@ func firstDatagram(b *testing.B, msg []byte, ready bool) {
 	}
 }
 
+// windowed sends b.N datagrams of size bytes from the clients (one
+// sender goroutine each) to server, with at most window of them in flight:
+// a credit per datagram, returned when the reader gets one, as a
+// flow-controlled stream has. Credits lost with a lost datagram are topped
+// up when the reader has made no progress for 10 ms. It reports recv/s,
+// what the reader got per second, and loss%, what never arrived.
+func windowed(b *testing.B, server benchEndpoint, clients []benchEndpoint, size, window int) {
+	peers := len(clients)
+	to := server.LocalAddr().(*net.UDPAddr).AddrPort()
+	var got, last atomic.Int64
+	credits := make(chan struct{}, window)
+	for range window {
+		credits <- struct{}{}
+	}
+	done, stop := make(chan struct{}), make(chan struct{})
+	b.ReportAllocs()
+	b.SetBytes(int64(size))
+	b.ResetTimer()
+	start := time.Now()
+	go func() {
+		defer close(done)
+		buf := make([]byte, 65536)
+		for {
+			if _, _, err := server.ReadFromUDPAddrPort(buf); err != nil {
+				return
+			}
+			got.Add(1)
+			last.Store(int64(time.Since(start)))
+			select {
+			case credits <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	refilled := make(chan struct{})
+	go func() { // tops up credits lost with lost datagrams
+		defer close(refilled)
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		seen := int64(-1)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			if g := got.Load(); g != seen {
+				seen = g
+				continue
+			}
+			for full := false; !full; {
+				select {
+				case credits <- struct{}{}:
+				default:
+					full = true
+				}
+			}
+		}
+	}()
+	errs := make(chan error, peers)
+	for i, c := range clients {
+		n := b.N / peers
+		if i < b.N%peers {
+			n++
+		}
+		go func() {
+			msg := make([]byte, size)
+			for range n {
+				<-credits
+				if _, err := c.WriteToUDPAddrPort(msg, to); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range clients {
+		if err := <-errs; err != nil {
+			b.Error(err)
+		}
+	}
+	close(stop)
+	<-refilled
+	server.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	<-done
+	b.StopTimer()
+	n := got.Load()
+	if elapsed := time.Duration(last.Load()); elapsed > 0 {
+		b.ReportMetric(float64(n)/elapsed.Seconds(), "recv/s")
+	}
+	b.ReportMetric(100*float64(int64(b.N)-n)/float64(b.N), "loss%")
+}
+
 // BenchmarkManyPeers: one receiving socket, 64 client sockets each with
 // its own sender goroutine (b.N datagrams in all, 512 bytes), one reader
 // goroutine on the receiver; raw beside a vaultudp server Conn with 64
@@ -452,90 +626,7 @@ func firstDatagram(b *testing.B, msg []byte, ready bool) {
 func BenchmarkManyPeers(b *testing.B) {
 	const peers, size, window = 64, 512, 256
 	run := func(b *testing.B, server benchEndpoint, clients []benchEndpoint) {
-		to := server.LocalAddr().(*net.UDPAddr).AddrPort()
-		var got, last atomic.Int64
-		credits := make(chan struct{}, window)
-		for range window {
-			credits <- struct{}{}
-		}
-		done, stop := make(chan struct{}), make(chan struct{})
-		b.ReportAllocs()
-		b.SetBytes(size)
-		b.ResetTimer()
-		start := time.Now()
-		go func() {
-			defer close(done)
-			buf := make([]byte, 65536)
-			for {
-				if _, _, err := server.ReadFromUDPAddrPort(buf); err != nil {
-					return
-				}
-				got.Add(1)
-				last.Store(int64(time.Since(start)))
-				select {
-				case credits <- struct{}{}:
-				default:
-				}
-			}
-		}()
-		refilled := make(chan struct{})
-		go func() { // tops up credits lost with lost datagrams
-			defer close(refilled)
-			t := time.NewTicker(10 * time.Millisecond)
-			defer t.Stop()
-			seen := int64(-1)
-			for {
-				select {
-				case <-stop:
-					return
-				case <-t.C:
-				}
-				if g := got.Load(); g != seen {
-					seen = g
-					continue
-				}
-				for full := false; !full; {
-					select {
-					case credits <- struct{}{}:
-					default:
-						full = true
-					}
-				}
-			}
-		}()
-		errs := make(chan error, peers)
-		for i, c := range clients {
-			n := b.N / peers
-			if i < b.N%peers {
-				n++
-			}
-			go func() {
-				msg := make([]byte, size)
-				for range n {
-					<-credits
-					if _, err := c.WriteToUDPAddrPort(msg, to); err != nil {
-						errs <- err
-						return
-					}
-				}
-				errs <- nil
-			}()
-		}
-		for range clients {
-			if err := <-errs; err != nil {
-				b.Error(err)
-			}
-		}
-		close(stop)
-		<-refilled
-		server.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-		<-done
-		b.StopTimer()
-		n := got.Load()
-		if elapsed := time.Duration(last.Load()); elapsed > 0 {
-			b.ReportMetric(float64(n)/elapsed.Seconds(), "recv/s")
-		}
-		b.ReportMetric(100*float64(int64(b.N)-n)/float64(b.N), "loss%")
+		windowed(b, server, clients, size, window)
 	}
 	b.Run("raw", func(b *testing.B) {
 		lo := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}
