@@ -11,6 +11,7 @@
 // goes to stdout, progress to stderr.
 //
 //	cd bench && go run . -rounds 5 -dur 2s
+//	cd bench && go run . -rounds 5 -dur 2s -window 1024  # flow-controlled
 //
 // With -ratios file it measures nothing and prints vaultudp ÷ raw per
 // pass from the root module's benchmark output instead.
@@ -53,6 +54,7 @@ func mainErr(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	fs.BoolVar(&o.quicTrace, "quictrace", false, "count quic-go's own datagram drops with a qlog tracer (slows quic-go)")
 	fs.StringVar(&ratios, "ratios", "", "measure nothing: read this file of the root module's benchmark output (BENCHMARKS.md) and print vaultudp ÷ raw per pass")
+	fs.IntVar(&o.window, "window", 0, "throughput flow-controlled: at most this many datagrams in flight (0: unpaced)")
 	fs.StringVar(&o.dtlsSuite, "dtls-suite", "chacha", "pion/dtls cipher suite: chacha (ECDHE_ECDSA_CHACHA20_POLY1305) or aes (ECDHE_ECDSA_AES_128_GCM)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -63,8 +65,8 @@ func mainErr(args []string, stdout, stderr io.Writer) error {
 	if ratios != "" {
 		return printRatios(ratios, stdout)
 	}
-	if o.rounds < 1 || o.dur <= 0 || o.rtt < 1 || o.hs < 1 {
-		return fmt.Errorf("-rounds, -rtt and -hs must be at least 1 and -dur positive")
+	if o.rounds < 1 || o.dur <= 0 || o.rtt < 1 || o.hs < 1 || o.window < 0 {
+		return fmt.Errorf("-rounds, -rtt and -hs must be at least 1, -dur positive and -window not negative")
 	}
 	if o.dtlsSuite != "chacha" && o.dtlsSuite != "aes" {
 		return fmt.Errorf("-dtls-suite %q: want chacha or aes", o.dtlsSuite)

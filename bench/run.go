@@ -28,6 +28,7 @@ type options struct {
 	skip      map[string]bool // "tput", "rtt", "first"
 	quicTrace bool
 	dtlsSuite string // "chacha" or "aes"
+	window    int    // datagrams in flight in throughput; 0: unpaced
 }
 
 // ---------------------------------------------------------------- /proc/net/snmp
@@ -109,8 +110,11 @@ func randBytes(n int) []byte {
 // throughput: a sender writes size-byte datagrams for dur as fast as it
 // goes (in calls of batchSize for batch contenders), one receiver
 // goroutine counts what arrives; then the receiver drains until
-// everything arrived or nothing came for 200 ms.
-func throughput(c contender, size int, dur time.Duration) (tputResult, error) {
+// everything arrived or nothing came for 200 ms. With a window, the
+// sender is flow-controlled as a stream over UDP is: at most window
+// datagrams in flight, a credit each, returned as they arrive (and topped
+// up when nothing arrived for 10 ms, for credits lost with a datagram).
+func throughput(c contender, size int, dur time.Duration, window int) (tputResult, error) {
 	var res tputResult
 	err := withPair(c, func(p *pair) error {
 		res.size = min(size, p.maxPayload)
@@ -118,6 +122,8 @@ func throughput(c contender, size int, dur time.Duration) (tputResult, error) {
 		buf := make([]byte, 65536)
 		var got atomic.Int64
 		done := make(chan struct{})
+		cr := newCredits(window, &got)
+		defer cr.stop()
 		runtime.GC()
 		var m0, m1 runtime.MemStats
 		runtime.ReadMemStats(&m0)
@@ -130,6 +136,7 @@ func throughput(c contender, size int, dur time.Duration) (tputResult, error) {
 					return
 				}
 				got.Add(int64(n))
+				cr.give(n)
 			}
 		}()
 		// Watchdog: a sender stuck past dur+10s (a blocked SendDatagram,
@@ -139,6 +146,7 @@ func throughput(c contender, size int, dur time.Duration) (tputResult, error) {
 		start := time.Now()
 		var sent int64
 		for time.Since(start) < dur {
+			cr.take(batchSize)
 			n, err := p.a.SendN(msg, batchSize)
 			sent += int64(n)
 			if err != nil {
@@ -180,6 +188,75 @@ func throughput(c contender, size int, dur time.Duration) (tputResult, error) {
 
 // pingPong returns the mean of n 64-byte round trips (after 100 warm-up
 // ones): a sends, b's echo goroutine sends it back.
+// credits bounds the datagrams in flight (throughput's window); a nil
+// *credits bounds nothing.
+type credits struct {
+	ch   chan struct{}
+	quit chan struct{}
+	done chan struct{}
+}
+
+func newCredits(window int, got *atomic.Int64) *credits {
+	if window <= 0 {
+		return nil
+	}
+	c := &credits{ch: make(chan struct{}, window), quit: make(chan struct{}), done: make(chan struct{})}
+	for range window {
+		c.ch <- struct{}{}
+	}
+	go func() { // tops up credits lost with lost datagrams
+		defer close(c.done)
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		seen := int64(-1)
+		for {
+			select {
+			case <-c.quit:
+				return
+			case <-t.C:
+			}
+			if g := got.Load(); g != seen {
+				seen = g
+				continue
+			}
+			c.give(cap(c.ch))
+		}
+	}()
+	return c
+}
+
+// take waits for n credits (at most the window).
+func (c *credits) take(n int) {
+	if c == nil {
+		return
+	}
+	for range min(n, cap(c.ch)) {
+		<-c.ch
+	}
+}
+
+// give returns n credits, as many as the window has room for.
+func (c *credits) give(n int) {
+	if c == nil {
+		return
+	}
+	for range min(n, cap(c.ch)) {
+		select {
+		case c.ch <- struct{}{}:
+		default:
+			return
+		}
+	}
+}
+
+func (c *credits) stop() {
+	if c == nil {
+		return
+	}
+	close(c.quit)
+	<-c.done
+}
+
 func pingPong(c contender, n int) (time.Duration, error) {
 	var mean time.Duration
 	err := withPair(c, func(p *pair) error {
@@ -378,7 +455,7 @@ func run(o options, w, progress io.Writer) error {
 					}
 					fmt.Fprintf(progress, "round %d/%d  tput %5d B  %-10s ", r+1, R, s, c.key)
 					q0 := e.quicDropTotal()
-					res, err := throughput(c, s, o.dur)
+					res, err := throughput(c, s, o.dur, o.window)
 					a := tput[c.key][s]
 					if err != nil {
 						fail(err)
@@ -449,6 +526,11 @@ func run(o options, w, progress io.Writer) error {
 	// ---------------------------------------------------------- table
 	fmt.Fprintf(w, "Go %s %s/%s, kernel %s, GOMAXPROCS=%d, NumCPU=%d; %d interleaved rounds, %v send window, %d round trips, %d first-datagram samples per round; run took %v.\n\n",
 		runtime.Version(), runtime.GOOS, runtime.GOARCH, kernelRelease(), runtime.GOMAXPROCS(0), runtime.NumCPU(), R, o.dur, o.rtt, o.hs, elapsed.Round(time.Second))
+	if o.window > 0 {
+		fmt.Fprintf(w, "Throughput flow-controlled: at most %d datagrams in flight (credits returned as they arrive), as a stream over UDP is.\n\n", o.window)
+	} else {
+		fmt.Fprintf(w, "Throughput unpaced: each sender as fast as it goes, whatever its receiver keeps up with.\n\n")
+	}
 	fmt.Fprintln(w, "Median over rounds, (min–max) over rounds; ×raw = median over rounds of (contender ÷ raw UDP of the same round), with its min–max.")
 	fmt.Fprintln(w, "delivered/s = delivered ÷ send time; loss = (sent − delivered)/sent; kdrop = kernel Udp RcvbufErrors delta (system-wide, summed over rounds);")
 	fmt.Fprintln(w, "pkts/dgram = kernel Udp InDatagrams delta ÷ delivered (system-wide); allocs/dgram = runtime Mallocs delta ÷ delivered (whole process, both ends),")
