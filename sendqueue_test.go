@@ -151,3 +151,35 @@ func TestSendQueueFailureCounted(t *testing.T) {
 		t.Fatalf("Drops.SendFailed %d, want %d", got, n)
 	}
 }
+
+// TestSendQueueAllocs: a streaming writer's datagrams, queued and sent in
+// trains, cost no allocation each once the queue's trains exist.
+func TestSendQueueAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts differ under -race; CI runs the Alloc tests without it")
+	}
+	a := listenT(t, "udp4", "127.0.0.1:0", nil)
+	b := listenT(t, "udp4", "127.0.0.1:0", nil)
+	handshakeT(t, a, addrOf(b))
+	streaming(t, a)
+	msg, buf := make([]byte, 1200), make([]byte, 2048)
+	b.SetReadDeadline(time.Now().Add(10 * time.Second))
+	burst := func() { // 16 queued, then read: within the socket's buffer
+		for range 16 {
+			if _, err := a.WriteToUDPAddrPort(msg, addrOf(b)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range 16 {
+			if _, _, err := b.ReadFromUDPAddrPort(buf); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for range 20 { // the trains and the packet free list
+		burst()
+	}
+	if allocs := testing.AllocsPerRun(50, burst) / 16; allocs > 0 {
+		t.Errorf("%.3f allocations per queued datagram, want 0", allocs)
+	}
+}
