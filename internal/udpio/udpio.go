@@ -28,8 +28,10 @@ type Caps struct {
 	// call (UDP_SEGMENT). It may turn off later, for good, when the
 	// device refuses it.
 	GSO bool
-	// GRO: the kernel may coalesce received datagrams of one flow, which
-	// a Reader splits again (UDP_GRO); callers see single datagrams.
+	// GRO: a Reader reads into 64 KiB buffers of its own, so that any
+	// datagram arrives whole, and once the socket has a backlog the
+	// kernel may coalesce received datagrams of one flow, which a Reader
+	// splits again (UDP_GRO); callers see single datagrams.
 	GRO bool
 	// PacketInfo: each datagram read carries the local address it was
 	// sent to (Message.Local), and writes leave from the source address
