@@ -12,6 +12,7 @@ import (
 	"time"
 
 	v2 "github.com/vaultudp/vaultudp/internal/v2"
+	"golang.org/x/time/rate"
 )
 
 // Conn is an encrypting net.PacketConn. Key exchange, sealing, padding,
@@ -72,6 +73,8 @@ type Conn struct {
 	recvQ    chan *packet
 	hsQueue  chan *handshakeElem // handshake_queue.go
 	hsElems  sync.Pool           // *handshakeElem
+	hsMu     sync.Mutex          // held while a handshake message is handled
+	hsInline *rate.Limiter       // handshake messages the readers may handle themselves
 
 	readDeadline  *deadline
 	rd            readCoord     // who reads the socket (direct.go)
@@ -154,6 +157,7 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 		start:         time.Now(),
 		recvQ:         make(chan *packet, cfg.ReadQueue),
 		hsQueue:       make(chan *handshakeElem, handshakeQueueLen),
+		hsInline:      newInlineLimiter(),
 		readDeadline:  newDeadline(),
 		appToken:      make(chan struct{}, 1),
 		bgWake:        make(chan struct{}, 1),
