@@ -1,6 +1,7 @@
 package vaultudp
 
 import (
+	"crypto/ecdh"
 	"crypto/ed25519"
 	"fmt"
 	"log/slog"
@@ -71,10 +72,11 @@ type Conn struct {
 	bufs     sync.Pool // *[]byte, for sealing
 	runBufs  sync.Pool // *[]byte, for WriteBatch's trains of sealed datagrams
 	recvQ    chan *packet
-	hsQueue  chan *handshakeElem // handshake_queue.go
-	hsElems  sync.Pool           // *handshakeElem
-	hsMu     sync.Mutex          // held while a handshake message is handled
-	hsInline *rate.Limiter       // handshake messages the readers may handle themselves
+	hsQueue  chan *handshakeElem             // handshake_queue.go
+	hsElems  sync.Pool                       // *handshakeElem
+	hsMu     sync.Mutex                      // held while a handshake message is handled
+	hsInline *rate.Limiter                   // handshake messages the readers may handle themselves
+	spareEph atomic.Pointer[ecdh.PrivateKey] // the first handshake's ephemeral key, made ahead (handshake.go)
 
 	readDeadline  *deadline
 	rd            readCoord     // who reads the socket (direct.go)
@@ -180,7 +182,8 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 		"identity", EncodePublicKey(c.hs.public))
 
 	c.hsElems.New = func() any { return new(handshakeElem) }
-	c.wg.Add(3)
+	c.wg.Add(4)
+	go c.makeSpareEphemeral()
 	go c.readLoop(s)
 	go c.housekeeping()
 	go c.handshakeLoop()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ecdh"
 	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
@@ -90,6 +91,29 @@ type handshaker struct {
 	identity ed25519.PrivateKey
 	public   ed25519.PublicKey
 	versions []byte
+}
+
+// ephemeral returns a fresh X25519 key for one hello or one reply. The
+// first is made ahead: a Conn starts making one in the background when it
+// starts (makeSpareEphemeral), so that the first handshake does not wait
+// for the scalar multiplication (43 us here) on either side. The swap
+// gives a spare to exactly one message, and no new spare is made: later
+// handshakes are not waited for as the first is, and a key made long
+// before its use would only sit in memory.
+func (c *Conn) ephemeral() (*ecdh.PrivateKey, error) {
+	if k := c.spareEph.Swap(nil); k != nil {
+		return k, nil
+	}
+	return ecdh.X25519().GenerateKey(rand.Reader)
+}
+
+// makeSpareEphemeral makes the key the first call of ephemeral returns,
+// if it comes after.
+func (c *Conn) makeSpareEphemeral() {
+	defer c.wg.Done()
+	if k, err := ecdh.X25519().GenerateKey(rand.Reader); err == nil {
+		c.spareEph.Store(k)
+	}
 }
 
 func newHandshaker(identity ed25519.PrivateKey) *handshaker {

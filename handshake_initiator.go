@@ -3,8 +3,6 @@ package vaultudp
 import (
 	"bytes"
 	"context"
-	"crypto/ecdh"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -131,7 +129,7 @@ func (p *peer) handshakingLocked() bool { return p.init != nil || p.initiating }
 // keeps the cookie the responder gave the hello it replaces; the one it
 // replaces stays answerable (a slow reply to it still completes).
 func (c *Conn) sendHello(p *peer) {
-	eph, err := ecdh.X25519().GenerateKey(rand.Reader)
+	eph, err := c.ephemeral()
 	if err != nil {
 		panic(err) // crypto/rand does not fail
 	}

@@ -2,9 +2,7 @@ package vaultudp
 
 import (
 	"bytes"
-	"crypto/ecdh"
 	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
 	"net/netip"
 )
@@ -79,7 +77,7 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 			return
 		}
 	}
-	eph, err := ecdh.X25519().GenerateKey(rand.Reader)
+	eph, err := c.ephemeral()
 	if err != nil {
 		return
 	}
