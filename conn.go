@@ -82,7 +82,6 @@ type Conn struct {
 	rd            readCoord     // who reads the socket (direct.go)
 	bgWake        chan struct{} // wakes the background reader (direct.go)
 	appToken      chan struct{} // held by the one application goroutine reading the socket
-	appReaderPool sync.Pool     // *appReader
 	writeDeadline *deadline
 
 	closed    chan struct{}
@@ -173,6 +172,7 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 	c.freePkts = make(chan *packet, cfg.ReadQueue+2*readBatchSize)
 	c.bufs.New = func() any { b := make([]byte, c.bufSize+tagLen); return &b }
 	c.runBufs.New = func() any { b := make([]byte, 0, maxBatchRun*(c.bufSize+tagLen)); return &b }
+	s.rs = c.newReadSet(s)
 	c.sock.Store(s)
 	if c.v2, err = newV2Endpoint(c); err != nil { // protocol v2 keys (proto_v2.go)
 		z.close()

@@ -74,6 +74,7 @@ func (c *Conn) Rebind(address string) error {
 	}
 	s := newSocket(pc)
 	setSocketBuffers(s)
+	s.rs = c.newReadSet(s)
 	c.rebindMu.Lock()
 	defer c.rebindMu.Unlock()
 	if c.isClosed() {
