@@ -281,7 +281,7 @@ type linuxReader struct {
 // groState is a reader's own buffers for coalesced datagrams, and the
 // datagrams of its last read not yet returned.
 type groState struct {
-	bufs   [][]byte // one until the socket has GRO on, then groBufs
+	bufs   [][]byte // one (from the first read on) until the socket has GRO on, then groBufs
 	trains [groBufs]groTrain
 	n      int // trains of the last read
 	next   int // the first not yet wholly returned
@@ -299,7 +299,10 @@ type groTrain struct {
 func (s *udpSocket) NewReader() Reader {
 	r := &linuxReader{rc: s.sys.rc, s: s, ctrl: s.caps.PacketInfo || s.caps.GRO}
 	if s.caps.GRO {
-		r.gro = &groState{bufs: [][]byte{make([]byte, groBufSize)}}
+		// The buffers come with the first read: a Reader is made with
+		// its socket, in Listen, and read on a goroutine that may run
+		// on another core meanwhile.
+		r.gro = &groState{bufs: make([][]byte, 0, groBufs)}
 	}
 	r.doRead = r.recvmmsg
 	return r
@@ -375,10 +378,12 @@ func (r *linuxReader) control(i int) []byte {
 func (r *linuxReader) readGRO(ms []Message) (int, error) {
 	g := r.gro
 	if g.next == g.n {
-		if len(g.bufs) < groBufs && r.s.sys.groOn.Load() {
-			for len(g.bufs) < groBufs {
-				g.bufs = append(g.bufs, make([]byte, groBufSize))
-			}
+		want := 1
+		if r.s.sys.groOn.Load() {
+			want = groBufs
+		}
+		for len(g.bufs) < want {
+			g.bufs = append(g.bufs, make([]byte, groBufSize))
 		}
 		r.vlen = len(g.bufs)
 		r.waited = false
