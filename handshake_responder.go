@@ -122,7 +122,7 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 	c.lastHello[idKey] = m.timestamp // only for a hello that is answered
 	c.mu.Unlock()
 
-	queued := c.install(pr, s, keys.peerIdentity, wall)
+	queued := c.install(pr, s, keys.peerIdentity, wall, nil)
 	c.sendControlFrom(from, local, reply)
 	c.flush(pr, s, from, queued)
 }
