@@ -1,7 +1,6 @@
 package vaultudp
 
 import (
-	"crypto/ecdh"
 	"crypto/ed25519"
 	"fmt"
 	"log/slog"
@@ -72,11 +71,11 @@ type Conn struct {
 	bufs     sync.Pool // *[]byte, for sealing
 	runBufs  sync.Pool // *[]byte, for WriteBatch's trains of sealed datagrams
 	recvQ    chan *packet
-	hsQueue  chan *handshakeElem             // handshake_queue.go
-	hsElems  sync.Pool                       // *handshakeElem
-	hsMu     sync.Mutex                      // held while a handshake message is handled
-	hsInline *rate.Limiter                   // handshake messages the readers may handle themselves
-	spareEph atomic.Pointer[ecdh.PrivateKey] // the first handshake's ephemeral key, made ahead (handshake.go)
+	hsQueue  chan *handshakeElem // handshake_queue.go
+	hsElems  sync.Pool           // *handshakeElem
+	hsMu     sync.Mutex          // held while a handshake message is handled
+	hsInline *rate.Limiter       // handshake messages the readers may handle themselves
+	spare    *spareKey           // the first handshake message's ephemeral key, made ahead (handshake.go)
 
 	readDeadline  *deadline
 	rd            readCoord     // who reads the socket (direct.go)
@@ -118,8 +117,9 @@ type packet struct {
 	truncated bool
 }
 
-// newConn returns a Conn over s; the caller closes s if it fails.
-func newConn(s *socket, config *Config) (*Conn, error) {
+// newConn returns a Conn over s, with spare as its first ephemeral key
+// (nil: one started now); the caller closes s if it fails.
+func newConn(s *socket, config *Config, spare *spareKey) (*Conn, error) {
 	cfg, err := config.resolve()
 	if err != nil {
 		return nil, err
@@ -146,6 +146,7 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 	}
 	c := &Conn{
 		cfg:           cfg,
+		spare:         spare,
 		hs:            newHandshaker(cfg.Identity),
 		z:             z,
 		cookies:       newCookieJar(cfg.CookieThreshold, cfg.now()),
@@ -169,6 +170,9 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 		initiated:     make(map[uint32]*peer),
 		lastHello:     make(map[[ed25519.PublicKeySize]byte]uint64),
 	}
+	if c.spare == nil {
+		c.spare = newSpareKey()
+	}
 	c.freePkts = make(chan *packet, cfg.ReadQueue+2*readBatchSize)
 	c.bufs.New = func() any { b := make([]byte, c.bufSize+tagLen); return &b }
 	c.runBufs.New = func() any { b := make([]byte, 0, maxBatchRun*(c.bufSize+tagLen)); return &b }
@@ -182,8 +186,7 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 		"identity", EncodePublicKey(c.hs.public))
 
 	c.hsElems.New = func() any { return new(handshakeElem) }
-	c.wg.Add(4)
-	go c.makeSpareEphemeral()
+	c.wg.Add(3)
 	go c.readLoop(s)
 	go c.housekeeping()
 	go c.handshakeLoop()
@@ -393,6 +396,7 @@ func (c *Conn) Close() error {
 		err := c.sock.Load().Close()
 		c.rebindMu.Unlock()
 		c.wg.Wait()
+		<-c.spare.done
 		c.readDeadline.stop()
 		c.writeDeadline.stop()
 		c.z.close()

@@ -8,6 +8,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/blake2b"
@@ -94,26 +96,36 @@ type handshaker struct {
 }
 
 // ephemeral returns a fresh X25519 key for one hello or one reply. The
-// first is made ahead: a Conn starts making one in the background when it
-// starts (makeSpareEphemeral), so that the first handshake does not wait
-// for the scalar multiplication (43 us here) on either side. The swap
-// gives a spare to exactly one message, and no new spare is made: later
-// handshakes are not waited for as the first is, and a key made long
-// before its use would only sit in memory.
+// first is the Conn's spare, made ahead (spareKey), so that the first
+// handshake does not wait for the scalar multiplication (43 us here) on
+// either side. Later handshakes make their own: they are not waited for
+// as the first is, and a key made long before its use would only sit in
+// memory.
 func (c *Conn) ephemeral() (*ecdh.PrivateKey, error) {
-	if k := c.spareEph.Swap(nil); k != nil {
-		return k, nil
+	if c.spare.taken.CompareAndSwap(false, true) {
+		return c.spare.key()
 	}
 	return ecdh.X25519().GenerateKey(rand.Reader)
 }
 
-// makeSpareEphemeral makes the key the first call of ephemeral returns,
-// if it comes after.
-func (c *Conn) makeSpareEphemeral() {
-	defer c.wg.Done()
-	if k, err := ecdh.X25519().GenerateKey(rand.Reader); err == nil {
-		c.spareEph.Store(k)
-	}
+// spareKey is an ephemeral key a goroutine starts making with the Conn
+// (in Listen, before the socket), for one message: taken gives it to
+// exactly one. A message that needs it while it is being made waits for
+// it, one that comes first makes it itself (key runs once).
+type spareKey struct {
+	taken atomic.Bool
+	key   func() (*ecdh.PrivateKey, error)
+	done  chan struct{} // closed when the goroutine has returned
+}
+
+func newSpareKey() *spareKey {
+	k := &spareKey{done: make(chan struct{})}
+	k.key = sync.OnceValues(func() (*ecdh.PrivateKey, error) { return ecdh.X25519().GenerateKey(rand.Reader) })
+	go func() {
+		defer close(k.done)
+		k.key()
+	}()
+	return k
 }
 
 func newHandshaker(identity ed25519.PrivateKey) *handshaker {
