@@ -133,8 +133,17 @@ func (c *Conn) appEnd() {
 
 // wakeBackgroundReader has the background reader read the socket now if no
 // application goroutine is reading it: the Conn has sent a hello, and its
-// reply must not wait for an application read or the grace.
+// reply must not wait for an application read or the grace. While one is
+// reading, the background reader could only go back to waiting (bgBegin),
+// and waking it for that costs a thread's wake-up just as the reply's
+// reader is woken.
 func (c *Conn) wakeBackgroundReader() {
+	c.rd.mu.Lock()
+	reading := c.rd.appReaders > 0
+	c.rd.mu.Unlock()
+	if reading {
+		return
+	}
 	select {
 	case c.bgWake <- struct{}{}:
 	default:
