@@ -88,10 +88,11 @@ func (r *reader) read(pkts []*packet) (int, error) {
 // does not allocate and zero 32 of them (and, where the socket has GRO, a
 // 64 KiB buffer) for each goroutine that reads it.
 type readSet struct {
-	mu   sync.Mutex // held while reading into the set and handling what came
-	r    *reader
-	pkts []*packet
-	full bool // the last read filled pkts
+	mu       sync.Mutex // held while reading into the set and handling what came
+	r        *reader
+	pkts     []*packet
+	full     bool // the last read filled pkts
+	released bool // the socket is closed and the buffers given up (releaseReadSet)
 }
 
 // readSetStart is the packets a readSet starts with.
@@ -108,12 +109,33 @@ func (c *Conn) newReadSet(s *socket) *readSet {
 // readInto reads into rs.pkts (see reader.read), first growing them to a
 // whole batch if the last read filled them; rs.mu is held.
 func (c *Conn) readInto(rs *readSet) (int, error) {
+	if rs.released {
+		return 0, net.ErrClosed
+	}
 	for rs.full && len(rs.pkts) < readBatchSize {
 		rs.pkts = append(rs.pkts, c.getPacket())
 	}
 	n, err := rs.r.read(rs.pkts)
 	rs.full = n == len(rs.pkts)
 	return n, err
+}
+
+// releaseReadSet gives up rs's buffers, its socket being closed (by Close
+// or Rebind): its packets go back to the Conn's free list, its reader's
+// buffers to other readers (udpio). It waits for the goroutine reading
+// with rs, if any, to leave, which it does at once: its read fails.
+func (c *Conn) releaseReadSet(rs *readSet) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.released {
+		return
+	}
+	rs.released = true
+	rs.r.r.Release()
+	for _, p := range rs.pkts {
+		c.putPacket(p)
+	}
+	rs.pkts = nil
 }
 
 // receiveSet hands the n datagrams of rs's last read to receive, and

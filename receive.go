@@ -8,12 +8,12 @@ import (
 
 // readLoop reads s until it is closed (by Close or Rebind), handling
 // every datagram: handshakes are answered here, so a Conn that only
-// writes still completes them. Its packets are s's read set, which an
-// application reader may still hold when it returns (after Rebind): they
-// are not put back.
+// writes still completes them. It reads with s's read set, which it
+// releases when it returns.
 func (c *Conn) readLoop(s *socket) {
 	defer c.wg.Done()
 	rs := s.rs
+	defer c.releaseReadSet(rs)
 	direct := s.Caps().Deadlines // application readers take turns (direct.go)
 	idle := time.NewTimer(time.Hour)
 	defer idle.Stop()

@@ -2,6 +2,8 @@ package udpio
 
 import (
 	"encoding/binary"
+	"errors"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -118,4 +120,20 @@ func TestGROSplitsCoalescedReads(t *testing.T) {
 		}
 		got += n
 	}
+}
+
+// A released Reader with buffers of its own (GRO) gives them up and
+// reads no more.
+func TestReleasedReaderFails(t *testing.T) {
+	r := New(listen(t, "udp4", "127.0.0.1:0"))
+	if !r.Caps().GRO {
+		t.Skipf("no UDP GRO here (%+v)", r.Caps())
+	}
+	rd := r.NewReader()
+	rd.Release()
+	ms := []Message{{Buf: make([]byte, 2048)}}
+	if n, err := rd.Read(ms); n != 0 || !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Read after Release = %d, %v; want 0, net.ErrClosed", n, err)
+	}
+	rd.Release() // twice: nothing more
 }

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"unsafe"
@@ -256,6 +257,13 @@ const (
 	groBufSize = 1 << 16
 )
 
+// groBufPool keeps the buffers of released Readers for new ones: a
+// program that opens and closes Conns (a client per request, a test
+// suite) otherwise allocates and zeroes 64 KiB or more for each, half of
+// what a Conn allocates before its first datagram. It holds nothing but
+// free memory, which the garbage collector reclaims as from any sync.Pool.
+var groBufPool = sync.Pool{New: func() any { return new([groBufSize]byte) }}
+
 // linuxReader reads with recvmmsg.
 type linuxReader struct {
 	rc    syscall.RawConn
@@ -281,7 +289,8 @@ type linuxReader struct {
 // groState is a reader's own buffers for coalesced datagrams, and the
 // datagrams of its last read not yet returned.
 type groState struct {
-	bufs   [][]byte // one (from the first read on) until the socket has GRO on, then groBufs
+	bufs   []*[groBufSize]byte // one (from the first read on) until the socket has GRO on, then groBufs
+	closed bool                // released
 	trains [groBufs]groTrain
 	n      int // trains of the last read
 	next   int // the first not yet wholly returned
@@ -302,7 +311,7 @@ func (s *udpSocket) NewReader() Reader {
 		// The buffers come with the first read: a Reader is made with
 		// its socket, in Listen, and read on a goroutine that may run
 		// on another core meanwhile.
-		r.gro = &groState{bufs: make([][]byte, 0, groBufs)}
+		r.gro = &groState{bufs: make([]*[groBufSize]byte, 0, groBufs)}
 	}
 	r.doRead = r.recvmmsg
 	return r
@@ -338,6 +347,15 @@ func (r *linuxReader) recvmmsg(fd uintptr) bool {
 		}
 		r.n, r.errno = int(n), errno
 		return true
+	}
+}
+
+func (r *linuxReader) Release() {
+	if g := r.gro; g != nil && !g.closed {
+		for _, b := range g.bufs {
+			groBufPool.Put(b)
+		}
+		*g = groState{closed: true}
 	}
 }
 
@@ -382,12 +400,15 @@ func (r *linuxReader) readGRO(ms []Message) (int, error) {
 		if r.s.sys.groOn.Load() {
 			want = groBufs
 		}
+		if g.closed {
+			return 0, net.ErrClosed
+		}
 		for len(g.bufs) < want {
-			g.bufs = append(g.bufs, make([]byte, groBufSize))
+			g.bufs = append(g.bufs, groBufPool.Get().(*[groBufSize]byte))
 		}
 		r.vlen = len(g.bufs)
 		r.waited = false
-		if err := r.read(func(i int) []byte { return g.bufs[i] }); err != nil {
+		if err := r.read(func(i int) []byte { return g.bufs[i][:] }); err != nil {
 			return 0, err
 		}
 		if !r.s.sys.groOn.Load() {
