@@ -266,14 +266,16 @@ var groBufPool = sync.Pool{New: func() any { return new([groBufSize]byte) }}
 
 // linuxReader reads with recvmmsg.
 type linuxReader struct {
-	rc    syscall.RawConn
-	s     *udpSocket
-	ctrl  bool // ask for control messages (packet info, GRO)
-	gro   *groState
-	hdrs  [MaxBatch]unix.Mmsghdr
-	iovs  [MaxBatch]unix.Iovec
-	names [MaxBatch]unix.RawSockaddrInet6 // large enough for IPv4 too
-	ctrls [MaxBatch][ctrlLen / 8]uint64   // aligned for the headers
+	rc   syscall.RawConn
+	s    *udpSocket
+	ctrl bool // ask for control messages (packet info, GRO)
+	gro  *groState
+	// One entry per datagram of a read: MaxBatch, or groBufs where the
+	// Reader reads into its own GRO buffers (readGRO).
+	hdrs  []unix.Mmsghdr
+	iovs  []unix.Iovec
+	names []unix.RawSockaddrInet6 // large enough for IPv4 too
+	ctrls [][ctrlLen / 8]uint64   // aligned for the headers
 	// The state of one call, kept here so that doRead, made a method
 	// value once, allocates nothing per call.
 	vlen   int
@@ -307,6 +309,14 @@ type groTrain struct {
 
 func (s *udpSocket) NewReader() Reader {
 	r := &linuxReader{rc: s.sys.rc, s: s, ctrl: s.caps.PacketInfo || s.caps.GRO}
+	n := MaxBatch
+	if s.caps.GRO {
+		n = groBufs
+	}
+	r.hdrs = make([]unix.Mmsghdr, n)
+	r.iovs = make([]unix.Iovec, n)
+	r.names = make([]unix.RawSockaddrInet6, n)
+	r.ctrls = make([][ctrlLen / 8]uint64, n)
 	if s.caps.GRO {
 		// The buffers come with the first read: a Reader is made with
 		// its socket, in Listen, and read on a goroutine that may run
@@ -366,7 +376,7 @@ func (r *linuxReader) Read(ms []Message) (int, error) {
 	if r.gro != nil {
 		return r.readGRO(ms)
 	}
-	r.vlen = min(len(ms), MaxBatch)
+	r.vlen = min(len(ms), len(r.hdrs))
 	if err := r.read(func(i int) []byte { return ms[i].Buf }); err != nil {
 		return 0, err
 	}
