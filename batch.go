@@ -3,6 +3,7 @@ package vaultudp
 import (
 	"net"
 	"net/netip"
+	"sync"
 
 	"github.com/vaultudp/vaultudp/internal/udpio"
 )
@@ -23,6 +24,9 @@ type socket struct {
 	// dlUnknown is set until the Conn first sets the socket's read
 	// deadline (direct.go keeps track of it from then on).
 	dlUnknown bool
+
+	// rs is what reading the socket takes; set before the Conn uses s.
+	rs *readSet
 }
 
 func newSocket(pc net.PacketConn) *socket {
@@ -72,20 +76,89 @@ func (r *reader) read(pkts []*packet) (int, error) {
 	return n, err
 }
 
-// receiveBuffered hands to receive what r holds from its last read (a
-// GRO read may bring in more datagrams than fit pkts), so that nothing
-// waits in r when its goroutine leaves the socket.
-func (c *Conn) receiveBuffered(r *reader, pkts []*packet) {
-	for r.r.Buffered() > 0 {
-		n, err := r.read(pkts)
+// readSet is what reading a socket takes: a reader and the packets it
+// reads into. A socket has one, which the goroutines that read it share,
+// one at a time: its background reader, and application goroutines in
+// ReadFrom, which take turns with it and with each other (direct.go). So a
+// Conn has one set of receive buffers however it is read. The turns keep
+// the holders apart; mu makes sure of it where they do not by themselves
+// (a reader of a socket that Rebind has just replaced). The packets
+// start few and grow to a whole batch (readBatchSize) once a read fills
+// them all: a Conn that never has more than a datagram or two waiting
+// does not allocate and zero 32 of them (and, where the socket has GRO, a
+// 64 KiB buffer) for each goroutine that reads it.
+type readSet struct {
+	mu       sync.Mutex // held while reading into the set and handling what came
+	r        *reader
+	pkts     []*packet
+	full     bool // the last read filled pkts
+	released bool // the socket is closed and the buffers given up (releaseReadSet)
+}
+
+// readSetStart is the packets a readSet starts with.
+const readSetStart = 4
+
+func (c *Conn) newReadSet(s *socket) *readSet {
+	rs := &readSet{r: s.newReader(), pkts: make([]*packet, readSetStart, readBatchSize)}
+	for i := range rs.pkts {
+		rs.pkts[i] = c.getPacket()
+	}
+	return rs
+}
+
+// readInto reads into rs.pkts (see reader.read), first growing them to a
+// whole batch if the last read filled them; rs.mu is held.
+func (c *Conn) readInto(rs *readSet) (int, error) {
+	if rs.released {
+		return 0, net.ErrClosed
+	}
+	for rs.full && len(rs.pkts) < readBatchSize {
+		rs.pkts = append(rs.pkts, c.getPacket())
+	}
+	n, err := rs.r.read(rs.pkts)
+	rs.full = n == len(rs.pkts)
+	return n, err
+}
+
+// releaseReadSet gives up rs's buffers, its socket being closed (by Close
+// or Rebind): its packets go back to the Conn's free list, its reader's
+// buffers to other readers (udpio). It waits for the goroutine reading
+// with rs, if any, to leave, which it does at once: its read fails.
+func (c *Conn) releaseReadSet(rs *readSet) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.released {
+		return
+	}
+	rs.released = true
+	rs.r.r.Release()
+	for _, p := range rs.pkts {
+		c.putPacket(p)
+	}
+	rs.pkts = nil
+}
+
+// receiveSet hands the n datagrams of rs's last read to receive, and
+// replaces the packets it keeps; rs.mu is held.
+func (c *Conn) receiveSet(rs *readSet, n int) {
+	for i := 0; i < n; i++ {
+		if c.receive(rs.pkts[i]) {
+			rs.pkts[i] = c.getPacket()
+		}
+	}
+}
+
+// receiveBuffered hands to receive what rs's reader holds from its last
+// read (a GRO read may bring in more datagrams than fit the packets), so
+// that nothing waits in it when its goroutine leaves the socket; rs.mu is
+// held.
+func (c *Conn) receiveBuffered(rs *readSet) {
+	for rs.r.r.Buffered() > 0 {
+		n, err := c.readInto(rs)
 		if err != nil {
 			return
 		}
-		for i := 0; i < n; i++ {
-			if c.receive(pkts[i]) {
-				pkts[i] = c.getPacket()
-			}
-		}
+		c.receiveSet(rs, n)
 	}
 }
 

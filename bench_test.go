@@ -249,7 +249,7 @@ func BenchmarkPeerMemory(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			c.install(p, s, make([]byte, 32), time.Now())
+			c.install(p, s, make([]byte, 32), time.Now(), nil)
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)

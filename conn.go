@@ -12,6 +12,7 @@ import (
 	"time"
 
 	v2 "github.com/vaultudp/vaultudp/internal/v2"
+	"golang.org/x/time/rate"
 )
 
 // Conn is an encrypting net.PacketConn. Key exchange, sealing, padding,
@@ -77,12 +78,14 @@ type Conn struct {
 	recvQ    chan *packet
 	hsQueue  chan *handshakeElem // handshake_queue.go
 	hsElems  sync.Pool           // *handshakeElem
+	hsMu     sync.Mutex          // held while a handshake message is handled
+	hsInline *rate.Limiter       // handshake messages the readers may handle themselves
+	spare    *spareKey           // the first handshake message's ephemeral key, made ahead (handshake.go)
 
 	readDeadline  *deadline
 	rd            readCoord     // who reads the socket (direct.go)
 	bgWake        chan struct{} // wakes the background reader (direct.go)
 	appToken      chan struct{} // held by the one application goroutine reading the socket
-	appReaderPool sync.Pool     // *appReader
 	writeDeadline *deadline
 
 	closed    chan struct{}
@@ -135,8 +138,9 @@ type packet struct {
 	truncated bool
 }
 
-// newConn returns a Conn over s; the caller closes s if it fails.
-func newConn(s *socket, config *Config) (*Conn, error) {
+// newConn returns a Conn over s, with spare as its first ephemeral key
+// (nil: one started now); the caller closes s if it fails.
+func newConn(s *socket, config *Config, spare *spareKey) (*Conn, error) {
 	cfg, err := config.resolve()
 	if err != nil {
 		return nil, err
@@ -163,6 +167,7 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 	}
 	c := &Conn{
 		cfg:           cfg,
+		spare:         spare,
 		hs:            newHandshaker(cfg.Identity),
 		z:             z,
 		cookies:       newCookieJar(cfg.CookieThreshold, cfg.now()),
@@ -175,6 +180,7 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 		start:         time.Now(),
 		recvQ:         make(chan *packet, cfg.ReadQueue),
 		hsQueue:       make(chan *handshakeElem, handshakeQueueLen),
+		hsInline:      newInlineLimiter(),
 		readDeadline:  newDeadline(),
 		appToken:      make(chan struct{}, 1),
 		bgWake:        make(chan struct{}, 1),
@@ -185,9 +191,13 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 		sq:            newSendQueue(),
 		lastHello:     make(map[[ed25519.PublicKeySize]byte]uint64),
 	}
+	if c.spare == nil {
+		c.spare = newSpareKey()
+	}
 	c.freePkts = make(chan *packet, cfg.ReadQueue+2*readBatchSize)
 	c.bufs.New = func() any { b := make([]byte, c.bufSize+tagLen); return &b }
 	c.runBufs.New = func() any { b := make([]byte, 0, maxBatchRun*(c.bufSize+tagLen)); return &b }
+	s.rs = c.newReadSet(s)
 	c.sock.Store(s)
 	if c.v2, err = newV2Endpoint(c); err != nil { // protocol v2 keys (proto_v2.go)
 		z.close()
@@ -410,6 +420,7 @@ func (c *Conn) Close() error {
 		err := c.sock.Load().Close()
 		c.rebindMu.Unlock()
 		c.wg.Wait()
+		<-c.spare.done
 		c.readDeadline.stop()
 		c.writeDeadline.stop()
 		c.z.close()

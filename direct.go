@@ -44,12 +44,6 @@ type readCoord struct {
 	bgOut      chan struct{} // closed when the background reader leaves the socket
 }
 
-// appReader is the per-goroutine state of a direct read.
-type appReader struct {
-	r    *reader
-	pkts []*packet
-}
-
 // bgBegin waits until the background reader may read s, and marks it
 // reading: at once if no application goroutine ever read, or when woken
 // by wakeBackgroundReader with no application reader in the socket, and
@@ -139,8 +133,17 @@ func (c *Conn) appEnd() {
 
 // wakeBackgroundReader has the background reader read the socket now if no
 // application goroutine is reading it: the Conn has sent a hello, and its
-// reply must not wait for an application read or the grace.
+// reply must not wait for an application read or the grace. While one is
+// reading, the background reader could only go back to waiting (bgBegin),
+// and waking it for that costs a thread's wake-up just as the reply's
+// reader is woken.
 func (c *Conn) wakeBackgroundReader() {
+	c.rd.mu.Lock()
+	reading := c.rd.appReaders > 0
+	c.rd.mu.Unlock()
+	if reading {
+		return
+	}
 	select {
 	case c.bgWake <- struct{}{}:
 	default:
@@ -169,25 +172,16 @@ func (c *Conn) setSockDeadlineLocked(s *socket, t time.Time) {
 	}
 }
 
-// readDirect is ReadFromUDPAddrPort reading the socket itself.
+// readDirect is ReadFromUDPAddrPort reading the socket itself, with the
+// socket's read set: the background reader is out of the socket (appBegin)
+// and no other application goroutine reads it (the token it holds).
 func (c *Conn) readDirect(b []byte) (int, netip.AddrPort, error) {
-	ar, _ := c.appReaderPool.Get().(*appReader)
-	defer func() { c.appReaderPool.Put(ar) }()
 	for {
 		s := c.sock.Load()
-		if ar == nil || ar.r.s != s {
-			if ar != nil {
-				for _, p := range ar.pkts {
-					c.putPacket(p)
-				}
-			}
-			ar = &appReader{r: s.newReader(), pkts: make([]*packet, readBatchSize)}
-			for i := range ar.pkts {
-				ar.pkts[i] = c.getPacket()
-			}
-		}
 		c.appBegin(s)
-		n, from, err := c.readOnce(ar, b, s)
+		s.rs.mu.Lock()
+		n, from, err := c.readOnce(s.rs, b, s)
+		s.rs.mu.Unlock()
 		c.appEnd()
 		if err != errRetry {
 			return n, from, err
@@ -200,7 +194,7 @@ var errRetry = errors.New("vaultudp: socket replaced")
 
 // readOnce reads the socket until a datagram for the application is
 // queued, and returns the first in the queue.
-func (c *Conn) readOnce(ar *appReader, b []byte, s *socket) (int, netip.AddrPort, error) {
+func (c *Conn) readOnce(rs *readSet, b []byte, s *socket) (int, netip.AddrPort, error) {
 	for {
 		select {
 		case p := <-c.recvQ:
@@ -215,7 +209,7 @@ func (c *Conn) readOnce(ar *appReader, b []byte, s *socket) (int, netip.AddrPort
 		if isClosed(c.readDeadline.wait()) {
 			return 0, netip.AddrPort{}, c.opError("read", nil, os.ErrDeadlineExceeded)
 		}
-		n, err := ar.r.read(ar.pkts)
+		n, err := c.readInto(rs)
 		if err != nil {
 			switch {
 			case c.isClosed():
@@ -233,11 +227,7 @@ func (c *Conn) readOnce(ar *appReader, b []byte, s *socket) (int, netip.AddrPort
 			c.log.Debug("vaultudp: read", "err", err)
 			continue
 		}
-		for i := 0; i < n; i++ {
-			if c.receive(ar.pkts[i]) {
-				ar.pkts[i] = c.getPacket()
-			}
-		}
-		c.receiveBuffered(ar.r, ar.pkts)
+		c.receiveSet(rs, n)
+		c.receiveBuffered(rs)
 	}
 }

@@ -117,6 +117,15 @@ func TestFieldLivePeerNotDisplaced(t *testing.T) {
 	s := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: time.Second})
 	c := listenT(t, "udp4", "127.0.0.1:0", nil)
 	handshakeT(t, c, addrOf(s))
+	// Handshake returns once c, the initiator, has its session; s takes c's
+	// identity for the address when the first sealed datagram from c
+	// confirms its side. A hello with another identity that s handled
+	// before then would be a second first handshake, not a challenge to a
+	// live peer: one datagram read makes sure of the order.
+	if _, err := c.WriteToUDPAddrPort([]byte("confirmed"), addrOf(s)); err != nil {
+		t.Fatal(err)
+	}
+	expectRead(t, s, "confirmed", addrOf(c))
 	before := s.Stats()
 	for range 6 {
 		sp.send(t, addrOf(c), addrOf(s), helloDatagram(t))

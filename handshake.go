@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"crypto/ecdh"
 	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/blake2b"
@@ -90,6 +93,39 @@ type handshaker struct {
 	identity ed25519.PrivateKey
 	public   ed25519.PublicKey
 	versions []byte
+}
+
+// ephemeral returns a fresh X25519 key for one hello or one reply. The
+// first is the Conn's spare, made ahead (spareKey), so that the first
+// handshake does not wait for the scalar multiplication (43 us here) on
+// either side. Later handshakes make their own: they are not waited for
+// as the first is, and a key made long before its use would only sit in
+// memory.
+func (c *Conn) ephemeral() (*ecdh.PrivateKey, error) {
+	if c.spare.taken.CompareAndSwap(false, true) {
+		return c.spare.key()
+	}
+	return ecdh.X25519().GenerateKey(rand.Reader)
+}
+
+// spareKey is an ephemeral key a goroutine starts making with the Conn
+// (in Listen, before the socket), for one message: taken gives it to
+// exactly one. A message that needs it while it is being made waits for
+// it, one that comes first makes it itself (key runs once).
+type spareKey struct {
+	taken atomic.Bool
+	key   func() (*ecdh.PrivateKey, error)
+	done  chan struct{} // closed when the goroutine has returned
+}
+
+func newSpareKey() *spareKey {
+	k := &spareKey{done: make(chan struct{})}
+	k.key = sync.OnceValues(func() (*ecdh.PrivateKey, error) { return ecdh.X25519().GenerateKey(rand.Reader) })
+	go func() {
+		defer close(k.done)
+		k.key()
+	}()
+	return k
 }
 
 func newHandshaker(identity ed25519.PrivateKey) *handshaker {

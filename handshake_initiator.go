@@ -3,8 +3,6 @@ package vaultudp
 import (
 	"bytes"
 	"context"
-	"crypto/ecdh"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -131,7 +129,7 @@ func (p *peer) handshakingLocked() bool { return p.init != nil || p.initiating }
 // keeps the cookie the responder gave the hello it replaces; the one it
 // replaces stays answerable (a slow reply to it still completes).
 func (c *Conn) sendHello(p *peer) {
-	eph, err := ecdh.X25519().GenerateKey(rand.Reader)
+	eph, err := c.ephemeral()
 	if err != nil {
 		panic(err) // crypto/rand does not fail
 	}
@@ -166,6 +164,26 @@ func (c *Conn) sendHello(p *peer) {
 	// The reply must be read at once even if no application goroutine
 	// is reading (direct.go).
 	c.wakeBackgroundReader()
+	// The path's size, which the session takes (install), is looked up
+	// now, while the hello travels, rather than once the reply is in.
+	p.helloPath.Store(&pathAt{index: init.localIndex, addr: to, datagram: c.pathDatagram(to)})
+}
+
+// pathAt is the largest datagram that reaches addr unfragmented
+// (Conn.pathDatagram), looked up when the hello of index was sent.
+type pathAt struct {
+	index    uint32
+	addr     netip.AddrPort
+	datagram int
+}
+
+// helloPathFor returns the path looked up for init's hello, or nil if
+// there is none (yet).
+func (p *peer) helloPathFor(init *initiation) *pathAt {
+	if pa := p.helloPath.Load(); pa != nil && pa.index == init.localIndex {
+		return pa
+	}
+	return nil
 }
 
 // clearInitLocked forgets p's pending initiations.
@@ -254,7 +272,7 @@ func (c *Conn) handleReply(msg []byte) {
 		c.stats.stale.Add(1)
 		return
 	}
-	queued := c.install(p, s, keys.peerIdentity, wall)
+	queued := c.install(p, s, keys.peerIdentity, wall, p.helloPathFor(init))
 	// The datagrams that waited go first; the reset token (reset.go)
 	// follows, and confirms the session to the responder at once when
 	// nothing waited, so that it may use it for sending.

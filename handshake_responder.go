@@ -2,9 +2,7 @@ package vaultudp
 
 import (
 	"bytes"
-	"crypto/ecdh"
 	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
 	"net/netip"
 )
@@ -79,7 +77,7 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 			return
 		}
 	}
-	eph, err := ecdh.X25519().GenerateKey(rand.Reader)
+	eph, err := c.ephemeral()
 	if err != nil {
 		return
 	}
@@ -121,7 +119,7 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 	c.lastHello[idKey] = m.timestamp // only for a hello that is answered
 	c.mu.Unlock()
 
-	queued := c.install(pr, s, keys.peerIdentity, wall)
+	queued := c.install(pr, s, keys.peerIdentity, wall, nil)
 	c.sendControlFrom(from, local, reply)
 	c.flush(pr, s, from, queued)
 }

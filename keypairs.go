@@ -330,11 +330,17 @@ func (kp *keypairs) byReset(index uint32, token []byte) *session {
 }
 
 // install makes s a session of p and returns the datagrams that waited
-// for it, to be sent once the caller has sent what must go first.
-func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall time.Time) [][]byte {
+// for it, to be sent once the caller has sent what must go first. path is
+// the path's size if already looked up (an initiator's, when its hello was
+// sent), or nil.
+func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall time.Time, path *pathAt) [][]byte {
 	s.peer = p
 	s.identity = identity
-	s.path = c.pathDatagram(p.addrLoad()) // sizes.go: a system call, before the lock
+	if addr := p.addrLoad(); path != nil && path.addr == addr {
+		s.path = path.datagram
+	} else {
+		s.path = c.pathDatagram(addr) // sizes.go: a system call, before the lock
+	}
 	now := c.now()
 	p.mu.Lock()
 	defer p.mu.Unlock()

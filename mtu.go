@@ -50,11 +50,12 @@ type netInterface struct {
 // systemInterfaces; tests inject fake lists.
 type interfaceLister func() ([]netInterface, error)
 
-// systemInterfaces lists the host's interfaces through the standard
-// library (netlink on Linux). gopsutil's list, used before, reads each
+// stdInterfaces lists the host's interfaces through the standard library
+// (netlink on Linux). gopsutil's list, used before, reads each
 // interface's addresses too: four times the cost (about 0.5 ms) of every
-// Listen, for nothing the MTU needs.
-func systemInterfaces() ([]netInterface, error) {
+// Listen, for nothing the MTU needs. systemInterfaces is this, but on
+// Linux (mtu_linux.go).
+func stdInterfaces() ([]netInterface, error) {
 	list, err := net.Interfaces()
 	if err != nil {
 		return nil, err

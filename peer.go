@@ -25,6 +25,8 @@ type peer struct {
 
 	zskip compressSkip // whether its payloads are worth trying to compress (compress.go)
 
+	helloPath atomic.Pointer[pathAt] // the path's size when our last hello was sent (handshake_initiator.go)
+
 	// Counters for PeerInfo, atomic: the data path takes no lock for them.
 	datagramsIn, bytesIn, datagramsOut, bytesOut atomic.Uint64
 

@@ -8,19 +8,12 @@ import (
 
 // readLoop reads s until it is closed (by Close or Rebind), handling
 // every datagram: handshakes are answered here, so a Conn that only
-// writes still completes them.
+// writes still completes them. It reads with s's read set, which it
+// releases when it returns.
 func (c *Conn) readLoop(s *socket) {
 	defer c.wg.Done()
-	r := s.newReader()
-	pkts := make([]*packet, readBatchSize)
-	for i := range pkts {
-		pkts[i] = c.getPacket()
-	}
-	defer func() {
-		for _, p := range pkts {
-			c.putPacket(p)
-		}
-	}()
+	rs := s.rs
+	defer c.releaseReadSet(rs)
 	direct := s.Caps().Deadlines // application readers take turns (direct.go)
 	idle := time.NewTimer(time.Hour)
 	defer idle.Stop()
@@ -28,8 +21,16 @@ func (c *Conn) readLoop(s *socket) {
 		if direct && !c.bgBegin(s, idle) {
 			return
 		}
-		n, err := r.read(pkts)
-		if direct && err != nil && c.bgEnd(s) {
+		rs.mu.Lock()
+		n, err := c.readInto(rs)
+		if err == nil {
+			c.receiveSet(rs, n)
+			c.receiveBuffered(rs)
+		}
+		rs.mu.Unlock()
+		// Out of the socket only now that what it read is queued: an
+		// application reader looks at the queue before the socket.
+		if direct && c.bgEnd(s) && err != nil {
 			continue // an application reader interrupted us
 		}
 		if err != nil {
@@ -40,18 +41,6 @@ func (c *Conn) readLoop(s *socket) {
 				return
 			}
 			c.log.Debug("vaultudp: read", "err", err)
-			continue
-		}
-		for i := 0; i < n; i++ {
-			if c.receive(pkts[i]) {
-				pkts[i] = c.getPacket()
-			}
-		}
-		c.receiveBuffered(r, pkts)
-		if direct {
-			// Out of the socket only now that what it read is queued: an
-			// application reader looks at the queue before the socket.
-			c.bgEnd(s)
 		}
 	}
 }

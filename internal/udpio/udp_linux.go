@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -14,9 +16,10 @@ import (
 // On Linux the socket is driven through its file descriptor rather than
 // golang.org/x/net/ipv4's ReadBatch, which allocates a *net.UDPAddr per
 // datagram: recvmmsg into the caller's buffers with sockaddrs parsed into
-// netip.AddrPort, and UDP GSO (a UDP_SEGMENT control message) for
+// netip.AddrPort, UDP GSO (a UDP_SEGMENT control message) for
 // segmented writes, where the kernel has it (probed once, at New) and
-// until the device refuses it; on sockets bound to a wildcard address,
+// until the device refuses it, and UDP GRO for reads once the socket
+// has a backlog (groLoadReads); on sockets bound to a wildcard address,
 // IP_PKTINFO and IPV6_PKTINFO for the local address of each datagram and
 // the source of each send.
 
@@ -29,7 +32,8 @@ const maxGSOSegments = 64
 const maxGSOBytes = 65000
 
 type sysSocket struct {
-	rc syscall.RawConn
+	rc    syscall.RawConn
+	groOn atomic.Bool // UDP_GRO has been asked for (enableGRO)
 	// sendFault, when set (by tests), is called before each GSO send;
 	// an error it returns is that send's result, and nothing is sent.
 	sendFault func() error
@@ -52,20 +56,41 @@ func newUDP(uc *net.UDPConn) *udpSocket {
 		if wildcard {
 			s.caps.PacketInfo = enablePacketInfo(int(fd))
 		}
-		s.caps.GRO = enableGRO(int(fd))
+		s.caps.GRO = groSupported(int(fd))
 	})
 	return s
 }
 
-// enableGRO asks the kernel to hand over coalesced datagrams (UDP_GRO)
-// and reports whether it will. Only kernels that can report the option
-// (getsockopt UDP_GRO, Linux 5.12) get it: before, UDP_GRO had bugs, and
-// wireguard-go also leaves it off there (conn/controlfns_linux.go).
-func enableGRO(fd int) bool {
-	if _, err := unix.GetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_GRO); err != nil {
-		return false
+// groSupported reports whether the kernel takes UDP_GRO. Only kernels
+// that can report the option (getsockopt UDP_GRO, Linux 5.12) count:
+// before, UDP_GRO had bugs, and wireguard-go also leaves it off there
+// (conn/controlfns_linux.go).
+func groSupported(fd int) bool {
+	_, err := unix.GetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_GRO)
+	return err == nil
+}
+
+// groLoadReads is how many reads in a row must find a datagram already
+// waiting before a Reader turns UDP GRO on for its socket. GRO pays only
+// where datagrams queue up, and turning it on is not free: the first
+// socket of the system to take it makes the kernel patch its code (the
+// static key udp_encap_needed_key: about 0.35 ms here, on the
+// setsockopt and again on the last such socket's close), which a socket
+// that never has a backlog (a client sending a few datagrams) should not
+// pay. Until then the Reader's 64 KiB buffer still takes any datagram
+// whole, so nothing else changes.
+const groLoadReads = 8
+
+// enableGRO asks the kernel, once per socket, to hand over coalesced
+// datagrams (UDP_GRO). On failure the socket reads as before: its Readers
+// take coalesced and single datagrams alike.
+func (s *udpSocket) enableGRO() {
+	if s.sys.groOn.Load() || !s.sys.groOn.CompareAndSwap(false, true) {
+		return
 	}
-	return unix.SetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_GRO, 1) == nil
+	s.sys.rc.Control(func(fd uintptr) {
+		unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, 1)
+	})
 }
 
 // enablePacketInfo asks for the local address of each datagram received
@@ -224,33 +249,50 @@ func (s *udpSocket) writeGSO(b []byte, size int, to netip.AddrPort, src netip.Ad
 const ctrlLen = 128
 
 // groBufs is the number of coalesced datagrams one GRO read takes, and
-// groBufSize the room for each (the most GRO coalesces: 64 KiB).
+// groBufSize the room for each (the most GRO coalesces: 64 KiB). A
+// Reader has one such buffer until its socket has GRO on: 256 KiB per
+// Reader is a cost where nothing coalesces.
 const (
 	groBufs    = 4
 	groBufSize = 1 << 16
 )
 
+// groBufPool keeps the buffers of released Readers for new ones: a
+// program that opens and closes Conns (a client per request, a test
+// suite) otherwise allocates and zeroes 64 KiB or more for each, half of
+// what a Conn allocates before its first datagram. It holds nothing but
+// free memory, which the garbage collector reclaims as from any sync.Pool.
+var groBufPool = sync.Pool{New: func() any { return new([groBufSize]byte) }}
+
 // linuxReader reads with recvmmsg.
 type linuxReader struct {
-	rc    syscall.RawConn
-	ctrl  bool // ask for control messages (packet info, GRO)
-	gro   *groState
-	hdrs  [MaxBatch]unix.Mmsghdr
-	iovs  [MaxBatch]unix.Iovec
-	names [MaxBatch]unix.RawSockaddrInet6 // large enough for IPv4 too
-	ctrls [MaxBatch][ctrlLen / 8]uint64   // aligned for the headers
+	rc   syscall.RawConn
+	s    *udpSocket
+	ctrl bool // ask for control messages (packet info, GRO)
+	gro  *groState
+	// One entry per datagram of a read: MaxBatch, or groBufs where the
+	// Reader reads into its own GRO buffers (readGRO).
+	hdrs  []unix.Mmsghdr
+	iovs  []unix.Iovec
+	names []unix.RawSockaddrInet6 // large enough for IPv4 too
+	ctrls [][ctrlLen / 8]uint64   // aligned for the headers
 	// The state of one call, kept here so that doRead, made a method
 	// value once, allocates nothing per call.
 	vlen   int
 	n      int
 	errno  syscall.Errno
+	waited bool // the call found no datagram waiting and waited for one
 	doRead func(fd uintptr) bool
+	// backlog counts the reads in a row that found a datagram waiting,
+	// until GRO is on (groLoadReads).
+	backlog int
 }
 
 // groState is a reader's own buffers for coalesced datagrams, and the
 // datagrams of its last read not yet returned.
 type groState struct {
-	bufs   [groBufs][]byte
+	bufs   []*[groBufSize]byte // one (from the first read on) until the socket has GRO on, then groBufs
+	closed bool                // released
 	trains [groBufs]groTrain
 	n      int // trains of the last read
 	next   int // the first not yet wholly returned
@@ -266,12 +308,20 @@ type groTrain struct {
 }
 
 func (s *udpSocket) NewReader() Reader {
-	r := &linuxReader{rc: s.sys.rc, ctrl: s.caps.PacketInfo || s.caps.GRO}
+	r := &linuxReader{rc: s.sys.rc, s: s, ctrl: s.caps.PacketInfo || s.caps.GRO}
+	n := MaxBatch
 	if s.caps.GRO {
-		r.gro = new(groState)
-		for i := range r.gro.bufs {
-			r.gro.bufs[i] = make([]byte, groBufSize)
-		}
+		n = groBufs
+	}
+	r.hdrs = make([]unix.Mmsghdr, n)
+	r.iovs = make([]unix.Iovec, n)
+	r.names = make([]unix.RawSockaddrInet6, n)
+	r.ctrls = make([][ctrlLen / 8]uint64, n)
+	if s.caps.GRO {
+		// The buffers come with the first read: a Reader is made with
+		// its socket, in Listen, and read on a goroutine that may run
+		// on another core meanwhile.
+		r.gro = &groState{bufs: make([]*[groBufSize]byte, 0, groBufs)}
 	}
 	r.doRead = r.recvmmsg
 	return r
@@ -302,10 +352,20 @@ func (r *linuxReader) recvmmsg(fd uintptr) bool {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
+			r.waited = true
 			return false // nothing to read: wait for the poller
 		}
 		r.n, r.errno = int(n), errno
 		return true
+	}
+}
+
+func (r *linuxReader) Release() {
+	if g := r.gro; g != nil && !g.closed {
+		for _, b := range g.bufs {
+			groBufPool.Put(b)
+		}
+		*g = groState{closed: true}
 	}
 }
 
@@ -316,7 +376,7 @@ func (r *linuxReader) Read(ms []Message) (int, error) {
 	if r.gro != nil {
 		return r.readGRO(ms)
 	}
-	r.vlen = min(len(ms), MaxBatch)
+	r.vlen = min(len(ms), len(r.hdrs))
 	if err := r.read(func(i int) []byte { return ms[i].Buf }); err != nil {
 		return 0, err
 	}
@@ -346,9 +406,27 @@ func (r *linuxReader) control(i int) []byte {
 func (r *linuxReader) readGRO(ms []Message) (int, error) {
 	g := r.gro
 	if g.next == g.n {
-		r.vlen = groBufs
-		if err := r.read(func(i int) []byte { return g.bufs[i] }); err != nil {
+		want := 1
+		if r.s.sys.groOn.Load() {
+			want = groBufs
+		}
+		if g.closed {
+			return 0, net.ErrClosed
+		}
+		for len(g.bufs) < want {
+			g.bufs = append(g.bufs, groBufPool.Get().(*[groBufSize]byte))
+		}
+		r.vlen = len(g.bufs)
+		r.waited = false
+		if err := r.read(func(i int) []byte { return g.bufs[i][:] }); err != nil {
 			return 0, err
+		}
+		if !r.s.sys.groOn.Load() {
+			if r.backlog++; r.waited {
+				r.backlog = 0
+			} else if r.backlog >= groLoadReads {
+				r.s.enableGRO()
+			}
 		}
 		for i := 0; i < r.n; i++ {
 			h := &r.hdrs[i]

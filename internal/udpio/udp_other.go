@@ -56,6 +56,7 @@ func (s *udpSocket) NewReader() Reader {
 }
 
 func (r *otherReader) Buffered() int { return 0 }
+func (r *otherReader) Release()      {}
 
 func (r *otherReader) Read(ms []Message) (int, error) {
 	if len(ms) == 0 {

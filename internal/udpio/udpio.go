@@ -28,8 +28,10 @@ type Caps struct {
 	// call (UDP_SEGMENT). It may turn off later, for good, when the
 	// device refuses it.
 	GSO bool
-	// GRO: the kernel may coalesce received datagrams of one flow, which
-	// a Reader splits again (UDP_GRO); callers see single datagrams.
+	// GRO: a Reader reads into 64 KiB buffers of its own, so that any
+	// datagram arrives whole, and once the socket has a backlog the
+	// kernel may coalesce received datagrams of one flow, which a Reader
+	// splits again (UDP_GRO); callers see single datagrams.
 	GRO bool
 	// PacketInfo: each datagram read carries the local address it was
 	// sent to (Message.Local), and writes leave from the source address
@@ -107,6 +109,11 @@ type Reader interface {
 	// reading the socket. A goroutine that stops reading should first
 	// read them, or they wait in the Reader.
 	Buffered() int
+	// Release gives up the Reader's buffers, for other Readers to reuse,
+	// once no goroutine reads with it any more. It must not be read with
+	// afterwards (a Reader with buffers of its own then fails with
+	// net.ErrClosed rather than touch them).
+	Release()
 }
 
 // New returns a Socket over pc: a *net.UDPConn gets the system's batch
@@ -190,6 +197,7 @@ type basicReader struct {
 }
 
 func (r basicReader) Buffered() int { return 0 }
+func (r basicReader) Release()      {}
 
 func (r basicReader) Read(ms []Message) (int, error) {
 	if len(ms) == 0 {

@@ -164,10 +164,13 @@ type Config struct {
 // Endpoint is a Conn's protocol v2 side: its static keys and its v2
 // peers. All methods are safe for concurrent use.
 type Endpoint struct {
-	cfg   Config
-	cnt   Counters
-	log   *slog.Logger
-	keys  *Keys
+	cfg Config
+	cnt Counters
+	log *slog.Logger
+	// keys makes the static keys on first use: the X25519 public key
+	// costs a scalar multiplication, which a Conn with no v2 peer (most)
+	// should not pay when it starts.
+	keys  func() *Keys
 	probe bool
 	bufs  sync.Pool // *[]byte of cfg.BufSize
 
@@ -268,23 +271,25 @@ func (w *rateWindow) add(now time.Time) {
 	w.n++
 }
 
-// New makes the v2 keys: cfg.BoxPrivateKey and cfg.SigningKey, or both
-// derived from cfg.SigningKey. Peers come with AddPeer.
+// New makes the v2 side with its keys: cfg.BoxPrivateKey and
+// cfg.SigningKey, or both derived from cfg.SigningKey, when first needed.
+// Peers come with AddPeer.
 func New(cfg Config) (*Endpoint, error) {
 	if len(cfg.SigningKey) != ed25519.PrivateKeySize {
 		return nil, fmt.Errorf("%w: signing key of %d bytes, want %d", ErrConfig, len(cfg.SigningKey), ed25519.PrivateKeySize)
 	}
-	var keys *Keys
+	var keys func() *Keys
 	switch len(cfg.BoxPrivateKey) {
 	case 0:
 		if cfg.BoxPrivateKey != nil {
 			return nil, fmt.Errorf("%w: box private key of 0 bytes, want 32", ErrConfig)
 		}
-		keys = DeriveKeys(cfg.SigningKey)
+		keys = func() *Keys { return DeriveKeys(cfg.SigningKey) }
 	case 32:
 		var k [32]byte
 		copy(k[:], cfg.BoxPrivateKey)
-		keys = NewKeys(&k, slices.Clone(cfg.SigningKey))
+		sign := slices.Clone(cfg.SigningKey)
+		keys = func() *Keys { return NewKeys(&k, sign) }
 	default:
 		return nil, fmt.Errorf("%w: box private key of %d bytes, want 32", ErrConfig, len(cfg.BoxPrivateKey))
 	}
@@ -292,11 +297,11 @@ func New(cfg Config) (*Endpoint, error) {
 		cfg:    cfg,
 		cnt:    cfg.Counters,
 		log:    cfg.Log,
-		keys:   keys,
 		probe:  cfg.Probe,
 		byIP:   make(map[netip.Addr][]*Peer),
 		byAddr: make(map[netip.AddrPort]*Peer),
 	}
+	e.keys = sync.OnceValue(keys)
 	e.bufs.New = func() any { b := make([]byte, cfg.BufSize); return &b }
 	return e, nil
 }
@@ -305,7 +310,7 @@ func (e *Endpoint) getBuf() *[]byte   { return e.bufs.Get().(*[]byte) }
 func (e *Endpoint) putBuf(bp *[]byte) { e.bufs.Put(bp) }
 
 // Keys returns our static keys.
-func (e *Endpoint) Keys() *Keys { return e.keys }
+func (e *Endpoint) Keys() *Keys { return e.keys() }
 
 // Active reports whether there are v2 peers: one atomic load.
 func (e *Endpoint) Active() bool { return e.n.Load() > 0 }
@@ -359,7 +364,7 @@ func (e *Endpoint) kxJSON(port int) []byte {
 	if m := e.kx.Load(); m != nil && m.port == port {
 		return m.json
 	}
-	m := &kxMsg{port: port, json: AppendKeyExchange(nil, e.keys.KeyExchange(port))}
+	m := &kxMsg{port: port, json: AppendKeyExchange(nil, e.keys().KeyExchange(port))}
 	e.kx.Store(m)
 	return m.json
 }
@@ -397,7 +402,7 @@ func (e *Endpoint) AddPeer(pc PeerConfig) (*Peer, error) {
 	if pc.BoxKey != nil {
 		var k [32]byte
 		copy(k[:], pc.BoxKey)
-		shared, err := e.keys.SharedKey(&k)
+		shared, err := e.keys().SharedKey(&k)
 		if err != nil {
 			return nil, fmt.Errorf("%w: peer %v: BoxKey: %w", ErrConfig, pc.Addr, err)
 		}
@@ -632,7 +637,7 @@ func (e *Endpoint) sendKxLocked(vp *Peer) {
 func (e *Endpoint) sendProbeLocked(vp *Peer) {
 	bp := e.getBuf()
 	defer e.putBuf(bp)
-	ctl := AppendKeyProbe(nil, e.keys.SignKey, e.cfg.LocalPort())
+	ctl := AppendKeyProbe(nil, e.keys().SignKey, e.cfg.LocalPort())
 	frame := AppendFrame((*bp)[:0], nil, ctl, nil)
 	if _, err := e.writeLocked(vp, frame, true); err != nil {
 		e.log.Debug("vaultudp: sending v2 key probe", "peer", vp.addr, "err", err)
@@ -985,7 +990,7 @@ func (e *Endpoint) handleKeyExchange(src netip.AddrPort, peers []*Peer, from *Pe
 		e.cnt.Rejected.Add(1)
 		return nil
 	}
-	if kx.EncKey == e.keys.EncKey || kx.SignKey == e.keys.SignKey {
+	if kx.EncKey == e.keys().EncKey || kx.SignKey == e.keys().SignKey {
 		e.cnt.Auth.Add(1) // our own key exchange, reflected
 		return nil
 	}
@@ -1066,7 +1071,7 @@ func (e *Endpoint) install(vp *Peer, k *PeerKeys) bool {
 		return false
 	}
 	if vp.box == nil || *vp.box != k.Box {
-		shared, err := e.keys.SharedKey(&k.Box)
+		shared, err := e.keys().SharedKey(&k.Box)
 		if err != nil {
 			e.cnt.Auth.Add(1)
 			return false
