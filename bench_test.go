@@ -268,38 +268,7 @@ func batchThroughput(b *testing.B, size, window int, send func(n int) error, rec
 	var got atomic.Int64
 	var last atomic.Int64
 	done := make(chan struct{})
-	credits := make(chan struct{}, max(window, 1))
-	for range window {
-		credits <- struct{}{}
-	}
-	stop, refilled := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(refilled)
-		if window == 0 {
-			return
-		}
-		t := time.NewTicker(10 * time.Millisecond)
-		defer t.Stop()
-		seen := int64(-1)
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-			}
-			if g := got.Load(); g != seen {
-				seen = g
-				continue
-			}
-			for full := false; !full; {
-				select {
-				case credits <- struct{}{}:
-				default:
-					full = true
-				}
-			}
-		}
-	}()
+	cr := newBenchCredits(window, &got)
 	b.ReportAllocs()
 	b.SetBytes(int64(size))
 	b.ResetTimer()
@@ -313,28 +282,18 @@ func batchThroughput(b *testing.B, size, window int, send func(n int) error, rec
 			}
 			got.Add(int64(n))
 			last.Store(int64(time.Since(start)))
-			for range min(n, window) {
-				select {
-				case credits <- struct{}{}:
-				default:
-				}
-			}
+			cr.give(n)
 		}
 	}()
 	for sent := 0; sent < b.N; {
 		n := min(64, b.N-sent)
-		if window > 0 {
-			for range n {
-				<-credits
-			}
-		}
+		cr.take(n)
 		if err := send(n); err != nil {
 			b.Fatal(err)
 		}
 		sent += n
 	}
-	close(stop)
-	<-refilled
+	cr.stop()
 	setDeadline(time.Now().Add(200 * time.Millisecond))
 	<-done
 	b.StopTimer()
@@ -520,6 +479,75 @@ func firstDatagram(b *testing.B, msg []byte, ready bool) {
 	}
 }
 
+// benchCredits bounds the datagrams in flight: a credit each, taken by
+// the sender, given back by the receiver, and topped up when the receiver
+// has made no progress (got unchanged) for 10 ms, for credits lost with
+// lost datagrams. A window of 0 bounds nothing.
+type benchCredits struct {
+	ch         chan struct{}
+	quit, done chan struct{}
+}
+
+func newBenchCredits(window int, got *atomic.Int64) *benchCredits {
+	if window <= 0 {
+		return nil
+	}
+	c := &benchCredits{ch: make(chan struct{}, window), quit: make(chan struct{}), done: make(chan struct{})}
+	c.give(window)
+	go func() {
+		defer close(c.done)
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		seen := int64(-1)
+		for {
+			select {
+			case <-c.quit:
+				return
+			case <-t.C:
+			}
+			if g := got.Load(); g != seen {
+				seen = g
+				continue
+			}
+			c.give(window)
+		}
+	}()
+	return c
+}
+
+// take waits for n credits.
+func (c *benchCredits) take(n int) {
+	if c == nil {
+		return
+	}
+	for range n {
+		<-c.ch
+	}
+}
+
+// give returns up to n credits, as many as the window has room for.
+func (c *benchCredits) give(n int) {
+	if c == nil {
+		return
+	}
+	for range n {
+		select {
+		case c.ch <- struct{}{}:
+		default:
+			return
+		}
+	}
+}
+
+// stop ends the top-ups.
+func (c *benchCredits) stop() {
+	if c == nil {
+		return
+	}
+	close(c.quit)
+	<-c.done
+}
+
 // windowed sends b.N datagrams of size bytes from the clients (one
 // sender goroutine each) to server, with at most window of them in flight:
 // a credit per datagram, returned when the reader gets one, as a
@@ -530,11 +558,8 @@ func windowed(b *testing.B, server benchEndpoint, clients []benchEndpoint, size,
 	peers := len(clients)
 	to := server.LocalAddr().(*net.UDPAddr).AddrPort()
 	var got, last atomic.Int64
-	credits := make(chan struct{}, window)
-	for range window {
-		credits <- struct{}{}
-	}
-	done, stop := make(chan struct{}), make(chan struct{})
+	done := make(chan struct{})
+	cr := newBenchCredits(window, &got)
 	b.ReportAllocs()
 	b.SetBytes(int64(size))
 	b.ResetTimer()
@@ -548,35 +573,7 @@ func windowed(b *testing.B, server benchEndpoint, clients []benchEndpoint, size,
 			}
 			got.Add(1)
 			last.Store(int64(time.Since(start)))
-			select {
-			case credits <- struct{}{}:
-			default:
-			}
-		}
-	}()
-	refilled := make(chan struct{})
-	go func() { // tops up credits lost with lost datagrams
-		defer close(refilled)
-		t := time.NewTicker(10 * time.Millisecond)
-		defer t.Stop()
-		seen := int64(-1)
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-			}
-			if g := got.Load(); g != seen {
-				seen = g
-				continue
-			}
-			for full := false; !full; {
-				select {
-				case credits <- struct{}{}:
-				default:
-					full = true
-				}
-			}
+			cr.give(1)
 		}
 	}()
 	errs := make(chan error, peers)
@@ -588,7 +585,7 @@ func windowed(b *testing.B, server benchEndpoint, clients []benchEndpoint, size,
 		go func() {
 			msg := make([]byte, size)
 			for range n {
-				<-credits
+				cr.take(1)
 				if _, err := c.WriteToUDPAddrPort(msg, to); err != nil {
 					errs <- err
 					return
@@ -602,8 +599,7 @@ func windowed(b *testing.B, server benchEndpoint, clients []benchEndpoint, size,
 			b.Error(err)
 		}
 	}
-	close(stop)
-	<-refilled
+	cr.stop()
 	server.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 	<-done
 	b.StopTimer()
