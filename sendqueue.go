@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -40,26 +41,37 @@ type train struct {
 	size int
 	to   netip.AddrPort
 	src  netip.Addr
-	open bool // the last datagram is full-sized: another may follow
+}
+
+// fits reports whether a datagram of n bytes to to from src may follow
+// the train: all but the last of a GSO train have its size.
+func (t *train) fits(n int, to netip.AddrPort, src netip.Addr) bool {
+	return t.to == to && t.src == src && n <= t.size && len(t.buf)%t.size == 0 && len(t.buf)+n <= maxTrainBytes
 }
 
 type sendQueue struct {
+	// The streaming test, read by every write without a lock. sending is
+	// set while trains wait or the sender goroutine works (written under
+	// mu): writes then queue behind them, so that none overtakes. The
+	// rest is a heuristic that two writers may race on harmlessly: when
+	// the last write ended (nanoseconds of the Conn's clock, estimated
+	// for a direct send) and how long a direct send takes (a moving
+	// average of one send in sendSample). A writer that comes back within
+	// half of that is streaming.
+	sending  atomic.Bool
+	lastEnd  atomic.Int64
+	sendCost atomic.Int64
+	sends    atomic.Uint32
+
 	// Written by writers, read by the sender goroutine; under mu.
 	mu      sync.Mutex
 	trains  []*train      // waiting, oldest first
 	bytes   int           // in trains
-	sending bool          // the sender goroutine has trains, or will look
 	started bool          // the sender goroutine was started
 	closed  bool          // Close has begun: no sender goroutine starts
 	space   chan struct{} // closed and replaced when trains went out, if writers wait for room
 	waiters int
 	free    []*train
-
-	// The streaming test, under mu: when the last write returned, and
-	// how long a direct send takes (a moving average). A writer that
-	// comes back within half of that is streaming.
-	lastWrite time.Duration
-	sendCost  time.Duration
 
 	wake chan struct{} // to the sender goroutine: trains are waiting
 	done chan struct{} // closed when the sender goroutine has ended
@@ -91,22 +103,22 @@ func (q *sendQueue) stop() {
 func (c *Conn) transmit(b []byte, to netip.AddrPort, src netip.Addr) error {
 	q := c.sq
 	sock := c.sock.Load()
-	q.mu.Lock()
-	now := time.Since(c.start)
+	now := int64(time.Since(c.start)) // the one clock reading of a write
+	cost := q.sendCost.Load()
 	// Without GSO a queued datagram would cost a system call of its own
 	// all the same: nothing to gain.
-	if !q.sending && (now-q.lastWrite >= q.sendCost/2 || !sock.Caps().GSO) {
-		q.mu.Unlock()
+	if !q.sending.Load() && (now-q.lastEnd.Load() >= cost/2 || !sock.Caps().GSO) {
 		err := sock.WriteTo(b, to, src)
-		end := time.Since(c.start)
-		q.mu.Lock()
-		// A send the scheduler interrupted says nothing of the cost of
-		// the next: samples are capped.
-		q.sendCost += (min(end-now, maxSendCost) - q.sendCost) / 8
-		q.lastWrite = end
-		q.mu.Unlock()
+		if q.sends.Add(1)%sendSample == 0 {
+			// A send the scheduler interrupted says nothing of the
+			// cost of the next: samples are capped.
+			cost += (min(int64(time.Since(c.start))-now, int64(maxSendCost)) - cost) / 8
+			q.sendCost.Store(cost)
+		}
+		q.lastEnd.Store(now + cost)
 		return err
 	}
+	q.mu.Lock()
 	for q.bytes+len(b) > sendQueueBytes && q.bytes > 0 {
 		ch := q.space
 		q.waiters++
@@ -131,8 +143,8 @@ func (c *Conn) transmit(b []byte, to netip.AddrPort, src netip.Addr) error {
 		return ErrClosed
 	}
 	q.add(b, to, src)
-	if !q.sending {
-		q.sending = true
+	if !q.sending.Load() {
+		q.sending.Store(true)
 		if !q.started {
 			q.started = true
 			go c.sendLoop()
@@ -142,7 +154,7 @@ func (c *Conn) transmit(b []byte, to netip.AddrPort, src netip.Addr) error {
 		default:
 		}
 	}
-	q.lastWrite = time.Since(c.start)
+	q.lastEnd.Store(now)
 	q.mu.Unlock()
 	return nil
 }
@@ -151,10 +163,8 @@ func (c *Conn) transmit(b []byte, to netip.AddrPort, src netip.Addr) error {
 // q.mu is held.
 func (q *sendQueue) add(b []byte, to netip.AddrPort, src netip.Addr) {
 	if n := len(q.trains); n > 0 {
-		t := q.trains[n-1]
-		if t.open && t.to == to && t.src == src && len(b) <= t.size && len(t.buf)+len(b) <= maxTrainBytes {
+		if t := q.trains[n-1]; t.fits(len(b), to, src) {
 			t.buf = append(t.buf, b...)
-			t.open = len(b) == t.size
 			q.bytes += len(b)
 			return
 		}
@@ -166,13 +176,18 @@ func (q *sendQueue) add(b []byte, to netip.AddrPort, src netip.Addr) {
 		t = &train{buf: make([]byte, 0, maxTrainBytes)}
 	}
 	t.buf = append(t.buf[:0], b...)
-	t.size, t.to, t.src, t.open = len(b), to, src, true
+	t.size, t.to, t.src = len(b), to, src
 	q.trains = append(q.trains, t)
 	q.bytes += len(b)
 }
 
-// maxSendCost caps a direct send's duration in the moving average.
-const maxSendCost = 20 * time.Microsecond
+// maxSendCost caps a direct send's duration in the moving average, of
+// which one send in sendSample is a sample: timing every send would cost
+// a second clock reading per datagram.
+const (
+	maxSendCost = 20 * time.Microsecond
+	sendSample  = 8
+)
 
 // maxTrainBytes is the most one train holds: what one GSO send takes.
 const maxTrainBytes = 65000
@@ -195,7 +210,7 @@ func (c *Conn) sendLoop() {
 			clear(q.trains)
 			q.trains = q.trains[:0]
 			if len(batch) == 0 {
-				q.sending = false
+				q.sending.Store(false)
 				q.mu.Unlock()
 				break
 			}
