@@ -426,11 +426,11 @@ func (c *Conn) confirmLocked(p *peer, s *session) [][]byte {
 // that a writer that sees the new session also sees that it must wait
 // (acquireSession) until flush has sent them, and does not overtake them.
 func (c *Conn) flushQueueLocked(p *peer) [][]byte {
-	if len(p.queue) == 0 || p.flushed != nil {
+	if len(p.queue) == 0 || p.flushing.Load() != nil {
 		return nil
 	}
-	p.flushed = make(chan struct{})
-	p.flushing.Store(true)
+	ch := make(chan struct{})
+	p.flushing.Store(&ch)
 	return c.takeQueueLocked(p)
 }
 
@@ -446,9 +446,8 @@ func (c *Conn) flush(p *peer, s *session, to netip.AddrPort, queued [][]byte) {
 		}
 	}
 	p.mu.Lock()
-	p.flushing.Store(false)
-	close(p.flushed)
-	p.flushed = nil
+	close(*p.flushing.Load())
+	p.flushing.Store(nil)
 	p.mu.Unlock()
 }
 

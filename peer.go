@@ -57,8 +57,9 @@ type peer struct {
 	kp keypairs
 
 	// flushing is set while the datagrams that waited for a handshake
-	// are being sent: writers must wait (acquireSession).
-	flushing atomic.Bool
+	// are being sent, to a channel closed when they are: writers wait
+	// for it (acquireSession). Set and cleared under mu, read without.
+	flushing atomic.Pointer[chan struct{}]
 
 	// mu guards the fields below.
 	mu            sync.Mutex
@@ -69,20 +70,19 @@ type peer struct {
 	initStart     int64             // Conn clock at the first hello of this attempt
 	initSent      int64             // Conn clock at the last hello sent
 	queue         [][]byte
-	flushed       chan struct{} // non-nil while queue's datagrams are being sent; closed after (flushing mirrors it)
-	initiating    bool          // a hello is being made (claimHelloLocked)
-	gen, claimGen uint64        // sessions installed, ever; gen at the claim
-	hellos        int           // hellos sent to it, ever
-	silent        bool          // the attempt under way began with a silence (timers.go)
-	credit        int           // bytes received from it before it proved it receives (origin plaintext)
-	queuedBytes   int64         // the bytes in queue
-	failErr       error         // the last attempt's failure, until failedAt+backoff
-	lastFailure   error         // the last failure, kept for PeerInfo
-	refused       error         // the trust rules refused a hello from the peer's address since its last session
-	path          *pathCheck    // a new address being validated (path.go)
-	live          *pathCheck    // a liveness challenge at addr (path.go)
-	alive         int64         // Conn clock (|1) when it last answered one
-	replacing     int64         // Conn clock (|1) when a new identity's hello was let in after an unanswered challenge
+	initiating    bool       // a hello is being made (claimHelloLocked)
+	gen, claimGen uint64     // sessions installed, ever; gen at the claim
+	hellos        int        // hellos sent to it, ever
+	silent        bool       // the attempt under way began with a silence (timers.go)
+	credit        int        // bytes received from it before it proved it receives (origin plaintext)
+	queuedBytes   int64      // the bytes in queue
+	failErr       error      // the last attempt's failure, until failedAt+backoff
+	lastFailure   error      // the last failure, kept for PeerInfo
+	refused       error      // the trust rules refused a hello from the peer's address since its last session
+	path          *pathCheck // a new address being validated (path.go)
+	live          *pathCheck // a liveness challenge at addr (path.go)
+	alive         int64      // Conn clock (|1) when it last answered one
+	replacing     int64      // Conn clock (|1) when a new identity's hello was let in after an unanswered challenge
 	failedAt      int64
 	lastHandshake time.Time
 	established   bool          // it has had a confirmed session

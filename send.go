@@ -288,7 +288,7 @@ func (c *Conn) sendSelf(b []byte, addr netip.AddrPort) error {
 // p.flushing before it makes a session current, so a writer that sees
 // the new session sees the flag too.
 func (c *Conn) acquireSession(p *peer) (*session, netip.AddrPort, error) {
-	if s := p.kp.current(); s != nil && !p.flushing.Load() {
+	if s := p.kp.current(); s != nil && p.flushing.Load() == nil {
 		now := c.now()
 		if c.usable(s, now) && !c.needsRekey(s, now) {
 			// A current session means the peer proved itself
@@ -300,8 +300,8 @@ func (c *Conn) acquireSession(p *peer) (*session, netip.AddrPort, error) {
 		}
 	}
 	p.mu.Lock()
-	for p.flushed != nil {
-		ch := p.flushed
+	for f := p.flushing.Load(); f != nil; f = p.flushing.Load() {
+		ch := *f
 		p.mu.Unlock()
 		select {
 		case <-ch:
