@@ -94,6 +94,12 @@ type Conn struct {
 
 	// The locks, in the one order they are taken (never the reverse):
 	//
+	//	rs.mu      a socket's read set (batch.go): the turn of the one
+	//	           goroutine reading the socket, held across its read and
+	//	           the handling of what came, handshakes answered inline
+	//	           included; only the reading goroutines and the release
+	//	           of a closed socket's set take it
+	//	rd.mu      who reads the socket (direct.go); brief
 	//	rebindMu   Rebind against Close
 	//	mu         the peer table, below
 	//	peer.mu    one peer's address, handshake attempt and queue (peer.go)
@@ -106,10 +112,12 @@ type Conn struct {
 	// c.mu; otherwise the mu of the peer it works on (its argument, or
 	// its receiver), or of the value it is a method of (a cookieJar,
 	// the sessionIndex), or the lock its comment names (c.rd.mu in
-	// direct.go). No lock is held across a handshake's crypto or a system
-	// call, and the data path takes none of them but the send queue's in
-	// the steady state: it finds sessions by index without a lock, and a
-	// writer reads its peer's current session atomically (keypairs.go).
+	// direct.go). But for rs.mu, no lock is held across a handshake's
+	// crypto or a system call; the data path takes none of them in the
+	// steady state but rs.mu, once per read: it finds sessions by index
+	// without a lock, a writer reads its peer's current session
+	// atomically (keypairs.go), and a direct write takes no lock of the
+	// send queue's (sendqueue.go).
 
 	// rebindMu serialises Rebind with Close.
 	rebindMu sync.Mutex
