@@ -101,6 +101,19 @@ func (c *Conn) bgEnd(s *socket) (kicked bool) {
 	return kicked
 }
 
+// kickDirectReader interrupts an application goroutine blocked in a socket
+// read with a past socket deadline, so that it takes what was queued for
+// it without the socket (sendSelf). The reader re-arms the socket's
+// deadline (readOnce).
+func (c *Conn) kickDirectReader() {
+	rc := &c.rd
+	rc.mu.Lock()
+	if rc.appReaders > 0 {
+		c.setSockDeadlineLocked(c.sock.Load(), aLongTimeAgo)
+	}
+	rc.mu.Unlock()
+}
+
 // appBegin registers an application reader and waits until the
 // background reader is out of the socket.
 func (c *Conn) appBegin(s *socket) {
@@ -219,9 +232,16 @@ func (c *Conn) readOnce(rs *readSet, b []byte, s *socket) (int, netip.AddrPort, 
 			case errors.Is(err, os.ErrDeadlineExceeded):
 				// The Conn's deadline passed (its timer may close the
 				// channel checked above a moment later), or it moved.
-				if t := c.readDeadline.time(); !t.IsZero() && !time.Now().Before(t) {
+				t := c.readDeadline.time()
+				if !t.IsZero() && !time.Now().Before(t) {
 					return 0, netip.AddrPort{}, c.opError("read", nil, os.ErrDeadlineExceeded)
 				}
+				// Or a datagram was queued for this reader
+				// (kickDirectReader): the socket gets the Conn's
+				// deadline back, and the loop takes the datagram.
+				c.rd.mu.Lock()
+				c.setSockDeadlineLocked(s, t)
+				c.rd.mu.Unlock()
 				continue
 			}
 			c.log.Debug("vaultudp: read", "err", err)

@@ -271,7 +271,12 @@ func (c *Conn) sendSelf(b []byte, addr netip.AddrPort) error {
 	c.stats.bytesOut.Add(uint64(len(b)))
 	if !c.queueRead(q, nil) {
 		c.putPacket(q)
+		return nil
 	}
+	// A reader may be blocked in the socket (direct.go), where nothing
+	// will arrive: it must return what was queued now, as a *net.UDPConn
+	// delivers a datagram to itself at once.
+	c.kickDirectReader()
 	return nil
 }
 

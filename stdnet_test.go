@@ -700,6 +700,28 @@ func TestStdnetWriteToWrongFamily6(t *testing.T) {
 	})
 }
 
+// TestStdnetWriteToSelfBlockedReader writes to the socket's own address
+// while a reader is already blocked in ReadFrom (a quic.Transport that
+// dials its own listener always has one): the reader gets the datagram at
+// once, as from a *net.UDPConn, not when something else arrives or its
+// deadline passes.
+func TestStdnetWriteToSelfBlockedReader(t *testing.T) {
+	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
+		c, _ := impl.pair(t)
+		c.SetReadDeadline(time.Now().Add(waitLong))
+		for _, msg := range []string{"first", "second"} {
+			ch := stdnetBlockedRead(t, c, 64)
+			if _, err := c.WriteTo([]byte(msg), c.LocalAddr()); err != nil {
+				t.Fatal(err)
+			}
+			r := <-ch
+			if r.err != nil || r.n != len(msg) || r.addr.String() != c.LocalAddr().String() {
+				t.Fatalf("blocked reader got %d bytes from %v, %v; want %q from itself", r.n, r.addr, r.err, msg)
+			}
+		}
+	})
+}
+
 // TestStdnetWriteToSelf is the other half of udpsock_test.go's
 // TestUDPZeroBytePayload and TestUDPZeroByteBuffer, which write to the
 // socket's own address: the datagram comes back, from that address.
