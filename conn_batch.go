@@ -45,10 +45,12 @@ func (c *Conn) ReadBatch(ms []Message) (int, error) {
 
 // WriteBatch seals and sends ms in order and returns how many were sent;
 // on an error, the datagrams before the failing one were sent and none
-// after it. Consecutive datagrams to one peer with a session go out
-// segmented in one system call where the kernel has UDP GSO (with the
+// after it. Each datagram is what WriteTo would send (the same size rule,
+// MaxPayloadTo, and the same counters), and none overtakes a datagram
+// written before it. Consecutive datagrams to one peer with a session go
+// out segmented in one system call where the kernel has UDP GSO (with the
 // default padding they all have the same length on the wire, which is
-// what GSO needs). The rest behave as WriteTo.
+// what GSO needs).
 func (c *Conn) WriteBatch(ms []Message) (int, error) {
 	for i := 0; i < len(ms); {
 		to := normAddr(ms[i].Addr)
@@ -68,7 +70,10 @@ func (c *Conn) WriteBatch(ms []Message) (int, error) {
 // maxBatchRun is the most datagrams sealed into one run buffer.
 const maxBatchRun = 64
 
-// writeRun sends datagrams to one destination.
+// writeRun sends datagrams to one destination: sealed into one buffer and
+// handed to the send queue as a train (transmitTrain) when the peer has a
+// session, and otherwise one by one through WriteTo's path, which queues
+// them for the handshake.
 func (c *Conn) writeRun(ms []Message, to netip.AddrPort) (int, error) {
 	if c.isClosed() {
 		return 0, ErrClosed
@@ -77,7 +82,8 @@ func (c *Conn) writeRun(ms []Message, to netip.AddrPort) (int, error) {
 		return 0, os.ErrDeadlineExceeded
 	}
 	var s *session
-	if p, err := c.peerFor(to, lookupOnly); err == nil && p != nil && p.policy() != Plaintext {
+	p, err := c.peerFor(to, lookupOnly)
+	if err == nil && p != nil && p.policy() != Plaintext {
 		var err error
 		if s, to, err = c.acquireSession(p); err != nil {
 			return 0, err
@@ -87,8 +93,6 @@ func (c *Conn) writeRun(ms []Message, to netip.AddrPort) (int, error) {
 		}
 	}
 	if s == nil {
-		// No session yet (or plaintext): WriteTo's path, which queues
-		// for the handshake.
 		for k := range ms {
 			if err := c.send(ms[k].Buf, to); err != nil {
 				return k, err
@@ -107,30 +111,20 @@ func (c *Conn) writeRun(ms []Message, to netip.AddrPort) (int, error) {
 		var err error
 		if end > 0 {
 			var n int
-			n, err = c.sock.Load().WriteSegments(buf[:end], size, to, s.source())
+			n, err = c.transmitTrain(buf[:end], size, to, s.source())
 			if err != nil {
 				k = sent + n
 			}
 		}
 		for _, m := range ms[sent:k] {
-			c.stats.datagramsOut.Add(1)
-			c.stats.bytesOut.Add(uint64(len(m.Buf)))
+			c.countSent(p, len(m.Buf))
 		}
 		sent, buf, size = k, buf[:0], -1
 		return err
 	}
 	for k := range ms {
-		b := ms[k].Buf
 		off := len(buf)
-		if len(b) > c.maxPayload {
-			c.stats.tooLarge.Add(1)
-			err := error(&tooLargeError{n: len(b), max: c.maxPayload})
-			if ferr := flush(k, off); ferr != nil {
-				err = ferr
-			}
-			return sent, err
-		}
-		out, err := c.appendSealed(buf, s, b, true)
+		out, err := c.appendSealed(buf, s, ms[k].Buf, true)
 		if err != nil {
 			if ferr := flush(k, off); ferr != nil {
 				err = ferr

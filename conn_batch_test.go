@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -63,14 +64,14 @@ func TestWriteBatchReadBatch(t *testing.T) {
 	}
 }
 
-// A datagram over MaxPayload stops the batch there: those before it are
-// sent, it and those after are not, and the error says why.
+// A datagram larger than the peer receives stops the batch there: those
+// before it are sent, it and those after are not, and the error says why.
 func TestWriteBatchTooLarge(t *testing.T) {
 	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
 	handshakeT(t, a, addrOf(b))
 	to := addrOf(b)
 	ms := []Message{{Buf: []byte("one"), Addr: to}, {Buf: []byte("two"), Addr: to},
-		{Buf: make([]byte, a.MaxPayload()+1), Addr: to}, {Buf: []byte("four"), Addr: to}}
+		{Buf: make([]byte, maxPayloadFor(udpMaxDatagram)+1), Addr: to}, {Buf: []byte("four"), Addr: to}}
 	n, err := a.WriteBatch(ms)
 	if n != 2 || !isTooLarge(err) {
 		t.Fatalf("WriteBatch = %d, %v; want 2 and ErrMessageTooLarge", n, err)
@@ -79,6 +80,69 @@ func TestWriteBatchTooLarge(t *testing.T) {
 		expectRead(t, b, w, addrOf(a))
 	}
 	expectNothing(t, b, 100*time.Millisecond)
+}
+
+// WriteBatch sends what WriteTo sends: a datagram above MaxPayload but
+// within MaxPayloadTo goes either way, and each is counted, in Stats and
+// in the peer's PeerInfo, as WriteTo counts it.
+func TestWriteBatchSameRulesAsWriteTo(t *testing.T) {
+	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
+	handshakeT(t, a, addrOf(b))
+	to := addrOf(b)
+	size := a.MaxPayload() + 50
+	if max := a.MaxPayloadTo(to); size > max {
+		t.Fatalf("MaxPayloadTo %d below MaxPayload %d + 50", max, a.MaxPayload())
+	}
+	if _, err := a.WriteToUDPAddrPort(make([]byte, size), to); err != nil {
+		t.Fatalf("WriteTo of %d bytes: %v", size, err)
+	}
+	if n, err := a.WriteBatch([]Message{{Buf: make([]byte, size), Addr: to}, {Buf: []byte("x"), Addr: to}}); n != 2 || err != nil {
+		t.Fatalf("WriteBatch of %d bytes = %d, %v; WriteTo sent it", size, n, err)
+	}
+	for range 3 {
+		readWithin(t, b, waitLong)
+	}
+	want := uint64(2*size + 1)
+	if s := a.Stats(); s.DatagramsOut != 3 || s.BytesOut != want {
+		t.Fatalf("Stats: %d datagrams, %d bytes out; want 3, %d", s.DatagramsOut, s.BytesOut, want)
+	}
+	for _, pi := range a.Peers() {
+		if pi.Addr == to && (pi.DatagramsOut != 3 || pi.BytesOut != want) {
+			t.Fatalf("PeerInfo: %d datagrams, %d bytes out; want 3, %d", pi.DatagramsOut, pi.BytesOut, want)
+		}
+	}
+}
+
+// WriteBatch does not overtake datagrams a streaming WriteTo left in the
+// send queue: the peer receives everything in the order it was written.
+func TestWriteBatchAfterQueuedWrites(t *testing.T) {
+	a := listenT(t, "udp4", "127.0.0.1:0", nil)
+	b := listenT(t, "udp4", "127.0.0.1:0", nil)
+	handshakeT(t, a, addrOf(b))
+	streaming(t, a)
+	release := make(chan struct{})
+	setBeforeSend(a, func() error { <-release; return nil }) // the WriteTo trains wait
+	to := addrOf(b)
+	msg := func(i int) []byte { m := make([]byte, 100); binary.BigEndian.PutUint32(m, uint32(i)); return m }
+	for i := range 5 {
+		if _, err := a.WriteToUDPAddrPort(msg(i), to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// WriteBatch queues behind them (it does not wait: the queue has
+	// room), and none of its datagrams leaves before the five.
+	if _, err := a.WriteBatch([]Message{{Buf: msg(100), Addr: to}, {Buf: msg(101), Addr: to}, {Buf: msg(102), Addr: to}}); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	var got []int
+	for range 8 {
+		d, _ := readWithin(t, b, waitLong)
+		got = append(got, int(binary.BigEndian.Uint32(d)))
+	}
+	if want := []int{0, 1, 2, 3, 4, 100, 101, 102}; !slices.Equal(got, want) {
+		t.Fatalf("received %v, want %v", got, want)
+	}
 }
 
 // Steady-state batch I/O allocates nothing per datagram.

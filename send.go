@@ -20,12 +20,18 @@ func (c *Conn) sendData(p *peer, s *session, to netip.AddrPort, b []byte) error 
 		err = c.sendOpen(to, &record{payload: b, hasPayload: true})
 	}
 	if err == nil {
-		c.stats.datagramsOut.Add(1)
-		c.stats.bytesOut.Add(uint64(len(b)))
-		p.datagramsOut.Add(1)
-		p.bytesOut.Add(uint64(len(b)))
+		c.countSent(p, len(b))
 	}
 	return err
+}
+
+// countSent counts a user datagram of n bytes written to p: the one place
+// WriteTo, WriteBatch and Broadcast count what they send.
+func (c *Conn) countSent(p *peer, n int) {
+	c.stats.datagramsOut.Add(1)
+	c.stats.bytesOut.Add(uint64(n))
+	p.datagramsOut.Add(1)
+	p.bytesOut.Add(uint64(n))
 }
 
 // compressing reports whether payloads are worth trying to compress.

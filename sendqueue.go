@@ -24,15 +24,28 @@ import (
 // the socket again. Only a socket with UDP GSO queues: without it, a
 // queued datagram would cost a system call of its own all the same.
 //
-// The queue is bounded (sendQueueBytes): a writer that fills it waits, as
-// on a socket whose send buffer is full, until its write deadline or
-// Close. A queued datagram that the socket refuses is counted
+// The queue is bounded in the memory it holds (sendQueueBytes: the
+// capacity of the waiting trains, which start small and grow with what
+// they carry; a few spent trains are kept for reuse, no more): a writer
+// that fills it waits, as on a socket whose send buffer is full, until its
+// write deadline or Close. WriteBatch's trains go the same way (transmitTrain):
+// straight to the socket when nothing waits, behind what waits otherwise. A queued datagram that the socket refuses is counted
 // (Drops.SendFailed) and logged, as the error of a write that already
 // returned cannot be.
 
-// sendQueueBytes bounds the bytes waiting in the send queue: a few GSO
-// trains.
+// sendQueueBytes bounds the memory of the trains waiting in the send
+// queue: a few GSO trains. A write may pass it by one train's growth.
 const sendQueueBytes = 256 << 10
+
+// maxFreeTrains is how many spent trains the queue keeps for reuse: enough
+// for a streaming writer's trains in flight; more would be memory kept for
+// a burst to many addresses long after it went (Broadcast).
+const maxFreeTrains = 8
+
+// minTrainCap is the smallest train allocated: a train starts at sixteen
+// times its first datagram, within [minTrainCap, maxTrainBytes], and
+// doubles as it fills.
+const minTrainCap = 2 << 10
 
 // A train is datagrams of one size (the last may be shorter) to one
 // address, back to back in buf.
@@ -66,12 +79,12 @@ type sendQueue struct {
 	// Written by writers, read by the sender goroutine; under mu.
 	mu      sync.Mutex
 	trains  []*train      // waiting, oldest first
-	bytes   int           // in trains
+	bytes   int           // capacity of the trains waiting
 	started bool          // the sender goroutine was started
 	closed  bool          // Close has begun: no sender goroutine starts
 	space   chan struct{} // closed and replaced when trains went out, if writers wait for room
 	waiters int
-	free    []*train
+	free    []*train // spent, for reuse; at most maxFreeTrains
 
 	wake chan struct{} // to the sender goroutine: trains are waiting
 	done chan struct{} // closed when the sender goroutine has ended
@@ -118,8 +131,39 @@ func (c *Conn) transmit(b []byte, to netip.AddrPort, src netip.Addr) error {
 		q.lastEnd.Store(now + cost)
 		return err
 	}
+	return c.enqueueSend(b, to, src, now)
+}
+
+// transmitTrain sends buf, sealed datagrams of size bytes each (the last
+// may be shorter), to to from src, in as few system calls as the socket
+// allows (UDP GSO), and returns how many went out: WriteBatch's trains. It
+// goes straight to the socket when nothing waits in the send queue, and
+// behind what waits otherwise, so that no datagram overtakes one written
+// before it. buf is the caller's again when it returns.
+func (c *Conn) transmitTrain(buf []byte, size int, to netip.AddrPort, src netip.Addr) (int, error) {
+	q := c.sq
+	if !q.sending.Load() {
+		n, err := c.sock.Load().WriteSegments(buf, size, to, src)
+		q.lastEnd.Store(int64(time.Since(c.start)))
+		return n, err
+	}
+	now := int64(time.Since(c.start))
+	k := 0
+	for off := 0; off < len(buf); off += size {
+		if err := c.enqueueSend(buf[off:min(off+size, len(buf))], to, src, now); err != nil {
+			return k, err
+		}
+		k++
+	}
+	return k, nil
+}
+
+// enqueueSend queues b for the sender goroutine, waiting for room while
+// the queue is full, and starts or wakes the goroutine.
+func (c *Conn) enqueueSend(b []byte, to netip.AddrPort, src netip.Addr, now int64) error {
+	q := c.sq
 	q.mu.Lock()
-	for q.bytes+len(b) > sendQueueBytes && q.bytes > 0 {
+	for q.bytes >= sendQueueBytes {
 		ch := q.space
 		q.waiters++
 		q.mu.Unlock()
@@ -164,8 +208,10 @@ func (c *Conn) transmit(b []byte, to netip.AddrPort, src netip.Addr) error {
 func (q *sendQueue) add(b []byte, to netip.AddrPort, src netip.Addr) {
 	if n := len(q.trains); n > 0 {
 		if t := q.trains[n-1]; t.fits(len(b), to, src) {
+			if len(t.buf)+len(b) > cap(t.buf) {
+				q.grow(t, len(b))
+			}
 			t.buf = append(t.buf, b...)
-			q.bytes += len(b)
 			return
 		}
 	}
@@ -173,12 +219,41 @@ func (q *sendQueue) add(b []byte, to netip.AddrPort, src netip.Addr) {
 	if n := len(q.free); n > 0 {
 		t, q.free = q.free[n-1], q.free[:n-1]
 	} else {
-		t = &train{buf: make([]byte, 0, maxTrainBytes)}
+		t = &train{buf: make([]byte, 0, min(maxTrainBytes, max(16*len(b), minTrainCap)))}
+	}
+	q.bytes += cap(t.buf)
+	if len(b) > cap(t.buf) {
+		q.grow(t, len(b))
 	}
 	t.buf = append(t.buf[:0], b...)
 	t.size, t.to, t.src = len(b), to, src
 	q.trains = append(q.trains, t)
-	q.bytes += len(b)
+}
+
+// grow gives t room for n more bytes: twice its capacity, within
+// maxTrainBytes (fits keeps a train within it) unless one datagram is
+// larger; q.mu is held.
+func (q *sendQueue) grow(t *train, n int) {
+	size := max(2*cap(t.buf), len(t.buf)+n)
+	if size > maxTrainBytes {
+		size = max(maxTrainBytes, len(t.buf)+n)
+	}
+	nb := make([]byte, len(t.buf), size)
+	copy(nb, t.buf)
+	q.bytes += cap(nb) - cap(t.buf)
+	t.buf = nb
+}
+
+// recycle gives the spent trains of batch back: a few are kept for reuse,
+// the rest left to the collector; q.mu is held.
+func (q *sendQueue) recycle(batch []*train) {
+	for _, t := range batch {
+		q.bytes -= cap(t.buf)
+		if len(q.free) < maxFreeTrains {
+			t.buf = t.buf[:0]
+			q.free = append(q.free, t)
+		}
+	}
 }
 
 // maxSendCost caps a direct send's duration in the moving average, of
@@ -217,7 +292,6 @@ func (c *Conn) sendLoop() {
 			hook := q.beforeSend
 			q.mu.Unlock()
 			s := c.sock.Load()
-			n := 0
 			for _, t := range batch {
 				var err error
 				sent := 0
@@ -231,11 +305,9 @@ func (c *Conn) sendLoop() {
 					c.stats.sendFailed.Add(uint64((len(t.buf)+t.size-1)/t.size - sent))
 					c.log.Debug("vaultudp: sending queued datagrams", "peer", t.to, "err", err)
 				}
-				n += len(t.buf)
 			}
 			q.mu.Lock()
-			q.bytes -= n
-			q.free = append(q.free, batch...)
+			q.recycle(batch)
 			if q.waiters > 0 {
 				close(q.space)
 				q.space = make(chan struct{})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -179,5 +180,149 @@ func TestSendQueueAllocs(t *testing.T) {
 	}
 	if allocs := testing.AllocsPerRun(50, burst) / 16; allocs > 0 {
 		t.Errorf("%.3f allocations per queued datagram, want 0", allocs)
+	}
+}
+
+// liveHeap returns the heap in use after a collection.
+func liveHeap() uint64 {
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// waitQueueIdle waits until c's send queue has sent everything.
+func waitQueueIdle(t *testing.T, c *Conn) {
+	t.Helper()
+	deadline := time.Now().Add(waitLong)
+	for c.sq.sending.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("send queue still sending")
+		}
+		time.Sleep(time.Millisecond) // the sender goroutine has no event to wait on; bounded
+	}
+}
+
+// TestSendQueueMemoryBroadcast: a server that Broadcasts small updates to
+// 16 clients through the send queue holds, once they are sent, no more
+// than a few trains: the queue's bound counts the memory of its trains,
+// which start small, and it keeps few spent ones.
+func TestSendQueueMemoryBroadcast(t *testing.T) {
+	cfg := func() *Config { return &Config{Padding: PadNone, ReadQueue: 4096} }
+	a := listenT(t, "udp4", "127.0.0.1:0", cfg())
+	streaming(t, a)
+	// The heap is measured from before the clients, which are closed
+	// before it is measured again: what remains is the server's.
+	before := liveHeap()
+	var clients []*Conn
+	open := &clients // closed at the end if the test stops early; nothing else keeps them
+	t.Cleanup(func() {
+		for _, c := range *open {
+			c.Close()
+		}
+	})
+	for range 16 {
+		c, err := Listen("udp4", "127.0.0.1:0", cfg()) // not listenT: nothing must keep it once closed
+		if err != nil {
+			t.Fatal(err)
+		}
+		handshakeT(t, c, addrOf(a))
+		clients = append(clients, c)
+		go func() { // drain, so that the clients' queues hold nothing
+			buf := make([]byte, 2048)
+			for {
+				if _, _, err := c.ReadFromUDPAddrPort(buf); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	for _, c := range clients { // the server has each client's session confirmed
+		if _, err := c.WriteToUDPAddrPort([]byte("hi"), addrOf(a)); err != nil {
+			t.Fatal(err)
+		}
+		readWithin(t, a, waitLong)
+	}
+	waitQueueIdle(t, a)
+	msg := make([]byte, 64)
+	const rounds = 500
+	for range rounds {
+		if n, err := a.Broadcast(msg); err != nil || n != len(clients) {
+			t.Fatalf("Broadcast = %d, %v", n, err)
+		}
+	}
+	waitQueueIdle(t, a)
+	for _, c := range clients {
+		c.Close()
+	}
+	clients = nil
+	after := liveHeap()
+	grew := int64(after) - int64(before)
+	t.Logf("%d Broadcasts of %d bytes to %d clients: heap %+.2f MiB after GC (send queue: %d spent trains kept)",
+		rounds, len(msg), 16, float64(grew)/(1<<20), len(a.sq.free))
+	if grew > 2<<20 {
+		t.Errorf("heap grew by %.1f MiB, want within 2 MiB", float64(grew)/(1<<20))
+	}
+}
+
+// TestSendQueueMemoryEchoClients: an echo server that streams its answers
+// to 300 clients, each of which says hello, reads its echo and goes, keeps
+// little more than the clients' peer state once they are gone.
+func TestSendQueueMemoryEchoClients(t *testing.T) {
+	srv := listenT(t, "udp4", "127.0.0.1:0", &Config{ReadQueue: 4096})
+	streaming(t, srv)
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := srv.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			srv.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	const together = 30
+	round := func() {
+		errs := make(chan error, together)
+		for range together {
+			go func() {
+				c, err := Listen("udp4", "127.0.0.1:0", nil)
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(waitLong))
+				msg := make([]byte, 200)
+				if _, err := c.WriteToUDPAddrPort(msg, addrOf(srv)); err != nil {
+					errs <- err
+					return
+				}
+				_, _, err = c.ReadFromUDPAddrPort(make([]byte, 2048))
+				errs <- err
+			}()
+		}
+		for range together {
+			if err := <-errs; err != nil {
+				t.Fatalf("client: %v", err)
+			}
+		}
+	}
+	// A first round makes what the server makes once (its receive
+	// buffers, the queue's trains); the next 300 clients are measured.
+	round()
+	waitQueueIdle(t, srv)
+	before := liveHeap()
+	const clients = 300
+	for range clients / together {
+		round()
+	}
+	waitQueueIdle(t, srv)
+	grew := int64(liveHeap()) - int64(before)
+	t.Logf("%d echo clients: server heap %+.2f MiB after GC (%.1f KiB per client; %d peers)",
+		clients, float64(grew)/(1<<20), float64(grew)/1024/clients, len(srv.Peers()))
+	if grew > 2<<20 {
+		t.Errorf("heap grew by %.1f MiB, want within 2 MiB", float64(grew)/(1<<20))
 	}
 }
