@@ -354,12 +354,18 @@ func addrString(a net.Addr) string {
 
 // WriteToUDPAddrPort is WriteTo with a netip.AddrPort.
 func (c *Conn) WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error) {
+	return c.writeTo(b, addr, c.writeDeadline)
+}
+
+// writeTo is WriteToUDPAddrPort under the write deadline wd: the Conn's,
+// or a ConnTo net.Conn's own (dial.go).
+func (c *Conn) writeTo(b []byte, addr netip.AddrPort, wd *deadline) (int, error) {
 	if c.sock.Load().Caps().IPv4Only && addr.Addr().Is6() && !addr.Addr().Is4In6() {
 		// An IPv4 socket cannot reach it: *net.UDPConn's error, at once
 		// (the handshake would otherwise wait for nothing).
 		return 0, c.opError("write", net.UDPAddrFromAddrPort(addr), &net.AddrError{Err: "non-IPv4 address", Addr: addr.Addr().String()})
 	}
-	if err := c.send(b, normAddr(addr)); err != nil {
+	if err := c.send(b, normAddr(addr), wd); err != nil {
 		if oe, ok := err.(*net.OpError); ok {
 			err = oe.Err // the socket's own: one *net.OpError, as *net.UDPConn's
 		}

@@ -94,7 +94,7 @@ func (c *Conn) writeRun(ms []Message, to netip.AddrPort) (int, error) {
 	}
 	if s == nil {
 		for k := range ms {
-			if err := c.send(ms[k].Buf, to); err != nil {
+			if err := c.send(ms[k].Buf, to, c.writeDeadline); err != nil {
 				return k, err
 			}
 		}
@@ -111,7 +111,7 @@ func (c *Conn) writeRun(ms []Message, to netip.AddrPort) (int, error) {
 		var err error
 		if end > 0 {
 			var n int
-			n, err = c.transmitTrain(buf[:end], size, to, s.source())
+			n, err = c.transmitTrain(buf[:end], size, to, s.source(), c.writeDeadline)
 			if err != nil {
 				k = sent + n
 			}

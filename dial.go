@@ -340,7 +340,7 @@ func (pc *peerConn) Write(b []byte) (int, error) {
 	if dropped != nil {
 		return 0, pc.opError("write", dropped)
 	}
-	return pc.c.WriteToUDPAddrPort(b, to)
+	return pc.c.writeTo(b, to, pc.writeDeadline) // its own deadline, also while the send queue is full
 }
 
 // Close stops the diversion of the peer's datagrams; it does not close

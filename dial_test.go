@@ -547,3 +547,35 @@ func BenchmarkDialPingPong(b *testing.B) {
 		run(b, d)
 	})
 }
+
+// TestConnToWriteDeadlineFullQueue: a ConnTo Write that waits for room in
+// a full send queue returns at its own write deadline, with a timeout
+// error, as a *net.UDPConn write waits for a full send buffer; the Conn's
+// own deadline (none) does not keep it.
+func TestConnToWriteDeadlineFullQueue(t *testing.T) {
+	server, client := pair(t, "udp4", "127.0.0.1", nil, nil)
+	handshakeT(t, server, addrOf(client))
+	streaming(t, server)
+	release := make(chan struct{})
+	defer close(release)
+	setBeforeSend(server, func() error { <-release; return nil }) // nothing leaves: the queue fills
+	pc, err := server.ConnTo(addrOf(client))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	pc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	msg := make([]byte, 1000)
+	for i := range 2 * sendQueueBytes / len(msg) {
+		_, err := pc.Write(msg)
+		if err == nil {
+			continue
+		}
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() || !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("write %d: %v, want a timeout", i, err)
+		}
+		return
+	}
+	t.Fatalf("%d writes, none waited for room in the queue past the deadline", 2*sendQueueBytes/len(msg))
+}

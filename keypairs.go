@@ -441,7 +441,7 @@ func (c *Conn) flush(p *peer, s *session, to netip.AddrPort, queued [][]byte) {
 		return
 	}
 	for _, b := range queued {
-		if err := c.sendData(p, s, to, b); err != nil {
+		if err := c.sendData(p, s, to, b, nil); err != nil {
 			c.log.Debug("vaultudp: sending queued datagram", "peer", to, "err", err)
 		}
 	}

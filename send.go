@@ -11,11 +11,12 @@ import (
 )
 
 // sendData sends a user datagram to p at to: sealed under s, or open if s
-// is nil.
-func (c *Conn) sendData(p *peer, s *session, to netip.AddrPort, b []byte) error {
+// is nil. wd is the writer's deadline (nil: none, for what the Conn sends
+// by itself), which bounds a wait for room in the send queue.
+func (c *Conn) sendData(p *peer, s *session, to netip.AddrPort, b []byte, wd *deadline) error {
 	var err error
 	if s != nil {
-		err = c.sendSealed(s, to, b, true)
+		err = c.sendSealed(s, to, b, true, wd)
 	} else {
 		err = c.sendOpen(to, &record{payload: b, hasPayload: true})
 	}
@@ -49,15 +50,16 @@ func (c *Conn) compressing() bool {
 }
 
 // sendSealed seals an envelope carrying b (if hasPayload; a keepalive
-// otherwise) under s, padded as the Config says, and sends it.
-func (c *Conn) sendSealed(s *session, to netip.AddrPort, b []byte, hasPayload bool) error {
+// otherwise) under s, padded as the Config says, and sends it under the
+// write deadline wd (nil: none).
+func (c *Conn) sendSealed(s *session, to netip.AddrPort, b []byte, hasPayload bool, wd *deadline) error {
 	bp := c.bufs.Get().(*[]byte)
 	defer c.bufs.Put(bp)
 	out, err := c.appendSealed((*bp)[:0], s, b, hasPayload)
 	if err != nil {
 		return err
 	}
-	return c.transmit(out, to, s.source()) // sendqueue.go
+	return c.transmit(out, to, s.source(), wd) // sendqueue.go
 }
 
 // appendSealed appends to dst the sealed datagram carrying b. dst must
@@ -117,7 +119,8 @@ func (c *Conn) appendSealedRecord(dst []byte, s *session, rec *record, pad bool)
 	return append(dst[:off], out...), nil // no copy when out is in place
 }
 
-// sendSealedRecord seals rec under s and sends it to to.
+// sendSealedRecord seals rec under s and sends it to to: the Conn's own
+// control datagrams, under no write deadline.
 func (c *Conn) sendSealedRecord(s *session, to netip.AddrPort, rec *record, pad bool) error {
 	bp := c.bufs.Get().(*[]byte)
 	defer c.bufs.Put(bp)
@@ -125,7 +128,7 @@ func (c *Conn) sendSealedRecord(s *session, to netip.AddrPort, rec *record, pad 
 	if err != nil {
 		return err
 	}
-	return c.transmit(out, to, s.source()) // sendqueue.go
+	return c.transmit(out, to, s.source(), nil) // sendqueue.go
 }
 
 // sendOpen sends an open (unencrypted) envelope. Open datagrams are not
@@ -163,11 +166,13 @@ func (c *Conn) sendControlFrom(to netip.AddrPort, src netip.Addr, msg []byte) {
 // cannot go for a passing reason (the handshake queue is full, the last
 // handshake failed a moment ago, the peer table is full) is dropped and
 // counted in Stats.Drops, as a full socket buffer drops it.
-func (c *Conn) send(b []byte, addr netip.AddrPort) error {
+//
+// wd is the writer's deadline: the Conn's, or a ConnTo net.Conn's.
+func (c *Conn) send(b []byte, addr netip.AddrPort, wd *deadline) error {
 	if c.isClosed() {
 		return ErrClosed
 	}
-	if isClosed(c.writeDeadline.wait()) {
+	if isClosed(wd.wait()) {
 		return os.ErrDeadlineExceeded
 	}
 	if pp := c.protoAt(addr); pp != nil {
@@ -192,14 +197,14 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 		if now := c.now(); p.lastSeen.Load() != now {
 			p.lastSeen.Store(now)
 		}
-		return c.sendData(p, nil, addr, b)
+		return c.sendData(p, nil, addr, b, wd)
 	}
 	s, to, err := c.acquireSession(p)
 	if err != nil {
 		return err
 	}
 	if s != nil {
-		return c.sendData(p, s, to, b)
+		return c.sendData(p, s, to, b, wd)
 	}
 	now := c.now() // p.mu is held from here on
 	backoff := !p.handshakingLocked() && p.failErr != nil && time.Duration(now-p.failedAt) < c.cfg.HandshakeTimeout
@@ -216,7 +221,7 @@ func (c *Conn) send(b []byte, addr netip.AddrPort) error {
 		// The datagram goes before the hello: once the hello is out, the
 		// session (and the peer's "seen sealed" rule) may come before a
 		// later open datagram, which the peer would then drop.
-		err := c.sendData(p, nil, to, b)
+		err := c.sendData(p, nil, to, b, wd)
 		if hello {
 			c.sendHello(p)
 		}

@@ -112,8 +112,9 @@ func (q *sendQueue) stop() {
 
 // transmit sends the sealed datagram b to to, from src (see
 // udpio.Socket.WriteTo): at once, or through the send queue when the
-// writer is streaming. b is the caller's again when it returns.
-func (c *Conn) transmit(b []byte, to netip.AddrPort, src netip.Addr) error {
+// writer is streaming, waiting for room there no later than the write
+// deadline wd (nil: none). b is the caller's again when it returns.
+func (c *Conn) transmit(b []byte, to netip.AddrPort, src netip.Addr, wd *deadline) error {
 	q := c.sq
 	sock := c.sock.Load()
 	now := int64(time.Since(c.start)) // the one clock reading of a write
@@ -131,7 +132,7 @@ func (c *Conn) transmit(b []byte, to netip.AddrPort, src netip.Addr) error {
 		q.lastEnd.Store(now + cost)
 		return err
 	}
-	return c.enqueueSend(b, to, src, now)
+	return c.enqueueSend(b, to, src, now, wd)
 }
 
 // transmitTrain sends buf, sealed datagrams of size bytes each (the last
@@ -140,7 +141,7 @@ func (c *Conn) transmit(b []byte, to netip.AddrPort, src netip.Addr) error {
 // goes straight to the socket when nothing waits in the send queue, and
 // behind what waits otherwise, so that no datagram overtakes one written
 // before it. buf is the caller's again when it returns.
-func (c *Conn) transmitTrain(buf []byte, size int, to netip.AddrPort, src netip.Addr) (int, error) {
+func (c *Conn) transmitTrain(buf []byte, size int, to netip.AddrPort, src netip.Addr, wd *deadline) (int, error) {
 	q := c.sq
 	if !q.sending.Load() {
 		n, err := c.sock.Load().WriteSegments(buf, size, to, src)
@@ -150,7 +151,7 @@ func (c *Conn) transmitTrain(buf []byte, size int, to netip.AddrPort, src netip.
 	now := int64(time.Since(c.start))
 	k := 0
 	for off := 0; off < len(buf); off += size {
-		if err := c.enqueueSend(buf[off:min(off+size, len(buf))], to, src, now); err != nil {
+		if err := c.enqueueSend(buf[off:min(off+size, len(buf))], to, src, now, wd); err != nil {
 			return k, err
 		}
 		k++
@@ -159,11 +160,16 @@ func (c *Conn) transmitTrain(buf []byte, size int, to netip.AddrPort, src netip.
 }
 
 // enqueueSend queues b for the sender goroutine, waiting for room while
-// the queue is full, and starts or wakes the goroutine.
-func (c *Conn) enqueueSend(b []byte, to netip.AddrPort, src netip.Addr, now int64) error {
+// the queue is full (until Close or the write deadline wd, if not nil),
+// and starts or wakes the goroutine.
+func (c *Conn) enqueueSend(b []byte, to netip.AddrPort, src netip.Addr, now int64, wd *deadline) error {
 	q := c.sq
 	q.mu.Lock()
 	for q.bytes >= sendQueueBytes {
+		var expired <-chan struct{} // nil: never
+		if wd != nil {
+			expired = wd.wait() // a deadline moved while waiting takes effect
+		}
 		ch := q.space
 		q.waiters++
 		q.mu.Unlock()
@@ -172,7 +178,7 @@ func (c *Conn) enqueueSend(b []byte, to netip.AddrPort, src netip.Addr, now int6
 		case <-ch:
 		case <-c.closed:
 			err = ErrClosed
-		case <-c.writeDeadline.wait():
+		case <-expired:
 			err = os.ErrDeadlineExceeded
 		}
 		q.mu.Lock()

@@ -175,7 +175,7 @@ func (c *Conn) onKeepalive(p *peer, now int64) *session {
 
 // sendKeepalive sends an empty sealed datagram under s to p.
 func (c *Conn) sendKeepalive(p *peer, s *session, to netip.AddrPort) {
-	if err := c.sendSealed(s, to, nil, false); err != nil {
+	if err := c.sendSealed(s, to, nil, false, nil); err != nil {
 		c.log.Debug("vaultudp: keepalive", "peer", to, "err", err)
 		return
 	}
