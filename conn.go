@@ -128,9 +128,10 @@ type Conn struct {
 	learned int // peers not configured
 	// plainPeers counts the learned peers known only from plaintext,
 	// plainOrder holds them oldest first (and some that are gone).
-	plainPeers int
-	plainOrder []*peer
-	lastHello  map[[ed25519.PublicKeySize]byte]uint64
+	plainPeers   int
+	plainOrder   []*peer
+	plainEvicted addrSet // plaintext peers evicted, remembered (peer.go)
+	lastHello    map[[ed25519.PublicKeySize]byte]uint64
 
 	index *sessionIndex // sessions and initiations by local index (keypairs.go)
 

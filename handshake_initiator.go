@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 )
 
 // Handshake waits until the peer at addr has a session, starting a
@@ -43,7 +44,13 @@ func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 			p.mu.Unlock()
 			return err
 		}
-		hello := p.init == nil && !p.kp.pending() && p.claimHelloLocked()
+		hello := c.wantHelloLocked(p, helloAsked, c.now())
+		// Deferred for a waiting responder session (awaitingConfirmLocked):
+		// look again when the deferral may have run out.
+		var recheck <-chan time.Time
+		if !hello && !p.handshakingLocked() {
+			recheck = time.After(c.retryAfter()) // collected when it fires or is dropped
+		}
 		started = true
 		ch := p.changed
 		p.mu.Unlock()
@@ -52,6 +59,7 @@ func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 		}
 		select {
 		case <-ch:
+		case <-recheck:
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-c.closed:
@@ -60,22 +68,110 @@ func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 	}
 }
 
-// startHandshake starts an initiation with p unless one is under way, or
-// a responder session waits for the peer's confirmation (it has begun one).
+// startHandshake starts an initiation with p, a peer just configured,
+// as wantHelloLocked allows.
 func (c *Conn) startHandshake(p *peer) {
 	p.mu.Lock()
-	hello := p.init == nil && !p.kp.pending() && p.claimHelloLocked()
+	hello := c.wantHelloLocked(p, helloAsked, c.now())
 	p.mu.Unlock()
 	if hello {
 		c.sendHello(p)
 	}
 }
 
-// Every hello goes through one entry point. A caller decides under p.mu
-// that p needs a hello and claims it (claimHelloLocked), then calls
-// sendHello with p.mu released: the key generation and the signature run
-// outside every lock the data path takes, and one claim at a time means
-// one hello at a time.
+// Every hello goes through one entry point. A caller says why p needs a
+// hello (a helloReason) to wantHelloLocked, under p.mu, which decides
+// whether p gets one and claims it (claimHelloLocked); the caller then
+// calls sendHello with p.mu released: the key generation and the signature
+// run outside every lock the data path takes, and one claim at a time
+// means one hello at a time. The callers decide only when (a timer ran
+// out, a write found no session); whether is decided here.
+
+// helloReason is why the Conn would send a peer a hello.
+type helloReason uint8
+
+const (
+	helloAsked     helloReason = iota // the application asked for a session: Handshake, Dial, AddPeer
+	helloWrite                        // a write found no session: its datagram waits
+	helloOffer                        // Opportunistic: a write went in clear; the Conn offers a session
+	helloRekey                        // the current session is due for renewal
+	helloReset                        // the peer reset the current session
+	helloSilence                      // sealed datagrams went unanswered for SilenceTimeout
+	helloTokenLost                    // the responder dropped the session it never saw confirmed
+	helloRetry                        // this attempt's hello went unanswered for retryAfter
+	helloQueued                       // datagrams wait, and no attempt is under way
+)
+
+var helloReasons = [...]string{"asked", "write", "offer", "rekey", "reset", "silence", "token lost", "retry", "queued"}
+
+func (r helloReason) String() string { return helloReasons[r] }
+
+// wantHelloLocked is the one place that decides whether p gets a hello
+// now, for the reason why, and if so claims it: the caller sends it
+// (sendHello) once p.mu is released. p.mu is held. The rules:
+//
+//   - a retry only replaces a hello of this attempt, and only to an address
+//     that has proved it receives or that the application chose
+//     (mayRetryLocked); every other reason needs no attempt under way;
+//   - the Conn's own reasons (all but asked and rekey: the application's
+//     request, and a session the peer confirmed) need an address the Conn
+//     may send a hello to of its own accord (mayInitiateLocked);
+//   - an offer waits out the back-off after a failed attempt: a peer that
+//     refuses encryption is not an error for Opportunistic;
+//   - a responder session waiting for the peer's confirmation defers a
+//     hello for a while (awaitingConfirmLocked), but for an offer, a
+//     reset and a lost token, which it cannot serve.
+func (c *Conn) wantHelloLocked(p *peer, why helloReason, now int64) bool {
+	if p.proto != nil {
+		return false // protocol v2 (proto_v2.go): no native handshake
+	}
+	if why == helloRetry {
+		return p.init != nil && p.mayRetryLocked() && p.claimHelloLocked()
+	}
+	if p.handshakingLocked() {
+		return false // the attempt under way serves
+	}
+	switch why {
+	case helloAsked, helloRekey:
+	case helloOffer:
+		if p.failErr != nil && time.Duration(now-p.failedAt) < c.cfg.HandshakeTimeout {
+			return false
+		}
+		fallthrough
+	default:
+		if !c.mayInitiateLocked(p) {
+			return false
+		}
+	}
+	switch why {
+	case helloOffer, helloReset, helloTokenLost:
+	default:
+		if c.awaitingConfirmLocked(p, now) {
+			return false
+		}
+	}
+	return p.claimHelloLocked()
+}
+
+// awaitingConfirmLocked reports whether a hello to p is deferred because a
+// responder session waits for p's confirmation: p has begun a handshake,
+// and its first sealed datagram is on its way, so a hello of ours would
+// only cross it. The deferral lasts retryAfter from the first hello it
+// deferred, not from the waiting session: anyone can forge a hello from
+// p's address, and one every few seconds would otherwise keep a session
+// waiting, and the Conn from ever starting its own handshake with p. p.mu
+// is held.
+func (c *Conn) awaitingConfirmLocked(p *peer, now int64) bool {
+	if !p.kp.pending() {
+		p.deferredAt = 0
+		return false
+	}
+	if p.deferredAt == 0 {
+		p.deferredAt = now | 1
+		return true
+	}
+	return time.Duration(now-p.deferredAt) < c.retryAfter()
+}
 
 // claimHelloLocked reserves the making of p's next hello. It reports false
 // if one is being made already or p is gone; p.mu is held. A successful
@@ -85,7 +181,7 @@ func (p *peer) claimHelloLocked() bool {
 		return false
 	}
 	p.initiating, p.claimGen = true, p.gen
-	p.failErr = nil
+	p.failErr, p.deferredAt = nil, 0
 	return true
 }
 

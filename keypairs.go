@@ -343,12 +343,22 @@ func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall tim
 	}
 	now := c.now()
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	queued, rekey, ok := c.installLocked(p, s, identity, wall, now)
+	addr := p.addr
+	p.mu.Unlock()
+	if ok { // logged with no lock held: the handler is the application's code
+		c.log.Debug("vaultudp: session established", "peer", addr, "initiator", s.initiator, "rekey", rekey)
+	}
+	return queued
+}
+
+// installLocked is install's part under p.mu; ok is false if p is gone.
+func (c *Conn) installLocked(p *peer, s *session, identity ed25519.PublicKey, wall time.Time, now int64) (queued [][]byte, rekey, ok bool) {
 	if p.removed {
 		c.index.release(s.localIndex)
-		return nil
+		return nil, false, false
 	}
-	rekey := p.kp.current() != nil
+	rekey = p.kp.current() != nil
 	c.index.add(s)
 	// Our own attempt, if any, is over: completed (initiator), or
 	// superseded by the peer's (responder) unless ours is the one that
@@ -361,7 +371,6 @@ func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall tim
 		c.clearInitLocked(p)
 		p.gen++ // a hello being made now is superseded too
 	}
-	var queued [][]byte
 	if s.initiator {
 		// Our hello was answered: the identity holds the address. A
 		// responder session's identity counts once it is confirmed.
@@ -384,8 +393,7 @@ func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall tim
 		c.stats.rekeys.Add(1)
 	}
 	p.notifyLocked()
-	c.log.Debug("vaultudp: session established", "peer", p.addr, "initiator", s.initiator, "rekey", rekey)
-	return queued
+	return queued, rekey, true
 }
 
 // confirmLocked makes s, a responder session now proven by a datagram

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"fmt"
+	"hash/maphash"
 	"net/netip"
 	"slices"
 	"sync"
@@ -71,6 +72,7 @@ type peer struct {
 	initSent      int64             // Conn clock at the last hello sent
 	queue         [][]byte
 	initiating    bool       // a hello is being made (claimHelloLocked)
+	deferredAt    int64      // Conn clock (|1) at the first hello deferred for a waiting responder session (awaitingConfirmLocked)
 	gen, claimGen uint64     // sessions installed, ever; gen at the claim
 	hellos        int        // hellos sent to it, ever
 	silent        bool       // the attempt under way began with a silence (timers.go)
@@ -362,6 +364,12 @@ func (c *Conn) peerFor(addr netip.AddrPort, origin peerOrigin) (*peer, error) {
 	if p = c.peers[addr]; p != nil {
 		return p, nil
 	}
+	if origin == originWrite && c.plainEvicted.has(addr) {
+		// Known only from plaintext, then evicted: the application's
+		// answer does not make it an address the Conn may send hellos
+		// to and retry (mayInitiateLocked), however it came back.
+		origin = originPlaintext
+	}
 	if origin == originPlaintext && c.plainPeers >= maxPlaintextPeers {
 		c.evictPlaintextPeerTableLocked()
 	}
@@ -399,6 +407,7 @@ func (c *Conn) evictPlaintextPeerTableLocked() {
 		addr := q.addr
 		q.mu.Unlock()
 		if plain && c.peers[addr] == q {
+			c.plainEvicted.add(addr)
 			c.dropPeerTableLocked(q, fmt.Errorf("%w: %v: evicted by newer plaintext peers", ErrUnknownPeer, addr))
 			return
 		}
@@ -409,4 +418,34 @@ func (p *peer) addrLoad() netip.AddrPort {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.addr
+}
+
+// addrSet remembers addresses in a fixed table of keyed hashes: a later
+// address may take an earlier one's slot (it is then forgotten), and no
+// address can be made to look remembered without its own hash. It holds
+// the peers known only from plaintext that were evicted (plainEvicted),
+// so that its memory stays fixed however many addresses pass. The zero
+// value is empty; it is guarded by c.mu.
+type addrSet struct {
+	seed  maphash.Seed
+	slots []uint64 // made at the first add
+}
+
+// addrSetSlots is the size of an addrSet: 32 KiB.
+const addrSetSlots = 4096
+
+func (s *addrSet) add(a netip.AddrPort) {
+	if s.slots == nil {
+		s.seed, s.slots = maphash.MakeSeed(), make([]uint64, addrSetSlots)
+	}
+	h := maphash.Comparable(s.seed, a) | 1
+	s.slots[h%addrSetSlots] = h
+}
+
+func (s *addrSet) has(a netip.AddrPort) bool {
+	if s.slots == nil {
+		return false
+	}
+	h := maphash.Comparable(s.seed, a) | 1
+	return s.slots[h%addrSetSlots] == h
 }

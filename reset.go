@@ -149,7 +149,7 @@ func (c *Conn) receiveReset(p *packet) {
 		return
 	}
 	c.index.remove(pr.kp.clear()...)
-	hello := c.mayInitiateLocked(pr) && pr.init == nil && pr.claimHelloLocked()
+	hello := c.wantHelloLocked(pr, helloReset, c.now())
 	pr.notifyLocked()
 	pr.mu.Unlock()
 	c.stats.resetsReceived.Add(1)

@@ -215,7 +215,7 @@ func (c *Conn) send(b []byte, addr netip.AddrPort, wd *deadline) error {
 		// after a failed handshake: a peer that refuses encryption is
 		// not an error for it. It starts a new attempt once the backoff
 		// after a failure has passed.
-		hello := p.init == nil && !backoff && c.mayInitiateLocked(p) && p.claimHelloLocked()
+		hello := c.wantHelloLocked(p, helloOffer, now)
 		to = p.addr
 		p.mu.Unlock()
 		// The datagram goes before the hello: once the hello is out, the
@@ -243,9 +243,7 @@ func (c *Conn) send(b []byte, addr netip.AddrPort, wd *deadline) error {
 		c.stats.tooLarge.Add(1)
 		return &tooLargeError{n: len(b), max: max}
 	}
-	// With a responder session pending, the peer's confirmation is on
-	// its way: wait.
-	hello := p.init == nil && !p.kp.pending() && c.mayInitiateLocked(p) && p.claimHelloLocked()
+	hello := c.wantHelloLocked(p, helloWrite, now)
 	if !c.enqueueLocked(p, b) {
 		c.stats.writeQueueFull.Add(1)
 	}
@@ -338,7 +336,7 @@ func (c *Conn) acquireSession(p *peer) (*session, netip.AddrPort, error) {
 	if !c.usable(s, now) {
 		return nil, p.addr, nil
 	}
-	hello := p.init == nil && !p.kp.pending() && c.needsRekey(s, now) && p.claimHelloLocked()
+	hello := c.needsRekey(s, now) && c.wantHelloLocked(p, helloRekey, now)
 	to := p.addr
 	p.mu.Unlock()
 	if hello {

@@ -50,7 +50,7 @@ func (c *Conn) tick() {
 		c.onSessionExpiry(p, now)
 		c.onUnconfirmedExpiry(p, now)
 		c.onPathTimeout(p, now)
-		hello = c.onQueueWaiting(p) || hello
+		hello = c.onQueueWaiting(p, now) || hello
 		hello = c.onSilence(p, now) || hello
 		tok, lost := c.onUnansweredToken(p, now)
 		hello = lost || hello
@@ -121,11 +121,11 @@ func (c *Conn) onSilence(p *peer, now int64) bool {
 	if c.cfg.SilenceTimeout < 0 || u == 0 || time.Duration(now-u) < c.cfg.SilenceTimeout {
 		return false
 	}
-	if p.kp.current() == nil || p.handshakingLocked() || p.kp.pending() || !c.mayInitiateLocked(p) {
+	if p.kp.current() == nil || p.handshakingLocked() {
 		return false
 	}
 	p.unanswered.Store(now | 1) // once per silence: the handshake has its own timeout
-	if !p.claimHelloLocked() {
+	if !c.wantHelloLocked(p, helloSilence, now) {
 		return false
 	}
 	p.silent = true // if this attempt fails too, the session is given up (failLocked)
@@ -148,7 +148,7 @@ func (c *Conn) onUnansweredToken(p *peer, now int64) (tok *session, lost bool) {
 		p.kp.discard(s)
 		c.index.remove(s)
 		p.notifyLocked()
-		return nil, c.mayInitiateLocked(p) && !p.handshakingLocked() && p.claimHelloLocked()
+		return nil, c.wantHelloLocked(p, helloTokenLost, now)
 	}
 	if time.Duration(now-s.tokenSent.Load()) >= c.retryAfter() {
 		return s, false
@@ -204,8 +204,8 @@ func (c *Conn) onHandshakeTimer(p *peer, now int64) bool {
 			err = fmt.Errorf("%w; %w", err, p.refused)
 		}
 		c.failLocked(p, now, err)
-	case time.Duration(now-p.initSent) >= c.retryAfter() && p.mayRetryLocked():
-		return p.claimHelloLocked()
+	case time.Duration(now-p.initSent) >= c.retryAfter():
+		return c.wantHelloLocked(p, helloRetry, now)
 	}
 	return false
 }
@@ -227,9 +227,8 @@ func (c *Conn) onUnconfirmedExpiry(p *peer, now int64) {
 // onQueueWaiting: datagrams wait with no session and no attempt under
 // way; they get an attempt of their own. It reports whether it claimed a
 // hello.
-func (c *Conn) onQueueWaiting(p *peer) bool {
-	return len(p.queue) > 0 && p.init == nil && p.kp.current() == nil && !p.kp.pending() &&
-		c.mayInitiateLocked(p) && p.claimHelloLocked()
+func (c *Conn) onQueueWaiting(p *peer, now int64) bool {
+	return len(p.queue) > 0 && p.kp.current() == nil && c.wantHelloLocked(p, helloQueued, now)
 }
 
 // onIdle: a learned peer with no session and no attempt is forgotten when
