@@ -428,13 +428,29 @@ func (c *Conn) trust(p *peer, addr netip.AddrPort, key ed25519.PublicKey) error 
 			return fmt.Errorf("%w: %v presented %s, pinned key is %s", ErrPeerRejected, addr, EncodePublicKey(key), EncodePublicKey(pinned))
 		}
 	case c.cfg.VerifyPeer != nil:
-		if err := c.cfg.VerifyPeer(addr, slicesClone(key)); err != nil {
+		if err := c.verifyPeer(addr, key); err != nil {
 			return fmt.Errorf("%w: %v presented %s: %w", ErrPeerRejected, addr, EncodePublicKey(key), err)
 		}
 	case known != nil && !bytes.Equal(known, key):
 		return fmt.Errorf("%w: %v presented %s, but it used %s before (trust on first use)", ErrPeerRejected, addr, EncodePublicKey(key), EncodePublicKey(known))
 	}
 	return nil
+}
+
+// verifyPeer asks Config.VerifyPeer, on a goroutine of its own, and waits
+// for its answer or for Close. The callback is the application's code and
+// may call Close, which waits for the handshake goroutine that waits here:
+// Close then ends the wait, and the callback's goroutine returns from
+// Close and ends by itself.
+func (c *Conn) verifyPeer(addr netip.AddrPort, key ed25519.PublicKey) error {
+	answer := make(chan error, 1)
+	go func() { answer <- c.cfg.VerifyPeer(addr, slicesClone(key)) }()
+	select {
+	case err := <-answer:
+		return err
+	case <-c.closed:
+		return ErrClosed
+	}
 }
 
 // tofuOnly reports whether the only trust rule for p is the key it used

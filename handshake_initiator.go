@@ -306,7 +306,8 @@ func (c *Conn) failLocked(p *peer, now int64, err error) {
 	c.stats.handshakeFailures.Add(1)
 	c.stats.dropHandshakeTimeout.Add(uint64(len(c.takeQueueLocked(p))))
 	p.notifyLocked()
-	c.log.Debug("vaultudp: handshake failed", "peer", p.addr, "err", err)
+	// Logged by the caller once p.mu is released: the handler is the
+	// application's code.
 }
 
 func (c *Conn) handleReply(msg []byte) {

@@ -398,11 +398,12 @@ func (c *Conn) installLocked(p *peer, s *session, identity ed25519.PublicKey, wa
 
 // confirmLocked makes s, a responder session now proven by a datagram
 // from the peer, its current session, and returns the datagrams that
-// waited for it. p.mu is held.
-func (c *Conn) confirmLocked(p *peer, s *session) [][]byte {
+// waited for it, and whether s's new identity replaced an old one (for
+// the caller to log once p.mu is released). p.mu is held.
+func (c *Conn) confirmLocked(p *peer, s *session) (queued [][]byte, replaced bool) {
 	s.confirmed.Store(true)
 	if !p.kp.isPending(s) {
-		return nil
+		return nil, false
 	}
 	replace := false
 	if p.identity != nil && !bytes.Equal(p.identity, s.identity) {
@@ -415,18 +416,17 @@ func (c *Conn) confirmLocked(p *peer, s *session) [][]byte {
 			c.index.remove(s)
 			s.confirmed.Store(false) // the caller drops the datagram
 			c.stats.rejected.Add(1)
-			return nil
+			return nil, false
 		}
 		replace = true
 		p.live, p.alive, p.replacing = nil, 0, 0
-		c.log.Debug("vaultudp: a new identity replaced an unanswering one", "peer", p.addr)
 	}
-	queued := c.flushQueueLocked(p) // before s is current: see acquireSession
+	queued = c.flushQueueLocked(p) // before s is current: see acquireSession
 	c.index.remove(p.kp.promote(s, replace)...)
 	p.identity = s.identity
 	p.established = true
 	p.notifyLocked()
-	return queued
+	return queued, replace
 }
 
 // flushQueueLocked hands the datagrams waiting for a session to the

@@ -200,25 +200,33 @@ func (c *Conn) handleResponse(pr *peer, data [8]byte, from netip.AddrPort) {
 // removing and forgetting peers are atomic with respect to each other. It
 // refuses (false) if pr is gone or another peer holds the address.
 func (c *Conn) movePeer(pr *peer, to netip.AddrPort) bool {
+	from, ok := c.movePeerTable(pr, to)
+	if ok { // logged with no lock held: the handler is the application's code
+		c.log.Debug("vaultudp: peer moved to a validated address", "from", from, "to", to)
+	}
+	return ok
+}
+
+// movePeerTable is movePeer's part under c.mu and pr.mu.
+func (c *Conn) movePeerTable(pr *peer, to netip.AddrPort) (from netip.AddrPort, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if other := c.peers[to]; other != nil && other != pr {
 		c.stats.unvalidated.Add(1)
-		return false
+		return from, false
 	}
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
 	if pr.removed || c.peers[pr.addr] != pr {
-		return false
+		return from, false
 	}
-	from := pr.addr
+	from = pr.addr
 	delete(c.peers, from)
 	pr.addr = to
 	pr.at.Store(&to)
 	pr.lastSeen.Store(c.now())
 	c.peers[to] = pr
-	c.log.Debug("vaultudp: peer moved to a validated address", "from", from, "to", to)
-	return true
+	return from, true
 }
 
 // onPathTimeout: a path or liveness challenge unanswered for a handshake

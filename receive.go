@@ -112,11 +112,11 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	// checked again there (one goroutine promotes, as wireguard-go's
 	// ReceivedWithKeypair).
 	var queued [][]byte
-	confirmed := false
+	confirmed, replaced := false, false
 	if !s.confirmed.Load() {
 		pr.mu.Lock()
 		if !s.confirmed.Load() {
-			queued = c.confirmLocked(pr, s)
+			queued, replaced = c.confirmLocked(pr, s)
 			confirmed = s.confirmed.Load()
 			if !confirmed {
 				// A new identity refused at confirmation: the old one
@@ -126,6 +126,9 @@ func (c *Conn) receiveSealed(p *packet) bool {
 			}
 		}
 		pr.mu.Unlock()
+		if replaced {
+			c.log.Debug("vaultudp: a new identity replaced an unanswering one", "peer", p.from)
+		}
 	}
 	to := *pr.at.Load()
 	validated := to == p.from

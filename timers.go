@@ -46,7 +46,7 @@ func (c *Conn) tick() {
 	var idle []*peer
 	for _, p := range ps {
 		p.mu.Lock()
-		hello := c.onHandshakeTimer(p, now)
+		hello, failed := c.onHandshakeTimer(p, now)
 		c.onSessionExpiry(p, now)
 		c.onUnconfirmedExpiry(p, now)
 		c.onPathTimeout(p, now)
@@ -60,6 +60,9 @@ func (c *Conn) tick() {
 		}
 		to := p.addr
 		p.mu.Unlock()
+		if failed != nil {
+			c.log.Debug("vaultudp: handshake failed", "peer", to, "err", failed)
+		}
 		if hello {
 			c.sendHello(p)
 		}
@@ -189,10 +192,10 @@ func (c *Conn) retryAfter() time.Duration {
 }
 
 // onHandshakeTimer: handshake retry and handshake timeout. It reports
-// whether it claimed a hello.
-func (c *Conn) onHandshakeTimer(p *peer, now int64) bool {
+// whether it claimed a hello, and the attempt's failure if it ended it.
+func (c *Conn) onHandshakeTimer(p *peer, now int64) (hello bool, failed error) {
 	if p.init == nil || p.initiating {
-		return false
+		return false, nil
 	}
 	switch {
 	case time.Duration(now-p.initStart) >= c.cfg.HandshakeTimeout:
@@ -204,10 +207,11 @@ func (c *Conn) onHandshakeTimer(p *peer, now int64) bool {
 			err = fmt.Errorf("%w; %w", err, p.refused)
 		}
 		c.failLocked(p, now, err)
+		return false, err
 	case time.Duration(now-p.initSent) >= c.retryAfter():
-		return c.wantHelloLocked(p, helloRetry, now)
+		return c.wantHelloLocked(p, helloRetry, now), nil
 	}
-	return false
+	return false, nil
 }
 
 // onSessionExpiry: sessions past their receive limit are dropped.
