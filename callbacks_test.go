@@ -45,8 +45,8 @@ type reentrantHandler struct {
 }
 
 func (h *reentrantHandler) Enabled(context.Context, slog.Level) bool { return true }
-func (h *reentrantHandler) WithAttrs([]slog.Attr) slog.Handler      { return h }
-func (h *reentrantHandler) WithGroup(string) slog.Handler           { return h }
+func (h *reentrantHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *reentrantHandler) WithGroup(string) slog.Handler            { return h }
 func (h *reentrantHandler) Handle(_ context.Context, r slog.Record) error {
 	if c := h.c.Load(); c != nil {
 		c.Stats()
