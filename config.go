@@ -190,8 +190,11 @@ type Config struct {
 	// peers"). false: wait. PeerConfig.BoxKey makes both unnecessary.
 	V2KeyProbe bool
 
-	// now is the clock; tests replace it. nil: time.Now.
+	// now is the wall clock; tests replace it. nil: time.Now.
 	now func() time.Time
+	// clock is every timed rule's clock (clock.go); tests replace it.
+	// nil: the system's, with now as its wall clock.
+	clock clock
 	// interfaces lists interfaces for MTU discovery; nil: the system's.
 	interfaces interfaceLister
 }
@@ -320,6 +323,11 @@ func (c *Config) resolve() (Config, error) {
 	}
 	if r.now == nil {
 		r.now = time.Now
+	}
+	if r.clock == nil {
+		r.clock = sysClock{start: time.Now(), wallNow: r.now}
+	} else {
+		r.now = r.clock.wall
 	}
 	if r.interfaces == nil {
 		r.interfaces = systemInterfaces

@@ -58,8 +58,9 @@ type Conn struct {
 	datagram   int // the largest datagram on the wire (UDP payload)
 	maxPayload int
 	bufSize    int
-	start      time.Time
-	clock      atomic.Int64 // coarse monotonic nanoseconds since start
+	start      time.Time    // for the send queue's estimate of a system call's cost (sendqueue.go)
+	clk        clock        // every timed rule's time (clock.go)
+	clock      atomic.Int64 // coarse monotonic nanoseconds of clk, advanced each tick (timers.go)
 	stats      counters
 
 	queuedBytes atomic.Int64 // bytes waiting for handshakes, all peers
@@ -179,7 +180,7 @@ func newConn(s *socket, config *Config, spare *spareKey) (*Conn, error) {
 		spare:         spare,
 		hs:            newHandshaker(cfg.Identity),
 		z:             z,
-		cookies:       newCookieJar(cfg.CookieThreshold, cfg.now()),
+		cookies:       newCookieJar(cfg.CookieThreshold, cfg.clock.wall()),
 		resets:        newResetter(cfg.Identity),
 		log:           cfg.Logger,
 		mtu:           mtu,
@@ -187,6 +188,7 @@ func newConn(s *socket, config *Config, spare *spareKey) (*Conn, error) {
 		maxPayload:    maxPayload,
 		bufSize:       recvBufSize(mtu),
 		start:         time.Now(),
+		clk:           cfg.clock,
 		recvQ:         make(chan *packet, cfg.ReadQueue),
 		hsQueue:       make(chan *handshakeElem, handshakeQueueLen),
 		hsInline:      newInlineLimiter(),

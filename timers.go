@@ -266,15 +266,16 @@ func (c *Conn) forgetOldHellos() {
 // housekeeping runs the Conn's timers until Close.
 func (c *Conn) housekeeping() {
 	defer c.wg.Done()
-	t := time.NewTicker(housekeepingEvery)
-	defer t.Stop()
+	ticks, stop := c.clk.ticker(housekeepingEvery)
+	defer stop()
 	for {
 		select {
 		case <-c.closed:
 			return
-		case <-t.C:
-			c.clock.Store(int64(time.Since(c.start)))
+		case <-ticks:
+			c.clock.Store(int64(c.clk.since()))
 			c.tick()
+			c.clk.ticked()
 		}
 	}
 }
