@@ -220,7 +220,8 @@ func newConn(s *socket, config *Config, spare *spareKey) (*Conn, error) {
 	c.hsElems.New = func() any { return new(handshakeElem) }
 	c.wg.Add(3)
 	go c.readLoop(s)
-	go c.housekeeping()
+	ticks, stop := c.clk.ticker(housekeepingEvery)
+	go c.housekeeping(ticks, stop)
 	go c.handshakeLoop()
 	for _, pc := range cfg.Peers {
 		if err := c.AddPeer(pc); err != nil {

@@ -263,10 +263,11 @@ func (c *Conn) forgetOldHellos() {
 	c.mu.Unlock()
 }
 
-// housekeeping runs the Conn's timers until Close.
-func (c *Conn) housekeeping() {
+// housekeeping runs the Conn's timers on each of ticks until Close, then
+// stops them. The ticker is made before the goroutine starts, so that a
+// test's clock has it from the Conn's first moment.
+func (c *Conn) housekeeping(ticks <-chan time.Time, stop func()) {
 	defer c.wg.Done()
-	ticks, stop := c.clk.ticker(housekeepingEvery)
 	defer stop()
 	for {
 		select {

@@ -1,0 +1,298 @@
+package vaultudp
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// The timer events (timers.go), each driven by a fakeClock: the Conns
+// are real, on loopback, and their timers run only when the test moves
+// the clock, so a rule that waits seconds takes microseconds to test and
+// cannot race the machine's speed.
+
+// peerSnapshot is what a test reads of a peer's state, copied under its
+// locks so that no test reaches into them.
+type peerSnapshot struct {
+	exists              bool
+	hellos              int
+	attempt             bool // a hello of this attempt awaits its reply
+	failErr             error
+	established         bool
+	cur, prev, next     bool
+	queued              int
+	configured, removed bool
+}
+
+func peerState(c *Conn, addr netip.AddrPort) peerSnapshot {
+	p, _ := c.peerFor(normAddr(addr), lookupOnly)
+	if p == nil {
+		return peerSnapshot{}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.kp.mu.Lock()
+	defer p.kp.mu.Unlock()
+	return peerSnapshot{
+		exists: true, hellos: p.hellos, attempt: p.init != nil, failErr: p.failErr,
+		established: p.established, cur: p.kp.cur.Load() != nil, prev: p.kp.prev != nil, next: p.kp.next != nil,
+		queued: len(p.queue), configured: p.configured, removed: p.removed,
+	}
+}
+
+// settleSession waits (polling, bounded) until a's session with b is settled:
+// a holds b's reset token (b answered a's token message) and b's session
+// is confirmed, so that no handshake message is still on its way when a
+// test moves the clock.
+func settleSession(t *testing.T, a, b *Conn) {
+	t.Helper()
+	done := func() bool {
+		pa, _ := a.peerFor(addrOf(b), lookupOnly)
+		pb, _ := b.peerFor(addrOf(a), lookupOnly)
+		if pa == nil || pb == nil {
+			return false
+		}
+		sa, sb := pa.kp.current(), pb.kp.current()
+		return sa != nil && sb != nil && sa.peerToken.Load() != nil && sb.peerToken.Load() != nil
+	}
+	deadline := time.Now().Add(waitLong)
+	for !done() {
+		if time.Now().After(deadline) {
+			t.Fatal("the session did not settle")
+		}
+		time.Sleep(time.Millisecond) // real sockets, no event to wait on; bounded
+	}
+}
+
+// fakeListen is listenT with the clock clk.
+func fakeListen(t *testing.T, clk *fakeClock, cfg *Config) *Conn {
+	t.Helper()
+	if cfg == nil {
+		cfg = &Config{}
+	}
+	cfg.clock = clk
+	return listenT(t, "udp4", "127.0.0.1:0", cfg)
+}
+
+// TestTimerHandshakeRetryAndTimeout: a hello unanswered for retryAfter
+// goes again, and the attempt fails HandshakeTimeout after its first
+// hello, with the queued datagram dropped and counted.
+func TestTimerHandshakeRetryAndTimeout(t *testing.T) {
+	clk := newFakeClock()
+	a := fakeListen(t, clk, nil) // HandshakeTimeout 5 s: retryAfter 1 s
+	silent := addrOf2(rawUDP(t))
+	if _, err := a.WriteToUDPAddrPort([]byte("waits"), silent); err != nil {
+		t.Fatal(err)
+	}
+	if s := peerState(a, silent); s.hellos != 1 || !s.attempt || s.queued != 1 {
+		t.Fatalf("after the write: %+v, want one hello and the datagram queued", s)
+	}
+	clk.advance(t, time.Second-time.Millisecond, 0)
+	if s := peerState(a, silent); s.hellos != 1 {
+		t.Fatalf("just before retryAfter: %d hellos, want 1", s.hellos)
+	}
+	clk.advance(t, time.Millisecond, 0)
+	if s := peerState(a, silent); s.hellos != 2 {
+		t.Fatalf("at retryAfter: %d hellos, want 2", s.hellos)
+	}
+	clk.advance(t, 4*time.Second-time.Millisecond, 50*time.Millisecond)
+	if s := peerState(a, silent); s.failErr != nil || s.hellos != 5 {
+		t.Fatalf("just before the timeout: %+v, want 5 hellos and no failure", s)
+	}
+	clk.advance(t, time.Millisecond, 0)
+	s := peerState(a, silent)
+	if !errors.Is(s.failErr, ErrHandshakeTimeout) || s.attempt || s.queued != 0 {
+		t.Fatalf("at the timeout: %+v, want ErrHandshakeTimeout, no attempt, nothing queued", s)
+	}
+	if st := a.Stats(); st.HandshakeFailures != 1 || st.Drops.HandshakeTimeout != 1 {
+		t.Fatalf("stats: %d failures, %d dropped; want 1, 1", st.HandshakeFailures, st.Drops.HandshakeTimeout)
+	}
+	// In the back-off that follows, a write is dropped and counted.
+	a.WriteToUDPAddrPort([]byte("dropped"), silent)
+	if st := a.Stats(); st.Drops.WriteBackoff != 1 {
+		t.Fatalf("a write in the back-off: WriteBackoff %d, want 1", st.Drops.WriteBackoff)
+	}
+}
+
+// TestTimerNoRetryToUnprovedAddress: a hello to an address known only
+// from the plaintext it sent is never retried (it has not proved it
+// receives), and the peer is forgotten once idle.
+func TestTimerNoRetryToUnprovedAddress(t *testing.T) {
+	clk := newFakeClock()
+	a := fakeListen(t, clk, &Config{Policy: Opportunistic})
+	raw := rawUDP(t)
+	msg := (&record{payload: make([]byte, 400), hasPayload: true}).appendTo([]byte{ProtocolVersion, typeOpen}, 0)
+	if _, err := raw.WriteToUDPAddrPort(msg, addrOf(a)); err != nil {
+		t.Fatal(err)
+	}
+	readWithin(t, a, waitLong)
+	from := addrOf2(raw)
+	a.WriteToUDPAddrPort([]byte("answer"), from) // in clear, and one hello: the 400 bytes paid for it
+	if s := peerState(a, from); s.hellos != 1 {
+		t.Fatalf("after the answer: %d hellos, want 1", s.hellos)
+	}
+	clk.advance(t, 5*time.Second, 100*time.Millisecond)
+	if s := peerState(a, from); s.exists && s.hellos != 1 {
+		t.Fatalf("after a handshake timeout: %d hellos, want 1", s.hellos)
+	}
+	clk.advance(t, 5*time.Second, time.Second)
+	if s := peerState(a, from); s.exists {
+		t.Fatalf("the unproved peer is still there after two handshake timeouts: %+v", s)
+	}
+}
+
+// TestTimerDeferredHello: a responder session waiting for the peer's
+// confirmation defers the Conn's own hello to that peer for retryAfter,
+// after which the datagram that waits gets an attempt of its own (the
+// queue-waiting event) however often the waiting session is renewed.
+func TestTimerDeferredHello(t *testing.T) {
+	clk := newFakeClock()
+	a := fakeListen(t, clk, nil)
+	silent := addrOf2(rawUDP(t))
+	p, err := a.peerFor(silent, originWrite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.kp.addPending(&session{}) // as a hello from silent's address leaves
+	a.WriteToUDPAddrPort([]byte("waits"), silent)
+	if s := peerState(a, silent); s.hellos != 0 || s.queued != 1 {
+		t.Fatalf("with a waiting responder session: %+v, want no hello and the datagram queued", s)
+	}
+	for range 3 {
+		clk.advance(t, 300*time.Millisecond, 0)
+		p.kp.addPending(&session{}) // renewed: a forged hello, again
+	}
+	if s := peerState(a, silent); s.hellos != 0 {
+		t.Fatalf("within retryAfter: %d hellos, want 0", s.hellos)
+	}
+	clk.advance(t, 101*time.Millisecond, 0) // the marks are the clock | 1: a nanosecond late
+	if s := peerState(a, silent); s.hellos != 1 {
+		t.Fatalf("retryAfter after the first deferral: %d hellos, want 1", s.hellos)
+	}
+}
+
+// TestTimerUnconfirmedExpiry: a responder session the initiator never
+// confirms goes after HandshakeTimeout; a learned peer with nothing left
+// goes after another.
+func TestTimerUnconfirmedExpiry(t *testing.T) {
+	clk := newFakeClock()
+	a := fakeListen(t, clk, nil)
+	raw := rawUDP(t)
+	if _, err := raw.WriteToUDPAddrPort(helloDatagram(t), addrOf(a)); err != nil {
+		t.Fatal(err)
+	}
+	from := addrOf2(raw)
+	deadline := time.Now().Add(waitLong)
+	for !peerState(a, from).next && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond) // the hello is handled off this goroutine; bounded
+	}
+	if s := peerState(a, from); !s.next || s.cur {
+		t.Fatalf("after the hello: %+v, want a waiting responder session only", s)
+	}
+	clk.advance(t, 5*time.Second-time.Millisecond, time.Second)
+	if s := peerState(a, from); !s.next {
+		t.Fatalf("before HandshakeTimeout: %+v, want it still waiting", s)
+	}
+	clk.advance(t, time.Millisecond, 0)
+	if s := peerState(a, from); s.next {
+		t.Fatalf("at HandshakeTimeout: %+v, want it dropped", s)
+	}
+	clk.advance(t, 5*time.Second, time.Second)
+	if s := peerState(a, from); s.exists {
+		t.Fatalf("the peer of a hello never confirmed is still there: %+v", s)
+	}
+}
+
+// TestTimerSessionLifetime: with a session and no traffic, the session
+// stops carrying writes at 1.5 KeyLifetime and is dropped at its receive
+// limit, a handshake timeout later; the learned peer is then forgotten
+// (idle for more than a session's lifetime), the configured peer stays.
+func TestTimerSessionLifetime(t *testing.T) {
+	clk := newFakeClock()
+	cfg := func() *Config { return &Config{KeyLifetime: 10 * time.Second, KeepaliveTimeout: -1, SilenceTimeout: -1} }
+	a, b := fakeListen(t, clk, cfg()), fakeListen(t, clk, cfg())
+	if err := a.AddPeer(PeerConfig{Addr: addrOf(b)}); err != nil {
+		t.Fatal(err)
+	}
+	handshakeT(t, a, addrOf(b))
+	a.WriteToUDPAddrPort([]byte("confirm"), addrOf(b))
+	expectRead(t, b, "confirm", addrOf(a))
+	settleSession(t, a, b)
+	if s := peerState(b, addrOf(a)); !s.cur {
+		t.Fatalf("b: %+v, want a current session", s)
+	}
+	clk.advance(t, 20*time.Second-time.Millisecond, time.Second)
+	if s := peerState(a, addrOf(b)); !s.cur {
+		t.Fatalf("a before the receive limit: %+v, want its session", s)
+	}
+	clk.advance(t, time.Millisecond, 0)
+	if s := peerState(a, addrOf(b)); s.cur || !s.configured {
+		t.Fatalf("a at the receive limit: %+v, want the session gone, the peer kept", s)
+	}
+	if s := peerState(b, addrOf(a)); s.exists {
+		t.Fatalf("b's learned peer after its lifetime idle: %+v, want forgotten", s)
+	}
+}
+
+// TestTimerKeepalives: a persistent keepalive goes when nothing went out
+// for PeerConfig.Keepalive; a passive one when a payload came in and
+// nothing went back for KeepaliveTimeout.
+func TestTimerKeepalives(t *testing.T) {
+	clk := newFakeClock()
+	a := fakeListen(t, clk, &Config{KeepaliveTimeout: -1})
+	b := fakeListen(t, clk, &Config{KeepaliveTimeout: 3 * time.Second})
+	if err := a.AddPeer(PeerConfig{Addr: addrOf(b), Keepalive: 2 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	handshakeT(t, a, addrOf(b))
+	settleSession(t, a, b)
+	a.WriteToUDPAddrPort([]byte("payload"), addrOf(b)) // b: a payload came in
+	expectRead(t, b, "payload", addrOf(a))
+	clk.advance(t, 2*time.Second-time.Millisecond, 500*time.Millisecond)
+	if n := a.Stats().KeepalivesSent; n != 0 {
+		t.Fatalf("a sent %d keepalives before its interval", n)
+	}
+	clk.advance(t, 2*time.Millisecond, 0) // the marks are the clock | 1: a nanosecond late
+	if n := a.Stats().KeepalivesSent; n != 1 {
+		t.Fatalf("a sent %d keepalives at its interval, want 1", n)
+	}
+	if n := b.Stats().KeepalivesSent; n != 0 {
+		t.Fatalf("b sent %d passive keepalives before KeepaliveTimeout", n)
+	}
+	clk.advance(t, time.Second-2*time.Millisecond, 0)
+	if n := b.Stats().KeepalivesSent; n != 0 {
+		t.Fatalf("b sent %d passive keepalives before KeepaliveTimeout", n)
+	}
+	clk.advance(t, 2*time.Millisecond, 0)
+	if n := b.Stats().KeepalivesSent; n != 1 {
+		t.Fatalf("b sent %d passive keepalives at KeepaliveTimeout, want 1", n)
+	}
+}
+
+// TestTimerSilence: sealed datagrams went out and nothing authenticated
+// came back for SilenceTimeout: a new handshake starts, once.
+func TestTimerSilence(t *testing.T) {
+	clk := newFakeClock()
+	a := fakeListen(t, clk, &Config{SilenceTimeout: 4 * time.Second, KeepaliveTimeout: -1})
+	b := fakeListen(t, clk, &Config{KeepaliveTimeout: -1})
+	handshakeT(t, a, addrOf(b))
+	// A round trip, so that every handshake message has arrived: what
+	// comes back from b clears the silence mark.
+	a.WriteToUDPAddrPort([]byte("one"), addrOf(b))
+	expectRead(t, b, "one", addrOf(a))
+	b.WriteToUDPAddrPort([]byte("ack"), addrOf(a))
+	expectRead(t, a, "ack", addrOf(b))
+	a.WriteToUDPAddrPort([]byte("two"), addrOf(b)) // the first unanswered
+	expectRead(t, b, "two", addrOf(a))
+	b.Close() // silent from now on
+	before := peerState(a, addrOf(b)).hellos
+	clk.advance(t, 4*time.Second-time.Millisecond, time.Second)
+	if n := a.Stats().Silences; n != 0 {
+		t.Fatalf("%d silences before SilenceTimeout", n)
+	}
+	clk.advance(t, 2*time.Millisecond, 0) // the marks are the clock | 1: a nanosecond late
+	if n, h := a.Stats().Silences, peerState(a, addrOf(b)).hellos; n != 1 || h != before+1 {
+		t.Fatalf("at SilenceTimeout: %d silences, %d hellos; want 1, %d", n, h, before+1)
+	}
+}
