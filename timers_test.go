@@ -210,7 +210,9 @@ func TestTimerUnconfirmedExpiry(t *testing.T) {
 // (idle for more than a session's lifetime), the configured peer stays.
 func TestTimerSessionLifetime(t *testing.T) {
 	clk := newFakeClock()
-	cfg := func() *Config { return &Config{KeyLifetime: 10 * time.Second, KeepaliveTimeout: -1, SilenceTimeout: -1} }
+	cfg := func() *Config {
+		return &Config{KeyLifetime: 10 * time.Second, KeepaliveTimeout: -1, SilenceTimeout: -1}
+	}
 	a, b := fakeListen(t, clk, cfg()), fakeListen(t, clk, cfg())
 	if err := a.AddPeer(PeerConfig{Addr: addrOf(b)}); err != nil {
 		t.Fatal(err)
