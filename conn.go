@@ -47,29 +47,31 @@ import (
 // them (quic-go, kcp-go) would read the socket beneath and bypass the
 // decryption. All methods are safe for concurrent use.
 type Conn struct {
+	// Set by newConn and never changed.
 	cfg        Config
 	network    string // Listen's network; empty for Wrap
 	hs         *handshaker
 	z          *compressor
-	cookies    *cookieJar
-	resets     *resetter
+	cookies    *cookieJar // its own lock (cookie.go)
+	resets     *resetter  // its own lock (reset.go)
 	log        *slog.Logger
 	mtu        int
 	datagram   int // the largest datagram on the wire (UDP payload)
 	maxPayload int
 	bufSize    int
-	start      time.Time    // for the send queue's estimate of a system call's cost (sendqueue.go)
-	clk        clock        // every timed rule's time (clock.go)
-	clock      atomic.Int64 // coarse monotonic nanoseconds of clk, advanced each tick (timers.go)
-	stats      counters
+	start      time.Time // for the send queue's estimate of a system call's cost (sendqueue.go)
+	clk        clock     // every timed rule's time (clock.go)
+	v2         *v2.Endpoint
+	spare      *spareKey // the first handshake message's ephemeral key, made ahead (handshake.go)
 
-	queuedBytes atomic.Int64 // bytes waiting for handshakes, all peers
-	helloSweep  int64        // Conn clock of the last forgetOldHellos; housekeeping's own
+	// Atomic: read and written by any goroutine without a lock.
+	clock       atomic.Int64 // coarse monotonic nanoseconds of clk, advanced each tick (timers.go)
+	stats       counters
+	queuedBytes atomic.Int64           // bytes waiting for handshakes, all peers
+	sock        atomic.Pointer[socket] // replaced by Rebind under rebindMu
 
-	v2 *v2.Endpoint // protocol v2 (the Python reference's format) peers: proto_v2.go
-
-	sock atomic.Pointer[socket]
-
+	// Channels and pools: safe for concurrent use by themselves.
+	//
 	// freePkts recycles packets between the reader goroutine and
 	// ReadFrom. A channel rather than a sync.Pool: the two run on
 	// different Ps, and a Pool then allocates in steady state.
@@ -79,13 +81,12 @@ type Conn struct {
 	recvQ    chan *packet
 	hsQueue  chan *handshakeElem // handshake_queue.go
 	hsElems  sync.Pool           // *handshakeElem
-	hsMu     sync.Mutex          // held while a handshake message is handled
 	hsInline *rate.Limiter       // handshake messages the readers may handle themselves
-	spare    *spareKey           // the first handshake message's ephemeral key, made ahead (handshake.go)
 
+	// The read side (direct.go): deadlines, and who reads the socket.
 	readDeadline  *deadline
-	rd            readCoord     // who reads the socket (direct.go)
-	bgWake        chan struct{} // wakes the background reader (direct.go)
+	rd            readCoord     // its own lock, rd.mu
+	bgWake        chan struct{} // wakes the background reader
 	appToken      chan struct{} // held by the one application goroutine reading the socket
 	writeDeadline *deadline
 
@@ -93,37 +94,54 @@ type Conn struct {
 	closeOnce sync.Once
 	wg        sync.WaitGroup
 
-	// The locks, in the one order they are taken (never the reverse):
+	// Owned by the housekeeping goroutine (timers.go).
+	helloSweep int64 // Conn clock of the last forgetOldHellos
+
+	// The locks, in the one order they are taken (a lock is never taken
+	// while one below it is held):
 	//
 	//	rs.mu      a socket's read set (batch.go): the turn of the one
 	//	           goroutine reading the socket, held across its read and
 	//	           the handling of what came, handshakes answered inline
 	//	           included; only the reading goroutines and the release
 	//	           of a closed socket's set take it
+	//	hsMu       one handshake message handled at a time (handshake_queue.go):
+	//	           held across its crypto (Ed25519, X25519), the route's
+	//	           MTU lookup, the answer's send, and the wait for
+	//	           Config.VerifyPeer (which runs on a goroutine of its own);
+	//	           readers only try it (TryLock), so no reader waits on it
 	//	rd.mu      who reads the socket (direct.go); brief
-	//	rebindMu   Rebind against Close
-	//	mu         the peer table, below
+	//	rebindMu   Rebind against Close: held across the send queue's
+	//	           drain and the socket's close
+	//	mu         the peer table, below; every write takes it for reading
+	//	           (peerFor), briefly
+	//	v2 mu      the ProtocolV2 peers by address (internal/v2 Endpoint)
+	//	v2 sendMu  a ProtocolV2 peer's send order (internal/v2 Peer)
 	//	peer.mu    one peer's address, handshake attempt and queue (peer.go)
+	//	v2 peer mu a ProtocolV2 peer's keys and replay cache
 	//	peer.kp.mu its session slots (keypairs.go)
 	//	index.mu   sessions and initiations by index (keypairs.go)
 	//	sq.mu      the send queue (sendqueue.go); like index.mu, it is
 	//	           taken last and never held while waiting
 	//
+	// The leaves, each taken alone: cookies.mu, resets.mu, the deadlines'.
+	//
 	// A name ending in Locked is called with a lock held: TableLocked,
 	// c.mu; otherwise the mu of the peer it works on (its argument, or
 	// its receiver), or of the value it is a method of (a cookieJar,
 	// the sessionIndex), or the lock its comment names (c.rd.mu in
-	// direct.go). But for rs.mu, no lock is held across a handshake's
-	// crypto or a system call; the data path takes none of them in the
-	// steady state but rs.mu, once per read: it finds sessions by index
-	// without a lock, a writer reads its peer's current session
-	// atomically (keypairs.go), and a direct write takes no lock of the
-	// send queue's (sendqueue.go).
-
-	// rebindMu serialises Rebind with Close.
+	// direct.go). No lock but rs.mu and hsMu is held across crypto or a
+	// system call, and none across a call of the application's code: the
+	// Logger is called with no lock held, VerifyPeer on a goroutine of
+	// its own, so both may call any method of the Conn, Close included.
+	// The data path takes none of them in the steady state but rs.mu,
+	// once per read: it finds sessions by index without a lock, a writer
+	// reads its peer's current session atomically (keypairs.go), and a
+	// direct write takes no lock of the send queue's (sendqueue.go).
+	hsMu     sync.Mutex
 	rebindMu sync.Mutex
 
-	// mu guards the fields below.
+	// mu guards the peer table.
 	mu      sync.RWMutex
 	peers   map[netip.AddrPort]*peer
 	learned int // peers not configured
@@ -134,9 +152,9 @@ type Conn struct {
 	plainEvicted addrSet // plaintext peers evicted, remembered (peer.go)
 	lastHello    map[[ed25519.PublicKeySize]byte]uint64
 
+	// With locks of their own (see the list above).
 	index *sessionIndex // sessions and initiations by local index (keypairs.go)
-
-	sq *sendQueue // sealed datagrams behind a streaming writer (sendqueue.go)
+	sq    *sendQueue    // sealed datagrams behind a streaming writer (sendqueue.go)
 }
 
 // packet is a buffer on its way from the socket to ReadFrom.
