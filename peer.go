@@ -14,86 +14,92 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// peer is the state kept for one remote address.
+// peer is the state kept for one remote address. Its fields are grouped
+// by what guards them, as in Conn.
 type peer struct {
+	// Written under both c.mu and mu (AddPeer adopting a learned peer),
+	// so read under either.
 	configured bool
 	origin     peerOrigin
 	pinned     ed25519.PublicKey // nil: not pinned
-	policyV    atomic.Int32      // its Policy, resolved (never PolicyDefault); atomic: AddPeer may adopt a learned peer while it is in use
-	limiter    *rate.Limiter     // nil: unlimited
+	keepalive  time.Duration     // PeerConfig.Keepalive
 
-	keepalive time.Duration // PeerConfig.Keepalive
+	// Set when the peer is made, never changed.
+	limiter *rate.Limiter // nil: unlimited
+	proto   peerProto     // non-nil for a ProtocolV2 peer: its state is there (proto_v2.go)
 
-	zskip compressSkip // whether its payloads are worth trying to compress (compress.go)
-
+	// Atomic: the data path reads and writes them with no lock.
+	policyV   atomic.Int32           // its Policy, resolved (never PolicyDefault): AddPeer may adopt a learned peer while it is in use
+	zskip     compressSkip           // whether its payloads are worth trying to compress (compress.go)
 	helloPath atomic.Pointer[pathAt] // the path's size when our last hello was sent (handshake_initiator.go)
-
-	// Counters for PeerInfo, atomic: the data path takes no lock for them.
+	// Counters for PeerInfo.
 	datagramsIn, bytesIn, datagramsOut, bytesOut atomic.Uint64
-
-	// The keepalive and silence timers' marks (timers.go), atomic for the
-	// data path: Conn clock | 1, zero for none.
+	// The keepalive and silence timers' marks (timers.go): Conn clock | 1,
+	// zero for none.
 	sentAt     atomic.Int64 // the last sealed datagram sent
 	unanswered atomic.Int64 // the first sealed datagram sent since the last authenticated one received
 	dataIn     atomic.Int64 // the first payload received since the last sealed datagram sent
-
 	// lastSeen is the Conn clock at the last datagram from the peer (or
-	// to it, once it has proved itself); atomic for the receive path.
+	// to it, once it has proved itself).
 	lastSeen atomic.Int64
-
 	// at is addr, for the receive path to read without the lock; it
 	// changes only with addr (newPeer, movePeer).
 	at atomic.Pointer[netip.AddrPort]
-
 	// seenSealed is set once a sealed datagram from the peer opened:
 	// from then on, plaintext from it is a downgrade.
 	seenSealed atomic.Bool
-
 	// local is the local address its last authenticated datagram from
 	// its validated address arrived at, where the socket tells
 	// (batch.go); nil until then.
 	local atomic.Pointer[netip.Addr]
-
-	// kp holds its sessions, under a lock of its own (keypairs.go).
-	kp keypairs
-
 	// flushing is set while the datagrams that waited for a handshake
 	// are being sent, to a channel closed when they are: writers wait
 	// for it (acquireSession). Set and cleared under mu, read without.
 	flushing atomic.Pointer[chan struct{}]
+	connTo   atomic.Pointer[peerQueue] // non-nil while a net.Conn from ConnTo reads this peer (dial.go)
+
+	// kp holds its sessions, under a lock of its own (keypairs.go).
+	kp keypairs
 
 	// mu guards the fields below.
-	mu            sync.Mutex
-	addr          netip.AddrPort
-	identity      ed25519.PublicKey // the key of its sessions (remembered: trust on first use)
-	init          *initiation       // the hello of this attempt awaiting a reply
-	prevInit      *initiation       // the one it replaced: a slow reply to it still completes
-	initStart     int64             // Conn clock at the first hello of this attempt
-	initSent      int64             // Conn clock at the last hello sent
-	queue         [][]byte
-	initiating    bool       // a hello is being made (claimHelloLocked)
-	deferredAt    int64      // Conn clock (|1) at the first hello deferred for a waiting responder session (awaitingConfirmLocked)
-	gen, claimGen uint64     // sessions installed, ever; gen at the claim
-	hellos        int        // hellos sent to it, ever
-	silent        bool       // the attempt under way began with a silence (timers.go)
-	credit        int        // bytes received from it before it proved it receives (origin plaintext)
-	queuedBytes   int64      // the bytes in queue
-	failErr       error      // the last attempt's failure, until failedAt+backoff
-	lastFailure   error      // the last failure, kept for PeerInfo
-	refused       error      // the trust rules refused a hello from the peer's address since its last session
-	path          *pathCheck // a new address being validated (path.go)
-	live          *pathCheck // a liveness challenge at addr (path.go)
-	alive         int64      // Conn clock (|1) when it last answered one
-	replacing     int64      // Conn clock (|1) when a new identity's hello was let in after an unanswered challenge
+	mu sync.Mutex
+
+	// Where it is and who: addr is also written under c.mu (movePeer).
+	addr     netip.AddrPort
+	identity ed25519.PublicKey // the key of its sessions (remembered: trust on first use)
+
+	// The handshake attempt (handshake_initiator.go): one at a time,
+	// started only by wantHelloLocked.
+	init          *initiation // the hello of this attempt awaiting a reply
+	prevInit      *initiation // the one it replaced: a slow reply to it still completes
+	initStart     int64       // Conn clock at the first hello of this attempt
+	initSent      int64       // Conn clock at the last hello sent
+	initiating    bool        // a hello is being made (claimHelloLocked)
+	deferredAt    int64       // Conn clock (|1) at the first hello deferred for a waiting responder session (awaitingConfirmLocked)
+	gen, claimGen uint64      // sessions installed, ever; gen at the claim
+	hellos        int         // hellos sent to it, ever
+	silent        bool        // the attempt under way began with a silence (timers.go)
+	failErr       error       // the last attempt's failure, until failedAt+backoff
 	failedAt      int64
+	lastFailure   error // the last failure, kept for PeerInfo
+	refused       error // the trust rules refused a hello from the peer's address since its last session
+
+	// Datagrams written before a session, waiting for one (send.go).
+	queue       [][]byte
+	queuedBytes int64 // the bytes in queue
+
+	// Paths (path.go).
+	credit    int        // bytes received from it before it proved it receives (origin plaintext)
+	path      *pathCheck // a new address being validated
+	live      *pathCheck // a liveness challenge at addr
+	alive     int64      // Conn clock (|1) when it last answered one
+	replacing int64      // Conn clock (|1) when a new identity's hello was let in after an unanswered challenge
+
+	// Its life.
 	lastHandshake time.Time
 	established   bool          // it has had a confirmed session
 	changed       chan struct{} // closed and replaced when a session comes or an attempt fails
 	removed       bool
-
-	proto peerProto // non-nil for a ProtocolV2 peer: its state is there (proto_v2.go)
-
-	connTo atomic.Pointer[peerQueue] // non-nil while a net.Conn from ConnTo reads this peer (dial.go)
 }
 
 // PeerInfo describes a peer.
