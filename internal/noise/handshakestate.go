@@ -325,7 +325,7 @@ func (hs *HandshakeState) ReadMessage(dst, msg []byte) ([]byte, error) {
 			afterPSK = true
 		}
 	}
-	if len(msg) < tagLen {
+	if hs.ss.cs.HasKey() && len(msg) < tagLen {
 		return nil, fail(fmt.Errorf("%w: message too short", ErrMalformed))
 	}
 	out, err := hs.ss.DecryptAndHash(dst, msg)
