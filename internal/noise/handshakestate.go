@@ -69,6 +69,11 @@ type HandshakeState struct {
 	next      int // index of the next message in pattern
 	ent       Entropy
 	pskMode   bool // the pattern has a psk token: "e" also calls MixKey
+
+	// tweak, nil but in tests, sees (and may change) each DH and KEM
+	// shared secret before it is mixed in: the tests prove with it
+	// that each secret enters the keys.
+	tweak func(t token, secret []byte)
 }
 
 // NewHandshakeState starts a handshake: Initialize(protocol name),
@@ -114,13 +119,16 @@ func (hs *HandshakeState) Split() (i2r, r2i [keyLen]byte, err error) {
 	return i2r, r2i, nil
 }
 
-func (hs *HandshakeState) dh(priv *ecdh.PrivateKey, pub *ecdh.PublicKey) error {
+func (hs *HandshakeState) dh(t token, priv *ecdh.PrivateKey, pub *ecdh.PublicKey) error {
 	if priv == nil || pub == nil {
 		return fmt.Errorf("%w: DH without a key", ErrState)
 	}
 	secret, err := priv.ECDH(pub)
 	if err != nil { // small order: an all-zero shared secret
 		return ErrKey
+	}
+	if hs.tweak != nil {
+		hs.tweak(t, secret)
 	}
 	hs.ss.MixKey(secret)
 	clear(secret)
@@ -131,11 +139,11 @@ func (hs *HandshakeState) dh(priv *ecdh.PrivateKey, pub *ecdh.PublicKey) error {
 func (hs *HandshakeState) mixDH(t token) error {
 	switch {
 	case t == tokEE:
-		return hs.dh(hs.e, hs.re)
+		return hs.dh(t, hs.e, hs.re)
 	case t == tokES && hs.initiator, t == tokSE && !hs.initiator:
-		return hs.dh(hs.e, hs.rs)
+		return hs.dh(t, hs.e, hs.rs)
 	default: // es at the responder, se at the initiator
-		return hs.dh(hs.s, hs.re)
+		return hs.dh(t, hs.s, hs.re)
 	}
 }
 
@@ -174,6 +182,9 @@ func (hs *HandshakeState) WriteMessage(dst, payload []byte) ([]byte, error) {
 			}
 			if dst, err = hs.ss.EncryptAndHash(dst, ct); err != nil {
 				return nil, err
+			}
+			if hs.tweak != nil {
+				hs.tweak(tokEKEM1, secret)
 			}
 			hs.ss.MixKey(secret)
 			clear(secret)
@@ -301,6 +312,9 @@ func (hs *HandshakeState) ReadMessage(dst, msg []byte) ([]byte, error) {
 			secret, err := hs.e1.Decapsulate(ct)
 			if err != nil {
 				return nil, fail(fmt.Errorf("%w: ML-KEM ciphertext", ErrMalformed))
+			}
+			if hs.tweak != nil {
+				hs.tweak(tokEKEM1, secret)
 			}
 			hs.ss.MixKey(secret)
 			clear(secret)
