@@ -24,7 +24,7 @@ func completes(t *testing.T, init *Initiation, hello []byte, b side) bool {
 	if _, err := init.ReadReply(reply); err != nil {
 		return false
 	}
-	final, ik, err := init.WriteFinal(&Params{}, nil)
+	final, ik, err := init.WriteFinal(&Params{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +112,7 @@ func TestTamperedReplyAndFinal(t *testing.T) {
 	if _, err := init.ReadReply(reply); err != nil {
 		t.Fatalf("the genuine reply after %d altered ones: %v", len(reply), err)
 	}
-	final, ik, err := init.WriteFinal(&Params{MaxDatagram: 1472}, nil)
+	final, ik, err := init.WriteFinal(&Params{MaxDatagram: 1472})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,3 +31,40 @@ func TestHandshakeCompletes(t *testing.T) {
 		t.Fatalf("sizes: hello %d, reply %d, final %d", len(r.hello), len(r.reply), len(r.final))
 	}
 }
+
+// TestFinalCoalescesSealed: a sealed datagram appended to the final
+// message comes back whole, apart from message 3, and message 3 still
+// reads.
+func TestFinalCoalescesSealed(t *testing.T) {
+	a, b := stdSides("coalesce")
+	st, _ := NewStatic(a.id, nil)
+	init, err := NewInitiation(InitiatorConfig{Static: st, Index: a.index})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, _ := ParseHello(init.Hello())
+	rs, _ := NewStatic(b.id, nil)
+	resp, reply, err := Respond(h, ResponderConfig{Static: rs, Index: b.index})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := init.ReadReply(reply); err != nil {
+		t.Fatal(err)
+	}
+	final, ik, err := init.WriteFinal(&a.param)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed := append([]byte{Version, 0x01, 0, 0, 0x55, 0x66, 0x77, 0x88}, bytes.Repeat([]byte{0xee}, 40)...)
+	f, err := ParseFinal(append(bytes.Clone(final), sealed...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(f.Sealed, sealed) {
+		t.Fatalf("coalesced datagram %x, want %x", f.Sealed, sealed)
+	}
+	_, rk, err := resp.ReadFinal(f)
+	if err != nil || *rk != *ik {
+		t.Fatalf("final with a coalesced datagram: %v", err)
+	}
+}

@@ -125,7 +125,7 @@ func tryHandshake(a, b side) (*run, error) {
 	if r.iPeer, err = r.init.ReadReply(r.reply); err != nil {
 		return &r, err
 	}
-	if r.final, r.iKeys, err = r.init.WriteFinal(&a.param, nil); err != nil {
+	if r.final, r.iKeys, err = r.init.WriteFinal(&a.param); err != nil {
 		return &r, err
 	}
 	f, err := ParseFinal(r.final)

@@ -232,26 +232,27 @@ func (i *Initiation) ReadReply(reply []byte) (*Peer, error) {
 	return i.peer, nil
 }
 
-// WriteFinal makes the final message with the initiator's parameters,
+// WriteFinal makes the final datagram with the initiator's parameters,
 // after the caller accepted the responder's identity, and returns it
-// with the session's keys. sealed, if not empty, is the initiator's
-// first sealed datagram, coalesced after message 3. The initiation is
-// then over; the caller keeps final to send it again until the
+// with the session's keys. The caller may append one sealed datagram
+// (PROTOCOL.md 2.3, sealed with keys.I2R) to final, coalesced after
+// message 3; ParseFinal hands it back to the responder as Final.Sealed.
+// The initiation is then over; the caller keeps final (message 3 alone,
+// or with a sealed datagram already sent) to send again until the
 // responder confirms.
-func (i *Initiation) WriteFinal(params *Params, sealed []byte) (final []byte, keys *Keys, err error) {
+func (i *Initiation) WriteFinal(params *Params) (final []byte, keys *Keys, err error) {
 	if i.peer == nil || i.hs.next != 2 {
 		return nil, nil, fmt.Errorf("%w: final message before a reply", ErrState)
 	}
 	payload := i.static.appendIdentity(make([]byte, 0, identityBlockLen+16))
 	payload = appendParams(payload, params)
-	final = make([]byte, headerLen, headerLen+MessageLen(2, len(payload))+len(sealed))
+	final = make([]byte, headerLen, headerLen+MessageLen(2, len(payload)))
 	final[0], final[1] = Version, TypeFinal
 	binary.BigEndian.PutUint32(final[4:], i.peer.Index)
 	if final, err = i.hs.WriteMessage(final, payload); err != nil {
 		return nil, nil, err
 	}
 	binary.BigEndian.PutUint16(final[2:], uint16(len(final)-headerLen))
-	final = append(final, sealed...)
 	k := &Keys{Hash: i.hs.HandshakeHash()}
 	if k.I2R, k.R2I, err = i.hs.Split(); err != nil {
 		return nil, nil, err
