@@ -21,8 +21,10 @@
 //
 // The package is called noise, not after the protocol version, because
 // most of it is the Noise framework, testable on its own (its XX and
-// XXpsk2 messages match another implementation's byte for byte); the
-// vaultudp framing is one file on top.
+// XXpsk2 messages were checked against flynn/noise's byte for byte while
+// it was written; the committed tests check the v4 vectors against a
+// second, straight-line implementation); the vaultudp framing is one
+// file on top.
 //
 // Nothing here touches the network, a clock or a lock: the Conn calls
 // NewInitiation, ReadReply and WriteFinal as initiator, ParseHello,

@@ -85,9 +85,9 @@ func seq(start byte, n int) []byte {
 
 func newVector(name string, psk []byte) vector {
 	v := vector{Name: name, Protocol: ProtocolName}
-	v.Initiator = vectorSide{IdentitySeed: seq(0x00, 32), Random: stream(name+"/initiator", 128), Index: 0x11223344,
+	v.Initiator = vectorSide{IdentitySeed: seq(0x00, 32), Random: stream("v4/initiator", 128), Index: 0x11223344,
 		PSK: psk, MaxUnfragmented: 1472, MaxDatagram: 65507, ResetToken: seq(0xa0, 16)}
-	v.Responder = vectorSide{IdentitySeed: seq(0x20, 32), Random: stream(name+"/responder", 96), Index: 0x55667788,
+	v.Responder = vectorSide{IdentitySeed: seq(0x20, 32), Random: stream("v4/responder", 96), Index: 0x55667788,
 		PSK: psk, MaxUnfragmented: 1472, MaxDatagram: 1472, ResetToken: seq(0xb0, 16)}
 	return v
 }
@@ -168,8 +168,13 @@ func TestVectors(t *testing.T) {
 		sum := sha256.Sum256(append(append(append([]byte(nil), want.Hello...), want.Reply...), want.Final...))
 		t.Logf("%s: hello %d, reply %d, final %d bytes; transcript SHA-256 %x", want.Name, len(want.Hello), len(want.Reply), len(want.Final), sum[:8])
 	}
-	// The two vectors differ only in the preshared key: the hellos are
-	// the same bytes (the key enters at message 2), the replies not.
+	// The two vectors differ only in the preshared key, which enters at
+	// the psk token, after s and es: the hellos are the same bytes, and
+	// so is the reply up to its payload (byte 1192), but not after.
+	v0, v1 := f.Vectors[0], f.Vectors[1]
+	if !bytes.Equal(v0.Hello, v1.Hello) || !bytes.Equal(v0.Reply[:1192], v1.Reply[:1192]) {
+		t.Error("a preshared key changes the hello or message 2 before its payload")
+	}
 	if bytes.Equal(f.Vectors[0].Reply, f.Vectors[1].Reply) {
 		t.Error("a preshared key does not change the reply")
 	}
