@@ -68,3 +68,29 @@ func TestFinalCoalescesSealed(t *testing.T) {
 		t.Fatalf("final with a coalesced datagram: %v", err)
 	}
 }
+
+// TestCrossedHellos: of two hellos sent at once, exactly one side keeps
+// initiating, and both agree which.
+func TestCrossedHellos(t *testing.T) {
+	for i := range 16 {
+		a, b := stdSides("crossed" + string(rune('a'+i)))
+		sa, _ := NewStatic(a.id, a.ent)
+		sb, _ := NewStatic(b.id, b.ent)
+		ia, err := NewInitiation(InitiatorConfig{Static: sa, Index: 1, Entropy: a.ent})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ib, err := NewInitiation(InitiatorConfig{Static: sb, Index: 2, Entropy: b.ent})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ha, _ := ParseHello(ia.Hello())
+		hb, _ := ParseHello(ib.Hello())
+		if !bytes.Equal(ha.Ephemeral(), ia.Ephemeral()) {
+			t.Fatal("the parsed hello's ephemeral is not the initiation's")
+		}
+		if ia.KeepsInitiating(hb) == ib.KeepsInitiating(ha) {
+			t.Fatalf("both sides keep initiating: %v", ia.KeepsInitiating(hb))
+		}
+	}
+}

@@ -273,7 +273,8 @@ type Hello struct {
 
 // ParseHello parses a hello datagram. It refuses hellos shorter than
 // HelloLen: a reply is never longer than the hello it answers, and
-// this implementation's replies need that much.
+// this implementation's replies need that much. The Hello aliases b:
+// the caller keeps b unchanged until Respond has returned.
 func ParseHello(b []byte) (*Hello, error) {
 	if len(b) < HelloLen || b[0] != Version || b[1] != TypeHello || b[2] != 0 || b[3] != 0 {
 		return nil, fmt.Errorf("%w: not a hello of %d bytes or more", ErrMalformed, HelloLen)
@@ -307,6 +308,15 @@ func (h *Hello) Ephemeral() []byte { return h.msg[:DHLen] }
 // Ephemeral returns the initiation's ephemeral X25519 public key.
 func (i *Initiation) Ephemeral() []byte {
 	return i.hello[helloFixedLen+len(i.versions):][:DHLen]
+}
+
+// KeepsInitiating settles crossed hellos: when both sides sent a hello
+// at once, the side whose own hello's ephemeral key is greater (as
+// unsigned bytes from the first) keeps its initiation and ignores the
+// other's hello; the other side answers it. Both sides compare the same
+// two keys, so they agree (PROTOCOL.md 9.9).
+func (i *Initiation) KeepsInitiating(theirs *Hello) bool {
+	return bytes.Compare(i.Ephemeral(), theirs.Ephemeral()) > 0
 }
 
 // ResponderConfig is what a responder needs to answer one hello.
@@ -403,7 +413,9 @@ type Final struct {
 	msg    []byte
 }
 
-// ParseFinal parses a final datagram's structure.
+// ParseFinal parses a final datagram's structure. The Final aliases b:
+// the caller keeps b unchanged until ReadFinal has returned and it has
+// read Sealed.
 func ParseFinal(b []byte) (*Final, error) {
 	if len(b) < headerLen || b[0] != Version || b[1] != TypeFinal {
 		return nil, fmt.Errorf("%w: not a final message", ErrMalformed)
