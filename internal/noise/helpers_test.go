@@ -82,13 +82,13 @@ type side struct {
 
 // run is a complete handshake's bytes and outcomes.
 type run struct {
-	init            *Initiation
-	resp            *Response
-	hello, reply    []byte
-	final           []byte
-	iKeys, rKeys    *Keys
-	iPeer, rPeer    *Peer
-	iStatic, rStatc *Static
+	init             *Initiation
+	resp             *Response
+	hello, reply     []byte
+	final            []byte
+	iKeys, rKeys     *Keys
+	iPeer, rPeer     *Peer
+	iStatic, rStatic *Static
 }
 
 // handshake runs a whole handshake between a (initiator) and b
@@ -116,10 +116,10 @@ func tryHandshake(a, b side) (*run, error) {
 	if err != nil {
 		return nil, err
 	}
-	if r.rStatc, err = NewStatic(b.id, b.ent); err != nil {
+	if r.rStatic, err = NewStatic(b.id, b.ent); err != nil {
 		return nil, err
 	}
-	if r.resp, r.reply, err = Respond(h, ResponderConfig{Static: r.rStatc, Index: b.index, PSK: b.psk, Entropy: b.ent, Versions: b.vers, Params: b.param}); err != nil {
+	if r.resp, r.reply, err = Respond(h, ResponderConfig{Static: r.rStatic, Index: b.index, PSK: b.psk, Entropy: b.ent, Versions: b.vers, Params: b.param}); err != nil {
 		return &r, err
 	}
 	if r.iPeer, err = r.init.ReadReply(r.reply); err != nil {

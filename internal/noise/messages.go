@@ -63,6 +63,7 @@ const (
 	CookieMsgLen = 8 + CookieLen
 
 	headerLen     = 8
+	maxDatagram   = 65507 // the largest UDP payload over IPv4
 	helloFixedLen = 9 // up to the version list
 	replyIndexLen = 4
 )
@@ -110,7 +111,7 @@ type InitiatorConfig struct {
 	Index    uint32        // the initiator's session index, never 0
 	Versions []byte        // spoken, 1..8; nil: [Version]
 	PSK      *[PSKLen]byte // nil: none (32 zero bytes)
-	HelloLen int           // 0: HelloLen; else at least the unpadded hello
+	HelloLen int           // 0: HelloLen; else HelloLen..65507 (a larger hello, for a path that must be probed)
 	Entropy  Entropy       // nil: System
 }
 
@@ -142,9 +143,12 @@ func NewInitiation(cfg InitiatorConfig) (*Initiation, error) {
 	if helloLen == 0 {
 		helloLen = HelloLen
 	}
+	if helloLen < HelloLen || helloLen > maxDatagram {
+		return nil, fmt.Errorf("noise: hello of %d bytes (%d..%d): responders refuse shorter ones", helloLen, HelloLen, maxDatagram)
+	}
 	head := helloFixedLen + len(versions)
 	pad := helloLen - head - MessageLen(0, 0) - CookieLen
-	if pad < 0 {
+	if pad < 0 { // cannot happen: HelloLen holds 8 versions
 		return nil, fmt.Errorf("noise: hello of %d bytes is too short for its fields", helloLen)
 	}
 	hello := make([]byte, head, helloLen)
