@@ -357,3 +357,30 @@ func TestCookie(t *testing.T) {
 		t.Fatal("a hello with its cookie does not complete")
 	}
 }
+
+// TestSmallOrderEphemeral: a hello whose ephemeral key is a point of
+// small order (here 0, whose X25519 output is all zero), correctly
+// encrypted around it, is refused by the responder at ee with ErrKey.
+func TestSmallOrderEphemeral(t *testing.T) {
+	_, b := stdSides("small order")
+	dk, _ := seeded("small order").MLKEM768()
+	header := []byte{Version, TypeHello, 0, 0, 0, 0, 0, 9, 1, Version}
+	var ss SymmetricState
+	ss.InitializeSymmetric(ProtocolName)
+	ss.MixHash(header)
+	zero := make([]byte, DHLen)
+	ss.MixHash(zero)
+	ss.MixKey(zero)
+	hello := append(bytes.Clone(header), zero...)
+	hello, _ = ss.EncryptAndHash(hello, dk.EncapsulationKey().Bytes())
+	hello, _ = ss.EncryptAndHash(hello, make([]byte, HelloLen-len(hello)-tagLen-CookieLen))
+	hello = append(hello, make([]byte, CookieLen)...)
+	h, err := ParseHello(hello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, _ := NewStatic(b.id, nil)
+	if _, _, err := Respond(h, ResponderConfig{Static: rs, Index: b.index}); !errors.Is(err, ErrKey) {
+		t.Fatalf("small-order ephemeral: %v", err)
+	}
+}
