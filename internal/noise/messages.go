@@ -64,7 +64,7 @@ const (
 
 	headerLen     = 8
 	maxDatagram   = 65507 // the largest UDP payload over IPv4
-	helloFixedLen = 9 // up to the version list
+	helloFixedLen = 9     // up to the version list
 	replyIndexLen = 4
 )
 
