@@ -12,7 +12,7 @@ import (
 // e1 and ekem1 tokens) and the psk modifier at position 2, X25519 for DH,
 // ML-KEM-768 as the KEM, ChaCha20-Poly1305 and SHA-256. It is the first
 // input of the handshake hash, so two sides that differ in any part of it
-// fail at the first encrypted field of the reply.
+// fail at the first AEAD: the responder cannot read the hello's e1.
 const ProtocolName = "Noise_XXhfs+psk2_25519+MLKEM768_ChaChaPoly_SHA256"
 
 // Sizes of the public values (FIPS 203 for ML-KEM-768, RFC 7748 for
@@ -42,7 +42,7 @@ func (t token) String() string {
 	return [...]string{"?", "e", "e1", "ee", "ekem1", "s", "es", "se", "psk"}[t]
 }
 
-// xxhfsPSK2 is XXhfs+psk2:
+// xxhfsPSK2 is XXhfs+psk2 (a table never written):
 //
 //	-> e, e1
 //	<- e, ee, ekem1, s, es, psk
