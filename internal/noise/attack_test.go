@@ -384,3 +384,22 @@ func TestSmallOrderEphemeral(t *testing.T) {
 		t.Fatalf("small-order ephemeral: %v", err)
 	}
 }
+
+// TestProtocolNameBinds: an initiator running another protocol name (a
+// classical-only XX with psk, say) fails at the responder's first AEAD,
+// before any costly work: the name is the first input of h.
+func TestProtocolNameBinds(t *testing.T) {
+	for _, name := range []string{"Noise_XXpsk2_25519_ChaChaPoly_SHA256", "Noise_XXhfs+psk2_25519+MLKEM512_ChaChaPoly_SHA256"} {
+		ent := seeded(name)
+		s, _ := ent.X25519()
+		i := newHandshakeState(name, xxhfsPSK2, true, true, []byte("p"), s, nil, ent)
+		m, err := i.WriteMessage(nil, make([]byte, 8))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := NewHandshakeState(false, []byte("p"), s, nil, nil)
+		if _, err := r.ReadMessage(nil, m); !errors.Is(err, ErrDecrypt) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
