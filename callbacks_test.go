@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -83,15 +84,27 @@ func TestLoggerMayCallTheConn(t *testing.T) {
 	case <-time.After(2 * waitLong):
 		t.Fatal("deadlock: a Logger that calls Stats and Peers blocked the Conn")
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	t.Logf("%d records: %q", len(h.records), h.records)
-	var established, failed bool
-	for _, m := range h.records {
-		established = established || m == "vaultudp: session established"
-		failed = failed || m == "vaultudp: handshake failed"
+	// The failure is logged once the lock is released, after Handshake
+	// has returned: look until it is there (bounded).
+	logged := func() (established, failed bool, records []string) {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		for _, m := range h.records {
+			established = established || m == "vaultudp: session established"
+			failed = failed || m == "vaultudp: handshake failed"
+		}
+		return established, failed, slices.Clone(h.records)
 	}
-	if !established || !failed {
-		t.Fatalf("records %q: want a session established and a handshake failed", h.records)
+	deadline := time.Now().Add(waitLong)
+	for {
+		established, failed, records := logged()
+		if established && failed {
+			t.Logf("%d records: %q", len(records), records)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("records %q: want a session established and a handshake failed", records)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
