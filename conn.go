@@ -85,6 +85,7 @@ type Conn struct {
 	readDeadline  *deadline
 	rd            readCoord     // who reads the socket (direct.go)
 	bgWake        chan struct{} // wakes the background reader (direct.go)
+	readErr       chan error    // a read error of the background reader's, for ReadFrom (readerr.go)
 	appToken      chan struct{} // held by the one application goroutine reading the socket
 	writeDeadline *deadline
 
@@ -192,6 +193,7 @@ func newConn(s *socket, config *Config, spare *spareKey) (*Conn, error) {
 		readDeadline:  newDeadline(),
 		appToken:      make(chan struct{}, 1),
 		bgWake:        make(chan struct{}, 1),
+		readErr:       make(chan error, 1),
 		writeDeadline: newDeadline(),
 		closed:        make(chan struct{}),
 		peers:         make(map[netip.AddrPort]*peer),
@@ -274,7 +276,9 @@ func (c *Conn) opError(op string, addr net.Addr, err error) error {
 
 // ReadFrom reads the next datagram that passed every check into b and
 // returns its length and source. As with *net.UDPConn, a datagram longer
-// than b is cut to len(b) without an error.
+// than b is cut to len(b) without an error, and a read error of the
+// socket is returned (but for those it recovers from by itself, such as
+// an ICMP report of an earlier send: readerr.go).
 func (c *Conn) ReadFrom(b []byte) (int, net.Addr, error) {
 	n, from, err := c.ReadFromUDPAddrPort(b)
 	if err != nil {
@@ -308,6 +312,8 @@ func (c *Conn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) {
 		from := p.from
 		c.putPacket(p)
 		return n, from, nil
+	case err := <-c.readErr:
+		return 0, netip.AddrPort{}, err // the socket fails (readerr.go)
 	case <-c.closed:
 		return 0, netip.AddrPort{}, c.opError("read", nil, net.ErrClosed)
 	case <-c.readDeadline.wait():
