@@ -69,6 +69,8 @@ type Conn struct {
 
 	sock atomic.Pointer[socket]
 
+	routes *routeCache // route MTUs per destination (pathmtu.go)
+
 	// freePkts recycles packets between the reader goroutine and
 	// ReadFrom. A channel rather than a sync.Pool: the two run on
 	// different Ps, and a Pool then allocates in steady state.
@@ -194,6 +196,7 @@ func newConn(s *socket, config *Config, spare *spareKey) (*Conn, error) {
 		appToken:      make(chan struct{}, 1),
 		bgWake:        make(chan struct{}, 1),
 		readErr:       make(chan error, 1),
+		routes:        newRouteCache(),
 		writeDeadline: newDeadline(),
 		closed:        make(chan struct{}),
 		peers:         make(map[netip.AddrPort]*peer),
