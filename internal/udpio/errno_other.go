@@ -9,7 +9,7 @@ import "syscall"
 // reports no ICMP errors on reads; a connected one reports the next ICMP
 // error of its destination on the next read or write (udp(7) on Linux,
 // "ERRORS"; the BSDs and macOS alike): ECONNREFUSED for a closed port,
-// EHOSTUNREACH, ENETUNREACH or EHOSTDOWN for the rest. ENOBUFS and ENOMEM
+// EHOSTUNREACH or ENETUNREACH for the rest. ENOBUFS and ENOMEM
 // are the system out of buffers for a moment. A datagram larger than the
 // buffer is cut without an error (MSG_TRUNC in the flags), and a send too
 // large is EMSGSIZE already.
@@ -21,6 +21,6 @@ func sysErrnos() *errnoRules {
 var unixRules = errnoRules{
 	transient: []syscall.Errno{
 		syscall.ECONNREFUSED, syscall.EHOSTUNREACH, syscall.ENETUNREACH,
-		syscall.EHOSTDOWN, syscall.ENOBUFS, syscall.ENOMEM,
+		syscall.ENOBUFS, syscall.ENOMEM,
 	},
 }
