@@ -45,6 +45,8 @@ func TestGSORefused(t *testing.T) {
 	}
 }
 
+func addrOf(pc net.PacketConn) netip.AddrPort { return AddrPortOf(pc.LocalAddr()) }
+
 // gsoSocket returns a Socket with GSO and a plain receiver for it.
 func gsoSocket(t *testing.T) (*udpSocket, *net.UDPConn) {
 	t.Helper()

@@ -27,18 +27,20 @@ import (
 // sys_conn_oob.go batch on FreeBSD goes through the same one-datagram
 // ReadBatch.)
 
-// sysSocket is empty: the UDPConn's methods are all the portable path
-// uses.
-type sysSocket struct{}
+// sysSocket holds the system's error rules: the UDPConn's methods are all
+// the portable path uses of the socket.
+type sysSocket struct {
+	rules *errnoRules
+}
 
 // newUDP returns the Socket over uc.
 func newUDP(uc *net.UDPConn) *udpSocket {
-	return &udpSocket{uc: uc, caps: Caps{Deadlines: true, IPv4Only: ipv4Only(uc)}}
+	return &udpSocket{uc: uc, caps: Caps{Deadlines: true, IPv4Only: ipv4Only(uc)}, sys: sysSocket{rules: sysErrnos()}}
 }
 
 func (s *udpSocket) WriteTo(b []byte, to netip.AddrPort, _ netip.Addr) error {
 	_, err := s.uc.WriteToUDPAddrPort(b, to)
-	return sysErrnos().writeError(err)
+	return s.sys.rules.writeError(err)
 }
 
 func (s *udpSocket) WriteSegments(b []byte, size int, to netip.AddrPort, src netip.Addr) (int, error) {
@@ -46,7 +48,7 @@ func (s *udpSocket) WriteSegments(b []byte, size int, to netip.AddrPort, src net
 }
 
 func (s *udpSocket) NewReader() Reader {
-	return &portableReader{read: s.uc.ReadFromUDPAddrPort, rules: sysErrnos()}
+	return &portableReader{read: s.uc.ReadFromUDPAddrPort, rules: s.sys.rules}
 }
 
 // portableReader reads one datagram per call.

@@ -22,8 +22,6 @@ func listen(t *testing.T, network, address string) *net.UDPConn {
 	return pc.(*net.UDPConn)
 }
 
-func addrOf(pc net.PacketConn) netip.AddrPort { return AddrPortOf(pc.LocalAddr()) }
-
 // opaque hides that a PacketConn is a *net.UDPConn.
 type opaque struct{ net.PacketConn }
 
