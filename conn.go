@@ -70,6 +70,8 @@ type Conn struct {
 	queuedBytes atomic.Int64           // bytes waiting for handshakes, all peers
 	sock        atomic.Pointer[socket] // replaced by Rebind under rebindMu
 
+	routes *routeCache // route MTUs per destination, with its own lock (pathmtu.go)
+
 	// Channels and pools: safe for concurrent use by themselves.
 	//
 	// freePkts recycles packets between the reader goroutine and
@@ -87,6 +89,7 @@ type Conn struct {
 	readDeadline  *deadline
 	rd            readCoord     // its own lock, rd.mu
 	bgWake        chan struct{} // wakes the background reader
+	readErr       chan error    // a read error of the background reader's, for ReadFrom (readerr.go)
 	appToken      chan struct{} // held by the one application goroutine reading the socket
 	writeDeadline *deadline
 
@@ -213,6 +216,8 @@ func newConn(s *socket, config *Config, spare *spareKey) (*Conn, error) {
 		readDeadline:  newDeadline(),
 		appToken:      make(chan struct{}, 1),
 		bgWake:        make(chan struct{}, 1),
+		readErr:       make(chan error, 1),
+		routes:        newRouteCache(),
 		writeDeadline: newDeadline(),
 		closed:        make(chan struct{}),
 		peers:         make(map[netip.AddrPort]*peer),
@@ -296,7 +301,9 @@ func (c *Conn) opError(op string, addr net.Addr, err error) error {
 
 // ReadFrom reads the next datagram that passed every check into b and
 // returns its length and source. As with *net.UDPConn, a datagram longer
-// than b is cut to len(b) without an error.
+// than b is cut to len(b) without an error, and a read error of the
+// socket is returned (but for those it recovers from by itself, such as
+// an ICMP report of an earlier send: readerr.go).
 func (c *Conn) ReadFrom(b []byte) (int, net.Addr, error) {
 	n, from, err := c.ReadFromUDPAddrPort(b)
 	if err != nil {
@@ -330,6 +337,8 @@ func (c *Conn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) {
 		from := p.from
 		c.putPacket(p)
 		return n, from, nil
+	case err := <-c.readErr:
+		return 0, netip.AddrPort{}, err // the socket fails (readerr.go)
 	case <-c.closed:
 		return 0, netip.AddrPort{}, c.opError("read", nil, net.ErrClosed)
 	case <-c.readDeadline.wait():

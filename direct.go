@@ -208,6 +208,7 @@ var errRetry = errors.New("vaultudp: socket replaced")
 // readOnce reads the socket until a datagram for the application is
 // queued, and returns the first in the queue.
 func (c *Conn) readOnce(rs *readSet, b []byte, s *socket) (int, netip.AddrPort, error) {
+	var fails readBackoff // transient errors in a row (readerr.go)
 	for {
 		select {
 		case p := <-c.recvQ:
@@ -245,8 +246,12 @@ func (c *Conn) readOnce(rs *readSet, b []byte, s *socket) (int, netip.AddrPort, 
 				continue
 			}
 			c.log.Debug("vaultudp: read", "err", err)
+			if err := c.directReadFailed(err, &fails); err != nil {
+				return 0, netip.AddrPort{}, err // the socket fails
+			}
 			continue
 		}
+		fails.fails = 0
 		c.receiveSet(rs, n)
 		c.receiveBuffered(rs)
 	}

@@ -1,3 +1,5 @@
+//go:build !vaultudp_portable
+
 package vaultudp
 
 import (

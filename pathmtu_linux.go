@@ -1,3 +1,5 @@
+//go:build !vaultudp_portable
+
 package vaultudp
 
 import (
@@ -59,3 +61,7 @@ func netInterfaceIndex(zone string) (uint32, error) {
 	}
 	return uint32(ifi.Index), nil
 }
+
+// routeCacheTTL is 0: on Linux routeMTU is cheap and current, and is
+// asked every time (pathmtu.go).
+const routeCacheTTL = 0

@@ -1,11 +1,17 @@
-//go:build !linux
+//go:build !linux || vaultudp_portable
 
 package vaultudp
 
 import (
 	"net"
 	"net/netip"
+	"time"
 )
+
+// routeCacheTTL is how long a route's MTU is remembered (pathmtu.go): a
+// lookup here costs as much as half a handshake, and what it finds, the
+// interface's MTU, changes only with the routes and interfaces.
+const routeCacheTTL = 30 * time.Second
 
 // routeMTU returns the MTU of the interface the route to addr leaves by:
 // the local address a connected UDP socket gets (no datagram is sent),

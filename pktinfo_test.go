@@ -1,3 +1,5 @@
+//go:build linux && !vaultudp_portable
+
 package vaultudp
 
 import (

@@ -17,6 +17,7 @@ func (c *Conn) readLoop(s *socket) {
 	direct := s.Caps().Deadlines // application readers take turns (direct.go)
 	idle := time.NewTimer(time.Hour)
 	defer idle.Stop()
+	var fails readBackoff // failed reads in a row (readerr.go)
 	for {
 		if direct && !c.bgBegin(s, idle) {
 			return
@@ -41,6 +42,11 @@ func (c *Conn) readLoop(s *socket) {
 				return
 			}
 			c.log.Debug("vaultudp: read", "err", err)
+			if !c.bgReadFailed(err, &fails, idle) { // to ReadFrom, backed off
+				return
+			}
+		} else if fails.fails > 0 {
+			c.bgReadSucceeded(&fails)
 		}
 	}
 }

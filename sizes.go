@@ -56,7 +56,7 @@ func (c *Conn) pathDatagram(addr netip.AddrPort) int {
 	if c.cfg.MTU != 0 {
 		return c.datagram
 	}
-	mtu, ok := routeMTU(addr)
+	mtu, ok := c.routes.mtu(addr)
 	if !ok {
 		return c.datagram
 	}

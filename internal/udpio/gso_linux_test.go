@@ -1,3 +1,5 @@
+//go:build !vaultudp_portable
+
 package udpio
 
 import (
@@ -42,6 +44,8 @@ func TestGSORefused(t *testing.T) {
 		}
 	}
 }
+
+func addrOf(pc net.PacketConn) netip.AddrPort { return AddrPortOf(pc.LocalAddr()) }
 
 // gsoSocket returns a Socket with GSO and a plain receiver for it.
 func gsoSocket(t *testing.T) (*udpSocket, *net.UDPConn) {

@@ -2,8 +2,13 @@
 // writes over a net.PacketConn, with the system's faster paths where the
 // PacketConn is a *net.UDPConn and the system has them (batch reads with
 // recvmmsg, segmented writes with UDP GSO, coalesced reads with UDP GRO,
-// the local address of each datagram with IP_PKTINFO), and plain ReadFrom
-// and WriteTo otherwise. What a Socket can do is decided once, when New
+// the local address of each datagram with IP_PKTINFO: Linux only,
+// udp_linux.go), and otherwise the portable path every system with a
+// *net.UDPConn has (udp_portable.go, which Linux builds with the
+// vaultudp_portable tag use too): one datagram per ReadFromUDPAddrPort and
+// WriteToUDPAddrPort, or per ReadFrom and WriteTo of another PacketConn.
+// Errors that mean something particular on a system are told apart here
+// (Transient; errno_*.go). What a Socket can do is decided once, when New
 // makes it, and reported by Caps; the methods are the same either way.
 package udpio
 
@@ -145,7 +150,7 @@ type basicSocket struct {
 }
 
 func (s *basicSocket) Caps() Caps          { return Caps{} }
-func (s *basicSocket) NewReader() Reader   { return basicReader{s.pc} }
+func (s *basicSocket) NewReader() Reader   { return basicReader{s.pc, sysErrnos()} }
 func (s *basicSocket) LocalAddr() net.Addr { return s.pc.LocalAddr() }
 func (s *basicSocket) Close() error        { return s.pc.Close() }
 
@@ -167,7 +172,7 @@ func (s *basicSocket) SetWriteBuffer(bytes int) error {
 
 func (s *basicSocket) WriteTo(b []byte, to netip.AddrPort, _ netip.Addr) error {
 	_, err := s.pc.WriteTo(b, net.UDPAddrFromAddrPort(to))
-	return err
+	return sysErrnos().writeError(err)
 }
 
 func (s *basicSocket) WriteSegments(b []byte, size int, to netip.AddrPort, src netip.Addr) (int, error) {
@@ -193,7 +198,8 @@ func writeEach(w Socket, b []byte, off, size int, to netip.AddrPort, src netip.A
 }
 
 type basicReader struct {
-	pc net.PacketConn
+	pc    net.PacketConn
+	rules *errnoRules
 }
 
 func (r basicReader) Buffered() int { return 0 }
@@ -206,7 +212,12 @@ func (r basicReader) Read(ms []Message) (int, error) {
 	m := &ms[0]
 	n, addr, err := r.pc.ReadFrom(m.Buf)
 	if err != nil {
-		return 0, err
+		if !r.rules.isMsgSize(err) {
+			return 0, err
+		}
+		// Cut to the buffer (WSAEMSGSIZE), as portableReader.Read says.
+		m.N, m.Truncated, m.Addr, m.Local = min(n, len(m.Buf)), true, netip.AddrPort{}, netip.Addr{}
+		return 1, nil
 	}
 	m.N, m.Truncated = n, n == len(m.Buf)
 	m.Addr, m.Local = AddrPortOf(addr), netip.Addr{}

@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"testing"
 	"time"
 )
@@ -22,8 +21,6 @@ func listen(t *testing.T, network, address string) *net.UDPConn {
 	t.Cleanup(func() { pc.Close() })
 	return pc.(*net.UDPConn)
 }
-
-func addrOf(pc net.PacketConn) netip.AddrPort { return AddrPortOf(pc.LocalAddr()) }
 
 // opaque hides that a PacketConn is a *net.UDPConn.
 type opaque struct{ net.PacketConn }
@@ -53,7 +50,8 @@ func readAll(t *testing.T, s Socket, r Reader, want int) []Message {
 
 // Over a PacketConn that is not a *net.UDPConn the socket has no
 // capabilities and works through ReadFrom and WriteTo; over a
-// *net.UDPConn on Linux it batches and may interrupt reads.
+// *net.UDPConn it may interrupt reads, and on Linux (but for the
+// vaultudp_portable build) it batches.
 func TestCapsAndFallback(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -61,7 +59,7 @@ func TestCapsAndFallback(t *testing.T) {
 		want Caps
 	}{
 		{"opaque", func(u *net.UDPConn) net.PacketConn { return opaque{u} }, Caps{}},
-		{"udp", func(u *net.UDPConn) net.PacketConn { return u }, Caps{Deadlines: true, IPv4Only: true, BatchRead: runtime.GOOS == "linux"}},
+		{"udp", func(u *net.UDPConn) net.PacketConn { return u }, Caps{Deadlines: true, IPv4Only: true, BatchRead: linuxIO}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := New(tc.wrap(listen(t, "udp4", "127.0.0.1:0")))
