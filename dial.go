@@ -218,6 +218,9 @@ type peerQueue struct {
 // an error wrapping the reason; when c is closed, errors wrapping
 // ErrClosed.
 func (c *Conn) ConnTo(addr netip.AddrPort) (net.Conn, error) {
+	if !c.ok() {
+		return nil, errZeroConn("dial")
+	}
 	addr = normAddr(addr)
 	if c.isClosed() {
 		return nil, c.opError("connto", nil, ErrClosed)

@@ -168,6 +168,9 @@ func (p *peer) closeLocked(reason error) {
 // pc.PublicKey (and unconfirmed ones under another key are dropped);
 // otherwise, or for ProtocolV2, it is replaced and its sessions dropped.
 func (c *Conn) AddPeer(pc PeerConfig) error {
+	if !c.ok() {
+		return errZeroConn("add peer")
+	}
 	if err := pc.check(); err != nil {
 		return err
 	}
@@ -267,6 +270,9 @@ func (c *Conn) dropPeerTableLocked(p *peer, reason error) {
 // queued datagrams. The address's remembered key (trust on first use) is
 // forgotten with it.
 func (c *Conn) RemovePeer(addr netip.AddrPort) error {
+	if !c.ok() {
+		return errZeroConn("remove peer")
+	}
 	addr = normAddr(addr)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -283,6 +289,9 @@ func (c *Conn) RemovePeer(addr netip.AddrPort) error {
 
 // HasPeer reports whether addr is a peer, configured or learned.
 func (c *Conn) HasPeer(addr netip.AddrPort) bool {
+	if !c.ok() {
+		return false
+	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return c.peers[normAddr(addr)] != nil
@@ -290,11 +299,17 @@ func (c *Conn) HasPeer(addr netip.AddrPort) bool {
 
 // Peers lists the peers, configured and learned, sorted by address.
 func (c *Conn) Peers() []PeerInfo {
+	if !c.ok() {
+		return nil
+	}
 	return c.peerInfos(func(netip.AddrPort) bool { return true })
 }
 
 // PeersByIP lists the peers at ip, on any port.
 func (c *Conn) PeersByIP(ip netip.Addr) []PeerInfo {
+	if !c.ok() {
+		return nil
+	}
 	ip = ip.Unmap()
 	return c.peerInfos(func(a netip.AddrPort) bool { return a.Addr() == ip })
 }

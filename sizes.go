@@ -136,6 +136,9 @@ func readParams(s *session, b []byte) {
 // receives), less vaultudp's overhead; with Config.StrictMTU, what fits
 // the path MTU to it.
 func (c *Conn) MaxPayloadTo(addr netip.AddrPort) int {
+	if !c.ok() {
+		return 0
+	}
 	addr = normAddr(addr)
 	if p, _ := c.peerFor(addr, lookupOnly); p != nil {
 		if s := p.kp.current(); s != nil {

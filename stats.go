@@ -77,6 +77,9 @@ type counters struct {
 
 // Stats returns a snapshot of the Conn's counters.
 func (c *Conn) Stats() Stats {
+	if !c.ok() {
+		return Stats{}
+	}
 	c.mu.RLock()
 	peers := len(c.peers)
 	c.mu.RUnlock()
