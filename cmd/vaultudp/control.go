@@ -20,7 +20,7 @@ import (
 const runtimeDirEnv = "VAULTUDP_RUNTIME_DIR"
 
 // controlTimeout bounds one exchange on a control socket.
-const controlTimeout = 5 * time.Second
+const controlTimeout = 15 * time.Second
 
 // runtimeDir is where listen and proxy put their control sockets and
 // where 'vaultudp show' looks for them, as wg's /var/run/wireguard:

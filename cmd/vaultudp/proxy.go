@@ -183,7 +183,7 @@ func runProxyWith(ctx context.Context, pc proxyConfig, ready chan<- net.Addr) er
 	if pc.trust == nil {
 		pc.trust = func() string { return "as configured" }
 	}
-	r := &relay{pc: pc, flows: map[netip.AddrPort]*flow{}}
+	r := &relay{pc: pc, flows: map[netip.AddrPort]*flow{}, slots: make(chan struct{}, pc.maxFlows)}
 	if pc.to.IsValid() {
 		return r.clientSide(ctx, ready)
 	}
@@ -217,7 +217,8 @@ type relay struct {
 	flows map[netip.AddrPort]*flow
 	lru   list.List // of *flow, the most recently active first
 
-	wg sync.WaitGroup // the flows' goroutines
+	wg    sync.WaitGroup // the flows' goroutines
+	slots chan struct{}  // one per upstream socket open: at most maxFlows, closing ones included
 
 	made, expired, evicted, failed, queueFull, foreign, writeErrs atomic.Uint64
 }
@@ -424,6 +425,14 @@ func (r *relay) remove(f *flow, counter *atomic.Uint64) {
 // serve makes f's upstream, then sends f's datagrams to the far end until
 // f ends; its replies go back to the client meanwhile.
 func (r *relay) serve(f *flow) {
+	// An evicted flow's socket closes on its own goroutine: wait for it,
+	// so that the sockets never outnumber maxFlows.
+	select {
+	case r.slots <- struct{}{}:
+	case <-f.stop:
+		return
+	}
+	defer func() { <-r.slots }()
 	up, err := r.dial()
 	if err != nil {
 		r.failed.Add(1)
