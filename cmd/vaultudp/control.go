@@ -36,6 +36,30 @@ func runtimeDir() string {
 	return filepath.Join(os.TempDir(), fmt.Sprintf("vaultudp-%d", os.Getuid()))
 }
 
+// privateDir makes dir (mode 0700) if it does not exist, and refuses one
+// that another user owns or that group or others may write: in a shared
+// temporary directory, someone else could have made it first, to read
+// the status or to answer 'vaultudp show' in the commands' place.
+func privateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	if err := ownedByUser(dir, fi); err != nil {
+		return err
+	}
+	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("%s has mode %04o: group and others must not write it (chmod go-w %s)", dir, perm, dir)
+	}
+	return nil
+}
+
 // control is a running command's control socket.
 type control struct {
 	ln   net.Listener
@@ -63,7 +87,7 @@ func (pf *peerFlags) startControl(command string, addr net.Addr, snapshot func()
 	}
 	if path == "" {
 		dir := runtimeDir()
-		if err := os.MkdirAll(dir, 0o700); err != nil {
+		if err := privateDir(dir); err != nil {
 			return nil, fmt.Errorf("control socket directory: %w (give a socket with -control PATH, or -control off)", err)
 		}
 		path = filepath.Join(dir, command+"-"+addr.String()+".sock")
@@ -100,9 +124,11 @@ func listenUnix(path string) (net.Listener, error) {
 		}
 		os.Remove(path)
 	}
-	old := syscall.Umask(0o177) // the socket is made 0600, with no window
-	ln, err := net.Listen("unix", path)
-	syscall.Umask(old)
+	var ln net.Listener
+	err := withUmask(0o177, func() (err error) { // the socket is made 0600, with no window
+		ln, err = net.Listen("unix", path)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
