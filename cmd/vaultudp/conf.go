@@ -24,6 +24,8 @@ import (
 //	PrivateKeyFile = /etc/vaultudp/server.key   # or PrivateKey = KEY (then the file must be 0600)
 //	Policy = require-encryption
 //	Forward = 127.0.0.1:5353             # proxy, server side
+//	# also: AllowAny, AllowPlaintext, To, KnownHosts, Control, Status,
+//	# StatusFormat, Timeout, MaxFlows, FlowIdle (the flags' names)
 //
 //	[Peer]
 //	PublicKey = KEY                      # accepted (-allow KEY)
@@ -47,6 +49,8 @@ var confKeys = map[string]string{
 	"status":         "status",
 	"statusformat":   "status-format",
 	"timeout":        "timeout",
+	"maxflows":       "max-flows",
+	"flowidle":       "flow-idle",
 }
 
 // confSpelling is how printConfig writes each key.
@@ -54,7 +58,7 @@ var confSpelling = map[string]string{
 	"listenaddress": "ListenAddress", "privatekeyfile": "PrivateKeyFile", "policy": "Policy",
 	"allowany": "AllowAny", "allowplaintext": "AllowPlaintext", "forward": "Forward", "to": "To",
 	"knownhosts": "KnownHosts", "control": "Control", "status": "Status", "statusformat": "StatusFormat",
-	"timeout": "Timeout",
+	"timeout": "Timeout", "maxflows": "MaxFlows", "flowidle": "FlowIdle",
 }
 
 // loadConfig applies -config: each [Interface] setting sets its flag
@@ -214,7 +218,7 @@ func (pf *peerFlags) printConfig(w io.Writer, command string, extra map[string]s
 	} else if pf.bind != nil && *pf.bind != "0.0.0.0:0" {
 		set("listenaddress", *pf.bind)
 	}
-	for _, k := range []string{"to", "forward"} {
+	for _, k := range []string{"to", "forward", "maxflows", "flowidle"} {
 		set(k, extra[confSpelling[k]])
 	}
 	if pf.inlineKey != nil {

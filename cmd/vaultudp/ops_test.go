@@ -208,6 +208,22 @@ func TestCLIConfigRoundTrip(t *testing.T) {
 	}
 	byFile.stop()
 
+	// The proxy's file too, both sides: printed, read back, printed again.
+	for _, args := range [][]string{
+		{"proxy", "-listen", "127.0.0.1:0", "-forward", "127.0.0.1:9", "-allow", cpub, "-max-flows", "9", "-flow-idle", "30s"},
+		{"proxy", "-listen", "127.0.0.1:0", "-to", "127.0.0.1:9", "-remote-key", spub, "-known-hosts", filepath.Join(dir, "kh")},
+	} {
+		r1 := runCLI(t, env, "", append(args, "-print-config")...)
+		pconf := filepath.Join(dir, "proxy.conf")
+		os.WriteFile(pconf, []byte(r1.stdout), 0o600)
+		r2 := runCLI(t, env, "", "proxy", "-config", pconf, "-print-config")
+		if r1.code != 0 || r2.code != 0 || r1.stdout != r2.stdout {
+			t.Errorf("%q: the printed file (exit %d) read back prints (exit %d) another:
+%s
+%s%s", args, r1.code, r2.code, r1.stdout, r2.stdout, r2.stderr)
+		}
+	}
+
 	// A command-line flag wins over the file's setting.
 	p, other, _ := listen(t, env, "-config", conf, "-bind", "127.0.0.1:0")
 	if other == addr {

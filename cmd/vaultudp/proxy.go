@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -138,7 +139,17 @@ func runProxy(args []string, stdout, stderr io.Writer) error {
 		pc.trust = func() string { return mode }
 	}
 	if *pf.print {
-		return pf.printConfig(stdout, "proxy", map[string]string{"ListenAddress": *listen, "To": *to, "Forward": *forward})
+		extra := map[string]string{"ListenAddress": *listen, "To": *to, "Forward": *forward}
+		if *maxFlows != defaultMaxFlows {
+			extra["MaxFlows"] = strconv.Itoa(*maxFlows)
+		}
+		if *flowIdle != defaultFlowIdle {
+			extra["FlowIdle"] = flowIdle.String()
+		}
+		if *remoteKey != "" {
+			pf.peers = append(pf.peers, *to+"="+*remoteKey) // [Peer] Endpoint = To pins it, as -remote-key
+		}
+		return pf.printConfig(stdout, "proxy", extra)
 	}
 	id, keyPath, err := pf.identity(stderr)
 	if err != nil {
@@ -476,6 +487,12 @@ func (r *relay) back(f *flow, up *upstream) {
 	down := r.down.(readerAddrPort)
 	for {
 		n, from, err := up.read(buf)
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			// The service's port was closed when a datagram reached it
+			// (ICMP port unreachable, reported on a connected socket): it
+			// may come back, and the flow with it.
+			continue
+		}
 		if err != nil {
 			r.remove(f, nil)
 			return
