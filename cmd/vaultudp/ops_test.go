@@ -218,9 +218,7 @@ func TestCLIConfigRoundTrip(t *testing.T) {
 		os.WriteFile(pconf, []byte(r1.stdout), 0o600)
 		r2 := runCLI(t, env, "", "proxy", "-config", pconf, "-print-config")
 		if r1.code != 0 || r2.code != 0 || r1.stdout != r2.stdout {
-			t.Errorf("%q: the printed file (exit %d) read back prints (exit %d) another:
-%s
-%s%s", args, r1.code, r2.code, r1.stdout, r2.stdout, r2.stderr)
+			t.Errorf("%q: the printed file (exit %d) read back prints (exit %d) another:\n%s\n%s%s", args, r1.code, r2.code, r1.stdout, r2.stdout, r2.stderr)
 		}
 	}
 
