@@ -310,3 +310,39 @@ func TestProxyBurst300(t *testing.T) {
 	t.Logf("%d of %d new clients answered, the last after %v; client proxy: %d flows made, %d queue drops, %d failed",
 		answered, clients, last.Round(time.Millisecond), st.Proxy.Made, st.Proxy.QueueFull, st.Proxy.Failed)
 }
+
+// A flow without traffic for -flow-idle is closed and counted; the client
+// gets a new one when it speaks again.
+func TestProxyFlowIdle(t *testing.T) {
+	dir := t.TempDir()
+	env := userEnv(dir)
+	echo := newEchoService(t)
+	p, entry := startProxy(t, env, "-allow-any", "-flow-idle", "300ms", "-listen", "127.0.0.1:0", "-forward", echo.addr.String())
+	client, err := vaultudp.Listen("udp4", "127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	client.WriteToUDPAddrPort([]byte("one"), entry)
+	readUntil(t, "client", client, "one")
+	// Bounded wait for the sweep (every idle/4) to close the flow.
+	deadline := time.Now().Add(waitFor)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	var st status
+	for {
+		st = showJSON(t, env, p.cmd.Process.Pid)
+		if st.Proxy.Expired == 1 || time.Now().After(deadline) {
+			break
+		}
+		<-tick.C
+	}
+	if st.Proxy.Expired != 1 || st.Proxy.Open != 0 || st.Proxy.Idle != "300ms" {
+		t.Fatalf("after -flow-idle 300ms: %+v; want one flow expired, none open", st.Proxy)
+	}
+	client.WriteToUDPAddrPort([]byte("two"), entry)
+	readUntil(t, "client after its flow expired", client, "two")
+	if st = showJSON(t, env, p.cmd.Process.Pid); st.Proxy.Made != 2 {
+		t.Errorf("flows made %d, want 2 (a new one after expiry)", st.Proxy.Made)
+	}
+}
