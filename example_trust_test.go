@@ -22,7 +22,7 @@ func ExampleAllowList() {
 	clientKey := vaultudp.GenerateIdentity() // in practice: vaultudp.LoadPrivateKey
 	list := vaultudp.EncodePublicKey(clientKey.Public().(ed25519.PublicKey)) + " # alice\n"
 	allowed := vaultudp.NewAllowList()
-	if err := allowed.Read(strings.NewReader(list), "allowed_keys"); err != nil { // or vaultudp.LoadAllowList(path)
+	if err := allowed.Load(strings.NewReader(list), "allowed_keys"); err != nil { // or vaultudp.LoadAllowList(path)
 		log.Fatal(err)
 	}
 	server, err := vaultudp.Listen("udp", "127.0.0.1:0", &vaultudp.Config{VerifyPeer: allowed.VerifyPeer})

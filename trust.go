@@ -36,7 +36,7 @@ var (
 // Conn uses it (a removed key's sessions go on until their next
 // handshake). The zero value is an empty list, which refuses every key.
 //
-// The file format (LoadAllowList, ReadAllowList) is one public key a line,
+// The file format (LoadAllowList, AllowList.LoadFile, AllowList.Load) is one public key a line,
 // as EncodePublicKey writes it; text from '#' to the end of a line is a
 // comment; blank lines are ignored.
 type AllowList struct {
@@ -72,12 +72,12 @@ func (a *AllowList) LoadFile(path string) error {
 		return err
 	}
 	defer f.Close()
-	return a.Read(f, path)
+	return a.Load(f, path)
 }
 
-// Read adds the keys read from r, in the allow list file format, to a;
+// Load adds the keys read from r, in the allow list file format, to a;
 // name is what errors call r (a file name). On an error nothing is added.
-func (a *AllowList) Read(r io.Reader, name string) error {
+func (a *AllowList) Load(r io.Reader, name string) error {
 	var keys []ed25519.PublicKey
 	err := scanTrustLines(r, name, func(line int, text string) error {
 		k, err := ParsePublicKey(text)
