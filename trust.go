@@ -33,12 +33,14 @@ var (
 // peers they were told about (as WireGuard does): its VerifyPeer method is
 // a Config.VerifyPeer that accepts exactly those keys, from any address.
 // It is safe for concurrent use, and keys may be added and removed while a
-// Conn uses it (a removed key's sessions go on until their next
-// handshake). The zero value is an empty list, which refuses every key.
+// Conn uses it: a removed key is refused at its next handshake (its
+// current session goes on until then, at most Config.KeyLifetime). The
+// zero value is an empty list, which refuses every key.
 //
-// The file format (LoadAllowList, AllowList.LoadFile, AllowList.Load) is one public key a line,
-// as EncodePublicKey writes it; text from '#' to the end of a line is a
-// comment; blank lines are ignored.
+// The file format (LoadAllowList, LoadFile, Load) is one public key a
+// line, as EncodePublicKey writes it; text from '#' to the end of a line
+// is a comment; blank lines are ignored. It is the format of the vaultudp
+// command's -allow-file.
 type AllowList struct {
 	mu   sync.RWMutex
 	keys map[[ed25519.PublicKeySize]byte]struct{}
