@@ -203,7 +203,8 @@ func (st *serverTrust) apply(cfg *vaultudp.Config, stderr io.Writer) (string, er
 		cfg.VerifyPeer = func(netip.AddrPort, ed25519.PublicKey) error {
 			return errors.New("not a pinned peer (-peer ADDR=KEY), and no -allow")
 		}
-		mode = "pinned peers only"
+		mode = fmt.Sprintf("%d pinned %s only (-peer ADDR=KEY)", pinned, plural(pinned, "peer", "peers"))
+		pinned = 0 // said
 	default:
 		why := "no peer would be accepted"
 		if inClear {
@@ -211,10 +212,8 @@ func (st *serverTrust) apply(cfg *vaultudp.Config, stderr io.Writer) (string, er
 		}
 		return "", fmt.Errorf("%w: deny by default: %s. Give the peers' public keys with -allow KEY or -allow-file FILE (or a config file's [Peer] sections), or -allow-any to accept anyone (trust on first use)", errUsage, why)
 	}
-	if pinned > 0 && mode != "pinned peers only" {
+	if pinned > 0 {
 		mode += fmt.Sprintf(", and %d pinned %s", pinned, plural(pinned, "peer", "peers"))
-	} else if pinned > 0 {
-		mode = fmt.Sprintf("%d pinned %s only (-peer ADDR=KEY)", pinned, plural(pinned, "peer", "peers"))
 	}
 	if inClear {
 		mode += fmt.Sprintf("; datagrams in clear from any address (-policy %v)", cfg.Policy)
