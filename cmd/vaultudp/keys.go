@@ -255,6 +255,7 @@ type clientTrust struct {
 	pinned ed25519.PublicKey    // nil: the known hosts file decides
 	known  *vaultudp.KnownHosts // nil when pinned
 	log    io.Writer
+	warn   bool // print a refusal when it happens (proxy); send returns it as its error instead
 
 	mu      sync.Mutex
 	changed error // the last *KeyChangedError, for the error message
@@ -293,7 +294,12 @@ func (ct *clientTrust) verify(addr netip.AddrPort, key ed25519.PublicKey) error 
 	_, _, wasKnown := ct.known.Lookup(addr)
 	err := ct.known.VerifyPeer(addr, key)
 	if err != nil {
+		// Said at once, as ssh does, and once per key: the refusal is
+		// silent on the wire, and a proxy's client only sees no answer.
 		ct.mu.Lock()
+		if ct.warn && (ct.changed == nil || ct.changed.Error() != err.Error()) {
+			fmt.Fprintf(ct.log, "refused %v: %v\n", ct.server, err)
+		}
 		ct.changed = err
 		ct.mu.Unlock()
 		return err

@@ -124,6 +124,7 @@ func runProxy(args []string, stdout, stderr io.Writer) error {
 			if err != nil {
 				return err
 			}
+			ct.warn = true
 			pc.trust = ct.describe
 		} else {
 			pc.trust = func() string { return "none: datagrams in clear (-policy plaintext)" }

@@ -346,3 +346,41 @@ func TestProxyFlowIdle(t *testing.T) {
 		t.Errorf("flows made %d, want 2 (a new one after expiry)", st.Proxy.Made)
 	}
 }
+
+// proxy -to remembers the remote's key in the known hosts file; when
+// another key answers at that address, its flows refuse it, the client
+// gets nothing, and the proxy says which line of which file to remove.
+func TestProxyKnownHostsChanged(t *testing.T) {
+	dir := t.TempDir()
+	env := userEnv(dir)
+	known := filepath.Join(dir, "config", "vaultudp", "known_hosts")
+	first, _ := vaultEcho(t, nil)
+	to := first.LocalAddr().(*net.UDPAddr).AddrPort()
+	p, entry := startProxy(t, env, "-key", filepath.Join(dir, "client.key"), "-listen", "127.0.0.1:0", "-to", to.String())
+	app, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	app.WriteToUDPAddrPort([]byte("hello"), entry)
+	readUntil(t, "app", app, "hello")
+	p.stop()
+	first.Close()
+
+	impostor, err := vaultudp.Listen("udp4", to.String(), nil)
+	if err != nil {
+		t.Skipf("could not take the remote's port again: %v", err)
+	}
+	defer impostor.Close()
+	p2, entry2 := startProxy(t, env, "-key", filepath.Join(dir, "client.key"), "-listen", "127.0.0.1:0", "-to", to.String())
+	m := p2.stderr.wait(t, "trust line", proxyListeningRE)
+	if !strings.Contains(m[3], "known ("+known+":1)") {
+		t.Errorf("the restarted proxy's trust line does not name the known key: %s", m[3])
+	}
+	app.WriteToUDPAddrPort([]byte("secret"), entry2)
+	p2.stderr.wait(t, "the refusal", regexp.MustCompile(`^refused `+regexp.QuoteMeta(to.String())+`: the key of .* has changed: it presented `+regexp.QuoteMeta(vaultudp.EncodePublicKey(impostor.PublicKey()))+`.*remove line 1 of `+regexp.QuoteMeta(known)))
+	impostor.SetReadDeadline(time.Now().Add(time.Second))
+	if n, _, err := impostor.ReadFrom(make([]byte, 64)); err == nil {
+		t.Errorf("the impostor received %d bytes", n)
+	}
+}
