@@ -130,7 +130,7 @@ type Conn struct {
 	// plainOrder holds them oldest first (and some that are gone).
 	plainPeers int
 	plainOrder []*peer
-	lastHello  map[[ed25519.PublicKeySize]byte]uint64
+	lastHello  map[[ed25519.PublicKeySize]byte]*helloLog
 
 	index *sessionIndex // sessions and initiations by local index (keypairs.go)
 
@@ -197,7 +197,7 @@ func newConn(s *socket, config *Config, spare *spareKey) (*Conn, error) {
 		peers:         make(map[netip.AddrPort]*peer),
 		index:         newSessionIndex(),
 		sq:            newSendQueue(),
-		lastHello:     make(map[[ed25519.PublicKeySize]byte]uint64),
+		lastHello:     make(map[[ed25519.PublicKeySize]byte]*helloLog),
 	}
 	if c.spare == nil {
 		c.spare = newSpareKey()
