@@ -12,7 +12,8 @@ import (
 // relay's address, which forwards to the server from there, and the
 // server's answers go back to the client. It reads into buffers of bufSize
 // bytes, as a relay sized for QUIC does (quic-go's own test proxy reads
-// 1452), so that a longer datagram is cut to bufSize, and it may hold what
+// 1452), so that a longer datagram is cut to bufSize (as recvfrom cuts a
+// datagram longer than its buffer), and it may hold what
 // the client sends until released.
 type udpRelay struct {
 	pc             *net.UDPConn
@@ -24,8 +25,8 @@ type udpRelay struct {
 	holding  bool
 	held     [][]byte
 	gotHeld  chan struct{} // closed when the first datagram is held
-	cut      int // datagrams from either side that filled the buffer
-	longest  int // the longest datagram read
+	cut      int           // datagrams from either side that filled the buffer
+	longest  int           // the longest datagram read
 	forwards int
 }
 
@@ -46,13 +47,16 @@ func (r *udpRelay) addr() netip.AddrPort {
 
 func (r *udpRelay) run() {
 	defer close(r.done)
-	buf := make([]byte, r.bufSize)
+	// One byte more than the relay's buffer, to tell a datagram that
+	// filled it from one it cut; what is forwarded is what a bufSize
+	// buffer holds.
+	buf := make([]byte, r.bufSize+1)
 	for {
 		n, from, err := r.pc.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			return // closed
 		}
-		p := append([]byte(nil), buf[:n]...)
+		p := append([]byte(nil), buf[:min(n, r.bufSize)]...)
 		var to netip.AddrPort
 		switch normAddr(from) {
 		case r.client:
@@ -64,7 +68,7 @@ func (r *udpRelay) run() {
 		}
 		r.mu.Lock()
 		r.longest = max(r.longest, n)
-		if n == r.bufSize {
+		if n > r.bufSize {
 			r.cut++
 		}
 		if r.holding && to == r.server {
@@ -102,7 +106,6 @@ func (r *udpRelay) release() {
 		r.pc.WriteToUDPAddrPort(p, r.server)
 	}
 }
-
 
 func (r *udpRelay) counts() (cut, longest, forwards int) {
 	r.mu.Lock()
