@@ -143,9 +143,11 @@ func (p Padding) paddedSize(n, t, limit int) int {
 //     forgery matches with probability 2^-128.
 //
 // A datagram cut within a few bytes after its payload, or inside a second
-// field, is not recognised and counts as failed authentication. Anyone
-// who saw a genuine datagram can make a forgery look cut (the cipher is
-// malleable); nothing but the counter depends on it.
+// field, is not recognised and counts as failed authentication. A
+// datagram damaged on the way in its first field's length may show as cut,
+// and anyone who saw a genuine datagram can make a forgery look cut (the
+// cipher is malleable): the counter is a diagnostic, and nothing but the
+// counter depends on it.
 func (s *session) cutShort(b []byte, head *[16]byte) bool {
 	return s.cutInHeader(b, head) || s.cutInPadding(b)
 }
