@@ -865,7 +865,9 @@ func TestFaultDamageCountedByReason(t *testing.T) {
 			t.Errorf("%s: %d, want %d (+%d)", c.name, c.got, c.want, c.slack)
 		}
 	}
-	if got, want := d(func(s Stats) uint64 { return s.Drops.Malformed + s.Drops.UnknownSession + s.Drops.Auth + s.Drops.Truncated }),
+	if got, want := d(func(s Stats) uint64 {
+		return s.Drops.Malformed + s.Drops.UnknownSession + s.Drops.Auth + s.Drops.Truncated
+	}),
 		fr.dataDamaged.sum()+counts.Injected; got < want || got > want+unc {
 		t.Errorf("drops of damaged datagrams: %d, want %d: one per damaged copy and per injected datagram", got, want)
 	}
