@@ -46,10 +46,16 @@ plain_endpoint=(
 # Genuine differences still open (issue 25), run when fixed:
 open_issues=(
   TestMultiplexingConnectToSelf # item 1: a write to the Conn's own address does not wake a reader blocked in ReadFrom
-  TestGracefulShutdownLongLivedRequest # a request that should take 25 ms (+-12.5) takes 38-41 ms over vaultudp (2 runs in 3), not yet explained
+)
+# Timing: asserts that a request ends 25 ms (+-12.5) after it began, handshake
+# included. Alone it takes 29-32 ms over UDP and 28-53 ms over vaultudp (5 of
+# 6 within the bound); in the full suite on a loaded 2-core machine, 38-41 ms
+# in 2 runs of 3.
+timing=(
+  TestGracefulShutdownLongLivedRequest
 )
 
-skip=( "${proxy_parses[@]}" "${needs_syscallconn[@]}" "${plain_endpoint[@]}" "${open_issues[@]}" )
+skip=( "${proxy_parses[@]}" "${needs_syscallconn[@]}" "${plain_endpoint[@]}" "${open_issues[@]}" "${timing[@]}" )
 # go test -skip: alternatives split at "|", each one's levels at "/".
 skip_re=""
 for name in "${skip[@]}"; do
