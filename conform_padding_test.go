@@ -2,6 +2,8 @@ package vaultudp
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/binary"
 	"testing"
 )
 
@@ -140,5 +142,69 @@ func TestConformPadSizes(t *testing.T) {
 	}
 	if got := PadNone.paddedSize(100, 1472, 1472); got != 100 {
 		t.Errorf("PadNone: %d, want 100", got)
+	}
+}
+
+// TestConformCutShort: cutShort on sealed datagrams made directly: cut
+// anywhere inside the padding or inside the payload of a padded datagram
+// it says cut; the intact datagram with a flipped bit, random bytes under
+// the session's index, and a cut within the last 16 bytes it does not. On
+// the failure path it allocates nothing.
+func TestConformCutShort(t *testing.T) {
+	a, b, _ := sessPair(t)
+	rec := &record{payload: bytes.Repeat([]byte{0x5a}, 300), hasPayload: true}
+	env := rec.appendTo(nil, 1452-sealedOverhead)
+	dg := sessSeal(t, a, env)
+	if len(dg) != 1452 {
+		t.Fatalf("sealed %d bytes, want 1452", len(dg))
+	}
+	try := func(d []byte) bool {
+		d = bytes.Clone(d)
+		var head [16]byte
+		copy(head[:], d[sealedHeaderLen:])
+		if _, err := b.open(d); err == nil {
+			t.Fatalf("a %d-byte datagram opened", len(d))
+		}
+		return b.cutShort(d, &head)
+	}
+	natural := sealedOverhead + 4 + 2 + 3 + 300 // 341: v, then p's key, bin16 header, payload
+	for n := sealedOverhead + 8; n <= len(dg)-tagLen; n++ {
+		got := try(dg[:n])
+		// Cut inside the payload: the header says more. Cut in the
+		// padding with 16 bytes of zeros before the cut: the keystream.
+		inPayload := n < natural
+		inZeros := n-tagLen >= natural+5 // past the "g" entry's header (bin16 here)
+		if (inPayload || inZeros) && !got {
+			t.Errorf("cut to %d bytes: not recognised", n)
+		}
+	}
+	for _, n := range []int{len(dg) - 1, len(dg) - 8, len(dg) - 15} {
+		if try(dg[:n]) {
+			t.Errorf("cut to %d bytes (inside the tag): said cut", n)
+		}
+	}
+	flipped := bytes.Clone(dg)
+	flipped[len(flipped)-1] ^= 1
+	if try(flipped) {
+		t.Error("a flipped tag bit: said cut")
+	}
+	random := make([]byte, 1452)
+	for i := range 200 {
+		rand.Read(random)
+		copy(random, dg[:sealedHeaderLen])
+		binary.BigEndian.PutUint64(random[8:], uint64(i))
+		if try(random) {
+			t.Errorf("random bytes %d: said cut", i)
+		}
+	}
+	if raceEnabled {
+		return
+	}
+	cut := bytes.Clone(dg[:1300])
+	var head [16]byte
+	copy(head[:], cut[sealedHeaderLen:])
+	b.open(cut)
+	if n := testing.AllocsPerRun(100, func() { b.cutShort(cut, &head) }); n != 0 {
+		t.Errorf("cutShort: %v allocations", n)
 	}
 }
