@@ -154,7 +154,7 @@ type Conn struct {
 	plainPeers   int
 	plainOrder   []*peer
 	plainEvicted addrSet // plaintext peers evicted, remembered (peer.go)
-	lastHello    map[[ed25519.PublicKeySize]byte]uint64
+	lastHello    map[[ed25519.PublicKeySize]byte]*helloLog
 
 	// With locks of their own (see the list above).
 	index *sessionIndex // sessions and initiations by local index (keypairs.go)
@@ -224,7 +224,7 @@ func newConn(s *socket, config *Config, spare *spareKey) (*Conn, error) {
 		peers:         make(map[netip.AddrPort]*peer),
 		index:         newSessionIndex(),
 		sq:            newSendQueue(),
-		lastHello:     make(map[[ed25519.PublicKeySize]byte]uint64),
+		lastHello:     make(map[[ed25519.PublicKeySize]byte]*helloLog),
 	}
 	if c.spare == nil {
 		c.spare = newSpareKey()

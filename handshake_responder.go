@@ -5,7 +5,96 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"net/netip"
+	"time"
 )
+
+// What the responder remembers of the hellos it answered (PROTOCOL.md 5.4).
+// A hello is refused as replayed when its timestamp is not newer than the
+// last one answered from its address, is one already answered from any
+// address, or lies more than helloReorder behind the newest answered from
+// its identity. Within helloReorder a hello older than the newest is still
+// answered if it comes from another address: one client reaching one
+// server on two paths at once sends two hellos a moment apart, and the
+// earlier one may arrive second; refusing it would cost that path a full
+// retry.
+const (
+	// helloReorder is how far behind the identity's newest answered hello
+	// a hello from another path may be: the retry interval's ceiling
+	// (retryAfter), since a hello overtaken by more than that is sent
+	// again, newer, by then anyway.
+	helloReorder = time.Second
+
+	// helloPaths is how many answered hellos per identity are remembered
+	// within helloReorder; past that the oldest is forgotten and every
+	// timestamp up to it refused.
+	helloPaths = 8
+)
+
+// helloLog is what the responder remembers of one identity's answered
+// hellos. It is guarded by Conn.mu.
+type helloLog struct {
+	newest uint64 // the newest answered timestamp
+	floor  uint64 // every timestamp at or below it is refused
+	n      int
+	recent [helloPaths]answeredHello // within helloReorder of newest
+}
+
+type answeredHello struct {
+	ts   uint64
+	from netip.AddrPort
+}
+
+// fresh reports whether a hello with timestamp ts from from may be
+// answered: not replayed, not overtaken on its own path, and not older
+// than the identity's newest answered hello by more than helloReorder.
+func (h *helloLog) fresh(ts uint64, from netip.AddrPort) bool {
+	if h == nil {
+		return true
+	}
+	switch {
+	case ts <= h.floor:
+		return false
+	case ts > h.newest:
+		return true
+	case h.newest-ts > uint64(helloReorder):
+		return false
+	}
+	for _, e := range h.recent[:h.n] {
+		if ts == e.ts || (e.from == from && ts < e.ts) {
+			return false
+		}
+	}
+	return true
+}
+
+// record remembers an answered hello. Entries more than helloReorder
+// behind the newest are dropped (fresh refuses anything that old without
+// them); when the rest fill the log, the oldest is dropped and becomes the
+// floor.
+func (h *helloLog) record(ts uint64, from netip.AddrPort) {
+	h.newest = max(h.newest, ts)
+	k := 0
+	for _, e := range h.recent[:h.n] {
+		if h.newest-e.ts <= uint64(helloReorder) {
+			h.recent[k] = e
+			k++
+		}
+	}
+	h.n = k
+	if h.n == helloPaths {
+		oldest := 0
+		for i, e := range h.recent {
+			if e.ts < h.recent[oldest].ts {
+				oldest = i
+			}
+		}
+		h.floor = max(h.floor, h.recent[oldest].ts)
+		h.recent[oldest] = h.recent[h.n-1]
+		h.n--
+	}
+	h.recent[h.n] = answeredHello{ts, from}
+	h.n++
+}
 
 // handleHello answers a hello from from that arrived at local, from there.
 func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
@@ -29,7 +118,7 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 	copy(idKey[:], m.identity)
 	c.mu.RLock()
 	pr := c.peers[from]
-	last := c.lastHello[idKey]
+	fresh := c.lastHello[idKey].fresh(m.timestamp, from)
 	full := pr == nil && c.learned >= c.cfg.MaxPeers
 	c.mu.RUnlock()
 	if full {
@@ -39,8 +128,8 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 		c.stats.peerLimit.Add(1)
 		return
 	}
-	if m.timestamp <= last {
-		c.stats.stale.Add(1) // a replayed or reordered hello
+	if !fresh {
+		c.stats.stale.Add(1) // a replayed hello, or one overtaken on its path
 		return
 	}
 	if c.policyFor(pr) == Plaintext {
@@ -99,7 +188,7 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 		return
 	}
 	c.mu.Lock()
-	if m.timestamp <= c.lastHello[idKey] {
+	if !c.lastHello[idKey].fresh(m.timestamp, from) {
 		c.mu.Unlock()
 		c.index.release(idx)
 		c.stats.stale.Add(1)
@@ -116,7 +205,13 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 		c.peers[from] = pr
 		c.learned++
 	}
-	c.lastHello[idKey] = m.timestamp // only for a hello that is answered
+	// Only a hello that is answered is remembered.
+	h := c.lastHello[idKey]
+	if h == nil {
+		h = new(helloLog)
+		c.lastHello[idKey] = h
+	}
+	h.record(m.timestamp, from)
 	c.mu.Unlock()
 
 	queued := c.install(pr, s, keys.peerIdentity, wall, nil)

@@ -256,8 +256,8 @@ func (c *Conn) onIdle(p *peer, now int64) bool {
 func (c *Conn) forgetOldHellos() {
 	edge := uint64(c.cfg.now().Add(-c.cfg.FreshnessWindow).UnixNano())
 	c.mu.Lock()
-	for k, ts := range c.lastHello {
-		if ts < edge {
+	for k, h := range c.lastHello {
+		if h.newest < edge {
 			delete(c.lastHello, k)
 		}
 	}
