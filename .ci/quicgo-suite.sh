@@ -45,7 +45,6 @@ plain_endpoint=(
 )
 # Genuine differences still open (issue 25), run when fixed:
 open_issues=(
-  TestMultiplexingConnectToSelf # item 1: a write to the Conn's own address does not wake a reader blocked in ReadFrom
 )
 # Timing: asserts that a request ends 25 ms (+-12.5) after it began, handshake
 # included. Alone it takes 29-32 ms over UDP and 28-53 ms over vaultudp (5 of
