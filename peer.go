@@ -326,32 +326,38 @@ func (c *Conn) peerInfos(match func(netip.AddrPort) bool) []PeerInfo {
 	out := make([]PeerInfo, 0, len(ps))
 	now := c.now()
 	for _, p := range ps {
-		p.mu.Lock()
-		key := p.pinned
-		if key == nil {
-			key = p.identity
-		}
-		out = append(out, PeerInfo{
-			Addr:          p.addr,
-			PublicKey:     slices.Clone(key),
-			Policy:        p.policy(),
-			Protocol:      ProtocolV3,
-			Configured:    p.configured,
-			Established:   c.usable(p.kp.current(), now),
-			LastHandshake: p.lastHandshake,
-			DatagramsIn:   p.datagramsIn.Load(),
-			BytesIn:       p.bytesIn.Load(),
-			DatagramsOut:  p.datagramsOut.Load(),
-			BytesOut:      p.bytesOut.Load(),
-			LastFailure:   p.lastFailure,
-		})
-		if p.proto != nil {
-			p.proto.info(&out[len(out)-1]) // protocol v2 (proto_v2.go)
-		}
-		p.mu.Unlock()
+		out = append(out, c.infoOf(p, now))
 	}
 	slices.SortFunc(out, func(a, b PeerInfo) int { return a.Addr.Compare(b.Addr) })
 	return out
+}
+
+// infoOf describes p at now.
+func (c *Conn) infoOf(p *peer, now int64) PeerInfo {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	key := p.pinned
+	if key == nil {
+		key = p.identity
+	}
+	info := PeerInfo{
+		Addr:          p.addr,
+		PublicKey:     slices.Clone(key),
+		Policy:        p.policy(),
+		Protocol:      ProtocolV3,
+		Configured:    p.configured,
+		Established:   c.usable(p.kp.current(), now),
+		LastHandshake: p.lastHandshake,
+		DatagramsIn:   p.datagramsIn.Load(),
+		BytesIn:       p.bytesIn.Load(),
+		DatagramsOut:  p.datagramsOut.Load(),
+		BytesOut:      p.bytesOut.Load(),
+		LastFailure:   p.lastFailure,
+	}
+	if p.proto != nil {
+		p.proto.info(&info) // protocol v2 (proto_v2.go)
+	}
+	return info
 }
 
 // How a peer came to be. What the Conn may send of its own accord to a
