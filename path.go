@@ -159,6 +159,12 @@ func (c *Conn) handleSealedControl(pr *peer, s *session, msg []byte, from netip.
 		to := pr.addr
 		pr.mu.Unlock()
 		c.sendChallenge(s, to, ctlResponse, data, true)
+		// The peer may be validating a new address of ours (a rebind):
+		// our token is bound to our port (reset.go), so it goes again,
+		// at most once a retry interval.
+		if time.Duration(c.now()-s.tokenSent.Load()) >= c.retryAfter() {
+			c.sendToken(s, to)
+		}
 	case ctlResponse:
 		c.handleResponse(pr, data, from)
 	default:
@@ -188,6 +194,10 @@ func (c *Conn) handleResponse(pr *peer, data [8]byte, from netip.AddrPort) {
 	if !c.movePeer(pr, from) {
 		c.dropHeld(held)
 		return
+	}
+	// The token we gave the peer is bound to its old address (reset.go).
+	if cur := pr.kp.current(); cur != nil {
+		c.sendToken(cur, from)
 	}
 	for _, q := range held {
 		if !c.queueRead(q, pr) {
