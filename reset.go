@@ -221,6 +221,7 @@ func (c *Conn) sendReset(index uint32, from netip.AddrPort, local netip.Addr) {
 	}
 	c.stats.resetsSent.Add(1)
 }
+
 // receiveReset handles a reset datagram: if it names a session of the
 // peer at its source, with that session's token, the peer lost its state:
 // its sessions go, and a handshake starts at once. A reset that names an

@@ -40,7 +40,9 @@ func newPathRelay(t testing.TB, a, b netip.AddrPort) *pathRelay {
 	return r
 }
 
-func (r *pathRelay) addr() netip.AddrPort { return normAddr(r.pc.LocalAddr().(*net.UDPAddr).AddrPort()) }
+func (r *pathRelay) addr() netip.AddrPort {
+	return normAddr(r.pc.LocalAddr().(*net.UDPAddr).AddrPort())
+}
 
 func (r *pathRelay) run() {
 	defer close(r.done)
