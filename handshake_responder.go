@@ -59,12 +59,23 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 	replacing := pr != nil && c.tofuOnly(pr) && !pr.hasIdentity(m.identity) && c.replaceable(pr)
 	if err := c.trust(pr, from, m.identity); err != nil && !replacing {
 		c.stats.rejected.Add(1)
+		// Refused once, refused for good: a replay of this hello is
+		// stale, and costs neither a signature check nor a liveness
+		// challenge.
+		c.mu.Lock()
+		if m.timestamp > c.lastHello[idKey] {
+			c.lastHello[idKey] = m.timestamp
+		}
+		c.mu.Unlock()
 		if pr != nil {
+			// Kept to explain a handshake timeout (timers.go), but not
+			// the peer's LastFailure: nothing proved the hello came from
+			// the peer's address, and anyone can send one from there.
 			pr.mu.Lock()
-			pr.lastFailure, pr.refused = err, err
+			pr.refused = err
 			pr.mu.Unlock()
 		}
-		c.log.Info("vaultudp: handshake refused", "peer", from, "err", err)
+		c.log.Debug("vaultudp: handshake refused", "peer", from, "err", err)
 		return
 	}
 	if pr != nil {

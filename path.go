@@ -159,12 +159,6 @@ func (c *Conn) handleSealedControl(pr *peer, s *session, msg []byte, from netip.
 		to := pr.addr
 		pr.mu.Unlock()
 		c.sendChallenge(s, to, ctlResponse, data, true)
-		// The peer may be validating a new address of ours (a rebind):
-		// our token is bound to our port (reset.go), so it goes again,
-		// at most once a retry interval.
-		if time.Duration(c.now()-s.tokenSent.Load()) >= c.retryAfter() {
-			c.sendToken(s, to)
-		}
 	case ctlResponse:
 		c.handleResponse(pr, data, from)
 	default:
@@ -302,8 +296,10 @@ func (c *Conn) replaceable(pr *peer) bool {
 	to, data := pr.addr, lc.data
 	pr.mu.Unlock()
 	if send {
-		// To the peer's validated address, which proved it receives.
-		c.sendChallenge(s, to, ctlChallenge, data, true)
+		// To the peer's validated address, which proved it receives;
+		// unpadded, so that it is smaller than the hello that caused it
+		// (a hello forged as from the peer must not reflect more).
+		c.sendChallenge(s, to, ctlChallenge, data, false)
 	}
 	return false
 }

@@ -22,6 +22,8 @@ import (
 // peer, the backend sees it as its client. The backend can be switched
 // (a balancer that moves the flow), and the open datagrams (handshake
 // messages) from a can be held back, as a slow path would.
+var debugRelay = false
+
 type pathRelay struct {
 	pc      *net.UDPConn
 	a       netip.AddrPort
@@ -29,6 +31,7 @@ type pathRelay struct {
 	hold    atomic.Bool
 	held    chan []byte
 	done    chan struct{}
+	toA     atomic.Int64 // bytes forwarded to a
 }
 
 func newPathRelay(t testing.TB, a, b netip.AddrPort) *pathRelay {
@@ -63,6 +66,10 @@ func (r *pathRelay) run() {
 			}
 			r.pc.WriteToUDPAddrPort(d, *r.backend.Load())
 			continue
+		}
+		r.toA.Add(int64(n))
+		if debugRelay {
+			println("to a", n, d[1])
 		}
 		r.pc.WriteToUDPAddrPort(d, r.a) // from a backend, or anyone: to a
 	}
