@@ -63,6 +63,7 @@ type Conn struct {
 	stats      counters
 
 	queuedBytes atomic.Int64 // bytes waiting for handshakes, all peers
+	heldBytes   atomic.Int64 // buffers held on paths being validated, all peers (path.go)
 	helloSweep  int64        // Conn clock of the last forgetOldHellos; housekeeping's own
 
 	v2 *v2.Endpoint // protocol v2 (the Python reference's format) peers: proto_v2.go
