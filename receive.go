@@ -114,6 +114,15 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	var queued [][]byte
 	confirmed := false
 	if !s.confirmed.Load() {
+		if *pr.at.Load() != p.from {
+			// A responder session is confirmed only from the address
+			// its hello came from: the confirmation proves the
+			// initiator receives there (PROTOCOL 5.16). From elsewhere
+			// (a copy read on the path) it confirms nothing; the
+			// initiator's next datagram from the address does.
+			c.stats.unvalidated.Add(1)
+			return false
+		}
 		pr.mu.Lock()
 		if !s.confirmed.Load() {
 			queued = c.confirmLocked(pr, s)

@@ -29,6 +29,7 @@ type pathRelay struct {
 	a       netip.AddrPort
 	backend atomic.Pointer[netip.AddrPort]
 	hold    atomic.Bool
+	holdAll atomic.Bool // hold sealed datagrams from a too
 	held    chan []byte
 	done    chan struct{}
 	toA     atomic.Int64 // bytes forwarded to a
@@ -56,8 +57,11 @@ func (r *pathRelay) run() {
 			return
 		}
 		d := append([]byte(nil), buf[:n]...)
+		if debugRelay {
+			println("relay got", n, d[1], from.String())
+		}
 		if normAddr(from) == r.a {
-			if r.hold.Load() && n > 1 && d[1] == typeOpen {
+			if r.hold.Load() && n > 1 && (d[1] == typeOpen || r.holdAll.Load()) {
 				select {
 				case r.held <- d:
 				default:
