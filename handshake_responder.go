@@ -8,19 +8,14 @@ import (
 )
 
 // handleHello answers a hello from from that arrived at local, from there.
+// The reader applied the cookie rule to it already (helloGate).
 func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 	m, err := parseHello(msg)
 	if err != nil {
 		c.stats.malformed.Add(1)
 		return
 	}
-	wall := c.cfg.now()
-	if c.cookies.underLoad(wall) && !c.cookies.valid(from, m.cookie, wall) {
-		cookie := c.cookies.make(from, wall)
-		c.stats.cookiesSent.Add(1)
-		c.sendControlFrom(from, local, cookieMsg(m.senderIndex, cookie[:]))
-		return
-	}
+	wall := c.cfg.now() // the cookie rule was applied before it was queued (helloGate)
 	if err := checkFresh(m.timestamp, wall, c.cfg.FreshnessWindow); err != nil {
 		c.stats.stale.Add(1)
 		return

@@ -3,9 +3,7 @@ package vaultudp
 import (
 	"crypto/ed25519"
 	"encoding/binary"
-	"hash/maphash"
 	"net/netip"
-	"sync"
 
 	"golang.org/x/crypto/blake2b"
 )
@@ -91,28 +89,14 @@ const (
 	// of a restarted Conn needs one per session, a handful behind one NAT.
 	resetRate  = 20
 	resetBurst = 20
-	// resetSlots is the size of the table of per-source budgets, 24 bytes
-	// each: allocated at the first reset.
-	resetSlots = 4096
 )
 
 var resetLabel = []byte("vaultudp/3 reset key\x00")
 
 // resetter computes tokens and paces resets per source.
 type resetter struct {
-	key  [32]byte
-	seed maphash.Seed // secret: an attacker cannot aim at a slot
-
-	mu    sync.Mutex
-	slots []resetSlot // resetSlots, allocated at the first use
-}
-
-// resetSlot is the token bucket of the sources that hash to it: the last
-// one seen (tag) owns it; another source takes it over with a full bucket.
-type resetSlot struct {
-	tag    uint64
-	tokens float64
-	last   int64 // Conn clock of the last refill
+	key    [32]byte
+	budget sourceBudget // cookie.go
 }
 
 func newResetter(identity ed25519.PrivateKey) *resetter {
@@ -121,7 +105,7 @@ func newResetter(identity ed25519.PrivateKey) *resetter {
 		panic(err) // a 32-byte key: cannot happen
 	}
 	mac.Write(resetLabel)
-	r := &resetter{seed: maphash.MakeSeed()}
+	r := &resetter{budget: newSourceBudget(resetRate, resetBurst)}
 	mac.Sum(r.key[:0])
 	return r
 }
@@ -142,37 +126,6 @@ func (r *resetter) token(i uint32, peer netip.AddrPort, localPort uint16) (t [to
 	mac.Write(b[:])
 	mac.Sum(t[:0])
 	return t
-}
-
-// allow takes one reset from the budget of from's source at now (Conn
-// clock, nanoseconds).
-func (r *resetter) allow(from netip.AddrPort, now int64) bool {
-	ip := from.Addr().Unmap()
-	var h uint64
-	if ip.Is4() {
-		a := ip.As4()
-		h = maphash.Bytes(r.seed, a[:])
-	} else {
-		a := ip.As16()
-		h = maphash.Bytes(r.seed, a[:8]) // the /64
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.slots == nil {
-		r.slots = make([]resetSlot, resetSlots)
-	}
-	s := &r.slots[h%resetSlots]
-	if s.tag != h || s.last == 0 {
-		*s = resetSlot{tag: h, tokens: resetBurst, last: now}
-	} else {
-		s.tokens = min(resetBurst, s.tokens+float64(now-s.last)*resetRate/1e9)
-		s.last = now
-	}
-	if s.tokens < 1 {
-		return false
-	}
-	s.tokens--
-	return true
 }
 
 // issued reports whether idx is one this Conn has handed out and still
@@ -207,7 +160,7 @@ func (c *Conn) sendToken(s *session, to netip.AddrPort) {
 // It sends nothing for an index it issued (a hello's index is seen in
 // clear, and the session it makes takes it), nor beyond from's budget.
 func (c *Conn) sendReset(index uint32, from netip.AddrPort, local netip.Addr) {
-	if c.index.issued(index) || !c.resets.allow(from, c.now()) {
+	if c.index.issued(index) || !c.resets.budget.allow(from, c.now()) {
 		return
 	}
 	b := make([]byte, resetLen)

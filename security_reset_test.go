@@ -354,15 +354,15 @@ func TestSecurityResetBudgetPerSource(t *testing.T) {
 	took := time.Since(start)
 	st := c.Stats()
 	rateSeen := float64(flooded.Load()) / time.Since(floodStart).Seconds()
-	s2.resets.mu.Lock()
-	slots := len(s2.resets.slots)
-	s2.resets.mu.Unlock()
+	s2.resets.budget.mu.Lock()
+	slots := len(s2.resets.budget.slots)
+	s2.resets.budget.mu.Unlock()
 	t.Logf("junk flood at %.0f/s from forged sources: the client got %d reset(s) in 3 writes, reached again: %v after %v; the server sent %d resets; budget table %d slots (%d KiB)",
 		rateSeen, st.ResetsReceived-before.ResetsReceived, arrived, took.Round(time.Millisecond), s2.Stats().ResetsSent, slots, slots*24/1024)
 	if st.ResetsReceived == before.ResetsReceived || !arrived {
 		t.Errorf("the flood starved the client of its reset (resets %d, arrived %v)", st.ResetsReceived-before.ResetsReceived, arrived)
 	}
-	if slots > resetSlots {
+	if slots > budgetSlots {
 		t.Errorf("budget table grew to %d slots", slots)
 	}
 }
