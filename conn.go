@@ -80,6 +80,7 @@ type Conn struct {
 	hsQueue  chan *handshakeElem // handshake_queue.go
 	hsElems  sync.Pool           // *handshakeElem
 	hsMu     sync.Mutex          // held while a handshake message is handled
+	hsQueued atomic.Int32        // messages queued and not yet handled (handshake_queue.go)
 	hsInline *rate.Limiter       // handshake messages the readers may handle themselves
 	spare    *spareKey           // the first handshake message's ephemeral key, made ahead (handshake.go)
 

@@ -1,6 +1,7 @@
 package vaultudp
 
 import (
+	"bytes"
 	"net/netip"
 
 	"golang.org/x/time/rate"
@@ -53,6 +54,7 @@ type handshakeElem struct {
 	n     int
 	from  netip.AddrPort
 	local netip.Addr
+	v2    []byte // instead of msg: a protocol v2 key exchange datagram (queueV2)
 }
 
 // queueHandshake handles msg at once if the handshake path is idle, and
@@ -66,7 +68,9 @@ func (c *Conn) queueHandshake(msg []byte, from netip.AddrPort, local netip.Addr)
 	if msg[0] == ctlHello && c.helloGate(msg, from, local) {
 		return
 	}
-	if c.cfg.VerifyPeer == nil && len(c.hsQueue) == 0 && c.hsMu.TryLock() {
+	// hsQueued, not len(hsQueue): a message taken off the queue but not
+	// yet handled must not be overtaken either.
+	if c.cfg.VerifyPeer == nil && c.hsQueued.Load() == 0 && c.hsMu.TryLock() {
 		inline := c.hsInline.Allow()
 		if inline {
 			c.handleHandshake(msg, from, local)
@@ -78,11 +82,49 @@ func (c *Conn) queueHandshake(msg []byte, from netip.AddrPort, local netip.Addr)
 	}
 	e := c.hsElems.Get().(*handshakeElem)
 	e.n, e.from, e.local = copy(e.msg[:], msg), from, local
+	c.hsQueued.Add(1)
 	select {
 	case c.hsQueue <- e:
 	default:
+		c.hsQueued.Add(-1)
 		c.hsElems.Put(e)
 		c.stats.handshakeQueueFull.Add(1)
+	}
+}
+
+// queueV2 puts a protocol v2 datagram carrying a plaintext key exchange
+// (a signature check, and VerifyPeer, from any source on a v2 peer's IP)
+// on the handshake queue, as a native hello is: handled by the handshake
+// goroutine, dropped and counted (Drops.HandshakeQueueFull) when the queue
+// is full. It copies b.
+func (c *Conn) queueV2(src netip.AddrPort, b []byte) bool {
+	e := c.hsElems.Get().(*handshakeElem)
+	e.from, e.local, e.v2 = src, netip.Addr{}, bytes.Clone(b)
+	c.hsQueued.Add(1)
+	select {
+	case c.hsQueue <- e:
+		return true
+	default:
+		c.hsQueued.Add(-1)
+		e.v2 = nil
+		c.hsElems.Put(e)
+		c.stats.handshakeQueueFull.Add(1)
+		return false
+	}
+}
+
+// receiveV2Deferred handles what queueV2 queued, and delivers its
+// payload, if any, as receiveOther does.
+func (c *Conn) receiveV2Deferred(src netip.AddrPort, b []byte) {
+	from, payload := c.v2.ReceiveDeferred(src, b)
+	if payload == nil {
+		return
+	}
+	p := c.getPacket()
+	p.from = from
+	pr, _ := c.peerFor(from, lookupOnly)
+	if !c.deliver(p, pr, &record{payload: payload, hasPayload: true, compressed: true}) {
+		c.putPacket(p)
 	}
 }
 
@@ -97,7 +139,13 @@ func (c *Conn) handshakeLoop() {
 			return
 		case e := <-c.hsQueue:
 			c.hsMu.Lock()
-			c.handleHandshake(e.msg[:e.n], e.from, e.local)
+			if e.v2 != nil {
+				c.receiveV2Deferred(e.from, e.v2)
+				e.v2 = nil
+			} else {
+				c.handleHandshake(e.msg[:e.n], e.from, e.local)
+			}
+			c.hsQueued.Add(-1)
 			c.hsMu.Unlock()
 			c.hsElems.Put(e)
 		}
