@@ -44,10 +44,11 @@ import (
 // session or a pending hello (sessionIndex.issued): a hello's index travels
 // in clear, and its session takes that index.
 //
-// A path change keeps the token true: the side that moves its peer to a
-// validated address sends the token for the new address, and the side
-// that answers a path challenge (its own address changed: a rebind)
-// sends its token again too.
+// A path change keeps the token true where it can: the side that moves
+// its peer to a validated address (NAT rebinding, roaming) sends the
+// token for the new address. A Rebind to another port makes the tokens
+// this Conn gave stale until the next rekey: a restart in between is
+// found by the peers' silence timers instead.
 //
 // Token message, in the "c" field of a sealed envelope, padded as data,
 // sent by each side at the start of each session (the initiator with its
