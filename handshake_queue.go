@@ -98,6 +98,10 @@ func (c *Conn) queueHandshake(msg []byte, from netip.AddrPort, local netip.Addr)
 // goroutine, dropped and counted (Drops.HandshakeQueueFull) when the queue
 // is full. It copies b.
 func (c *Conn) queueV2(src netip.AddrPort, b []byte) bool {
+	if len(c.hsQueue) == cap(c.hsQueue) {
+		c.stats.handshakeQueueFull.Add(1) // full: dropped before the copy
+		return false
+	}
 	e := c.hsElems.Get().(*handshakeElem)
 	e.from, e.local, e.v2 = src, netip.Addr{}, bytes.Clone(b)
 	c.hsQueued.Add(1)

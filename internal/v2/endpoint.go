@@ -240,6 +240,7 @@ type Peer struct {
 	replay    *replayCache      // kept across key exchanges and source ports (§13d)
 	heard     bool              // a sealed datagram from it opened since its last plaintext key exchange: it holds our keys
 	sendPort  uint16            // the source port of its last sealed datagram (its sending socket)
+	kxFrom    uint16            // the source port of its last accepted plaintext key exchange (Receive's order only)
 	kxEver    bool
 	kxSent    int64 // Clock of our last key exchange to it
 	kxPort    int   // the port it advertised
@@ -884,7 +885,7 @@ func (e *Endpoint) Receive(src netip.AddrPort, b, scratch []byte) (from netip.Ad
 			}
 			vp.mu.Lock()
 			defer vp.mu.Unlock()
-			return vp.sendPort == src.Port()
+			return vp.sendPort == src.Port() || vp.kxFrom == src.Port()
 		}
 		open := func(vp *Peer) (ok bool, payload []byte) {
 			shared := vp.shared.Load()
@@ -1118,8 +1119,9 @@ func (e *Endpoint) handleKeyExchange(src netip.AddrPort, peers []*Peer, from *Pe
 	vp.heard = false
 	// The reference sends from the port it will seal from: Receive tries
 	// this peer's key first for datagrams from there. (A replayed key
-	// exchange from elsewhere only changes that order.)
-	vp.sendPort = src.Port()
+	// exchange from elsewhere only changes that order; plaintext payloads
+	// are attributed by sendPort, which only sealed datagrams set.)
+	vp.kxFrom = src.Port()
 	answer := vp.policy != Plaintext && (vp.answers == 0 || time.Duration(now-vp.answered) >= answerEvery)
 	if answer {
 		vp.answers++
