@@ -69,6 +69,7 @@ type Conn struct {
 	clock       atomic.Int64 // coarse monotonic nanoseconds of clk, advanced each tick (timers.go)
 	stats       counters
 	queuedBytes atomic.Int64           // bytes waiting for handshakes, all peers
+	heldBytes   atomic.Int64           // buffers held on paths being validated, all peers (path.go)
 	sock        atomic.Pointer[socket] // replaced by Rebind under rebindMu
 
 	routes *routeCache // route MTUs per destination, with its own lock (pathmtu.go)
@@ -84,6 +85,7 @@ type Conn struct {
 	recvQ    chan *packet
 	hsQueue  chan *handshakeElem // handshake_queue.go
 	hsElems  sync.Pool           // *handshakeElem
+	hsQueued atomic.Int32        // messages queued and not yet handled (handshake_queue.go)
 	hsInline *rate.Limiter       // handshake messages the readers may handle themselves
 
 	// The read side (direct.go): deadlines, and who reads the socket.

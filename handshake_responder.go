@@ -97,19 +97,14 @@ func (h *helloLog) record(ts uint64, from netip.AddrPort) {
 }
 
 // handleHello answers a hello from from that arrived at local, from there.
+// The reader applied the cookie rule to it already (helloGate).
 func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 	m, err := parseHello(msg)
 	if err != nil {
 		c.stats.malformed.Add(1)
 		return
 	}
-	wall := c.cfg.now()
-	if c.cookies.underLoad(wall) && !c.cookies.valid(from, m.cookie, wall) {
-		cookie := c.cookies.make(from, wall)
-		c.stats.cookiesSent.Add(1)
-		c.sendControlFrom(from, local, cookieMsg(m.senderIndex, cookie[:]))
-		return
-	}
+	wall := c.cfg.now() // the cookie rule was applied before it was queued (helloGate)
 	if err := checkFresh(m.timestamp, wall, c.cfg.FreshnessWindow); err != nil {
 		c.stats.stale.Add(1)
 		return
@@ -148,12 +143,26 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 	replacing := pr != nil && c.tofuOnly(pr) && !pr.hasIdentity(m.identity) && c.replaceable(pr)
 	if err := c.trust(pr, from, m.identity); err != nil && !replacing {
 		c.stats.rejected.Add(1)
+		// Refused once, refused for good: a replay of this hello is
+		// stale, and costs neither a signature check nor a liveness
+		// challenge.
+		c.mu.Lock()
+		h := c.lastHello[idKey]
+		if h == nil {
+			h = new(helloLog)
+			c.lastHello[idKey] = h
+		}
+		h.record(m.timestamp, from)
+		c.mu.Unlock()
 		if pr != nil {
+			// Kept to explain a handshake timeout (timers.go), but not
+			// the peer's LastFailure: nothing proved the hello came from
+			// the peer's address, and anyone can send one from there.
 			pr.mu.Lock()
-			pr.lastFailure, pr.refused = err, err
+			pr.refused = err
 			pr.mu.Unlock()
 		}
-		c.log.Info("vaultudp: handshake refused", "peer", from, "err", err)
+		c.log.Debug("vaultudp: handshake refused", "peer", from, "err", err)
 		return
 	}
 	if pr != nil {

@@ -84,6 +84,7 @@ func newV2Endpoint(c *Conn) (*v2.Endpoint, error) {
 		Clock:         c.now,
 		Now:           c.cfg.now,
 		VerifyPeer:    c.cfg.VerifyPeer,
+		Defer:         c.queueV2, // handshake_queue.go: off the reader
 		Log:           c.log,
 		Counters: v2.Counters{
 			Malformed: &k.malformed, Replay: &k.replay, Auth: &k.auth, Policy: &k.policy,

@@ -125,6 +125,17 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	var queued [][]byte
 	confirmed, replaced := false, false
 	if !s.confirmed.Load() {
+		if !s.initiator && *pr.at.Load() != p.from {
+			// A responder session is confirmed only from the address
+			// its hello came from: the confirmation proves the
+			// initiator receives there (PROTOCOL 5.6, 5.16). From
+			// elsewhere (a copy read on the path) it confirms nothing;
+			// the initiator's next datagram from the address does. (An
+			// initiator session needs no confirmation: the reply did;
+			// its first datagram from elsewhere starts a path check.)
+			c.stats.unvalidated.Add(1)
+			return false
+		}
 		pr.mu.Lock()
 		if !s.confirmed.Load() {
 			queued, replaced = c.confirmLocked(pr, s)

@@ -48,6 +48,7 @@ type Drops struct {
 	HandshakeTimeout   uint64 // written datagrams dropped when their handshake failed
 	PeerLimit          uint64 // handshakes refused because Config.MaxPeers was reached
 	HandshakeQueueFull uint64 // handshake messages dropped because the handshake queue was full (a flood)
+	CookieLimit        uint64 // hellos without a valid cookie under load from a source past its cookie budget (a flood)
 	V2SendLimit        uint64 // written to ProtocolV2 peers but not sent: over the reference's 100 a second
 
 	// Written by the application, not sent, and not returned as an
@@ -73,6 +74,7 @@ type counters struct {
 	unvalidated, abovePathMTU                          atomic.Uint64
 	silences, keepalivesSent, keepalivesReceived       atomic.Uint64
 	handshakeQueueFull                                 atomic.Uint64
+	cookieLimit                                        atomic.Uint64
 	resetsSent, resetsReceived                         atomic.Uint64
 }
 
@@ -123,6 +125,7 @@ func (c *Conn) Stats() Stats {
 			HandshakeTimeout:   k.dropHandshakeTimeout.Load(),
 			PeerLimit:          k.peerLimit.Load(),
 			HandshakeQueueFull: k.handshakeQueueFull.Load(),
+			CookieLimit:        k.cookieLimit.Load(),
 			Unvalidated:        k.unvalidated.Load(),
 			WriteQueueFull:     k.writeQueueFull.Load(),
 			WriteBackoff:       k.writeBackoff.Load(),
