@@ -353,7 +353,7 @@ func (c *Conn) handleReply(msg []byte) {
 		// and writes report it (an on-path attacker, who could drop the
 		// reply anyway, can end an attempt this way, no more).
 		c.stats.rejected.Add(1)
-		c.log.Info("vaultudp: handshake refused", "peer", addr, "err", err)
+		c.event(Event{Kind: EventRefused, Addr: addr, Key: r.identity, Err: err})
 		p.mu.Lock()
 		if p.init == init || p.prevInit == init {
 			c.failLocked(p, c.now(), err)

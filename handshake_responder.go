@@ -162,7 +162,7 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 			pr.refused = err
 			pr.mu.Unlock()
 		}
-		c.log.Debug("vaultudp: handshake refused", "peer", from, "err", err)
+		c.event(Event{Kind: EventRefused, Addr: from, Key: m.identity, Err: err})
 		return
 	}
 	if pr != nil {

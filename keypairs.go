@@ -348,6 +348,9 @@ func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall tim
 	p.mu.Unlock()
 	if ok { // logged with no lock held: the handler is the application's code
 		c.log.Debug("vaultudp: session established", "peer", addr, "initiator", s.initiator, "rekey", rekey)
+		if s.initiator && !rekey {
+			c.event(Event{Kind: EventUp, Addr: addr, Key: identity})
+		}
 	}
 	return queued
 }
@@ -398,13 +401,15 @@ func (c *Conn) installLocked(p *peer, s *session, identity ed25519.PublicKey, wa
 
 // confirmLocked makes s, a responder session now proven by a datagram
 // from the peer, its current session, and returns the datagrams that
-// waited for it, and whether s's new identity replaced an old one (for
-// the caller to log once p.mu is released). p.mu is held.
-func (c *Conn) confirmLocked(p *peer, s *session) (queued [][]byte, replaced bool) {
+// waited for it, whether s's new identity replaced an old one, and
+// whether the peer had no session before (up), for the caller to report
+// once p.mu is released. p.mu is held.
+func (c *Conn) confirmLocked(p *peer, s *session) (queued [][]byte, replaced, up bool) {
 	s.confirmed.Store(true)
 	if !p.kp.isPending(s) {
-		return nil, false
+		return nil, false, false
 	}
+	up = p.kp.current() == nil
 	replace := false
 	if p.identity != nil && !bytes.Equal(p.identity, s.identity) {
 		// A new identity at a learned peer's address (path.go,
@@ -416,7 +421,7 @@ func (c *Conn) confirmLocked(p *peer, s *session) (queued [][]byte, replaced boo
 			c.index.remove(s)
 			s.confirmed.Store(false) // the caller drops the datagram
 			c.stats.rejected.Add(1)
-			return nil, false
+			return nil, false, false
 		}
 		replace = true
 		p.live, p.alive, p.replacing = nil, 0, 0
@@ -426,7 +431,7 @@ func (c *Conn) confirmLocked(p *peer, s *session) (queued [][]byte, replaced boo
 	p.identity = s.identity
 	p.established = true
 	p.notifyLocked()
-	return queued, replace
+	return queued, replace, up || replace
 }
 
 // flushQueueLocked hands the datagrams waiting for a session to the

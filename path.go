@@ -249,8 +249,8 @@ func (c *Conn) handleResponse(pr *peer, data [8]byte, from netip.AddrPort) {
 // refuses (false) if pr is gone or another peer holds the address.
 func (c *Conn) movePeer(pr *peer, to netip.AddrPort) bool {
 	from, ok := c.movePeerTable(pr, to)
-	if ok { // logged with no lock held: the handler is the application's code
-		c.log.Debug("vaultudp: peer moved to a validated address", "from", from, "to", to)
+	if ok { // reported with no lock held: the handler is the application's code
+		c.event(Event{Kind: EventRoamed, Addr: to, From: from})
 	}
 	return ok
 }

@@ -123,7 +123,7 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	// checked again there (one goroutine promotes, as wireguard-go's
 	// ReceivedWithKeypair).
 	var queued [][]byte
-	confirmed, replaced := false, false
+	confirmed, replaced, up := false, false, false
 	if !s.confirmed.Load() {
 		if !s.initiator && *pr.at.Load() != p.from {
 			// A responder session is confirmed only from the address
@@ -138,7 +138,7 @@ func (c *Conn) receiveSealed(p *packet) bool {
 		}
 		pr.mu.Lock()
 		if !s.confirmed.Load() {
-			queued, replaced = c.confirmLocked(pr, s)
+			queued, replaced, up = c.confirmLocked(pr, s)
 			confirmed = s.confirmed.Load()
 			if !confirmed {
 				// A new identity refused at confirmation: the old one
@@ -150,6 +150,9 @@ func (c *Conn) receiveSealed(p *packet) bool {
 		pr.mu.Unlock()
 		if replaced {
 			c.log.Debug("vaultudp: a new identity replaced an unanswering one", "peer", p.from)
+		}
+		if up {
+			c.event(Event{Kind: EventUp, Addr: p.from, Key: s.identity})
 		}
 	}
 	to := *pr.at.Load()

@@ -213,7 +213,7 @@ func (c *Conn) receiveReset(p *packet) {
 	pr.notifyLocked()
 	pr.mu.Unlock()
 	c.stats.resetsReceived.Add(1)
-	c.log.Debug("vaultudp: peer reset its session", "peer", p.from)
+	c.event(Event{Kind: EventReset, Addr: p.from})
 	if hello {
 		c.sendHello(pr)
 	}

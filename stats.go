@@ -59,6 +59,7 @@ type Drops struct {
 	WriteBackoff   uint64 // the last handshake with the peer failed less than HandshakeTimeout ago
 	WritePeerLimit uint64 // a write to a new address while Config.MaxPeers learned peers exist
 	SendFailed     uint64 // sealed and queued behind a streaming writer's earlier datagrams, then refused by the socket (the write had returned)
+	EventsDropped  uint64 // events not given to Config.Events: its queue was full (the callback is slow)
 }
 
 // counters are the Conn's atomic counters behind Stats.
@@ -70,7 +71,7 @@ type counters struct {
 	rateLimit, queueFull, tooLarge, unknownSession     atomic.Uint64
 	dropHandshakeTimeout, peerLimit                    atomic.Uint64
 	writeQueueFull, writeBackoff, writePeerLimit       atomic.Uint64
-	sendFailed, truncated                              atomic.Uint64
+	sendFailed, truncated, eventsDropped               atomic.Uint64
 	unvalidated, abovePathMTU                          atomic.Uint64
 	silences, keepalivesSent, keepalivesReceived       atomic.Uint64
 	handshakeQueueFull                                 atomic.Uint64
@@ -131,6 +132,7 @@ func (c *Conn) Stats() Stats {
 			WriteBackoff:       k.writeBackoff.Load(),
 			WritePeerLimit:     k.writePeerLimit.Load(),
 			SendFailed:         k.sendFailed.Load(),
+			EventsDropped:      k.eventsDropped.Load(),
 			V2SendLimit:        c.v2.SendLimited(),
 		},
 	}
