@@ -2,7 +2,7 @@ package v2
 
 // The Endpoint: protocol v2 on a Conn. Peers configured with ProtocolV2
 // are spoken to, and heard from, in the Python reference's format
-// (wire.go is the codec; ../shared/WIRE-V2.md, cited as §n, the facts),
+// (wire.go is the codec; docs/WIRE-V2.md, cited as §n, the facts),
 // on the same socket as native peers; the Conn reaches them through the
 // callbacks of Config and the methods of Endpoint and Peer
 // (proto_v2.go in the root package is the glue).
