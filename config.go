@@ -350,7 +350,7 @@ func (c *Config) resolve() (Config, error) {
 	return r, nil
 }
 
-// checkPeer validates a PeerConfig.
+// check validates a PeerConfig.
 func (p *PeerConfig) check() error {
 	if !p.Addr.IsValid() || p.Addr.Port() == 0 {
 		return fmt.Errorf("%w: peer address %v: want an IP and a non-zero port", ErrInvalidConfig, p.Addr)

@@ -13,8 +13,8 @@ type Stats struct {
 	DatagramsIn  uint64 // datagrams delivered to the application
 	BytesIn      uint64 // their payload bytes
 	DatagramsOut uint64 // datagrams the application wrote that were sent
-	AbovePathMTU uint64 // sealed datagrams sent larger than the path MTU to their peer: IP fragments them
 	BytesOut     uint64 // their payload bytes
+	AbovePathMTU uint64 // sealed datagrams sent larger than the path MTU to their peer: IP fragments them
 
 	Handshakes        uint64 // sessions established (either role)
 	Rekeys            uint64 // of which replaced a live session
@@ -50,11 +50,10 @@ type Drops struct {
 	HandshakeQueueFull uint64 // handshake messages dropped because the handshake queue was full (a flood)
 	CookieLimit        uint64 // hellos without a valid cookie under load from a source past its cookie budget (a flood)
 	V2SendLimit        uint64 // written to ProtocolV2 peers but not sent: over the reference's 100 a second
+	Unvalidated        uint64 // authentic, but from an address the peer has not proved: held for path validation and dropped when it failed, or another peer holds the address
 
 	// Written by the application, not sent, and not returned as an
 	// error (as a UDP socket drops what its full buffer cannot take):
-	Unvalidated uint64 // authentic, but from an address the peer has not proved: held for path validation and dropped when it failed, or another peer holds the address
-
 	WriteQueueFull uint64 // the queue of datagrams waiting for a handshake was full
 	WriteBackoff   uint64 // the last handshake with the peer failed less than HandshakeTimeout ago
 	WritePeerLimit uint64 // a write to a new address while Config.MaxPeers learned peers exist
