@@ -80,7 +80,9 @@ func TestFlashCrowd(t *testing.T) {
 		}
 	}
 	slices.Sort(took)
-	q := func(p float64) time.Duration { return took[min(len(took)-1, int(p*float64(len(took))))].Round(time.Millisecond) }
+	q := func(p float64) time.Duration {
+		return took[min(len(took)-1, int(p*float64(len(took))))].Round(time.Millisecond)
+	}
 	st := srv.Stats()
 	t.Logf("%d clients at once: all done in %v; to the echo p50 %v, p90 %v, p99 %v, max %v; server: %d handshakes, %d hellos dropped at the full handshake queue, %d cookies sent",
 		n, all.Round(time.Millisecond), q(0.5), q(0.9), q(0.99), took[len(took)-1].Round(time.Millisecond),
