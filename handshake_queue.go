@@ -212,8 +212,9 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// cookieQueueLen bounds the cookie messages waiting to be sent.
-const cookieQueueLen = 1024
+// cookieQueueLen bounds the cookie messages waiting to be sent: a burst's
+// worth (the goroutine sends them as they come); 8 KiB a Conn.
+const cookieQueueLen = 128
 
 // cookieJob is a cookie message to send: to from, from local, for the
 // hello with sender index index.
