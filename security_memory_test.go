@@ -36,6 +36,9 @@ func heldOnPaths(c *Conn) (bytes, datagrams int) {
 func TestSecurityPathHeldMemory(t *testing.T) {
 	sp := newSpoofer(t)
 	s := listenT(t, "udp4", "127.0.0.1:0", &Config{Padding: PadNone, HandshakeTimeout: time.Second})
+	if !s.sock.Load().Caps().GRO {
+		t.Skip("the socket reads no datagram larger than its MTU's (no UDP GRO: the portable path): the attack's 60 KB datagrams are dropped before any path check")
+	}
 	const sessions = 32
 	payload := strings.Repeat("x", 60000)
 	sent := 0
