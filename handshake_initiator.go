@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/vaultudp/vaultudp/internal/noise"
 )
 
 // Handshake waits until the peer at addr has a session, starting a
@@ -97,12 +99,12 @@ const (
 	helloRekey                        // the current session is due for renewal
 	helloReset                        // the peer reset the current session
 	helloSilence                      // sealed datagrams went unanswered for SilenceTimeout
-	helloTokenLost                    // the responder dropped the session it never saw confirmed
+	helloUnconfirmed                  // the responder never confirmed our session (its final message went unanswered)
 	helloRetry                        // this attempt's hello went unanswered for retryAfter
 	helloQueued                       // datagrams wait, and no attempt is under way
 )
 
-var helloReasons = [...]string{"asked", "write", "offer", "rekey", "reset", "silence", "token lost", "retry", "queued"}
+var helloReasons = [...]string{"asked", "write", "offer", "rekey", "reset", "silence", "unconfirmed", "retry", "queued"}
 
 func (r helloReason) String() string { return helloReasons[r] }
 
@@ -144,7 +146,7 @@ func (c *Conn) wantHelloLocked(p *peer, why helloReason, now int64) bool {
 		}
 	}
 	switch why {
-	case helloOffer, helloReset, helloTokenLost:
+	case helloOffer, helloReset, helloUnconfirmed:
 	default:
 		if c.awaitingConfirmLocked(p, now) {
 			return false
@@ -162,7 +164,7 @@ func (c *Conn) wantHelloLocked(p *peer, why helloReason, now int64) bool {
 // waiting, and the Conn from ever starting its own handshake with p. p.mu
 // is held.
 func (c *Conn) awaitingConfirmLocked(p *peer, now int64) bool {
-	if !p.kp.pending() {
+	if p.respNew == nil {
 		p.deferredAt = 0
 		return false
 	}
@@ -212,9 +214,7 @@ func (p *peer) mayRetryLocked() bool {
 }
 
 // helloWireLen is the length of a hello datagram.
-func (c *Conn) helloWireLen() int {
-	return openHeaderLen + (&record{control: make([]byte, helloFixedLen+len(c.hs.versions)+64+cookieLen)}).envelopeLen()
-}
+func (c *Conn) helloWireLen() int { return noise.HelloLen }
 
 // handshakingLocked reports whether an initiation is pending or being
 // made; p.mu is held.
@@ -225,23 +225,29 @@ func (p *peer) handshakingLocked() bool { return p.init != nil || p.initiating }
 // keeps the cookie the responder gave the hello it replaces; the one it
 // replaces stays answerable (a slow reply to it still completes).
 func (c *Conn) sendHello(p *peer) {
-	eph, err := c.ephemeral()
-	if err != nil {
-		panic(err) // crypto/rand does not fail
-	}
+	st, ent, err := c.handshakeEntropy()
 	idx := c.index.initiate(p)
-	init := c.hs.initiate(c.cfg.now(), idx, eph)
-
+	var ni *noise.Initiation
+	if err == nil {
+		ni, err = noise.NewInitiation(noise.InitiatorConfig{Static: st, Index: idx, PSK: c.pskFor(p), Versions: c.hs.versions, Entropy: ent})
+	}
 	now := c.now()
 	p.mu.Lock()
 	p.initiating = false
-	if p.removed || p.gen != p.claimGen {
+	if err != nil || p.removed || p.gen != p.claimGen {
 		// Gone, or a session came while the hello was made (the peer's
 		// own handshake, answered here): this attempt is superseded.
+		// (The system's random source does not fail; if it did, the
+		// attempt's timer would find no hello and the next reason
+		// would try again.)
 		p.mu.Unlock()
 		c.index.forgetIndex(idx)
+		if err != nil {
+			c.log.Warn("vaultudp: making a hello", "err", err)
+		}
 		return
 	}
+	init := &initiation{localIndex: idx, n: ni, hello: bytes.Clone(ni.Hello())}
 	c.index.forget(p, p.prevInit)
 	old := p.init
 	if old == nil {
@@ -256,7 +262,7 @@ func (c *Conn) sendHello(p *peer) {
 	p.hellos++
 	hello, to := init.hello, p.addr
 	p.mu.Unlock()
-	c.sendControlFrom(to, p.localAddr(), hello)
+	c.sendRawFrom(to, p.localAddr(), hello)
 	// The reply must be read at once even if no application goroutine
 	// is reading (direct.go).
 	c.wakeBackgroundReader()
@@ -310,42 +316,61 @@ func (c *Conn) failLocked(p *peer, now int64, err error) {
 	// application's code.
 }
 
+// handleReply completes our initiation with a reply: the responder's
+// identity is checked by the trust rules before anything else, then the
+// final message goes out with our parameters and the session is current
+// at once, its peer's parameters known (MaxPayloadTo is final). The
+// datagram that waited longest rides in the final message when it fits
+// there. c.hsMu is held.
 func (c *Conn) handleReply(msg []byte) {
-	r, err := parseReply(msg)
+	idx, err := noise.ReplyIndex(msg)
 	if err != nil {
 		c.stats.malformed.Add(1)
 		return
 	}
-	p := c.index.initiator(r.receiverIndex)
+	p := c.index.initiator(idx)
 	if p == nil {
 		c.stats.stale.Add(1) // an answer to no hello of ours, or to one completed
 		return
 	}
 	p.mu.Lock()
 	init, addr := p.init, p.addr
-	if p.prevInit != nil && p.prevInit.localIndex == r.receiverIndex {
+	if p.prevInit != nil && p.prevInit.localIndex == idx {
 		init = p.prevInit // a reply slower than our retry
 	}
 	p.mu.Unlock()
-	if init == nil || init.localIndex != r.receiverIndex {
+	if init == nil || init.localIndex != idx {
 		c.stats.stale.Add(1)
 		return
 	}
-	wall := c.cfg.now()
-	keys, err := c.hs.complete(init, r, wall, c.cfg.FreshnessWindow)
+	rp, err := init.n.ReadReply(msg)
 	if err != nil {
 		switch {
-		case errors.Is(err, errStale):
+		case errors.Is(err, noise.ErrPSKMismatch):
+			// Genuine up to the preshared key: the keys differ (or an
+			// on-path attacker, who could drop the reply anyway, made
+			// it). A refusal that lasts: the attempt ends now, and
+			// nothing of ours (identity, static key) is sent.
+			c.stats.pskMismatch.Add(1)
+			ferr := fmt.Errorf("%w: %w: %v: its reply does not decrypt under our preshared key (the two sides hold different keys, or one holds none)", ErrPeerRejected, ErrPresharedKey, addr)
+			c.log.Info("vaultudp: handshake failed", "peer", addr, "err", ferr)
+			p.mu.Lock()
+			if p.init == init || p.prevInit == init {
+				c.failLocked(p, c.now(), ferr)
+			}
+			p.mu.Unlock()
+		case errors.Is(err, noise.ErrState):
 			c.stats.stale.Add(1)
-		case errors.Is(err, errUnexpected):
-			c.stats.stale.Add(1)
+		case errors.Is(err, errMalformed):
+			c.stats.malformed.Add(1)
 		default:
 			c.stats.auth.Add(1)
 		}
 		return
 	}
-	// Trust is decided on a key whose signature has been verified.
-	if err := c.trust(p, addr, r.identity); err != nil {
+	// Trust is decided on the identity whose signature over the static
+	// key verified, before anything is sent under the session.
+	if err := c.trust(p, addr, rp.Identity); err != nil {
 		// A refusal that lasts: the attempt ends now, and Handshake
 		// and writes report it (an on-path attacker, who could drop the
 		// reply anyway, can end an attempt this way, no more).
@@ -358,10 +383,6 @@ func (c *Conn) handleReply(msg []byte) {
 		p.mu.Unlock()
 		return
 	}
-	s, err := newSession(keys, c.now())
-	if err != nil {
-		return
-	}
 	p.mu.Lock()
 	still := p.init == init || p.prevInit == init
 	p.mu.Unlock()
@@ -369,16 +390,70 @@ func (c *Conn) handleReply(msg []byte) {
 		c.stats.stale.Add(1)
 		return
 	}
-	queued := c.install(p, s, keys.peerIdentity, wall, p.helloPathFor(init))
-	// The datagrams that waited go first; the reset token (reset.go)
-	// follows, and confirms the session to the responder at once when
-	// nothing waited, so that it may use it for sending.
-	c.flush(p, s, addr, queued)
-	c.sendToken(s, addr)
+	ours := c.params(idx)
+	final, keys, err := init.n.WriteFinal(&ours)
+	if err != nil {
+		c.stats.stale.Add(1)
+		return
+	}
+	s, err := newSession(&sessionKeys{
+		send: keys.I2R, recv: keys.R2I,
+		localIndex: idx, remoteIndex: rp.Index,
+		version: ProtocolVersion, initiator: true,
+		peerIdentity: rp.Identity,
+	}, c.now())
+	if err != nil {
+		return
+	}
+	applyParams(s, &rp.Params)
+	wall := c.cfg.now()
+	queued := c.install(p, s, rp.Identity, wall, p.helloPathFor(init))
+	rest := queued
+	if len(queued) > 0 {
+		if out, ok := c.coalesce(s, final, queued[0]); ok {
+			final, rest = out, queued[1:]
+			c.countSent(p, len(queued[0]))
+		}
+	}
+	s.final.Store(&final)
+	s.finalSent.Store(c.now() | 1)
+	c.sendRawFrom(addr, p.localAddr(), final)
+	c.flush(p, s, addr, rest)
+	if len(queued) > 0 && len(rest) == 0 {
+		c.endFlush(p)
+	}
 }
 
+// coalesce returns the final message with b sealed under s after it
+// (PROTOCOL.md 9.8), padded as sealed datagrams are so that the whole
+// datagram is no longer than a padded sealed one; ok is false if b does
+// not fit there (it then goes on its own, after the final message).
+func (c *Conn) coalesce(s *session, final, b []byte) (out []byte, ok bool) {
+	room := c.padTarget(s) - len(final)
+	rec := record{payload: b, hasPayload: true}
+	natural := sealedOverhead + rec.envelopeLen()
+	if natural > room {
+		return nil, false
+	}
+	size := c.cfg.Padding.wireSize(natural, room) - sealedOverhead
+	out = make([]byte, len(final), len(final)+sealedOverhead+size)
+	copy(out, final)
+	var hdr [sealedHeaderLen]byte
+	out = rec.appendTo(append(out, hdr[:]...), size)
+	sealed, err := s.seal(out[len(final):])
+	if err != nil {
+		return nil, false
+	}
+	if s.peer != nil {
+		c.markSent(s.peer)
+	}
+	return append(out[:len(final)], sealed...), true
+}
+
+// handleCookie puts a responder's cookie into our hello and sends it
+// again at once.
 func (c *Conn) handleCookie(msg []byte, from netip.AddrPort) {
-	idx, cookie, err := parseCookieMsg(msg)
+	idx, cookie, err := noise.ParseCookie(msg)
 	if err != nil {
 		c.stats.malformed.Add(1)
 		return
@@ -400,6 +475,6 @@ func (c *Conn) handleCookie(msg []byte, from netip.AddrPort) {
 	to := p.addr
 	p.mu.Unlock()
 	if hello != nil {
-		c.sendControlFrom(to, p.localAddr(), hello)
+		c.sendRawFrom(to, p.localAddr(), hello)
 	}
 }

@@ -7,8 +7,9 @@ import (
 )
 
 // Handshake messages are handled off the data path, as wireguard-go's
-// device/receive.go does: the reader that finds a hello or a reply (each
-// costs a signature check, about a hundred times a datagram's open)
+// device/receive.go does: the reader that finds a hello, a reply or a
+// final message (each costs several X25519 operations, an ML-KEM one or
+// a signature, about a thousand times a datagram's open)
 // copies it onto a bounded queue and goes on with the next datagram; one
 // handshake goroutine per Conn works the queue. When the queue is full the
 // message is dropped and counted (Drops.HandshakeQueueFull): the sender
@@ -29,8 +30,13 @@ import (
 const (
 	// handshakeQueueLen bounds the handshake messages waiting.
 	handshakeQueueLen = 256
-	// maxHandshakeMsg is the longest hello or reply (maxVersions versions).
-	maxHandshakeMsg = helloFixedLen + maxVersions + 64 + cookieLen
+	// maxHandshakeMsg is the longest handshake datagram queued: a
+	// 1500-byte Ethernet frame's UDP payload over IPv4 (1472) and more. A
+	// final message with a coalesced datagram is never longer than a
+	// padded sealed datagram to the peer (coalesce), which is longer than
+	// this only on paths above Ethernet's MTU: such finals are handled by
+	// the reader itself, not queued (queueHandshake).
+	maxHandshakeMsg = 1500
 
 	// handshakeInlineRate and handshakeInlineBurst bound the messages the
 	// readers handle themselves: at about 0.25 ms of a core each, 10 a
@@ -60,7 +66,15 @@ type handshakeElem struct {
 // full.
 func (c *Conn) queueHandshake(msg []byte, from netip.AddrPort, local netip.Addr) {
 	if len(msg) > maxHandshakeMsg {
-		c.stats.malformed.Add(1)
+		if msg[1] != typeFinal {
+			c.stats.malformed.Add(1)
+			return
+		}
+		// A final message with a large coalesced datagram (a jumbo
+		// path): handled here, its lock waited for.
+		c.hsMu.Lock()
+		c.handleHandshake(msg, from, local)
+		c.hsMu.Unlock()
 		return
 	}
 	if c.cfg.VerifyPeer == nil && len(c.hsQueue) == 0 && c.hsMu.TryLock() {
@@ -99,13 +113,15 @@ func (c *Conn) handshakeLoop() {
 	}
 }
 
-// handleHandshake handles a hello or a reply; c.hsMu is held, so that
-// one is handled at a time, as by one goroutine.
+// handleHandshake handles a hello, a reply or a final message; c.hsMu is
+// held, so that one is handled at a time, as by one goroutine.
 func (c *Conn) handleHandshake(msg []byte, from netip.AddrPort, local netip.Addr) {
-	switch msg[0] {
-	case ctlHello:
+	switch msg[1] {
+	case typeHello:
 		c.handleHello(msg, from, local)
-	case ctlReply:
+	case typeReply:
 		c.handleReply(msg)
+	case typeFinal:
+		c.handleFinal(msg, from, local)
 	}
 }

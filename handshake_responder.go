@@ -5,106 +5,81 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"net/netip"
+	"time"
+
+	"github.com/vaultudp/vaultudp/internal/noise"
 )
 
-// handleHello answers a hello from from that arrived at local, from there.
+// handleHello answers a hello from from that arrived at local. Nothing
+// about the initiator's identity is known yet: the reply reveals ours (to
+// holders of the preshared key, if one is set) and the Noise state waits
+// for the final message, where trust is decided. c.hsMu is held.
 func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
-	m, err := parseHello(msg)
+	h, err := noise.ParseHello(msg)
 	if err != nil {
 		c.stats.malformed.Add(1)
 		return
 	}
 	wall := c.cfg.now()
-	if c.cookies.underLoad(wall) && !c.cookies.valid(from, m.cookie, wall) {
+	// Under load, a hello without this address's cookie gets a cookie
+	// and nothing else: no cryptography, 24 bytes back.
+	if c.cookies.underLoad(wall) && !c.cookies.valid(from, h.Cookie, wall) {
 		cookie := c.cookies.make(from, wall)
 		c.stats.cookiesSent.Add(1)
-		c.sendControlFrom(from, local, cookieMsg(m.senderIndex, cookie[:]))
+		c.sendRawFrom(from, local, noise.CookieMsg(h.SenderIndex, cookie[:]))
 		return
 	}
-	if err := checkFresh(m.timestamp, wall, c.cfg.FreshnessWindow); err != nil {
-		c.stats.stale.Add(1)
-		return
-	}
-	var idKey [ed25519.PublicKeySize]byte
-	copy(idKey[:], m.identity)
 	c.mu.RLock()
 	pr := c.peers[from]
-	last := c.lastHello[idKey]
 	full := pr == nil && c.learned >= c.cfg.MaxPeers
 	c.mu.RUnlock()
 	if full {
-		// Refused before any costly work: a flood of signed hellos from
-		// new addresses cannot buy signature checks once the table is
-		// full.
+		// Refused before any costly work: a flood of hellos from new
+		// addresses cannot buy handshakes once the table is full.
 		c.stats.peerLimit.Add(1)
-		return
-	}
-	if m.timestamp <= last {
-		c.stats.stale.Add(1) // a replayed or reordered hello
 		return
 	}
 	if c.policyFor(pr) == Plaintext {
 		c.stats.policy.Add(1)
 		return
 	}
-	c.stats.verifications.Add(1)
-	if err := m.verify(); err != nil {
-		c.stats.auth.Add(1)
-		return
-	}
-	// A learned peer whose old identity did not answer a liveness
-	// challenge (path.go): perhaps a client that restarted with a new
-	// key. Its hello is answered; the new identity takes the address only
-	// if it confirms the session from there (confirmLocked).
-	replacing := pr != nil && c.tofuOnly(pr) && !pr.hasIdentity(m.identity) && c.replaceable(pr)
-	if err := c.trust(pr, from, m.identity); err != nil && !replacing {
-		c.stats.rejected.Add(1)
-		if pr != nil {
-			pr.mu.Lock()
-			pr.lastFailure, pr.refused = err, err
-			pr.mu.Unlock()
-		}
-		c.log.Info("vaultudp: handshake refused", "peer", from, "err", err)
-		return
-	}
 	if pr != nil {
 		pr.mu.Lock()
-		weInitiate := pr.handshakingLocked() && bytes.Compare(c.hs.public, m.identity) > 0
+		// Both sides sent hellos at once: the greater ephemeral key
+		// initiates, the other answers (PROTOCOL.md 9.9). Our
+		// initiation's noise state is the handshake goroutine's, which
+		// this is.
+		keep := pr.init != nil && pr.init.n.KeepsInitiating(h)
 		pr.mu.Unlock()
-		if weInitiate {
-			// Both sides sent hellos at once: the larger identity
-			// initiates, the smaller answers, and one session results.
+		if keep {
 			return
 		}
 	}
-	eph, err := c.ephemeral()
+	st, ent, err := c.handshakeEntropy()
 	if err != nil {
 		return
 	}
 	idx := c.index.reserve()
-	reply, keys, err := c.hs.respond(m, wall, idx, eph)
+	c.stats.verifications.Add(1)
+	resp, reply, err := noise.Respond(h, noise.ResponderConfig{
+		Static:   st,
+		Index:    idx,
+		Versions: c.hs.versions,
+		PSK:      c.pskFor(pr),
+		Params:   c.params(idx),
+		Entropy:  ent,
+	})
 	if err != nil {
 		c.index.release(idx)
-		switch {
-		case errors.Is(err, errReflected):
+		if errors.Is(err, errAuth) {
 			c.stats.auth.Add(1)
-		default:
+		} else {
 			c.stats.malformed.Add(1)
 		}
 		return
 	}
-	s, err := newSession(keys, c.now())
-	if err != nil {
-		c.index.release(idx)
-		return
-	}
+	r := &response{r: resp, localIndex: idx, from: from, local: local, created: c.now()}
 	c.mu.Lock()
-	if m.timestamp <= c.lastHello[idKey] {
-		c.mu.Unlock()
-		c.index.release(idx)
-		c.stats.stale.Add(1)
-		return
-	}
 	if pr = c.peers[from]; pr == nil {
 		if c.learned >= c.cfg.MaxPeers {
 			c.mu.Unlock()
@@ -112,14 +87,275 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 			c.stats.peerLimit.Add(1)
 			return
 		}
-		pr = c.newPeer(from, nil)
-		c.peers[from] = pr
-		c.learned++
+		pr = c.addLearnedTableLocked(from, originHello)
 	}
-	c.lastHello[idKey] = m.timestamp // only for a hello that is answered
 	c.mu.Unlock()
+	pr.mu.Lock()
+	if pr.removed {
+		pr.mu.Unlock()
+		c.index.release(idx)
+		return
+	}
+	c.addResponseLocked(pr, r)
+	pr.mu.Unlock()
+	c.sendRawFrom(from, local, reply)
+}
 
-	queued := c.install(pr, s, keys.peerIdentity, wall, nil)
-	c.sendControlFrom(from, local, reply)
-	c.flush(pr, s, from, queued)
+// addResponseLocked keeps r, a reply sent for p, waiting for its final
+// message. The one before stays too (the initiator may have retried
+// before our reply reached it, and then answers that one); the one before
+// that goes. p.mu is held.
+func (c *Conn) addResponseLocked(p *peer, r *response) {
+	c.index.respond(r.localIndex, p)
+	if old := p.respOld; old != nil {
+		c.index.dropResponse(old.localIndex)
+	}
+	p.respOld, p.respNew = p.respNew, r
+	p.lastSeen.Store(c.now())
+}
+
+// takeResponseLocked takes r out of p's waiting responses; it reports
+// whether r was there. The caller releases or reuses its index. p.mu is
+// held.
+func (p *peer) takeResponseLocked(r *response) bool {
+	switch r {
+	case p.respNew:
+		p.respNew, p.respOld = p.respOld, nil
+	case p.respOld:
+		p.respOld = nil
+	default:
+		return false
+	}
+	return true
+}
+
+// clearResponsesLocked forgets p's waiting responses; p.mu is held.
+func (c *Conn) clearResponsesLocked(p *peer) {
+	for _, r := range []*response{p.respNew, p.respOld} {
+		if r != nil {
+			c.index.dropResponse(r.localIndex)
+		}
+	}
+	p.respNew, p.respOld = nil, nil
+}
+
+// expireResponsesLocked drops the responses older than the handshake
+// timeout: their initiator never finished (it refused us, its keys
+// differ, or the hello was a replay). It reports whether any went. p.mu
+// is held.
+func (c *Conn) expireResponsesLocked(p *peer, now int64) bool {
+	gone := false
+	for _, r := range []*response{p.respOld, p.respNew} {
+		if r != nil && now-r.created >= int64(c.cfg.HandshakeTimeout) {
+			p.takeResponseLocked(r)
+			c.index.dropResponse(r.localIndex)
+			gone = true
+		}
+	}
+	return gone
+}
+
+// finalResult is what a final message revealed, kept with its response
+// while the trust rules wait for an old identity's liveness answer
+// (PROTOCOL.md 5.16): the initiator sends the same final message again,
+// and it is judged again without the handshake's cost.
+type finalResult struct {
+	msg3 []byte
+	peer *noise.Peer
+	keys *noise.Keys
+}
+
+// handleFinal completes a response with the initiator's final message:
+// its identity passes the trust rules (and the rules of a new identity
+// at a learned peer's address), the session becomes current and
+// confirmed, the datagrams that waited for the peer go (or a keepalive,
+// which confirms the session to the initiator), and the sealed datagram
+// coalesced in the final message is received as any other. c.hsMu is
+// held.
+func (c *Conn) handleFinal(msg []byte, from netip.AddrPort, local netip.Addr) {
+	f, err := noise.ParseFinal(msg)
+	if err != nil {
+		c.stats.malformed.Add(1)
+		return
+	}
+	p := c.index.responder(f.ReceiverIndex)
+	if p == nil {
+		if s := c.index.lookup(f.ReceiverIndex); s != nil && !s.initiator && s.peer != nil {
+			c.finalAgain(s, f.Sealed, from, local) // our confirmation was lost
+			return
+		}
+		c.stats.stale.Add(1)
+		return
+	}
+	p.mu.Lock()
+	var r *response
+	for _, x := range []*response{p.respNew, p.respOld} {
+		if x != nil && x.localIndex == f.ReceiverIndex {
+			r = x
+		}
+	}
+	var res *finalResult
+	if r != nil {
+		res = r.result
+	}
+	p.mu.Unlock()
+	if r == nil {
+		c.stats.stale.Add(1)
+		return
+	}
+	msg3 := msg[:len(msg)-len(f.Sealed)]
+	if res == nil {
+		pi, keys, err := r.r.ReadFinal(f)
+		if err != nil {
+			switch {
+			case errors.Is(err, noise.ErrState):
+				c.stats.stale.Add(1)
+			case errors.Is(err, errMalformed):
+				c.stats.malformed.Add(1)
+			default:
+				c.stats.auth.Add(1)
+			}
+			return
+		}
+		res = &finalResult{msg3: bytes.Clone(msg3), peer: pi, keys: keys}
+	} else if !bytes.Equal(res.msg3, msg3) {
+		c.stats.stale.Add(1) // the state is consumed: only the same message counts again
+		return
+	}
+	id := res.peer.Identity
+	// A learned peer whose old identity did not answer a liveness
+	// challenge (path.go): perhaps a client that restarted with a new
+	// key. The new identity takes the address only if the old one stays
+	// silent (installResponder).
+	candidate := c.tofuOnly(p) && !p.hasIdentity(id)
+	replacing := candidate && c.replaceable(p)
+	if err := c.trust(p, r.from, id); err != nil && !replacing {
+		c.stats.rejected.Add(1)
+		p.mu.Lock()
+		p.lastFailure, p.refused = err, err
+		if candidate {
+			// Judged again when the initiator sends its final message
+			// again, once the liveness challenge has had its time.
+			r.result = res
+		} else if p.takeResponseLocked(r) {
+			c.index.dropResponse(r.localIndex)
+		}
+		p.mu.Unlock()
+		c.log.Info("vaultudp: handshake refused", "peer", r.from, "err", err)
+		return
+	}
+	s, err := newSession(&sessionKeys{
+		send: res.keys.R2I, recv: res.keys.I2R,
+		localIndex: r.localIndex, remoteIndex: r.r.RemoteIndex(),
+		version: ProtocolVersion, initiator: false,
+		peerIdentity: id,
+	}, c.now())
+	if err != nil {
+		return
+	}
+	applyParams(s, &res.peer.Params)
+	queued, to, ok := c.installResponder(p, s, r, id, c.cfg.now())
+	if !ok {
+		return
+	}
+	// The confirmation: what waited, or a keepalive, to the peer's
+	// validated address.
+	if len(queued) > 0 {
+		c.flush(p, s, to, queued)
+	} else {
+		c.sendKeepalive(p, s, to)
+	}
+	s.finalAcked.Store(c.now() | 1)
+	if len(f.Sealed) > 0 {
+		c.receiveCoalesced(f.Sealed, from, local)
+	}
+}
+
+// finalAgain handles a final message for s, a session it completed
+// already: our confirmation was lost. A keepalive goes to the peer's
+// validated address (never to the final's source), at most once per
+// retry interval, and the coalesced datagram is received as any other
+// (the replay window drops it if it came before).
+func (c *Conn) finalAgain(s *session, sealed []byte, from netip.AddrPort, local netip.Addr) {
+	now := c.now()
+	if last := s.finalAcked.Load(); last == 0 || now-last >= int64(c.retryAfter()) {
+		s.finalAcked.Store(now | 1)
+		c.sendKeepalive(s.peer, s, *s.peer.at.Load())
+	}
+	if len(sealed) > 0 {
+		c.receiveCoalesced(sealed, from, local)
+	}
+}
+
+// receiveCoalesced receives the sealed datagram that came after a final
+// message, from from at local, as if it had come alone.
+func (c *Conn) receiveCoalesced(sealed []byte, from netip.AddrPort, local netip.Addr) {
+	q := c.getPacket()
+	if len(sealed) > len(q.buf) {
+		c.putPacket(q)
+		c.stats.tooLarge.Add(1)
+		return
+	}
+	q.data = q.buf[:copy(q.buf, sealed)]
+	q.from, q.local, q.truncated = from, local, false
+	if !c.receive(q) {
+		c.putPacket(q)
+	}
+}
+
+// installResponder makes s, the session of a response its initiator
+// completed, p's current session, confirmed. It returns the datagrams
+// that waited for it and the peer's address to send them to; ok is false
+// if p is gone, or s's identity is new at a learned peer's address whose
+// old identity answered its liveness challenge meanwhile (PROTOCOL.md
+// 5.16).
+func (c *Conn) installResponder(p *peer, s *session, r *response, identity ed25519.PublicKey, wall time.Time) (queued [][]byte, to netip.AddrPort, ok bool) {
+	s.peer = p
+	s.identity = identity
+	s.path = c.pathDatagram(p.addrLoad()) // sizes.go: a system call, before the lock
+	now := c.now()
+	p.mu.Lock()
+	if !p.takeResponseLocked(r) || p.removed {
+		p.mu.Unlock()
+		c.index.dropResponse(r.localIndex)
+		return nil, netip.AddrPort{}, false
+	}
+	c.index.doneResponding(r.localIndex)
+	replace := false
+	if p.identity != nil && !bytes.Equal(p.identity, s.identity) {
+		// A new identity at a learned peer's address (path.go,
+		// replaceable): it replaces the old one only if the old one did
+		// not answer its liveness challenge meanwhile.
+		if p.alive != 0 && p.alive >= p.replacing {
+			p.mu.Unlock()
+			c.index.release(r.localIndex)
+			c.stats.rejected.Add(1)
+			return nil, netip.AddrPort{}, false
+		}
+		replace = true
+		p.live, p.alive, p.replacing = nil, 0, 0
+	}
+	rekey := p.kp.current() != nil
+	c.index.add(s)
+	// Our own attempt, if any, is over: the peer's completed session
+	// serves (crossed hellos, PROTOCOL.md 9.9), and a hello being made
+	// now is superseded too.
+	c.clearInitLocked(p)
+	p.gen++
+	queued = c.flushQueueLocked(p) // before s is current: see acquireSession
+	c.index.remove(p.kp.promote(s, replace)...)
+	p.identity = s.identity
+	p.established = true
+	p.lastHandshake = wall
+	p.failErr, p.refused, p.silent = nil, nil, false
+	p.lastSeen.Store(now)
+	c.stats.handshakes.Add(1)
+	if rekey {
+		c.stats.rekeys.Add(1)
+	}
+	p.notifyLocked()
+	to = p.addr
+	p.mu.Unlock()
+	c.log.Debug("vaultudp: session established", "peer", to, "initiator", false, "rekey", rekey, "replaced", replace)
+	return queued, to, true
 }

@@ -84,6 +84,13 @@ type peer struct {
 	lastFailure   error // the last failure, kept for PeerInfo
 	refused       error // the trust rules refused a hello from the peer's address since its last session
 
+	// Replies we sent, waiting for the initiator's final message
+	// (handshake_responder.go): the newest, and the one before.
+	respNew, respOld *response
+	// psk is its preshared key (PeerConfig.PresharedKey), nil for the
+	// Config's; also written under c.mu (AddPeer adopting a learned peer).
+	psk *[32]byte
+
 	// Datagrams written before a session, waiting for one (send.go).
 	queue       [][]byte
 	queuedBytes int64 // the bytes in queue
@@ -131,6 +138,10 @@ func (c *Conn) newPeer(addr netip.AddrPort, pc *PeerConfig) *peer {
 		p.configured, p.origin = true, originConfig
 		p.keepalive = pc.Keepalive
 		p.pinned = slices.Clone(pc.PublicKey)
+		if pc.PresharedKey != nil {
+			k := *pc.PresharedKey
+			p.psk = &k
+		}
 		if pc.Policy != PolicyDefault {
 			p.policyV.Store(int32(pc.Policy))
 		}
@@ -216,7 +227,7 @@ func (c *Conn) AddPeer(pc PeerConfig) error {
 // keeping its sessions, if its identity fits pc (pc pins none, or p's) and
 // both speak the native protocol. c.mu is held.
 func (c *Conn) adoptTableLocked(p *peer, pc *PeerConfig) bool {
-	if pc.Protocol != ProtocolV3 {
+	if pc.Protocol != ProtocolNative {
 		return false
 	}
 	p.mu.Lock()
@@ -229,13 +240,10 @@ func (c *Conn) adoptTableLocked(p *peer, pc *PeerConfig) bool {
 	}
 	c.learned--
 	np := c.newPeer(p.addr, pc)
-	p.configured, p.origin, p.pinned, p.keepalive = true, originConfig, np.pinned, np.keepalive
+	p.configured, p.origin, p.pinned, p.keepalive, p.psk = true, originConfig, np.pinned, np.keepalive, np.psk
 	p.policyV.Store(np.policyV.Load())
-	if p.pinned != nil {
-		// Unconfirmed sessions under another key (a forged hello, say)
-		// would only delay the handshake with the pinned one.
-		c.index.remove(p.kp.keepPending(func(s *session) bool { return bytes.Equal(s.identity, p.pinned) })...)
-	}
+	// Replies waiting for their final message stay: the trust rules,
+	// now the configured peer's, judge the identity it reveals.
 	return true
 }
 
@@ -260,6 +268,7 @@ func (c *Conn) dropPeerTableLocked(p *peer, reason error) {
 	c.stats.dropHandshakeTimeout.Add(uint64(len(c.takeQueueLocked(p))))
 	c.index.remove(p.kp.clear()...)
 	c.clearInitLocked(p)
+	c.clearResponsesLocked(p)
 	p.closeLocked(reason)
 }
 
@@ -320,7 +329,7 @@ func (c *Conn) peerInfos(match func(netip.AddrPort) bool) []PeerInfo {
 			Addr:          p.addr,
 			PublicKey:     slices.Clone(key),
 			Policy:        p.policy(),
-			Protocol:      ProtocolV3,
+			Protocol:      ProtocolNative,
 			Configured:    p.configured,
 			Established:   c.usable(p.kp.current(), now),
 			LastHandshake: p.lastHandshake,

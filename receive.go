@@ -2,8 +2,9 @@ package vaultudp
 
 import (
 	"errors"
-	"net/netip"
 	"time"
+
+	"github.com/vaultudp/vaultudp/internal/noise"
 )
 
 // readLoop reads s until it is closed (by Close or Rebind), handling
@@ -72,6 +73,17 @@ func (c *Conn) receive(p *packet) bool {
 			c.receiveReset(p) // reset.go
 			return false
 		}
+	case typeHello, typeReply, typeFinal:
+		// Raw datagrams, not envelopes: off the data path
+		// (handshake_queue.go). Their own checks refuse what is not
+		// one (a v2 datagram that starts alike is then lost).
+		c.queueHandshake(b, p.from, p.local)
+		return false
+	case typeCookie:
+		if len(b) == noise.CookieMsgLen {
+			c.handleCookie(b, p.from)
+			return false
+		}
 	}
 	return c.notNative(p, &c.stats.malformed)
 }
@@ -113,28 +125,10 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	if !pr.seenSealed.Load() {
 		pr.seenSealed.Store(true)
 	}
-	// The steady state takes no lock of the peer's: only the first
-	// datagram of a responder session promotes it, under the lock and
-	// checked again there (one goroutine promotes, as wireguard-go's
-	// ReceivedWithKeypair).
-	var queued [][]byte
-	confirmed, replaced := false, false
-	if !s.confirmed.Load() {
-		pr.mu.Lock()
-		if !s.confirmed.Load() {
-			queued, replaced = c.confirmLocked(pr, s)
-			confirmed = s.confirmed.Load()
-			if !confirmed {
-				// A new identity refused at confirmation: the old one
-				// answered its liveness challenge (keypairs.go).
-				pr.mu.Unlock()
-				return false
-			}
-		}
-		pr.mu.Unlock()
-		if replaced {
-			c.log.Debug("vaultudp: a new identity replaced an unanswering one", "peer", p.from)
-		}
+	if s.final.Load() != nil {
+		// The responder confirmed our final message: it is not sent
+		// again (timers.go).
+		s.final.Store(nil)
 	}
 	to := *pr.at.Load()
 	validated := to == p.from
@@ -144,12 +138,6 @@ func (c *Conn) receiveSealed(p *packet) bool {
 		}
 		c.markReceived(pr, rec.hasPayload)
 		pr.setLocal(p.local) // answers leave from where it arrived
-	}
-	// What this datagram causes to be sent goes to the peer's validated
-	// address, never to a source that has not proved it receives.
-	c.flush(pr, s, to, queued)
-	if confirmed {
-		c.sendToken(s, to) // reset.go
 	}
 	if rec.control != nil {
 		c.handleSealedControl(pr, s, rec.control, p.from)
@@ -260,7 +248,10 @@ func (c *Conn) receiveOpen(p *packet) bool {
 		return c.notNative(p, &c.stats.malformed)
 	}
 	if rec.control != nil {
-		c.handleControl(rec.control, p.from, p.local)
+		// Handshakes travel in datagrams of their own since version 4:
+		// an open envelope carries no control message.
+		c.stats.malformed.Add(1)
+		return false
 	}
 	if !rec.hasPayload {
 		return false
@@ -291,21 +282,4 @@ func (c *Conn) receiveOpen(p *packet) bool {
 	}
 	pr.mu.Unlock()
 	return c.deliver(p, pr, &rec)
-}
-
-// handleControl handles a handshake message from from that arrived at the
-// local address local (the zero Addr where the socket does not tell).
-func (c *Conn) handleControl(msg []byte, from netip.AddrPort, local netip.Addr) {
-	if len(msg) == 0 {
-		c.stats.malformed.Add(1)
-		return
-	}
-	switch msg[0] {
-	case ctlHello, ctlReply:
-		c.queueHandshake(msg, from, local) // handshake_queue.go: off the data path
-	case ctlCookie:
-		c.handleCookie(msg, from)
-	default:
-		c.stats.malformed.Add(1)
-	}
 }

@@ -22,18 +22,14 @@ import (
 //	token(i)  = BLAKE2b-128(key = resetKey, i as uint32 big endian)
 //	resetKey  = BLAKE2b-256(key = the Ed25519 seed, resetLabel)
 //
-// Token message, in the "c" field of a sealed envelope, padded as data,
-// sent by each side at the start of each session (the initiator with its
-// confirmation, the responder when its session is confirmed): the token
-// of the sender's own index, the one its peer seals to, then the sender's
-// session parameters (sizes.go).
-//
-//	0 type = 6, 1 token, 16 bytes, 17 parameters
+// Each side sends the token of its own index (the one its peer seals to)
+// in its session parameters, encrypted inside the handshake (the reply,
+// the final message: PROTOCOL.md 9.7).
 //
 // Reset datagram, 24 bytes, never answered, never larger than the
 // shortest sealed datagram (32 bytes), so it amplifies nothing:
 //
-//	0 version = 3, 1 type = 3, 2 reserved = 0 0,
+//	0 version = 4, 1 type = 3, 2 reserved = 0 0,
 //	4 index uint32: the receiver index of the datagram that caused it
 //	8 token(index)
 //
@@ -43,11 +39,9 @@ import (
 
 const (
 	typeReset = 3
-	ctlToken  = 6
 
-	tokenLen    = 16
-	tokenMsgLen = 1 + tokenLen
-	resetLen    = 8 + tokenLen
+	tokenLen = 16
+	resetLen = 8 + tokenLen
 
 	// resetRate and resetBurst bound the resets a Conn sends, whatever
 	// arrives: a restarted peer needs one.
@@ -86,16 +80,6 @@ func (r *resetter) token(i uint32) (t [tokenLen]byte) {
 	mac.Write(b[:])
 	mac.Sum(t[:0])
 	return t
-}
-
-// sendToken sends the token of s's local index to its peer, sealed.
-func (c *Conn) sendToken(s *session, to netip.AddrPort) {
-	s.tokenSent.Store(c.now() | 1)
-	t := c.resets.token(s.localIndex)
-	msg := c.appendParams(append([]byte{ctlToken}, t[:]...)) // sizes.go
-	if err := c.sendSealedRecord(s, to, &record{control: msg}, true); err != nil {
-		c.log.Debug("vaultudp: sending reset token", "peer", to, "err", err)
-	}
 }
 
 // sendReset answers a sealed datagram for index, a session this Conn
