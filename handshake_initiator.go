@@ -93,15 +93,15 @@ func (c *Conn) startHandshake(p *peer) {
 type helloReason uint8
 
 const (
-	helloAsked     helloReason = iota // the application asked for a session: Handshake, Dial, AddPeer
-	helloWrite                        // a write found no session: its datagram waits
-	helloOffer                        // Opportunistic: a write went in clear; the Conn offers a session
-	helloRekey                        // the current session is due for renewal
-	helloReset                        // the peer reset the current session
-	helloSilence                      // sealed datagrams went unanswered for SilenceTimeout
-	helloUnconfirmed                  // the responder never confirmed our session (its final message went unanswered)
-	helloRetry                        // this attempt's hello went unanswered for retryAfter
-	helloQueued                       // datagrams wait, and no attempt is under way
+	helloAsked       helloReason = iota // the application asked for a session: Handshake, Dial, AddPeer
+	helloWrite                          // a write found no session: its datagram waits
+	helloOffer                          // Opportunistic: a write went in clear; the Conn offers a session
+	helloRekey                          // the current session is due for renewal
+	helloReset                          // the peer reset the current session
+	helloSilence                        // sealed datagrams went unanswered for SilenceTimeout
+	helloUnconfirmed                    // the responder never confirmed our session (its final message went unanswered)
+	helloRetry                          // this attempt's hello went unanswered for retryAfter
+	helloQueued                         // datagrams wait, and no attempt is under way
 )
 
 var helloReasons = [...]string{"asked", "write", "offer", "rekey", "reset", "silence", "unconfirmed", "retry", "queued"}
