@@ -146,7 +146,9 @@ type Config struct {
 	// (one second's worth), and at least 1.
 	RateBurst int
 
-	// Padding pads sealed datagrams to hide their length. Zero: PadMTU.
+	// Padding pads sealed datagrams to hide their length. Zero: PadMTU,
+	// which pads what fits in 1452 bytes to 1452, and the rest to the
+	// path's size (PROTOCOL.md section 6).
 	Padding Padding
 
 	// Compression says when payloads are zstd-compressed. Zero:

@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	v2 "github.com/vaultudp/vaultudp/internal/v2"
@@ -269,19 +270,44 @@ func recvBufSize(mtu int) int {
 func (c *Conn) now() int64 { return c.clock.Load() }
 
 // LocalAddr returns the local address.
-func (c *Conn) LocalAddr() net.Addr { return c.sock.Load().LocalAddr() }
+func (c *Conn) LocalAddr() net.Addr {
+	if !c.ok() {
+		return nil
+	}
+	return c.sock.Load().LocalAddr()
+}
 
 // PublicKey returns the Conn's identity, for peers to pin.
-func (c *Conn) PublicKey() ed25519.PublicKey { return c.hs.public }
+func (c *Conn) PublicKey() ed25519.PublicKey {
+	if !c.ok() {
+		return nil
+	}
+	return c.hs.public
+}
 
 // MaxPayload returns the largest datagram that fits the Conn's default
 // path MTU (Config.MTU, or the host's smallest interface MTU) less the IP,
 // UDP and vaultudp overheads. Per peer, MaxPayloadTo tells what WriteTo
 // sends; larger writes fail with an error matching ErrMessageTooLarge and
 // syscall.EMSGSIZE.
-func (c *Conn) MaxPayload() int { return c.maxPayload }
+func (c *Conn) MaxPayload() int {
+	if !c.ok() {
+		return 0
+	}
+	return c.maxPayload
+}
 
 func (c *Conn) isClosed() bool { return isClosed(c.closed) }
+
+// ok reports whether c was made by Listen, Wrap or Dial. A zero Conn (or
+// a nil *Conn) fails every method as a zero *net.UDPConn does: with
+// syscall.EINVAL, never a panic.
+func (c *Conn) ok() bool { return c != nil && c.closed != nil }
+
+// errZeroConn is the error of op on a Conn that ok reports false for.
+func errZeroConn(op string) error {
+	return &net.OpError{Op: op, Net: "udp", Err: syscall.EINVAL}
+}
 
 // opError is the error of op, shaped as *net.UDPConn's are: Source is
 // the local address, Addr a write's destination, except for the deadline
@@ -314,6 +340,9 @@ func (c *Conn) ReadFrom(b []byte) (int, net.Addr, error) {
 
 // ReadFromUDPAddrPort is ReadFrom without the address allocation.
 func (c *Conn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) {
+	if !c.ok() {
+		return 0, netip.AddrPort{}, errZeroConn("read")
+	}
 	if c.isClosed() {
 		return 0, netip.AddrPort{}, c.opError("read", nil, net.ErrClosed)
 	}
@@ -369,6 +398,9 @@ func (c *Conn) putPacket(p *packet) {
 // WriteTo seals b and sends it to addr, a *net.UDPAddr. See Conn for what
 // happens when the peer has no session yet.
 func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	if !c.ok() {
+		return 0, errZeroConn("write")
+	}
 	ua, ok := addr.(*net.UDPAddr)
 	if !ok || ua == nil {
 		return 0, c.opError("write", addr, &net.AddrError{Err: "unsupported address type (want *net.UDPAddr)", Addr: addrString(addr)})
@@ -385,6 +417,9 @@ func addrString(a net.Addr) string {
 
 // WriteToUDPAddrPort is WriteTo with a netip.AddrPort.
 func (c *Conn) WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error) {
+	if !c.ok() {
+		return 0, errZeroConn("write")
+	}
 	return c.writeTo(b, addr, c.writeDeadline)
 }
 
@@ -407,6 +442,9 @@ func (c *Conn) writeTo(b []byte, addr netip.AddrPort, wd *deadline) (int, error)
 
 // SetDeadline sets the read and write deadlines.
 func (c *Conn) SetDeadline(t time.Time) error {
+	if !c.ok() {
+		return errZeroConn("set")
+	}
 	if c.isClosed() {
 		return c.opError("set", nil, net.ErrClosed)
 	}
@@ -419,6 +457,9 @@ func (c *Conn) SetDeadline(t time.Time) error {
 // SetReadDeadline sets the deadline for ReadFrom and ReadBatch; a blocked
 // call sees a change at once.
 func (c *Conn) SetReadDeadline(t time.Time) error {
+	if !c.ok() {
+		return errZeroConn("set")
+	}
 	if c.isClosed() {
 		return c.opError("set", nil, net.ErrClosed)
 	}
@@ -434,6 +475,9 @@ func (c *Conn) SetReadDeadline(t time.Time) error {
 // than the socket sends; see WriteTo). The handshake traffic the Conn
 // sends by itself is not subject to it.
 func (c *Conn) SetWriteDeadline(t time.Time) error {
+	if !c.ok() {
+		return errZeroConn("set")
+	}
 	if c.isClosed() {
 		return c.opError("set", nil, net.ErrClosed)
 	}
@@ -443,11 +487,17 @@ func (c *Conn) SetWriteDeadline(t time.Time) error {
 
 // SetReadBuffer sets the socket's receive buffer, as on *net.UDPConn.
 func (c *Conn) SetReadBuffer(bytes int) error {
+	if !c.ok() {
+		return errZeroConn("set")
+	}
 	return c.sock.Load().SetReadBuffer(bytes)
 }
 
 // SetWriteBuffer sets the socket's send buffer, as on *net.UDPConn.
 func (c *Conn) SetWriteBuffer(bytes int) error {
+	if !c.ok() {
+		return errZeroConn("set")
+	}
 	return c.sock.Load().SetWriteBuffer(bytes)
 }
 
@@ -456,6 +506,9 @@ func (c *Conn) SetWriteBuffer(bytes int) error {
 // the Conn has ended. A second Close returns an error wrapping
 // net.ErrClosed, as *net.UDPConn's does.
 func (c *Conn) Close() error {
+	if !c.ok() {
+		return errZeroConn("close")
+	}
 	first := false
 	c.closeOnce.Do(func() {
 		first = true

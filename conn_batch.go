@@ -20,6 +20,9 @@ type Message struct {
 // the first, then takes those already received without waiting more. It
 // returns how many it read. Deadlines and Close apply as to ReadFrom.
 func (c *Conn) ReadBatch(ms []Message) (int, error) {
+	if !c.ok() {
+		return 0, errZeroConn("read")
+	}
 	if len(ms) == 0 {
 		return 0, nil
 	}
@@ -52,6 +55,9 @@ func (c *Conn) ReadBatch(ms []Message) (int, error) {
 // default padding they all have the same length on the wire, which is
 // what GSO needs).
 func (c *Conn) WriteBatch(ms []Message) (int, error) {
+	if !c.ok() {
+		return 0, errZeroConn("write")
+	}
 	for i := 0; i < len(ms); {
 		to := normAddr(ms[i].Addr)
 		j := i + 1

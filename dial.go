@@ -218,6 +218,9 @@ type peerQueue struct {
 // an error wrapping the reason; when c is closed, errors wrapping
 // ErrClosed.
 func (c *Conn) ConnTo(addr netip.AddrPort) (net.Conn, error) {
+	if !c.ok() {
+		return nil, errZeroConn("dial")
+	}
 	addr = normAddr(addr)
 	if c.isClosed() {
 		return nil, c.opError("connto", nil, ErrClosed)
@@ -397,3 +400,26 @@ func (pc *peerConn) SetWriteDeadline(t time.Time) error {
 	pc.writeDeadline.set(t)
 	return nil
 }
+
+// PeerConn is the net.Conn of Dial, ConnTo and Listener.Accept: one
+// peer's datagrams, and what the Conn knows of that peer. Those functions
+// return a net.Conn, as net.Dial does; assert it to a PeerConn to reach
+// Peer (as pion/dtls's ConnectionState is reached).
+type PeerConn interface {
+	net.Conn
+	// Peer describes the peer now: its key (pinned, or of its session),
+	// whether it has a session, the last handshake, the datagrams and
+	// bytes exchanged, and the last failure.
+	Peer() PeerInfo
+}
+
+var (
+	_ PeerConn = (*dialConn)(nil)
+	_ PeerConn = (*peerConn)(nil)
+)
+
+// Peer describes the dialed peer.
+func (d *dialConn) Peer() PeerInfo { return d.c.infoOf(d.p, d.c.now()) }
+
+// Peer describes the peer this net.Conn reads and writes.
+func (pc *peerConn) Peer() PeerInfo { return pc.c.infoOf(pc.p, pc.c.now()) }

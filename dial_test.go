@@ -579,3 +579,19 @@ func TestConnToWriteDeadlineFullQueue(t *testing.T) {
 	}
 	t.Fatalf("%d writes, none waited for room in the queue past the deadline", 2*sendQueueBytes/len(msg))
 }
+
+// TestDialTimeoutIsNetError: a Dial whose handshake times out returns a
+// *net.OpError that is a net.Error with Timeout() true, as a dial that
+// times out in the net package does, and that still matches
+// ErrHandshakeTimeout.
+func TestDialTimeoutIsNetError(t *testing.T) {
+	silent := rawUDP(t) // never answers
+	_, err := Dial("udp4", silent.LocalAddr().String(), &Config{HandshakeTimeout: 200 * time.Millisecond})
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() || !errors.Is(err, ErrHandshakeTimeout) {
+		t.Fatalf("Dial to a silent address: %v (net.Error %v); want a timeout matching ErrHandshakeTimeout", err, ne != nil)
+	}
+	if oe, ok := err.(*net.OpError); !ok || !oe.Timeout() || oe.Op != "dial" {
+		t.Fatalf("Dial's error %T %v: want a *net.OpError whose Timeout() is true", err, err)
+	}
+}

@@ -466,9 +466,12 @@ func (d *mpReader) skipN(n uint64, depth int) error {
 type Padding int
 
 const (
-	// PadMTU, the zero value, pads every sealed datagram to the largest
-	// size the path MTU allows (the reference's behaviour): all sealed
-	// datagrams have one length.
+	// PadMTU, the zero value, pads every sealed datagram that fits in
+	// 1452 bytes to 1452 (or to the path's size, if smaller), and a larger
+	// one to the largest size the path MTU and the peer allow: sealed
+	// datagrams have one of two lengths, and a relay or middlebox sized
+	// for QUIC (1452-byte buffers) passes the first (README, "Datagram
+	// sizes").
 	PadMTU Padding = 0
 	// PadNone sends sealed datagrams at their natural length.
 	PadNone Padding = -1

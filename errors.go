@@ -96,3 +96,14 @@ func (e *tooLargeError) Error() string {
 func (e *tooLargeError) Is(target error) bool {
 	return target == ErrMessageTooLarge || target == syscall.EMSGSIZE
 }
+
+// timeoutError is a handshake's timeout: it wraps ErrHandshakeTimeout
+// (and the reason, if any) and is a net.Error whose Timeout is true, as
+// the timeouts of the net package are, so that Dial's *net.OpError
+// reports Timeout() too.
+type timeoutError struct{ err error }
+
+func (e *timeoutError) Error() string   { return e.err.Error() }
+func (e *timeoutError) Unwrap() error   { return e.err }
+func (e *timeoutError) Timeout() bool   { return true }
+func (e *timeoutError) Temporary() bool { return true }

@@ -1,6 +1,7 @@
 package vaultudp_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log"
@@ -129,4 +130,45 @@ func ExampleDial() {
 	}
 	fmt.Printf("%s back from %v\n", buf[:n], conn.RemoteAddr().String() == serverAddr.String())
 	// Output: hello back from true
+}
+
+// A server written one connection at a time: each peer that writes gets
+// a net.Conn of its own from Accept, as from dtls.Listen.
+func ExampleListener() {
+	l, err := vaultudp.ListenConns("udp", "127.0.0.1:0", nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return // closed
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 1500)
+				for {
+					n, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					c.Write(buf[:n]) // echo
+				}
+			}()
+		}
+	}()
+
+	c, err := vaultudp.Dial("udp", l.Addr().String(), nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("hello"))
+	buf := make([]byte, 1500)
+	n, _ := c.Read(buf)
+	server := c.(vaultudp.PeerConn).Peer() // the dialed peer: its key, its counters
+	fmt.Printf("%s, from the key %v\n", buf[:n], bytes.Equal(server.PublicKey, l.Conn().PublicKey()))
+	// Output: hello, from the key true
 }

@@ -18,6 +18,9 @@ import (
 // ctx ends first. An address that is not a peer becomes a learned one, as
 // a write to it would.
 func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
+	if !c.ok() {
+		return errZeroConn("handshake")
+	}
 	addr = normAddr(addr)
 	p, err := c.peerFor(addr, originWrite)
 	if err != nil {

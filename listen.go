@@ -65,6 +65,9 @@ func Wrap(pc net.PacketConn, config *Config) (*Conn, error) {
 // trip: a path challenge, PROTOCOL.md section 5.12). It works on Conns made
 // by Listen.
 func (c *Conn) Rebind(address string) error {
+	if !c.ok() {
+		return errZeroConn("rebind")
+	}
 	if c.network == "" {
 		return fmt.Errorf("%w: Rebind needs a Conn made by Listen", ErrInvalidConfig)
 	}

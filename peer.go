@@ -179,6 +179,9 @@ func (p *peer) closeLocked(reason error) {
 // pc.PublicKey (and unconfirmed ones under another key are dropped);
 // otherwise, or for ProtocolV2, it is replaced and its sessions dropped.
 func (c *Conn) AddPeer(pc PeerConfig) error {
+	if !c.ok() {
+		return errZeroConn("add peer")
+	}
 	if err := pc.check(); err != nil {
 		return err
 	}
@@ -276,6 +279,9 @@ func (c *Conn) dropPeerTableLocked(p *peer, reason error) {
 // queued datagrams. The address's remembered key (trust on first use) is
 // forgotten with it.
 func (c *Conn) RemovePeer(addr netip.AddrPort) error {
+	if !c.ok() {
+		return errZeroConn("remove peer")
+	}
 	addr = normAddr(addr)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -292,6 +298,9 @@ func (c *Conn) RemovePeer(addr netip.AddrPort) error {
 
 // HasPeer reports whether addr is a peer, configured or learned.
 func (c *Conn) HasPeer(addr netip.AddrPort) bool {
+	if !c.ok() {
+		return false
+	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return c.peers[normAddr(addr)] != nil
@@ -299,11 +308,17 @@ func (c *Conn) HasPeer(addr netip.AddrPort) bool {
 
 // Peers lists the peers, configured and learned, sorted by address.
 func (c *Conn) Peers() []PeerInfo {
+	if !c.ok() {
+		return nil
+	}
 	return c.peerInfos(func(netip.AddrPort) bool { return true })
 }
 
 // PeersByIP lists the peers at ip, on any port.
 func (c *Conn) PeersByIP(ip netip.Addr) []PeerInfo {
+	if !c.ok() {
+		return nil
+	}
 	ip = ip.Unmap()
 	return c.peerInfos(func(a netip.AddrPort) bool { return a.Addr() == ip })
 }
@@ -320,32 +335,38 @@ func (c *Conn) peerInfos(match func(netip.AddrPort) bool) []PeerInfo {
 	out := make([]PeerInfo, 0, len(ps))
 	now := c.now()
 	for _, p := range ps {
-		p.mu.Lock()
-		key := p.pinned
-		if key == nil {
-			key = p.identity
-		}
-		out = append(out, PeerInfo{
-			Addr:          p.addr,
-			PublicKey:     slices.Clone(key),
-			Policy:        p.policy(),
-			Protocol:      ProtocolNative,
-			Configured:    p.configured,
-			Established:   c.usable(p.kp.current(), now),
-			LastHandshake: p.lastHandshake,
-			DatagramsIn:   p.datagramsIn.Load(),
-			BytesIn:       p.bytesIn.Load(),
-			DatagramsOut:  p.datagramsOut.Load(),
-			BytesOut:      p.bytesOut.Load(),
-			LastFailure:   p.lastFailure,
-		})
-		if p.proto != nil {
-			p.proto.info(&out[len(out)-1]) // protocol v2 (proto_v2.go)
-		}
-		p.mu.Unlock()
+		out = append(out, c.infoOf(p, now))
 	}
 	slices.SortFunc(out, func(a, b PeerInfo) int { return a.Addr.Compare(b.Addr) })
 	return out
+}
+
+// infoOf describes p at now.
+func (c *Conn) infoOf(p *peer, now int64) PeerInfo {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	key := p.pinned
+	if key == nil {
+		key = p.identity
+	}
+	info := PeerInfo{
+		Addr:          p.addr,
+		PublicKey:     slices.Clone(key),
+		Policy:        p.policy(),
+		Protocol:      ProtocolNative,
+		Configured:    p.configured,
+		Established:   c.usable(p.kp.current(), now),
+		LastHandshake: p.lastHandshake,
+		DatagramsIn:   p.datagramsIn.Load(),
+		BytesIn:       p.bytesIn.Load(),
+		DatagramsOut:  p.datagramsOut.Load(),
+		BytesOut:      p.bytesOut.Load(),
+		LastFailure:   p.lastFailure,
+	}
+	if p.proto != nil {
+		p.proto.info(&info) // protocol v2 (proto_v2.go)
+	}
+	return info
 }
 
 // How a peer came to be. What the Conn may send of its own accord to a

@@ -243,6 +243,9 @@ func (c *Conn) v2Tick(now int64) { c.v2.Tick(now) }
 // X25519 box key (the enc_key of its key exchanges) and its Ed25519
 // signing key (sign_key). The reference shows both as standard base64.
 func (c *Conn) V2PublicKeys() (boxKey []byte, signKey ed25519.PublicKey) {
+	if !c.ok() {
+		return nil, nil
+	}
 	k := c.v2.Keys()
 	return slices.Clone(k.BoxPublic[:]), slices.Clone(k.Sign.Public().(ed25519.PublicKey))
 }

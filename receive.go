@@ -106,10 +106,15 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	if time.Duration(now-s.created) >= c.receiveLimit() {
 		return c.notNative(p, &c.stats.unknownSession)
 	}
+	var head [16]byte
+	copy(head[:], p.data[sealedHeaderLen:]) // for cutShort: a failed open overwrites it
 	env, err := s.open(p.data)
 	switch {
 	case errors.Is(err, errReplay):
 		c.stats.replay.Add(1)
+		return false
+	case err != nil && s.cutShort(p.data, &head): // sizes.go
+		c.stats.truncated.Add(1)
 		return false
 	case err != nil:
 		c.stats.auth.Add(1) // open decrypted in place: p is no longer what came

@@ -351,6 +351,9 @@ func (c *Conn) acquireSession(p *peer) (*session, netip.AddrPort, error) {
 // passing reason counts (see Stats.Drops). Errors are joined, each naming
 // its peer.
 func (c *Conn) Broadcast(b []byte) (int, error) {
+	if !c.ok() {
+		return 0, errZeroConn("write")
+	}
 	if c.isClosed() {
 		// Also with no peers to fail: calls after Close return errors.
 		return 0, c.opError("write", nil, ErrClosed)

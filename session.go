@@ -53,8 +53,9 @@ type session struct {
 	created     int64 // monotonic nanoseconds (Conn clock) when keys were made
 	peer        *peer
 
-	send cipher.AEAD
-	recv cipher.AEAD
+	send    cipher.AEAD
+	recv    cipher.AEAD
+	recvKey [keyLen]byte // recv's key, to tell a cut datagram from a forgery (sizes.go)
 
 	sendCounter atomic.Uint64 // the next counter to send
 
@@ -105,6 +106,7 @@ func newSession(k *sessionKeys, created int64) (*session, error) {
 		created:     created,
 		send:        send,
 		recv:        recv,
+		recvKey:     k.recv,
 	}
 	return s, nil
 }

@@ -1,19 +1,24 @@
 package vaultudp
 
 import (
+	"crypto/subtle"
 	"encoding/binary"
 	"net/netip"
+
+	"golang.org/x/crypto/chacha20"
 )
 
 // Datagram sizes per peer (PROTOCOL.md section 6). Each side tells its
 // peer, in the session parameters it sends sealed at the start of every
 // session (the token message, reset.go), the largest datagram it
 // receives. Padding to the MTU pads to the smaller of the path MTU to that
-// peer (the route's, or Config.MTU) and what the peer receives, so every
-// datagram to a peer has one length, whatever MTU either host has. A
-// datagram above that target is still sent, up to what the peer receives
-// (unless Config.StrictMTU), padded to a multiple of the target; IP
-// fragments it where the path needs it, as it does a *net.UDPConn's.
+// peer (the route's, or Config.MTU) and what the peer receives, the target,
+// but never beyond padSmall for a datagram that fits padSmall: datagrams to
+// a peer have one of two lengths, padSmall (or the target, if smaller) and
+// the target, whatever MTU either host has. A datagram above the target is
+// still sent, up to what the peer receives (unless Config.StrictMTU),
+// padded to a multiple of the target; IP fragments it where the path needs
+// it, as it does a *net.UDPConn's.
 
 const (
 	// udpMaxDatagram is the largest UDP payload (over IPv4).
@@ -30,6 +35,19 @@ const (
 	// extMaxReassembled, the largest it receives at all (fragmented).
 	extMaxDatagram    = 1
 	extMaxReassembled = 2
+
+	// padSmall is the length PadMTU pads a datagram to when it fits in
+	// it, and the target is larger: 1452 bytes, the largest UDP payload
+	// of a 1500-byte path over IPv6 (and so over either family), and the
+	// receive buffer that QUIC stacks and the relays built for them read
+	// into (quic-go's MaxPacketBufferSize; QUIC's packets are sized to
+	// fit it). Padding every datagram to the route's size instead (1472
+	// on IPv4, 65,508 on loopback, then the peer's 1472) made every
+	// sealed datagram 20 bytes too long for such a relay, which cut it,
+	// and the session lost everything the application wrote, however
+	// small (issue 25). What it costs: a datagram's length now tells
+	// whether its natural length is above 1452, and nothing more.
+	padSmall = 1452
 )
 
 // accept is the largest datagram this Conn receives without IP
@@ -71,7 +89,8 @@ func (s *session) peerAcceptOr() int {
 	return minAccept
 }
 
-// padTarget is the length PadMTU gives datagrams under s.
+// padTarget is the length PadMTU gives datagrams under s that do not fit
+// padSmall (paddedSize).
 func (c *Conn) padTarget(s *session) int {
 	path := s.path
 	if path == 0 {
@@ -93,6 +112,8 @@ func (c *Conn) sendLimit(s *session) int {
 // n, padded by p towards target t without passing limit.
 func (p Padding) paddedSize(n, t, limit int) int {
 	switch {
+	case p == PadMTU && n <= min(t, padSmall):
+		return min(t, padSmall)
 	case n <= t:
 		return p.wireSize(n, t)
 	case p == PadMTU:
@@ -101,6 +122,113 @@ func (p Padding) paddedSize(n, t, limit int) int {
 		return min((n+t-1)/t*t, limit)
 	}
 	return p.wireSize(n, limit)
+}
+
+// cutShort reports whether b, a sealed datagram under s that failed
+// authentication, is the start of a longer sealed datagram that was cut
+// short on the way, as a relay or middlebox reading into a smaller buffer
+// cuts it (recvfrom drops what does not fit). head is the first 16 bytes
+// of b's ciphertext as it came: the open that failed overwrote them. Two
+// ways to tell, one ChaCha20 block each, on the failure path only:
+//
+//   - the envelope's start, decrypted without authenticating, is this
+//     implementation's (map, "v" 3, then "p" or "c"), and its first field
+//     alone runs past what arrived: the datagram is shorter than its own
+//     header says. A random forgery decrypts to such a start with
+//     probability about 2^-40.
+//   - b ends inside the sender's padding (PROTOCOL.md 3.4: zeros at the
+//     end of the envelope, so their ciphertext is the bare keystream): the
+//     last 16 bytes, which open took for the tag and left as they came,
+//     are the keystream at their offset under s's key and b's counter. A
+//     forgery matches with probability 2^-128.
+//
+// A datagram cut within a few bytes after its payload, or inside a second
+// field, is not recognised and counts as failed authentication. A
+// datagram damaged on the way in its first field's length may show as cut,
+// and anyone who saw a genuine datagram can make a forgery look cut (the
+// cipher is malleable): the counter is a diagnostic, and nothing but the
+// counter depends on it.
+func (s *session) cutShort(b []byte, head *[16]byte) bool {
+	return s.cutInHeader(b, head) || s.cutInPadding(b)
+}
+
+// keystream writes into dst the ChaCha20 keystream of s's receive key for
+// counter from envelope offset off on (the AEAD encrypts the envelope from
+// block 1; block 0 keys Poly1305). len(dst) is at most 16.
+func (s *session) keystream(dst []byte, counter uint64, off int) bool {
+	nonce := nonceFor(counter)
+	ks, err := chacha20.NewUnauthenticatedCipher(s.recvKey[:], nonce[:])
+	if err != nil {
+		return false
+	}
+	ks.SetCounter(1 + uint32(off/64))
+	var stream [64 + 16]byte
+	k := off % 64
+	ks.XORKeyStream(stream[:k+len(dst)], stream[:k+len(dst)])
+	copy(dst, stream[k:])
+	return true
+}
+
+// cutInHeader: see cutShort.
+func (s *session) cutInHeader(b []byte, head *[16]byte) bool {
+	if len(b) < sealedOverhead+8 {
+		return false
+	}
+	var env [16]byte
+	if !s.keystream(env[:], binary.BigEndian.Uint64(b[8:]), 0) {
+		return false
+	}
+	for i := range env {
+		env[i] ^= head[i]
+	}
+	// map header, then "v" 3 in one of the writer's three encodings.
+	if env[0] < 0x81 || env[0] > 0x8f || env[1] != 0xa1 || env[2] != 'v' {
+		return false
+	}
+	i := 3
+	switch {
+	case env[3] == 3:
+		i += 1
+	case env[3] == 0xcc && env[4] == 3:
+		i += 2
+	case env[3] == 0xcd && env[4] == 0 && env[5] == 3:
+		i += 3
+	default:
+		return false
+	}
+	// The first field, "p" or "c", and its bin or ext header.
+	if env[i] != 0xa1 || (env[i+1] != 'p' && env[i+1] != 'c') {
+		return false
+	}
+	i += 2
+	var n, hdr int
+	switch env[i] {
+	case 0xc4, 0xc7:
+		n, hdr = int(env[i+1]), 2
+	case 0xc5, 0xc8:
+		n, hdr = int(binary.BigEndian.Uint16(env[i+1:])), 3
+	case 0xc6, 0xc9:
+		n, hdr = int(binary.BigEndian.Uint32(env[i+1:])), 5
+	default:
+		return false
+	}
+	if env[i] >= 0xc7 { // ext: the type byte follows the length
+		hdr++
+	}
+	return sealedOverhead+i+hdr+n > len(b)
+}
+
+// cutInPadding: see cutShort.
+func (s *session) cutInPadding(b []byte) bool {
+	off := len(b) - sealedOverhead // the envelope offset of b's last 16 bytes
+	if off < 0 {
+		return false
+	}
+	var stream [16]byte
+	if !s.keystream(stream[:], binary.BigEndian.Uint64(b[8:]), off) {
+		return false
+	}
+	return subtle.ConstantTimeCompare(stream[:], b[len(b)-16:]) == 1
 }
 
 // appendParams appends the session parameters this Conn states.
@@ -136,6 +264,9 @@ func readParams(s *session, b []byte) {
 // receives), less vaultudp's overhead; with Config.StrictMTU, what fits
 // the path MTU to it.
 func (c *Conn) MaxPayloadTo(addr netip.AddrPort) int {
+	if !c.ok() {
+		return 0
+	}
 	addr = normAddr(addr)
 	if p, _ := c.peerFor(addr, lookupOnly); p != nil {
 		if s := p.kp.current(); s != nil {

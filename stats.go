@@ -37,6 +37,7 @@ type Drops struct {
 	Malformed          uint64 // not a well-formed vaultudp datagram
 	Replay             uint64 // a counter seen before or older than the window
 	Auth               uint64 // failed authentication: tag, signature, key exchange
+	Truncated          uint64 // sealed datagrams cut short on the way (a relay or middlebox reading into a smaller buffer): they end inside their own padding; not counted in Auth
 	Policy             uint64 // refused by policy: plaintext where encryption is required, a downgrade
 	Rejected           uint64 // handshakes from keys the trust rules refuse
 	Stale              uint64 // handshake messages that answer no handshake in progress (late, repeated or replayed)
@@ -69,7 +70,7 @@ type counters struct {
 	rateLimit, queueFull, tooLarge, unknownSession     atomic.Uint64
 	dropHandshakeTimeout, peerLimit                    atomic.Uint64
 	writeQueueFull, writeBackoff, writePeerLimit       atomic.Uint64
-	sendFailed                                         atomic.Uint64
+	sendFailed, truncated                              atomic.Uint64
 	unvalidated, abovePathMTU                          atomic.Uint64
 	silences, keepalivesSent, keepalivesReceived       atomic.Uint64
 	handshakeQueueFull                                 atomic.Uint64
@@ -79,6 +80,9 @@ type counters struct {
 
 // Stats returns a snapshot of the Conn's counters.
 func (c *Conn) Stats() Stats {
+	if !c.ok() {
+		return Stats{}
+	}
 	c.mu.RLock()
 	peers := len(c.peers)
 	c.mu.RUnlock()
@@ -110,6 +114,7 @@ func (c *Conn) Stats() Stats {
 			Malformed:          k.malformed.Load(),
 			Replay:             k.replay.Load(),
 			Auth:               k.auth.Load(),
+			Truncated:          k.truncated.Load(),
 			Policy:             k.policy.Load(),
 			Rejected:           k.rejected.Load(),
 			Stale:              k.stale.Load(),

@@ -208,6 +208,7 @@ func (c *Conn) onHandshakeTimer(p *peer, now int64) (hello bool, failed error) {
 			// attempt: anyone can send one from the peer's address).
 			err = fmt.Errorf("%w; %w", err, p.refused)
 		}
+		err = &timeoutError{err}
 		c.failLocked(p, now, err)
 		return false, err
 	case time.Duration(now-p.initSent) >= c.retryAfter():

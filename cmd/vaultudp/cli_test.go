@@ -52,16 +52,18 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// userEnv is an environment whose home and config directory are dir, so
-// that the default key file never lands in the real home.
+// userEnv is an environment whose home, config directory and control
+// socket directory are under dir, so that the default key file and known
+// hosts never land in the real home.
 func userEnv(dir string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "HOME=") && !strings.HasPrefix(kv, "XDG_CONFIG_HOME=") {
+		if !strings.HasPrefix(kv, "HOME=") && !strings.HasPrefix(kv, "XDG_CONFIG_HOME=") &&
+			!strings.HasPrefix(kv, runtimeDirEnv+"=") && !strings.HasPrefix(kv, knownHostsEnv+"=") {
 			env = append(env, kv)
 		}
 	}
-	return append(env, "HOME="+dir, "XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
+	return append(env, "HOME="+dir, "XDG_CONFIG_HOME="+filepath.Join(dir, "config"), runtimeDirEnv+"="+filepath.Join(dir, "run"))
 }
 
 // result is a finished command.
@@ -205,7 +207,7 @@ func (p *proc) stop() {
 	}
 }
 
-var listeningRE = regexp.MustCompile(`^listening on (\S+), identity (\S+) \(key file (.+)\)$`)
+var listeningRE = regexp.MustCompile(`^listening on (\S+), identity (\S+) \(key file (.+)\); trust: (.+)$`)
 
 // listen starts 'vaultudp listen' with args and returns it, its address
 // and its public key.
@@ -274,7 +276,7 @@ func TestCLIAllowRefuses(t *testing.T) {
 func TestCLIPinnedKeyMismatch(t *testing.T) {
 	dir := t.TempDir()
 	env := userEnv(dir)
-	_, addr, pub := listen(t, env, "127.0.0.1:0")
+	_, addr, pub := listen(t, env, "-allow-any", "127.0.0.1:0")
 	_, other := keygen(t, env, dir, "other.key")
 	r := runCLI(t, env, "x\n", "send", "-timeout", "1s", "-peer", addr+"="+other, addr)
 	if r.code != 1 {
@@ -327,7 +329,7 @@ func TestCLIBind(t *testing.T) {
 	dir := t.TempDir()
 	env := userEnv(dir)
 	want := freePort(t)
-	l, addr, _ := listen(t, env, "-bind", want)
+	l, addr, _ := listen(t, env, "-allow-any", "-bind", want)
 	if addr != want {
 		t.Fatalf("listen -bind %s listens on %s", want, addr)
 	}
@@ -339,7 +341,7 @@ func TestCLIBind(t *testing.T) {
 	if m[1] != from {
 		t.Errorf("send -bind %s: the datagram came from %s", from, m[1])
 	}
-	r := runCLI(t, env, "", "listen", "-bind", "127.0.0.1:0", freePort(t))
+	r := runCLI(t, env, "", "listen", "-allow-any", "-bind", "127.0.0.1:0", freePort(t))
 	if r.code != 2 || !strings.Contains(r.stderr, "two addresses") {
 		t.Errorf("listen with -bind and another ADDR exited %d, want 2: %s", r.code, r.stderr)
 	}
@@ -350,7 +352,7 @@ func TestCLIBind(t *testing.T) {
 func TestCLIHostNames(t *testing.T) {
 	dir := t.TempDir()
 	env := userEnv(dir)
-	l, addr, pub := listen(t, env, "localhost:0")
+	l, addr, pub := listen(t, env, "-allow-any", "localhost:0")
 	_, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		t.Fatal(err)
@@ -361,9 +363,10 @@ func TestCLIHostNames(t *testing.T) {
 	}
 	l.stdout.wait(t, "listener", regexp.MustCompile(` by name$`))
 
+	// A name that does not resolve is an error (1), not a usage error.
 	r := runCLI(t, env, "", "send", "no-such-host.invalid:1")
-	if r.code != 2 || !strings.Contains(r.stderr, "no-such-host.invalid") {
-		t.Errorf("send to an unknown host exited %d, want 2 naming it: %s", r.code, r.stderr)
+	if r.code != 1 || !strings.Contains(r.stderr, "no-such-host.invalid") {
+		t.Errorf("send to an unknown host exited %d, want 1 naming it: %s", r.code, r.stderr)
 	}
 
 	// A plain UDP echo service behind two proxies, every address a name.
@@ -384,8 +387,8 @@ func TestCLIHostNames(t *testing.T) {
 	}()
 	_, echoPort, _ := net.SplitHostPort(echo.LocalAddr().String())
 	skey, spub := keygen(t, env, dir, "server.key")
-	server := startCLI(t, env, "proxy", "-key", skey, "-listen", "localhost:0", "-forward", "localhost:"+echoPort)
-	m := server.stderr.wait(t, "server proxy", regexp.MustCompile(`^proxy listening on (\S+), to (\S+)$`))
+	server := startCLI(t, env, "proxy", "-key", skey, "-allow-any", "-listen", "localhost:0", "-forward", "localhost:"+echoPort)
+	m := server.stderr.wait(t, "server proxy", regexp.MustCompile(`^proxy listening on (\S+), to (\S+); trust: `))
 	_, serverPort, _ := net.SplitHostPort(m[1])
 	if m[2] != "127.0.0.1:"+echoPort {
 		t.Errorf("-forward localhost:%s resolved to %s", echoPort, m[2])
@@ -446,12 +449,12 @@ func TestCLIKeygenPubkeyPipe(t *testing.T) {
 func TestCLIKeyPersistence(t *testing.T) {
 	dir := t.TempDir()
 	env := userEnv(dir)
-	first, _, pub1 := listen(t, env, "127.0.0.1:0")
+	first, _, pub1 := listen(t, env, "-allow-any", "127.0.0.1:0")
 	first.stop()
 	if !strings.Contains(first.stderr.String(), "created identity key file") {
 		t.Errorf("the first start does not say it created the key file:\n%s", first.stderr)
 	}
-	second, _, pub2 := listen(t, env, "127.0.0.1:0")
+	second, _, pub2 := listen(t, env, "-allow-any", "127.0.0.1:0")
 	second.stop()
 	if pub1 != pub2 {
 		t.Fatalf("listen changed identity across restarts: %s, then %s", pub1, pub2)
@@ -472,7 +475,7 @@ func TestCLIKeyPersistence(t *testing.T) {
 	idRE := regexp.MustCompile(`^proxy identity (\S+) \(key file (.+)\)$`)
 	var ids []string
 	for range 2 {
-		p := startCLI(t, env, "proxy", "-key", key, "-listen", "127.0.0.1:0", "-forward", freePort(t))
+		p := startCLI(t, env, "proxy", "-key", key, "-allow-any", "-listen", "127.0.0.1:0", "-forward", freePort(t))
 		m := p.stderr.wait(t, "proxy", idRE)
 		p.stderr.wait(t, "proxy", regexp.MustCompile(`^proxy listening on`))
 		p.stop()
@@ -488,7 +491,7 @@ func TestCLIKeyPersistence(t *testing.T) {
 	if err := os.Chmod(key, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r := runCLI(t, env, "", "proxy", "-key", key, "-listen", "127.0.0.1:0", "-forward", "127.0.0.1:9")
+	r := runCLI(t, env, "", "proxy", "-key", key, "-allow-any", "-listen", "127.0.0.1:0", "-forward", "127.0.0.1:9")
 	if r.code != 1 || !strings.Contains(r.stderr, "chmod 600") {
 		t.Errorf("proxy with a 0644 key exited %d, want 1 saying chmod 600: %s", r.code, r.stderr)
 	}
@@ -499,7 +502,7 @@ func TestCLIKeyPersistence(t *testing.T) {
 			bare = append(bare, kv)
 		}
 	}
-	r = runCLI(t, bare, "", "listen", "127.0.0.1:0")
+	r = runCLI(t, bare, "", "listen", "-allow-any", "127.0.0.1:0")
 	if r.code != 1 || !strings.Contains(r.stderr, "-key FILE") {
 		t.Errorf("listen with no config directory exited %d, want 1 asking for -key: %s", r.code, r.stderr)
 	}
@@ -531,12 +534,14 @@ func TestCLIFlagErrorOnce(t *testing.T) {
 func TestCLIHelp(t *testing.T) {
 	env := userEnv(t.TempDir())
 	for cmd, flags := range map[string][]string{
-		"demo":   {"-n"},
-		"keygen": {"-o"},
-		"pubkey": nil,
-		"listen": {"-allow", "-allow-file", "-bind", "-key", "-peer", "-policy", "-status", "-v"},
-		"send":   {"-bind", "-key", "-peer", "-policy", "-timeout", "-v"},
-		"proxy":  {"-allow", "-allow-file", "-forward", "-key", "-listen", "-peer", "-policy", "-remote-key", "-status", "-to", "-v"},
+		"demo":    {"-n"},
+		"keygen":  {"-o"},
+		"pubkey":  nil,
+		"listen":  {"-allow", "-allow-any", "-allow-file", "-allow-plaintext", "-bind", "-config", "-control", "-key", "-peer", "-policy", "-print-config", "-status", "-status-format", "-v"},
+		"send":    {"-bind", "-config", "-key", "-known-hosts", "-peer", "-policy", "-timeout", "-v"},
+		"proxy":   {"-allow", "-allow-any", "-allow-file", "-config", "-control", "-flow-idle", "-forward", "-key", "-known-hosts", "-listen", "-max-flows", "-peer", "-policy", "-remote-key", "-status", "-status-format", "-to", "-v"},
+		"show":    {"-json"},
+		"version": nil,
 	} {
 		r := runCLI(t, env, "", cmd, "-h")
 		if r.code != 0 || !strings.Contains(r.stderr, "Usage: vaultudp "+cmd) {
@@ -553,7 +558,7 @@ func TestCLIHelp(t *testing.T) {
 // -policy plaintext on both ends: no handshake, the datagram arrives.
 func TestCLIPlaintext(t *testing.T) {
 	env := userEnv(t.TempDir())
-	l, addr, _ := listen(t, env, "-policy", "plaintext", "127.0.0.1:0")
+	l, addr, _ := listen(t, env, "-allow-any", "-policy", "plaintext", "127.0.0.1:0")
 	if r := runCLI(t, env, "in clear\n", "send", "-policy", "plaintext", addr); r.code != 0 {
 		t.Fatalf("plaintext send exited %d: %s", r.code, r.stderr)
 	}

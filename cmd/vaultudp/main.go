@@ -7,18 +7,25 @@
 //	vaultudp send [flags] ADDR        send each line of stdin to ADDR as a datagram
 //	vaultudp proxy -listen A -to B    client side of an encrypting UDP proxy
 //	vaultudp proxy -listen A -forward S  server side: opened datagrams go to service S
+//	vaultudp show [-json] [NAME]      the status of running listen and proxy commands
 //	vaultudp bench                    raw UDP beside vaultudp on loopback
+//	vaultudp version                  the version of the command
 //
 // Run "vaultudp COMMAND -h" for the flags of a command. Exit status: 0 on
-// success, 1 on error, 2 on a usage error. The flag package is enough for
-// a handful of subcommands and adds no dependency.
+// success (and after SIGINT or SIGTERM stops listen or proxy), 1 on error,
+// 2 on a usage error. The flag package is enough for a handful of
+// subcommands and adds no dependency.
 //
 // listen and proxy keep one identity across restarts: -key FILE, or
 // vaultudp/identity.key in the user's configuration directory, created
-// with mode 0600 on first use.
-// -allow KEY and -allow-file PATH restrict the peers they accept to the
-// listed public keys. Addresses may be host names: they are resolved,
-// IPv4 first unless the local socket is IPv6.
+// with mode 0600 on first use. They deny by default, as WireGuard: they
+// accept the keys of -allow KEY and -allow-file PATH (or a -config file's
+// [Peer] sections), peers pinned with -peer ADDR=KEY, or, with -allow-any
+// only, any signed key (trust on first use). send and proxy -to trust the
+// server's key pinned with -peer ADDR=KEY (-remote-key), else the one its
+// known hosts file remembers, where the first contact writes it, as ssh.
+// Addresses may be host names: they are resolved, IPv4 first unless the
+// local socket is IPv6.
 package main
 
 import (
@@ -27,6 +34,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
+	"runtime/debug"
 )
 
 type command struct {
@@ -41,7 +50,9 @@ var commands = []command{
 	{"listen", "[flags] ADDR", "receive datagrams on ADDR and print them, one per line", runListen},
 	{"send", "[flags] ADDR", "send each line of stdin to ADDR as one datagram", runSend},
 	{"proxy", "-listen A -to B", "encrypt an unchanged UDP program: plain in, sealed between proxies, plain out", runProxy},
+	{"show", "[-json] [NAME]", "the peers and counters of running listen and proxy commands (as wg show)", runShow},
 	{"bench", "[flags]", "raw UDP beside vaultudp on loopback: packets/s, MB/s, ratio", runBench},
+	{"version", "", "the command's version, and the Go that built it", runVersion},
 }
 
 // errUsage marks errors that exit with status 2.
@@ -52,6 +63,9 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && (args[0] == "-version" || args[0] == "--version") {
+		args = append([]string{"version"}, args[1:]...)
+	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(stderr)
 		if len(args) == 0 {
@@ -83,7 +97,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "vaultudp: encrypted UDP, as a drop-in net.PacketConn.\n\nUsage:")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  vaultudp %-7s %-13s %s\n", c.name, c.args, c.summary)
+		fmt.Fprintf(w, "  vaultudp %-7s %-15s %s\n", c.name, c.args, c.summary)
 	}
 	fmt.Fprintln(w, "\nRun 'vaultudp COMMAND -h' for a command's flags.")
 }
@@ -117,4 +131,35 @@ func parse(fs *flag.FlagSet, args []string) error {
 		return fmt.Errorf("%w: %v (run 'vaultudp %s -h' for the flags)", errUsage, err, fs.Name())
 	}
 	return nil
+}
+
+// runVersion prints the module's version (or "(devel)"), the VCS
+// revision it was built from when known, and the Go version.
+func runVersion(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("version", "", stderr)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return fmt.Errorf("%w: version takes no arguments", errUsage)
+	}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		_, err := fmt.Fprintf(stdout, "vaultudp (unknown version) %s %s/%s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return err
+	}
+	v := bi.Main.Version
+	if v == "" {
+		v = "(devel)"
+	}
+	for _, s := range bi.Settings {
+		switch {
+		case s.Key == "vcs.revision":
+			v += " " + s.Value
+		case s.Key == "vcs.modified" && s.Value == "true":
+			v += " (modified)"
+		}
+	}
+	_, err := fmt.Fprintf(stdout, "vaultudp %s %s %s/%s\n", v, bi.GoVersion, runtime.GOOS, runtime.GOARCH)
+	return err
 }

@@ -12,8 +12,11 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/vaultudp/vaultudp"
@@ -21,13 +24,25 @@ import (
 
 // peerFlags are the flags listen, send and proxy share.
 type peerFlags struct {
-	key     *string
-	policy  *string
-	bind    *string // nil: the command has no -bind
-	peers   []string
-	verbose *bool
-	status  *time.Duration // nil: the command has no -status
-	allow   *allowList     // nil: the command has no -allow
+	key      *string
+	policy   *string
+	bind     *string // nil: the command has no -bind
+	peers    []string
+	verbose  *bool
+	confFile *string
+	print    *bool // -print-config
+
+	// Servers (listen, proxy): whom they accept, and how they report.
+	trust        *serverTrust // nil: a client command
+	status       *time.Duration
+	statusFormat *string
+	control      *string
+
+	// Clients (send, proxy -to): where servers' keys are remembered.
+	knownHosts *string
+
+	inlineKey ed25519.PrivateKey // a config file's PrivateKey
+	confPath  string
 }
 
 // peerFlagOpts says which of the shared flags a command has.
@@ -36,7 +51,8 @@ type peerFlagOpts struct {
 	bind      bool
 	bindHelp  string
 	bindValue string
-	server    bool // -allow, -allow-file and -status
+	server    bool // -allow, -allow-file, -allow-any, -status, -control
+	client    bool // -known-hosts
 }
 
 func addPeerFlags(fs *flag.FlagSet, o peerFlagOpts) *peerFlags {
@@ -51,16 +67,31 @@ func addPeerFlags(fs *flag.FlagSet, o peerFlagOpts) *peerFlags {
 		return nil
 	})
 	pf.verbose = fs.Bool("v", false, "log the library's events (handshakes, refusals, timeouts) to stderr")
+	pf.confFile = fs.String("config", "", "read settings from this file ([Interface] and [Peer] sections, as wg-quick's; see README); flags given on the command line win")
+	pf.print = fs.Bool("print-config", false, "print the configuration file that these flags (and -config) describe, and exit")
 	if o.server {
-		pf.allow = addAllowFlags(fs)
-		pf.status = fs.Duration("status", 0, "print a table of the peers to stderr at this interval (e.g. 10s); 0: never")
+		pf.trust = addServerTrustFlags(fs)
+		pf.status = fs.Duration("status", 0, "print the status of the peers to stderr at this interval (e.g. 10s); 0: never ('vaultudp show' asks at any time)")
+		pf.statusFormat = fs.String("status-format", "text", "-status's format: text (a table, as wg show) or json (one object a line)")
+		pf.control = fs.String("control", "", "the Unix socket 'vaultudp show' asks; default: a socket named after the command and address in $"+runtimeDirEnv+", $XDG_RUNTIME_DIR/vaultudp or the temporary directory; off: none")
+	}
+	if o.client {
+		pf.knownHosts = fs.String("known-hosts", "", "the file where servers' keys are remembered on first contact, as ssh's known_hosts; default: $"+knownHostsEnv+", else vaultudp/known_hosts in the user's config directory")
 	}
 	return pf
 }
 
-// config returns the Config the flags describe, without Identity and
-// Logger. prefer6 says which address family -peer host names resolve to
-// first (the family of the local socket).
+// knownHostsPath is the known hosts file the flags name.
+func (pf *peerFlags) knownHostsPath() string {
+	if *pf.knownHosts != "" {
+		return *pf.knownHosts
+	}
+	return defaultKnownHosts()
+}
+
+// config returns the Config the flags describe, without Identity, Logger
+// and trust rules. prefer6 says which address family -peer host names
+// resolve to first (the family of the local socket).
 func (pf *peerFlags) config(prefer6 bool, stderr io.Writer) (*vaultudp.Config, error) {
 	cfg := &vaultudp.Config{}
 	var err error
@@ -70,16 +101,37 @@ func (pf *peerFlags) config(prefer6 bool, stderr io.Writer) (*vaultudp.Config, e
 	for _, s := range pf.peers {
 		pc, err := parsePeer(s, prefer6)
 		if err != nil {
-			return nil, fmt.Errorf("%w: -peer %q: %v", errUsage, s, err)
+			return nil, addrError("-peer "+strconv.Quote(s), err)
 		}
 		if err := addPeer(cfg, pc); err != nil {
 			return nil, fmt.Errorf("%w: -peer %q: %v", errUsage, s, err)
 		}
 	}
-	if pf.allow != nil {
-		pf.allow.apply(cfg, stderr)
+	if pf.statusFormat != nil && *pf.statusFormat != "text" && *pf.statusFormat != "json" {
+		return nil, fmt.Errorf("%w: -status-format %q: want text or json", errUsage, *pf.statusFormat)
 	}
 	return cfg, nil
+}
+
+// identity is the persistent identity of a server command: a config
+// file's PrivateKey, else -key (created if missing), else the default key
+// file.
+func (pf *peerFlags) identity(stderr io.Writer) (ed25519.PrivateKey, string, error) {
+	if pf.inlineKey != nil {
+		return pf.inlineKey, pf.confPath + " (PrivateKey)", nil
+	}
+	return persistentIdentity(*pf.key, stderr)
+}
+
+// addrError is the error of an address that does not resolve: a usage
+// error when it is malformed, a plain one (exit 1) when the name service
+// failed, since the command line was right.
+func addrError(what string, err error) error {
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		return fmt.Errorf("%s: %v", what, err)
+	}
+	return fmt.Errorf("%w: %s: %v", errUsage, what, err)
 }
 
 // addPeer adds pc to cfg.Peers unless its address is there already.
@@ -187,6 +239,9 @@ func runListen(args []string, stdout, stderr io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	if err := pf.loadConfig(fs, "listen"); err != nil {
+		return err
+	}
 	addr := *pf.bind
 	switch {
 	case fs.NArg() > 1:
@@ -200,13 +255,20 @@ func runListen(args []string, stdout, stderr io.Writer) error {
 	}
 	laddr, is6, err := localAddr(addr)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return addrError("local address", err)
 	}
 	cfg, err := pf.config(is6, stderr)
 	if err != nil {
 		return err
 	}
-	id, keyPath, err := persistentIdentity(*pf.key, stderr)
+	mode, err := pf.trust.apply(cfg, stderr)
+	if err != nil {
+		return err
+	}
+	if *pf.print {
+		return pf.printConfig(stdout, "listen", map[string]string{"ListenAddress": addr})
+	}
+	id, keyPath, err := pf.identity(stderr)
 	if err != nil {
 		return err
 	}
@@ -218,33 +280,46 @@ func runListen(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer c.Close()
-	fmt.Fprintf(stderr, "listening on %v, identity %s (key file %s)\n", c.LocalAddr(), vaultudp.EncodePublicKey(c.PublicKey()), keyPath)
+	fmt.Fprintf(stderr, "listening on %v, identity %s (key file %s); trust: %s\n", c.LocalAddr(), vaultudp.EncodePublicKey(c.PublicKey()), keyPath, mode)
+	snapshot := func() status {
+		return status{Command: "listen", Trust: mode, Conns: []connStatus{snapConn(c, rec, "listen")}}
+	}
+	ctl, err := pf.startControl("listen", c.LocalAddr(), snapshot, stderr)
+	if err != nil {
+		return err
+	}
+	defer ctl.close()
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer close(done)
+	var stopped atomic.Value // the signal that stopped it
 	wg.Go(func() {
 		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, os.Interrupt)
+		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 		defer signal.Stop(sig)
 		select {
-		case <-sig:
-			c.Close()
+		case s := <-sig:
+			stopped.Store(s)
+			c.Close() // flushes what waits to be sent, then unblocks the read
 		case <-done:
 		}
 	})
-	wg.Go(func() {
-		statusLoop(stderr, *pf.status, done, func() []watched { return []watched{{c, rec, "listen"}} })
-	})
+	wg.Go(func() { statusLoop(stderr, *pf.status, *pf.statusFormat, done, snapshot) })
 	buf := make([]byte, 65536)
+	received := 0
 	for {
 		n, from, err := c.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
-				return nil // closed by the interrupt
+				if s, ok := stopped.Load().(os.Signal); ok {
+					fmt.Fprintf(stderr, "stopped by %s after %d %s\n", signalName(s), received, plural(received, "datagram", "datagrams"))
+				}
+				return nil // closed by a signal
 			}
 			return err
 		}
+		received++
 		fmt.Fprintf(stdout, "%v %s\n", from, buf[:n])
 	}
 }
@@ -256,9 +331,13 @@ func runSend(args []string, stdout, stderr io.Writer) error {
 		bind:      true,
 		bindHelp:  "the local address to send from",
 		bindValue: "0.0.0.0:0",
+		client:    true,
 	})
 	timeout := fs.Duration("timeout", vaultudp.DefaultHandshakeTimeout, "how long the handshake may take")
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := pf.loadConfig(fs, "send"); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
@@ -269,21 +348,33 @@ func runSend(args []string, stdout, stderr io.Writer) error {
 	}
 	laddr, is6, err := localAddr(*pf.bind)
 	if err != nil {
-		return fmt.Errorf("%w: -bind: %v", errUsage, err)
+		return addrError("-bind", err)
 	}
 	to, err := resolveAddr(fs.Arg(0), is6, false)
 	if err != nil {
-		return fmt.Errorf("%w: destination %q: %v", errUsage, fs.Arg(0), err)
+		return addrError("destination "+strconv.Quote(fs.Arg(0)), err)
 	}
 	cfg, err := pf.config(is6, stderr)
 	if err != nil {
 		return err
 	}
-	if *pf.key != "" {
+	if *pf.print {
+		return pf.printConfig(stdout, "send", nil)
+	}
+	var ct *clientTrust
+	if cfg.Policy != vaultudp.Plaintext {
+		if ct, err = newClientTrust(cfg, to, pf.knownHostsPath(), stderr); err != nil {
+			return err
+		}
+	}
+	switch {
+	case pf.inlineKey != nil:
+		cfg.Identity = pf.inlineKey
+	case *pf.key != "":
 		if cfg.Identity, err = vaultudp.LoadPrivateKey(*pf.key); err != nil {
 			return err
 		}
-	} else {
+	default:
 		cfg.Identity = vaultudp.GenerateIdentity()
 	}
 	cfg.HandshakeTimeout = *timeout
@@ -294,17 +385,23 @@ func runSend(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer c.Close()
-	if cfg.Policy != vaultudp.Plaintext {
+	if ct != nil {
 		self := vaultudp.EncodePublicKey(cfg.Identity.Public().(ed25519.PublicKey))
 		ctx, cancel := context.WithTimeout(context.Background(), *timeout+time.Second)
 		defer cancel()
-		fmt.Fprintf(stderr, "handshake with %v from %v, identity %s...\n", to, c.LocalAddr(), self)
+		fmt.Fprintf(stderr, "handshake with %v from %v, identity %s; %s\n", to, c.LocalAddr(), self, ct.describe())
 		if err := c.Handshake(ctx, to); err != nil {
-			err = handshakeError(err, to, self, rec)
+			err = handshakeError(err, to, self, rec, ct)
 			if cfg.Policy != vaultudp.Opportunistic {
 				return err
 			}
 			fmt.Fprintf(stderr, "warning: %v; sending in plaintext (-policy opportunistic)\n", err)
+		} else if *pf.verbose {
+			for _, p := range c.Peers() {
+				if normAddr(p.Addr) == normAddr(to) && p.PublicKey != nil {
+					fmt.Fprintf(stderr, "session with %v, key %s\n", to, vaultudp.EncodePublicKey(p.PublicKey))
+				}
+			}
 		}
 	}
 	sc := bufio.NewScanner(os.Stdin)
@@ -318,12 +415,26 @@ func runSend(args []string, stdout, stderr io.Writer) error {
 
 // handshakeError explains a failed handshake: the library's error, the
 // refusal it logged if there was one, and what to check.
-func handshakeError(err error, to netip.AddrPort, self string, rec *recorder) error {
+func handshakeError(err error, to netip.AddrPort, self string, rec *recorder, ct *clientTrust) error {
+	if changed := ct.keyChanged(); changed != nil {
+		return fmt.Errorf("handshake refused: %w", changed)
+	}
 	if errors.Is(err, vaultudp.ErrPeerRejected) {
 		return fmt.Errorf("%w (the peer's key is not the one pinned with -peer)", err)
 	}
 	if f, ok := rec.last(to); ok && strings.Contains(f.reason, "refused") {
 		return fmt.Errorf("%w; %s", err, f.reason)
 	}
-	return fmt.Errorf("%w (is 'vaultudp listen' running there, and does it accept this identity, %s? a listener with -allow refuses other keys and says so with -v)", err, self)
+	return fmt.Errorf("%w (is 'vaultudp listen' running there, and does it accept this identity, %s? a listener accepts only the keys given with -allow, and says so with -v)", err, self)
+}
+
+// signalName is the name operators know a signal by.
+func signalName(s os.Signal) string {
+	switch s {
+	case os.Interrupt:
+		return "SIGINT"
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	}
+	return s.String()
 }

@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -152,11 +154,92 @@ func stderrHandler(verbose bool, w io.Writer) slog.Handler {
 	return slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})
 }
 
-// watched is a Conn the status table shows.
-type watched struct {
-	conn  *vaultudp.Conn
-	rec   *recorder
-	label string // what it is, e.g. "listen" or "flow of client ADDR"
+// status is what -status prints and 'vaultudp show' returns, in text or
+// JSON: the command, whom it trusts, its Conns and their peers, and the
+// proxy's flow counters.
+type status struct {
+	Command string       `json:"command"` // listen or proxy
+	PID     int          `json:"pid"`
+	Time    time.Time    `json:"time"`
+	Trust   string       `json:"trust"`
+	Proxy   *proxyCounts `json:"proxy,omitempty"`
+	Conns   []connStatus `json:"conns"`
+}
+
+// connStatus is one Conn: its address, identity, peers and counters.
+type connStatus struct {
+	Label     string         `json:"label"` // what it is: "listen", "proxy", "flow of client ADDR"
+	LocalAddr string         `json:"local_addr"`
+	PublicKey string         `json:"public_key"`
+	Peers     []peerStatus   `json:"peers"`
+	Stats     vaultudp.Stats `json:"stats"`
+}
+
+// peerStatus is a row of the table: a peer, or an address whose handshake
+// was refused (Kind "refused": not a peer).
+type peerStatus struct {
+	Addr          string     `json:"addr"`
+	PublicKey     string     `json:"public_key,omitempty"`
+	Kind          string     `json:"kind"` // configured, learned or refused
+	Established   bool       `json:"established"`
+	LastHandshake *time.Time `json:"last_handshake,omitempty"`
+	BytesIn       uint64     `json:"bytes_in"`
+	DatagramsIn   uint64     `json:"datagrams_in"`
+	BytesOut      uint64     `json:"bytes_out"`
+	DatagramsOut  uint64     `json:"datagrams_out"`
+	LastFailure   string     `json:"last_failure,omitempty"`
+	FailedAt      *time.Time `json:"failed_at,omitempty"`
+}
+
+// snapConn takes the status of a Conn. The refused addresses come from
+// rec, which reads the library's log records: the library has no event
+// for a refusal, so the recorder is how the command learns of it.
+func snapConn(c *vaultudp.Conn, rec *recorder, label string) connStatus {
+	cs := connStatus{Label: label, LocalAddr: c.LocalAddr().String(), PublicKey: vaultudp.EncodePublicKey(c.PublicKey()), Stats: c.Stats(), Peers: []peerStatus{}}
+	listed := map[netip.AddrPort]bool{}
+	for _, p := range c.Peers() {
+		listed[normAddr(p.Addr)] = true
+		ps := peerStatus{Addr: p.Addr.String(), Kind: "learned", Established: p.Established,
+			BytesIn: p.BytesIn, DatagramsIn: p.DatagramsIn, BytesOut: p.BytesOut, DatagramsOut: p.DatagramsOut}
+		if p.PublicKey != nil {
+			ps.PublicKey = vaultudp.EncodePublicKey(p.PublicKey)
+		}
+		if p.Configured {
+			ps.Kind = "configured"
+		}
+		if !p.LastHandshake.IsZero() {
+			t := p.LastHandshake
+			ps.LastHandshake = &t
+		}
+		if f, ok := rec.last(p.Addr); ok {
+			ps.LastFailure, ps.FailedAt = f.reason, &f.at
+		} else if p.LastFailure != nil {
+			ps.LastFailure = shortReason(p.LastFailure.Error(), p.Addr)
+		}
+		cs.Peers = append(cs.Peers, ps)
+	}
+	for _, a := range rec.all() {
+		if listed[a] {
+			continue
+		}
+		f, _ := rec.last(a)
+		cs.Peers = append(cs.Peers, peerStatus{Addr: a.String(), Kind: "refused", LastFailure: f.reason, FailedAt: &f.at})
+	}
+	return cs
+}
+
+// writeStatus writes st as text (a table per Conn, as wg show) or JSON
+// (one object on one line).
+func writeStatus(w io.Writer, st status, format string) error {
+	if format == "json" {
+		b, err := json.Marshal(st)
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(append(b, '\n'))
+		return err
+	}
+	return printStatus(w, st)
 }
 
 // printStatus writes a table of the peers of each Conn, as wg show does:
@@ -165,44 +248,45 @@ type watched struct {
 // datagrams, as PeerInfo counts them), and the last failure. Addresses
 // whose handshake was refused are listed too (kind "refused"): they are
 // not peers.
-func printStatus(w io.Writer, now time.Time, conns []watched) error {
+func printStatus(w io.Writer, st status) error {
+	now := st.Time
 	var b strings.Builder
-	fmt.Fprintf(&b, "status at %s\n", now.UTC().Format(time.RFC3339))
-	if len(conns) == 0 {
+	fmt.Fprintf(&b, "%s (pid %d) status at %s; trust: %s\n", st.Command, st.PID, now.UTC().Format(time.RFC3339), st.Trust)
+	if p := st.Proxy; p != nil {
+		fmt.Fprintf(&b, "flows: %d open (at most %d, idle after %v); %d made, %d expired idle, %d evicted (oldest first), %d failed; dropped: %d queue full, %d from others than the far end\n",
+			p.Open, p.Max, p.Idle, p.Made, p.Expired, p.Evicted, p.Failed, p.QueueFull, p.Foreign)
+	}
+	if len(st.Conns) == 0 {
 		b.WriteString("  no connections yet\n")
 	}
-	for _, c := range conns {
-		fmt.Fprintf(&b, "%s %v, identity %s\n", c.label, c.conn.LocalAddr(), vaultudp.EncodePublicKey(c.conn.PublicKey()))
+	for _, c := range st.Conns {
+		fmt.Fprintf(&b, "%s %s, identity %s\n", c.Label, c.LocalAddr, c.PublicKey)
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "  PEER\tPUBLIC KEY\tKIND\tESTABLISHED\tLAST HANDSHAKE\tIN\tOUT\tLAST FAILURE")
-		peers := c.conn.Peers()
-		listed := map[netip.AddrPort]bool{}
-		for _, p := range peers {
-			listed[normAddr(p.Addr)] = true
-			key, kind, est, hs := "(none yet)", "learned", "no", "never"
-			if p.PublicKey != nil {
-				key = vaultudp.EncodePublicKey(p.PublicKey)
-			}
-			if p.Configured {
-				kind = "configured"
+		for _, p := range c.Peers {
+			key, est, hs, fail := "-", "no", "never", "-"
+			if p.PublicKey != "" {
+				key = p.PublicKey
+			} else if p.Kind != "refused" {
+				key = "(none yet)"
 			}
 			if p.Established {
 				est = "yes"
 			}
-			if !p.LastHandshake.IsZero() {
-				hs = ago(now, p.LastHandshake)
+			if p.LastHandshake != nil {
+				hs = ago(now, *p.LastHandshake)
 			}
-			fail := lastFailure(c.rec, p.Addr, now)
-			if p.LastFailure != nil && fail == "-" {
-				fail = shortReason(p.LastFailure.Error(), p.Addr)
+			if p.LastFailure != "" {
+				fail = p.LastFailure
+				if p.FailedAt != nil {
+					fail += " (" + ago(now, *p.FailedAt) + ")"
+				}
 			}
-			fmt.Fprintf(tw, "  %v\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Addr, key, kind, est, hs,
-				traffic(p.BytesIn, p.DatagramsIn), traffic(p.BytesOut, p.DatagramsOut), fail)
-		}
-		for _, a := range c.rec.all() {
-			if !listed[a] {
-				fmt.Fprintf(tw, "  %v\t-\trefused\tno\tnever\t-\t-\t%s\n", a, lastFailure(c.rec, a, now))
+			in, out := traffic(p.BytesIn, p.DatagramsIn), traffic(p.BytesOut, p.DatagramsOut)
+			if p.Kind == "refused" {
+				in, out = "-", "-"
 			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Addr, key, p.Kind, est, hs, in, out, fail)
 		}
 		if err := tw.Flush(); err != nil {
 			return err
@@ -243,14 +327,6 @@ func shortReason(s string, addr netip.AddrPort) string {
 	return strings.TrimPrefix(strings.TrimPrefix(s, addr.String()+": "), addr.String()+" ")
 }
 
-func lastFailure(r *recorder, addr netip.AddrPort, now time.Time) string {
-	f, ok := r.last(addr)
-	if !ok {
-		return "-"
-	}
-	return fmt.Sprintf("%s (%s)", f.reason, ago(now, f.at))
-}
-
 func ago(now, t time.Time) string {
 	d := now.Sub(t)
 	if d < 0 {
@@ -259,9 +335,9 @@ func ago(now, t time.Time) string {
 	return d.Round(time.Second).String() + " ago"
 }
 
-// statusLoop prints the status of conns() to w every interval until done
-// is closed. interval <= 0: it returns at once.
-func statusLoop(w io.Writer, interval time.Duration, done <-chan struct{}, conns func() []watched) {
+// statusLoop writes the status snapshot() takes to w every interval, in
+// format, until done is closed. interval <= 0: it returns at once.
+func statusLoop(w io.Writer, interval time.Duration, format string, done <-chan struct{}, snapshot func() status) {
 	if interval <= 0 {
 		return
 	}
@@ -271,8 +347,14 @@ func statusLoop(w io.Writer, interval time.Duration, done <-chan struct{}, conns
 		select {
 		case <-done:
 			return
-		case now := <-t.C:
-			printStatus(w, now, conns())
+		case <-t.C:
+			writeStatus(w, stamp(snapshot()), format)
 		}
 	}
+}
+
+// stamp fills in the time and process of a status.
+func stamp(st status) status {
+	st.Time, st.PID = time.Now(), os.Getpid()
+	return st
 }
