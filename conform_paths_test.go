@@ -2,7 +2,6 @@ package vaultudp
 
 import (
 	"net"
-	"net/netip"
 	"testing"
 	"time"
 )
@@ -94,70 +93,5 @@ func TestConformTwoPathsReplay(t *testing.T) {
 	}
 	if after.Peers != before.Peers+1 {
 		t.Errorf("peers %d, then %d: want one more, the stranger", before.Peers, after.Peers)
-	}
-}
-
-// TestConformHelloLog: the responder's freshness rule per identity, step
-// by step.
-func TestConformHelloLog(t *testing.T) {
-	a := netip.MustParseAddrPort("192.0.2.1:1000")
-	b := netip.MustParseAddrPort("192.0.2.2:1000")
-	const t0 = uint64(1_700_000_000_000_000_000)
-	ms := uint64(time.Millisecond)
-	var h *helloLog
-	if !h.fresh(t0, a) {
-		t.Fatal("a first hello is refused")
-	}
-	h = new(helloLog)
-	h.record(t0+10*ms, a)
-	for _, c := range []struct {
-		name string
-		ts   uint64
-		from netip.AddrPort
-		ok   bool
-	}{
-		{"the same hello again, same address", t0 + 10*ms, a, false},
-		{"the same hello from elsewhere", t0 + 10*ms, b, false},
-		{"older, same address", t0 + 5*ms, a, false},
-		{"older, another address, within the reorder window", t0 + 5*ms, b, true},
-		{"older, another address, at the window's edge", t0 + 10*ms - uint64(helloReorder), b, true},
-		{"older, another address, past the window", t0 + 10*ms - uint64(helloReorder) - 1, b, false},
-		{"newer, same address", t0 + 11*ms, a, true},
-		{"newer, another address", t0 + 11*ms, b, true},
-	} {
-		if got := h.fresh(c.ts, c.from); got != c.ok {
-			t.Errorf("%s: fresh = %v, want %v", c.name, got, c.ok)
-		}
-	}
-	// The overtaken hello is answered and remembered: its replay is not.
-	h.record(t0+5*ms, b)
-	if h.fresh(t0+5*ms, a) || h.fresh(t0+5*ms, b) || h.fresh(t0+4*ms, b) {
-		t.Error("a replay of the overtaken hello, or an older one on its path, is fresh")
-	}
-	if !h.fresh(t0+6*ms, b) || h.newest != t0+10*ms {
-		t.Errorf("newest %d, fresh(t0+6ms, b) %v", h.newest-t0, h.fresh(t0+6*ms, b))
-	}
-
-	// Many paths at once: the log keeps helloPaths of them; the oldest it
-	// forgets becomes the floor, below which everything is refused.
-	h = new(helloLog)
-	for i := range helloPaths + 3 {
-		h.record(t0+uint64(i)*ms, netip.AddrPortFrom(a.Addr(), uint16(2000+i)))
-	}
-	if h.n != helloPaths || h.floor != t0+2*ms {
-		t.Errorf("log of %d with floor t0+%dms, want %d with floor t0+2ms", h.n, (h.floor-t0)/ms, helloPaths)
-	}
-	for i := range helloPaths + 3 {
-		if h.fresh(t0+uint64(i)*ms, b) {
-			t.Errorf("the answered hello t0+%dms is fresh from another address", i)
-		}
-	}
-	if !h.fresh(t0+2*ms+1, b) {
-		t.Error("a hello just above the floor from a new address is refused")
-	}
-	// Entries behind the reorder window are dropped: refused by age.
-	h.record(t0+uint64(helloReorder)+20*ms, a)
-	if h.n != 1 || h.fresh(t0+5*ms+1, b) {
-		t.Errorf("after a hello a window later: log of %d, old hello fresh %v", h.n, h.fresh(t0+5*ms+1, b))
 	}
 }

@@ -444,10 +444,6 @@ func (d dropTally) sum() int { return d.malformed + d.unknown + d.auth + d.uncer
 // data.
 var keepaliveLen = sealedOverhead + (&record{}).envelopeLen()
 
-// tokenWireLen is the length of a sealed token message (reset token and
-// session parameters) written with PadNone.
-var tokenWireLen = sealedOverhead + (&record{control: make([]byte, tokenMsgLen+8)}).envelopeLen()
-
 // isSealedData reports whether b, as written by a Conn with PadNone, is
 // a sealed datagram longer than a keepalive: a payload, or now and then a
 // sealed control message (a token at a session's start, a challenge).

@@ -36,7 +36,7 @@ func peerState(c *Conn, addr netip.AddrPort) peerSnapshot {
 	defer p.kp.mu.Unlock()
 	return peerSnapshot{
 		exists: true, hellos: p.hellos, attempt: p.init != nil, failErr: p.failErr,
-		established: p.established, cur: p.kp.cur.Load() != nil, prev: p.kp.prev != nil, next: p.kp.next != nil,
+		established: p.established, cur: p.kp.cur.Load() != nil, prev: p.kp.prev != nil, next: p.respNew != nil,
 		queued: len(p.queue), configured: p.configured, removed: p.removed,
 	}
 }
@@ -54,7 +54,7 @@ func settleSession(t *testing.T, a, b *Conn) {
 			return false
 		}
 		sa, sb := pa.kp.current(), pb.kp.current()
-		return sa != nil && sb != nil && sa.peerToken.Load() != nil && sb.peerToken.Load() != nil
+		return sa != nil && sb != nil && sa.final.Load() == nil && sb.final.Load() == nil
 	}
 	deadline := time.Now().Add(waitLong)
 	for !done() {
@@ -154,14 +154,18 @@ func TestTimerDeferredHello(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.kp.addPending(&session{}) // as a hello from silent's address leaves
+	p.mu.Lock()
+	p.respNew = &response{} // as a hello from silent's address leaves
+	p.mu.Unlock()
 	a.WriteToUDPAddrPort([]byte("waits"), silent)
 	if s := peerState(a, silent); s.hellos != 0 || s.queued != 1 {
 		t.Fatalf("with a waiting responder session: %+v, want no hello and the datagram queued", s)
 	}
 	for range 3 {
 		clk.advance(t, 300*time.Millisecond, 0)
-		p.kp.addPending(&session{}) // renewed: a forged hello, again
+		p.mu.Lock()
+		p.respOld, p.respNew = p.respNew, &response{created: a.now()} // renewed: a forged hello, again
+		p.mu.Unlock()
 	}
 	if s := peerState(a, silent); s.hellos != 0 {
 		t.Fatalf("within retryAfter: %d hellos, want 0", s.hellos)
