@@ -86,4 +86,3 @@ func FuzzEnvelopeDecode(f *testing.F) {
 		}
 	})
 }
-
