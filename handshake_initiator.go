@@ -11,12 +11,16 @@ import (
 	"github.com/vaultudp/vaultudp/internal/noise"
 )
 
-// Handshake waits until the peer at addr has a session, starting a
-// handshake if none is under way (also after a failed one). It returns an
-// error wrapping ErrHandshakeTimeout if the attempt fails, one wrapping
-// ErrPeerRejected if the trust rules refused the peer's key, ctx's error if
-// ctx ends first. An address that is not a peer becomes a learned one, as
-// a write to it would.
+// Handshake waits until the peer at addr has a session that it has
+// confirmed, starting a handshake if none is under way (also after a
+// failed one). When it returns nil, MaxPayloadTo(addr) is final: the
+// peer's parameters came inside the handshake. It returns an error
+// wrapping ErrHandshakeTimeout if the attempt fails (no answer, or the
+// peer never confirmed our final message: its trust rules may refuse our
+// key, which it cannot tell us), one wrapping ErrPeerRejected if our
+// trust rules refused the peer's key (and ErrPresharedKey if the
+// preshared keys differ), ctx's error if ctx ends first. An address that
+// is not a peer becomes a learned one, as a write to it would.
 func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 	if !c.ok() {
 		return errZeroConn("handshake")
@@ -40,9 +44,25 @@ func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 			p.mu.Unlock()
 			return err
 		}
-		if c.usable(p.kp.current(), c.now()) {
+		if s := p.kp.current(); c.usable(s, c.now()) {
+			if s.final.Load() == nil {
+				p.mu.Unlock()
+				return nil
+			}
+			// Our final message waits for the responder's first sealed
+			// datagram (receiveSealed notifies), or fails the attempt
+			// (onUnansweredFinal).
+			started = true
+			ch := p.changed
 			p.mu.Unlock()
-			return nil
+			select {
+			case <-ch:
+				continue
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-c.closed:
+				return c.opError("handshake", nil, ErrClosed)
+			}
 		}
 		if started && !p.handshakingLocked() && p.failErr != nil {
 			err := p.failErr
@@ -96,18 +116,17 @@ func (c *Conn) startHandshake(p *peer) {
 type helloReason uint8
 
 const (
-	helloAsked       helloReason = iota // the application asked for a session: Handshake, Dial, AddPeer
-	helloWrite                          // a write found no session: its datagram waits
-	helloOffer                          // Opportunistic: a write went in clear; the Conn offers a session
-	helloRekey                          // the current session is due for renewal
-	helloReset                          // the peer reset the current session
-	helloSilence                        // sealed datagrams went unanswered for SilenceTimeout
-	helloUnconfirmed                    // the responder never confirmed our session (its final message went unanswered)
-	helloRetry                          // this attempt's hello went unanswered for retryAfter
-	helloQueued                         // datagrams wait, and no attempt is under way
+	helloAsked   helloReason = iota // the application asked for a session: Handshake, Dial, AddPeer
+	helloWrite                      // a write found no session: its datagram waits
+	helloOffer                      // Opportunistic: a write went in clear; the Conn offers a session
+	helloRekey                      // the current session is due for renewal
+	helloReset                      // the peer reset the current session
+	helloSilence                    // sealed datagrams went unanswered for SilenceTimeout
+	helloRetry                      // this attempt's hello went unanswered for retryAfter
+	helloQueued                     // datagrams wait, and no attempt is under way
 )
 
-var helloReasons = [...]string{"asked", "write", "offer", "rekey", "reset", "silence", "unconfirmed", "retry", "queued"}
+var helloReasons = [...]string{"asked", "write", "offer", "rekey", "reset", "silence", "retry", "queued"}
 
 func (r helloReason) String() string { return helloReasons[r] }
 
@@ -149,7 +168,7 @@ func (c *Conn) wantHelloLocked(p *peer, why helloReason, now int64) bool {
 		}
 	}
 	switch why {
-	case helloOffer, helloReset, helloUnconfirmed:
+	case helloOffer, helloReset:
 	default:
 		if c.awaitingConfirmLocked(p, now) {
 			return false

@@ -132,8 +132,12 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	}
 	if s.final.Load() != nil {
 		// The responder confirmed our final message: it is not sent
-		// again (timers.go).
-		s.final.Store(nil)
+		// again (timers.go), and Handshake may return.
+		pr.mu.Lock()
+		if s.final.Swap(nil) != nil {
+			pr.notifyLocked()
+		}
+		pr.mu.Unlock()
 	}
 	to := *pr.at.Load()
 	validated := to == p.from

@@ -52,8 +52,10 @@ func (c *Conn) tick() {
 		c.onPathTimeout(p, now)
 		hello = c.onQueueWaiting(p, now) || hello
 		hello = c.onSilence(p, now) || hello
-		fin, lost := c.onUnansweredFinal(p, now)
-		hello = lost || hello
+		fin, finFailed := c.onUnansweredFinal(p, now)
+		if failed == nil {
+			failed = finFailed
+		}
 		ka := c.onKeepalive(p, now)
 		if c.onIdle(p, now) {
 			idle = append(idle, p)
@@ -135,30 +137,33 @@ func (c *Conn) onSilence(p *peer, now int64) bool {
 // onUnansweredFinal: the initiator's final message is confirmed by the
 // first sealed datagram from the responder that opens under the session;
 // while none has, it is sent again every retry interval. After a
-// handshake timeout with none the responder has refused us (or never got
-// it): the session is given up, and a hello claimed (lost reports that).
-// fin is the final message to send again, or nil.
-func (c *Conn) onUnansweredFinal(p *peer, now int64) (fin []byte, lost bool) {
+// handshake timeout with none the responder has refused our key (which
+// it does silently) or never got it: the session is given up and the
+// attempt fails (failLocked), as a hello never answered does. fin is the
+// final message to send again, or nil; failed the attempt's failure, if
+// it ended it.
+func (c *Conn) onUnansweredFinal(p *peer, now int64) (fin []byte, failed error) {
 	s := p.kp.current()
 	if s == nil || !s.initiator {
-		return nil, false
+		return nil, nil
 	}
 	f := s.final.Load()
 	if f == nil {
-		return nil, false
+		return nil, nil
 	}
 	if time.Duration(now-s.created) >= c.cfg.HandshakeTimeout {
 		s.final.Store(nil)
 		p.kp.discard(s)
 		c.index.remove(s)
-		p.notifyLocked()
-		return nil, c.wantHelloLocked(p, helloUnconfirmed, now)
+		err := fmt.Errorf("%w: %v never confirmed the session after %v (its trust rules may refuse our key)", ErrHandshakeTimeout, p.addr, c.cfg.HandshakeTimeout)
+		c.failLocked(p, now, err)
+		return nil, err
 	}
 	if time.Duration(now-s.finalSent.Load()) >= c.retryAfter() {
 		s.finalSent.Store(now | 1)
-		return *f, false
+		return *f, nil
 	}
-	return nil, false
+	return nil, nil
 }
 
 // onKeepalive: a passive keepalive (data came in, nothing went back for
