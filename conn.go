@@ -154,6 +154,11 @@ type Conn struct {
 	plainPeers   int
 	plainOrder   []*peer
 	plainEvicted addrSet // plaintext peers evicted, remembered (peer.go)
+	// strangers holds, for addresses that are no peer, the replies sent
+	// to their hellos, on a peer not in the table: a hello creates no
+	// peer; a final message that completes one does
+	// (handshake_responder.go). They count against MaxPeers.
+	strangers map[netip.AddrPort]*peer
 
 	// With locks of their own (see the list above).
 	index *sessionIndex // sessions and initiations by local index (keypairs.go)
@@ -219,6 +224,7 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 		writeDeadline: newDeadline(),
 		closed:        make(chan struct{}),
 		peers:         make(map[netip.AddrPort]*peer),
+		strangers:     make(map[netip.AddrPort]*peer),
 		index:         newSessionIndex(),
 		sq:            newSendQueue(),
 	}

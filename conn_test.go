@@ -166,6 +166,47 @@ func newStrangerInit(t testing.TB, idx uint32) *noise.Initiation {
 	return init
 }
 
+// strangerSession completes a whole handshake with c from a plain
+// socket, as a stranger with a fresh identity, and returns the socket
+// once c has confirmed the session (its first sealed datagram came).
+func strangerSession(t testing.TB, c *Conn) *net.UDPConn {
+	t.Helper()
+	raw := rawUDP(t)
+	init := newStrangerInit(t, 0x5157)
+	if _, err := raw.WriteToUDPAddrPort(init.Hello(), addrOf(c)); err != nil {
+		t.Fatal(err)
+	}
+	raw.SetReadDeadline(time.Now().Add(waitLong))
+	defer raw.SetReadDeadline(time.Time{})
+	buf := make([]byte, 65536)
+	want := byte(typeReply)
+	for range 100 {
+		n, _, err := raw.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("stranger's handshake: %v", err)
+		}
+		if n < 8 || buf[0] != ProtocolVersion || buf[1] != want {
+			continue
+		}
+		if want == typeSealed {
+			return raw
+		}
+		if _, err := init.ReadReply(buf[:n]); err != nil {
+			t.Fatal(err)
+		}
+		final, _, err := init.WriteFinal(&noise.Params{MaxUnfragmented: 1472, MaxDatagram: 1472})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := raw.WriteToUDPAddrPort(final, addrOf(c)); err != nil {
+			t.Fatal(err)
+		}
+		want = typeSealed
+	}
+	t.Fatal("stranger's handshake: no answer among 100 datagrams")
+	return nil
+}
+
 // strangerBarrier sends a hello from raw to c's address and waits for the
 // reply. A Conn handles the datagrams of one source in the order they
 // arrive, on one goroutine, so when the reply comes every datagram raw

@@ -31,7 +31,7 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 	}
 	c.mu.RLock()
 	pr := c.peers[from]
-	full := pr == nil && c.learned >= c.cfg.MaxPeers
+	full := pr == nil && c.strangers[from] == nil && c.learned+len(c.strangers) >= c.cfg.MaxPeers
 	c.mu.RUnlock()
 	if full {
 		// Refused before any costly work: a flood of hellos from new
@@ -81,13 +81,20 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 	r := &response{r: resp, localIndex: idx, from: from, local: local, created: c.now()}
 	c.mu.Lock()
 	if pr = c.peers[from]; pr == nil {
-		if c.learned >= c.cfg.MaxPeers {
-			c.mu.Unlock()
-			c.index.release(idx)
-			c.stats.peerLimit.Add(1)
-			return
+		// No peer yet: the reply waits on a stranger, outside the
+		// table, until a final message completes it (a replayed or
+		// forged hello, which cannot, leaves nothing in the table).
+		if pr = c.strangers[from]; pr == nil {
+			if c.learned+len(c.strangers) >= c.cfg.MaxPeers {
+				c.mu.Unlock()
+				c.index.release(idx)
+				c.stats.peerLimit.Add(1)
+				return
+			}
+			pr = c.newPeer(from, nil)
+			pr.origin, pr.stranger = originHello, true
+			c.strangers[from] = pr
 		}
-		pr = c.addLearnedTableLocked(from, originHello)
 	}
 	c.mu.Unlock()
 	pr.mu.Lock()
@@ -254,6 +261,10 @@ func (c *Conn) handleFinal(msg []byte, from netip.AddrPort, local netip.Addr) {
 		return
 	}
 	applyParams(s, &res.peer.Params)
+	p, adopted := c.adoptStranger(p)
+	if !adopted {
+		return
+	}
 	queued, to, ok := c.installResponder(p, s, r, id, c.cfg.now())
 	if !ok {
 		return
@@ -263,11 +274,52 @@ func (c *Conn) handleFinal(msg []byte, from netip.AddrPort, local netip.Addr) {
 	if len(queued) > 0 {
 		c.flush(p, s, to, queued)
 	} else {
-		c.sendKeepalive(p, s, to)
+		c.sendConfirm(s, to)
 	}
 	s.finalAcked.Store(c.now() | 1)
 	if len(f.Sealed) > 0 {
 		c.receiveCoalesced(f.Sealed, from, local)
+	}
+}
+
+// adoptStranger makes p, a stranger whose reply a final message just
+// completed, a learned peer in the table, and returns it; a peer that is
+// in the table already is returned as it is. ok is false if the table
+// has no room (MaxPeers), or another peer took the address meanwhile:
+// the initiator's next attempt finds that one.
+func (c *Conn) adoptStranger(p *peer) (*peer, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.stranger {
+		return p, true
+	}
+	if c.strangers[p.addr] != p || c.peers[p.addr] != nil || c.learned >= c.cfg.MaxPeers {
+		c.stats.peerLimit.Add(1)
+		return nil, false
+	}
+	delete(c.strangers, p.addr)
+	p.stranger = false
+	c.peers[p.addr] = p
+	c.learned++
+	return p, true
+}
+
+// sweepStrangers drops the replies to strangers that waited past the
+// handshake timeout, and the strangers left with none (timers.go).
+func (c *Conn) sweepStrangers(now int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for addr, p := range c.strangers {
+		p.mu.Lock()
+		c.expireResponsesLocked(p, now)
+		if p.respNew == nil {
+			delete(c.strangers, addr)
+			p.stranger = false
+			p.closeLocked(ErrUnknownPeer)
+		}
+		p.mu.Unlock()
 	}
 }
 
@@ -280,10 +332,18 @@ func (c *Conn) finalAgain(s *session, sealed []byte, from netip.AddrPort, local 
 	now := c.now()
 	if last := s.finalAcked.Load(); last == 0 || now-last >= int64(c.retryAfter()) {
 		s.finalAcked.Store(now | 1)
-		c.sendKeepalive(s.peer, s, *s.peer.at.Load())
+		c.sendConfirm(s, *s.peer.at.Load())
 	}
 	if len(sealed) > 0 {
 		c.receiveCoalesced(sealed, from, local)
+	}
+}
+
+// sendConfirm confirms s to its initiator: an empty sealed datagram (not
+// counted as a keepalive: it is the handshake's last step).
+func (c *Conn) sendConfirm(s *session, to netip.AddrPort) {
+	if err := c.sendSealed(s, to, nil, false, nil); err != nil {
+		c.log.Debug("vaultudp: confirming a session", "peer", to, "err", err)
 	}
 }
 
@@ -301,6 +361,10 @@ func (c *Conn) receiveCoalesced(sealed []byte, from netip.AddrPort, local netip.
 	if !c.receive(q) {
 		c.putPacket(q)
 	}
+	// This may run on the handshake goroutine while a reader is blocked
+	// in the socket (direct.go), where the datagram will not come: it
+	// must look at the queue now, as for a datagram to oneself.
+	c.kickDirectReader()
 }
 
 // installResponder makes s, the session of a response its initiator

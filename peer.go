@@ -107,6 +107,7 @@ type peer struct {
 	established   bool          // it has had a confirmed session
 	changed       chan struct{} // closed and replaced when a session comes or an attempt fails
 	removed       bool
+	stranger      bool // in Conn.strangers, not the table: only replies waiting (handshake_responder.go)
 }
 
 // PeerInfo describes a peer.

@@ -84,7 +84,8 @@ func (c *Conn) tick() {
 		}
 		c.mu.Unlock()
 	}
-	c.v2Tick(now) // protocol v2 key exchanges (proto_v2.go)
+	c.sweepStrangers(now) // replies to hellos from no peer (handshake_responder.go)
+	c.v2Tick(now)         // protocol v2 key exchanges (proto_v2.go)
 }
 
 // markSent marks a sealed datagram sent to p, for the keepalive and

@@ -123,12 +123,14 @@ func TestTimerNoRetryToUnprovedAddress(t *testing.T) {
 	a := fakeListen(t, clk, &Config{Policy: Opportunistic})
 	raw := rawUDP(t)
 	msg := (&record{payload: make([]byte, 400), hasPayload: true}).appendTo([]byte{ProtocolVersion, typeOpen}, 0)
-	if _, err := raw.WriteToUDPAddrPort(msg, addrOf(a)); err != nil {
-		t.Fatal(err)
+	for range 4 { // 1,600 bytes: a hello (1,360) is paid for
+		if _, err := raw.WriteToUDPAddrPort(msg, addrOf(a)); err != nil {
+			t.Fatal(err)
+		}
+		readWithin(t, a, waitLong)
 	}
-	readWithin(t, a, waitLong)
 	from := addrOf2(raw)
-	a.WriteToUDPAddrPort([]byte("answer"), from) // in clear, and one hello: the 400 bytes paid for it
+	a.WriteToUDPAddrPort([]byte("answer"), from) // in clear, and one hello: the bytes received paid for it
 	if s := peerState(a, from); s.hellos != 1 {
 		t.Fatalf("after the answer: %d hellos, want 1", s.hellos)
 	}
