@@ -183,7 +183,14 @@ type response struct {
 	local      netip.Addr
 	created    int64        // Conn clock
 	result     *finalResult // its final message, read, while trust waits (handleFinal); under the peer's lock
+	// held are sealed datagrams for the session that came before the
+	// final message (it travels the handshake queue, they do not), up to
+	// maxHeld, under the peer's lock; received once the session is made.
+	held []*packet
 }
+
+// maxHeld bounds the sealed datagrams a response holds for its session.
+const maxHeld = 8
 
 // sessionKeys are the outcome of a completed exchange.
 type sessionKeys struct {

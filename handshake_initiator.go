@@ -451,7 +451,11 @@ func (c *Conn) handleReply(msg []byte) {
 // datagram is no longer than a padded sealed one; ok is false if b does
 // not fit there (it then goes on its own, after the final message).
 func (c *Conn) coalesce(s *session, final, b []byte) (out []byte, ok bool) {
-	room := c.padTarget(s) - len(final)
+	target := c.padTarget(s)
+	if c.cfg.Padding == PadMTU {
+		target = min(target, padSmall) // as paddedSize pads a datagram that fits
+	}
+	room := target - len(final)
 	rec := record{payload: b, hasPayload: true}
 	natural := sealedOverhead + rec.envelopeLen()
 	if natural > room {

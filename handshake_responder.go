@@ -115,6 +115,7 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 func (c *Conn) addResponseLocked(p *peer, r *response) {
 	c.index.respond(r.localIndex, p)
 	if old := p.respOld; old != nil {
+		c.dropHeldResponse(old)
 		c.index.dropResponse(old.localIndex)
 	}
 	p.respOld, p.respNew = p.respNew, r
@@ -140,6 +141,7 @@ func (p *peer) takeResponseLocked(r *response) bool {
 func (c *Conn) clearResponsesLocked(p *peer) {
 	for _, r := range []*response{p.respNew, p.respOld} {
 		if r != nil {
+			c.dropHeldResponse(r)
 			c.index.dropResponse(r.localIndex)
 		}
 	}
@@ -155,6 +157,7 @@ func (c *Conn) expireResponsesLocked(p *peer, now int64) bool {
 	for _, r := range []*response{p.respOld, p.respNew} {
 		if r != nil && now-r.created >= int64(c.cfg.HandshakeTimeout) {
 			p.takeResponseLocked(r)
+			c.dropHeldResponse(r)
 			c.index.dropResponse(r.localIndex)
 			gone = true
 		}
@@ -245,6 +248,7 @@ func (c *Conn) handleFinal(msg []byte, from netip.AddrPort, local netip.Addr) {
 			// again, once the liveness challenge has had its time.
 			r.result = res
 		} else if p.takeResponseLocked(r) {
+			c.dropHeldResponse(r)
 			c.index.dropResponse(r.localIndex)
 		}
 		p.mu.Unlock()
@@ -265,9 +269,15 @@ func (c *Conn) handleFinal(msg []byte, from netip.AddrPort, local netip.Addr) {
 	if !adopted {
 		return
 	}
-	queued, to, ok := c.installResponder(p, s, r, id, c.cfg.now())
+	queued, held, to, ok := c.installResponder(p, s, r, id, c.cfg.now())
 	if !ok {
 		return
+	}
+	if from == to {
+		// The final message proved this address: answers leave from
+		// where it arrived, as after any authenticated datagram from
+		// there (receiveSealed).
+		p.setLocal(local)
 	}
 	// The confirmation: what waited, or a keepalive, to the peer's
 	// validated address.
@@ -279,6 +289,14 @@ func (c *Conn) handleFinal(msg []byte, from netip.AddrPort, local netip.Addr) {
 	s.finalAcked.Store(c.now() | 1)
 	if len(f.Sealed) > 0 {
 		c.receiveCoalesced(f.Sealed, from, local)
+	}
+	for _, q := range held {
+		if !c.receive(q) {
+			c.putPacket(q)
+		}
+	}
+	if len(held) > 0 {
+		c.kickDirectReader() // as receiveCoalesced
 	}
 }
 
@@ -321,6 +339,42 @@ func (c *Conn) sweepStrangers(now int64) {
 		}
 		p.mu.Unlock()
 	}
+}
+
+// holdForResponse keeps p, a sealed datagram for index idx, if idx is a
+// reply's waiting for its final message: the initiator may send under the
+// session as soon as it has sent the final message, which the handshake
+// goroutine handles, so the datagram can overtake it. ours reports
+// whether idx is such a reply's (then no reset is due); kept whether p
+// was kept (at most maxHeld are).
+func (c *Conn) holdForResponse(idx uint32, p *packet) (kept, ours bool) {
+	pr := c.index.responder(idx)
+	if pr == nil {
+		return false, false
+	}
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	for _, r := range []*response{pr.respNew, pr.respOld} {
+		if r != nil && r.localIndex == idx {
+			if len(r.held) >= maxHeld {
+				c.stats.unknownSession.Add(1)
+				return false, true
+			}
+			r.held = append(r.held, p)
+			return true, true
+		}
+	}
+	return false, false
+}
+
+// dropHeldResponse gives back the datagrams r held; the peer's lock is
+// held.
+func (c *Conn) dropHeldResponse(r *response) {
+	c.stats.unknownSession.Add(uint64(len(r.held)))
+	for _, q := range r.held {
+		c.putPacket(q)
+	}
+	r.held = nil
 }
 
 // finalAgain handles a final message for s, a session it completed
@@ -373,34 +427,39 @@ func (c *Conn) receiveCoalesced(sealed []byte, from netip.AddrPort, local netip.
 // if p is gone, or s's identity is new at a learned peer's address whose
 // old identity answered its liveness challenge meanwhile (PROTOCOL.md
 // 5.16).
-func (c *Conn) installResponder(p *peer, s *session, r *response, identity ed25519.PublicKey, wall time.Time) (queued [][]byte, to netip.AddrPort, ok bool) {
+func (c *Conn) installResponder(p *peer, s *session, r *response, identity ed25519.PublicKey, wall time.Time) (queued [][]byte, held []*packet, to netip.AddrPort, ok bool) {
 	s.peer = p
 	s.identity = identity
 	s.path = c.pathDatagram(p.addrLoad()) // sizes.go: a system call, before the lock
 	now := c.now()
 	p.mu.Lock()
 	if !p.takeResponseLocked(r) || p.removed {
+		c.dropHeldResponse(r)
 		p.mu.Unlock()
 		c.index.dropResponse(r.localIndex)
-		return nil, netip.AddrPort{}, false
+		return nil, nil, netip.AddrPort{}, false
 	}
-	c.index.doneResponding(r.localIndex)
 	replace := false
 	if p.identity != nil && !bytes.Equal(p.identity, s.identity) {
 		// A new identity at a learned peer's address (path.go,
 		// replaceable): it replaces the old one only if the old one did
 		// not answer its liveness challenge meanwhile.
 		if p.alive != 0 && p.alive >= p.replacing {
+			c.dropHeldResponse(r)
 			p.mu.Unlock()
-			c.index.release(r.localIndex)
+			c.index.dropResponse(r.localIndex)
 			c.stats.rejected.Add(1)
-			return nil, netip.AddrPort{}, false
+			return nil, nil, netip.AddrPort{}, false
 		}
 		replace = true
 		p.live, p.alive, p.replacing = nil, 0, 0
 	}
 	rekey := p.kp.current() != nil
+	// Added before the index stops naming the reply: a datagram under s
+	// always finds one or the other.
 	c.index.add(s)
+	c.index.doneResponding(r.localIndex)
+	held, r.held = r.held, nil
 	// Our own attempt, if any, is over: the peer's completed session
 	// serves (crossed hellos, PROTOCOL.md 9.9), and a hello being made
 	// now is superseded too.
@@ -421,5 +480,5 @@ func (c *Conn) installResponder(p *peer, s *session, r *response, identity ed255
 	to = p.addr
 	p.mu.Unlock()
 	c.log.Debug("vaultudp: session established", "peer", to, "initiator", false, "rekey", rekey, "replaced", replace)
-	return queued, to, true
+	return queued, held, to, true
 }

@@ -98,6 +98,9 @@ func (c *Conn) receiveSealed(p *packet) bool {
 		if c.receiveOther(p) { // protocol v2 (proto_v2.go)
 			return false
 		}
+		if kept, ours := c.holdForResponse(idx, p); ours {
+			return kept // handshake_responder.go: its final message is on its way
+		}
 		c.stats.unknownSession.Add(1)
 		c.sendReset(idx, p.from, p.local) // reset.go: we may have restarted
 		return false

@@ -61,9 +61,9 @@ func TestForgedHelloDoesNotPinPeer(t *testing.T) {
 	}
 }
 
-// TestLostConfirmation: the initiator's confirmation (its token message)
-// is lost and it writes nothing for a while; its token is sent again until
-// the responder's answers, so the session works when it writes.
+// TestLostConfirmation: the initiator's final message is lost and it
+// writes nothing for a while; the final message is sent again until the
+// responder confirms it, so the session works when it writes.
 func TestLostConfirmation(t *testing.T) {
 	n := newMemNet()
 	ma, mb := n.listen(t, "10.0.0.1:1000"), n.listen(t, "10.0.0.2:2000")
@@ -73,8 +73,8 @@ func TestLostConfirmation(t *testing.T) {
 	n.drop = func(from, to netip.AddrPort, b []byte) bool {
 		mu.Lock()
 		defer mu.Unlock()
-		if from == ma.addr && len(b) > 1 && b[1] == typeSealed && !dropped {
-			dropped = true // the first sealed datagram: the confirmation
+		if from == ma.addr && len(b) > 1 && b[1] == typeFinal && !dropped {
+			dropped = true // the first final message
 			return true
 		}
 		return false
@@ -91,9 +91,9 @@ func TestLostConfirmation(t *testing.T) {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		s := p.kp.current()
-		return s != nil && s.peerToken.Load() != nil
+		return s != nil && s.final.Load() == nil
 	}); !ok {
-		t.Fatalf("the responder's token never came after %v", took)
+		t.Fatalf("the responder never confirmed after %v", took)
 	}
 	if _, err := a.WriteToUDPAddrPort([]byte("after a lost confirmation"), mb.addr); err != nil {
 		t.Fatal(err)
