@@ -91,7 +91,8 @@ type Config struct {
 	// (trust on first use); another key from that address is then
 	// refused until the peer is removed. An unpinned key protects against
 	// eavesdroppers, not against a man in the middle on the first
-	// exchange.
+	// exchange. It runs on a goroutine of its own with no lock of the
+	// Conn held: it may call any method of the Conn, Close included.
 	VerifyPeer func(addr netip.AddrPort, key ed25519.PublicKey) error
 
 	// KeyLifetime is the age after which a session is renewed by a new
@@ -186,9 +187,21 @@ type Config struct {
 	// DefaultCookieThreshold.
 	CookieThreshold int
 
-	// Logger receives handshake and error events (never one per datagram
-	// at Info level). nil: no logging.
+	// Logger receives the Conn's events (peers up, down, refused, failed,
+	// roamed, reset: Info and Warn) and diagnostics (Debug), never one
+	// per datagram above Debug. It is called with no lock of the Conn
+	// held, so a handler may call any method of the Conn. nil: no
+	// logging.
 	Logger *slog.Logger
+
+	// Events, if set, is called for each Event (a peer up, down, refused,
+	// failed, roamed, reset or forgotten), in order, on a goroutine of
+	// the Conn's own and with no lock held: it may call any method of the
+	// Conn, Close included (Close then does not wait for the callback to
+	// return). Events wait for it in a queue of 256; when that is full,
+	// further ones are dropped and counted (Stats.Drops.EventsDropped).
+	// nil: none.
+	Events func(Event)
 
 	// V2BoxPrivateKey and V2SigningKey are the static keys spoken to
 	// ProtocolV2 peers (the Python reference's enc_private, as 32 raw
@@ -357,7 +370,7 @@ func (c *Config) resolve() (Config, error) {
 	return r, nil
 }
 
-// checkPeer validates a PeerConfig.
+// check validates a PeerConfig.
 func (p *PeerConfig) check() error {
 	if !p.Addr.IsValid() || p.Addr.Port() == 0 {
 		return fmt.Errorf("%w: peer address %v: want an IP and a non-zero port", ErrInvalidConfig, p.Addr)

@@ -70,6 +70,7 @@ type Conn struct {
 	clock       atomic.Int64 // coarse monotonic nanoseconds of clk, advanced each tick (timers.go)
 	stats       counters
 	queuedBytes atomic.Int64           // bytes waiting for handshakes, all peers
+	heldBytes   atomic.Int64           // buffers held on paths being validated, all peers (path.go)
 	sock        atomic.Pointer[socket] // replaced by Rebind under rebindMu
 
 	routes *routeCache // route MTUs per destination, with its own lock (pathmtu.go)
@@ -85,6 +86,7 @@ type Conn struct {
 	recvQ    chan *packet
 	hsQueue  chan *handshakeElem // handshake_queue.go
 	hsElems  sync.Pool           // *handshakeElem
+	hsQueued atomic.Int32        // messages queued and not yet handled (handshake_queue.go)
 	hsInline *rate.Limiter       // handshake messages the readers may handle themselves
 
 	// The read side (direct.go): deadlines, and who reads the socket.
@@ -95,9 +97,15 @@ type Conn struct {
 	appToken      chan struct{} // held by the one application goroutine reading the socket
 	writeDeadline *deadline
 
-	closed    chan struct{}
-	closeOnce sync.Once
-	wg        sync.WaitGroup
+	closed  chan struct{}
+	closing atomic.Bool // Close has begun: a second returns at once, as *net.UDPConn's does
+	wg      sync.WaitGroup
+
+	// Config.Events (events.go): the queue, its goroutine's end, and
+	// whether it is inside the callback.
+	events chan Event
+	evDone chan struct{}
+	evBusy atomic.Bool
 
 	// Owned by the housekeeping goroutine (timers.go).
 
@@ -250,6 +258,10 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 	c.hsElems.New = func() any { return new(handshakeElem) }
 	c.wg.Add(3)
 	go c.readLoop(s)
+	if cfg.Events != nil {
+		c.events, c.evDone = make(chan Event, eventQueueLen), make(chan struct{})
+		go c.dispatchEvents()
+	}
 	ticks, stop := c.clk.ticker(housekeepingEvery)
 	go c.housekeeping(ticks, stop)
 	go c.handshakeLoop()
@@ -509,39 +521,39 @@ func (c *Conn) SetWriteBuffer(bytes int) error {
 
 // Close closes the Conn and its socket. Blocked calls return at once with
 // errors wrapping net.ErrClosed; Close returns after every goroutine of
-// the Conn has ended. A second Close returns an error wrapping
-// net.ErrClosed, as *net.UDPConn's does.
+// the Conn has ended (but the Config.Events callback, if one runs then:
+// it may be what called Close). A second Close returns an error wrapping
+// net.ErrClosed at once, as *net.UDPConn's does.
 func (c *Conn) Close() error {
 	if !c.ok() {
 		return errZeroConn("close")
 	}
-	first := false
-	c.closeOnce.Do(func() {
-		first = true
-		c.rebindMu.Lock()
-		close(c.closed)
-		c.sq.stop() // what writes queued goes out first (sendqueue.go)
-		err := c.sock.Load().Close()
-		c.rebindMu.Unlock()
-		c.wg.Wait()
-		<-c.spare.done
-		c.readDeadline.stop()
-		c.writeDeadline.stop()
-		c.z.close()
-		c.v2.Close() // protocol v2 (proto_v2.go)
-		c.mu.Lock()
-		for _, p := range c.peers {
-			p.mu.Lock()
-			p.closeLocked(net.ErrClosed)
-			p.mu.Unlock()
-		}
-		c.mu.Unlock()
-		if err != nil {
-			c.log.Debug("vaultudp: closing socket", "err", err)
-		}
-	})
-	if !first {
+	if !c.closing.CompareAndSwap(false, true) {
 		return c.opError("close", nil, net.ErrClosed)
+	}
+	c.rebindMu.Lock()
+	close(c.closed)
+	c.sq.stop() // what writes queued goes out first (sendqueue.go)
+	err := c.sock.Load().Close()
+	c.rebindMu.Unlock()
+	c.wg.Wait()
+	<-c.spare.done
+	c.readDeadline.stop()
+	c.writeDeadline.stop()
+	c.z.close()
+	c.v2.Close() // protocol v2 (proto_v2.go)
+	c.mu.Lock()
+	for _, p := range c.peers {
+		p.mu.Lock()
+		p.closeLocked(net.ErrClosed)
+		p.mu.Unlock()
+	}
+	c.mu.Unlock()
+	if err != nil {
+		c.log.Debug("vaultudp: closing socket", "err", err)
+	}
+	if c.evDone != nil && !c.evBusy.Load() {
+		<-c.evDone
 	}
 	return nil
 }

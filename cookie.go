@@ -3,6 +3,7 @@ package vaultudp
 import (
 	"crypto/rand"
 	"crypto/subtle"
+	"hash/maphash"
 	"net/netip"
 	"sync"
 	"time"
@@ -30,6 +31,8 @@ const DefaultCookieThreshold = 500
 // MAC per hello, not a signature verification.
 type cookieJar struct {
 	threshold int
+	budget    sourceBudget   // cookies per source
+	jobs      chan cookieJob // cookie messages to send (handshake_queue.go)
 
 	// mu guards the fields below.
 	mu          sync.Mutex
@@ -42,7 +45,8 @@ type cookieJar struct {
 }
 
 func newCookieJar(threshold int, now time.Time) *cookieJar {
-	j := &cookieJar{threshold: threshold, rotated: now, second: now}
+	j := &cookieJar{threshold: threshold, rotated: now, second: now, budget: newSourceBudget(cookieRate, cookieBurst),
+		jobs: make(chan cookieJob, cookieQueueLen)}
 	rand.Read(j.secret[:])
 	rand.Read(j.previous[:])
 	return j
@@ -116,4 +120,78 @@ func (j *cookieJar) underLoad(now time.Time) bool {
 		j.loadedUntil = now.Add(time.Second)
 	}
 	return now.Before(j.loadedUntil)
+}
+
+// Cookies per source. Under load, a hello without a valid cookie costs the
+// reader a cookie message, a system call: a flood from one source (or a
+// few) that never answers its cookies would make the reader spend its time
+// sending them. A source (an IPv4 address, an IPv6 /64) gets at most
+// cookieRate cookies a second, in bursts of cookieBurst, enough for the
+// clients of a NAT starting at once; past that its cookieless hellos are
+// dropped (Drops.CookieLimit), and a client that answered its cookie is
+// not affected: its hellos carry a valid one. Sources forged at random
+// each get their cookie, as before: the budget cannot tell them apart.
+const (
+	cookieRate  = 100
+	cookieBurst = 100
+)
+
+// budgetSlots is the size of a sourceBudget's table, 24 bytes a slot,
+// allocated at the first use.
+const budgetSlots = 4096
+
+// sourceBudget paces something (resets, cookies) per source, in a fixed
+// table of token buckets found by a keyed hash of the source's address
+// (an IPv4 address, an IPv6 /64): bounded memory, whatever the number of
+// sources. The last source seen in a slot owns it; another source that
+// hashes there takes it over with a full bucket, so a flood from many
+// sources cannot drain the budget of one it does not forge, and the
+// secret seed keeps an attacker from aiming at a slot.
+type sourceBudget struct {
+	rate, burst float64
+	seed        maphash.Seed
+
+	mu    sync.Mutex
+	slots []budgetSlot
+}
+
+type budgetSlot struct {
+	tag    uint64
+	tokens float64
+	last   int64 // Conn clock of the last refill
+}
+
+func newSourceBudget(rate, burst float64) sourceBudget {
+	return sourceBudget{rate: rate, burst: burst, seed: maphash.MakeSeed()}
+}
+
+// allow takes one from the budget of from's source at now (Conn clock,
+// nanoseconds).
+func (b *sourceBudget) allow(from netip.AddrPort, now int64) bool {
+	ip := from.Addr().Unmap()
+	var h uint64
+	if ip.Is4() {
+		a := ip.As4()
+		h = maphash.Bytes(b.seed, a[:])
+	} else {
+		a := ip.As16()
+		h = maphash.Bytes(b.seed, a[:8]) // the /64
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.slots == nil {
+		b.slots = make([]budgetSlot, budgetSlots)
+	}
+	s := &b.slots[h%budgetSlots]
+	if s.tag != h {
+		*s = budgetSlot{tag: h, tokens: b.burst, last: now}
+	} else {
+		s.tokens = min(b.burst, s.tokens+float64(now-s.last)*b.rate/1e9)
+		s.last = now
+	}
+	if s.tokens < 1 {
+		return false
+	}
+	s.tokens--
+	return true
 }

@@ -13,7 +13,8 @@ import (
 //	"v"  uint     envelope version, 3 (any msgpack uint encoding is read)
 //	"p"  bin      the user's datagram, present iff the envelope carries one
 //	     ext 1    the same, zstd-compressed (one frame, content size set)
-//	"c"  bin      one control message (handshake, cookie), absent if none
+//	"c"  bin      one control message (handshake, cookie, reset token,
+//	              path challenge or response), absent if none
 //	"g"  bin      padding, zeros when written, ignored when read
 //
 // The writer emits the keys in that order with the shortest encodings,

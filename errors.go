@@ -81,6 +81,8 @@ var (
 	errUnexpected = errors.New("vaultudp: unexpected handshake message")
 	errVersion    = errors.New("vaultudp: no common protocol version")
 	errReflected  = errors.New("vaultudp: reflected handshake")
+
+	errSessionsExpired = errors.New("vaultudp: its sessions expired")
 )
 
 // tooLargeError is the error of a datagram over MaxPayload. It matches

@@ -203,12 +203,13 @@ type sessionKeys struct {
 }
 
 // params returns the session parameters this Conn states for its session
-// with local index idx: the sizes it receives and its reset token.
-func (c *Conn) params(idx uint32) noise.Params {
+// with local index idx, with the peer at addr: the sizes it receives and
+// its reset token, bound to that path (reset.go).
+func (c *Conn) params(idx uint32, addr netip.AddrPort) noise.Params {
 	return noise.Params{
 		MaxUnfragmented: uint16(min(c.accept(), 65535)),
 		MaxDatagram:     uint16(min(c.acceptWhole(), 65535)),
-		ResetToken:      c.resets.token(idx),
+		ResetToken:      c.resets.token(idx, addr, c.localPort()),
 		HasToken:        true,
 	}
 }

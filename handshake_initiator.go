@@ -375,7 +375,7 @@ func (c *Conn) handleReply(msg []byte) {
 			// nothing of ours (identity, static key) is sent.
 			c.stats.pskMismatch.Add(1)
 			ferr := fmt.Errorf("%w: %w: %v: its reply does not decrypt under our preshared key (the two sides hold different keys, or one holds none)", ErrPeerRejected, ErrPresharedKey, addr)
-			c.log.Info("vaultudp: handshake failed", "peer", addr, "err", ferr)
+			c.event(Event{Kind: EventFailed, Addr: addr, Err: ferr})
 			p.mu.Lock()
 			if p.init == init || p.prevInit == init {
 				c.failLocked(p, c.now(), ferr)
@@ -397,7 +397,7 @@ func (c *Conn) handleReply(msg []byte) {
 		// and writes report it (an on-path attacker, who could drop the
 		// reply anyway, can end an attempt this way, no more).
 		c.stats.rejected.Add(1)
-		c.log.Info("vaultudp: handshake refused", "peer", addr, "err", err)
+		c.event(Event{Kind: EventRefused, Addr: addr, Key: rp.Identity, Err: err})
 		p.mu.Lock()
 		if p.init == init || p.prevInit == init {
 			c.failLocked(p, c.now(), err)
@@ -412,7 +412,7 @@ func (c *Conn) handleReply(msg []byte) {
 		c.stats.stale.Add(1)
 		return
 	}
-	ours := c.params(idx)
+	ours := c.params(idx, addr)
 	final, keys, err := init.n.WriteFinal(&ours)
 	if err != nil {
 		c.stats.stale.Add(1)

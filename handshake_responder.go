@@ -20,15 +20,8 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 		c.stats.malformed.Add(1)
 		return
 	}
-	wall := c.cfg.now()
-	// Under load, a hello without this address's cookie gets a cookie
-	// and nothing else: no cryptography, 24 bytes back.
-	if c.cookies.underLoad(wall) && !c.cookies.valid(from, h.Cookie, wall) {
-		cookie := c.cookies.make(from, wall)
-		c.stats.cookiesSent.Add(1)
-		c.sendRawFrom(from, local, noise.CookieMsg(h.SenderIndex, cookie[:]))
-		return
-	}
+	// The reader applied the cookie rule already (helloGate): under
+	// load, only a hello with its source's cookie comes here.
 	c.mu.RLock()
 	pr := c.peers[from]
 	full := pr == nil && c.strangers[from] == nil && c.learned+len(c.strangers) >= c.cfg.MaxPeers
@@ -66,7 +59,7 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 		Index:    idx,
 		Versions: c.hs.versions,
 		PSK:      c.pskFor(pr),
-		Params:   c.params(idx),
+		Params:   c.params(idx, from),
 		Entropy:  ent,
 	})
 	if err != nil {
@@ -252,7 +245,7 @@ func (c *Conn) handleFinal(msg []byte, from netip.AddrPort, local netip.Addr) {
 			c.index.dropResponse(r.localIndex)
 		}
 		p.mu.Unlock()
-		c.log.Info("vaultudp: handshake refused", "peer", r.from, "err", err)
+		c.event(Event{Kind: EventRefused, Addr: r.from, Key: id, Err: err})
 		return
 	}
 	s, err := newSession(&sessionKeys{
@@ -480,5 +473,8 @@ func (c *Conn) installResponder(p *peer, s *session, r *response, identity ed255
 	to = p.addr
 	p.mu.Unlock()
 	c.log.Debug("vaultudp: session established", "peer", to, "initiator", false, "rekey", rekey, "replaced", replace)
+	if !rekey || replace {
+		c.event(Event{Kind: EventUp, Addr: to, Key: identity})
+	}
 	return queued, held, to, true
 }

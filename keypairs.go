@@ -302,6 +302,9 @@ func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall tim
 	p.mu.Unlock()
 	if ok { // logged with no lock held: the handler is the application's code
 		c.log.Debug("vaultudp: session established", "peer", addr, "initiator", s.initiator, "rekey", rekey)
+		if s.initiator && !rekey {
+			c.event(Event{Kind: EventUp, Addr: addr, Key: identity})
+		}
 	}
 	return queued
 }

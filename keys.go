@@ -79,8 +79,14 @@ func WritePrivateKey(path string, k ed25519.PrivateKey) error {
 }
 
 // LoadPrivateKey reads a private key file written by WritePrivateKey (or
-// `vaultudp keygen`). It refuses a file that group or others may read or
-// write, as ssh does, because such a key may already be someone else's.
+// `vaultudp keygen`). As ssh does, it refuses (ErrInvalidKey, with what
+// to fix) a key that someone else may already know or may have chosen:
+// a file that group or others may read or write; and, where files have
+// owners (Unix), a file owned by another user than the caller or root,
+// or one in a directory, or below one, that another user could change
+// (owned by another user than the caller or root, or writable by group
+// or others without the sticky bit), because whoever can rename files
+// there can put their own key in its place.
 func LoadPrivateKey(path string) (ed25519.PrivateKey, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -93,6 +99,9 @@ func LoadPrivateKey(path string) (ed25519.PrivateKey, error) {
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
 		return nil, fmt.Errorf("%w: %s has mode %04o: group and others must have no access (chmod 600 %s)", ErrInvalidKey, path, perm, path)
+	}
+	if err := checkKeyOwners(path, fi); err != nil {
+		return nil, err
 	}
 	var buf bytes.Buffer
 	if _, err := buf.ReadFrom(f); err != nil {

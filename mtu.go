@@ -118,12 +118,6 @@ func maxPayloadFor(datagram int) int {
 	return max(n, -1)
 }
 
-// sealedLen is the exact length on the wire (UDP payload) of a sealed
-// datagram carrying an uncompressed payload of n bytes and no padding.
-func sealedLen(n int) int {
-	return sealedOverhead + envelopeFraming + binHeaderLen(n) + n
-}
-
 // checkMTU validates Config.MTU.
 func checkMTU(mtu int) error {
 	if mtu != 0 && (mtu < MinMTU || mtu > MaxMTU) {

@@ -124,3 +124,9 @@ func TestCheckMTU(t *testing.T) {
 		}
 	}
 }
+
+// sealedLen is the exact length on the wire (UDP payload) of a sealed
+// datagram carrying an uncompressed payload of n bytes and no padding.
+func sealedLen(n int) int {
+	return sealedOverhead + envelopeFraming + binHeaderLen(n) + n
+}

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/subtle"
 	"net/netip"
+	"sync/atomic"
 	"time"
 )
 
@@ -43,6 +44,10 @@ const (
 	// maxHeldOnPath is how many datagrams from an address being validated
 	// wait for its answer.
 	maxHeldOnPath = 8
+	// maxHeldBytesPerConn bounds the buffers held for all the paths being
+	// validated, as maxQueuedBytesPerConn bounds the send queues: a held
+	// datagram can be 64 KiB (GRO), and sessions are as cheap as a key.
+	maxHeldBytesPerConn = 4 << 20
 )
 
 // pathCheck is a challenge under way; the peer's mu guards it.
@@ -53,6 +58,39 @@ type pathCheck struct {
 	sentAt  int64     // ... at the last one; zero if none sent yet
 	credit  int       // bytes received from addr not yet spent on challenges
 	held    []*packet // path only: datagrams that arrived from addr
+
+	heldBytes int           // the buffers of held, counted in acct
+	acct      *atomic.Int64 // the Conn's count of held buffers (Conn.heldBytes)
+}
+
+// hold keeps q, within the Conn-wide bound; false if it is reached.
+func (pc *pathCheck) hold(q *packet) bool {
+	n := cap(q.buf)
+	if pc.acct.Add(int64(n)) > maxHeldBytesPerConn {
+		pc.acct.Add(-int64(n))
+		return false
+	}
+	pc.held = append(pc.held, q)
+	pc.heldBytes += n
+	return true
+}
+
+// takeHeld returns the held datagrams, no longer counted.
+func (pc *pathCheck) takeHeld() []*packet {
+	held := pc.held
+	pc.acct.Add(-int64(pc.heldBytes))
+	pc.held, pc.heldBytes = nil, 0
+	return held
+}
+
+// dropPathLocked ends the path check of p, a peer being closed, and lets
+// its held datagrams go (to the garbage collector: the peer has no
+// Conn at hand). p.mu is held.
+func (p *peer) dropPathLocked() {
+	if pc := p.path; pc != nil {
+		pc.takeHeld()
+		p.path = nil
+	}
 }
 
 // challengeWireLen is the length of a sealed, unpadded challenge.
@@ -78,20 +116,26 @@ func (c *Conn) onNewPath(pr *peer, s *session, p *packet, rec *record) bool {
 	pc := pr.path
 	if pc == nil || pc.addr != from {
 		c.dropHeldLocked(pc)
-		pc = &pathCheck{addr: from, started: now}
+		pc = &pathCheck{addr: from, started: now, acct: &c.heldBytes}
 		rand.Read(pc.data[:])
 		pr.path = pc
 	}
 	pc.credit += len(p.data)
 	send := c.challengeDueLocked(pc, now)
 	kept := false
-	if rec.hasPayload {
+	if rec.hasPayload && !pr.removed {
 		if len(pc.held) >= maxHeldOnPath {
 			c.stats.unvalidated.Add(1)
 		} else if q, k, ok := c.payloadPacket(p, pr, rec); ok {
 			q.from = from
-			pc.held = append(pc.held, q)
-			kept = k
+			if pc.hold(q) {
+				kept = k
+			} else {
+				c.stats.unvalidated.Add(1) // the Conn holds all it may
+				if !k {
+					c.putPacket(q)
+				}
+			}
 		}
 	}
 	data := pc.data
@@ -133,6 +177,15 @@ func (c *Conn) sendChallenge(s *session, to netip.AddrPort, typ byte, data [8]by
 // handleSealedControl handles a control message in a sealed datagram from
 // pr's session s, received from from.
 func (c *Conn) handleSealedControl(pr *peer, s *session, msg []byte, from netip.AddrPort) {
+	if len(msg) >= tokenMsgLen && msg[0] == ctlToken {
+		// The peer's token for a new path (reset.go), and its
+		// parameters again.
+		var t [tokenLen]byte
+		copy(t[:], msg[1:])
+		s.peerToken.Store(&t)
+		readParams(s, msg[tokenMsgLen:]) // sizes.go
+		return
+	}
 	if len(msg) != challengeLen {
 		c.stats.malformed.Add(1)
 		return
@@ -171,11 +224,15 @@ func (c *Conn) handleResponse(pr *peer, data [8]byte, from netip.AddrPort) {
 		return
 	}
 	pr.path = nil
-	held := pc.held
+	held := pc.takeHeld()
 	pr.mu.Unlock()
 	if !c.movePeer(pr, from) {
 		c.dropHeld(held)
 		return
+	}
+	// The token we gave the peer is bound to its old address (reset.go).
+	if cur := pr.kp.current(); cur != nil {
+		c.sendToken(cur, from)
 	}
 	for _, q := range held {
 		if !c.queueRead(q, pr) {
@@ -189,8 +246,8 @@ func (c *Conn) handleResponse(pr *peer, data [8]byte, from netip.AddrPort) {
 // refuses (false) if pr is gone or another peer holds the address.
 func (c *Conn) movePeer(pr *peer, to netip.AddrPort) bool {
 	from, ok := c.movePeerTable(pr, to)
-	if ok { // logged with no lock held: the handler is the application's code
-		c.log.Debug("vaultudp: peer moved to a validated address", "from", from, "to", to)
+	if ok { // reported with no lock held: the handler is the application's code
+		c.event(Event{Kind: EventRoamed, Addr: to, From: from})
 	}
 	return ok
 }
@@ -233,8 +290,7 @@ func (c *Conn) onPathTimeout(p *peer, now int64) {
 // belongs to is held.
 func (c *Conn) dropHeldLocked(pc *pathCheck) {
 	if pc != nil {
-		c.dropHeld(pc.held)
-		pc.held = nil
+		c.dropHeld(pc.takeHeld())
 	}
 }
 
@@ -288,8 +344,10 @@ func (c *Conn) replaceable(pr *peer) bool {
 	to, data := pr.addr, lc.data
 	pr.mu.Unlock()
 	if send {
-		// To the peer's validated address, which proved it receives.
-		c.sendChallenge(s, to, ctlChallenge, data, true)
+		// To the peer's validated address, which proved it receives;
+		// unpadded, so that it is smaller than the hello that caused it
+		// (a hello forged as from the peer must not reflect more).
+		c.sendChallenge(s, to, ctlChallenge, data, false)
 	}
 	return false
 }

@@ -166,6 +166,7 @@ func (p *peer) notifyLocked() {
 // its indexes.
 func (p *peer) closeLocked(reason error) {
 	p.removed = true
+	p.dropPathLocked() // path.go
 	p.kp.clear()
 	p.init, p.prevInit = nil, nil
 	p.queue = nil

@@ -3,7 +3,7 @@ package vaultudp
 // Protocol v2 on a Conn: peers configured with ProtocolV2 are spoken to,
 // and heard from, in the Python reference's format, on the same socket as
 // native peers (internal/v2 holds the codec and the per-peer state;
-// ../shared/WIRE-V2.md the facts). This file is the glue: the per-peer
+// docs/WIRE-V2.md the facts). This file is the glue: the per-peer
 // protocol interface the Conn reaches a v2 peer through, and the hooks of
 // the native paths. The application does not see the difference: WriteTo
 // seals (or queues, or sends in clear, as the policy says) and ReadFrom
@@ -84,6 +84,7 @@ func newV2Endpoint(c *Conn) (*v2.Endpoint, error) {
 		Clock:         c.now,
 		Now:           c.cfg.now,
 		VerifyPeer:    c.cfg.VerifyPeer,
+		Defer:         c.queueV2, // handshake_queue.go: off the reader
 		Log:           c.log,
 		Counters: v2.Counters{
 			Malformed: &k.malformed, Replay: &k.replay, Auth: &k.auth, Policy: &k.policy,

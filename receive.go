@@ -246,7 +246,7 @@ func (c *Conn) queueRead(q *packet, pr *peer) bool {
 	}
 }
 
-// policyFor returns the policy for datagrams from addr.
+// policyFor returns the policy for datagrams from p (nil: a stranger).
 func (c *Conn) policyFor(p *peer) Policy {
 	if p == nil {
 		return c.cfg.Policy

@@ -31,7 +31,7 @@ const (
 	counterLimit uint64 = (1 << 64) - (1 << 13) - 1
 )
 
-// Compile-time guards: DESIGN.md asks for a window of at least 2048 counters,
+// Compile-time guards: the window holds at least 2048 counters (PROTOCOL.md),
 // and the window must leave one ring block spare (see replayWindowSize).
 const (
 	_ uint = replayWindowSize - 2048
@@ -97,12 +97,4 @@ func (w *replayWindow) checkAndUpdate(counter uint64) bool {
 	}
 	*b |= bit
 	return true
-}
-
-// reset empties the window, as for a new session: afterwards every counter
-// below counterLimit is fresh again. (Clearing only last and the first
-// block, as wireguard-go does, would suffice; the whole struct is cleared
-// so that reset does not depend on that subtlety. It is not on the hot path.)
-func (w *replayWindow) reset() {
-	*w = replayWindow{}
 }

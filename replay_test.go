@@ -390,3 +390,9 @@ func BenchmarkReplayCheck(b *testing.B) {
 		}
 	})
 }
+
+// reset empties the window, as for a new session: afterwards every counter
+// below counterLimit is fresh again. Tests only: a session never reuses a window.
+func (w *replayWindow) reset() {
+	*w = replayWindow{}
+}

@@ -81,7 +81,7 @@ func (c *Conn) pathDatagram(addr netip.AddrPort) int {
 	return min(datagramSize(min(mtu, MaxMTU), !addr.Addr().Unmap().Is4()), udpMaxDatagram)
 }
 
-// peerAccept is what s's peer receives: what it said, or minAccept.
+// peerAcceptOr is what s's peer receives: what it said, or minAccept.
 func (s *session) peerAcceptOr() int {
 	if n := int(s.peerAccept.Load()); n > 0 {
 		return n

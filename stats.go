@@ -13,8 +13,8 @@ type Stats struct {
 	DatagramsIn  uint64 // datagrams delivered to the application
 	BytesIn      uint64 // their payload bytes
 	DatagramsOut uint64 // datagrams the application wrote that were sent
-	AbovePathMTU uint64 // sealed datagrams sent larger than the path MTU to their peer: IP fragments them
 	BytesOut     uint64 // their payload bytes
+	AbovePathMTU uint64 // sealed datagrams sent larger than the path MTU to their peer: IP fragments them
 
 	Handshakes        uint64 // sessions established (either role)
 	Rekeys            uint64 // of which replaced a live session
@@ -49,16 +49,17 @@ type Drops struct {
 	HandshakeTimeout   uint64 // written datagrams dropped when their handshake failed
 	PeerLimit          uint64 // handshakes refused because Config.MaxPeers was reached
 	HandshakeQueueFull uint64 // handshake messages dropped because the handshake queue was full (a flood)
+	CookieLimit        uint64 // hellos without a valid cookie under load from a source past its cookie budget (a flood)
 	V2SendLimit        uint64 // written to ProtocolV2 peers but not sent: over the reference's 100 a second
+	Unvalidated        uint64 // authentic, but from an address the peer has not proved: held for path validation and dropped when it failed, or another peer holds the address
 
 	// Written by the application, not sent, and not returned as an
 	// error (as a UDP socket drops what its full buffer cannot take):
-	Unvalidated uint64 // authentic, but from an address the peer has not proved: held for path validation and dropped when it failed, or another peer holds the address
-
 	WriteQueueFull uint64 // the queue of datagrams waiting for a handshake was full
 	WriteBackoff   uint64 // the last handshake with the peer failed less than HandshakeTimeout ago
 	WritePeerLimit uint64 // a write to a new address while Config.MaxPeers learned peers exist
 	SendFailed     uint64 // sealed and queued behind a streaming writer's earlier datagrams, then refused by the socket (the write had returned)
+	EventsDropped  uint64 // events not given to Config.Events: its queue was full (the callback is slow)
 }
 
 // counters are the Conn's atomic counters behind Stats.
@@ -70,10 +71,11 @@ type counters struct {
 	rateLimit, queueFull, tooLarge, unknownSession     atomic.Uint64
 	dropHandshakeTimeout, peerLimit                    atomic.Uint64
 	writeQueueFull, writeBackoff, writePeerLimit       atomic.Uint64
-	sendFailed, truncated                              atomic.Uint64
+	sendFailed, truncated, eventsDropped               atomic.Uint64
 	unvalidated, abovePathMTU                          atomic.Uint64
 	silences, keepalivesSent, keepalivesReceived       atomic.Uint64
 	handshakeQueueFull                                 atomic.Uint64
+	cookieLimit                                        atomic.Uint64
 	resetsSent, resetsReceived                         atomic.Uint64
 	pskMismatch                                        atomic.Uint64
 }
@@ -126,11 +128,13 @@ func (c *Conn) Stats() Stats {
 			HandshakeTimeout:   k.dropHandshakeTimeout.Load(),
 			PeerLimit:          k.peerLimit.Load(),
 			HandshakeQueueFull: k.handshakeQueueFull.Load(),
+			CookieLimit:        k.cookieLimit.Load(),
 			Unvalidated:        k.unvalidated.Load(),
 			WriteQueueFull:     k.writeQueueFull.Load(),
 			WriteBackoff:       k.writeBackoff.Load(),
 			WritePeerLimit:     k.writePeerLimit.Load(),
 			SendFailed:         k.sendFailed.Load(),
+			EventsDropped:      k.eventsDropped.Load(),
 			V2SendLimit:        c.v2.SendLimited(),
 		},
 	}

@@ -46,6 +46,7 @@ func (c *Conn) tick() {
 	var idle []*peer
 	for _, p := range ps {
 		p.mu.Lock()
+		wasUp := p.kp.current() != nil
 		hello, failed := c.onHandshakeTimer(p, now)
 		c.onSessionExpiry(p, now)
 		c.onUnconfirmedExpiry(p, now)
@@ -60,10 +61,22 @@ func (c *Conn) tick() {
 		if c.onIdle(p, now) {
 			idle = append(idle, p)
 		}
-		to := p.addr
+		to, key := p.addr, p.identity
+		if key == nil {
+			key = p.pinned
+		}
+		down := wasUp && p.kp.current() == nil
 		p.mu.Unlock()
+		// Reported with no lock held: the handler is the application's code.
 		if failed != nil {
-			c.log.Debug("vaultudp: handshake failed", "peer", to, "err", failed)
+			c.event(Event{Kind: EventFailed, Addr: to, Key: key, Err: failed})
+		}
+		if down {
+			why := errSessionsExpired
+			if failed != nil {
+				why = failed // silent through a handshake (failLocked)
+			}
+			c.event(Event{Kind: EventDown, Addr: to, Key: key, Err: why})
 		}
 		if hello {
 			c.sendHello(p)
@@ -76,13 +89,18 @@ func (c *Conn) tick() {
 		}
 	}
 	if len(idle) > 0 {
+		var forgotten []netip.AddrPort
 		c.mu.Lock()
 		for _, p := range idle {
 			if c.peers[p.addr] == p {
 				c.dropPeerTableLocked(p, fmt.Errorf("%w: %v was idle", ErrUnknownPeer, p.addr))
+				forgotten = append(forgotten, p.addr)
 			}
 		}
 		c.mu.Unlock()
+		for _, a := range forgotten {
+			c.event(Event{Kind: EventForgotten, Addr: a})
+		}
 	}
 	c.sweepStrangers(now) // replies to hellos from no peer (handshake_responder.go)
 	c.v2Tick(now)         // protocol v2 key exchanges (proto_v2.go)

@@ -259,7 +259,7 @@ func TestCLIAllowRefuses(t *testing.T) {
 	if strings.Count(r.stderr, "vaultudp send:") != 1 {
 		t.Errorf("refused send's error printed %d times, want once:\n%s", strings.Count(r.stderr, "vaultudp send:"), r.stderr)
 	}
-	l.stderr.wait(t, "listener's -v log of the refusal", regexp.MustCompile(`handshake refused.*not in the allow list`))
+	l.stderr.wait(t, "listener's -v log of the refusal", regexp.MustCompile(`peer refused.*not in the allow list`))
 
 	r = runCLI(t, env, "from a friend\n", "send", "-key", ckey, addr)
 	if r.code != 0 {
@@ -287,7 +287,7 @@ func TestCLIPinnedKeyMismatch(t *testing.T) {
 		t.Errorf("the error does not give the refusal (%q) once:\n%s", want, r.stderr)
 	}
 	r = runCLI(t, env, "x\n", "send", "-v", "-timeout", "1s", "-peer", addr+"="+other, addr)
-	if r.code != 1 || !regexp.MustCompile(`level=INFO msg="vaultudp: handshake refused"`).MatchString(r.stderr) {
+	if r.code != 1 || !regexp.MustCompile(`level=WARN msg="vaultudp: peer refused"`).MatchString(r.stderr) {
 		t.Errorf("send -v exited %d without logging the refusal:\n%s", r.code, r.stderr)
 	}
 }

@@ -275,6 +275,7 @@ func runListen(args []string, stdout, stderr io.Writer) error {
 	cfg.Identity = id
 	rec := newRecorder(stderrHandler(*pf.verbose, stderr))
 	cfg.Logger = rec.logger()
+	cfg.Events = rec.event
 	c, err := vaultudp.Listen("udp", laddr, cfg)
 	if err != nil {
 		return err
@@ -380,6 +381,7 @@ func runSend(args []string, stdout, stderr io.Writer) error {
 	cfg.HandshakeTimeout = *timeout
 	rec := newRecorder(stderrHandler(*pf.verbose, stderr))
 	cfg.Logger = rec.logger()
+	cfg.Events = rec.event
 	c, err := vaultudp.Listen("udp", laddr, cfg)
 	if err != nil {
 		return err

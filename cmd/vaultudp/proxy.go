@@ -276,6 +276,7 @@ func (r *relay) clientSide(ctx context.Context, ready chan<- net.Addr) error {
 		if cfg.Logger == nil {
 			cfg.Logger = rec.logger()
 		}
+		cfg.Events = rec.event
 		c, err := vaultudp.Listen(network, wild, cfg)
 		if err != nil {
 			return nil, err
@@ -300,6 +301,7 @@ func (r *relay) serverSide(ctx context.Context, ready chan<- net.Addr) error {
 	if cfg.Logger == nil {
 		cfg.Logger = r.downRec.logger()
 	}
+	cfg.Events = r.downRec.event
 	down, err := vaultudp.Listen("udp", r.pc.listen, cfg)
 	if err != nil {
 		return err

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -29,12 +28,12 @@ type failure struct {
 	at     time.Time
 }
 
-// recorder is a slog.Handler for one Conn's Config.Logger: it keeps the
-// last handshake failure per address (refusals and failed attempts, which
-// the library logs), for the -status table and for error messages, and
-// passes every record on to next (stderr with -v) if next is not nil.
-// PeerInfo.LastFailure has the failures of peers; the recorder adds the
-// addresses refused before they became peers, which PeerInfo cannot list.
+// recorder keeps, for one Conn, the last handshake failure per address
+// (refusals and failed attempts, from the Conn's Config.Events), for the
+// -status table and for error messages. PeerInfo.LastFailure has the
+// failures of peers; the recorder adds the addresses refused before they
+// became peers, which PeerInfo cannot list. next is where the Conn's log
+// goes (stderr with -v), or nil.
 type recorder struct {
 	mu    sync.Mutex
 	fails map[netip.AddrPort]failure
@@ -46,8 +45,31 @@ func newRecorder(next slog.Handler) *recorder {
 	return &recorder{fails: map[netip.AddrPort]failure{}, next: next}
 }
 
-// logger returns a Logger whose records go to r.
-func (r *recorder) logger() *slog.Logger { return slog.New(recHandler{r: r, next: r.next}) }
+// logger returns the Conn's Logger: next, or nothing.
+func (r *recorder) logger() *slog.Logger {
+	if r.next == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(r.next)
+}
+
+// event is the Conn's Config.Events: it records refusals and failed
+// attempts.
+func (r *recorder) event(e vaultudp.Event) {
+	var reason string
+	switch e.Kind {
+	case vaultudp.EventRefused:
+		reason = "handshake refused"
+	case vaultudp.EventFailed:
+		reason = "handshake failed"
+	default:
+		return
+	}
+	if e.Err != nil {
+		reason += ": " + shortReason(e.Err.Error(), e.Addr)
+	}
+	r.record(e.Addr, reason, e.Time)
+}
 
 // last returns the last failure recorded for addr.
 func (r *recorder) last(addr netip.AddrPort) (failure, bool) {
@@ -89,60 +111,6 @@ func (r *recorder) record(addr netip.AddrPort, reason string, at time.Time) {
 
 func normAddr(a netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
-}
-
-// recHandler is the slog.Handler of a recorder.
-type recHandler struct {
-	r    *recorder
-	next slog.Handler
-}
-
-// Enabled accepts every level: failed handshakes are Debug records.
-func (h recHandler) Enabled(context.Context, slog.Level) bool { return true }
-
-func (h recHandler) Handle(ctx context.Context, rec slog.Record) error {
-	if strings.Contains(rec.Message, "refused") || strings.Contains(rec.Message, "failed") {
-		var (
-			addr    netip.AddrPort
-			errText string
-			reason  = strings.TrimPrefix(rec.Message, "vaultudp: ")
-		)
-		rec.Attrs(func(a slog.Attr) bool {
-			switch a.Key {
-			case "peer":
-				if ap, ok := a.Value.Any().(netip.AddrPort); ok {
-					addr = ap
-				}
-			case "err":
-				errText = a.Value.String()
-			}
-			return true
-		})
-		if errText != "" {
-			reason += ": " + shortReason(errText, addr)
-		}
-		if addr.IsValid() {
-			h.r.record(addr, reason, rec.Time)
-		}
-	}
-	if h.next != nil && h.next.Enabled(ctx, rec.Level) {
-		return h.next.Handle(ctx, rec)
-	}
-	return nil
-}
-
-func (h recHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	if h.next != nil {
-		h.next = h.next.WithAttrs(as)
-	}
-	return h
-}
-
-func (h recHandler) WithGroup(name string) slog.Handler {
-	if h.next != nil {
-		h.next = h.next.WithGroup(name)
-	}
-	return h
 }
 
 // stderrHandler is the handler -v gives: every record, Debug and up, as

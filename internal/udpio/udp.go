@@ -9,8 +9,6 @@ import (
 // MaxBatch is the most datagrams one Read returns.
 const MaxBatch = 32
 
-// udpSocket is a Socket over a *net.UDPConn. What the system gives it
-// beyond the UDPConn's methods (udp_linux.go, udp_other.go) is in sys.
 // ipv4Only reports whether a *net.UDPConn is an IPv4 socket: Go makes
 // one for an IPv4 local address, and a dual-stack or IPv6 one for a
 // wildcard or IPv6 address (whose LocalAddr is then IPv6).

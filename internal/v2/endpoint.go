@@ -2,7 +2,7 @@ package v2
 
 // The Endpoint: protocol v2 on a Conn. Peers configured with ProtocolV2
 // are spoken to, and heard from, in the Python reference's format
-// (wire.go is the codec; ../shared/WIRE-V2.md, cited as §n, the facts),
+// (wire.go is the codec; docs/WIRE-V2.md, cited as §n, the facts),
 // on the same socket as native peers; the Conn reaches them through the
 // callbacks of Config and the methods of Endpoint and Peer
 // (proto_v2.go in the root package is the glue).
@@ -68,6 +68,7 @@ import (
 
 	"github.com/vaultudp/vaultudp/internal/zstd"
 	"golang.org/x/crypto/nacl/box"
+	"golang.org/x/time/rate"
 )
 
 const (
@@ -159,7 +160,22 @@ type Config struct {
 	VerifyPeer func(addr netip.AddrPort, key ed25519.PublicKey) error // Config.VerifyPeer, or nil
 	Log        *slog.Logger
 	Counters   Counters
+
+	// Defer, if set, takes a plaintext datagram from src that carries a
+	// key exchange, copying b, for ReceiveDeferred to handle later, off
+	// the reader (a bounded queue: it reports false, and counts, when it
+	// drops it). A plaintext key exchange costs a signature check and the
+	// VerifyPeer callback, and anyone can send one from a v2 peer's IP.
+	// nil: Receive handles it at once.
+	Defer func(src netip.AddrPort, b []byte) bool
 }
+
+// scanRate and scanBurst bound the sealed datagrams a second that Receive
+// tries with the keys of every v2 peer on their source's IP (see Receive).
+const (
+	scanRate  = 50
+	scanBurst = 20
+)
 
 // Endpoint is a Conn's protocol v2 side: its static keys and its v2
 // peers. All methods are safe for concurrent use.
@@ -179,6 +195,8 @@ type Endpoint struct {
 	kx atomic.Pointer[kxMsg]        // our key exchange, for the port it names
 
 	keyExchanges, sendLimited atomic.Uint64 // Stats().V2KeyExchanges and Drops.V2SendLimit
+	trials                    atomic.Uint64 // box opens tried on received datagrams (Trials)
+	scan                      *rate.Limiter // full trial scans (Receive)
 
 	warnedPort atomic.Bool
 
@@ -222,6 +240,7 @@ type Peer struct {
 	replay    *replayCache      // kept across key exchanges and source ports (§13d)
 	heard     bool              // a sealed datagram from it opened since its last plaintext key exchange: it holds our keys
 	sendPort  uint16            // the source port of its last sealed datagram (its sending socket)
+	kxFrom    uint16            // the source port of its last accepted plaintext key exchange (Receive's order only)
 	kxEver    bool
 	kxSent    int64 // Clock of our last key exchange to it
 	kxPort    int   // the port it advertised
@@ -300,6 +319,7 @@ func New(cfg Config) (*Endpoint, error) {
 		probe:  cfg.Probe,
 		byIP:   make(map[netip.Addr][]*Peer),
 		byAddr: make(map[netip.AddrPort]*Peer),
+		scan:   rate.NewLimiter(scanRate, scanBurst),
 	}
 	e.keys = sync.OnceValue(keys)
 	e.bufs.New = func() any { b := make([]byte, cfg.BufSize); return &b }
@@ -842,22 +862,67 @@ func (e *Endpoint) flushLocked(vp *Peer) {
 // carries a payload to deliver, returns the zstd-compressed payload
 // (aliasing b or scratch) and the address of the peer it is from, for the
 // caller to decompress and queue with that address as the source.
+//
+// The work it does on the reader is bounded, whatever arrives from a v2
+// peer's (spoofable) IP. A sealed datagram is tried with the keys of the
+// peers it is likely from: the one configured at src, and those whose
+// sealed datagrams last came from src's port (the reference sends from an
+// ephemeral port, §12.2). Only if none opens it is it tried with every
+// other peer's key on the IP, and that at most scanRate times a second
+// for the Endpoint (a peer's first datagram from a new port; past the
+// budget it is dropped, and the peer's next one gets through once one
+// did): junk from an IP with 64 peers costs a box open or two, not 64.
+// A plaintext key exchange goes to Config.Defer.
 func (e *Endpoint) Receive(src netip.AddrPort, b, scratch []byte) (from netip.AddrPort, payload []byte, took bool) {
 	peers := e.onIP(src.Addr())
 	if len(peers) == 0 {
 		return from, nil, false
 	}
 	if len(b) >= BoxOverhead+InnerLen {
-		for _, vp := range peers {
+		likely := func(vp *Peer) bool {
+			if vp.addr == src {
+				return true
+			}
+			vp.mu.Lock()
+			defer vp.mu.Unlock()
+			return vp.sendPort == src.Port() || vp.kxFrom == src.Port()
+		}
+		open := func(vp *Peer) (ok bool, payload []byte) {
 			shared := vp.shared.Load()
 			if shared == nil {
+				return false, nil
+			}
+			e.trials.Add(1)
+			in, err := Open(scratch[:0], shared, b)
+			if err != nil {
+				return false, nil
+			}
+			return true, e.receiveSealed(src, vp, &in)
+		}
+		tried := 0
+		for _, vp := range peers {
+			if !likely(vp) {
 				continue
 			}
-			if in, err := Open(scratch[:0], shared, b); err == nil {
-				if p := e.receiveSealed(src, vp, &in); p != nil {
+			tried++
+			if ok, p := open(vp); ok {
+				if p != nil {
 					return vp.addr, p, true
 				}
 				return from, nil, true
+			}
+		}
+		if tried < len(peers) && e.scan.Allow() {
+			for _, vp := range peers {
+				if likely(vp) {
+					continue
+				}
+				if ok, p := open(vp); ok {
+					if p != nil {
+						return vp.addr, p, true
+					}
+					return from, nil, true
+				}
 			}
 		}
 	}
@@ -865,11 +930,39 @@ func (e *Endpoint) Receive(src netip.AddrPort, b, scratch []byte) (from netip.Ad
 	if err != nil {
 		return from, nil, false
 	}
+	if f.Control != nil && e.cfg.Defer != nil {
+		e.cfg.Defer(src, b) // counts what it drops
+		return from, nil, true
+	}
 	if vp := e.receivePlain(src, peers, &f); vp != nil {
 		return vp.addr, f.Payload, true
 	}
 	return from, nil, true
 }
+
+// ReceiveDeferred handles a plaintext datagram with a key exchange that
+// Receive handed to Config.Defer, off the reader; it returns what Receive
+// would have: the compressed payload to deliver, if any (aliasing b), and
+// the address of the peer it is from.
+func (e *Endpoint) ReceiveDeferred(src netip.AddrPort, b []byte) (from netip.AddrPort, payload []byte) {
+	peers := e.onIP(src.Addr())
+	if len(peers) == 0 {
+		return from, nil // the peers went meanwhile
+	}
+	f, err := DecodeFrame(b)
+	if err != nil {
+		e.cnt.Malformed.Add(1)
+		return from, nil
+	}
+	if vp := e.receivePlain(src, peers, &f); vp != nil {
+		return vp.addr, f.Payload
+	}
+	return from, nil
+}
+
+// Trials returns how many box opens Receive has tried: the reader's cost
+// of sealed v2 datagrams (and of junk from a v2 peer's IP).
+func (e *Endpoint) Trials() uint64 { return e.trials.Load() }
 
 // receiveSealed handles a datagram that opened with vp's key (§11).
 // It returns the payload to deliver, or nil.
@@ -1024,6 +1117,11 @@ func (e *Endpoint) handleKeyExchange(src netip.AddrPort, peers []*Peer, from *Pe
 	now := e.cfg.Clock()
 	vp.mu.Lock()
 	vp.heard = false
+	// The reference sends from the port it will seal from: Receive tries
+	// this peer's key first for datagrams from there. (A replayed key
+	// exchange from elsewhere only changes that order; plaintext payloads
+	// are attributed by sendPort, which only sealed datagrams set.)
+	vp.kxFrom = src.Port()
 	answer := vp.policy != Plaintext && (vp.answers == 0 || time.Duration(now-vp.answered) >= answerEvery)
 	if answer {
 		vp.answers++

@@ -1,7 +1,7 @@
 package v2
 
 // Protocol v2: the wire format of the Python reference (py-vault-udp),
-// as written down in ../shared/WIRE-V2.md (cited as §n below). This file
+// as written down in docs/WIRE-V2.md of this repository (cited as §n below). This file
 // is the pure, socket-free codec: frames, payload and control channels,
 // sealing, padding, replay cache, key derivation and the timing rules a
 // Go peer follows. The Conn decides when to call what.
@@ -984,6 +984,3 @@ func (c *replayCache) grow() {
 	}
 	c.ring, c.head = ring, 0
 }
-
-// len is the number of nonces remembered.
-func (c *replayCache) len() int { return c.n }

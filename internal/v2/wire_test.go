@@ -1227,3 +1227,6 @@ func FuzzV2Decode(f *testing.F) {
 		}
 	})
 }
+
+// len is the number of nonces remembered.
+func (c *replayCache) len() int { return c.n }

@@ -1,0 +1,112 @@
+package vaultudp
+
+import (
+	"context"
+	"crypto/ed25519"
+	"log/slog"
+	"net/netip"
+	"time"
+)
+
+// What happens to a Conn's peers reaches its user in one place: event,
+// which logs it at a level an operator can live with (nothing per
+// datagram) and hands it to Config.Events. It is always called with no
+// lock held.
+
+// EventKind is what happened to a peer.
+type EventKind uint8
+
+const (
+	// EventUp: the peer has a session, its first or its first since it
+	// went down (rekeys are not events).
+	EventUp EventKind = iota + 1
+	// EventDown: the peer has no session any more: its last one expired,
+	// or it went silent through a handshake (Err says which).
+	EventDown
+	// EventRefused: the trust rules refused a key from the peer's
+	// address (Key, Err). From a hello, the key is only what the hello
+	// claimed: anyone can send one from the peer's address.
+	EventRefused
+	// EventFailed: a handshake attempt with the peer failed (Err).
+	EventFailed
+	// EventRoamed: the peer proved a new address, Addr; From is the one
+	// it left.
+	EventRoamed
+	// EventReset: the peer said, with its token, that it lost the
+	// session (it restarted); a new handshake starts.
+	EventReset
+	// EventForgotten: a learned peer was forgotten, idle.
+	EventForgotten
+)
+
+var eventNames = [...]string{"", "up", "down", "refused", "failed", "roamed", "reset", "forgotten"}
+
+func (k EventKind) String() string {
+	if int(k) < len(eventNames) {
+		return eventNames[k]
+	}
+	return "unknown"
+}
+
+// Event is one thing that happened to a peer.
+type Event struct {
+	Kind EventKind
+	Addr netip.AddrPort
+	From netip.AddrPort    // EventRoamed: the address the peer left
+	Key  ed25519.PublicKey // the peer's key, where known (EventRefused: the key refused)
+	Err  error             // EventRefused, EventFailed, EventDown: why
+	Time time.Time
+}
+
+// eventQueueLen bounds the events waiting for Config.Events; beyond it
+// they are dropped and counted (Stats.EventsDropped).
+const eventQueueLen = 256
+
+// event reports e: logs it, and queues it for Config.Events. No lock may
+// be held.
+func (c *Conn) event(e Event) {
+	e.Time = c.clk.wall()
+	level := slog.LevelInfo
+	switch e.Kind {
+	case EventRefused, EventFailed:
+		level = slog.LevelWarn
+	case EventForgotten:
+		level = slog.LevelDebug
+	}
+	attrs := []any{"peer", e.Addr}
+	if e.From.IsValid() {
+		attrs = append(attrs, "from", e.From)
+	}
+	if e.Key != nil {
+		attrs = append(attrs, "key", EncodePublicKey(e.Key))
+	}
+	if e.Err != nil {
+		attrs = append(attrs, "err", e.Err)
+	}
+	c.log.Log(context.Background(), level, "vaultudp: peer "+e.Kind.String(), attrs...)
+	if c.events == nil {
+		return
+	}
+	select {
+	case c.events <- e:
+	default:
+		c.stats.eventsDropped.Add(1)
+	}
+}
+
+// dispatchEvents calls Config.Events for each queued event, in order,
+// until Close. It is not one of the goroutines Close waits for while it
+// is inside the callback (evBusy): the callback may call Close.
+func (c *Conn) dispatchEvents() {
+	defer close(c.evDone)
+	for {
+		select {
+		case e := <-c.events:
+			c.evBusy.Store(true)
+			c.cfg.Events(e)
+			c.evBusy.Store(false)
+		case <-c.closed:
+			return
+		}
+	}
+}
