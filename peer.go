@@ -208,6 +208,17 @@ func (c *Conn) AddPeer(pc PeerConfig) error {
 		}
 		c.dropPeerTableLocked(old, ErrUnknownPeer)
 	}
+	if s := c.strangers[addr]; s != nil {
+		// Replies to hellos from there wait for final messages judged
+		// by no peer's rules: they go, and the initiator's retry meets
+		// the configured peer.
+		delete(c.strangers, addr)
+		s.mu.Lock()
+		c.clearResponsesLocked(s)
+		s.stranger = false
+		s.closeLocked(ErrUnknownPeer)
+		s.mu.Unlock()
+	}
 	p := c.newPeer(addr, &pc)
 	if pc.Protocol == ProtocolV2 {
 		// Protocol v2 (proto_v2.go): the reference's key exchange, no handshake.
@@ -420,8 +431,24 @@ func (c *Conn) peerFor(addr netip.AddrPort, origin peerOrigin) (*peer, error) {
 // addLearnedTableLocked makes a learned peer at addr; c.mu is held and the
 // caller checked MaxPeers.
 func (c *Conn) addLearnedTableLocked(addr netip.AddrPort, origin peerOrigin) *peer {
-	p := c.newPeer(addr, nil)
-	p.origin = origin
+	p := c.strangers[addr]
+	if p != nil {
+		// A reply waits there for its final message: the stranger
+		// becomes the peer, its handshake still completes, and for the
+		// Conn's own hellos the address counts as one that sent a
+		// hello (mayInitiateLocked): a write to it waits for that
+		// handshake, as when the hello made the peer.
+		delete(c.strangers, addr)
+		if origin == originWrite {
+			origin = originHello
+		}
+		p.mu.Lock()
+		p.stranger, p.origin = false, origin
+		p.mu.Unlock()
+	} else {
+		p = c.newPeer(addr, nil)
+		p.origin = origin
+	}
 	c.peers[addr] = p
 	c.learned++
 	if origin == originPlaintext {
