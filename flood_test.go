@@ -546,7 +546,7 @@ func TestFloodSpoofedHellosManySources(t *testing.T) {
 			tr := legitPair(t, a, b, ma.addr, mb.addr, scaled(1000, 300))
 
 			before := b.Stats()
-					h := startHeapSampler(10 * time.Millisecond)
+			h := startHeapSampler(10 * time.Millisecond)
 			start := time.Now()
 			maxLearned, maxResponding := 0, 0
 			for i := 0; i < tc.n; i++ {
