@@ -91,7 +91,7 @@ func TestLoggerMayCallTheConn(t *testing.T) {
 		defer h.mu.Unlock()
 		for _, m := range h.records {
 			established = established || m == "vaultudp: session established"
-			failed = failed || m == "vaultudp: handshake failed"
+			failed = failed || m == "vaultudp: handshake failed" || m == "vaultudp: peer failed"
 		}
 		return established, failed, slices.Clone(h.records)
 	}

@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdh"
-	"crypto/ed25519"
 	"crypto/rand"
+	"github.com/vaultudp/vaultudp/internal/noise"
 	"net"
 	"net/netip"
 	"sync"
@@ -30,14 +30,34 @@ func TestForgedHelloDoesNotPinPeer(t *testing.T) {
 	if err := a.AddPeer(PeerConfig{Addr: bAddr}); err != nil {
 		t.Fatal(err)
 	}
-	var id ed25519.PrivateKey
+	// A hello that wins the crossed-hello tie-break against a's own
+	// (the greater ephemeral key): a answers it.
+	a.mu.RLock()
+	p := a.peers[bAddr]
+	a.mu.RUnlock()
+	var mine *noise.Initiation
+	for range 1000 {
+		p.mu.Lock()
+		if p.init != nil {
+			mine = p.init.n
+		}
+		p.mu.Unlock()
+		if mine != nil {
+			break
+		}
+		time.Sleep(time.Millisecond) // the hello is being made; bounded
+	}
+	if mine == nil {
+		t.Fatal("a sent no hello")
+	}
+	var forged []byte
 	for {
-		if id = GenerateIdentity(); bytes.Compare(a.PublicKey(), id.Public().(ed25519.PublicKey)) < 0 {
-			break // it wins the crossed-hello tie-break: a answers it
+		forged = helloDatagramFrom(GenerateIdentity(), time.Now(), 7, nil)
+		if h, err := noise.ParseHello(bytes.Clone(forged)); err == nil && !mine.KeepsInitiating(h) {
+			break
 		}
 	}
-	eph, _ := ecdh.X25519().GenerateKey(rand.Reader)
-	if _, err := atk.WriteToUDPAddrPort(helloDatagramFrom(id, time.Now(), 7, eph), addrOf(a)); err != nil {
+	if _, err := atk.WriteToUDPAddrPort(forged, addrOf(a)); err != nil {
 		t.Fatal(err)
 	}
 	// The forged hello is answered (the reply comes back to atk).

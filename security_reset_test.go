@@ -60,7 +60,7 @@ func (r *pathRelay) run() {
 		}
 		d := append([]byte(nil), buf[:n]...)
 		if normAddr(from) == r.a {
-			if r.hold.Load() && n > 1 && (d[1] == typeOpen || r.holdAll.Load()) {
+			if r.hold.Load() && n > 1 && (d[1] != typeSealed || r.holdAll.Load()) {
 				select {
 				case r.held <- d:
 				default:
