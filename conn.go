@@ -84,7 +84,8 @@ type Conn struct {
 	bufs     sync.Pool // *[]byte, for sealing
 	runBufs  sync.Pool // *[]byte, for WriteBatch's trains of sealed datagrams
 	recvQ    chan *packet
-	hsQueue  chan *handshakeElem // handshake_queue.go
+	hsQueue  chan *handshakeElem // handshake_queue.go: hellos (and v2 key exchanges)
+	hsFinish chan *handshakeElem // handshake_queue.go: replies and final messages, handled first
 	hsElems  sync.Pool           // *handshakeElem
 	hsQueued atomic.Int32        // messages queued and not yet handled (handshake_queue.go)
 	hsInline *rate.Limiter       // handshake messages the readers may handle themselves
@@ -223,6 +224,7 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 		clk:           cfg.clock,
 		recvQ:         make(chan *packet, cfg.ReadQueue),
 		hsQueue:       make(chan *handshakeElem, handshakeQueueLen),
+		hsFinish:      make(chan *handshakeElem, handshakeQueueLen),
 		hsInline:      newInlineLimiter(),
 		readDeadline:  newDeadline(),
 		appToken:      make(chan struct{}, 1),

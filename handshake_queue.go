@@ -98,9 +98,17 @@ func (c *Conn) queueHandshake(msg []byte, from netip.AddrPort, local netip.Addr)
 	}
 	e := c.hsElems.Get().(*handshakeElem)
 	e.n, e.from, e.local = copy(e.msg[:], msg), from, local
+	q := c.hsQueue
+	if msg[1] != typeHello {
+		// A reply or a final message completes work already done (our
+		// hello, our reply), and costs less than a hello's answer: it
+		// goes first, so that a crowd of new hellos does not make the
+		// handshakes under way time out.
+		q = c.hsFinish
+	}
 	c.hsQueued.Add(1)
 	select {
-	case c.hsQueue <- e:
+	case q <- e:
 	default:
 		c.hsQueued.Add(-1)
 		c.hsElems.Put(e)
@@ -154,21 +162,27 @@ func (c *Conn) handshakeLoop() {
 	c.wg.Add(1) // counted while this one is: Close waits for both
 	go c.cookieLoop()
 	for {
+		var e *handshakeElem
 		select {
-		case <-c.closed:
-			return
-		case e := <-c.hsQueue:
-			c.hsMu.Lock()
-			if e.v2 != nil {
-				c.receiveV2Deferred(e.from, e.v2)
-				e.v2 = nil
-			} else {
-				c.handleHandshake(e.msg[:e.n], e.from, e.local)
+		case e = <-c.hsFinish: // first, when there is one
+		default:
+			select {
+			case <-c.closed:
+				return
+			case e = <-c.hsFinish:
+			case e = <-c.hsQueue:
 			}
-			c.hsQueued.Add(-1)
-			c.hsMu.Unlock()
-			c.hsElems.Put(e)
 		}
+		c.hsMu.Lock()
+		if e.v2 != nil {
+			c.receiveV2Deferred(e.from, e.v2)
+			e.v2 = nil
+		} else {
+			c.handleHandshake(e.msg[:e.n], e.from, e.local)
+		}
+		c.hsQueued.Add(-1)
+		c.hsMu.Unlock()
+		c.hsElems.Put(e)
 	}
 }
 
