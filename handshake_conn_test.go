@@ -286,6 +286,9 @@ func TestV4MaxPayloadFinalAtHandshake(t *testing.T) {
 		}
 		cancel()
 		n := a.MaxPayloadTo(addrOf(b))
+		if p, _ := a.peerFor(addrOf(b), lookupOnly); p.kp.current().final.Load() != nil {
+			t.Fatal("Handshake returned before the responder confirmed the session")
+		}
 		if n <= maxPayloadFor(minAccept) {
 			t.Fatalf("MaxPayloadTo = %d right after Handshake: the peer's parameters are not known", n)
 		}

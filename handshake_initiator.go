@@ -428,6 +428,10 @@ func (c *Conn) handleReply(msg []byte) {
 		return
 	}
 	applyParams(s, &rp.Params)
+	// Set before the session is current: Handshake returns only once the
+	// responder confirmed it (s.final nil again).
+	s.final.Store(&final)
+	s.finalSent.Store(c.now() | 1)
 	wall := c.cfg.now()
 	queued := c.install(p, s, rp.Identity, wall, p.helloPathFor(init))
 	rest := queued
@@ -437,8 +441,9 @@ func (c *Conn) handleReply(msg []byte) {
 			c.countSent(p, len(queued[0]))
 		}
 	}
-	s.final.Store(&final)
-	s.finalSent.Store(c.now() | 1)
+	if old := s.final.Load(); old != nil && len(rest) < len(queued) {
+		s.final.CompareAndSwap(old, &final) // resent with the datagram it carries, unless confirmed meanwhile
+	}
 	c.sendRawFrom(addr, p.localAddr(), final)
 	c.flush(p, s, addr, rest)
 	if len(queued) > 0 && len(rest) == 0 {
