@@ -90,8 +90,8 @@ func TestLoggerMayCallTheConn(t *testing.T) {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		for _, m := range h.records {
-			established = established || m == "vaultudp: session established"
-			failed = failed || m == "vaultudp: handshake failed" || m == "vaultudp: peer failed"
+			established = established || m == "vaultudp: peer up"
+			failed = failed || m == "vaultudp: peer failed"
 		}
 		return established, failed, slices.Clone(h.records)
 	}
@@ -103,7 +103,7 @@ func TestLoggerMayCallTheConn(t *testing.T) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("records %q: want a session established and a handshake failed", records)
+			t.Fatalf("records %q: want a peer up and a peer failed", records)
 		}
 		time.Sleep(time.Millisecond)
 	}

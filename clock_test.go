@@ -76,6 +76,3 @@ func (f *fakeClock) advance(t testing.TB, d, step time.Duration) {
 		}
 	}
 }
-
-// tick runs every subscribed Conn's timers once without moving the time.
-func (f *fakeClock) tick(t testing.TB) { f.advance(t, 1, 0) }

@@ -125,15 +125,15 @@ func (j *cookieJar) underLoad(now time.Time) bool {
 // Cookies per source. Under load, a hello without a valid cookie costs the
 // reader a cookie message, a system call: a flood from one source (or a
 // few) that never answers its cookies would make the reader spend its time
-// sending them. A source (an IPv4 address, an IPv6 /64) gets at most
-// cookieRate cookies a second, in bursts of cookieBurst, enough for the
-// clients of a NAT starting at once; past that its cookieless hellos are
-// dropped (Drops.CookieLimit), and a client that answered its cookie is
-// not affected: its hellos carry a valid one. Sources forged at random
-// each get their cookie, as before: the budget cannot tell them apart.
+// sending them. A source (an address and port) gets at most cookieRate
+// cookies a second, in bursts of cookieBurst; past that its cookieless
+// hellos are dropped (Drops.CookieLimit), and a client that answered its
+// cookie is not affected: its hellos carry a valid one. Sources forged at
+// random (or one host's many ports) each get their cookie, as before: the
+// budget cannot tell them apart.
 const (
-	cookieRate  = 100
-	cookieBurst = 100
+	cookieRate  = 20
+	cookieBurst = 20
 )
 
 // budgetSlots is the size of a sourceBudget's table, 24 bytes a slot,
@@ -142,11 +142,14 @@ const budgetSlots = 4096
 
 // sourceBudget paces something (resets, cookies) per source, in a fixed
 // table of token buckets found by a keyed hash of the source's address
-// (an IPv4 address, an IPv6 /64): bounded memory, whatever the number of
-// sources. The last source seen in a slot owns it; another source that
-// hashes there takes it over with a full bucket, so a flood from many
-// sources cannot drain the budget of one it does not forge, and the
-// secret seed keeps an attacker from aiming at a slot.
+// and port: bounded memory, whatever the number of sources. The last
+// source seen in a slot owns it; another source that hashes there takes it
+// over with a full bucket, so a flood from many sources cannot drain the
+// budget of one it does not forge, and the secret seed keeps an attacker
+// from aiming at a slot. The port is part of the source: keyed by address
+// alone, a flood forged from a client's address (or from behind its NAT)
+// would drain the budget of the client's own port, and with it the
+// client's cookies or resets, at a hundred datagrams a second.
 type sourceBudget struct {
 	rate, burst float64
 	seed        maphash.Seed
@@ -168,15 +171,11 @@ func newSourceBudget(rate, burst float64) sourceBudget {
 // allow takes one from the budget of from's source at now (Conn clock,
 // nanoseconds).
 func (b *sourceBudget) allow(from netip.AddrPort, now int64) bool {
-	ip := from.Addr().Unmap()
-	var h uint64
-	if ip.Is4() {
-		a := ip.As4()
-		h = maphash.Bytes(b.seed, a[:])
-	} else {
-		a := ip.As16()
-		h = maphash.Bytes(b.seed, a[:8]) // the /64
-	}
+	var k [18]byte
+	a := from.Addr().Unmap().As16()
+	copy(k[:], a[:])
+	k[16], k[17] = byte(from.Port()>>8), byte(from.Port())
+	h := maphash.Bytes(b.seed, k[:])
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.slots == nil {

@@ -81,7 +81,7 @@ func reportLegit(t *testing.T, tr *traffic) (written, lost int64) {
 func dropSum(s Stats) uint64 {
 	d := s.Drops
 	return d.Malformed + d.Replay + d.Auth + d.Policy + d.Rejected + d.Stale + d.RateLimit +
-		d.QueueFull + d.TooLarge + d.UnknownSession + d.PeerLimit
+		d.QueueFull + d.TooLarge + d.UnknownSession + d.PeerLimit + d.CookieLimit
 }
 
 // handledBy counts what b has done with flood datagrams: dropped, or

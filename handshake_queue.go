@@ -244,8 +244,10 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// cookieQueueLen bounds the cookie messages waiting to be sent.
-const cookieQueueLen = 1024
+// cookieQueueLen bounds the cookie messages waiting to be sent: a burst's
+// worth (the goroutine sends them as they come; a read batch is 32
+// datagrams); 4 KiB a Conn.
+const cookieQueueLen = 64
 
 // cookieJob is a cookie message to send: to from, from local, for the
 // hello with sender index index.

@@ -15,10 +15,9 @@ import (
 // The Listener reads the Conn: do not also read the Conn itself. Writes,
 // Stats, Peers and the rest of the Conn work as ever.
 type Listener struct {
-	c         *Conn
-	buf       []byte
-	mu        sync.Mutex // one Accept reads at a time
-	closeOnce sync.Once
+	c   *Conn
+	buf []byte
+	mu  sync.Mutex // one Accept reads at a time
 }
 
 // ListenConns is Listen, with a Listener over the Conn.

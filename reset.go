@@ -70,9 +70,10 @@ import (
 // A reset is honoured only from the peer's validated address and only for
 // a session of that peer whose token it carries.
 //
-// Budget: resets are paced per source (an IPv4 address, an IPv6 /64), in
-// a fixed table of resetSlots token buckets found by a keyed hash, not
-// by one limiter for all sources: a flood of junk from forged sources
+// Budget: resets are paced per source (an address and port), in a fixed
+// table of budgetSlots token buckets found by a keyed hash (sourceBudget,
+// cookie.go), not by one limiter for all sources: a flood of junk from
+// forged sources
 // spends the budgets of the sources it forges, not those of the real
 // clients of a restarted Conn. A reset is smaller than the datagram that
 // caused it, so the total needs no cap for amplification; a source (the
@@ -90,8 +91,8 @@ const (
 	tokenMsgLen = 1 + tokenLen
 	resetLen    = 8 + tokenLen
 
-	// resetRate and resetBurst bound the resets one source gets: a client
-	// of a restarted Conn needs one per session, a handful behind one NAT.
+	// resetRate and resetBurst bound the resets one source (address and
+	// port) gets: a client of a restarted Conn needs one per session.
 	resetRate  = 20
 	resetBurst = 20
 )

@@ -21,18 +21,22 @@ import (
 	"golang.org/x/net/ipv4"
 )
 
-// helloFlood sends hellos to to from workers sockets, with sendmmsg, as
+// helloFlood sends hellos to to from workers sockets on 127.0.0.2 and up
+// (not the clients' 127.0.0.1), with sendmmsg, as
 // fast as they go (rate 0) or at about rate a second, cycling through
 // hellos, until stop is closed. The sockets never answer the cookies, as
 // forged sources cannot. It counts what it sent in sent.
 func helloFlood(t testing.TB, to *net.UDPAddr, hellos [][]byte, workers, rate int, stop <-chan struct{}, sent *atomic.Int64) *sync.WaitGroup {
+	return helloFloodFrom(t, 2, to, hellos, workers, rate, stop, sent)
+}
+
+// helloFloodFrom is helloFlood from 127.0.0.ip and up.
+func helloFloodFrom(t testing.TB, ip byte, to *net.UDPAddr, hellos [][]byte, workers, rate int, stop <-chan struct{}, sent *atomic.Int64) *sync.WaitGroup {
 	var wg sync.WaitGroup
 	for w := range workers {
-		// From 127.0.0.2 and up: the attacker is not at the clients'
-		// address (127.0.0.1).
-		raw, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, byte(2+w))})
+		raw, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, ip+byte(w))})
 		if err != nil {
-			t.Skipf("no 127.0.0.%d: %v", 2+w, err)
+			t.Skipf("no 127.0.0.%d: %v", ip+byte(w), err)
 		}
 		t.Cleanup(func() { raw.Close() })
 		pc := ipv4.NewPacketConn(raw)
@@ -174,6 +178,12 @@ func TestSecurityHelloFloodHandshake(t *testing.T) {
 		}},
 		{"two sources, unpaced", false, func(b *Conn, stop <-chan struct{}, sent *atomic.Int64) *sync.WaitGroup {
 			return helloFlood(t, net.UDPAddrFromAddrPort(addrOf(b)), hellos, 2, 0, stop, sent)
+		}},
+		// From the clients' own IP (their NAT, or forged as theirs): the
+		// per-source cookie budget is per address and port, so it does
+		// not starve them.
+		{"one source on the clients' IP, unpaced", true, func(b *Conn, stop <-chan struct{}, sent *atomic.Int64) *sync.WaitGroup {
+			return helloFloodFrom(t, 1, net.UDPAddrFromAddrPort(addrOf(b)), hellos, 1, 0, stop, sent)
 		}},
 	}
 	for _, rate := range []int{10000, 25000, 50000, 0} {

@@ -38,7 +38,7 @@ func TestSendQueueOrderAndClose(t *testing.T) {
 	streaming(t, a)
 	release := make(chan struct{})
 	setBeforeSend(a, func() error { <-release; return nil }) // the trains gather
-	const n = 150                                            // fewer than the queue holds (256 KiB, datagrams padded to 1372 bytes)
+	const n = 150                                            // fewer than the queue holds (256 KiB of trains, datagrams padded to 1452 bytes)
 	msg := make([]byte, 200)
 	for i := range n {
 		binary.BigEndian.PutUint32(msg, uint32(i))

@@ -5,7 +5,7 @@ import "sync/atomic"
 // Stats is a snapshot of a Conn's state and counters.
 type Stats struct {
 	ProtocolVersion int // the native protocol version, 4
-	MTU             int // the path MTU in use
+	MTU             int // the default path MTU (Config.MTU, or the host's smallest interface MTU); per peer, the route's may be larger (loopback's is)
 	MaxPayload      int // the largest datagram WriteTo accepts
 	Peers           int // configured and learned peers
 	Sessions        int // live sessions (current, previous and unconfirmed)
@@ -32,7 +32,10 @@ type Stats struct {
 }
 
 // Drops counts datagrams dropped, by reason. None of them reached the
-// application, and none was returned as an error.
+// application. Received ones are never returned as an error; of written
+// ones, those dropped for a passing reason (WriteQueueFull, WriteBackoff,
+// WritePeerLimit, SendFailed, HandshakeTimeout) are not either, while
+// TooLarge also counts the writes refused with ErrMessageTooLarge.
 type Drops struct {
 	Malformed          uint64 // not a well-formed vaultudp datagram
 	Replay             uint64 // a counter seen before or older than the window
