@@ -99,6 +99,13 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 	c.addResponseLocked(pr, r)
 	pr.mu.Unlock()
 	c.sendRawFrom(from, local, reply)
+	// The path's size, which the session takes, is looked up (a system
+	// call) while the reply travels, not once the final message is in.
+	// Read under the peer's lock, with the response.
+	path := c.pathDatagram(from)
+	pr.mu.Lock()
+	r.path = path
+	pr.mu.Unlock()
 }
 
 // addResponseLocked keeps r, a reply sent for p, waiting for its final
@@ -272,14 +279,9 @@ func (c *Conn) handleFinal(msg []byte, from netip.AddrPort, local netip.Addr) {
 		// there (receiveSealed).
 		p.setLocal(local)
 	}
-	// The confirmation: what waited, or a keepalive, to the peer's
-	// validated address.
-	if len(queued) > 0 {
-		c.flush(p, s, to, queued)
-	} else {
-		c.sendConfirm(s, to)
-	}
-	s.finalAcked.Store(c.now() | 1)
+	// The initiator's first datagrams first (what waits for a reader),
+	// then the confirmation: what waited here, or a keepalive, to the
+	// peer's validated address.
 	if len(f.Sealed) > 0 {
 		c.receiveCoalesced(f.Sealed, from, local)
 	}
@@ -291,6 +293,12 @@ func (c *Conn) handleFinal(msg []byte, from netip.AddrPort, local netip.Addr) {
 	if len(held) > 0 {
 		c.kickDirectReader() // as receiveCoalesced
 	}
+	if len(queued) > 0 {
+		c.flush(p, s, to, queued)
+	} else {
+		c.sendConfirm(s, to)
+	}
+	s.finalAcked.Store(c.now() | 1)
 }
 
 // adoptStranger makes p, a stranger whose reply a final message just
@@ -423,7 +431,14 @@ func (c *Conn) receiveCoalesced(sealed []byte, from netip.AddrPort, local netip.
 func (c *Conn) installResponder(p *peer, s *session, r *response, identity ed25519.PublicKey, wall time.Time) (queued [][]byte, held []*packet, to netip.AddrPort, ok bool) {
 	s.peer = p
 	s.identity = identity
-	s.path = c.pathDatagram(p.addrLoad()) // sizes.go: a system call, before the lock
+	addr := p.addrLoad()
+	p.mu.Lock()
+	path := r.path
+	p.mu.Unlock()
+	if path == 0 || addr != r.from {
+		path = c.pathDatagram(addr) // sizes.go: a system call, before the lock
+	}
+	s.path = path
 	now := c.now()
 	p.mu.Lock()
 	if !p.takeResponseLocked(r) || p.removed {
