@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/vaultudp/vaultudp/internal/noise"
 	"hash/crc32"
 	"net"
 	"net/netip"
@@ -1076,9 +1077,13 @@ func netnsClient(t *testing.T) {
 	// The server may not listen yet: retry the handshake.
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	hs := time.Now()
 	for {
 		err := c.Handshake(ctx, server)
 		if err == nil {
+			// v4's hello (1360 bytes) and reply (1337) exceed the link's
+			// 1252-byte UDP payload: IP fragments them (PROTOCOL.md 9.12).
+			t.Logf("v4 handshake over the 1280-byte link in %v (hello %d, reply %d bytes: fragmented)", time.Since(hs).Round(time.Microsecond), noise.HelloLen, noise.MessageLen(1, 100+29)+8)
 			break
 		}
 		if ctx.Err() != nil {
