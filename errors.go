@@ -73,14 +73,10 @@ var (
 // dropped and counted, as consumers such as quic-go stop on read errors);
 // they are returned by the decoding functions and used in tests and logs.
 var (
-	errMalformed  = errs.ErrMalformed // shared with the internal packages
-	errTooLarge   = errs.ErrTooLarge
-	errAuth       = errs.ErrAuth
-	errReplay     = errs.ErrReplay
-	errStale      = errors.New("vaultudp: stale handshake")
-	errUnexpected = errors.New("vaultudp: unexpected handshake message")
-	errVersion    = errors.New("vaultudp: no common protocol version")
-	errReflected  = errors.New("vaultudp: reflected handshake")
+	errMalformed = errs.ErrMalformed // shared with the internal packages
+	errTooLarge  = errs.ErrTooLarge
+	errAuth      = errs.ErrAuth
+	errReplay    = errs.ErrReplay
 
 	errSessionsExpired = errors.New("vaultudp: its sessions expired")
 )

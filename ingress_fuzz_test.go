@@ -249,11 +249,6 @@ func (r *ingressRig) close() {
 	r.p.Close()
 }
 
-// openControl is an open datagram carrying control message msg.
-func openControl(msg []byte) []byte {
-	return (&record{control: msg}).appendTo([]byte{ProtocolVersion, typeOpen}, 0)
-}
-
 // pSession is P's session with A.
 func (r *ingressRig) pSession() *session {
 	r.p.mu.RLock()
