@@ -78,6 +78,19 @@ func TestConformTruncatedOrForged(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectRead(t, b, "hello", r.addr())
+	// Round trips until b has validated the relay's address (its path
+	// challenge and a's answer crossed the relay), so that nothing but
+	// the written datagram crosses it when it tampers.
+	for _, m := range []string{"ping", "pong"} {
+		if _, err := b.WriteToUDPAddrPort([]byte(m), r.addr()); err != nil {
+			t.Fatal(err)
+		}
+		readWithin(t, a, waitLong)
+		if _, err := a.WriteToUDPAddrPort([]byte(m), r.addr()); err != nil {
+			t.Fatal(err)
+		}
+		expectRead(t, b, m, r.addr())
+	}
 	cutTo := func(n int) func([]byte) [][]byte {
 		return func(d []byte) [][]byte { return [][]byte{d[:min(n, len(d))]} }
 	}

@@ -95,3 +95,42 @@ func TestWantHello(t *testing.T) {
 		}
 	}
 }
+
+// TestAddrSet: the evicted-plaintext memory remembers what it was given,
+// forgets an address only after four later ones fell into its bucket, and
+// holds a fixed 32 KiB however many pass.
+func TestAddrSet(t *testing.T) {
+	var s addrSet
+	if s.has(netip.MustParseAddrPort("127.0.0.1:1")) {
+		t.Fatal("the zero addrSet remembers something")
+	}
+	addr := func(i int) netip.AddrPort {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), uint16(i))
+	}
+	const n = 1000 // a quarter of the table
+	for i := range n {
+		s.add(addr(i))
+	}
+	lost := 0
+	for i := range n {
+		if !s.has(addr(i)) {
+			lost++
+		}
+	}
+	false0 := 0
+	for i := n; i < n+100000; i++ {
+		if s.has(addr(i)) {
+			false0++
+		}
+	}
+	t.Logf("%d of %d remembered; %d of 100,000 others taken for remembered", n-lost, n, false0)
+	if lost > n/100 || false0 > 0 {
+		t.Fatalf("%d of %d forgotten, %d false hits", lost, n, false0)
+	}
+	for i := range 1 << 20 {
+		s.add(addr(i))
+	}
+	if len(s.slots) != addrSetBuckets*addrSetWays {
+		t.Fatalf("the table grew to %d slots", len(s.slots))
+	}
+}

@@ -485,26 +485,37 @@ func (p *peer) addrLoad() netip.AddrPort {
 	return p.addr
 }
 
-// addrSet remembers addresses in a fixed table of keyed hashes: a later
-// address may take an earlier one's slot (it is then forgotten), and no
-// address can be made to look remembered without its own hash. It holds
-// the peers known only from plaintext that were evicted (plainEvicted),
-// so that its memory stays fixed however many addresses pass. The zero
-// value is empty; it is guarded by c.mu.
+// addrSet remembers addresses in a fixed table of keyed hashes, four to
+// a bucket, the oldest of a bucket replaced first: an address is forgotten
+// only after four later ones fell into its bucket, and no address can be
+// made to look remembered without its own hash. It holds the peers known
+// only from plaintext that were evicted (plainEvicted), so that its memory
+// stays fixed however many addresses pass. The zero value is empty; it is
+// guarded by c.mu.
 type addrSet struct {
 	seed  maphash.Seed
-	slots []uint64 // made at the first add
+	slots []uint64 // made at the first add: addrSetBuckets buckets of addrSetWays
+	next  []uint8  // per bucket, the way replaced next
 }
 
-// addrSetSlots is the size of an addrSet: 32 KiB.
-const addrSetSlots = 4096
+// The size of an addrSet: 4,096 hashes, 32 KiB.
+const (
+	addrSetBuckets = 1024
+	addrSetWays    = 4
+)
 
 func (s *addrSet) add(a netip.AddrPort) {
 	if s.slots == nil {
-		s.seed, s.slots = maphash.MakeSeed(), make([]uint64, addrSetSlots)
+		s.seed = maphash.MakeSeed()
+		s.slots, s.next = make([]uint64, addrSetBuckets*addrSetWays), make([]uint8, addrSetBuckets)
+	}
+	if s.has(a) {
+		return
 	}
 	h := maphash.Comparable(s.seed, a) | 1
-	s.slots[h%addrSetSlots] = h
+	b := (h >> 1) % addrSetBuckets // not the low bit: it is always set
+	s.slots[b*addrSetWays+uint64(s.next[b])] = h
+	s.next[b] = (s.next[b] + 1) % addrSetWays
 }
 
 func (s *addrSet) has(a netip.AddrPort) bool {
@@ -512,5 +523,11 @@ func (s *addrSet) has(a netip.AddrPort) bool {
 		return false
 	}
 	h := maphash.Comparable(s.seed, a) | 1
-	return s.slots[h%addrSetSlots] == h
+	b := (h >> 1) % addrSetBuckets // not the low bit: it is always set
+	for _, v := range s.slots[b*addrSetWays : (b+1)*addrSetWays] {
+		if v == h {
+			return true
+		}
+	}
+	return false
 }
