@@ -142,9 +142,9 @@ func (r helloReason) String() string { return helloReasons[r] }
 //     may send a hello to of its own accord (mayInitiateLocked);
 //   - an offer waits out the back-off after a failed attempt: a peer that
 //     refuses encryption is not an error for Opportunistic;
-//   - a responder session waiting for the peer's confirmation defers a
-//     hello for a while (awaitingConfirmLocked), but for an offer, a
-//     reset and a lost token, which it cannot serve.
+//   - a reply waiting for the peer's final message defers a hello for a
+//     while (awaitingConfirmLocked), but for an offer and a reset, which
+//     it cannot serve.
 func (c *Conn) wantHelloLocked(p *peer, why helloReason, now int64) bool {
 	if p.proto != nil {
 		return false // protocol v2 (proto_v2.go): no native handshake
@@ -178,12 +178,11 @@ func (c *Conn) wantHelloLocked(p *peer, why helloReason, now int64) bool {
 }
 
 // awaitingConfirmLocked reports whether a hello to p is deferred because a
-// responder session waits for p's confirmation: p has begun a handshake,
-// and its first sealed datagram is on its way, so a hello of ours would
-// only cross it. The deferral lasts retryAfter from the first hello it
-// deferred, not from the waiting session: anyone can forge a hello from
-// p's address, and one every few seconds would otherwise keep a session
-// waiting, and the Conn from ever starting its own handshake with p. p.mu
+// reply waits for p's final message: p has begun a handshake, and its
+// final message is on its way, so a hello of ours would only cross it.
+// The deferral lasts retryAfter from the first hello it deferred, not from
+// the reply: anyone can forge a hello from p's address, and one every few
+// seconds would otherwise keep a reply waiting, and the Conn from ever starting its own handshake with p. p.mu
 // is held.
 func (c *Conn) awaitingConfirmLocked(p *peer, now int64) bool {
 	if p.respNew == nil {
