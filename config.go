@@ -58,9 +58,13 @@ func ParsePolicy(s string) (Policy, error) {
 type Protocol int
 
 const (
-	// ProtocolV3, the zero value, is vaultudp's native protocol
-	// (PROTOCOL.md).
-	ProtocolV3 Protocol = 0
+	// ProtocolNative, the zero value, is vaultudp's native protocol
+	// (PROTOCOL.md): version 4 since the hybrid, identity-hiding
+	// handshake.
+	ProtocolNative Protocol = 0
+	// ProtocolV3 is the old name of ProtocolNative. Version 3's
+	// handshake is gone: a peer configured with it speaks version 4.
+	ProtocolV3 = ProtocolNative
 	// ProtocolV2 is the Python reference's format, for interoperation
 	// with py-vault-udp peers. It is weaker than v3 and never chosen
 	// automatically.
@@ -118,9 +122,21 @@ type Config struct {
 	// WireGuard's). Negative: never.
 	SilenceTimeout time.Duration
 
-	// FreshnessWindow is how far a handshake message's timestamp may be
-	// from the local clock. Zero: 60 s.
+	// FreshnessWindow is ignored: version 4's handshake carries no
+	// clock reading (a replayed hello creates nothing usable,
+	// PROTOCOL.md 9.9). Kept so that configurations that set it still
+	// compile.
 	FreshnessWindow time.Duration
+
+	// PresharedKey, if set, is mixed into every handshake's keys (the
+	// Noise psk modifier, as WireGuard's PresharedKey) with a peer that
+	// has no PeerConfig.PresharedKey of its own: both sides must hold
+	// the same key, or the handshake fails (ErrPresharedKey at the side
+	// that dialed; the other cannot tell and sees nothing). As
+	// responder, the Conn picks the key by the hello's source address:
+	// the configured peer's there, else this one. nil: none (32 zero
+	// bytes, which a peer without a key uses too).
+	PresharedKey *[32]byte
 
 	// RateLimit is the number of datagrams per second accepted from each
 	// peer (a token bucket with a burst of RateBurst); the excess is
@@ -234,8 +250,12 @@ type PeerConfig struct {
 	// forget an idle UDP flow after 30 s, so 25 s suits most. Zero: off.
 	Keepalive time.Duration
 
+	// PresharedKey overrides Config.PresharedKey for this peer, as
+	// initiator and for hellos from Addr. nil: Config.PresharedKey.
+	PresharedKey *[32]byte
+
 	// Protocol is the wire protocol spoken with this peer. Zero:
-	// ProtocolV3. ProtocolV2 speaks the Python reference's format to an
+	// ProtocolNative. ProtocolV2 speaks the Python reference's format to an
 	// IPv4 peer (see README, "Migrating from py-vault-udp"); for such a
 	// peer PublicKey pins the reference's Ed25519 sign_key, and
 	// Config.VerifyPeer, when set, is given that sign_key.
@@ -365,7 +385,7 @@ func (p *PeerConfig) check() error {
 		return fmt.Errorf("%w: peer %v: Keepalive %v is negative", ErrInvalidConfig, p.Addr, p.Keepalive)
 	}
 	switch p.Protocol {
-	case ProtocolV3:
+	case ProtocolNative:
 	case ProtocolV2:
 		// Protocol v2 (proto_v2.go): the reference's sockets are IPv4 only.
 		if !p.Addr.Addr().Unmap().Is4() {

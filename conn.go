@@ -63,7 +63,8 @@ type Conn struct {
 	start      time.Time // for the send queue's estimate of a system call's cost (sendqueue.go)
 	clk        clock     // every timed rule's time (clock.go)
 	v2         *v2.Endpoint
-	spare      *spareKey // the first handshake message's ephemeral key, made ahead (handshake.go)
+	spare      *spareEntropy // the first handshake's keys, made ahead (handshake.go)
+	psk        *[32]byte     // Config.PresharedKey, copied; nil: none
 
 	// Atomic: read and written by any goroutine without a lock.
 	clock       atomic.Int64 // coarse monotonic nanoseconds of clk, advanced each tick (timers.go)
@@ -83,7 +84,8 @@ type Conn struct {
 	bufs     sync.Pool // *[]byte, for sealing
 	runBufs  sync.Pool // *[]byte, for WriteBatch's trains of sealed datagrams
 	recvQ    chan *packet
-	hsQueue  chan *handshakeElem // handshake_queue.go
+	hsQueue  chan *handshakeElem // handshake_queue.go: hellos (and v2 key exchanges)
+	hsFinish chan *handshakeElem // handshake_queue.go: replies and final messages, handled first
 	hsElems  sync.Pool           // *handshakeElem
 	hsQueued atomic.Int32        // messages queued and not yet handled (handshake_queue.go)
 	hsInline *rate.Limiter       // handshake messages the readers may handle themselves
@@ -107,7 +109,6 @@ type Conn struct {
 	evBusy atomic.Bool
 
 	// Owned by the housekeeping goroutine (timers.go).
-	helloSweep int64 // Conn clock of the last forgetOldHellos
 
 	// The locks, in the one order they are taken (a lock is never taken
 	// while one below it is held):
@@ -162,7 +163,11 @@ type Conn struct {
 	plainPeers   int
 	plainOrder   []*peer
 	plainEvicted addrSet // plaintext peers evicted, remembered (peer.go)
-	lastHello    map[[ed25519.PublicKeySize]byte]*helloLog
+	// strangers holds, for addresses that are no peer, the replies sent
+	// to their hellos, on a peer not in the table: a hello creates no
+	// peer; a final message that completes one does
+	// (handshake_responder.go). They count against MaxPeers.
+	strangers map[netip.AddrPort]*peer
 
 	// With locks of their own (see the list above).
 	index *sessionIndex // sessions and initiations by local index (keypairs.go)
@@ -178,9 +183,8 @@ type packet struct {
 	truncated bool
 }
 
-// newConn returns a Conn over s, with spare as its first ephemeral key
-// (nil: one started now); the caller closes s if it fails.
-func newConn(s *socket, config *Config, spare *spareKey) (*Conn, error) {
+// newConn returns a Conn over s; the caller closes s if it fails.
+func newConn(s *socket, config *Config) (*Conn, error) {
 	cfg, err := config.resolve()
 	if err != nil {
 		return nil, err
@@ -207,7 +211,6 @@ func newConn(s *socket, config *Config, spare *spareKey) (*Conn, error) {
 	}
 	c := &Conn{
 		cfg:           cfg,
-		spare:         spare,
 		hs:            newHandshaker(cfg.Identity),
 		z:             z,
 		cookies:       newCookieJar(cfg.CookieThreshold, cfg.clock.wall()),
@@ -221,6 +224,7 @@ func newConn(s *socket, config *Config, spare *spareKey) (*Conn, error) {
 		clk:           cfg.clock,
 		recvQ:         make(chan *packet, cfg.ReadQueue),
 		hsQueue:       make(chan *handshakeElem, handshakeQueueLen),
+		hsFinish:      make(chan *handshakeElem, handshakeQueueLen),
 		hsInline:      newInlineLimiter(),
 		readDeadline:  newDeadline(),
 		appToken:      make(chan struct{}, 1),
@@ -230,13 +234,17 @@ func newConn(s *socket, config *Config, spare *spareKey) (*Conn, error) {
 		writeDeadline: newDeadline(),
 		closed:        make(chan struct{}),
 		peers:         make(map[netip.AddrPort]*peer),
+		strangers:     make(map[netip.AddrPort]*peer),
 		index:         newSessionIndex(),
 		sq:            newSendQueue(),
-		lastHello:     make(map[[ed25519.PublicKeySize]byte]*helloLog),
 	}
-	if c.spare == nil {
-		c.spare = newSpareKey()
+	if cfg.PresharedKey != nil {
+		k := *cfg.PresharedKey
+		c.psk = &k
 	}
+	// The first handshake's keys are made meanwhile, on another core
+	// if there is one (handshake.go).
+	c.spare = newSpareEntropy(cfg.Identity)
 	c.freePkts = make(chan *packet, cfg.ReadQueue+2*readBatchSize)
 	c.bufs.New = func() any { b := make([]byte, c.bufSize+tagLen); return &b }
 	c.runBufs.New = func() any { b := make([]byte, 0, maxBatchRun*(c.bufSize+tagLen)); return &b }

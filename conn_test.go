@@ -3,12 +3,12 @@ package vaultudp
 import (
 	"bytes"
 	"context"
-	"crypto/ecdh"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/vaultudp/vaultudp/internal/noise"
 	mrand "math/rand/v2"
 	"net"
 	"net/netip"
@@ -145,17 +145,66 @@ func rawUDP(t testing.TB) *net.UDPConn {
 	return pc
 }
 
-// helloDatagram is a correctly signed hello from a fresh identity, as a
-// datagram: what a stranger sends to start a handshake.
+// helloDatagram is a valid hello from a fresh identity, as a datagram:
+// what a stranger sends to start a handshake.
 func helloDatagram(t testing.TB) []byte {
 	t.Helper()
-	eph, err := ecdh.X25519().GenerateKey(rand.Reader)
+	return newStrangerInit(t, 1).Hello()
+}
+
+// newStrangerInit starts a handshake of a fresh identity with index idx.
+func newStrangerInit(t testing.TB, idx uint32) *noise.Initiation {
+	t.Helper()
+	st, err := noise.NewStatic(GenerateIdentity(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	init := newHandshaker(GenerateIdentity()).initiate(time.Now(), 1, eph)
-	rec := record{control: init.hello}
-	return rec.appendTo([]byte{ProtocolVersion, typeOpen}, 0)
+	init, err := noise.NewInitiation(noise.InitiatorConfig{Static: st, Index: idx})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return init
+}
+
+// strangerSession completes a whole handshake with c from a plain
+// socket, as a stranger with a fresh identity, and returns the socket
+// once c has confirmed the session (its first sealed datagram came).
+func strangerSession(t testing.TB, c *Conn) *net.UDPConn {
+	t.Helper()
+	raw := rawUDP(t)
+	init := newStrangerInit(t, 0x5157)
+	if _, err := raw.WriteToUDPAddrPort(init.Hello(), addrOf(c)); err != nil {
+		t.Fatal(err)
+	}
+	raw.SetReadDeadline(time.Now().Add(waitLong))
+	defer raw.SetReadDeadline(time.Time{})
+	buf := make([]byte, 65536)
+	want := byte(typeReply)
+	for range 100 {
+		n, _, err := raw.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("stranger's handshake: %v", err)
+		}
+		if n < 8 || buf[0] != ProtocolVersion || buf[1] != want {
+			continue
+		}
+		if want == typeSealed {
+			return raw
+		}
+		if _, err := init.ReadReply(buf[:n]); err != nil {
+			t.Fatal(err)
+		}
+		final, _, err := init.WriteFinal(&noise.Params{MaxUnfragmented: 1472, MaxDatagram: 1472})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := raw.WriteToUDPAddrPort(final, addrOf(c)); err != nil {
+			t.Fatal(err)
+		}
+		want = typeSealed
+	}
+	t.Fatal("stranger's handshake: no answer among 100 datagrams")
+	return nil
 }
 
 // strangerBarrier sends a hello from raw to c's address and waits for the
@@ -175,10 +224,7 @@ func strangerBarrier(t testing.TB, raw *net.UDPConn, to netip.AddrPort) {
 		if err != nil {
 			t.Fatalf("barrier: no reply to the stranger's hello: %v", err)
 		}
-		if normAddr(from) != normAddr(to) || n < 3 || buf[1] != typeOpen {
-			continue
-		}
-		if rec, err := parseRecord(buf[2:n]); err == nil && len(rec.control) > 0 && rec.control[0] == ctlReply {
+		if normAddr(from) == normAddr(to) && n > 8 && buf[0] == ProtocolVersion && buf[1] == typeReply {
 			return
 		}
 	}

@@ -18,8 +18,8 @@ const cookieRotation = 2 * time.Minute
 
 // DefaultCookieThreshold is the number of hellos per second above which a
 // responder asks for cookies (Config.CookieThreshold): well under the
-// handshakes one core can answer (about 4,000/s on the machine of
-// BENCHMARKS.md: 248 µs each, the signature check included), well over what a
+// handshakes one core can answer (about 2,000/s on the machine of
+// BENCHMARKS.md: v4's responder, 0.5 ms each), well over what a
 // legitimate crowd of peers sends.
 const DefaultCookieThreshold = 500
 

@@ -19,8 +19,8 @@ func TestHandshakeCrossedAddPeer(t *testing.T) {
 		defer c.mu.RUnlock()
 		for _, p := range c.peers {
 			p.mu.Lock()
-			t.Logf("%s: peer %v: current %v, next %v, nextOld %v, init %v, initiating %v, failure %v",
-				name, p.addr, p.kp.current() != nil, p.kp.next != nil, p.kp.nextOld != nil, p.init != nil, p.initiating, p.failErr)
+			t.Logf("%s: peer %v: current %v, replies waiting %v %v, init %v, initiating %v, failure %v",
+				name, p.addr, p.kp.current() != nil, p.respNew != nil, p.respOld != nil, p.init != nil, p.initiating, p.failErr)
 			p.mu.Unlock()
 		}
 		t.Logf("%s: %+v", name, c.Stats())

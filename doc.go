@@ -28,15 +28,20 @@
 //
 // # Security model in brief
 //
-// Sessions come from a signed ephemeral X25519 handshake (forward secrecy,
+// Sessions come from protocol v4's handshake, the Noise pattern
+// XXhfs+psk2 with X25519 and ML-KEM-768 (a hybrid, post-quantum key
+// exchange; forward secrecy; both identities encrypted, each signed over a
+// static key made for that handshake; an optional preshared key;
 // downgrade-proof version negotiation); datagrams are sealed with
 // ChaCha20-Poly1305, one key per direction, with a sliding replay window,
 // and padded to the MTU by default. A datagram is delivered as from an
 // address only if its sender is validated there; no address is sent more
 // bytes than it sent until it has proved it receives; handshake floods meet
-// cookies before signature checks. Not protected: timing and volume,
-// identities (their public keys travel in clear), and anything against an
-// attacker on the path who drops or delays packets. README.md's "Security
+// cookies before any cryptography. Not protected: timing and volume,
+// addresses, the responder's identity from whoever sends it a hello
+// without the preshared key, authentication against a quantum attacker at
+// handshake time, and anything against an attacker on the path who drops
+// or delays packets. README.md's "Security
 // model" lists every claim with the test that attacks it; PROTOCOL.md gives
 // the wire format byte by byte.
 package vaultudp

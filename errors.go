@@ -34,6 +34,15 @@ var (
 	// counts it.
 	ErrPeerRejected = errors.New("vaultudp: peer rejected")
 
+	// ErrPresharedKey is returned by Handshake and Dial, and by writes
+	// until the next attempt, when the peer's reply decrypted up to the
+	// preshared key and not after it: the two sides hold different
+	// preshared keys (or one holds none), or an attacker without the key
+	// made the reply. The error also matches ErrPeerRejected (a refusal
+	// that lasts); Drops.PresharedKey counts it. Only the dialing side
+	// can tell: the other sees its reply go unanswered.
+	ErrPresharedKey = errors.New("vaultudp: preshared keys differ")
+
 	// ErrNoSession is returned by Handshake when no session can be made or
 	// waited for: the peer's policy forbids the handshake (a Plaintext
 	// peer), or Config.MaxPeers learned peers exist already; and by a
@@ -64,14 +73,10 @@ var (
 // dropped and counted, as consumers such as quic-go stop on read errors);
 // they are returned by the decoding functions and used in tests and logs.
 var (
-	errMalformed  = errs.ErrMalformed // shared with the internal packages
-	errTooLarge   = errs.ErrTooLarge
-	errAuth       = errs.ErrAuth
-	errReplay     = errs.ErrReplay
-	errStale      = errors.New("vaultudp: stale handshake")
-	errUnexpected = errors.New("vaultudp: unexpected handshake message")
-	errVersion    = errors.New("vaultudp: no common protocol version")
-	errReflected  = errors.New("vaultudp: reflected handshake")
+	errMalformed = errs.ErrMalformed // shared with the internal packages
+	errTooLarge  = errs.ErrTooLarge
+	errAuth      = errs.ErrAuth
+	errReplay    = errs.ErrReplay
 
 	errSessionsExpired = errors.New("vaultudp: its sessions expired")
 )

@@ -7,14 +7,20 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/vaultudp/vaultudp/internal/noise"
 )
 
-// Handshake waits until the peer at addr has a session, starting a
-// handshake if none is under way (also after a failed one). It returns an
-// error wrapping ErrHandshakeTimeout if the attempt fails, one wrapping
-// ErrPeerRejected if the trust rules refused the peer's key, ctx's error if
-// ctx ends first. An address that is not a peer becomes a learned one, as
-// a write to it would.
+// Handshake waits until the peer at addr has a session that it has
+// confirmed, starting a handshake if none is under way (also after a
+// failed one). When it returns nil, MaxPayloadTo(addr) is final: the
+// peer's parameters came inside the handshake. It returns an error
+// wrapping ErrHandshakeTimeout if the attempt fails (no answer, or the
+// peer never confirmed our final message: its trust rules may refuse our
+// key, which it cannot tell us), one wrapping ErrPeerRejected if our
+// trust rules refused the peer's key (and ErrPresharedKey if the
+// preshared keys differ), ctx's error if ctx ends first. An address that
+// is not a peer becomes a learned one, as a write to it would.
 func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 	if !c.ok() {
 		return errZeroConn("handshake")
@@ -38,9 +44,25 @@ func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 			p.mu.Unlock()
 			return err
 		}
-		if c.usable(p.kp.current(), c.now()) {
+		if s := p.kp.current(); c.usable(s, c.now()) {
+			if s.final.Load() == nil {
+				p.mu.Unlock()
+				return nil
+			}
+			// Our final message waits for the responder's first sealed
+			// datagram (receiveSealed notifies), or fails the attempt
+			// (onUnansweredFinal).
+			started = true
+			ch := p.changed
 			p.mu.Unlock()
-			return nil
+			select {
+			case <-ch:
+				continue
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-c.closed:
+				return c.opError("handshake", nil, ErrClosed)
+			}
 		}
 		if started && !p.handshakingLocked() && p.failErr != nil {
 			err := p.failErr
@@ -94,18 +116,17 @@ func (c *Conn) startHandshake(p *peer) {
 type helloReason uint8
 
 const (
-	helloAsked     helloReason = iota // the application asked for a session: Handshake, Dial, AddPeer
-	helloWrite                        // a write found no session: its datagram waits
-	helloOffer                        // Opportunistic: a write went in clear; the Conn offers a session
-	helloRekey                        // the current session is due for renewal
-	helloReset                        // the peer reset the current session
-	helloSilence                      // sealed datagrams went unanswered for SilenceTimeout
-	helloTokenLost                    // the responder dropped the session it never saw confirmed
-	helloRetry                        // this attempt's hello went unanswered for retryAfter
-	helloQueued                       // datagrams wait, and no attempt is under way
+	helloAsked   helloReason = iota // the application asked for a session: Handshake, Dial, AddPeer
+	helloWrite                      // a write found no session: its datagram waits
+	helloOffer                      // Opportunistic: a write went in clear; the Conn offers a session
+	helloRekey                      // the current session is due for renewal
+	helloReset                      // the peer reset the current session
+	helloSilence                    // sealed datagrams went unanswered for SilenceTimeout
+	helloRetry                      // this attempt's hello went unanswered for retryAfter
+	helloQueued                     // datagrams wait, and no attempt is under way
 )
 
-var helloReasons = [...]string{"asked", "write", "offer", "rekey", "reset", "silence", "token lost", "retry", "queued"}
+var helloReasons = [...]string{"asked", "write", "offer", "rekey", "reset", "silence", "retry", "queued"}
 
 func (r helloReason) String() string { return helloReasons[r] }
 
@@ -121,9 +142,9 @@ func (r helloReason) String() string { return helloReasons[r] }
 //     may send a hello to of its own accord (mayInitiateLocked);
 //   - an offer waits out the back-off after a failed attempt: a peer that
 //     refuses encryption is not an error for Opportunistic;
-//   - a responder session waiting for the peer's confirmation defers a
-//     hello for a while (awaitingConfirmLocked), but for an offer, a
-//     reset and a lost token, which it cannot serve.
+//   - a reply waiting for the peer's final message defers a hello for a
+//     while (awaitingConfirmLocked), but for an offer and a reset, which
+//     it cannot serve.
 func (c *Conn) wantHelloLocked(p *peer, why helloReason, now int64) bool {
 	if p.proto != nil {
 		return false // protocol v2 (proto_v2.go): no native handshake
@@ -147,7 +168,7 @@ func (c *Conn) wantHelloLocked(p *peer, why helloReason, now int64) bool {
 		}
 	}
 	switch why {
-	case helloOffer, helloReset, helloTokenLost:
+	case helloOffer, helloReset:
 	default:
 		if c.awaitingConfirmLocked(p, now) {
 			return false
@@ -157,15 +178,14 @@ func (c *Conn) wantHelloLocked(p *peer, why helloReason, now int64) bool {
 }
 
 // awaitingConfirmLocked reports whether a hello to p is deferred because a
-// responder session waits for p's confirmation: p has begun a handshake,
-// and its first sealed datagram is on its way, so a hello of ours would
-// only cross it. The deferral lasts retryAfter from the first hello it
-// deferred, not from the waiting session: anyone can forge a hello from
-// p's address, and one every few seconds would otherwise keep a session
-// waiting, and the Conn from ever starting its own handshake with p. p.mu
+// reply waits for p's final message: p has begun a handshake, and its
+// final message is on its way, so a hello of ours would only cross it.
+// The deferral lasts retryAfter from the first hello it deferred, not from
+// the reply: anyone can forge a hello from p's address, and one every few
+// seconds would otherwise keep a reply waiting, and the Conn from ever starting its own handshake with p. p.mu
 // is held.
 func (c *Conn) awaitingConfirmLocked(p *peer, now int64) bool {
-	if !p.kp.pending() {
+	if p.respNew == nil {
 		p.deferredAt = 0
 		return false
 	}
@@ -215,9 +235,7 @@ func (p *peer) mayRetryLocked() bool {
 }
 
 // helloWireLen is the length of a hello datagram.
-func (c *Conn) helloWireLen() int {
-	return openHeaderLen + (&record{control: make([]byte, helloFixedLen+len(c.hs.versions)+64+cookieLen)}).envelopeLen()
-}
+func (c *Conn) helloWireLen() int { return noise.HelloLen }
 
 // handshakingLocked reports whether an initiation is pending or being
 // made; p.mu is held.
@@ -228,23 +246,29 @@ func (p *peer) handshakingLocked() bool { return p.init != nil || p.initiating }
 // keeps the cookie the responder gave the hello it replaces; the one it
 // replaces stays answerable (a slow reply to it still completes).
 func (c *Conn) sendHello(p *peer) {
-	eph, err := c.ephemeral()
-	if err != nil {
-		panic(err) // crypto/rand does not fail
-	}
+	st, ent, err := c.handshakeEntropy()
 	idx := c.index.initiate(p)
-	init := c.hs.initiate(c.cfg.now(), idx, eph)
-
+	var ni *noise.Initiation
+	if err == nil {
+		ni, err = noise.NewInitiation(noise.InitiatorConfig{Static: st, Index: idx, PSK: c.pskFor(p), Versions: c.hs.versions, Entropy: ent})
+	}
 	now := c.now()
 	p.mu.Lock()
 	p.initiating = false
-	if p.removed || p.gen != p.claimGen {
+	if err != nil || p.removed || p.gen != p.claimGen {
 		// Gone, or a session came while the hello was made (the peer's
 		// own handshake, answered here): this attempt is superseded.
+		// (The system's random source does not fail; if it did, the
+		// attempt's timer would find no hello and the next reason
+		// would try again.)
 		p.mu.Unlock()
 		c.index.forgetIndex(idx)
+		if err != nil {
+			c.log.Warn("vaultudp: making a hello", "err", err)
+		}
 		return
 	}
+	init := &initiation{localIndex: idx, n: ni, hello: bytes.Clone(ni.Hello())}
 	c.index.forget(p, p.prevInit)
 	old := p.init
 	if old == nil {
@@ -259,7 +283,7 @@ func (c *Conn) sendHello(p *peer) {
 	p.hellos++
 	hello, to := init.hello, p.addr
 	p.mu.Unlock()
-	c.sendControlFrom(to, p.localAddr(), hello)
+	c.sendRawFrom(to, p.localAddr(), hello)
 	// The reply must be read at once even if no application goroutine
 	// is reading (direct.go).
 	c.wakeBackgroundReader()
@@ -313,56 +337,71 @@ func (c *Conn) failLocked(p *peer, now int64, err error) {
 	// application's code.
 }
 
+// handleReply completes our initiation with a reply: the responder's
+// identity is checked by the trust rules before anything else, then the
+// final message goes out with our parameters and the session is current
+// at once, its peer's parameters known (MaxPayloadTo is final). The
+// datagram that waited longest rides in the final message when it fits
+// there. c.hsMu is held.
 func (c *Conn) handleReply(msg []byte) {
-	r, err := parseReply(msg)
+	idx, err := noise.ReplyIndex(msg)
 	if err != nil {
 		c.stats.malformed.Add(1)
 		return
 	}
-	p := c.index.initiator(r.receiverIndex)
+	p := c.index.initiator(idx)
 	if p == nil {
 		c.stats.stale.Add(1) // an answer to no hello of ours, or to one completed
 		return
 	}
 	p.mu.Lock()
 	init, addr := p.init, p.addr
-	if p.prevInit != nil && p.prevInit.localIndex == r.receiverIndex {
+	if p.prevInit != nil && p.prevInit.localIndex == idx {
 		init = p.prevInit // a reply slower than our retry
 	}
 	p.mu.Unlock()
-	if init == nil || init.localIndex != r.receiverIndex {
+	if init == nil || init.localIndex != idx {
 		c.stats.stale.Add(1)
 		return
 	}
-	wall := c.cfg.now()
-	keys, err := c.hs.complete(init, r, wall, c.cfg.FreshnessWindow)
+	rp, err := init.n.ReadReply(msg)
 	if err != nil {
 		switch {
-		case errors.Is(err, errStale):
+		case errors.Is(err, noise.ErrPSKMismatch):
+			// Genuine up to the preshared key: the keys differ (or an
+			// on-path attacker, who could drop the reply anyway, made
+			// it). A refusal that lasts: the attempt ends now, and
+			// nothing of ours (identity, static key) is sent.
+			c.stats.pskMismatch.Add(1)
+			ferr := fmt.Errorf("%w: %w: %v: its reply does not decrypt under our preshared key (the two sides hold different keys, or one holds none)", ErrPeerRejected, ErrPresharedKey, addr)
+			c.event(Event{Kind: EventFailed, Addr: addr, Err: ferr})
+			p.mu.Lock()
+			if p.init == init || p.prevInit == init {
+				c.failLocked(p, c.now(), ferr)
+			}
+			p.mu.Unlock()
+		case errors.Is(err, noise.ErrState):
 			c.stats.stale.Add(1)
-		case errors.Is(err, errUnexpected):
-			c.stats.stale.Add(1)
+		case errors.Is(err, errMalformed):
+			c.stats.malformed.Add(1)
 		default:
 			c.stats.auth.Add(1)
 		}
 		return
 	}
-	// Trust is decided on a key whose signature has been verified.
-	if err := c.trust(p, addr, r.identity); err != nil {
+	// Trust is decided on the identity whose signature over the static
+	// key verified, before anything is sent under the session.
+	if err := c.trust(p, addr, rp.Identity); err != nil {
 		// A refusal that lasts: the attempt ends now, and Handshake
 		// and writes report it (an on-path attacker, who could drop the
 		// reply anyway, can end an attempt this way, no more).
 		c.stats.rejected.Add(1)
-		c.event(Event{Kind: EventRefused, Addr: addr, Key: r.identity, Err: err})
+		c.event(Event{Kind: EventRefused, Addr: addr, Key: rp.Identity, Err: err})
 		p.mu.Lock()
 		if p.init == init || p.prevInit == init {
 			c.failLocked(p, c.now(), err)
 		}
 		p.mu.Unlock()
-		return
-	}
-	s, err := newSession(keys, c.now())
-	if err != nil {
 		return
 	}
 	p.mu.Lock()
@@ -372,16 +411,79 @@ func (c *Conn) handleReply(msg []byte) {
 		c.stats.stale.Add(1)
 		return
 	}
-	queued := c.install(p, s, keys.peerIdentity, wall, p.helloPathFor(init))
-	// The datagrams that waited go first; the reset token (reset.go)
-	// follows, and confirms the session to the responder at once when
-	// nothing waited, so that it may use it for sending.
-	c.flush(p, s, addr, queued)
-	c.sendToken(s, addr)
+	ours := c.params(idx, addr)
+	final, keys, err := init.n.WriteFinal(&ours)
+	if err != nil {
+		c.stats.stale.Add(1)
+		return
+	}
+	s, err := newSession(&sessionKeys{
+		send: keys.I2R, recv: keys.R2I,
+		localIndex: idx, remoteIndex: rp.Index,
+		version: ProtocolVersion, initiator: true,
+		peerIdentity: rp.Identity,
+	}, c.now())
+	if err != nil {
+		return
+	}
+	applyParams(s, &rp.Params)
+	// Set before the session is current: Handshake returns only once the
+	// responder confirmed it (s.final nil again).
+	s.final.Store(&final)
+	s.finalSent.Store(c.now() | 1)
+	wall := c.cfg.now()
+	queued := c.install(p, s, rp.Identity, wall, p.helloPathFor(init))
+	rest := queued
+	if len(queued) > 0 {
+		if out, ok := c.coalesce(s, final, queued[0]); ok {
+			final, rest = out, queued[1:]
+			c.countSent(p, len(queued[0]))
+		}
+	}
+	if old := s.final.Load(); old != nil && len(rest) < len(queued) {
+		s.final.CompareAndSwap(old, &final) // resent with the datagram it carries, unless confirmed meanwhile
+	}
+	c.sendRawFrom(addr, p.localAddr(), final)
+	c.flush(p, s, addr, rest)
+	if len(queued) > 0 && len(rest) == 0 {
+		c.endFlush(p)
+	}
 }
 
+// coalesce returns the final message with b sealed under s after it
+// (PROTOCOL.md 9.8), padded as sealed datagrams are so that the whole
+// datagram is no longer than a padded sealed one; ok is false if b does
+// not fit there (it then goes on its own, after the final message).
+func (c *Conn) coalesce(s *session, final, b []byte) (out []byte, ok bool) {
+	target := c.padTarget(s)
+	if c.cfg.Padding == PadMTU {
+		target = min(target, padSmall) // as paddedSize pads a datagram that fits
+	}
+	room := target - len(final)
+	rec := record{payload: b, hasPayload: true}
+	natural := sealedOverhead + rec.envelopeLen()
+	if natural > room {
+		return nil, false
+	}
+	size := c.cfg.Padding.wireSize(natural, room) - sealedOverhead
+	out = make([]byte, len(final), len(final)+sealedOverhead+size)
+	copy(out, final)
+	var hdr [sealedHeaderLen]byte
+	out = rec.appendTo(append(out, hdr[:]...), size)
+	sealed, err := s.seal(out[len(final):])
+	if err != nil {
+		return nil, false
+	}
+	if s.peer != nil {
+		c.markSent(s.peer)
+	}
+	return append(out[:len(final)], sealed...), true
+}
+
+// handleCookie puts a responder's cookie into our hello and sends it
+// again at once.
 func (c *Conn) handleCookie(msg []byte, from netip.AddrPort) {
-	idx, cookie, err := parseCookieMsg(msg)
+	idx, cookie, err := noise.ParseCookie(msg)
 	if err != nil {
 		c.stats.malformed.Add(1)
 		return
@@ -403,6 +505,6 @@ func (c *Conn) handleCookie(msg []byte, from netip.AddrPort) {
 	to := p.addr
 	p.mu.Unlock()
 	if hello != nil {
-		c.sendControlFrom(to, p.localAddr(), hello)
+		c.sendRawFrom(to, p.localAddr(), hello)
 	}
 }

@@ -5,11 +5,14 @@ import (
 	"net/netip"
 
 	"golang.org/x/time/rate"
+
+	"github.com/vaultudp/vaultudp/internal/noise"
 )
 
 // Handshake messages are handled off the data path, as wireguard-go's
-// device/receive.go does: the reader that finds a hello or a reply (each
-// costs a signature check, about a hundred times a datagram's open)
+// device/receive.go does: the reader that finds a hello, a reply or a
+// final message (each costs several X25519 operations, an ML-KEM one or
+// a signature, about a thousand times a datagram's open)
 // copies it onto a bounded queue and goes on with the next datagram; one
 // handshake goroutine per Conn works the queue. When the queue is full the
 // message is dropped and counted (Drops.HandshakeQueueFull): the sender
@@ -30,8 +33,13 @@ import (
 const (
 	// handshakeQueueLen bounds the handshake messages waiting.
 	handshakeQueueLen = 256
-	// maxHandshakeMsg is the longest hello or reply (maxVersions versions).
-	maxHandshakeMsg = helloFixedLen + maxVersions + 64 + cookieLen
+	// maxHandshakeMsg is the longest handshake datagram queued: a
+	// 1500-byte Ethernet frame's UDP payload over IPv4 (1472) and more. A
+	// final message with a coalesced datagram is never longer than a
+	// padded sealed datagram to the peer (coalesce), which is longer than
+	// this only on paths above Ethernet's MTU: such finals are handled by
+	// the reader itself, not queued (queueHandshake).
+	maxHandshakeMsg = 1500
 
 	// handshakeInlineRate and handshakeInlineBurst bound the messages the
 	// readers handle themselves: at about 0.25 ms of a core each, 10 a
@@ -62,10 +70,18 @@ type handshakeElem struct {
 // full.
 func (c *Conn) queueHandshake(msg []byte, from netip.AddrPort, local netip.Addr) {
 	if len(msg) > maxHandshakeMsg {
-		c.stats.malformed.Add(1)
+		if msg[1] != typeFinal {
+			c.stats.malformed.Add(1)
+			return
+		}
+		// A final message with a large coalesced datagram (a jumbo
+		// path): handled here, its lock waited for.
+		c.hsMu.Lock()
+		c.handleHandshake(msg, from, local)
+		c.hsMu.Unlock()
 		return
 	}
-	if msg[0] == ctlHello && c.helloGate(msg, from, local) {
+	if msg[1] == typeHello && c.helloGate(msg, from, local) {
 		return
 	}
 	// hsQueued, not len(hsQueue): a message taken off the queue but not
@@ -82,9 +98,17 @@ func (c *Conn) queueHandshake(msg []byte, from netip.AddrPort, local netip.Addr)
 	}
 	e := c.hsElems.Get().(*handshakeElem)
 	e.n, e.from, e.local = copy(e.msg[:], msg), from, local
+	q := c.hsQueue
+	if msg[1] != typeHello {
+		// A reply or a final message completes work already done (our
+		// hello, our reply), and costs less than a hello's answer: it
+		// goes first, so that a crowd of new hellos does not make the
+		// handshakes under way time out.
+		q = c.hsFinish
+	}
 	c.hsQueued.Add(1)
 	select {
-	case c.hsQueue <- e:
+	case q <- e:
 	default:
 		c.hsQueued.Add(-1)
 		c.hsElems.Put(e)
@@ -138,32 +162,40 @@ func (c *Conn) handshakeLoop() {
 	c.wg.Add(1) // counted while this one is: Close waits for both
 	go c.cookieLoop()
 	for {
+		var e *handshakeElem
 		select {
-		case <-c.closed:
-			return
-		case e := <-c.hsQueue:
-			c.hsMu.Lock()
-			if e.v2 != nil {
-				c.receiveV2Deferred(e.from, e.v2)
-				e.v2 = nil
-			} else {
-				c.handleHandshake(e.msg[:e.n], e.from, e.local)
+		case e = <-c.hsFinish: // first, when there is one
+		default:
+			select {
+			case <-c.closed:
+				return
+			case e = <-c.hsFinish:
+			case e = <-c.hsQueue:
 			}
-			c.hsQueued.Add(-1)
-			c.hsMu.Unlock()
-			c.hsElems.Put(e)
 		}
+		c.hsMu.Lock()
+		if e.v2 != nil {
+			c.receiveV2Deferred(e.from, e.v2)
+			e.v2 = nil
+		} else {
+			c.handleHandshake(e.msg[:e.n], e.from, e.local)
+		}
+		c.hsQueued.Add(-1)
+		c.hsMu.Unlock()
+		c.hsElems.Put(e)
 	}
 }
 
-// handleHandshake handles a hello or a reply; c.hsMu is held, so that
-// one is handled at a time, as by one goroutine.
+// handleHandshake handles a hello, a reply or a final message; c.hsMu is
+// held, so that one is handled at a time, as by one goroutine.
 func (c *Conn) handleHandshake(msg []byte, from netip.AddrPort, local netip.Addr) {
-	switch msg[0] {
-	case ctlHello:
+	switch msg[1] {
+	case typeHello:
 		c.handleHello(msg, from, local)
-	case ctlReply:
+	case typeReply:
 		c.handleReply(msg)
+	case typeFinal:
+		c.handleFinal(msg, from, local)
 	}
 }
 
@@ -181,13 +213,13 @@ func (c *Conn) handleHandshake(msg []byte, from netip.AddrPort, local netip.Addr
 // of 87,000 a second filled the queue, dropped 58% of the hellos,
 // legitimate ones alike, and a new client needed seconds of retries.)
 func (c *Conn) helloGate(msg []byte, from netip.AddrPort, local netip.Addr) bool {
-	m, err := parseHello(msg)
+	m, err := noise.ParseHello(msg) // structure only: no cryptography
 	if err != nil {
 		c.stats.malformed.Add(1)
 		return true
 	}
 	wall := c.cfg.now()
-	if !c.cookies.underLoad(wall) || (!allZero(m.cookie) && c.cookies.valid(from, m.cookie, wall)) {
+	if !c.cookies.underLoad(wall) || (!allZero(m.Cookie) && c.cookies.valid(from, m.Cookie, wall)) {
 		return false
 	}
 	if !c.cookies.budget.allow(from, c.now()) {
@@ -195,7 +227,7 @@ func (c *Conn) helloGate(msg []byte, from netip.AddrPort, local netip.Addr) bool
 		return true
 	}
 	select {
-	case c.cookies.jobs <- cookieJob{from: from, local: local, index: m.senderIndex}:
+	case c.cookies.jobs <- cookieJob{from: from, local: local, index: m.SenderIndex}:
 	default:
 		c.stats.handshakeQueueFull.Add(1)
 	}
@@ -236,7 +268,7 @@ func (c *Conn) cookieLoop() {
 			wall := c.cfg.now()
 			cookie := c.cookies.make(j.from, wall)
 			c.stats.cookiesSent.Add(1)
-			c.sendControlFrom(j.from, j.local, cookieMsg(j.index, cookie[:]))
+			c.sendRawFrom(j.from, j.local, noise.CookieMsg(j.index, cookie[:]))
 		}
 	}
 }

@@ -6,224 +6,490 @@ import (
 	"errors"
 	"net/netip"
 	"time"
+
+	"github.com/vaultudp/vaultudp/internal/noise"
 )
 
-// What the responder remembers of the hellos it answered (PROTOCOL.md 5.4).
-// A hello is refused as replayed when its timestamp is not newer than the
-// last one answered from its address, is one already answered from any
-// address, or lies more than helloReorder behind the newest answered from
-// its identity. Within helloReorder a hello older than the newest is still
-// answered if it comes from another address: one client reaching one
-// server on two paths at once sends two hellos a moment apart, and the
-// earlier one may arrive second; refusing it would cost that path a full
-// retry.
-const (
-	// helloReorder is how far behind the identity's newest answered hello
-	// a hello from another path may be: the retry interval's ceiling
-	// (retryAfter), since a hello overtaken by more than that is sent
-	// again, newer, by then anyway.
-	helloReorder = time.Second
-
-	// helloPaths is how many answered hellos per identity are remembered
-	// within helloReorder; past that the oldest is forgotten and every
-	// timestamp up to it refused.
-	helloPaths = 8
-)
-
-// helloLog is what the responder remembers of one identity's answered
-// hellos. It is guarded by Conn.mu.
-type helloLog struct {
-	newest uint64 // the newest answered timestamp
-	floor  uint64 // every timestamp at or below it is refused
-	n      int
-	recent [helloPaths]answeredHello // within helloReorder of newest
-}
-
-type answeredHello struct {
-	ts   uint64
-	from netip.AddrPort
-}
-
-// fresh reports whether a hello with timestamp ts from from may be
-// answered: not replayed, not overtaken on its own path, and not older
-// than the identity's newest answered hello by more than helloReorder.
-func (h *helloLog) fresh(ts uint64, from netip.AddrPort) bool {
-	if h == nil {
-		return true
-	}
-	switch {
-	case ts <= h.floor:
-		return false
-	case ts > h.newest:
-		return true
-	case h.newest-ts > uint64(helloReorder):
-		return false
-	}
-	for _, e := range h.recent[:h.n] {
-		if ts == e.ts || (e.from == from && ts < e.ts) {
-			return false
-		}
-	}
-	return true
-}
-
-// record remembers an answered hello. Entries more than helloReorder
-// behind the newest are dropped (fresh refuses anything that old without
-// them); when the rest fill the log, the oldest is dropped and becomes the
-// floor.
-func (h *helloLog) record(ts uint64, from netip.AddrPort) {
-	h.newest = max(h.newest, ts)
-	k := 0
-	for _, e := range h.recent[:h.n] {
-		if h.newest-e.ts <= uint64(helloReorder) {
-			h.recent[k] = e
-			k++
-		}
-	}
-	h.n = k
-	if h.n == helloPaths {
-		oldest := 0
-		for i, e := range h.recent {
-			if e.ts < h.recent[oldest].ts {
-				oldest = i
-			}
-		}
-		h.floor = max(h.floor, h.recent[oldest].ts)
-		h.recent[oldest] = h.recent[h.n-1]
-		h.n--
-	}
-	h.recent[h.n] = answeredHello{ts, from}
-	h.n++
-}
-
-// handleHello answers a hello from from that arrived at local, from there.
-// The reader applied the cookie rule to it already (helloGate).
+// handleHello answers a hello from from that arrived at local. Nothing
+// about the initiator's identity is known yet: the reply reveals ours (to
+// holders of the preshared key, if one is set) and the Noise state waits
+// for the final message, where trust is decided. c.hsMu is held.
 func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
-	m, err := parseHello(msg)
+	h, err := noise.ParseHello(msg)
 	if err != nil {
 		c.stats.malformed.Add(1)
 		return
 	}
-	wall := c.cfg.now() // the cookie rule was applied before it was queued (helloGate)
-	if err := checkFresh(m.timestamp, wall, c.cfg.FreshnessWindow); err != nil {
-		c.stats.stale.Add(1)
-		return
-	}
-	var idKey [ed25519.PublicKeySize]byte
-	copy(idKey[:], m.identity)
+	// The reader applied the cookie rule already (helloGate): under
+	// load, only a hello with its source's cookie comes here.
 	c.mu.RLock()
 	pr := c.peers[from]
-	fresh := c.lastHello[idKey].fresh(m.timestamp, from)
-	full := pr == nil && c.learned >= c.cfg.MaxPeers
+	full := pr == nil && c.strangers[from] == nil && c.learned+len(c.strangers) >= c.cfg.MaxPeers
 	c.mu.RUnlock()
 	if full {
-		// Refused before any costly work: a flood of signed hellos from
-		// new addresses cannot buy signature checks once the table is
-		// full.
+		// Refused before any costly work: a flood of hellos from new
+		// addresses cannot buy handshakes once the table is full.
 		c.stats.peerLimit.Add(1)
-		return
-	}
-	if !fresh {
-		c.stats.stale.Add(1) // a replayed hello, or one overtaken on its path
 		return
 	}
 	if c.policyFor(pr) == Plaintext {
 		c.stats.policy.Add(1)
 		return
 	}
-	c.stats.verifications.Add(1)
-	if err := m.verify(); err != nil {
-		c.stats.auth.Add(1)
-		return
-	}
-	// A learned peer whose old identity did not answer a liveness
-	// challenge (path.go): perhaps a client that restarted with a new
-	// key. Its hello is answered; the new identity takes the address only
-	// if it confirms the session from there (confirmLocked).
-	replacing := pr != nil && c.tofuOnly(pr) && !pr.hasIdentity(m.identity) && c.replaceable(pr)
-	if err := c.trust(pr, from, m.identity); err != nil && !replacing {
-		c.stats.rejected.Add(1)
-		// Refused once, refused for good: a replay of this hello is
-		// stale, and costs neither a signature check nor a liveness
-		// challenge.
-		c.mu.Lock()
-		h := c.lastHello[idKey]
-		if h == nil {
-			h = new(helloLog)
-			c.lastHello[idKey] = h
-		}
-		h.record(m.timestamp, from)
-		c.mu.Unlock()
-		if pr != nil {
-			// Kept to explain a handshake timeout (timers.go), but not
-			// the peer's LastFailure: nothing proved the hello came from
-			// the peer's address, and anyone can send one from there.
-			pr.mu.Lock()
-			pr.refused = err
-			pr.mu.Unlock()
-		}
-		c.event(Event{Kind: EventRefused, Addr: from, Key: m.identity, Err: err})
-		return
-	}
 	if pr != nil {
 		pr.mu.Lock()
-		weInitiate := pr.handshakingLocked() && bytes.Compare(c.hs.public, m.identity) > 0
+		// Both sides sent hellos at once: the greater ephemeral key
+		// initiates, the other answers (PROTOCOL.md 9.9). Our
+		// initiation's noise state is the handshake goroutine's, which
+		// this is.
+		keep := pr.init != nil && pr.init.n.KeepsInitiating(h)
 		pr.mu.Unlock()
-		if weInitiate {
-			// Both sides sent hellos at once: the larger identity
-			// initiates, the smaller answers, and one session results.
+		if keep {
 			return
 		}
 	}
-	eph, err := c.ephemeral()
+	st, ent, err := c.handshakeEntropy()
 	if err != nil {
 		return
 	}
 	idx := c.index.reserve()
-	reply, keys, err := c.hs.respond(m, wall, idx, eph)
+	c.stats.verifications.Add(1)
+	resp, reply, err := noise.Respond(h, noise.ResponderConfig{
+		Static:   st,
+		Index:    idx,
+		Versions: c.hs.versions,
+		PSK:      c.pskFor(pr),
+		Params:   c.params(idx, from),
+		Entropy:  ent,
+	})
 	if err != nil {
 		c.index.release(idx)
-		switch {
-		case errors.Is(err, errReflected):
+		if errors.Is(err, errAuth) {
 			c.stats.auth.Add(1)
-		default:
+		} else {
 			c.stats.malformed.Add(1)
 		}
 		return
 	}
-	s, err := newSession(keys, c.now())
-	if err != nil {
+	r := &response{r: resp, localIndex: idx, from: from, local: local, created: c.now()}
+	c.mu.Lock()
+	if pr = c.peers[from]; pr == nil {
+		// No peer yet: the reply waits on a stranger, outside the
+		// table, until a final message completes it (a replayed or
+		// forged hello, which cannot, leaves nothing in the table).
+		if pr = c.strangers[from]; pr == nil {
+			if c.learned+len(c.strangers) >= c.cfg.MaxPeers {
+				c.mu.Unlock()
+				c.index.release(idx)
+				c.stats.peerLimit.Add(1)
+				return
+			}
+			pr = c.newPeer(from, nil)
+			pr.origin, pr.stranger = originHello, true
+			c.strangers[from] = pr
+		}
+	}
+	c.mu.Unlock()
+	pr.mu.Lock()
+	if pr.removed {
+		pr.mu.Unlock()
 		c.index.release(idx)
 		return
 	}
-	c.mu.Lock()
-	if !c.lastHello[idKey].fresh(m.timestamp, from) {
-		c.mu.Unlock()
-		c.index.release(idx)
+	c.addResponseLocked(pr, r)
+	pr.mu.Unlock()
+	c.sendRawFrom(from, local, reply)
+	// The path's size, which the session takes, is looked up (a system
+	// call) while the reply travels, not once the final message is in.
+	// Read under the peer's lock, with the response.
+	path := c.pathDatagram(from)
+	pr.mu.Lock()
+	r.path = path
+	pr.mu.Unlock()
+}
+
+// addResponseLocked keeps r, a reply sent for p, waiting for its final
+// message. The one before stays too (the initiator may have retried
+// before our reply reached it, and then answers that one); the one before
+// that goes. p.mu is held.
+func (c *Conn) addResponseLocked(p *peer, r *response) {
+	c.index.respond(r.localIndex, p)
+	if old := p.respOld; old != nil {
+		c.dropHeldResponse(old)
+		c.index.dropResponse(old.localIndex)
+	}
+	p.respOld, p.respNew = p.respNew, r
+	p.lastSeen.Store(c.now())
+}
+
+// takeResponseLocked takes r out of p's waiting responses; it reports
+// whether r was there. The caller releases or reuses its index. p.mu is
+// held.
+func (p *peer) takeResponseLocked(r *response) bool {
+	switch r {
+	case p.respNew:
+		p.respNew, p.respOld = p.respOld, nil
+	case p.respOld:
+		p.respOld = nil
+	default:
+		return false
+	}
+	return true
+}
+
+// clearResponsesLocked forgets p's waiting responses; p.mu is held.
+func (c *Conn) clearResponsesLocked(p *peer) {
+	for _, r := range []*response{p.respNew, p.respOld} {
+		if r != nil {
+			c.dropHeldResponse(r)
+			c.index.dropResponse(r.localIndex)
+		}
+	}
+	p.respNew, p.respOld = nil, nil
+}
+
+// expireResponsesLocked drops the responses older than the handshake
+// timeout: their initiator never finished (it refused us, its keys
+// differ, or the hello was a replay). It reports whether any went. p.mu
+// is held.
+func (c *Conn) expireResponsesLocked(p *peer, now int64) bool {
+	gone := false
+	for _, r := range []*response{p.respOld, p.respNew} {
+		if r != nil && now-r.created >= int64(c.cfg.HandshakeTimeout) {
+			p.takeResponseLocked(r)
+			c.dropHeldResponse(r)
+			c.index.dropResponse(r.localIndex)
+			gone = true
+		}
+	}
+	return gone
+}
+
+// finalResult is what a final message revealed, kept with its response
+// while the trust rules wait for an old identity's liveness answer
+// (PROTOCOL.md 5.16): the initiator sends the same final message again,
+// and it is judged again without the handshake's cost.
+type finalResult struct {
+	msg3 []byte
+	peer *noise.Peer
+	keys *noise.Keys
+}
+
+// handleFinal completes a response with the initiator's final message:
+// its identity passes the trust rules (and the rules of a new identity
+// at a learned peer's address), the session becomes current and
+// confirmed, the datagrams that waited for the peer go (or a keepalive,
+// which confirms the session to the initiator), and the sealed datagram
+// coalesced in the final message is received as any other. c.hsMu is
+// held.
+func (c *Conn) handleFinal(msg []byte, from netip.AddrPort, local netip.Addr) {
+	f, err := noise.ParseFinal(msg)
+	if err != nil {
+		c.stats.malformed.Add(1)
+		return
+	}
+	p := c.index.responder(f.ReceiverIndex)
+	if p == nil {
+		if s := c.index.lookup(f.ReceiverIndex); s != nil && !s.initiator && s.peer != nil {
+			c.finalAgain(s, f.Sealed, from, local) // our confirmation was lost
+			return
+		}
 		c.stats.stale.Add(1)
 		return
 	}
-	if pr = c.peers[from]; pr == nil {
-		if c.learned >= c.cfg.MaxPeers {
-			c.mu.Unlock()
-			c.index.release(idx)
-			c.stats.peerLimit.Add(1)
+	p.mu.Lock()
+	var r *response
+	for _, x := range []*response{p.respNew, p.respOld} {
+		if x != nil && x.localIndex == f.ReceiverIndex {
+			r = x
+		}
+	}
+	var res *finalResult
+	if r != nil {
+		res = r.result
+	}
+	p.mu.Unlock()
+	if r == nil {
+		c.stats.stale.Add(1)
+		return
+	}
+	msg3 := msg[:len(msg)-len(f.Sealed)]
+	if res == nil {
+		pi, keys, err := r.r.ReadFinal(f)
+		if err != nil {
+			switch {
+			case errors.Is(err, noise.ErrState):
+				c.stats.stale.Add(1)
+			case errors.Is(err, errMalformed):
+				c.stats.malformed.Add(1)
+			default:
+				c.stats.auth.Add(1)
+			}
 			return
 		}
-		pr = c.newPeer(from, nil)
-		c.peers[from] = pr
-		c.learned++
+		res = &finalResult{msg3: bytes.Clone(msg3), peer: pi, keys: keys}
+	} else if !bytes.Equal(res.msg3, msg3) {
+		c.stats.stale.Add(1) // the state is consumed: only the same message counts again
+		return
 	}
-	// Only a hello that is answered is remembered.
-	h := c.lastHello[idKey]
-	if h == nil {
-		h = new(helloLog)
-		c.lastHello[idKey] = h
+	id := res.peer.Identity
+	// A learned peer whose old identity did not answer a liveness
+	// challenge (path.go): perhaps a client that restarted with a new
+	// key. The new identity takes the address only if the old one stays
+	// silent (installResponder).
+	candidate := c.tofuOnly(p) && !p.hasIdentity(id)
+	replacing := candidate && c.replaceable(p)
+	if err := c.trust(p, r.from, id); err != nil && !replacing {
+		c.stats.rejected.Add(1)
+		p.mu.Lock()
+		p.lastFailure, p.refused = err, err
+		if candidate {
+			// Judged again when the initiator sends its final message
+			// again, once the liveness challenge has had its time.
+			r.result = res
+		} else if p.takeResponseLocked(r) {
+			c.dropHeldResponse(r)
+			c.index.dropResponse(r.localIndex)
+		}
+		p.mu.Unlock()
+		c.event(Event{Kind: EventRefused, Addr: r.from, Key: id, Err: err})
+		return
 	}
-	h.record(m.timestamp, from)
-	c.mu.Unlock()
+	s, err := newSession(&sessionKeys{
+		send: res.keys.R2I, recv: res.keys.I2R,
+		localIndex: r.localIndex, remoteIndex: r.r.RemoteIndex(),
+		version: ProtocolVersion, initiator: false,
+		peerIdentity: id,
+	}, c.now())
+	if err != nil {
+		return
+	}
+	applyParams(s, &res.peer.Params)
+	p, adopted := c.adoptStranger(p)
+	if !adopted {
+		return
+	}
+	queued, held, to, ok := c.installResponder(p, s, r, id, c.cfg.now())
+	if !ok {
+		return
+	}
+	if from == to {
+		// The final message proved this address: answers leave from
+		// where it arrived, as after any authenticated datagram from
+		// there (receiveSealed).
+		p.setLocal(local)
+	}
+	// The initiator's first datagrams first (what waits for a reader),
+	// then the confirmation: what waited here, or a keepalive, to the
+	// peer's validated address.
+	if len(f.Sealed) > 0 {
+		c.receiveCoalesced(f.Sealed, from, local)
+	}
+	for _, q := range held {
+		if !c.receive(q) {
+			c.putPacket(q)
+		}
+	}
+	if len(held) > 0 {
+		c.kickDirectReader() // as receiveCoalesced
+	}
+	if len(queued) > 0 {
+		c.flush(p, s, to, queued)
+	} else {
+		c.sendConfirm(s, to)
+	}
+	s.finalAcked.Store(c.now() | 1)
+}
 
-	queued := c.install(pr, s, keys.peerIdentity, wall, nil)
-	c.sendControlFrom(from, local, reply)
-	c.flush(pr, s, from, queued)
+// adoptStranger makes p, a stranger whose reply a final message just
+// completed, a learned peer in the table, and returns it; a peer that is
+// in the table already is returned as it is. ok is false if the table
+// has no room (MaxPeers), or another peer took the address meanwhile:
+// the initiator's next attempt finds that one.
+func (c *Conn) adoptStranger(p *peer) (*peer, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.stranger {
+		return p, true
+	}
+	if c.strangers[p.addr] != p || c.peers[p.addr] != nil || c.learned >= c.cfg.MaxPeers {
+		c.stats.peerLimit.Add(1)
+		return nil, false
+	}
+	delete(c.strangers, p.addr)
+	p.stranger = false
+	c.peers[p.addr] = p
+	c.learned++
+	return p, true
+}
+
+// sweepStrangers drops the replies to strangers that waited past the
+// handshake timeout, and the strangers left with none (timers.go).
+func (c *Conn) sweepStrangers(now int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for addr, p := range c.strangers {
+		p.mu.Lock()
+		c.expireResponsesLocked(p, now)
+		if p.respNew == nil {
+			delete(c.strangers, addr)
+			p.stranger = false
+			p.closeLocked(ErrUnknownPeer)
+		}
+		p.mu.Unlock()
+	}
+}
+
+// holdForResponse keeps p, a sealed datagram for index idx, if idx is a
+// reply's waiting for its final message: the initiator may send under the
+// session as soon as it has sent the final message, which the handshake
+// goroutine handles, so the datagram can overtake it. ours reports
+// whether idx is such a reply's (then no reset is due); kept whether p
+// was kept (at most maxHeld are).
+func (c *Conn) holdForResponse(idx uint32, p *packet) (kept, ours bool) {
+	pr := c.index.responder(idx)
+	if pr == nil {
+		return false, false
+	}
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	for _, r := range []*response{pr.respNew, pr.respOld} {
+		if r != nil && r.localIndex == idx {
+			if len(r.held) >= maxHeld {
+				c.stats.unknownSession.Add(1)
+				return false, true
+			}
+			r.held = append(r.held, p)
+			return true, true
+		}
+	}
+	return false, false
+}
+
+// dropHeldResponse gives back the datagrams r held; the peer's lock is
+// held.
+func (c *Conn) dropHeldResponse(r *response) {
+	c.stats.unknownSession.Add(uint64(len(r.held)))
+	for _, q := range r.held {
+		c.putPacket(q)
+	}
+	r.held = nil
+}
+
+// finalAgain handles a final message for s, a session it completed
+// already: our confirmation was lost. A keepalive goes to the peer's
+// validated address (never to the final's source), at most once per
+// retry interval, and the coalesced datagram is received as any other
+// (the replay window drops it if it came before).
+func (c *Conn) finalAgain(s *session, sealed []byte, from netip.AddrPort, local netip.Addr) {
+	now := c.now()
+	if last := s.finalAcked.Load(); last == 0 || now-last >= int64(c.retryAfter()) {
+		s.finalAcked.Store(now | 1)
+		c.sendConfirm(s, *s.peer.at.Load())
+	}
+	if len(sealed) > 0 {
+		c.receiveCoalesced(sealed, from, local)
+	}
+}
+
+// sendConfirm confirms s to its initiator: an empty sealed datagram (not
+// counted as a keepalive: it is the handshake's last step).
+func (c *Conn) sendConfirm(s *session, to netip.AddrPort) {
+	if err := c.sendSealed(s, to, nil, false, nil); err != nil {
+		c.log.Debug("vaultudp: confirming a session", "peer", to, "err", err)
+	}
+}
+
+// receiveCoalesced receives the sealed datagram that came after a final
+// message, from from at local, as if it had come alone.
+func (c *Conn) receiveCoalesced(sealed []byte, from netip.AddrPort, local netip.Addr) {
+	q := c.getPacket()
+	if len(sealed) > len(q.buf) {
+		c.putPacket(q)
+		c.stats.tooLarge.Add(1)
+		return
+	}
+	q.data = q.buf[:copy(q.buf, sealed)]
+	q.from, q.local, q.truncated = from, local, false
+	if !c.receive(q) {
+		c.putPacket(q)
+	}
+	// This may run on the handshake goroutine while a reader is blocked
+	// in the socket (direct.go), where the datagram will not come: it
+	// must look at the queue now, as for a datagram to oneself.
+	c.kickDirectReader()
+}
+
+// installResponder makes s, the session of a response its initiator
+// completed, p's current session, confirmed. It returns the datagrams
+// that waited for it and the peer's address to send them to; ok is false
+// if p is gone, or s's identity is new at a learned peer's address whose
+// old identity answered its liveness challenge meanwhile (PROTOCOL.md
+// 5.16).
+func (c *Conn) installResponder(p *peer, s *session, r *response, identity ed25519.PublicKey, wall time.Time) (queued [][]byte, held []*packet, to netip.AddrPort, ok bool) {
+	s.peer = p
+	s.identity = identity
+	addr := p.addrLoad()
+	p.mu.Lock()
+	path := r.path
+	p.mu.Unlock()
+	if path == 0 || addr != r.from {
+		path = c.pathDatagram(addr) // sizes.go: a system call, before the lock
+	}
+	s.path = path
+	now := c.now()
+	p.mu.Lock()
+	if !p.takeResponseLocked(r) || p.removed {
+		c.dropHeldResponse(r)
+		p.mu.Unlock()
+		c.index.dropResponse(r.localIndex)
+		return nil, nil, netip.AddrPort{}, false
+	}
+	replace := false
+	if p.identity != nil && !bytes.Equal(p.identity, s.identity) {
+		// A new identity at a learned peer's address (path.go,
+		// replaceable): it replaces the old one only if the old one did
+		// not answer its liveness challenge meanwhile.
+		if p.alive != 0 && p.alive >= p.replacing {
+			c.dropHeldResponse(r)
+			p.mu.Unlock()
+			c.index.dropResponse(r.localIndex)
+			c.stats.rejected.Add(1)
+			return nil, nil, netip.AddrPort{}, false
+		}
+		replace = true
+		p.live, p.alive, p.replacing = nil, 0, 0
+	}
+	rekey := p.kp.current() != nil
+	// Added before the index stops naming the reply: a datagram under s
+	// always finds one or the other.
+	c.index.add(s)
+	c.index.doneResponding(r.localIndex)
+	held, r.held = r.held, nil
+	// Our own attempt, if any, is over: the peer's completed session
+	// serves (crossed hellos, PROTOCOL.md 9.9), and a hello being made
+	// now is superseded too.
+	c.clearInitLocked(p)
+	p.gen++
+	queued = c.flushQueueLocked(p) // before s is current: see acquireSession
+	c.index.remove(p.kp.promote(s, replace)...)
+	p.identity = s.identity
+	p.established = true
+	p.lastHandshake = wall
+	p.failErr, p.refused, p.silent = nil, nil, false
+	p.lastSeen.Store(now)
+	c.stats.handshakes.Add(1)
+	if rekey {
+		c.stats.rekeys.Add(1)
+	}
+	p.notifyLocked()
+	to = p.addr
+	p.mu.Unlock()
+	c.log.Debug("vaultudp: session established", "peer", to, "initiator", false, "rekey", rekey, "replaced", replace)
+	if !rekey || replace {
+		c.event(Event{Kind: EventUp, Addr: to, Key: identity})
+	}
+	return queued, held, to, true
 }

@@ -24,7 +24,7 @@ func TestWantHello(t *testing.T) {
 		attempt    state = func(p *peer) { p.init = &initiation{} }
 		making     state = func(p *peer) { p.initiating = true }
 		failed     state = func(p *peer) { p.failErr, p.failedAt = errors.New("timeout"), 0 }
-		waiting    state = func(p *peer) { p.kp.addPending(&session{}) }
+		waiting    state = func(p *peer) { p.respNew = &response{} }
 		gone       state = func(p *peer) { p.removed = true }
 		proven     state = func(p *peer) { p.established = true }
 		noneOfThem state = func(*peer) {}
@@ -88,7 +88,7 @@ func TestWantHello(t *testing.T) {
 		want  bool
 	}{{0, true, false}, {retry / 2, true, false}, {retry - 2, true, false}, {retry + 1, true, true}} {
 		if step.renew {
-			p.kp.addPending(&session{})
+			p.respOld, p.respNew = p.respNew, &response{}
 		}
 		if got := c.wantHelloLocked(p, helloWrite, step.now); got != step.want {
 			t.Fatalf("at %v with a waiting session: hello %v, want %v", time.Duration(step.now), got, step.want)

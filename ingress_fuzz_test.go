@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/binary"
+	"github.com/vaultudp/vaultudp/internal/noise"
 	"net"
 	"net/netip"
 	"runtime"
@@ -199,19 +200,13 @@ func newIngressRig(t testing.TB) *ingressRig {
 		t.Fatalf("FuzzIngress setup: no %s captured", what)
 		return nil
 	}
-	isCtl := func(kind byte) func([]byte) bool {
-		return func(d []byte) bool {
-			if len(d) < 3 || d[1] != typeOpen {
-				return false
-			}
-			rec, err := parseRecord(d[2:])
-			return err == nil && len(rec.control) > 0 && rec.control[0] == kind
-		}
+	isType := func(typ byte) func([]byte) bool {
+		return func(d []byte) bool { return len(d) > 8 && d[0] == ProtocolVersion && d[1] == typ }
 	}
 	aOut, pOut := ca.captured(), cp.captured()
 	var pData [][]byte
 	for _, d := range pOut {
-		if isSealedData(d) && len(d) != tokenWireLen { // the setup's payloads never seal to a token's length
+		if isSealedData(d) {
 			pData = append(pData, d)
 		}
 	}
@@ -220,24 +215,24 @@ func newIngressRig(t testing.TB) *ingressRig {
 		for _, d := range pData {
 			lens = append(lens, len(d))
 		}
-		t.Fatalf("FuzzIngress setup: %d sealed data datagrams from P (lengths %v; token %d), want 8", len(pData), lens, tokenWireLen)
+		t.Fatalf("FuzzIngress setup: %d sealed data datagrams from P (lengths %v), want 8", len(pData), lens)
 	}
-	pHello := find(pOut, "hello from P", isCtl(ctlHello))
+	pHello := find(pOut, "hello from P", isType(typeHello))
 	r.live = append(r.live,
 		pHello,
-		find(aOut, "reply from A", isCtl(ctlReply)),
-		find(pOut, "token message from P", func(d []byte) bool { return len(d) == tokenWireLen && d[1] == typeSealed }),
+		find(aOut, "reply from A", isType(typeReply)),
+		find(pOut, "final message from P", isType(typeFinal)),
 	)
 	r.live = append(r.live, pData...)
 	r.live = append(r.live,
 		find(aOut, "sealed data from A", isSealedData),
-		find(aOut, "hello to the blackhole", isCtl(ctlHello)),
+		find(aOut, "hello to the blackhole", isType(typeHello)),
 	)
 	// A's cookie for P, as A would send it under load; P's hello with it.
 	cookie := r.a.cookies.make(r.pAddr, r.a.cfg.now())
-	r.live = append(r.live, openControl(cookieMsg(1, cookie[:])))
+	r.live = append(r.live, noise.CookieMsg(1, cookie[:]))
 	withCookie := bytes.Clone(pHello)
-	copy(withCookie[len(withCookie)-cookieLen:], cookie[:]) // the hello's control message ends the envelope
+	copy(withCookie[len(withCookie)-cookieLen:], cookie[:]) // the cookie ends the hello
 	r.live = append(r.live, withCookie)
 	r.live = append(r.live, helloDatagramFrom(r.stranger, time.Now(), 7, r.eph))
 	// Two datagrams P sealed and nobody sent: delivered once, when first
@@ -252,11 +247,6 @@ func newIngressRig(t testing.TB) *ingressRig {
 func (r *ingressRig) close() {
 	r.a.Close()
 	r.p.Close()
-}
-
-// openControl is an open datagram carrying control message msg.
-func openControl(msg []byte) []byte {
-	return (&record{control: msg}).appendTo([]byte{ProtocolVersion, typeOpen}, 0)
 }
 
 // pSession is P's session with A.
@@ -328,20 +318,24 @@ func (r *ingressRig) fresh(k byte, src netip.AddrPort) []byte {
 		cookie := r.a.cookies.make(src, r.a.cfg.now())
 		copy(d[len(d)-cookieLen:], cookie[:])
 		return d
-	case 5: // the stranger's signed reply to A's pending hello
+	case 5: // the stranger's reply to A's pending hello
 		init := r.pendingInit()
 		if init == nil {
 			return nil
 		}
-		m, err := parseHello(bytes.Clone(init.hello))
+		h, err := noise.ParseHello(bytes.Clone(init.hello))
 		if err != nil {
 			panic(err)
 		}
-		reply, _, err := newHandshaker(r.stranger).respond(m, now, uint32(now.UnixNano())|1, r.eph)
+		st, err := noise.NewStatic(r.stranger, nil)
 		if err != nil {
 			panic(err)
 		}
-		return openControl(reply)
+		_, reply, err := noise.Respond(h, noise.ResponderConfig{Static: st, Index: uint32(now.UnixNano()) | 1, Params: noise.Params{MaxUnfragmented: 1472, MaxDatagram: 1472}})
+		if err != nil {
+			panic(err)
+		}
+		return reply
 	case 6: // a keepalive sealed by P
 		return r.sealEnvelope((&record{}).appendTo(nil, 0))
 	default: // a cookie for A's pending hello
@@ -351,7 +345,7 @@ func (r *ingressRig) fresh(k byte, src netip.AddrPort) []byte {
 		}
 		var cookie [cookieLen]byte
 		binary.BigEndian.PutUint64(cookie[:], uint64(now.UnixNano()))
-		return openControl(cookieMsg(init.localIndex, cookie[:]))
+		return noise.CookieMsg(init.localIndex, cookie[:])
 	}
 }
 
@@ -398,18 +392,9 @@ func (r *ingressRig) run(t *testing.T, in []byte) {
 		}
 		r.aPeer.mu.Unlock()
 	}
-	if flags&64 != 0 && len(data) > 2 && data[1] == typeOpen {
-		if rec, err := parseRecord(data[2:]); err == nil && len(rec.control) >= 5 { // control aliases data
-			if init := r.pendingInit(); init != nil {
-				switch rec.control[0] {
-				case ctlReply:
-					if len(rec.control) >= 9 {
-						binary.BigEndian.PutUint32(rec.control[5:], init.localIndex)
-					}
-				case ctlCookie:
-					binary.BigEndian.PutUint32(rec.control[1:], init.localIndex)
-				}
-			}
+	if flags&64 != 0 && len(data) >= 8 && (data[1] == typeReply || data[1] == typeCookie) {
+		if init := r.pendingInit(); init != nil {
+			binary.BigEndian.PutUint32(data[4:], init.localIndex) // the receiver index: A's pending hello
 		}
 	}
 
@@ -423,7 +408,7 @@ func (r *ingressRig) run(t *testing.T, in []byte) {
 	r.drain(t, envelope, src)
 
 	s := stateOf(r.a)
-	if s.peers > 8 || s.sessions > 40 || s.initiated > 4 || s.lastHello > 4 {
+	if s.peers > 8 || s.sessions > 40 || s.initiated > 4 || s.responding > 4 {
 		t.Fatalf("A's state grows: %+v", s)
 	}
 	// The fuzzing machinery starts goroutines of its own after the setup:

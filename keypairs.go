@@ -1,7 +1,6 @@
 package vaultudp
 
 import (
-	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/subtle"
@@ -18,14 +17,48 @@ import (
 // for the receive path, which reads it without a lock (sync.Map:
 // read-mostly, each key written once).
 type sessionIndex struct {
-	mu        sync.Mutex
-	sessions  map[uint32]*session // a nil value is reserved: a reply is being made under it
-	initiated map[uint32]*peer    // pending initiations
-	live      sync.Map            // uint32 -> *session
+	mu         sync.Mutex
+	sessions   map[uint32]*session // a nil value is reserved: a reply is made, or waits for its final message, under it
+	initiated  map[uint32]*peer    // pending initiations
+	responding map[uint32]*peer    // replies waiting for their final message (reserved in sessions)
+	live       sync.Map            // uint32 -> *session
 }
 
 func newSessionIndex() *sessionIndex {
-	return &sessionIndex{sessions: make(map[uint32]*session), initiated: make(map[uint32]*peer)}
+	return &sessionIndex{sessions: make(map[uint32]*session), initiated: make(map[uint32]*peer), responding: make(map[uint32]*peer)}
+}
+
+// respond records that the reply with index idx (reserved) was sent to p.
+func (x *sessionIndex) respond(idx uint32, p *peer) {
+	x.mu.Lock()
+	x.responding[idx] = p
+	x.mu.Unlock()
+}
+
+// responder returns the peer whose reply has index idx, or nil.
+func (x *sessionIndex) responder(idx uint32) *peer {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.responding[idx]
+}
+
+// doneResponding forgets that idx waits for a final message; the index
+// stays reserved for the session about to be added under it.
+func (x *sessionIndex) doneResponding(idx uint32) {
+	x.mu.Lock()
+	delete(x.responding, idx)
+	x.mu.Unlock()
+}
+
+// dropResponse forgets a reply that will not complete and releases its
+// index.
+func (x *sessionIndex) dropResponse(idx uint32) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	delete(x.responding, idx)
+	if s, ok := x.sessions[idx]; ok && s == nil {
+		delete(x.sessions, idx)
+	}
 }
 
 // lookup returns the session with local index idx, or nil. It takes no
@@ -137,95 +170,50 @@ func (x *sessionIndex) newIndexLocked() uint32 {
 //
 //	current   the session it sends under
 //	previous  the one before, kept until it expires for datagrams in flight
-//	next      a responder session waiting for the peer's first sealed
-//	          datagram, which proves the peer holds its keys (confirm)
-//	nextOld   the responder session before next, when the initiator
-//	          retried before our reply reached it: either may be confirmed
 //
-// Its lock guards the slots; current is also atomic, so that the send
-// path reads it with no lock at all. The receive path finds a session by
-// index (sessionIndex) and takes this lock only to promote a responder
-// session on its first datagram, checked again under the lock. Methods
-// that take sessions out of the slots return them, for the caller to
-// remove from the index.
+// A session is made only when its handshake is complete (the reply read,
+// or the final message read), so there is no unconfirmed slot: a
+// responder's replies waiting for their final message are the peer's
+// (respNew, respOld), not sessions. Its lock guards the slots; current is
+// also atomic, so that the send path reads it with no lock at all. The
+// receive path finds a session by index (sessionIndex). Methods that take
+// sessions out of the slots return them, for the caller to remove from the
+// index.
 type keypairs struct {
 	cur atomic.Pointer[session] // current; written under mu
 
-	mu            sync.Mutex
-	prev          *session
-	next, nextOld *session
+	mu   sync.Mutex
+	prev *session
 }
 
 // current returns the session to send under, or nil; it takes no lock.
 func (kp *keypairs) current() *session { return kp.cur.Load() }
 
-// pending reports whether a responder session waits for confirmation:
-// the peer has begun a handshake of its own.
-func (kp *keypairs) pending() bool {
-	kp.mu.Lock()
-	defer kp.mu.Unlock()
-	return kp.next != nil
-}
-
 // empty reports whether the peer has no session at all.
 func (kp *keypairs) empty() bool {
 	kp.mu.Lock()
 	defer kp.mu.Unlock()
-	return kp.cur.Load() == nil && kp.prev == nil && kp.next == nil && kp.nextOld == nil
+	return kp.cur.Load() == nil && kp.prev == nil
 }
 
-// isPending reports whether s waits for confirmation.
-func (kp *keypairs) isPending(s *session) bool {
-	kp.mu.Lock()
-	defer kp.mu.Unlock()
-	return s != nil && (kp.next == s || kp.nextOld == s)
-}
-
-// useInitiated makes s, the session of our answered hello, current. A
-// responder session waiting for confirmation is kept as the previous one
-// when there is no current: the peer may be sealing under it (its hello
-// crossed ours); it only receives.
+// useInitiated makes s, the session of our answered hello, current; the
+// current one becomes the previous.
 func (kp *keypairs) useInitiated(s *session) (dropped []*session) {
-	kp.mu.Lock()
-	defer kp.mu.Unlock()
-	keep, drop := kp.cur.Load(), kp.next
-	if keep == nil {
-		keep, drop = kp.next, nil
-	}
-	dropped = []*session{kp.prev, drop, kp.nextOld}
-	kp.prev, kp.next, kp.nextOld = keep, nil, nil
-	kp.cur.Store(s)
-	return dropped
+	return kp.promote(s, false)
 }
 
-// addPending adds s, a responder session, to wait for confirmation. The
-// one before stays too: the initiator may have retried before our first
-// reply reached it, and then confirms that one.
-func (kp *keypairs) addPending(s *session) (dropped *session) {
-	kp.mu.Lock()
-	defer kp.mu.Unlock()
-	dropped = kp.nextOld
-	kp.nextOld, kp.next = kp.next, s
-	return dropped
-}
-
-// promote makes s, a confirmed responder session, current, and drops the
-// other one waiting. The current session becomes the previous one, unless
-// replace (a new identity took the peer's place): then both go.
+// promote makes s current. The current session becomes the previous one,
+// unless replace (a new identity took the peer's place): then both go.
 func (kp *keypairs) promote(s *session, replace bool) (dropped []*session) {
 	kp.mu.Lock()
 	defer kp.mu.Unlock()
-	other := kp.next
-	if other == s {
-		other = kp.nextOld
-	}
 	keep := kp.cur.Load()
-	dropped = []*session{other, kp.prev}
+	dropped = []*session{kp.prev}
 	if replace {
 		dropped = append(dropped, keep)
 		keep = nil
 	}
-	kp.prev, kp.next, kp.nextOld = keep, nil, nil
+	kp.prev = keep
 	kp.cur.Store(s)
 	return dropped
 }
@@ -242,10 +230,6 @@ func (kp *keypairs) discard(s *session) (wasCurrent bool) {
 		return true
 	case kp.prev:
 		kp.prev = nil
-	case kp.next:
-		kp.next = nil
-	case kp.nextOld:
-		kp.nextOld = nil
 	}
 	return false
 }
@@ -254,21 +238,16 @@ func (kp *keypairs) discard(s *session) (wasCurrent bool) {
 // gone (silent through a handshake), and they would only swallow what is
 // written.
 func (kp *keypairs) dropSending() (dropped []*session) {
-	kp.mu.Lock()
-	defer kp.mu.Unlock()
-	dropped = []*session{kp.cur.Load(), kp.prev}
-	kp.cur.Store(nil)
-	kp.prev = nil
-	return dropped
+	return kp.clear()
 }
 
 // clear takes out every session.
 func (kp *keypairs) clear() (dropped []*session) {
 	kp.mu.Lock()
 	defer kp.mu.Unlock()
-	dropped = []*session{kp.cur.Load(), kp.prev, kp.next, kp.nextOld}
+	dropped = []*session{kp.cur.Load(), kp.prev}
 	kp.cur.Store(nil)
-	kp.prev, kp.next, kp.nextOld = nil, nil, nil
+	kp.prev = nil
 	return dropped
 }
 
@@ -280,34 +259,9 @@ func (kp *keypairs) expire(now int64, limit time.Duration) (dropped []*session) 
 		dropped = append(dropped, s)
 		kp.cur.Store(nil)
 	}
-	for _, sp := range []**session{&kp.prev, &kp.next} {
-		if s := *sp; s != nil && time.Duration(now-s.created) >= limit {
-			dropped = append(dropped, s)
-			*sp = nil
-		}
-	}
-	return dropped
-}
-
-// expirePending takes out the responder sessions still unconfirmed limit
-// after they were made.
-func (kp *keypairs) expirePending(now int64, limit time.Duration) []*session {
-	return kp.keepPending(func(s *session) bool { return time.Duration(now-s.created) < limit })
-}
-
-// keepPending takes out the responder sessions waiting for confirmation
-// that fail keep.
-func (kp *keypairs) keepPending(keep func(*session) bool) (dropped []*session) {
-	kp.mu.Lock()
-	defer kp.mu.Unlock()
-	for _, sp := range []**session{&kp.next, &kp.nextOld} {
-		if s := *sp; s != nil && !keep(s) {
-			dropped = append(dropped, s)
-			*sp = nil
-		}
-	}
-	if kp.next == nil {
-		kp.next, kp.nextOld = kp.nextOld, nil
+	if s := kp.prev; s != nil && time.Duration(now-s.created) >= limit {
+		dropped = append(dropped, s)
+		kp.prev = nil
 	}
 	return dropped
 }
@@ -318,7 +272,7 @@ func (kp *keypairs) byReset(index uint32, token []byte) *session {
 	kp.mu.Lock()
 	defer kp.mu.Unlock()
 	var found *session
-	for _, s := range []*session{kp.cur.Load(), kp.prev, kp.next, kp.nextOld} {
+	for _, s := range []*session{kp.cur.Load(), kp.prev} {
 		if s == nil || s.remoteIndex != index {
 			continue
 		}
@@ -355,39 +309,22 @@ func (c *Conn) install(p *peer, s *session, identity ed25519.PublicKey, wall tim
 	return queued
 }
 
-// installLocked is install's part under p.mu; ok is false if p is gone.
+// installLocked is install's part under p.mu, for the session of our
+// answered hello; ok is false if p is gone.
 func (c *Conn) installLocked(p *peer, s *session, identity ed25519.PublicKey, wall time.Time, now int64) (queued [][]byte, rekey, ok bool) {
 	if p.removed {
-		c.index.release(s.localIndex)
 		return nil, false, false
 	}
 	rekey = p.kp.current() != nil
 	c.index.add(s)
-	// Our own attempt, if any, is over: completed (initiator), or
-	// superseded by the peer's (responder) unless ours is the one that
-	// should win. Crossed hellos are settled by the larger identity
-	// initiating (see the tie-break in handleHello), but a hello made
-	// while the peer's was being answered can still cross it; then the
-	// larger side's attempt goes on, and whichever sessions result, the
-	// peer's traffic still opens (below).
-	if s.initiator || bytes.Compare(c.hs.public, identity) < 0 {
-		c.clearInitLocked(p)
-		p.gen++ // a hello being made now is superseded too
-	}
-	if s.initiator {
-		// Our hello was answered: the identity holds the address. A
-		// responder session's identity counts once it is confirmed.
-		queued = c.flushQueueLocked(p) // before s is current: see acquireSession
-		c.index.remove(p.kp.useInitiated(s)...)
-		p.established = true
-		p.identity = identity
-	} else {
-		// A responder session waits for the peer's first sealed
-		// datagram (confirmLocked) before it is used to send: a
-		// replayed hello, or an initiator that refused our key, would
-		// otherwise swallow what we send.
-		c.index.remove(p.kp.addPending(s))
-	}
+	// Our attempt is over, completed; a hello being made now is
+	// superseded too. The identity holds the address.
+	c.clearInitLocked(p)
+	p.gen++
+	queued = c.flushQueueLocked(p) // before s is current: see acquireSession
+	c.index.remove(p.kp.useInitiated(s)...)
+	p.established = true
+	p.identity = identity
 	p.lastHandshake = wall
 	p.failErr, p.refused, p.silent = nil, nil, false
 	p.lastSeen.Store(now)
@@ -397,41 +334,6 @@ func (c *Conn) installLocked(p *peer, s *session, identity ed25519.PublicKey, wa
 	}
 	p.notifyLocked()
 	return queued, rekey, true
-}
-
-// confirmLocked makes s, a responder session now proven by a datagram
-// from the peer, its current session, and returns the datagrams that
-// waited for it, whether s's new identity replaced an old one, and
-// whether the peer had no session before (up), for the caller to report
-// once p.mu is released. p.mu is held.
-func (c *Conn) confirmLocked(p *peer, s *session) (queued [][]byte, replaced, up bool) {
-	s.confirmed.Store(true)
-	if !p.kp.isPending(s) {
-		return nil, false, false
-	}
-	up = p.kp.current() == nil
-	replace := false
-	if p.identity != nil && !bytes.Equal(p.identity, s.identity) {
-		// A new identity at a learned peer's address (path.go,
-		// replaceable): it replaces the old one only now that it proved
-		// it receives at the address, and only if the old one did not
-		// answer its liveness challenge meanwhile.
-		if p.alive != 0 && p.alive >= p.replacing {
-			p.kp.discard(s)
-			c.index.remove(s)
-			s.confirmed.Store(false) // the caller drops the datagram
-			c.stats.rejected.Add(1)
-			return nil, false, false
-		}
-		replace = true
-		p.live, p.alive, p.replacing = nil, 0, 0
-	}
-	queued = c.flushQueueLocked(p) // before s is current: see acquireSession
-	c.index.remove(p.kp.promote(s, replace)...)
-	p.identity = s.identity
-	p.established = true
-	p.notifyLocked()
-	return queued, replace, up || replace
 }
 
 // flushQueueLocked hands the datagrams waiting for a session to the
@@ -458,6 +360,12 @@ func (c *Conn) flush(p *peer, s *session, to netip.AddrPort, queued [][]byte) {
 			c.log.Debug("vaultudp: sending queued datagram", "peer", to, "err", err)
 		}
 	}
+	c.endFlush(p)
+}
+
+// endFlush lets the writers that wait for the datagrams queued before a
+// session go on (see flushQueueLocked).
+func (c *Conn) endFlush(p *peer) {
 	p.mu.Lock()
 	close(*p.flushing.Load())
 	p.flushing.Store(nil)

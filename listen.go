@@ -14,16 +14,13 @@ func Listen(network, address string, config *Config) (*Conn, error) {
 	default:
 		return nil, &net.OpError{Op: "listen", Net: network, Err: net.UnknownNetworkError(network)}
 	}
-	// The first handshake's ephemeral key is made meanwhile, on another
-	// core if there is one (handshake.go).
-	spare := newSpareKey()
 	pc, err := net.ListenPacket(network, address)
 	if err != nil {
 		return nil, err
 	}
 	s := newSocket(pc)
 	setSocketBuffers(s)
-	c, err := newConn(s, config, spare)
+	c, err := newConn(s, config)
 	if err != nil {
 		pc.Close()
 		return nil, err
@@ -59,7 +56,7 @@ func Wrap(pc net.PacketConn, config *Config) (*Conn, error) {
 	if pc == nil {
 		return nil, fmt.Errorf("%w: nil PacketConn", ErrInvalidConfig)
 	}
-	return newConn(newSocket(pc), config, nil)
+	return newConn(newSocket(pc), config)
 }
 
 // Rebind moves the Conn to a new local address (a new port, say) without

@@ -178,15 +178,12 @@ func (c *Conn) sendChallenge(s *session, to netip.AddrPort, typ byte, data [8]by
 // pr's session s, received from from.
 func (c *Conn) handleSealedControl(pr *peer, s *session, msg []byte, from netip.AddrPort) {
 	if len(msg) >= tokenMsgLen && msg[0] == ctlToken {
+		// The peer's token for a new path (reset.go), and its
+		// parameters again.
 		var t [tokenLen]byte
 		copy(t[:], msg[1:])
-		s.peerToken.Store(&t)            // reset.go
+		s.peerToken.Store(&t)
 		readParams(s, msg[tokenMsgLen:]) // sizes.go
-		if !s.initiator {
-			// The initiator resends its token until ours answers it
-			// (timers.go): answer each, in case ours was lost.
-			c.sendToken(s, *pr.at.Load())
-		}
 		return
 	}
 	if len(msg) != challengeLen {

@@ -84,6 +84,13 @@ type peer struct {
 	lastFailure   error // the last failure, kept for PeerInfo
 	refused       error // the trust rules refused a hello from the peer's address since its last session
 
+	// Replies we sent, waiting for the initiator's final message
+	// (handshake_responder.go): the newest, and the one before.
+	respNew, respOld *response
+	// psk is its preshared key (PeerConfig.PresharedKey), nil for the
+	// Config's; also written under c.mu (AddPeer adopting a learned peer).
+	psk *[32]byte
+
 	// Datagrams written before a session, waiting for one (send.go).
 	queue       [][]byte
 	queuedBytes int64 // the bytes in queue
@@ -100,6 +107,7 @@ type peer struct {
 	established   bool          // it has had a confirmed session
 	changed       chan struct{} // closed and replaced when a session comes or an attempt fails
 	removed       bool
+	stranger      bool // in Conn.strangers, not the table: only replies waiting (handshake_responder.go)
 }
 
 // PeerInfo describes a peer.
@@ -131,6 +139,10 @@ func (c *Conn) newPeer(addr netip.AddrPort, pc *PeerConfig) *peer {
 		p.configured, p.origin = true, originConfig
 		p.keepalive = pc.Keepalive
 		p.pinned = slices.Clone(pc.PublicKey)
+		if pc.PresharedKey != nil {
+			k := *pc.PresharedKey
+			p.psk = &k
+		}
 		if pc.Policy != PolicyDefault {
 			p.policyV.Store(int32(pc.Policy))
 		}
@@ -196,6 +208,17 @@ func (c *Conn) AddPeer(pc PeerConfig) error {
 		}
 		c.dropPeerTableLocked(old, ErrUnknownPeer)
 	}
+	if s := c.strangers[addr]; s != nil {
+		// Replies to hellos from there wait for final messages judged
+		// by no peer's rules: they go, and the initiator's retry meets
+		// the configured peer.
+		delete(c.strangers, addr)
+		s.mu.Lock()
+		c.clearResponsesLocked(s)
+		s.stranger = false
+		s.closeLocked(ErrUnknownPeer)
+		s.mu.Unlock()
+	}
 	p := c.newPeer(addr, &pc)
 	if pc.Protocol == ProtocolV2 {
 		// Protocol v2 (proto_v2.go): the reference's key exchange, no handshake.
@@ -220,7 +243,7 @@ func (c *Conn) AddPeer(pc PeerConfig) error {
 // keeping its sessions, if its identity fits pc (pc pins none, or p's) and
 // both speak the native protocol. c.mu is held.
 func (c *Conn) adoptTableLocked(p *peer, pc *PeerConfig) bool {
-	if pc.Protocol != ProtocolV3 {
+	if pc.Protocol != ProtocolNative {
 		return false
 	}
 	p.mu.Lock()
@@ -233,13 +256,10 @@ func (c *Conn) adoptTableLocked(p *peer, pc *PeerConfig) bool {
 	}
 	c.learned--
 	np := c.newPeer(p.addr, pc)
-	p.configured, p.origin, p.pinned, p.keepalive = true, originConfig, np.pinned, np.keepalive
+	p.configured, p.origin, p.pinned, p.keepalive, p.psk = true, originConfig, np.pinned, np.keepalive, np.psk
 	p.policyV.Store(np.policyV.Load())
-	if p.pinned != nil {
-		// Unconfirmed sessions under another key (a forged hello, say)
-		// would only delay the handshake with the pinned one.
-		c.index.remove(p.kp.keepPending(func(s *session) bool { return bytes.Equal(s.identity, p.pinned) })...)
-	}
+	// Replies waiting for their final message stay: the trust rules,
+	// now the configured peer's, judge the identity it reveals.
 	return true
 }
 
@@ -264,6 +284,7 @@ func (c *Conn) dropPeerTableLocked(p *peer, reason error) {
 	c.stats.dropHandshakeTimeout.Add(uint64(len(c.takeQueueLocked(p))))
 	c.index.remove(p.kp.clear()...)
 	c.clearInitLocked(p)
+	c.clearResponsesLocked(p)
 	p.closeLocked(reason)
 }
 
@@ -345,7 +366,7 @@ func (c *Conn) infoOf(p *peer, now int64) PeerInfo {
 		Addr:          p.addr,
 		PublicKey:     slices.Clone(key),
 		Policy:        p.policy(),
-		Protocol:      ProtocolV3,
+		Protocol:      ProtocolNative,
 		Configured:    p.configured,
 		Established:   c.usable(p.kp.current(), now),
 		LastHandshake: p.lastHandshake,
@@ -410,8 +431,24 @@ func (c *Conn) peerFor(addr netip.AddrPort, origin peerOrigin) (*peer, error) {
 // addLearnedTableLocked makes a learned peer at addr; c.mu is held and the
 // caller checked MaxPeers.
 func (c *Conn) addLearnedTableLocked(addr netip.AddrPort, origin peerOrigin) *peer {
-	p := c.newPeer(addr, nil)
-	p.origin = origin
+	p := c.strangers[addr]
+	if p != nil {
+		// A reply waits there for its final message: the stranger
+		// becomes the peer, its handshake still completes, and for the
+		// Conn's own hellos the address counts as one that sent a
+		// hello (mayInitiateLocked): a write to it waits for that
+		// handshake, as when the hello made the peer.
+		delete(c.strangers, addr)
+		if origin == originWrite {
+			origin = originHello
+		}
+		p.mu.Lock()
+		p.stranger, p.origin = false, origin
+		p.mu.Unlock()
+	} else {
+		p = c.newPeer(addr, nil)
+		p.origin = origin
+	}
 	c.peers[addr] = p
 	c.learned++
 	if origin == originPlaintext {

@@ -29,18 +29,17 @@ func (w *wireTap) record(from, to netip.AddrPort, b []byte) {
 		case typeSealed:
 			e.kind = "sealed"
 		case typeOpen:
-			if rec, err := parseRecord(b[2:]); err == nil {
-				switch {
-				case rec.hasPayload:
-					e.kind, e.payload = "open", string(rec.payload)
-				case len(rec.control) > 0 && rec.control[0] == ctlHello:
-					e.kind = "hello"
-				case len(rec.control) > 0 && rec.control[0] == ctlReply:
-					e.kind = "reply"
-				case len(rec.control) > 0 && rec.control[0] == ctlCookie:
-					e.kind = "cookie"
-				}
+			if rec, err := parseRecord(b[2:]); err == nil && rec.hasPayload {
+				e.kind, e.payload = "open", string(rec.payload)
 			}
+		case typeHello:
+			e.kind = "hello"
+		case typeReply:
+			e.kind = "reply"
+		case typeCookie:
+			e.kind = "cookie"
+		case typeFinal:
+			e.kind = "final"
 		}
 	}
 	w.mu.Lock()

@@ -2,8 +2,9 @@ package vaultudp
 
 import (
 	"errors"
-	"net/netip"
 	"time"
+
+	"github.com/vaultudp/vaultudp/internal/noise"
 )
 
 // readLoop reads s until it is closed (by Close or Rebind), handling
@@ -72,6 +73,17 @@ func (c *Conn) receive(p *packet) bool {
 			c.receiveReset(p) // reset.go
 			return false
 		}
+	case typeHello, typeReply, typeFinal:
+		// Raw datagrams, not envelopes: off the data path
+		// (handshake_queue.go). Their own checks refuse what is not
+		// one (a v2 datagram that starts alike is then lost).
+		c.queueHandshake(b, p.from, p.local)
+		return false
+	case typeCookie:
+		if len(b) == noise.CookieMsgLen {
+			c.handleCookie(b, p.from)
+			return false
+		}
 	}
 	return c.notNative(p, &c.stats.malformed)
 }
@@ -85,6 +97,9 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	if s == nil {
 		if c.receiveOther(p) { // protocol v2 (proto_v2.go)
 			return false
+		}
+		if kept, ours := c.holdForResponse(idx, p); ours {
+			return kept // handshake_responder.go: its final message is on its way
 		}
 		c.stats.unknownSession.Add(1)
 		c.sendReset(idx, p.from, p.local) // reset.go: we may have restarted
@@ -118,42 +133,14 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	if !pr.seenSealed.Load() {
 		pr.seenSealed.Store(true)
 	}
-	// The steady state takes no lock of the peer's: only the first
-	// datagram of a responder session promotes it, under the lock and
-	// checked again there (one goroutine promotes, as wireguard-go's
-	// ReceivedWithKeypair).
-	var queued [][]byte
-	confirmed, replaced, up := false, false, false
-	if !s.confirmed.Load() {
-		if !s.initiator && *pr.at.Load() != p.from {
-			// A responder session is confirmed only from the address
-			// its hello came from: the confirmation proves the
-			// initiator receives there (PROTOCOL 5.6, 5.16). From
-			// elsewhere (a copy read on the path) it confirms nothing;
-			// the initiator's next datagram from the address does. (An
-			// initiator session needs no confirmation: the reply did;
-			// its first datagram from elsewhere starts a path check.)
-			c.stats.unvalidated.Add(1)
-			return false
-		}
+	if s.final.Load() != nil {
+		// The responder confirmed our final message: it is not sent
+		// again (timers.go), and Handshake may return.
 		pr.mu.Lock()
-		if !s.confirmed.Load() {
-			queued, replaced, up = c.confirmLocked(pr, s)
-			confirmed = s.confirmed.Load()
-			if !confirmed {
-				// A new identity refused at confirmation: the old one
-				// answered its liveness challenge (keypairs.go).
-				pr.mu.Unlock()
-				return false
-			}
+		if s.final.Swap(nil) != nil {
+			pr.notifyLocked()
 		}
 		pr.mu.Unlock()
-		if replaced {
-			c.log.Debug("vaultudp: a new identity replaced an unanswering one", "peer", p.from)
-		}
-		if up {
-			c.event(Event{Kind: EventUp, Addr: p.from, Key: s.identity})
-		}
 	}
 	to := *pr.at.Load()
 	validated := to == p.from
@@ -163,12 +150,6 @@ func (c *Conn) receiveSealed(p *packet) bool {
 		}
 		c.markReceived(pr, rec.hasPayload)
 		pr.setLocal(p.local) // answers leave from where it arrived
-	}
-	// What this datagram causes to be sent goes to the peer's validated
-	// address, never to a source that has not proved it receives.
-	c.flush(pr, s, to, queued)
-	if confirmed {
-		c.sendToken(s, to) // reset.go
 	}
 	if rec.control != nil {
 		c.handleSealedControl(pr, s, rec.control, p.from)
@@ -279,7 +260,10 @@ func (c *Conn) receiveOpen(p *packet) bool {
 		return c.notNative(p, &c.stats.malformed)
 	}
 	if rec.control != nil {
-		c.handleControl(rec.control, p.from, p.local)
+		// Handshakes travel in datagrams of their own since version 4:
+		// an open envelope carries no control message.
+		c.stats.malformed.Add(1)
+		return false
 	}
 	if !rec.hasPayload {
 		return false
@@ -310,21 +294,4 @@ func (c *Conn) receiveOpen(p *packet) bool {
 	}
 	pr.mu.Unlock()
 	return c.deliver(p, pr, &rec)
-}
-
-// handleControl handles a handshake message from from that arrived at the
-// local address local (the zero Addr where the socket does not tell).
-func (c *Conn) handleControl(msg []byte, from netip.AddrPort, local netip.Addr) {
-	if len(msg) == 0 {
-		c.stats.malformed.Add(1)
-		return
-	}
-	switch msg[0] {
-	case ctlHello, ctlReply:
-		c.queueHandshake(msg, from, local) // handshake_queue.go: off the data path
-	case ctlCookie:
-		c.handleCookie(msg, from)
-	default:
-		c.stats.malformed.Add(1)
-	}
 }

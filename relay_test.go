@@ -25,6 +25,16 @@ type relay struct {
 	seen     [][]byte                // every datagram forwarded, both ways
 	tamper   func(b []byte) [][]byte // applied to the next sealed datagram from a; nil: none
 	tampered chan struct{}           // closed when tamper has run
+	// rewrite, if set, replaces every datagram (toB: from a to b) with
+	// what it returns, after it is recorded.
+	rewrite func(p []byte, toB bool) [][]byte
+}
+
+// setRewrite sets the relay's rewrite (see relay.rewrite).
+func (r *relay) setRewrite(f func(p []byte, toB bool) [][]byte) {
+	r.mu.Lock()
+	r.rewrite = f
+	r.mu.Unlock()
 }
 
 func newRelay(t *testing.T, a, b netip.AddrPort) *relay {
@@ -64,6 +74,9 @@ func (r *relay) run() {
 			out = r.tamper(p)
 			r.tamper = nil
 			close(r.tampered)
+		}
+		if r.rewrite != nil {
+			out = r.rewrite(p, to == r.b)
 		}
 		r.mu.Unlock()
 		for _, d := range out {

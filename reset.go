@@ -50,18 +50,19 @@ import (
 // this Conn gave stale until the next rekey: a restart in between is
 // found by the peers' silence timers instead.
 //
-// Token message, in the "c" field of a sealed envelope, padded as data,
-// sent by each side at the start of each session (the initiator with its
-// confirmation, the responder when its session is confirmed) and after a
-// path change: the token of the sender's own index, the one its peer seals
-// to, then the sender's session parameters (sizes.go).
+// Each side's first token travels in its session parameters, encrypted
+// inside the handshake (the reply, the final message: PROTOCOL.md 9.7),
+// bound to the path the handshake took. After a path change, a token
+// message, in the "c" field of a sealed envelope, padded as data: the
+// token of the sender's own index, the one its peer seals to, for the new
+// path, then the sender's session parameters (sizes.go).
 //
 //	0 type = 6, 1 token, 16 bytes, 17 parameters
 //
 // Reset datagram, 24 bytes, never answered, never larger than the
 // shortest sealed datagram (32 bytes), so it amplifies nothing:
 //
-//	0 version = 3, 1 type = 3, 2 reserved = 0 0,
+//	0 version = 4, 1 type = 3, 2 reserved = 0 0,
 //	4 index uint32: the receiver index of the datagram that caused it
 //	8 token(index, the datagram's source, the local port)
 //
@@ -81,7 +82,10 @@ import (
 
 const (
 	typeReset = 3
-	ctlToken  = 6
+	// ctlToken is the token message. Since v4 the handshake carries each
+	// side's first token (PROTOCOL.md 9.7); the message is sent only
+	// after a path change, for the new path.
+	ctlToken = 6
 
 	tokenLen    = 16
 	tokenMsgLen = 1 + tokenLen
@@ -149,7 +153,6 @@ func (c *Conn) localPort() uint16 { return c.sock.Load().self.Port() }
 // sendToken sends the token of s's local index, on the path to to, to
 // the peer there, sealed.
 func (c *Conn) sendToken(s *session, to netip.AddrPort) {
-	s.tokenSent.Store(c.now() | 1)
 	t := c.resets.token(s.localIndex, to, c.localPort())
 	msg := c.appendParams(append([]byte{ctlToken}, t[:]...)) // sizes.go
 	if err := c.sendSealedRecord(s, to, &record{control: msg}, true); err != nil {

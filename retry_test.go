@@ -3,6 +3,7 @@ package vaultudp
 import (
 	"bytes"
 	"context"
+	"github.com/vaultudp/vaultudp/internal/noise"
 	"net"
 	"net/netip"
 	"testing"
@@ -110,7 +111,7 @@ func TestRetryCookieRules(t *testing.T) {
 
 	// A cookie from another address is ignored.
 	stranger := netip.AddrPortFrom(peerAddr.Addr(), peerAddr.Port()+1)
-	c.handleCookie(cookieMsg(first, cookie), stranger)
+	c.handleCookie(noise.CookieMsg(first, cookie), stranger)
 	p.mu.Lock()
 	if !bytes.Equal(p.init.cookie(), make([]byte, cookieLen)) {
 		p.mu.Unlock()
@@ -119,7 +120,7 @@ func TestRetryCookieRules(t *testing.T) {
 	p.mu.Unlock()
 
 	// From the peer's address it is taken, and a retry keeps it.
-	c.handleCookie(cookieMsg(first, cookie), peerAddr)
+	c.handleCookie(noise.CookieMsg(first, cookie), peerAddr)
 	p.mu.Lock()
 	taken := bytes.Equal(p.init.cookie(), cookie)
 	p.mu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/binary"
+	"github.com/vaultudp/vaultudp/internal/noise"
 	mrand "math/rand/v2"
 	"net"
 	"net/netip"
@@ -59,7 +60,7 @@ func (r *pathRelay) run() {
 		}
 		d := append([]byte(nil), buf[:n]...)
 		if normAddr(from) == r.a {
-			if r.hold.Load() && n > 1 && (d[1] == typeOpen || r.holdAll.Load()) {
+			if r.hold.Load() && n > 1 && (d[1] != typeSealed || r.holdAll.Load()) {
 				select {
 				case r.held <- d:
 				default:
@@ -86,11 +87,11 @@ func (r *pathRelay) toBackend(t testing.TB, d []byte) {
 // path reads it.
 func helloIndex(t testing.TB, d []byte) uint32 {
 	t.Helper()
-	rec, err := parseRecord(d[openHeaderLen:])
-	if err != nil || len(rec.control) < 5 || rec.control[0] != ctlHello {
+	h, err := noise.ParseHello(d)
+	if err != nil {
 		t.Fatalf("not a hello datagram: %x", d)
 	}
-	return binary.BigEndian.Uint32(rec.control[1:])
+	return h.SenderIndex
 }
 
 // junkFor is a 32-byte datagram that looks sealed, for session index idx:

@@ -147,12 +147,11 @@ func (c *Conn) sendOpenFrom(to netip.AddrPort, src netip.Addr, rec *record) erro
 	return c.sock.Load().WriteTo(buf, to, src)
 }
 
-// sendControlFrom sends a handshake message in an open envelope, from
-// the local address src (an answer leaves from the address the message it
-// answers arrived at; the zero Addr: the system's choice). Errors are
-// logged, not returned: the handshake retries.
-func (c *Conn) sendControlFrom(to netip.AddrPort, src netip.Addr, msg []byte) {
-	if err := c.sendOpenFrom(to, src, &record{control: msg}); err != nil {
+// sendRawFrom sends a handshake datagram (hello, reply, final, cookie),
+// which is no envelope, from the local address src (the zero Addr: the
+// system's choice).
+func (c *Conn) sendRawFrom(to netip.AddrPort, src netip.Addr, b []byte) {
+	if err := c.sock.Load().WriteTo(b, to, src); err != nil {
 		c.log.Debug("vaultudp: sending handshake message", "peer", to, "err", err)
 	}
 }

@@ -15,7 +15,7 @@ import (
 
 // The sealed form of a datagram:
 //
-//	0  version   uint8 = 3
+//	0  version   uint8 = 4
 //	1  type      uint8 = typeSealed
 //	2  reserved  2 bytes, zero
 //	4  receiver  uint32, big endian: the session index the receiver chose
@@ -59,31 +59,30 @@ type session struct {
 
 	sendCounter atomic.Uint64 // the next counter to send
 
-	// confirmed is set once the peer has proven it holds the keys (a
-	// reply for the initiator, a sealed datagram for the responder). A
-	// responder sends under a new session only when it is confirmed or it
-	// has no other: a replayed hello must not replace a working session.
-	confirmed atomic.Bool
-
 	// peerToken is the peer's reset token for this session (reset.go),
-	// nil until its token message arrives.
+	// from its session parameters in the handshake; nil if it sent none.
 	peerToken atomic.Pointer[[tokenLen]byte]
 
 	// path is the largest datagram that reaches the peer unfragmented,
 	// set at install; peerAccept the largest it receives, from its
-	// session parameters (zero until they arrive). sizes.go.
+	// session parameters in the handshake (zero if it sent none).
+	// sizes.go.
 	path       int
 	peerAccept atomic.Int32
 	peerWhole  atomic.Int32 // the largest it receives at all, fragmented
 
 	// identity is the peer's key in this session's handshake (set at
-	// install). A peer's remembered key (trust on first use) is taken
-	// from a session only once it is confirmed: a hello anyone can forge
-	// must not decide whom the address belongs to.
+	// install), which the trust rules accepted.
 	identity ed25519.PublicKey
-	// tokenSent is the Conn clock when the initiator last sent its token
-	// message (timers.go: resent until the responder's token answers).
-	tokenSent atomic.Int64
+	// final is the initiator's final message (with the datagram
+	// coalesced in it), sent again every retry interval until a sealed
+	// datagram from the responder opens under the session, then nil;
+	// finalSent is the Conn clock when it was last sent (timers.go).
+	final     atomic.Pointer[[]byte]
+	finalSent atomic.Int64
+	// finalAcked is the Conn clock (|1) when the responder last answered
+	// a final message for the session (handshake_responder.go).
+	finalAcked atomic.Int64
 
 	// mu guards the fields below.
 	mu     sync.Mutex
@@ -109,7 +108,6 @@ func newSession(k *sessionKeys, created int64) (*session, error) {
 		recv:        recv,
 		recvKey:     k.recv,
 	}
-	s.confirmed.Store(k.initiator)
 	return s, nil
 }
 

@@ -9,8 +9,9 @@ import (
 )
 
 // Datagram sizes per peer (PROTOCOL.md section 6). Each side tells its
-// peer, in the session parameters it sends sealed at the start of every
-// session (the token message, reset.go), the largest datagram it
+// peer, in the session parameters its handshake message carries encrypted
+// (the reply, the final message; handshake.go), and again in a token
+// message after a path change (reset.go), the largest datagram it
 // receives. Padding to the MTU pads to the smaller of the path MTU to that
 // peer (the route's, or Config.MTU) and what the peer receives, the target,
 // but never beyond padSmall for a datagram that fits padSmall: datagrams to

@@ -4,7 +4,7 @@ import "sync/atomic"
 
 // Stats is a snapshot of a Conn's state and counters.
 type Stats struct {
-	ProtocolVersion int // the native protocol version, 3
+	ProtocolVersion int // the native protocol version, 4
 	MTU             int // the default path MTU (Config.MTU, or the host's smallest interface MTU); per peer, the route's may be larger (loopback's is)
 	MaxPayload      int // the largest datagram WriteTo accepts
 	Peers           int // configured and learned peers
@@ -20,7 +20,7 @@ type Stats struct {
 	Rekeys            uint64 // of which replaced a live session
 	HandshakeFailures uint64 // initiations that timed out
 	CookiesSent       uint64 // cookie replies sent under load
-	Verifications     uint64 // hello signatures verified
+	Verifications     uint64 // hellos answered with the handshake's costly step (Noise message 2)
 	Silences          uint64 // handshakes started because a peer went silent (Config.SilenceTimeout)
 	KeepalivesSent    uint64 // empty sealed datagrams sent (Config.KeepaliveTimeout, PeerConfig.Keepalive)
 	KeepalivesIn      uint64 // ... received
@@ -43,7 +43,8 @@ type Drops struct {
 	Truncated          uint64 // sealed datagrams cut short on the way (a relay or middlebox reading into a smaller buffer): they end inside their own padding; not counted in Auth
 	Policy             uint64 // refused by policy: plaintext where encryption is required, a downgrade
 	Rejected           uint64 // handshakes from keys the trust rules refuse
-	Stale              uint64 // handshake messages out of the freshness window or replayed
+	Stale              uint64 // handshake messages that answer no handshake in progress (late, repeated or replayed)
+	PresharedKey       uint64 // replies that decrypted up to the preshared key and not after it (ErrPresharedKey)
 	RateLimit          uint64 // over Config.RateLimit
 	QueueFull          uint64 // the read queue was full
 	TooLarge           uint64 // larger than the MTU allows, or inflating past MaxPayload
@@ -79,6 +80,7 @@ type counters struct {
 	handshakeQueueFull                                 atomic.Uint64
 	cookieLimit                                        atomic.Uint64
 	resetsSent, resetsReceived                         atomic.Uint64
+	pskMismatch                                        atomic.Uint64
 }
 
 // Stats returns a snapshot of the Conn's counters.
@@ -121,6 +123,7 @@ func (c *Conn) Stats() Stats {
 			Policy:             k.policy.Load(),
 			Rejected:           k.rejected.Load(),
 			Stale:              k.stale.Load(),
+			PresharedKey:       k.pskMismatch.Load(),
 			RateLimit:          k.rateLimit.Load(),
 			QueueFull:          k.queueFull.Load(),
 			TooLarge:           k.tooLarge.Load(),

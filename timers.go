@@ -14,16 +14,17 @@ import (
 //	handshake retry      a hello unanswered for retryAfter is sent again
 //	handshake timeout    an attempt unanswered for HandshakeTimeout fails
 //	session expiry       a session past its receive limit is dropped
-//	unconfirmed expiry   a responder session never confirmed within
+//	unconfirmed expiry   a reply whose final message did not come within
 //	                     HandshakeTimeout is dropped
 //	path timeout         a path or liveness challenge unanswered for
 //	                     HandshakeTimeout is abandoned (path.go)
 //	queue attempt        datagrams wait and no attempt is under way
 //	silence              sealed datagrams went out and nothing authenticated
 //	                     came back for SilenceTimeout: a new handshake
-//	token retry          the initiator's token message is unanswered: sent
+//	final retry          the initiator's final message is unanswered (no
+//	                     sealed datagram from the responder opened): sent
 //	                     again, and the session given up after
-//	                     HandshakeTimeout (the responder dropped it)
+//	                     HandshakeTimeout (the responder refused it)
 //	keepalive            passive: a payload came in and nothing went back
 //	                     for KeepaliveTimeout; persistent: nothing went out
 //	                     for PeerConfig.Keepalive. An empty sealed datagram.
@@ -31,8 +32,7 @@ import (
 //	                     idle (a session lifetime if it ever had a session,
 //	                     HandshakeTimeout otherwise)
 //
-// Conn-wide: hello timestamps outside the freshness window are forgotten
-// every second, and the ProtocolV2 peers' timers run.
+// Conn-wide: the ProtocolV2 peers' timers run.
 
 // tick runs the timers once.
 func (c *Conn) tick() {
@@ -53,8 +53,10 @@ func (c *Conn) tick() {
 		c.onPathTimeout(p, now)
 		hello = c.onQueueWaiting(p, now) || hello
 		hello = c.onSilence(p, now) || hello
-		tok, lost := c.onUnansweredToken(p, now)
-		hello = lost || hello
+		fin, finFailed := c.onUnansweredFinal(p, now)
+		if failed == nil {
+			failed = finFailed
+		}
 		ka := c.onKeepalive(p, now)
 		if c.onIdle(p, now) {
 			idle = append(idle, p)
@@ -82,8 +84,8 @@ func (c *Conn) tick() {
 		if ka != nil {
 			c.sendKeepalive(p, ka, to)
 		}
-		if tok != nil {
-			c.sendToken(tok, to)
+		if fin != nil {
+			c.sendRawFrom(to, p.localAddr(), fin)
 		}
 	}
 	if len(idle) > 0 {
@@ -100,11 +102,8 @@ func (c *Conn) tick() {
 			c.event(Event{Kind: EventForgotten, Addr: a})
 		}
 	}
-	if time.Duration(now-c.helloSweep) >= time.Second {
-		c.helloSweep = now
-		c.forgetOldHellos()
-	}
-	c.v2Tick(now) // protocol v2 key exchanges (proto_v2.go)
+	c.sweepStrangers(now) // replies to hellos from no peer (handshake_responder.go)
+	c.v2Tick(now)         // protocol v2 key exchanges (proto_v2.go)
 }
 
 // markSent marks a sealed datagram sent to p, for the keepalive and
@@ -154,27 +153,36 @@ func (c *Conn) onSilence(p *peer, now int64) bool {
 	return true
 }
 
-// onUnansweredToken: the initiator's token message (its confirmation of
-// the session, reset.go) is answered by the responder's; while it is not,
-// it is sent again every retry interval. After a handshake timeout with no
-// answer the responder has dropped the session as never confirmed: it is
-// given up, and a hello claimed (lost reports that). tok is the session to
-// resend the token under, or nil.
-func (c *Conn) onUnansweredToken(p *peer, now int64) (tok *session, lost bool) {
+// onUnansweredFinal: the initiator's final message is confirmed by the
+// first sealed datagram from the responder that opens under the session;
+// while none has, it is sent again every retry interval. After a
+// handshake timeout with none the responder has refused our key (which
+// it does silently) or never got it: the session is given up and the
+// attempt fails (failLocked), as a hello never answered does. fin is the
+// final message to send again, or nil; failed the attempt's failure, if
+// it ended it.
+func (c *Conn) onUnansweredFinal(p *peer, now int64) (fin []byte, failed error) {
 	s := p.kp.current()
-	if s == nil || !s.initiator || s.peerToken.Load() != nil {
-		return nil, false
+	if s == nil || !s.initiator {
+		return nil, nil
+	}
+	f := s.final.Load()
+	if f == nil {
+		return nil, nil
 	}
 	if time.Duration(now-s.created) >= c.cfg.HandshakeTimeout {
+		s.final.Store(nil)
 		p.kp.discard(s)
 		c.index.remove(s)
-		p.notifyLocked()
-		return nil, c.wantHelloLocked(p, helloTokenLost, now)
+		err := fmt.Errorf("%w: %v never confirmed the session after %v (its trust rules may refuse our key)", ErrHandshakeTimeout, p.addr, c.cfg.HandshakeTimeout)
+		c.failLocked(p, now, err)
+		return nil, err
 	}
-	if time.Duration(now-s.tokenSent.Load()) >= c.retryAfter() {
-		return s, false
+	if time.Duration(now-s.finalSent.Load()) >= c.retryAfter() {
+		s.finalSent.Store(now | 1)
+		return *f, nil
 	}
-	return nil, false
+	return nil, nil
 }
 
 // onKeepalive: a passive keepalive (data came in, nothing went back for
@@ -238,11 +246,11 @@ func (c *Conn) onSessionExpiry(p *peer, now int64) {
 	c.index.remove(p.kp.expire(now, c.receiveLimit())...)
 }
 
-// onUnconfirmedExpiry: responder sessions the initiator never confirmed
-// within a handshake timeout are dropped (it did not take our reply).
+// onUnconfirmedExpiry: replies whose final message did not come within
+// a handshake timeout are dropped (the initiator refused us, its
+// preshared key differs, or the hello was a replay).
 func (c *Conn) onUnconfirmedExpiry(p *peer, now int64) {
-	if dropped := p.kp.expirePending(now, c.cfg.HandshakeTimeout); len(dropped) > 0 {
-		c.index.remove(dropped...)
+	if c.expireResponsesLocked(p, now) {
 		p.notifyLocked() // Handshake callers wait on it
 	}
 }
@@ -259,7 +267,7 @@ func (c *Conn) onQueueWaiting(p *peer, now int64) bool {
 // never confirmed a session (a forged or abandoned hello must not hold a
 // slot).
 func (c *Conn) onIdle(p *peer, now int64) bool {
-	if p.configured || p.handshakingLocked() || !p.kp.empty() {
+	if p.configured || p.handshakingLocked() || p.respNew != nil || !p.kp.empty() {
 		return false
 	}
 	idleFor := rejectAfter(c.cfg.KeyLifetime)
@@ -267,19 +275,6 @@ func (c *Conn) onIdle(p *peer, now int64) bool {
 		idleFor = c.cfg.HandshakeTimeout
 	}
 	return time.Duration(now-p.lastSeen.Load()) >= idleFor
-}
-
-// forgetOldHellos drops the remembered hello timestamps that are outside
-// the freshness window: a hello that old is refused anyway.
-func (c *Conn) forgetOldHellos() {
-	edge := uint64(c.cfg.now().Add(-c.cfg.FreshnessWindow).UnixNano())
-	c.mu.Lock()
-	for k, h := range c.lastHello {
-		if h.newest < edge {
-			delete(c.lastHello, k)
-		}
-	}
-	c.mu.Unlock()
 }
 
 // housekeeping runs the Conn's timers on each of ticks until Close, then

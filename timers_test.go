@@ -28,6 +28,11 @@ type peerSnapshot struct {
 func peerState(c *Conn, addr netip.AddrPort) peerSnapshot {
 	p, _ := c.peerFor(normAddr(addr), lookupOnly)
 	if p == nil {
+		c.mu.RLock()
+		p = c.strangers[normAddr(addr)] // replies to a hello from no peer wait there
+		c.mu.RUnlock()
+	}
+	if p == nil {
 		return peerSnapshot{}
 	}
 	p.mu.Lock()
@@ -36,7 +41,7 @@ func peerState(c *Conn, addr netip.AddrPort) peerSnapshot {
 	defer p.kp.mu.Unlock()
 	return peerSnapshot{
 		exists: true, hellos: p.hellos, attempt: p.init != nil, failErr: p.failErr,
-		established: p.established, cur: p.kp.cur.Load() != nil, prev: p.kp.prev != nil, next: p.kp.next != nil,
+		established: p.established, cur: p.kp.cur.Load() != nil, prev: p.kp.prev != nil, next: p.respNew != nil,
 		queued: len(p.queue), configured: p.configured, removed: p.removed,
 	}
 }
@@ -54,7 +59,7 @@ func settleSession(t *testing.T, a, b *Conn) {
 			return false
 		}
 		sa, sb := pa.kp.current(), pb.kp.current()
-		return sa != nil && sb != nil && sa.peerToken.Load() != nil && sb.peerToken.Load() != nil
+		return sa != nil && sb != nil && sa.final.Load() == nil && sb.final.Load() == nil
 	}
 	deadline := time.Now().Add(waitLong)
 	for !done() {
@@ -123,12 +128,14 @@ func TestTimerNoRetryToUnprovedAddress(t *testing.T) {
 	a := fakeListen(t, clk, &Config{Policy: Opportunistic})
 	raw := rawUDP(t)
 	msg := (&record{payload: make([]byte, 400), hasPayload: true}).appendTo([]byte{ProtocolVersion, typeOpen}, 0)
-	if _, err := raw.WriteToUDPAddrPort(msg, addrOf(a)); err != nil {
-		t.Fatal(err)
+	for range 4 { // 1,600 bytes: a hello (1,360) is paid for
+		if _, err := raw.WriteToUDPAddrPort(msg, addrOf(a)); err != nil {
+			t.Fatal(err)
+		}
+		readWithin(t, a, waitLong)
 	}
-	readWithin(t, a, waitLong)
 	from := addrOf2(raw)
-	a.WriteToUDPAddrPort([]byte("answer"), from) // in clear, and one hello: the 400 bytes paid for it
+	a.WriteToUDPAddrPort([]byte("answer"), from) // in clear, and one hello: the bytes received paid for it
 	if s := peerState(a, from); s.hellos != 1 {
 		t.Fatalf("after the answer: %d hellos, want 1", s.hellos)
 	}
@@ -154,14 +161,18 @@ func TestTimerDeferredHello(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.kp.addPending(&session{}) // as a hello from silent's address leaves
+	p.mu.Lock()
+	p.respNew = &response{} // as a hello from silent's address leaves
+	p.mu.Unlock()
 	a.WriteToUDPAddrPort([]byte("waits"), silent)
 	if s := peerState(a, silent); s.hellos != 0 || s.queued != 1 {
 		t.Fatalf("with a waiting responder session: %+v, want no hello and the datagram queued", s)
 	}
 	for range 3 {
 		clk.advance(t, 300*time.Millisecond, 0)
-		p.kp.addPending(&session{}) // renewed: a forged hello, again
+		p.mu.Lock()
+		p.respOld, p.respNew = p.respNew, &response{created: a.now()} // renewed: a forged hello, again
+		p.mu.Unlock()
 	}
 	if s := peerState(a, silent); s.hellos != 0 {
 		t.Fatalf("within retryAfter: %d hellos, want 0", s.hellos)
@@ -172,9 +183,8 @@ func TestTimerDeferredHello(t *testing.T) {
 	}
 }
 
-// TestTimerUnconfirmedExpiry: a responder session the initiator never
-// confirms goes after HandshakeTimeout; a learned peer with nothing left
-// goes after another.
+// TestTimerUnconfirmedExpiry: a reply whose final message never comes
+// goes after HandshakeTimeout, and with it the stranger it waited on.
 func TestTimerUnconfirmedExpiry(t *testing.T) {
 	clk := newFakeClock()
 	a := fakeListen(t, clk, nil)
@@ -188,19 +198,18 @@ func TestTimerUnconfirmedExpiry(t *testing.T) {
 		time.Sleep(time.Millisecond) // the hello is handled off this goroutine; bounded
 	}
 	if s := peerState(a, from); !s.next || s.cur {
-		t.Fatalf("after the hello: %+v, want a waiting responder session only", s)
+		t.Fatalf("after the hello: %+v, want a waiting reply only", s)
+	}
+	if a.HasPeer(from) {
+		t.Fatal("a hello alone made a peer")
 	}
 	clk.advance(t, 5*time.Second-time.Millisecond, time.Second)
 	if s := peerState(a, from); !s.next {
 		t.Fatalf("before HandshakeTimeout: %+v, want it still waiting", s)
 	}
 	clk.advance(t, time.Millisecond, 0)
-	if s := peerState(a, from); s.next {
-		t.Fatalf("at HandshakeTimeout: %+v, want it dropped", s)
-	}
-	clk.advance(t, 5*time.Second, time.Second)
-	if s := peerState(a, from); s.exists {
-		t.Fatalf("the peer of a hello never confirmed is still there: %+v", s)
+	if s := peerState(a, from); s.next || s.exists {
+		t.Fatalf("at HandshakeTimeout: %+v, want it dropped, and the stranger with it", s)
 	}
 }
 
