@@ -189,6 +189,26 @@ type keypairs struct {
 // current returns the session to send under, or nil; it takes no lock.
 func (kp *keypairs) current() *session { return kp.cur.Load() }
 
+// previous returns the session before the current one, or nil.
+func (kp *keypairs) previous() *session {
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	return kp.prev
+}
+
+// abandon takes out s, a current session whose handshake the responder
+// never confirmed, and makes the one before it current again, if any:
+// the peer still has it.
+func (kp *keypairs) abandon(s *session) {
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	if kp.cur.Load() != s {
+		return
+	}
+	kp.cur.Store(kp.prev)
+	kp.prev = nil
+}
+
 // empty reports whether the peer has no session at all.
 func (kp *keypairs) empty() bool {
 	kp.mu.Lock()

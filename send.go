@@ -309,7 +309,7 @@ func (c *Conn) acquireSession(p *peer) (*session, netip.AddrPort, error) {
 			if p.lastSeen.Load() != now {
 				p.lastSeen.Store(now)
 			}
-			return s, *p.at.Load(), nil
+			return c.sendable(p, s, now), *p.at.Load(), nil
 		}
 	}
 	p.mu.Lock()
@@ -341,7 +341,24 @@ func (c *Conn) acquireSession(p *peer) (*session, netip.AddrPort, error) {
 	if hello {
 		c.sendHello(p)
 	}
-	return s, to, nil
+	return c.sendable(p, s, now), to, nil
+}
+
+// sendable returns the session to seal under when cur is p's current
+// session: cur, unless it is a rekey the responder has not confirmed yet
+// (its final message may be lost, and until it arrives the responder
+// cannot open what is sealed under it) while the session it renews is
+// still usable: then that one, which the responder still opens. The
+// first sealed datagram from the responder under cur confirms it
+// (receive.go), and writes move to it.
+func (c *Conn) sendable(p *peer, cur *session, now int64) *session {
+	if cur.final.Load() == nil {
+		return cur
+	}
+	if old := p.kp.previous(); old != nil && c.usable(old, now) {
+		return old
+	}
+	return cur
 }
 
 // Broadcast writes b to every configured peer and to every learned peer

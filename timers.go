@@ -172,7 +172,7 @@ func (c *Conn) onUnansweredFinal(p *peer, now int64) (fin []byte, failed error) 
 	}
 	if time.Duration(now-s.created) >= c.cfg.HandshakeTimeout {
 		s.final.Store(nil)
-		p.kp.discard(s)
+		p.kp.abandon(s) // a rekey's: the session it renewed serves again
 		c.index.remove(s)
 		err := fmt.Errorf("%w: %v never confirmed the session after %v (its trust rules may refuse our key)", ErrHandshakeTimeout, p.addr, c.cfg.HandshakeTimeout)
 		c.failLocked(p, now, err)
@@ -194,10 +194,10 @@ func (c *Conn) onKeepalive(p *peer, now int64) *session {
 		return nil
 	}
 	if d := p.dataIn.Load(); d != 0 && c.cfg.KeepaliveTimeout > 0 && time.Duration(now-d) >= c.cfg.KeepaliveTimeout {
-		return s
+		return c.sendable(p, s, now) // not a rekey the responder has not confirmed
 	}
 	if p.keepalive > 0 && time.Duration(now-p.sentAt.Load()) >= p.keepalive {
-		return s
+		return c.sendable(p, s, now) // not a rekey the responder has not confirmed
 	}
 	return nil
 }

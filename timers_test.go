@@ -307,3 +307,39 @@ func TestTimerSilence(t *testing.T) {
 		t.Fatalf("at SilenceTimeout: %d silences, %d hellos; want 1, %d", n, h, before+1)
 	}
 }
+
+// TestSendableDuringRekey: while the responder has not confirmed a rekey
+// (the initiator's final message may be lost, and the responder cannot
+// open what is sealed under the new session before it arrives), writes
+// and keepalives go under the session it renews; once confirmed, under
+// the new one; a rekey never confirmed is abandoned for the old session.
+func TestSendableDuringRekey(t *testing.T) {
+	c := listenT(t, "udp4", "127.0.0.1:0", nil)
+	p := c.newPeer(netip.MustParseAddrPort("127.0.0.1:9"), nil)
+	old, renewed := &session{initiator: true}, &session{initiator: true}
+	final := []byte("final")
+	renewed.final.Store(&final)
+	p.kp.promote(old, false)
+	p.kp.promote(renewed, false)
+	if got := c.sendable(p, p.kp.current(), 0); got != old {
+		t.Fatal("an unconfirmed rekey is sealed under before the responder has it")
+	}
+	renewed.final.Store(nil) // the responder's first datagram under it opened
+	if got := c.sendable(p, p.kp.current(), 0); got != renewed {
+		t.Fatal("a confirmed rekey is not used")
+	}
+	renewed.final.Store(&final)
+	p.kp.abandon(renewed)
+	if p.kp.current() != old || p.kp.previous() != nil {
+		t.Fatal("an abandoned rekey did not give the current slot back to the session it renewed")
+	}
+	// A first session has nothing to fall back on: it is used (the
+	// responder holds a few datagrams that come before the final).
+	first := &session{initiator: true}
+	first.final.Store(&final)
+	q := c.newPeer(netip.MustParseAddrPort("127.0.0.1:10"), nil)
+	q.kp.promote(first, false)
+	if got := c.sendable(q, first, 0); got != first {
+		t.Fatal("a first unconfirmed session is not used")
+	}
+}
