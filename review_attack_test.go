@@ -1,0 +1,121 @@
+package vaultudp
+
+import (
+	"context"
+	"crypto/rand"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	v2 "github.com/vaultudp/vaultudp/internal/v2"
+)
+
+// Independent review of the issue 21 changes; see also
+// review_attack_linux_test.go.
+
+// reviewFlood sends d to to from pc at about rate datagrams a second
+// (bursts every millisecond) until stop is closed, at most for limit.
+func reviewFlood(pc *net.UDPConn, to netip.AddrPort, d func() []byte, rate int, limit time.Duration, stop <-chan struct{}, sent *atomic.Int64) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		end := time.Now().Add(limit)
+		start := time.Now()
+		for time.Now().Before(end) {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			due := int64(time.Since(start).Seconds()*float64(rate)) - sent.Load()
+			for range min(due, int64(rate/100+1)) {
+				pc.WriteToUDPAddrPort(d(), to)
+				sent.Add(1)
+			}
+		}
+	}()
+	return &wg
+}
+
+// reviewHandshakeTime is how long a new native client on 127.0.0.2 takes
+// to handshake with c (within limit), and its error.
+func reviewHandshakeTime(t *testing.T, c *Conn, limit time.Duration) (time.Duration, error) {
+	t.Helper()
+	cl := listenT(t, "udp4", "127.0.0.2:0", &Config{HandshakeTimeout: limit})
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	start := time.Now()
+	err := cl.Handshake(ctx, addrOf(c))
+	took := time.Since(start)
+	cl.Close()
+	return took, err
+}
+
+// TestReviewV2KeyExchangesCrowdOutHellos (finding 2): issue 21 item 7 put
+// protocol v2 plaintext key exchanges on the Conn's handshake queue, the
+// one native hellos and replies use. But they come in before any cookie
+// check, and do not count towards the cookie threshold: anyone who can
+// forge the source IP of one configured v2 peer (any port) fills the
+// 256-slot queue with key exchanges signed by its own key (a signature
+// check each on the one handshake goroutine), and native hellos, of new
+// clients, rekeys and replies alike, find it full and are dropped
+// (Drops.HandshakeQueueFull). The figure: a new native client's handshake
+// time under the same datagram rate of v2 junk (the control: the reader
+// drops it) and of v2 key exchanges.
+func TestReviewV2KeyExchangesCrowdOutHellos(t *testing.T) {
+	ref := newFakeRef(t)
+	c := v2Conn(t, nil, PeerConfig{Addr: ref.addr()})
+	keyed(t, c, ref)
+	att := rawUDP(t) // on 127.0.0.1: the v2 peer's IP
+
+	var ak [32]byte
+	rand.Read(ak[:])
+	attacker := v2.NewKeys(&ak, GenerateIdentity())
+	kx := v2.AppendFrame(nil, nil, v2.AppendKeyExchange(nil, attacker.KeyExchange(ref.port())), nil)
+	junk := make([]byte, 200)
+	rand.Read(junk)
+	junk[0] = 0x42 // neither native nor a frame: the reader drops it
+
+	const rate = 50000
+	const limit = 5 * time.Second
+	run := func(name string, d []byte) (time.Duration, error) {
+		stop := make(chan struct{})
+		var sent atomic.Int64
+		before := c.Stats()
+		wg := reviewFlood(att, addrOf(c), func() []byte { return d }, rate, 4*limit, stop, &sent)
+		time.Sleep(200 * time.Millisecond) // the flood under way (not a synchronisation)
+		var took time.Duration
+		var err error
+		for i := range 5 { // five new clients in a row: the slowest counts
+			d, e := reviewHandshakeTime(t, c, limit)
+			t.Logf("%s: client %d: %v after %v", name, i, e, d.Round(time.Millisecond))
+			if e != nil || d > took {
+				took = d
+			}
+			if e != nil {
+				err = e
+			}
+		}
+		close(stop)
+		wg.Wait()
+		st := c.Stats()
+		t.Logf("%s flood at %d/s (%d sent): five new native clients, the slowest: %v after %v; handshake queue full %d, rejected %d",
+			name, rate, sent.Load(), err, took.Round(time.Millisecond),
+			st.Drops.HandshakeQueueFull-before.Drops.HandshakeQueueFull, st.Drops.Rejected-before.Drops.Rejected)
+		waitFor(waitLong, func() bool { return c.hsQueued.Load() == 0 })
+		return took, err
+	}
+	if _, err := run("v2 junk", junk); err != nil {
+		t.Fatalf("the control failed: %v", err)
+	}
+	took, err := run("v2 key exchange", kx)
+	if err != nil || took > 250*time.Millisecond { // under a native hello flood of this rate: a few ms
+		t.Errorf("forged v2 key exchanges from a v2 peer's IP keep native handshakes out: %v after %v", err, took.Round(time.Millisecond))
+	}
+}
