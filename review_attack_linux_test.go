@@ -3,7 +3,10 @@
 package vaultudp
 
 import (
+	"context"
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -99,5 +102,80 @@ func TestReviewEvictedSetOverwritten(t *testing.T) {
 	t.Logf("%d forged plaintext sources handled of %d; victims still remembered as evicted: %d of %d", reviewHandled(srv), sent, remembered, len(victims))
 	if bad > 0 {
 		t.Errorf("%d of %d evicted victims got hellos besides the answer: the evicted-address set forgets them once enough fillers pass", bad, len(victims))
+	}
+}
+
+// reviewSpoofFlood sends d from from (forged) to to at about rate a
+// second until stop is closed, at most for limit.
+func reviewSpoofFlood(sp *spoofer, from, to netip.AddrPort, d []byte, rate int, limit time.Duration, stop <-chan struct{}, sent *atomic.Int64) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		start := time.Now()
+		for time.Since(start) < limit {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			due := int64(time.Since(start).Seconds()*float64(rate)) - sent.Load()
+			for range min(due, int64(rate/100+1)) {
+				sp.sendQuiet(from, to, d)
+				sent.Add(1)
+			}
+		}
+	}()
+	return &wg
+}
+
+// TestReviewCookieBudgetDrainedByForgery (finding 3): the cookie budget
+// is per source address and port (sourceBudget), 20 a second. A hello
+// forged from a client's own address and port spends that client's
+// budget: a few thousand forged hellos a second, which also keep the
+// responder under load (over CookieThreshold), and the client's cookieless
+// hellos are dropped (Drops.CookieLimit) instead of answered with the
+// cookie it needs. Its handshake fails. The control: the same flood
+// forged from another port of the client's IP, which the budget tells
+// apart. README: "a flood from one socket, even at a client's own IP,
+// costs no system calls and starves nobody".
+func TestReviewCookieBudgetDrainedByForgery(t *testing.T) {
+	sp := newSpoofer(t)
+	srv := listenT(t, "udp4", "127.0.0.1:0", nil) // CookieThreshold 500
+	const rate = 5000
+	const limit = 3 * time.Second
+	hello := helloDatagram(t) // signed, no cookie; replayed
+	run := func(name string, forged func(client netip.AddrPort) netip.AddrPort) error {
+		cl := listenT(t, "udp4", "127.0.0.2:0", &Config{HandshakeTimeout: limit})
+		stop := make(chan struct{})
+		var sent atomic.Int64
+		before := srv.Stats()
+		wg := reviewSpoofFlood(sp, forged(addrOf(cl)), addrOf(srv), hello, rate, 2*limit, stop, &sent)
+		// Under load before the client starts (not a synchronisation).
+		waitFor(waitLong, func() bool { return srv.Stats().Drops.CookieLimit > before.Drops.CookieLimit })
+		ctx, cancel := context.WithTimeout(context.Background(), limit)
+		start := time.Now()
+		err := cl.Handshake(ctx, addrOf(srv))
+		took := time.Since(start)
+		cancel()
+		close(stop)
+		wg.Wait()
+		st := srv.Stats()
+		t.Logf("%s: %d forged hellos at %d/s: the client's handshake: %v after %v; cookies sent %d, cookie limit %d",
+			name, sent.Load(), rate, err, took.Round(time.Millisecond),
+			st.CookiesSent-before.CookiesSent, st.Drops.CookieLimit-before.Drops.CookieLimit)
+		cl.Close()
+		time.Sleep(1100 * time.Millisecond) // the load window ends (cookie.go: a second)
+		return err
+	}
+	if err := run("forged from another port of the client's IP", func(a netip.AddrPort) netip.AddrPort {
+		return netip.AddrPortFrom(a.Addr(), a.Port()+1)
+	}); err != nil {
+		t.Fatalf("the control failed: %v", err)
+	}
+	if err := run("forged from the client's own address and port", func(a netip.AddrPort) netip.AddrPort { return a }); err != nil {
+		t.Errorf("a flood forged from a client's address and port starves it of cookies: %v", err)
 	}
 }
