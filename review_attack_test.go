@@ -2,9 +2,12 @@ package vaultudp
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -117,5 +120,55 @@ func TestReviewV2KeyExchangesCrowdOutHellos(t *testing.T) {
 	took, err := run("v2 key exchange", kx)
 	if err != nil || took > 250*time.Millisecond { // under a native hello flood of this rate: a few ms
 		t.Errorf("forged v2 key exchanges from a v2 peer's IP keep native handshakes out: %v after %v", err, took.Round(time.Millisecond))
+	}
+}
+
+// TestReviewRefusedHellosRemembered (finding 4): since issue 21 item 5 a
+// hello the trust rules refuse is remembered (helloLog) under the key it
+// claims, for the freshness window (±60 s: up to 120 s for a timestamp
+// a window ahead), so that its replays cost nothing. Every new key
+// costs a helloLog: 8 remembered paths, ~350 bytes, plus its map entry,
+// where one timestamp (8 bytes) did before, and only for answered
+// hellos. Anyone can make keys: against a closed server (VerifyPeer
+// refuses strangers) the table grows with every hello the handshake
+// goroutine verifies, with no count bound. The figure: bytes per refused
+// key, and the heap at the verification rate measured here for 120 s.
+// (CookieThreshold is raised here so that the attacker need not answer
+// cookies; from an address of its own it does, once per source, for
+// minutes.)
+func TestReviewRefusedHellosRemembered(t *testing.T) {
+	const n = 4000
+	srv := listenT(t, "udp4", "127.0.0.1:0", &Config{
+		CookieThreshold: 1 << 30,
+		VerifyPeer:      func(netip.AddrPort, ed25519.PublicKey) error { return errors.New("closed server") },
+	})
+	hellos := makeHellos(t, n)
+	att := rawUDP(t)
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	heap0 := ms.HeapAlloc
+	start := time.Now()
+	for i := 0; i < n; i += 100 {
+		for _, h := range hellos[i : i+100] {
+			att.WriteToUDPAddrPort(h, addrOf(srv))
+		}
+		waitFor(5*time.Second, func() bool { return srv.Stats().Drops.Rejected >= uint64(i+100) })
+	}
+	took := time.Since(start)
+	refused := srv.Stats().Drops.Rejected
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	grew := int64(ms.HeapAlloc) - int64(heap0)
+	runtime.KeepAlive(hellos) // counted in both figures
+	srv.mu.RLock()
+	kept := len(srv.lastHello)
+	srv.mu.RUnlock()
+	perKey := float64(grew) / float64(max(kept, 1))
+	rate := float64(refused) / took.Seconds()
+	t.Logf("%d hellos from fresh keys refused in %v (%.0f/s): %d remembered, heap +%d KiB, %.0f bytes a key; at that rate for 120 s: %.0f MiB",
+		refused, took.Round(time.Millisecond), rate, kept, grew>>10, perKey, rate*120*perKey/(1<<20))
+	if kept >= n/2 && perKey > 100 {
+		t.Errorf("refused strangers' hellos remembered at %.0f bytes each (%d of %d)", perKey, kept, refused)
 	}
 }
