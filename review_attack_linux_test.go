@@ -179,3 +179,44 @@ func TestReviewCookieBudgetDrainedByForgery(t *testing.T) {
 		t.Errorf("a flood forged from a client's address and port starves it of cookies: %v", err)
 	}
 }
+
+// TestReviewResetsUncappedInTotal (finding 5): the reset budget is per
+// source in a table where a new source takes a slot over with a full
+// bucket, and there is no longer any cap on the total (reset.go: "the
+// total needs no cap for amplification"). So junk from forged random
+// sources costs the reader a BLAKE2b and a sendto (a system call, not
+// batched) per datagram, where junk from one source costs 20 a second.
+// No amplification (24 bytes for 32), but the flood chooses where the
+// resets go (any address, any port: reflection at 0.75) and makes the
+// reader do a system call for each datagram it reads in a batch of 32.
+// The figure: resets sent per junk datagram, and the rate the reader
+// keeps up with, from one source and from random ones.
+func TestReviewResetsUncappedInTotal(t *testing.T) {
+	sp := newSpoofer(t)
+	srv := listenT(t, "udp4", "127.0.0.1:0", nil)
+	const n = 60000
+	run := func(name string, from func(i int) netip.AddrPort) float64 {
+		before := srv.Stats()
+		start := time.Now()
+		for i := range n {
+			sp.sendQuiet(from(i), addrOf(srv), junkFor(uint32(i+1)))
+		}
+		sent := time.Since(start)
+		waitFor(5*time.Second, func() bool {
+			return srv.Stats().Drops.UnknownSession-before.Drops.UnknownSession >= n*9/10
+		})
+		st := srv.Stats()
+		handled := st.Drops.UnknownSession - before.Drops.UnknownSession
+		resets := st.ResetsSent - before.ResetsSent
+		t.Logf("%s: %d junk sent in %v (%.0f/s); handled %d (%.0f%%), %d resets sent (%.2f a datagram)",
+			name, n, sent.Round(time.Millisecond), n/sent.Seconds(), handled, 100*float64(handled)/n, resets, float64(resets)/float64(max(handled, 1)))
+		return float64(resets) / float64(max(handled, 1))
+	}
+	run("one forged source", func(int) netip.AddrPort { return netip.MustParseAddrPort("127.0.0.9:4000") })
+	perJunk := run("random forged sources", func(i int) netip.AddrPort {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 2, byte(i >> 8), byte(i)}), uint16(1024+i%60000))
+	})
+	if perJunk > 0.5 {
+		t.Errorf("%.2f resets (system calls) per junk datagram from forged sources: no total cap", perJunk)
+	}
+}
