@@ -3,7 +3,12 @@
 package vaultudp
 
 import (
+	"bytes"
 	"context"
+	"crypto/ecdh"
+	"crypto/ed25519"
+	"crypto/rand"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -219,4 +224,135 @@ func TestReviewResetsUncappedInTotal(t *testing.T) {
 	if perJunk > 0.5 {
 		t.Errorf("%.2f resets (system calls) per junk datagram from forged sources: no total cap", perJunk)
 	}
+}
+
+// reviewSlowRelay forwards between a and b through one socket, each
+// datagram delay later: a path with a round trip of 2*delay. a sees the
+// relay's address as its peer's.
+type reviewSlowRelay struct {
+	pc   *net.UDPConn
+	a, b netip.AddrPort
+}
+
+func newReviewSlowRelay(t *testing.T, a, b netip.AddrPort, delay time.Duration) *reviewSlowRelay {
+	r := &reviewSlowRelay{pc: rawUDP(t), a: a, b: b}
+	type item struct {
+		due time.Time
+		to  netip.AddrPort
+		d   []byte
+	}
+	ch := make(chan item, 4096)
+	done := make(chan struct{})
+	go func() {
+		defer close(ch)
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := r.pc.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			to := r.a
+			if normAddr(from) == r.a {
+				to = r.b
+			}
+			select {
+			case ch <- item{time.Now().Add(delay), to, bytes.Clone(buf[:n])}:
+			default:
+			}
+		}
+	}()
+	go func() {
+		defer close(done)
+		for it := range ch {
+			time.Sleep(time.Until(it.due)) // the path's delay
+			r.pc.WriteToUDPAddrPort(it.d, it.to)
+		}
+	}()
+	t.Cleanup(func() { r.pc.Close(); <-done })
+	return r
+}
+
+func (r *reviewSlowRelay) addr() netip.AddrPort {
+	return normAddr(r.pc.LocalAddr().(*net.UDPAddr).AddrPort())
+}
+
+// TestReviewForgedHellosCancelOwnHandshake (finding 7): a configured
+// peer without a pinned key (trust on first use) and no session yet. A
+// forged hello from its address, signed by the attacker's key, is
+// answered, and its responder session, if the attacker's key is larger
+// than the Conn's (the crossed-hello tie-break, keypairs.go
+// installLocked), ends the Conn's own attempt (clearInitLocked): the real
+// peer's reply then finds no hello to complete ("stale"). Each new
+// attempt waits out the deferral (awaitingConfirmLocked) and is cancelled
+// again by the next forged hello if it lands within a round trip. With a
+// 40 ms round trip, 50 forged hellos a second (each signed, fresh) keep
+// the Conn from ever reaching its peer. The control: the same forgery
+// with a key smaller than the Conn's.
+// TestForgedHellosDoNotBlockOwnHandshake covers only a loopback round trip
+// and random keys.
+func TestReviewForgedHellosCancelOwnHandshake(t *testing.T) {
+	sp := newSpoofer(t)
+	run := func(name string, larger bool) error {
+		a := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: 3 * time.Second})
+		b := listenT(t, "udp4", "127.0.0.1:0", nil)
+		relay := newReviewSlowRelay(t, addrOf(a), addrOf(b), 20*time.Millisecond)
+		var id ed25519.PrivateKey
+		for { // the attacker picks its key: on the chosen side of a's
+			id = GenerateIdentity()
+			if (bytes.Compare(a.hs.public, id.Public().(ed25519.PublicKey)) < 0) == larger {
+				break
+			}
+		}
+		eph, err := ecdh.X25519().GenerateKey(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop, stopped := make(chan struct{}), make(chan struct{})
+		var forged atomic.Int32
+		go func() {
+			defer close(stopped)
+			tick := time.NewTicker(20 * time.Millisecond)
+			defer tick.Stop()
+			for i := range 500 { // 10 s at most
+				sp.sendQuiet(relay.addr(), addrOf(a), helloDatagramFrom(id, time.Now(), uint32(i+1), eph))
+				forged.Add(1)
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+				}
+			}
+		}()
+		defer func() { close(stop); <-stopped }()
+		waitFor(waitLong, func() bool { return a.Stats().Verifications > 0 }) // the forgery under way
+		before := a.Stats()
+		start := time.Now()
+		if err := a.AddPeer(PeerConfig{Addr: relay.addr()}); err != nil { // not pinned
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		err = a.Handshake(ctx, relay.addr())
+		st := a.Stats()
+		t.Logf("%s: a's own handshake through a 40 ms round trip under forged hellos every 20 ms: %v after %v (%d forged; a's stale replies %d, its hellos %d)",
+			name, err, time.Since(start).Round(time.Millisecond), forged.Load(), st.Drops.Stale-before.Drops.Stale, a.peerHellos(relay.addr()))
+		return err
+	}
+	if err := run("attacker's key smaller than a's", false); err != nil {
+		t.Fatalf("the control failed: %v", err)
+	}
+	if err := run("attacker's key larger than a's", true); err != nil {
+		t.Errorf("forged hellos with a larger key cancel every attempt of a's: %v", err)
+	}
+}
+
+// peerHellos is how many hellos c sent to addr's peer.
+func (c *Conn) peerHellos(addr netip.AddrPort) int {
+	p, _ := c.peerFor(addr, lookupOnly)
+	if p == nil {
+		return -1
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.hellos
 }
