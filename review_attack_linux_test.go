@@ -8,10 +8,12 @@ import (
 	"crypto/ecdh"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -355,4 +357,98 @@ func (c *Conn) peerHellos(addr netip.AddrPort) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.hellos
+}
+
+// reviewSniffer reads the IPv4 packets that cross the loopback
+// interface, as an observer on a client's path reads its traffic.
+type reviewSniffer struct{ fd int }
+
+func newReviewSniffer(t *testing.T) *reviewSniffer {
+	t.Helper()
+	const ethPIP = 0x0800
+	proto := uint16(ethPIP>>8 | (ethPIP&0xff)<<8) // network order
+	fd, err := syscall.Socket(syscall.AF_PACKET, syscall.SOCK_DGRAM, int(proto))
+	if err != nil {
+		t.Skipf("no packet socket: %v", err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	lo, err := net.InterfaceByName("lo")
+	if err != nil {
+		t.Skip(err)
+	}
+	if err := syscall.Bind(fd, &syscall.SockaddrLinklayer{Protocol: proto, Ifindex: lo.Index}); err != nil {
+		t.Skip(err)
+	}
+	tv := syscall.Timeval{Usec: 100000}
+	syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
+	return &reviewSniffer{fd: fd}
+}
+
+// udpFrom returns the payload of the next UDP datagram from src to dst
+// that match accepts, within d.
+func (s *reviewSniffer) udpFrom(src, dst netip.AddrPort, match func([]byte) bool, d time.Duration) ([]byte, bool) {
+	buf := make([]byte, 65536)
+	end := time.Now().Add(d)
+	for time.Now().Before(end) {
+		n, _, err := syscall.Recvfrom(s.fd, buf, 0)
+		if err != nil || n < 28 || buf[0]>>4 != 4 || buf[9] != syscall.IPPROTO_UDP {
+			continue
+		}
+		ihl := int(buf[0]&0xf) * 4
+		from := netip.AddrPortFrom(netip.AddrFrom4([4]byte(buf[12:16])), binary.BigEndian.Uint16(buf[ihl:]))
+		to := netip.AddrPortFrom(netip.AddrFrom4([4]byte(buf[16:20])), binary.BigEndian.Uint16(buf[ihl+2:]))
+		if from == src && to == dst && match(buf[ihl+8:n]) {
+			return bytes.Clone(buf[ihl+8 : n]), true
+		}
+	}
+	return nil, false
+}
+
+// TestReviewSiblingSamePortResetOracle (finding 8): the fleet rule binds a
+// token to (index, the client's address, the local port), so two hosts of
+// a fleet that share an identity and serve on the same port (what the
+// balancer case needs) mint the same token for an index. An attacker who
+// reads the client's traffic and can forge sources asks the sibling
+// host, at its own address, for a reset of the live session's index with
+// junk forged from the client's address; the sibling sends the reset to
+// the client (reset.go: "where the attacker does not read it") in clear,
+// the attacker reads it there and sends it again from the serving host's
+// address: the client drops its session. README, "Conns sharing an
+// identity": "so a sibling is no reset oracle".
+func TestReviewSiblingSamePortResetOracle(t *testing.T) {
+	sp := newSpoofer(t)
+	sn := newReviewSniffer(t)
+	id := GenerateIdentity()
+	a := listenT(t, "udp4", "127.0.0.1:0", &Config{Identity: id})
+	port := addrOf(a).Port()
+	sib, err := Listen("udp4", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), port).String(), &Config{Identity: id})
+	if err != nil {
+		t.Skipf("no sibling on 127.0.0.2:%d: %v", port, err)
+	}
+	defer sib.Close()
+	cl := listenT(t, "udp4", "127.0.0.1:0", nil)
+	if err := cl.AddPeer(PeerConfig{Addr: addrOf(a), PublicKey: id.Public().(ed25519.PublicKey)}); err != nil {
+		t.Fatal(err)
+	}
+	writeUntilRead(t, cl, a, "before")
+	if _, err := a.WriteToUDPAddrPort([]byte("ack"), addrOf(cl)); err != nil {
+		t.Fatal(err)
+	}
+	expectRead(t, cl, "ack", addrOf(a))
+	idx := sessionOf(t, a, addrOf(cl)).localIndex // on the wire in every datagram cl sends a
+	before := cl.Stats()
+
+	sp.send(t, addrOf(cl), addrOf(sib), junkFor(idx))
+	reset, ok := sn.udpFrom(addrOf(sib), addrOf(cl), func(d []byte) bool {
+		return len(d) == resetLen && d[1] == typeReset && binary.BigEndian.Uint32(d[4:]) == idx
+	}, 2*time.Second)
+	if !ok {
+		t.Fatal("the sibling sent no reset to the client")
+	}
+	sp.send(t, addrOf(a), addrOf(cl), reset) // as from the serving host
+	_, dropped := waitFor(2*time.Second, func() bool { return cl.Stats().ResetsReceived > before.ResetsReceived })
+	t.Logf("sibling on the same port: its reset for the live index (sniffed on the client's path, %d bytes) replayed from the serving host: client's session reset: %v", len(reset), dropped)
+	if dropped {
+		t.Errorf("two datagrams (one forged to the sibling, one replayed) tore down the client's session")
+	}
 }
