@@ -286,3 +286,82 @@ func TestReviewCookieHolderFloodsHandshakes(t *testing.T) {
 		t.Errorf("one socket holding one cookie keeps new clients out: %d failed, the slowest %v", failed, worst.Round(time.Millisecond))
 	}
 }
+
+// TestReviewListenerQueuesPerPeer (finding 9): a Conn's ReadFrom queue
+// holds at most ReadQueue datagrams (1,024) for all peers. The Listener
+// (new) gives every peer that sends a net.Conn of its own (ConnTo), and
+// each has a queue of ReadQueue packets, a receive buffer each (1,473
+// bytes at a 1,500 MTU; 64 KiB on loopback): a server that handles one
+// connection at a time, or reads slowly, holds ReadQueue buffers for
+// every peer that sent, up to MaxPeers (10,000). Peers are as cheap as a
+// key (any key is accepted by default). The figure: the heap held by 32
+// peers that sent 1,024 small datagrams each to a Listener whose
+// application accepts but has not read yet, against a Conn read by
+// ReadFrom.
+func TestReviewListenerQueuesPerPeer(t *testing.T) {
+	const peers, each = 32, 1024
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	run := func(name string, listener bool) uint64 {
+		srv := listenT(t, "udp4", "127.0.0.1:0", &Config{MTU: 1500})
+		var accepted []net.Conn
+		var mu sync.Mutex
+		done := make(chan struct{})
+		if listener {
+			l := NewListener(srv)
+			go func() {
+				defer close(done)
+				for {
+					c, err := l.Accept() // accepted, not read yet (a busy one-at-a-time server)
+					if err != nil {
+						return
+					}
+					mu.Lock()
+					accepted = append(accepted, c)
+					mu.Unlock()
+				}
+			}()
+		} else {
+			close(done)
+		}
+		var clients []*Conn
+		for range peers {
+			cl := listenT(t, "udp4", "127.0.0.1:0", nil)
+			handshakeT(t, cl, addrOf(srv))
+			clients = append(clients, cl)
+		}
+		h0 := heap()
+		payload := make([]byte, 64)
+		for _, cl := range clients {
+			for i := range each {
+				cl.WriteToUDPAddrPort(payload, addrOf(srv))
+				if i%64 == 63 {
+					time.Sleep(time.Millisecond) // paced: the socket drops nothing
+				}
+			}
+		}
+		waitFor(5*time.Second, func() bool {
+			s := srv.Stats()
+			return s.DatagramsIn+s.Drops.QueueFull >= peers*each*95/100
+		})
+		h1 := heap()
+		st := srv.Stats()
+		mu.Lock()
+		n := len(accepted)
+		mu.Unlock()
+		t.Logf("%s: %d peers sent %d datagrams of %d bytes each: %d queued, %d dropped (queue full), %d net.Conns accepted; heap +%.1f MiB",
+			name, peers, each, len(payload), st.DatagramsIn, st.Drops.QueueFull, n, float64(int64(h1)-int64(h0))/(1<<20))
+		srv.Close()
+		<-done
+		return h1 - min(h0, h1)
+	}
+	plain := run("ReadFrom, not read yet", false)
+	lis := run("Listener, accepted, not read yet", true)
+	if lis > 4*max(plain, 1<<20) {
+		t.Errorf("the Listener holds %.1f MiB for %d peers, the Conn's read queue %.1f MiB", float64(lis)/(1<<20), peers, float64(plain)/(1<<20))
+	}
+}
