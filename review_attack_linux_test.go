@@ -452,3 +452,67 @@ func TestReviewSiblingSamePortResetOracle(t *testing.T) {
 		t.Errorf("two datagrams (one forged to the sibling, one replayed) tore down the client's session")
 	}
 }
+
+// TestReviewResetBudgetDrainedByForgery (finding 10, as finding 3 for
+// resets): the reset budget is per source address and port, 20 a second.
+// Junk forged from a client's own address and port (a few hundred a
+// second) spends it: after the server restarts, the client's sealed
+// datagrams get no reset and it is reached again only by its silence
+// timer (15 s). The control: the same junk forged from another port.
+// Probabilistic: the client still wins a token now and then (1 run in 4
+// at 20,000/s, 1 in 3 at 5,000/s here).
+func TestReviewResetBudgetDrainedByForgery(t *testing.T) {
+	sp := newSpoofer(t)
+	run := func(name string, forged func(client netip.AddrPort) netip.AddrPort) bool {
+		id := GenerateIdentity()
+		s1, err := Listen("udp4", "127.0.0.1:0", &Config{Identity: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sAddr := addrOf(s1)
+		c := listenT(t, "udp4", "127.0.0.1:0", nil)
+		if err := c.AddPeer(PeerConfig{Addr: sAddr, PublicKey: id.Public().(ed25519.PublicKey)}); err != nil {
+			t.Fatal(err)
+		}
+		writeUntilRead(t, c, s1, "before")
+		if _, err := s1.WriteToUDPAddrPort([]byte("ack"), addrOf(c)); err != nil {
+			t.Fatal(err)
+		}
+		expectRead(t, c, "ack", sAddr)
+		s1.Close()
+		s2 := restartOn(t, sAddr, &Config{Identity: id})
+		stop := make(chan struct{})
+		var sent atomic.Int64
+		wg := reviewSpoofFlood(sp, forged(addrOf(c)), sAddr, junkFor(12345), 20000, 5*time.Second, stop, &sent)
+		time.Sleep(100 * time.Millisecond) // the flood under way (not a synchronisation)
+		before := c.Stats()
+		arrived := false
+		buf := make([]byte, 2048)
+		start := time.Now()
+		for i := 0; i < 3 && !arrived; i++ {
+			if _, err := c.WriteToUDPAddrPort([]byte("after"), sAddr); err != nil {
+				t.Fatal(err)
+			}
+			for !arrived {
+				s2.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+				n, _, err := s2.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					break
+				}
+				arrived = string(buf[:n]) == "after"
+			}
+		}
+		close(stop)
+		wg.Wait()
+		resets := c.Stats().ResetsReceived - before.ResetsReceived
+		t.Logf("%s: %d junk at 20,000/s; the client got %d reset(s) in 3 writes, reached again: %v after %v",
+			name, sent.Load(), resets, arrived, time.Since(start).Round(time.Millisecond))
+		return arrived
+	}
+	if !run("junk forged from another port", func(a netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(a.Addr(), a.Port()+1) }) {
+		t.Fatal("the control failed")
+	}
+	if !run("junk forged from the client's address and port", func(a netip.AddrPort) netip.AddrPort { return a }) {
+		t.Errorf("junk forged from the client's own address and port starves it of its reset")
+	}
+}
