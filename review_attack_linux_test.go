@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -514,5 +515,62 @@ func TestReviewResetBudgetDrainedByForgery(t *testing.T) {
 	}
 	if !run("junk forged from the client's address and port", func(a netip.AddrPort) netip.AddrPort { return a }) {
 		t.Errorf("junk forged from the client's own address and port starves it of its reset")
+	}
+}
+
+// TestReviewHeldBytesStarveRoamers (finding 11, LOW): the Conn-wide bound
+// on datagrams held during path validation (4 MiB) is one pool for all
+// peers, first come first served: a few sessions of the attacker's own
+// (any key is accepted by default) fill it with 60 KB datagrams from
+// addresses that never answer, and keep it full by sending again every
+// handshake timeout. A legitimate client that roams meanwhile (NAT
+// rebinding) has the datagrams it sends before its new address is
+// proved dropped instead of held and delivered. The figure: the roaming
+// client's first datagram, with the pool empty and with it full.
+func TestReviewHeldBytesStarveRoamers(t *testing.T) {
+	sp := newSpoofer(t)
+	s := listenT(t, "udp4", "127.0.0.1:0", &Config{Padding: PadNone, HandshakeTimeout: 2 * time.Second})
+	roam := func(name string) bool {
+		cl := listenT(t, "udp4", "127.0.0.1:0", nil)
+		handshakeT(t, cl, addrOf(s))
+		writeUntilRead(t, cl, s, "before")
+		if err := cl.Rebind("127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		before := s.Stats().Drops.Unvalidated
+		if _, err := cl.WriteToUDPAddrPort([]byte("first from the new address"), addrOf(s)); err != nil {
+			t.Fatal(err)
+		}
+		s.SetReadDeadline(time.Now().Add(time.Second))
+		defer s.SetReadDeadline(time.Time{})
+		buf := make([]byte, 2048)
+		got := false
+		for !got {
+			n, _, err := s.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				break
+			}
+			got = string(buf[:n]) == "first from the new address"
+		}
+		held, _ := heldOnPaths(s)
+		t.Logf("%s: a client that roamed: its first datagram delivered: %v (held on paths %d KiB, Drops.Unvalidated +%d)",
+			name, got, held>>10, s.Stats().Drops.Unvalidated-before)
+		return got
+	}
+	if !roam("pool empty") {
+		t.Fatal("the control failed")
+	}
+	payload := strings.Repeat("x", 60000)
+	for i := range 9 { // 9 sessions x 8 datagrams x 64 KiB buffers > 4 MiB
+		m := listenT(t, "udp4", "127.0.0.1:0", &Config{Padding: PadNone})
+		handshakeT(t, m, addrOf(s))
+		from := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 2, byte(1 + i)}), 40000)
+		for range maxHeldOnPath {
+			sp.send(t, from, addrOf(s), sealedFrom(t, m, addrOf(s), payload))
+		}
+	}
+	strangerBarrier(t, rawUDP(t), addrOf(s))
+	if !roam("pool filled by 9 attacker sessions") {
+		t.Errorf("a legitimate roaming client's datagram was dropped: the attacker holds the Conn's path pool")
 	}
 }
