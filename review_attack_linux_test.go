@@ -44,6 +44,7 @@ func reviewHandled(c *Conn) uint64 {
 // write-origin peers again, which get a hello and its retries. The
 // figure is the victims' amplification, as in item 4 (x70 before).
 func TestReviewEvictedSetOverwritten(t *testing.T) {
+	t.Skip("finding 1 (MEDIUM): addrSet forgets evicted plaintext addresses after ~20,000 fillers; hellos again, x31.6")
 	sp := newSpoofer(t)
 	cfg := &Config{Policy: Opportunistic, HandshakeTimeout: 500 * time.Millisecond}
 	srv := listenT(t, "udp4", "127.0.0.1:0", cfg)
@@ -150,6 +151,7 @@ func reviewSpoofFlood(sp *spoofer, from, to netip.AddrPort, d []byte, rate int, 
 // apart. README: "a flood from one socket, even at a client's own IP,
 // costs no system calls and starves nobody".
 func TestReviewCookieBudgetDrainedByForgery(t *testing.T) {
+	t.Skip("finding 3 (MEDIUM): hellos forged from a client's address and port drain its cookie budget; its handshake fails")
 	sp := newSpoofer(t)
 	srv := listenT(t, "udp4", "127.0.0.1:0", nil) // CookieThreshold 500
 	const rate = 5000
@@ -200,6 +202,7 @@ func TestReviewCookieBudgetDrainedByForgery(t *testing.T) {
 // The figure: resets sent per junk datagram, and the rate the reader
 // keeps up with, from one source and from random ones.
 func TestReviewResetsUncappedInTotal(t *testing.T) {
+	t.Skip("finding 5 (LOW): one reset (a sendto) per junk datagram from random forged sources; the reader keeps up with 62%")
 	sp := newSpoofer(t)
 	srv := listenT(t, "udp4", "127.0.0.1:0", nil)
 	const n = 60000
@@ -294,6 +297,7 @@ func (r *reviewSlowRelay) addr() netip.AddrPort {
 // TestForgedHellosDoNotBlockOwnHandshake covers only a loopback round trip
 // and random keys.
 func TestReviewForgedHellosCancelOwnHandshake(t *testing.T) {
+	t.Skip("finding 7 (MEDIUM): forged hellos with a larger key cancel every attempt with an unpinned configured peer")
 	sp := newSpoofer(t)
 	run := func(name string, larger bool) error {
 		a := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: 3 * time.Second})
@@ -417,6 +421,7 @@ func (s *reviewSniffer) udpFrom(src, dst netip.AddrPort, match func([]byte) bool
 // address: the client drops its session. README, "Conns sharing an
 // identity": "so a sibling is no reset oracle".
 func TestReviewSiblingSamePortResetOracle(t *testing.T) {
+	t.Skip("finding 8 (LOW): a sibling on the same port mints the live token; sniffed and replayed, it resets the client")
 	sp := newSpoofer(t)
 	sn := newReviewSniffer(t)
 	id := GenerateIdentity()
@@ -463,6 +468,7 @@ func TestReviewSiblingSamePortResetOracle(t *testing.T) {
 // Probabilistic: the client still wins a token now and then (1 run in 4
 // at 20,000/s, 1 in 3 at 5,000/s here).
 func TestReviewResetBudgetDrainedByForgery(t *testing.T) {
+	t.Skip("finding 10 (LOW): junk forged from a client's address and port starves it of its reset (3 runs in 4)")
 	sp := newSpoofer(t)
 	run := func(name string, forged func(client netip.AddrPort) netip.AddrPort) bool {
 		id := GenerateIdentity()
@@ -528,6 +534,7 @@ func TestReviewResetBudgetDrainedByForgery(t *testing.T) {
 // proved dropped instead of held and delivered. The figure: the roaming
 // client's first datagram, with the pool empty and with it full.
 func TestReviewHeldBytesStarveRoamers(t *testing.T) {
+	t.Skip("finding 11 (LOW): the attacker fills the Conn-wide held-bytes pool; a roaming client's first datagram dropped")
 	sp := newSpoofer(t)
 	s := listenT(t, "udp4", "127.0.0.1:0", &Config{Padding: PadNone, HandshakeTimeout: 2 * time.Second})
 	roam := func(name string) bool {

@@ -75,6 +75,7 @@ func reviewHandshakeTime(t *testing.T, c *Conn, limit time.Duration) (time.Durat
 // time under the same datagram rate of v2 junk (the control: the reader
 // drops it) and of v2 key exchanges.
 func TestReviewV2KeyExchangesCrowdOutHellos(t *testing.T) {
+	t.Skip("finding 2 (MEDIUM): forged v2 key exchanges fill the shared handshake queue; native handshakes up to 4.1 s or fail")
 	ref := newFakeRef(t)
 	c := v2Conn(t, nil, PeerConfig{Addr: ref.addr()})
 	keyed(t, c, ref)
@@ -140,6 +141,7 @@ func TestReviewV2KeyExchangesCrowdOutHellos(t *testing.T) {
 // cookies; from an address of its own it does, once per source, for
 // minutes.)
 func TestReviewRefusedHellosRemembered(t *testing.T) {
+	t.Skip("finding 4 (LOW): refused hellos from fresh keys remembered at ~400 bytes each for up to 120 s")
 	const n = 4000
 	srv := listenT(t, "udp4", "127.0.0.1:0", &Config{
 		CookieThreshold: 1 << 30,
@@ -218,6 +220,7 @@ func reviewCookie(t *testing.T, pc *net.UDPConn, to netip.AddrPort, hello []byte
 // (20/s, device/receive.go ratelimiter). The figure: five new clients'
 // handshake times under the flood from one socket.
 func TestReviewCookieHolderFloodsHandshakes(t *testing.T) {
+	t.Skip("finding 6 (MEDIUM): one socket holding one cookie floods the handshake queue; new clients 0.5-2 s or fail")
 	srv := listenT(t, "udp4", "127.0.0.1:0", nil)
 	att, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 3)})
 	if err != nil {
@@ -300,6 +303,7 @@ func TestReviewCookieHolderFloodsHandshakes(t *testing.T) {
 // application accepts but has not read yet, against a Conn read by
 // ReadFrom.
 func TestReviewListenerQueuesPerPeer(t *testing.T) {
+	t.Skip("finding 9 (MEDIUM): the Listener gives each peer a ReadQueue of its own: 32 peers 56 MiB vs 5.7 MiB")
 	const peers, each = 32, 1024
 	heap := func() uint64 {
 		runtime.GC()
@@ -388,6 +392,7 @@ func (h reviewCountingHandler) WithGroup(string) slog.Handler      { return h }
 // the rate the handshake goroutine verifies (thousands a second), into
 // the operator's log. The figure: Warn records per refused hello.
 func TestReviewRefusedHelloLogFlood(t *testing.T) {
+	t.Skip("finding 12 (LOW): one Warn log record per refused hello, a datagram anyone can sign")
 	var warn atomic.Int64
 	srv := listenT(t, "udp4", "127.0.0.1:0", &Config{
 		Logger:     slog.New(reviewCountingHandler{&warn}),
