@@ -6,7 +6,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
-	"github.com/vaultudp/vaultudp/internal/noise"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -16,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vaultudp/vaultudp/internal/noise"
 	v2 "github.com/vaultudp/vaultudp/internal/v2"
 )
 
