@@ -44,7 +44,7 @@ func reviewHandled(c *Conn) uint64 {
 // write-origin peers again, which get a hello and its retries. The
 // figure is the victims' amplification, as in item 4 (x70 before).
 func TestReviewEvictedSetOverwritten(t *testing.T) {
-	t.Skip("finding 1 (MEDIUM): addrSet forgets evicted plaintext addresses after ~20,000 fillers; hellos again, x31.6")
+	t.Skip("finding 1 (HIGH on v4): the evicted-address set forgets victims after ~24,000 fillers; hellos again, x248")
 	sp := newSpoofer(t)
 	cfg := &Config{Policy: Opportunistic, HandshakeTimeout: 500 * time.Millisecond}
 	srv := listenT(t, "udp4", "127.0.0.1:0", cfg)
@@ -282,7 +282,8 @@ func (r *reviewSlowRelay) addr() netip.AddrPort {
 	return normAddr(r.pc.LocalAddr().(*net.UDPAddr).AddrPort())
 }
 
-// TestReviewForgedHellosCancelOwnHandshake (finding 7): a configured
+// TestReviewForgedHellosCancelOwnHandshake (finding 7; found on v3 at
+// 126ad41, holds on v4, where a hello makes no session): a configured
 // peer without a pinned key (trust on first use) and no session yet. A
 // forged hello from its address, signed by the attacker's key, is
 // answered, and its responder session, if the attacker's key is larger
@@ -297,7 +298,6 @@ func (r *reviewSlowRelay) addr() netip.AddrPort {
 // TestForgedHellosDoNotBlockOwnHandshake covers only a loopback round trip
 // and random keys.
 func TestReviewForgedHellosCancelOwnHandshake(t *testing.T) {
-	t.Skip("finding 7 (MEDIUM): forged hellos with a larger key cancel every attempt with an unpinned configured peer")
 	sp := newSpoofer(t)
 	run := func(name string, larger bool) error {
 		a := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: 3 * time.Second})
@@ -524,7 +524,8 @@ func TestReviewResetBudgetDrainedByForgery(t *testing.T) {
 	}
 }
 
-// TestReviewHeldBytesStarveRoamers (finding 11, LOW): the Conn-wide bound
+// TestReviewHeldBytesStarveRoamers (finding 11, LOW; found on v3 at
+// 126ad41, holds on v4 at 8403ecf): the Conn-wide bound
 // on datagrams held during path validation (4 MiB) is one pool for all
 // peers, first come first served: a few sessions of the attacker's own
 // (any key is accepted by default) fill it with 60 KB datagrams from
@@ -534,7 +535,6 @@ func TestReviewResetBudgetDrainedByForgery(t *testing.T) {
 // proved dropped instead of held and delivered. The figure: the roaming
 // client's first datagram, with the pool empty and with it full.
 func TestReviewHeldBytesStarveRoamers(t *testing.T) {
-	t.Skip("finding 11 (LOW): the attacker fills the Conn-wide held-bytes pool; a roaming client's first datagram dropped")
 	sp := newSpoofer(t)
 	s := listenT(t, "udp4", "127.0.0.1:0", &Config{Padding: PadNone, HandshakeTimeout: 2 * time.Second})
 	roam := func(name string) bool {
