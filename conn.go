@@ -70,6 +70,7 @@ type Conn struct {
 	clock       atomic.Int64 // coarse monotonic nanoseconds of clk, advanced each tick (timers.go)
 	stats       counters
 	queuedBytes atomic.Int64           // bytes waiting for handshakes, all peers
+	peerQueued  atomic.Int64           // packets waiting in the queues of ConnTo net.Conns, all peers (dial.go)
 	heldBytes   atomic.Int64           // buffers held on paths being validated, all peers (path.go)
 	sock        atomic.Pointer[socket] // replaced by Rebind under rebindMu
 

@@ -199,6 +199,36 @@ type peerQueue struct {
 	ch chan *packet
 }
 
+// connToQueue returns the queue of the net.Conn from ConnTo that reads p,
+// or nil (p nil: none).
+func (p *peer) connToQueue() *peerQueue {
+	if p == nil {
+		return nil
+	}
+	return p.connTo.Load()
+}
+
+// toPeerQueue queues pkt for the net.Conn reading pq, if the packets
+// waiting in all such queues of the Conn stay within Config.ReadQueue, as
+// they would in the Conn's own queue: a Listener with many peers, or many
+// ConnTo net.Conns, hold no more than one read queue's worth between them.
+func (c *Conn) toPeerQueue(pq *peerQueue, pkt *packet) bool {
+	if c.peerQueued.Add(1) > int64(c.cfg.ReadQueue) {
+		c.peerQueued.Add(-1)
+		return false
+	}
+	select {
+	case pq.ch <- pkt:
+		return true
+	default:
+		c.peerQueued.Add(-1)
+		return false
+	}
+}
+
+// fromPeerQueue counts a packet taken out of a ConnTo queue.
+func (c *Conn) fromPeerQueue() { c.peerQueued.Add(-1) }
+
 // ConnTo returns a net.Conn for the peer at addr, which must be a peer of
 // c already (configured, or learned from the network), over c's socket.
 // While it is open, the datagrams of that peer go to its Read and no
@@ -327,6 +357,7 @@ func (pc *peerConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 }
 
 func (pc *peerConn) take(b []byte, pkt *packet) int {
+	pc.c.fromPeerQueue()
 	n := copy(b, pkt.data)
 	pc.c.putPacket(pkt)
 	return n
@@ -359,6 +390,7 @@ func (pc *peerConn) Close() error {
 		for {
 			select {
 			case pkt := <-pc.q.ch:
+				pc.c.fromPeerQueue()
 				pc.c.putPacket(pkt)
 			default:
 				return

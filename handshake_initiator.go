@@ -161,6 +161,17 @@ func (c *Conn) wantHelloLocked(p *peer, why helloReason, now int64) bool {
 		if p.failErr != nil && time.Duration(now-p.failedAt) < c.cfg.HandshakeTimeout {
 			return false
 		}
+		if !p.established && p.origin != originConfig && (p.hellos > 0 || p.credit < c.helloWireLen()) {
+			// The datagram itself went in clear: the hello is only an
+			// offer, and to an address that has not proved it receives
+			// it goes once, paid for by what the address sent, whoever
+			// wrote to it first. An application that answers forged
+			// plaintext must not make the Conn send hellos to the
+			// forged sources; and no table of such sources, bounded,
+			// can remember them all. The peer that sent enough offers
+			// instead, or the application asks (Handshake, AddPeer).
+			return false
+		}
 		fallthrough
 	default:
 		if !c.mayInitiateLocked(p) {

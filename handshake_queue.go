@@ -120,9 +120,11 @@ func (c *Conn) queueHandshake(msg []byte, from netip.AddrPort, local netip.Addr)
 // (a signature check, and VerifyPeer, from any source on a v2 peer's IP)
 // on the handshake queue, as a native hello is: handled by the handshake
 // goroutine, dropped and counted (Drops.HandshakeQueueFull) when the queue
-// is full. It copies b.
+// is half full: v2 key exchanges pass no cookie check (the reference has
+// none), and anyone who forges a v2 peer's IP could otherwise fill the
+// queue and crowd out native handshakes. It copies b.
 func (c *Conn) queueV2(src netip.AddrPort, b []byte) bool {
-	if len(c.hsQueue) == cap(c.hsQueue) {
+	if len(c.hsQueue) >= cap(c.hsQueue)/2 {
 		c.stats.handshakeQueueFull.Add(1) // full: dropped before the copy
 		return false
 	}

@@ -86,14 +86,12 @@ func (l *Listener) Accept() (net.Conn, error) {
 	}
 }
 
-// deliver queues pkt for the net.Conn reading q; false if its queue is
-// full.
+// deliver queues pkt for the net.Conn reading q; false if the queues of
+// the Conn's net.Conns are full.
 func (l *Listener) deliver(q *peerQueue, pkt *packet) bool {
-	select {
-	case q.ch <- pkt:
-		return true
-	default:
+	if !l.c.toPeerQueue(q, pkt) {
 		l.c.stats.queueFull.Add(1)
 		return false
 	}
+	return true
 }

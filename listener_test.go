@@ -58,6 +58,11 @@ func TestListenerAccept(t *testing.T) {
 		}
 		pc := <-accepted
 		info := pc.Peer()
+		// The echo is counted once its send returned, which may be
+		// after the client read it: look again until it is (bounded).
+		for deadline := time.Now().Add(waitLong); info.DatagramsOut == 0 && time.Now().Before(deadline); info = pc.Peer() {
+			time.Sleep(time.Millisecond)
+		}
 		key := c.(PeerConn).Peer().PublicKey
 		if info.Addr.String() != c.LocalAddr().String() || info.DatagramsIn != 1 || info.DatagramsOut != 1 || !info.Established {
 			t.Fatalf("accepted conn %d: Peer %+v, want the client at %v with one datagram each way", i, info, c.LocalAddr())

@@ -225,25 +225,27 @@ func (c *Conn) queueRead(q *packet, pr *peer) bool {
 		pr.datagramsIn.Add(1)
 		pr.bytesIn.Add(n)
 	}
-	recvQ := c.recvQ
-	if pr != nil {
-		if pq := pr.connTo.Load(); pq != nil {
-			recvQ = pq.ch // a net.Conn from ConnTo reads this peer (dial.go)
+	queued := false
+	if pq := pr.connToQueue(); pq != nil {
+		queued = c.toPeerQueue(pq, q) // a net.Conn from ConnTo reads this peer (dial.go)
+	} else {
+		select {
+		case c.recvQ <- q:
+			queued = true
+		default:
 		}
 	}
-	select {
-	case recvQ <- q:
+	if queued {
 		return true
-	default:
-		c.stats.datagramsIn.Add(^uint64(0))
-		c.stats.bytesIn.Add(-n)
-		if pr != nil {
-			pr.datagramsIn.Add(^uint64(0))
-			pr.bytesIn.Add(-n)
-		}
-		c.stats.queueFull.Add(1)
-		return false
 	}
+	c.stats.datagramsIn.Add(^uint64(0))
+	c.stats.bytesIn.Add(-n)
+	if pr != nil {
+		pr.datagramsIn.Add(^uint64(0))
+		pr.bytesIn.Add(-n)
+	}
+	c.stats.queueFull.Add(1)
+	return false
 }
 
 // policyFor returns the policy for datagrams from p (nil: a stranger).

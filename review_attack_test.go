@@ -246,7 +246,6 @@ func TestReviewCookieHolderFloodsHandshakes(t *testing.T) {
 // application accepts but has not read yet, against a Conn read by
 // ReadFrom.
 func TestReviewListenerQueuesPerPeer(t *testing.T) {
-	t.Skip("finding 9 (MEDIUM): the Listener gives each peer a ReadQueue of its own: 32 peers 56 MiB vs 5.7 MiB")
 	const peers, each = 32, 1024
 	heap := func() uint64 {
 		runtime.GC()
