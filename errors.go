@@ -79,6 +79,7 @@ var (
 	errReplay    = errs.ErrReplay
 
 	errSessionsExpired = errors.New("vaultudp: its sessions expired")
+	errSendQueueFull   = errors.New("vaultudp: send queue full")
 )
 
 // tooLargeError is the error of a datagram over MaxPayload. It matches

@@ -377,6 +377,7 @@ func (c *Conn) flush(p *peer, s *session, to netip.AddrPort, queued [][]byte) {
 	}
 	for _, b := range queued {
 		if err := c.sendData(p, s, to, b, nil); err != nil {
+			c.stats.sendFailed.Add(1) // its write returned long ago
 			c.log.Debug("vaultudp: sending queued datagram", "peer", to, "err", err)
 		}
 	}

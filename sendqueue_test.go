@@ -326,3 +326,36 @@ func TestSendQueueMemoryEchoClients(t *testing.T) {
 		t.Errorf("heap grew by %.1f MiB, want within 2 MiB", float64(grew)/(1<<20))
 	}
 }
+
+// TestSendQueueFullConnOwnDoesNotWait: the Conn's own goroutines never
+// wait for room in a full send queue (a writer may hold it as long as its
+// deadline allows): a keepalive the timer goroutine sends then is not
+// sent, at once, and the timers go on.
+func TestSendQueueFullConnOwnDoesNotWait(t *testing.T) {
+	a := listenT(t, "udp4", "127.0.0.1:0", nil)
+	b := listenT(t, "udp4", "127.0.0.1:0", nil)
+	handshakeT(t, a, addrOf(b))
+	streaming(t, a)
+	release := make(chan struct{})
+	defer close(release)
+	setBeforeSend(a, func() error { <-release; return nil })
+	a.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	msg := make([]byte, 1000)
+	for range 2 * sendQueueBytes / len(msg) { // until a write times out: the queue is full
+		if _, err := a.WriteToUDPAddrPort(msg, addrOf(b)); err != nil {
+			break
+		}
+	}
+	p, _ := a.peerFor(addrOf(b), lookupOnly)
+	s := p.kp.current()
+	done := make(chan struct{})
+	go func() { a.sendKeepalive(p, s, addrOf(b)); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(waitLong):
+		t.Fatal("a keepalive waited for room in the full send queue")
+	}
+	if n := a.Stats().KeepalivesSent; n != 0 {
+		t.Fatalf("%d keepalives counted as sent into a full queue", n)
+	}
+}
