@@ -98,6 +98,7 @@ type Conn struct {
 	readErr       chan error    // a read error of the background reader's, for ReadFrom (readerr.go)
 	appToken      chan struct{} // held by the one application goroutine reading the socket
 	writeDeadline *deadline
+	noDeadline    *deadline // never set: what the Conn sends for the application waits under it (keypairs.go flush)
 
 	closed  chan struct{}
 	closing atomic.Bool // Close has begun: a second returns at once, as *net.UDPConn's does
@@ -233,6 +234,7 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 		readErr:       make(chan error, 1),
 		routes:        newRouteCache(),
 		writeDeadline: newDeadline(),
+		noDeadline:    newDeadline(),
 		closed:        make(chan struct{}),
 		peers:         make(map[netip.AddrPort]*peer),
 		strangers:     make(map[netip.AddrPort]*peer),

@@ -376,7 +376,9 @@ func (c *Conn) flush(p *peer, s *session, to netip.AddrPort, queued [][]byte) {
 		return
 	}
 	for _, b := range queued {
-		if err := c.sendData(p, s, to, b, nil); err != nil {
+		// The application's datagrams wait for room in the send queue,
+		// as its writes would (until Close), under no deadline of its.
+		if err := c.sendData(p, s, to, b, c.noDeadline); err != nil {
 			c.stats.sendFailed.Add(1) // its write returned long ago
 			c.log.Debug("vaultudp: sending queued datagram", "peer", to, "err", err)
 		}

@@ -161,10 +161,11 @@ func (c *Conn) transmitTrain(buf []byte, size int, to netip.AddrPort, src netip.
 
 // enqueueSend queues b for the sender goroutine, waiting for room while
 // the queue is full (until Close or the write deadline wd), and starts or
-// wakes the goroutine. A nil wd is the Conn's own goroutines (timers,
-// handshakes, flushes): they never wait for room, which a writer may
-// hold for as long as its deadline allows; what finds the queue full is
-// not sent (errSendQueueFull), as a full socket buffer drops it.
+// wakes the goroutine. A nil wd is the Conn's own control datagrams
+// (keepalives, path and token messages, from the timer, handshake and
+// reading goroutines): they never wait for room, which a writer may hold
+// for as long as its deadline allows; what finds the queue full is not
+// sent (errSendQueueFull), as a full socket buffer drops it.
 func (c *Conn) enqueueSend(b []byte, to netip.AddrPort, src netip.Addr, now int64, wd *deadline) error {
 	q := c.sq
 	q.mu.Lock()
