@@ -76,7 +76,12 @@ func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 		if !hello && !p.handshakingLocked() {
 			recheck = time.After(c.retryAfter()) // collected when it fires or is dropped
 		}
-		started = true
+		// An attempt of this call's, or one it joined: its failure is
+		// this call's. A deferred call has neither yet, and a failure
+		// it finds is an earlier attempt's.
+		if hello || p.handshakingLocked() {
+			started = true
+		}
 		ch := p.changed
 		p.mu.Unlock()
 		if hello {
