@@ -117,8 +117,11 @@ func TestReviewV2KeyExchangesCrowdOutHellos(t *testing.T) {
 	if _, err := run("v2 junk", junk); err != nil {
 		t.Fatalf("the control failed: %v", err)
 	}
+	// The claim is that they complete (before the fix: the slowest timed
+	// out at 5 s); how fast is printed, not asserted (a few ms to a few
+	// hundred on a loaded 2-core host).
 	took, err := run("v2 key exchange", kx)
-	if err != nil || took > 250*time.Millisecond { // under a native hello flood of this rate: a few ms
+	if err != nil {
 		t.Errorf("forged v2 key exchanges from a v2 peer's IP keep native handshakes out: %v after %v", err, took.Round(time.Millisecond))
 	}
 }
