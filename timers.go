@@ -19,6 +19,7 @@ import (
 //	path timeout         a path or liveness challenge unanswered for
 //	                     HandshakeTimeout is abandoned (path.go)
 //	queue attempt        datagrams wait and no attempt is under way
+//	deferred rekey       a rekey a write asked for was deferred: asked again
 //	silence              sealed datagrams went out and nothing authenticated
 //	                     came back for SilenceTimeout: a new handshake
 //	final retry          the initiator's final message is unanswered (no
@@ -52,6 +53,7 @@ func (c *Conn) tick() {
 		c.onUnconfirmedExpiry(p, now)
 		c.onPathTimeout(p, now)
 		hello = c.onQueueWaiting(p, now) || hello
+		hello = c.onDeferredRekey(p, now) || hello
 		hello = c.onSilence(p, now) || hello
 		fin, finFailed := c.onUnansweredFinal(p, now)
 		if failed == nil {
@@ -260,6 +262,15 @@ func (c *Conn) onUnconfirmedExpiry(p *peer, now int64) {
 // hello.
 func (c *Conn) onQueueWaiting(p *peer, now int64) bool {
 	return len(p.queue) > 0 && p.kp.current() == nil && c.wantHelloLocked(p, helloQueued, now)
+}
+
+// onDeferredRekey: a rekey a write asked for was deferred for a reply
+// waiting for its final message (awaitingConfirmLocked). Only writes ask
+// for rekeys, and none may come soon: the timer asks again, and gets it
+// once the deferral has run out. It reports whether it claimed a hello.
+func (c *Conn) onDeferredRekey(p *peer, now int64) bool {
+	s := p.kp.current()
+	return p.deferredAt != 0 && c.usable(s, now) && c.needsRekey(s, now) && c.wantHelloLocked(p, helloRekey, now)
 }
 
 // onIdle: a learned peer with no session and no attempt is forgotten when

@@ -343,3 +343,28 @@ func TestSendableDuringRekey(t *testing.T) {
 		t.Fatal("a first unconfirmed session is not used")
 	}
 }
+
+// TestTimerDeferredRekey: a rekey that a write asked for while a reply
+// waited for its final message is asked for again by the timer once the
+// deferral has run out, with no further write.
+func TestTimerDeferredRekey(t *testing.T) {
+	clk := newFakeClock()
+	a := fakeListen(t, clk, &Config{KeepaliveTimeout: -1, SilenceTimeout: -1})
+	b := fakeListen(t, clk, &Config{KeepaliveTimeout: -1, SilenceTimeout: -1})
+	handshakeT(t, a, addrOf(b))
+	settleSession(t, a, b)
+	p, _ := a.peerFor(addrOf(b), lookupOnly)
+	p.mu.Lock()
+	p.respNew = &response{created: a.now()} // a reply waits for b's final message
+	p.mu.Unlock()
+	p.kp.current().sendCounter.Store(rekeyAfterMessages)
+	before := peerState(a, addrOf(b)).hellos
+	a.WriteToUDPAddrPort([]byte("wants a rekey"), addrOf(b))
+	if h := peerState(a, addrOf(b)).hellos; h != before {
+		t.Fatalf("the rekey was not deferred: %d hellos, want %d", h, before)
+	}
+	clk.advance(t, time.Second+time.Millisecond, 100*time.Millisecond) // retryAfter: 1 s
+	if h := peerState(a, addrOf(b)).hellos; h != before+1 {
+		t.Fatalf("after the deferral: %d hellos, want %d (the timer asks again)", h, before+1)
+	}
+}
