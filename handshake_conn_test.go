@@ -125,14 +125,20 @@ func rekeyNow(t *testing.T, a, b *Conn, to netip.AddrPort) {
 	pb, _ := b.peerFor(to, lookupOnly)
 	old := p.kp.current()
 	old.sendCounter.Store(rekeyAfterMessages)
-	if _, err := a.WriteToUDPAddrPort([]byte("rekey"), to); err != nil {
-		t.Fatal(err)
-	}
+	// Writes ask for rekeys: a keeps writing, as an application that
+	// has traffic does (once a second; the first write asks at once).
+	next := time.Now()
 	if took, ok := waitFor(waitLong, func() bool {
+		if time.Now().After(next) {
+			if _, err := a.WriteToUDPAddrPort([]byte("rekey"), to); err != nil {
+				t.Error(err)
+			}
+			next = time.Now().Add(time.Second)
+		}
 		s, sb := p.kp.current(), pb.kp.current()
 		return s != nil && s != old && sb != nil && sb.localIndex == s.remoteIndex
 	}); !ok {
-		t.Fatalf("no rekey on both sides after %v", took)
+		t.Fatalf("no rekey on both sides after %v: a %+v, b %+v", took, peerState(a, to), peerState(b, to))
 	}
 }
 
