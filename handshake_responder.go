@@ -468,23 +468,8 @@ func (c *Conn) installResponder(p *peer, s *session, r *response, identity ed255
 	c.index.add(s)
 	c.index.doneResponding(r.localIndex)
 	held, r.held = r.held, nil
-	// Our own attempt, if any, is over: the peer's completed session
-	// serves (crossed hellos, PROTOCOL.md 9.9), and a hello being made
-	// now is superseded too.
-	c.clearInitLocked(p)
-	p.gen++
-	queued = c.flushQueueLocked(p) // before s is current: see acquireSession
-	c.index.remove(p.kp.promote(s, replace)...)
-	p.identity = s.identity
-	p.established = true
-	p.lastHandshake = wall
-	p.failErr, p.refused, p.silent = nil, nil, false
-	p.lastSeen.Store(now)
-	c.stats.handshakes.Add(1)
-	if rekey {
-		c.stats.rekeys.Add(1)
-	}
-	p.notifyLocked()
+	// The peer's completed session serves (crossed hellos, PROTOCOL.md 9.9).
+	queued = c.makeCurrentLocked(p, s, s.identity, wall, now, rekey, replace)
 	to = p.addr
 	p.mu.Unlock()
 	c.log.Debug("vaultudp: session established", "peer", to, "initiator", false, "rekey", rekey, "replaced", replace)

@@ -216,12 +216,6 @@ func (kp *keypairs) empty() bool {
 	return kp.cur.Load() == nil && kp.prev == nil
 }
 
-// useInitiated makes s, the session of our answered hello, current; the
-// current one becomes the previous.
-func (kp *keypairs) useInitiated(s *session) (dropped []*session) {
-	return kp.promote(s, false)
-}
-
 // promote makes s current. The current session becomes the previous one,
 // unless replace (a new identity took the peer's place): then both go.
 func (kp *keypairs) promote(s *session, replace bool) (dropped []*session) {
@@ -337,12 +331,20 @@ func (c *Conn) installLocked(p *peer, s *session, identity ed25519.PublicKey, wa
 	}
 	rekey = p.kp.current() != nil
 	c.index.add(s)
-	// Our attempt is over, completed; a hello being made now is
-	// superseded too. The identity holds the address.
+	return c.makeCurrentLocked(p, s, identity, wall, now, rekey, false), rekey, true
+}
+
+// makeCurrentLocked makes s, a completed session of either role, p's
+// current one, and returns the datagrams that waited for it. Our own
+// attempt, if any, is over (completed, or superseded by the peer's: a
+// hello being made now is superseded too); the identity holds the
+// address. replace: a new identity took the peer's place, and the old
+// one's sessions go. p.mu is held; s is indexed.
+func (c *Conn) makeCurrentLocked(p *peer, s *session, identity ed25519.PublicKey, wall time.Time, now int64, rekey, replace bool) [][]byte {
 	c.clearInitLocked(p)
 	p.gen++
-	queued = c.flushQueueLocked(p) // before s is current: see acquireSession
-	c.index.remove(p.kp.useInitiated(s)...)
+	queued := c.flushQueueLocked(p) // before s is current: see acquireSession
+	c.index.remove(p.kp.promote(s, replace)...)
 	p.established = true
 	p.identity = identity
 	p.lastHandshake = wall
@@ -353,7 +355,7 @@ func (c *Conn) installLocked(p *peer, s *session, identity ed25519.PublicKey, wa
 		c.stats.rekeys.Add(1)
 	}
 	p.notifyLocked()
-	return queued, rekey, true
+	return queued
 }
 
 // flushQueueLocked hands the datagrams waiting for a session to the

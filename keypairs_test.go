@@ -22,13 +22,13 @@ func TestKeypairsTransitions(t *testing.T) {
 	cases := []struct {
 		name    string
 		from    slots
-		op      string // useInitiated, promote, promoteReplace, discard, dropSending, clear, expire
+		op      string // promote, promoteReplace, discard, dropSending, clear, expire
 		target  string // the session the operation is given (N, or a slot's)
 		want    slots
 		dropped string // names, sorted, joined
 	}{
-		{"initiated into nothing", slots{}, "useInitiated", "N", slots{cur: "N"}, ""},
-		{"initiated over a current", slots{cur: "C", prev: "P"}, "useInitiated", "N", slots{cur: "N", prev: "C"}, "P"},
+		{"initiated into nothing", slots{}, "promote", "N", slots{cur: "N"}, ""},
+		{"initiated over a current", slots{cur: "C", prev: "P"}, "promote", "N", slots{cur: "N", prev: "C"}, "P"},
 		{"responded over a current", slots{cur: "C", prev: "P"}, "promote", "N", slots{cur: "N", prev: "C"}, "P"},
 		{"responded into nothing", slots{}, "promote", "N", slots{cur: "N"}, ""},
 		{"responded for a new identity: the old go", slots{cur: "C", prev: "P"}, "promoteReplace", "N", slots{cur: "N"}, "C P"},
@@ -65,8 +65,6 @@ func TestKeypairsTransitions(t *testing.T) {
 			now := int64(limit)
 			var dropped []*session
 			switch tc.op {
-			case "useInitiated":
-				dropped = kp.useInitiated(n)
 			case "promote":
 				dropped = kp.promote(n, false)
 			case "promoteReplace":
