@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -364,22 +363,4 @@ func TestSecurityResetBudgetPerSource(t *testing.T) {
 	if slots > budgetSlots {
 		t.Errorf("budget table grew to %d slots", slots)
 	}
-}
-
-// sendQuiet is spoofer.send for a goroutine other than the test's: an
-// error is ignored (the flood only falls short, which the test reports).
-func (s *spoofer) sendQuiet(from, to netip.AddrPort, payload []byte) {
-	pkt := make([]byte, 28+len(payload))
-	pkt[0] = 0x45
-	binary.BigEndian.PutUint16(pkt[2:], uint16(len(pkt)))
-	pkt[8] = 64
-	pkt[9] = syscall.IPPROTO_UDP
-	src, dst := from.Addr().As4(), to.Addr().As4()
-	copy(pkt[12:16], src[:])
-	copy(pkt[16:20], dst[:])
-	binary.BigEndian.PutUint16(pkt[20:], from.Port())
-	binary.BigEndian.PutUint16(pkt[22:], to.Port())
-	binary.BigEndian.PutUint16(pkt[24:], uint16(8+len(payload)))
-	copy(pkt[28:], payload)
-	syscall.Sendto(s.fd, pkt, 0, &syscall.SockaddrInet4{Addr: dst})
 }
