@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -91,7 +90,7 @@ type Conn struct {
 	hsQueued atomic.Int32        // messages queued and not yet handled (handshake_queue.go)
 	hsInline *rate.Limiter       // handshake messages the readers may handle themselves
 
-	// The read side (direct.go): deadlines, and who reads the socket.
+	// The read side (reader.go): deadlines, and who reads the socket.
 	readDeadline  *deadline
 	rd            readCoord     // its own lock, rd.mu
 	bgWake        chan struct{} // wakes the background reader
@@ -115,7 +114,7 @@ type Conn struct {
 	// The locks, in the one order they are taken (a lock is never taken
 	// while one below it is held):
 	//
-	//	rs.mu      a socket's read set (batch.go): the turn of the one
+	//	rs.mu      a socket's read set (socket.go): the turn of the one
 	//	           goroutine reading the socket, held across its read and
 	//	           the handling of what came, handshakes answered inline
 	//	           included; only the reading goroutines and the release
@@ -125,7 +124,7 @@ type Conn struct {
 	//	           MTU lookup, the answer's send, and the wait for
 	//	           Config.VerifyPeer (which runs on a goroutine of its own);
 	//	           readers only try it (TryLock), so no reader waits on it
-	//	rd.mu      who reads the socket (direct.go); brief
+	//	rd.mu      who reads the socket (reader.go); brief
 	//	rebindMu   Rebind against Close: held across the send queue's
 	//	           drain and the socket's close
 	//	mu         the peer table, below; every write takes it for reading
@@ -174,15 +173,6 @@ type Conn struct {
 	// With locks of their own (see the list above).
 	index *sessionIndex // sessions and initiations by local index (keypairs.go)
 	sq    *sendQueue    // sealed datagrams behind a streaming writer (sendqueue.go)
-}
-
-// packet is a buffer on its way from the socket to ReadFrom.
-type packet struct {
-	buf       []byte
-	data      []byte // the datagram within buf
-	from      netip.AddrPort
-	local     netip.Addr // the local address it came to, where the socket tells (udpio.Caps.PacketInfo)
-	truncated bool
 }
 
 // newConn returns a Conn over s; the caller closes s if it fails.
@@ -279,15 +269,6 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 	return c, nil
 }
 
-// recvBufSize is the size of receive (and seal) buffers: the largest
-// datagram a peer with the same MTU sends, which is its IPv4 size even when
-// this socket is IPv6 (a dual-stack peer pads to its own family's size), and
-// never less than a default Ethernet path's. One spare byte tells a
-// datagram that did not fit.
-func recvBufSize(mtu int) int {
-	return max(datagramSize(mtu, false), datagramSize(DefaultMTU, false)) + 1
-}
-
 // now returns the coarse monotonic clock, in nanoseconds since the Conn
 // started; it advances every housekeepingEvery.
 func (c *Conn) now() int64 { return c.clock.Load() }
@@ -346,166 +327,6 @@ func (c *Conn) opError(op string, addr net.Addr, err error) error {
 		e.Source, e.Addr = nil, e.Source
 	}
 	return e
-}
-
-// ReadFrom reads the next datagram that passed every check into b and
-// returns its length and source. As with *net.UDPConn, a datagram longer
-// than b is cut to len(b) without an error, and a read error of the
-// socket is returned (but for those it recovers from by itself, such as
-// an ICMP report of an earlier send: readerr.go).
-func (c *Conn) ReadFrom(b []byte) (int, net.Addr, error) {
-	n, from, err := c.ReadFromUDPAddrPort(b)
-	if err != nil {
-		return n, nil, err
-	}
-	return n, net.UDPAddrFromAddrPort(from), nil
-}
-
-// ReadFromUDPAddrPort is ReadFrom without the address allocation.
-func (c *Conn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) {
-	if !c.ok() {
-		return 0, netip.AddrPort{}, errZeroConn("read")
-	}
-	if c.isClosed() {
-		return 0, netip.AddrPort{}, c.opError("read", nil, net.ErrClosed)
-	}
-	if isClosed(c.readDeadline.wait()) {
-		// As on *net.UDPConn, a deadline that has passed fails the read
-		// even when a datagram waits (the select below would pick either).
-		return 0, netip.AddrPort{}, c.opError("read", nil, os.ErrDeadlineExceeded)
-	}
-	direct := c.appToken // nil (never ready) unless the socket allows direct reads
-	if !c.sock.Load().Caps().Deadlines {
-		direct = nil
-	}
-	select {
-	case direct <- struct{}{}:
-		// This goroutine reads the socket itself (direct.go); others
-		// wait here for what it queues, or for their turn.
-		defer func() { <-direct }()
-		return c.readDirect(b)
-	case p := <-c.recvQ:
-		n := copy(b, p.data)
-		from := p.from
-		c.putPacket(p)
-		return n, from, nil
-	case err := <-c.readErr:
-		return 0, netip.AddrPort{}, err // the socket fails (readerr.go)
-	case <-c.closed:
-		return 0, netip.AddrPort{}, c.opError("read", nil, net.ErrClosed)
-	case <-c.readDeadline.wait():
-		return 0, netip.AddrPort{}, c.opError("read", nil, os.ErrDeadlineExceeded)
-	}
-}
-
-func (c *Conn) getPacket() *packet {
-	select {
-	case p := <-c.freePkts:
-		return p
-	default:
-		return &packet{buf: make([]byte, c.bufSize)}
-	}
-}
-
-func (c *Conn) putPacket(p *packet) {
-	if len(p.buf) != c.bufSize {
-		return // one made for a datagram larger than the MTU's: not kept, so the free list stays small
-	}
-	p.data, p.from, p.local, p.truncated = nil, netip.AddrPort{}, netip.Addr{}, false
-	select {
-	case c.freePkts <- p:
-	default: // more than ever wait at once: let it go
-	}
-}
-
-// WriteTo seals b and sends it to addr, a *net.UDPAddr. See Conn for what
-// happens when the peer has no session yet.
-func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
-	if !c.ok() {
-		return 0, errZeroConn("write")
-	}
-	ua, ok := addr.(*net.UDPAddr)
-	if !ok || ua == nil {
-		return 0, c.opError("write", addr, &net.AddrError{Err: "unsupported address type (want *net.UDPAddr)", Addr: addrString(addr)})
-	}
-	return c.WriteToUDPAddrPort(b, ua.AddrPort())
-}
-
-func addrString(a net.Addr) string {
-	if a == nil {
-		return "<nil>"
-	}
-	return a.String()
-}
-
-// WriteToUDPAddrPort is WriteTo with a netip.AddrPort.
-func (c *Conn) WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error) {
-	if !c.ok() {
-		return 0, errZeroConn("write")
-	}
-	return c.writeTo(b, addr, c.writeDeadline)
-}
-
-// writeTo is WriteToUDPAddrPort under the write deadline wd: the Conn's,
-// or a ConnTo net.Conn's own (dial.go).
-func (c *Conn) writeTo(b []byte, addr netip.AddrPort, wd *deadline) (int, error) {
-	if c.sock.Load().Caps().IPv4Only && addr.Addr().Is6() && !addr.Addr().Is4In6() {
-		// An IPv4 socket cannot reach it: *net.UDPConn's error, at once
-		// (the handshake would otherwise wait for nothing).
-		return 0, c.opError("write", net.UDPAddrFromAddrPort(addr), &net.AddrError{Err: "non-IPv4 address", Addr: addr.Addr().String()})
-	}
-	if err := c.send(b, normAddr(addr), wd); err != nil {
-		if oe, ok := err.(*net.OpError); ok {
-			err = oe.Err // the socket's own: one *net.OpError, as *net.UDPConn's
-		}
-		return 0, c.opError("write", net.UDPAddrFromAddrPort(addr), err)
-	}
-	return len(b), nil
-}
-
-// SetDeadline sets the read and write deadlines.
-func (c *Conn) SetDeadline(t time.Time) error {
-	if !c.ok() {
-		return errZeroConn("set")
-	}
-	if c.isClosed() {
-		return c.opError("set", nil, net.ErrClosed)
-	}
-	c.readDeadline.set(t)
-	c.setSocketReadDeadline(t)
-	c.writeDeadline.set(t)
-	return nil
-}
-
-// SetReadDeadline sets the deadline for ReadFrom and ReadBatch; a blocked
-// call sees a change at once.
-func (c *Conn) SetReadDeadline(t time.Time) error {
-	if !c.ok() {
-		return errZeroConn("set")
-	}
-	if c.isClosed() {
-		return c.opError("set", nil, net.ErrClosed)
-	}
-	c.readDeadline.set(t)
-	c.setSocketReadDeadline(t)
-	return nil
-}
-
-// SetWriteDeadline sets the deadline for writes. UDP writes do not wait
-// for the network: a write fails if the deadline has passed when it
-// starts, or while it waits for room in the send queue, as a UDP write
-// waits for room in a full socket send buffer (a writer streaming faster
-// than the socket sends; see WriteTo). The handshake traffic the Conn
-// sends by itself is not subject to it.
-func (c *Conn) SetWriteDeadline(t time.Time) error {
-	if !c.ok() {
-		return errZeroConn("set")
-	}
-	if c.isClosed() {
-		return c.opError("set", nil, net.ErrClosed)
-	}
-	c.writeDeadline.set(t)
-	return nil
 }
 
 // SetReadBuffer sets the socket's receive buffer, as on *net.UDPConn.

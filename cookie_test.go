@@ -2,10 +2,11 @@ package vaultudp
 
 import (
 	"bytes"
-	"github.com/vaultudp/vaultudp/internal/noise"
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/vaultudp/vaultudp/internal/noise"
 )
 
 var cookieT0 = time.Unix(1_700_000_000, 0)

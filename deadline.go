@@ -1,6 +1,7 @@
 package vaultudp
 
 import (
+	"net"
 	"sync"
 	"time"
 )
@@ -112,4 +113,49 @@ func isClosed(c chan struct{}) bool {
 	default:
 		return false
 	}
+}
+
+// SetDeadline sets the read and write deadlines.
+func (c *Conn) SetDeadline(t time.Time) error {
+	if !c.ok() {
+		return errZeroConn("set")
+	}
+	if c.isClosed() {
+		return c.opError("set", nil, net.ErrClosed)
+	}
+	c.readDeadline.set(t)
+	c.setSocketReadDeadline(t)
+	c.writeDeadline.set(t)
+	return nil
+}
+
+// SetReadDeadline sets the deadline for ReadFrom and ReadBatch; a blocked
+// call sees a change at once.
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	if !c.ok() {
+		return errZeroConn("set")
+	}
+	if c.isClosed() {
+		return c.opError("set", nil, net.ErrClosed)
+	}
+	c.readDeadline.set(t)
+	c.setSocketReadDeadline(t)
+	return nil
+}
+
+// SetWriteDeadline sets the deadline for writes. UDP writes do not wait
+// for the network: a write fails if the deadline has passed when it
+// starts, or while it waits for room in the send queue, as a UDP write
+// waits for room in a full socket send buffer (a writer streaming faster
+// than the socket sends; see WriteTo). The handshake traffic the Conn
+// sends by itself is not subject to it.
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	if !c.ok() {
+		return errZeroConn("set")
+	}
+	if c.isClosed() {
+		return c.opError("set", nil, net.ErrClosed)
+	}
+	c.writeDeadline.set(t)
+	return nil
 }

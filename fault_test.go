@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/vaultudp/vaultudp/internal/noise"
 	"hash/crc32"
 	"net"
 	"net/netip"
@@ -21,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vaultudp/vaultudp/internal/noise"
 
 	"github.com/vaultudp/vaultudp/vaulttest"
 )

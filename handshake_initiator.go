@@ -301,7 +301,7 @@ func (c *Conn) sendHello(p *peer) {
 	p.mu.Unlock()
 	c.sendRawFrom(to, p.localAddr(), hello)
 	// The reply must be read at once even if no application goroutine
-	// is reading (direct.go).
+	// is reading (reader.go).
 	c.wakeBackgroundReader()
 	// The path's size, which the session takes (install), is looked up
 	// now, while the hello travels, rather than once the reply is in.

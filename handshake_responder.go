@@ -417,7 +417,7 @@ func (c *Conn) receiveCoalesced(sealed []byte, from netip.AddrPort, local netip.
 		c.putPacket(q)
 	}
 	// This may run on the handshake goroutine while a reader is blocked
-	// in the socket (direct.go), where the datagram will not come: it
+	// in the socket (reader.go), where the datagram will not come: it
 	// must look at the queue now, as for a datagram to oneself.
 	c.kickDirectReader()
 }

@@ -6,7 +6,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/binary"
-	"github.com/vaultudp/vaultudp/internal/noise"
 	"net"
 	"net/netip"
 	"runtime"
@@ -16,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vaultudp/vaultudp/internal/noise"
 
 	"github.com/vaultudp/vaultudp/vaulttest"
 )

@@ -5,39 +5,6 @@ import (
 	"net"
 )
 
-// Per-datagram overhead, in bytes. A sealed datagram on the wire is
-//
-//	IP header (20 or 40) | UDP header (8) | sealed header (16) |
-//	envelope (payload framing + payload [+ padding]) | Poly1305 tag (16)
-//
-// so the largest payload is the path MTU minus all of it (MaxPayload,
-// MaxPayloadTo).
-const (
-	ipv4HeaderLen   = 20
-	ipv6HeaderLen   = 40
-	udpHeaderLen    = 8
-	sealedHeaderLen = 16
-	tagLen          = 16
-	sealedOverhead  = sealedHeaderLen + tagLen
-
-	// envelopeFraming is the envelope's fixed part around a payload: the
-	// map header (1), "v" and its value (3), the "p" key (2). The bin
-	// header (2, 3 or 5 bytes) comes on top.
-	envelopeFraming = 1 + 3 + 2
-
-	// DefaultMTU is used when no up, non-loopback interface reports an
-	// MTU (a container with only a loopback, say): the Ethernet MTU.
-	DefaultMTU = 1500
-
-	// MinMTU is the smallest MTU Config.MTU accepts: IPv4's minimum
-	// datagram size that every host must accept.
-	MinMTU = 576
-
-	// MaxMTU is the largest MTU Config.MTU accepts (the IPv4 total length
-	// field).
-	MaxMTU = 65535
-)
-
 // netInterface is what MTU discovery needs to know of an interface.
 type netInterface struct {
 	Name     string
@@ -94,28 +61,6 @@ func discoverMTU(list interfaceLister) (mtu int, iface string) {
 		return DefaultMTU, ""
 	}
 	return mtu, iface
-}
-
-// datagramSize is the largest UDP payload (the whole sealed datagram) that
-// fits the MTU without fragmentation.
-func datagramSize(mtu int, ipv6 bool) int {
-	if ipv6 {
-		return mtu - ipv6HeaderLen - udpHeaderLen
-	}
-	return mtu - ipv4HeaderLen - udpHeaderLen
-}
-
-// maxPayloadFor is the largest user datagram that seals into at most
-// datagram bytes: the exact inverse of the sealed length arithmetic.
-func maxPayloadFor(datagram int) int {
-	room := datagram - sealedOverhead - envelopeFraming
-	// A longer payload may need a wider bin header: step down at most
-	// three times.
-	n := room - 2
-	for n >= 0 && n+binHeaderLen(n) > room {
-		n--
-	}
-	return max(n, -1)
 }
 
 // checkMTU validates Config.MTU.

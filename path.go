@@ -351,3 +351,36 @@ func (c *Conn) replaceable(pr *peer) bool {
 	}
 	return false
 }
+
+// setLocal records a, the local address an authenticated datagram from p
+// arrived at, for answers to leave from (nothing where the socket does not
+// tell). It allocates only when the address changes.
+func (p *peer) setLocal(a netip.Addr) {
+	if !a.IsValid() {
+		return
+	}
+	if cur := p.local.Load(); cur == nil || *cur != a {
+		na := new(netip.Addr)
+		*na = a
+		p.local.Store(na)
+	}
+}
+
+// localAddr returns the local address datagrams to p leave from: where
+// its last authenticated datagram arrived, or the zero Addr (the system's
+// choice).
+func (p *peer) localAddr() netip.Addr {
+	if a := p.local.Load(); a != nil {
+		return *a
+	}
+	return netip.Addr{}
+}
+
+// source returns the local address datagrams sealed under s leave from
+// (its peer's localAddr).
+func (s *session) source() netip.Addr {
+	if s.peer == nil {
+		return netip.Addr{}
+	}
+	return s.peer.localAddr()
+}

@@ -50,7 +50,7 @@ type peer struct {
 	seenSealed atomic.Bool
 	// local is the local address its last authenticated datagram from
 	// its validated address arrived at, where the socket tells
-	// (batch.go); nil until then.
+	// (path.go); nil until then.
 	local atomic.Pointer[netip.Addr]
 	// flushing is set while the datagrams that waited for a handshake
 	// are being sent, to a channel closed when they are: writers wait

@@ -20,7 +20,7 @@ import (
 //   - anything else: the socket fails (a PacketConn that cannot read, a
 //     socket the system broke). ReadFrom returns it, as *net.UDPConn
 //     returns its read errors: a goroutine in ReadFrom that read it
-//     returns it at once (direct.go), and one waiting for the background
+//     returns it at once (reader.go), and one waiting for the background
 //     reader gets it from c.readErr.
 //
 // Either way, errors that come in a row are backed off (readBackoff), so

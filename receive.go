@@ -7,50 +7,12 @@ import (
 	"github.com/vaultudp/vaultudp/internal/noise"
 )
 
-// readLoop reads s until it is closed (by Close or Rebind), handling
-// every datagram: handshakes are answered here, so a Conn that only
-// writes still completes them. It reads with s's read set, which it
-// releases when it returns.
-func (c *Conn) readLoop(s *socket) {
-	defer c.wg.Done()
-	rs := s.rs
-	defer c.releaseReadSet(rs)
-	direct := s.Caps().Deadlines // application readers take turns (direct.go)
-	idle := time.NewTimer(time.Hour)
-	defer idle.Stop()
-	var fails readBackoff // failed reads in a row (readerr.go)
-	for {
-		if direct && !c.bgBegin(s, idle) {
-			return
-		}
-		rs.mu.Lock()
-		n, err := c.readInto(rs)
-		if err == nil {
-			c.receiveSet(rs, n)
-			c.receiveBuffered(rs)
-		}
-		rs.mu.Unlock()
-		// Out of the socket only now that what it read is queued: an
-		// application reader looks at the queue before the socket.
-		if direct && c.bgEnd(s) && err != nil {
-			continue // an application reader interrupted us
-		}
-		if err != nil {
-			if c.isClosed() || c.sock.Load() != s {
-				return
-			}
-			if errors.Is(err, ErrClosed) {
-				return
-			}
-			c.log.Debug("vaultudp: read", "err", err)
-			if !c.bgReadFailed(err, &fails, idle) { // to ReadFrom, backed off
-				return
-			}
-		} else if fails.fails > 0 {
-			c.bgReadSucceeded(&fails)
-		}
-	}
-}
+// Receive processing: one datagram, from the socket's bytes to the read
+// queue. receive sorts it by type; a sealed one is found by its session
+// index, opened and parsed (receiveSealed), its path checked (path.go),
+// and its payload handed to the application (deliver, queueRead).
+// Handshake messages leave for the handshake queue (handshake_queue.go),
+// resets for reset.go, datagrams of protocol v2 for proto_v2.go.
 
 // receive handles one datagram. It returns true if it kept p (queued it
 // for ReadFrom).

@@ -3,11 +3,12 @@ package vaultudp
 import (
 	"bytes"
 	"context"
-	"github.com/vaultudp/vaultudp/internal/noise"
 	"net"
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/vaultudp/vaultudp/internal/noise"
 
 	"github.com/vaultudp/vaultudp/vaulttest"
 )

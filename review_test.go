@@ -5,12 +5,13 @@ import (
 	"context"
 	"crypto/ecdh"
 	"crypto/rand"
-	"github.com/vaultudp/vaultudp/internal/noise"
 	"net"
 	"net/netip"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vaultudp/vaultudp/internal/noise"
 )
 
 // Regressions found by a security review of the identity and session

@@ -281,7 +281,7 @@ func (c *Conn) sendSelf(b []byte, addr netip.AddrPort) error {
 		c.putPacket(q)
 		return nil
 	}
-	// A reader may be blocked in the socket (direct.go), where nothing
+	// A reader may be blocked in the socket (reader.go), where nothing
 	// will arrive: it must return what was queued now, as a *net.UDPConn
 	// delivers a datagram to itself at once.
 	c.kickDirectReader()

@@ -3,9 +3,44 @@ package vaultudp
 import (
 	"crypto/subtle"
 	"encoding/binary"
+	"fmt"
+	"math"
 	"net/netip"
 
 	"golang.org/x/crypto/chacha20"
+)
+
+// Per-datagram overhead, in bytes. A sealed datagram on the wire is
+//
+//	IP header (20 or 40) | UDP header (8) | sealed header (16) |
+//	envelope (payload framing + payload [+ padding]) | Poly1305 tag (16)
+//
+// so the largest payload is the path MTU minus all of it (MaxPayload,
+// MaxPayloadTo).
+const (
+	ipv4HeaderLen   = 20
+	ipv6HeaderLen   = 40
+	udpHeaderLen    = 8
+	sealedHeaderLen = 16
+	tagLen          = 16
+	sealedOverhead  = sealedHeaderLen + tagLen
+
+	// envelopeFraming is the envelope's fixed part around a payload: the
+	// map header (1), "v" and its value (3), the "p" key (2). The bin
+	// header (2, 3 or 5 bytes) comes on top.
+	envelopeFraming = 1 + 3 + 2
+
+	// DefaultMTU is used when no up, non-loopback interface reports an
+	// MTU (a container with only a loopback, say): the Ethernet MTU.
+	DefaultMTU = 1500
+
+	// MinMTU is the smallest MTU Config.MTU accepts: IPv4's minimum
+	// datagram size that every host must accept.
+	MinMTU = 576
+
+	// MaxMTU is the largest MTU Config.MTU accepts (the IPv4 total length
+	// field).
+	MaxMTU = 65535
 )
 
 // Datagram sizes per peer (PROTOCOL.md section 6). Each side tells its
@@ -286,4 +321,90 @@ func (c *Conn) queueLimit() int {
 		return maxPayloadFor(min(c.datagram, minAccept))
 	}
 	return maxPayloadFor(minAccept)
+}
+
+// recvBufSize is the size of receive (and seal) buffers: the largest
+// datagram a peer with the same MTU sends, which is its IPv4 size even when
+// this socket is IPv6 (a dual-stack peer pads to its own family's size), and
+// never less than a default Ethernet path's. One spare byte tells a
+// datagram that did not fit.
+func recvBufSize(mtu int) int {
+	return max(datagramSize(mtu, false), datagramSize(DefaultMTU, false)) + 1
+}
+
+// datagramSize is the largest UDP payload (the whole sealed datagram) that
+// fits the MTU without fragmentation.
+func datagramSize(mtu int, ipv6 bool) int {
+	if ipv6 {
+		return mtu - ipv6HeaderLen - udpHeaderLen
+	}
+	return mtu - ipv4HeaderLen - udpHeaderLen
+}
+
+// maxPayloadFor is the largest user datagram that seals into at most
+// datagram bytes: the exact inverse of the sealed length arithmetic.
+func maxPayloadFor(datagram int) int {
+	room := datagram - sealedOverhead - envelopeFraming
+	// A longer payload may need a wider bin header: step down at most
+	// three times.
+	n := room - 2
+	for n >= 0 && n+binHeaderLen(n) > room {
+		n--
+	}
+	return max(n, -1)
+}
+
+// Padding says how sealed datagrams are padded, to hide the length of
+// what they carry. Padding bytes are zeros inside the encryption, so they
+// are indistinguishable from data on the wire and cost nothing to make.
+// Open (unencrypted) datagrams are never padded: there is nothing to hide.
+type Padding int
+
+const (
+	// PadMTU, the zero value, pads every sealed datagram that fits in
+	// 1452 bytes to 1452 (or to the path's size, if smaller), and a larger
+	// one to the largest size the path MTU and the peer allow: sealed
+	// datagrams have one of two lengths, and a relay or middlebox sized
+	// for QUIC (1452-byte buffers) passes the first (README, "Datagram
+	// sizes").
+	PadMTU Padding = 0
+	// PadNone sends sealed datagrams at their natural length.
+	PadNone Padding = -1
+)
+
+// PadBlock pads every sealed datagram to a multiple of n bytes (but never
+// past the MTU). n must be in [1, 65535].
+func PadBlock(n int) Padding { return Padding(n) }
+
+func (p Padding) String() string {
+	switch {
+	case p == PadMTU:
+		return "mtu"
+	case p == PadNone:
+		return "none"
+	case p > 0:
+		return fmt.Sprintf("block(%d)", int(p))
+	}
+	return fmt.Sprintf("Padding(%d)", int(p))
+}
+
+func (p Padding) check() error {
+	if p < PadNone || p > math.MaxUint16 {
+		return fmt.Errorf("%w: padding %d: want PadMTU, PadNone or PadBlock(1..65535)", ErrInvalidConfig, int(p))
+	}
+	return nil
+}
+
+// wireSize is the length on the wire that a sealed datagram of natural
+// length n (sealed overhead included) is padded to, for a maximum
+// datagram size of max.
+func (p Padding) wireSize(n, max int) int {
+	switch {
+	case p == PadMTU:
+		return max
+	case p > 0:
+		b := int(p)
+		return min((n+b-1)/b*b, max)
+	}
+	return n
 }

@@ -212,8 +212,7 @@ func (c *Conn) readOnce(rs *readSet, b []byte, s *socket) (int, netip.AddrPort, 
 	for {
 		select {
 		case p := <-c.recvQ:
-			n, from := copy(b, p.data), p.from
-			c.putPacket(p)
+			n, from := c.take(p, b)
 			return n, from, nil
 		default:
 		}
@@ -254,5 +253,74 @@ func (c *Conn) readOnce(rs *readSet, b []byte, s *socket) (int, netip.AddrPort, 
 		fails.fails = 0
 		c.receiveSet(rs, n)
 		c.receiveBuffered(rs)
+	}
+}
+
+// readLoop reads s until it is closed (by Close or Rebind), handling
+// every datagram: handshakes are answered here, so a Conn that only
+// writes still completes them. It reads with s's read set, which it
+// releases when it returns.
+func (c *Conn) readLoop(s *socket) {
+	defer c.wg.Done()
+	rs := s.rs
+	defer c.releaseReadSet(rs)
+	direct := s.Caps().Deadlines // application readers take turns (reader.go)
+	idle := time.NewTimer(time.Hour)
+	defer idle.Stop()
+	var fails readBackoff // failed reads in a row (readerr.go)
+	for {
+		if direct && !c.bgBegin(s, idle) {
+			return
+		}
+		rs.mu.Lock()
+		n, err := c.readInto(rs)
+		if err == nil {
+			c.receiveSet(rs, n)
+			c.receiveBuffered(rs)
+		}
+		rs.mu.Unlock()
+		// Out of the socket only now that what it read is queued: an
+		// application reader looks at the queue before the socket.
+		if direct && c.bgEnd(s) && err != nil {
+			continue // an application reader interrupted us
+		}
+		if err != nil {
+			if c.isClosed() || c.sock.Load() != s {
+				return
+			}
+			if errors.Is(err, ErrClosed) {
+				return
+			}
+			c.log.Debug("vaultudp: read", "err", err)
+			if !c.bgReadFailed(err, &fails, idle) { // to ReadFrom, backed off
+				return
+			}
+		} else if fails.fails > 0 {
+			c.bgReadSucceeded(&fails)
+		}
+	}
+}
+
+// receiveSet hands the n datagrams of rs's last read to receive, and
+// replaces the packets it keeps; rs.mu is held.
+func (c *Conn) receiveSet(rs *readSet, n int) {
+	for i := 0; i < n; i++ {
+		if c.receive(rs.pkts[i]) {
+			rs.pkts[i] = c.getPacket()
+		}
+	}
+}
+
+// receiveBuffered hands to receive what rs's reader holds from its last
+// read (a GRO read may bring in more datagrams than fit the packets), so
+// that nothing waits in it when its goroutine leaves the socket; rs.mu is
+// held.
+func (c *Conn) receiveBuffered(rs *readSet) {
+	for rs.r.r.Buffered() > 0 {
+		n, err := c.readInto(rs)
+		if err != nil {
+			return
+		}
+		c.receiveSet(rs, n)
 	}
 }

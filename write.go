@@ -1,50 +1,75 @@
 package vaultudp
 
 import (
+	"errors"
+	"net"
 	"net/netip"
 	"os"
 )
 
-// Message is one datagram of ReadBatch or WriteBatch.
-type Message struct {
-	// Buf holds the datagram: ReadBatch reads into it (cutting, as
-	// ReadFrom does, what does not fit), WriteBatch sends it.
-	Buf []byte
-	// N is the number of bytes ReadBatch read into Buf.
-	N int
-	// Addr is the source (ReadBatch) or the destination (WriteBatch).
-	Addr netip.AddrPort
+// The application's write methods. Each checks its arguments, as
+// *net.UDPConn's do, and hands the datagram to send (send.go), which seals
+// it under the peer's session or keeps it for the handshake; the send
+// queue (sendqueue.go) owns the socket's writes.
+
+// WriteTo seals b and sends it to addr, a *net.UDPAddr. See Conn for what
+// happens when the peer has no session yet.
+func (c *Conn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	if !c.ok() {
+		return 0, errZeroConn("write")
+	}
+	ua, ok := addr.(*net.UDPAddr)
+	if !ok || ua == nil {
+		return 0, c.opError("write", addr, &net.AddrError{Err: "unsupported address type (want *net.UDPAddr)", Addr: addrString(addr)})
+	}
+	return c.WriteToUDPAddrPort(b, ua.AddrPort())
 }
 
-// ReadBatch reads up to len(ms) datagrams: it waits, as ReadFrom does, for
-// the first, then takes those already received without waiting more. It
-// returns how many it read. Deadlines and Close apply as to ReadFrom.
-func (c *Conn) ReadBatch(ms []Message) (int, error) {
-	if !c.ok() {
-		return 0, errZeroConn("read")
+func addrString(a net.Addr) string {
+	if a == nil {
+		return "<nil>"
 	}
-	if len(ms) == 0 {
-		return 0, nil
-	}
-	n, from, err := c.ReadFromUDPAddrPort(ms[0].Buf)
-	if err != nil {
-		return 0, err
-	}
-	ms[0].N, ms[0].Addr = n, from
-	k := 1
-	for k < len(ms) {
-		select {
-		case p := <-c.recvQ:
-			ms[k].N = copy(ms[k].Buf, p.data)
-			ms[k].Addr = p.from
-			c.putPacket(p)
-			k++
-		default:
-			return k, nil
-		}
-	}
-	return k, nil
+	return a.String()
 }
+
+// WriteToUDPAddrPort is WriteTo with a netip.AddrPort.
+func (c *Conn) WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error) {
+	if !c.ok() {
+		return 0, errZeroConn("write")
+	}
+	return c.writeTo(b, addr, c.writeDeadline)
+}
+
+// writeTo is WriteToUDPAddrPort under the write deadline wd: the Conn's,
+// or a ConnTo net.Conn's own (dial.go).
+func (c *Conn) writeTo(b []byte, addr netip.AddrPort, wd *deadline) (int, error) {
+	if c.sock.Load().Caps().IPv4Only && addr.Addr().Is6() && !addr.Addr().Is4In6() {
+		// An IPv4 socket cannot reach it: *net.UDPConn's error, at once
+		// (the handshake would otherwise wait for nothing).
+		return 0, c.opError("write", net.UDPAddrFromAddrPort(addr), &net.AddrError{Err: "non-IPv4 address", Addr: addr.Addr().String()})
+	}
+	if err := c.send(b, normAddr(addr), wd); err != nil {
+		if oe, ok := err.(*net.OpError); ok {
+			err = oe.Err // the socket's own: one *net.OpError, as *net.UDPConn's
+		}
+		return 0, c.opError("write", net.UDPAddrFromAddrPort(addr), err)
+	}
+	return len(b), nil
+}
+
+// WriteToUDP is WriteTo with a *net.UDPAddr, with the signature of
+// (*net.UDPConn).WriteToUDP. A nil addr fails with a *net.OpError, as
+// there ("missing address"), and sends nothing.
+func (c *Conn) WriteToUDP(b []byte, addr *net.UDPAddr) (int, error) {
+	if addr == nil {
+		return 0, c.opError("write", nil, errMissingAddress)
+	}
+	return c.WriteToUDPAddrPort(b, addr.AddrPort())
+}
+
+// errMissingAddress is the error of a write without an address; its text
+// is that of the net package's.
+var errMissingAddress = errors.New("missing address")
 
 // WriteBatch seals and sends ms in order and returns how many were sent;
 // on an error, the datagrams before the failing one were sent and none

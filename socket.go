@@ -22,7 +22,7 @@ type socket struct {
 	self  netip.AddrPort // laddr as a peer key (send.go: writes to itself)
 
 	// dlUnknown is set until the Conn first sets the socket's read
-	// deadline (direct.go keeps track of it from then on).
+	// deadline (reader.go keeps track of it from then on).
 	dlUnknown bool
 
 	// rs is what reading the socket takes; set before the Conn uses s.
@@ -79,7 +79,7 @@ func (r *reader) read(pkts []*packet) (int, error) {
 // readSet is what reading a socket takes: a reader and the packets it
 // reads into. A socket has one, which the goroutines that read it share,
 // one at a time: its background reader, and application goroutines in
-// ReadFrom, which take turns with it and with each other (direct.go). So a
+// ReadFrom, which take turns with it and with each other (reader.go). So a
 // Conn has one set of receive buffers however it is read. The turns keep
 // the holders apart; mu makes sure of it where they do not by themselves
 // (a reader of a socket that Rebind has just replaced). The packets
@@ -138,30 +138,6 @@ func (c *Conn) releaseReadSet(rs *readSet) {
 	rs.pkts = nil
 }
 
-// receiveSet hands the n datagrams of rs's last read to receive, and
-// replaces the packets it keeps; rs.mu is held.
-func (c *Conn) receiveSet(rs *readSet, n int) {
-	for i := 0; i < n; i++ {
-		if c.receive(rs.pkts[i]) {
-			rs.pkts[i] = c.getPacket()
-		}
-	}
-}
-
-// receiveBuffered hands to receive what rs's reader holds from its last
-// read (a GRO read may bring in more datagrams than fit the packets), so
-// that nothing waits in it when its goroutine leaves the socket; rs.mu is
-// held.
-func (c *Conn) receiveBuffered(rs *readSet) {
-	for rs.r.r.Buffered() > 0 {
-		n, err := c.readInto(rs)
-		if err != nil {
-			return
-		}
-		c.receiveSet(rs, n)
-	}
-}
-
 // addrPortOf returns the normalised AddrPort of a UDP address, or the zero
 // AddrPort for anything else.
 func addrPortOf(a net.Addr) netip.AddrPort { return udpio.AddrPortOf(a) }
@@ -171,35 +147,31 @@ func (s *socket) writeTo(b []byte, to netip.AddrPort) error {
 	return s.WriteTo(b, to, netip.Addr{})
 }
 
-// setLocal records a, the local address an authenticated datagram from p
-// arrived at, for answers to leave from (nothing where the socket does not
-// tell). It allocates only when the address changes.
-func (p *peer) setLocal(a netip.Addr) {
-	if !a.IsValid() {
-		return
-	}
-	if cur := p.local.Load(); cur == nil || *cur != a {
-		na := new(netip.Addr)
-		*na = a
-		p.local.Store(na)
+// packet is a buffer on its way from the socket to ReadFrom.
+type packet struct {
+	buf       []byte
+	data      []byte // the datagram within buf
+	from      netip.AddrPort
+	local     netip.Addr // the local address it came to, where the socket tells (udpio.Caps.PacketInfo)
+	truncated bool
+}
+
+func (c *Conn) getPacket() *packet {
+	select {
+	case p := <-c.freePkts:
+		return p
+	default:
+		return &packet{buf: make([]byte, c.bufSize)}
 	}
 }
 
-// localAddr returns the local address datagrams to p leave from: where
-// its last authenticated datagram arrived, or the zero Addr (the system's
-// choice).
-func (p *peer) localAddr() netip.Addr {
-	if a := p.local.Load(); a != nil {
-		return *a
+func (c *Conn) putPacket(p *packet) {
+	if len(p.buf) != c.bufSize {
+		return // one made for a datagram larger than the MTU's: not kept, so the free list stays small
 	}
-	return netip.Addr{}
-}
-
-// source returns the local address datagrams sealed under s leave from
-// (its peer's localAddr).
-func (s *session) source() netip.Addr {
-	if s.peer == nil {
-		return netip.Addr{}
+	p.data, p.from, p.local, p.truncated = nil, netip.AddrPort{}, netip.Addr{}, false
+	select {
+	case c.freePkts <- p:
+	default: // more than ever wait at once: let it go
 	}
-	return s.peer.localAddr()
 }
