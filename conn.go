@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -127,7 +126,7 @@ type Conn struct {
 	//	rd.mu      who reads the socket (reader.go); brief
 	//	rebindMu   Rebind against Close: held across the send queue's
 	//	           drain and the socket's close
-	//	mu         the peer table, below; every write takes it for reading
+	//	peers.mu   the peer table (peertable.go); every write takes it for reading
 	//	           (peerFor), briefly
 	//	v2 mu      the ProtocolV2 peers by address (internal/v2 Endpoint)
 	//	v2 sendMu  a ProtocolV2 peer's send order (internal/v2 Peer)
@@ -141,10 +140,10 @@ type Conn struct {
 	// The leaves, each taken alone: cookies.mu, resets.mu, routes.mu, the deadlines'.
 	//
 	// A name ending in Locked is called with a lock held: TableLocked,
-	// c.mu; otherwise the mu of the peer it works on (its argument, or
+	// c.peers.mu; otherwise the mu of the peer it works on (its argument, or
 	// its receiver), or of the value it is a method of (a cookieJar,
 	// the sessionIndex), or the lock its comment names (c.rd.mu in
-	// direct.go). No lock but rs.mu and hsMu is held across crypto or a
+	// reader.go). No lock but rs.mu and hsMu is held across crypto or a
 	// system call, and none across a call of the application's code: the
 	// Logger is called with no lock held, VerifyPeer on a goroutine of
 	// its own, so both may call any method of the Conn, Close included.
@@ -155,20 +154,8 @@ type Conn struct {
 	hsMu     sync.Mutex
 	rebindMu sync.Mutex
 
-	// mu guards the peer table.
-	mu      sync.RWMutex
-	peers   map[netip.AddrPort]*peer
-	learned int // peers not configured
-	// plainPeers counts the learned peers known only from plaintext,
-	// plainOrder holds them oldest first (and some that are gone).
-	plainPeers   int
-	plainOrder   []*peer
-	plainEvicted addrSet // plaintext peers evicted, remembered (peer.go)
-	// strangers holds, for addresses that are no peer, the replies sent
-	// to their hellos, on a peer not in the table: a hello creates no
-	// peer; a final message that completes one does
-	// (handshake_responder.go). They count against MaxPeers.
-	strangers map[netip.AddrPort]*peer
+	// The peers by address, under a lock of their own (peertable.go).
+	peers peerTable
 
 	// With locks of their own (see the list above).
 	index *sessionIndex // sessions and initiations by local index (keypairs.go)
@@ -212,6 +199,7 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 		datagram:      datagram,
 		maxPayload:    maxPayload,
 		bufSize:       recvBufSize(mtu),
+		peers:         newPeerTable(cfg.MaxPeers),
 		start:         time.Now(),
 		clk:           cfg.clock,
 		recvQ:         make(chan *packet, cfg.ReadQueue),
@@ -226,8 +214,6 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 		writeDeadline: newDeadline(),
 		noDeadline:    newDeadline(),
 		closed:        make(chan struct{}),
-		peers:         make(map[netip.AddrPort]*peer),
-		strangers:     make(map[netip.AddrPort]*peer),
 		index:         newSessionIndex(),
 		sq:            newSendQueue(),
 	}
@@ -368,13 +354,11 @@ func (c *Conn) Close() error {
 	c.writeDeadline.stop()
 	c.z.close()
 	c.v2.Close() // protocol v2 (proto_v2.go)
-	c.mu.Lock()
-	for _, p := range c.peers {
+	for _, p := range c.peers.snapshot() {
 		p.mu.Lock()
 		p.closeLocked(net.ErrClosed)
 		p.mu.Unlock()
 	}
-	c.mu.Unlock()
 	if err != nil {
 		c.log.Debug("vaultudp: closing socket", "err", err)
 	}

@@ -85,9 +85,7 @@ func DialContext(ctx context.Context, network, address string, config *Config) (
 	if err != nil {
 		return nil, opErr(ua, nil, err)
 	}
-	c.mu.RLock()
-	p := c.peers[raddr]
-	c.mu.RUnlock()
+	p := c.peers.lookup(raddr)
 	if p == nil { // Listen added it from cfg.Peers
 		c.Close()
 		return nil, opErr(ua, nil, fmt.Errorf("%w: %v was not added", ErrUnknownPeer, raddr))
@@ -255,9 +253,7 @@ func (c *Conn) ConnTo(addr netip.AddrPort) (net.Conn, error) {
 	if c.isClosed() {
 		return nil, c.opError("connto", nil, ErrClosed)
 	}
-	c.mu.RLock()
-	p := c.peers[addr]
-	c.mu.RUnlock()
+	p := c.peers.lookup(addr)
 	if p == nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnknownPeer, addr)
 	}

@@ -223,9 +223,7 @@ func TestFieldForgedReset(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectRead(t, a, "two", addrOf(b))
-	a.mu.RLock()
-	p := a.peers[addrOf(b)]
-	a.mu.RUnlock()
+	p := a.peers.lookup(addrOf(b))
 	p.mu.Lock()
 	idx := p.kp.current().remoteIndex
 	p.mu.Unlock()

@@ -185,9 +185,7 @@ func (f *flooder) pace() {
 // sessionOf returns c's current session with the peer at addr.
 func sessionOf(t testing.TB, c *Conn, addr netip.AddrPort) *session {
 	t.Helper()
-	c.mu.RLock()
-	p := c.peers[normAddr(addr)]
-	c.mu.RUnlock()
+	p := c.peers.lookup(normAddr(addr))
 	if p == nil {
 		t.Fatalf("%v is not a peer", addr)
 	}
@@ -209,9 +207,9 @@ type stateSizes struct {
 
 func stateOf(c *Conn) stateSizes {
 	var s stateSizes
-	c.mu.RLock()
-	s.peers, s.learned = len(c.peers), c.learned
-	c.mu.RUnlock()
+	c.peers.mu.RLock()
+	s.peers, s.learned = len(c.peers.byAddr), c.peers.learned
+	c.peers.mu.RUnlock()
 	s.sessions, s.initiated = c.index.counts()
 	c.index.mu.Lock()
 	s.responding = len(c.index.responding)

@@ -22,10 +22,10 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 	}
 	// The reader applied the cookie rule already (helloGate): under
 	// load, only a hello with its source's cookie comes here.
-	c.mu.RLock()
-	pr := c.peers[from]
-	full := pr == nil && c.strangers[from] == nil && c.learned+len(c.strangers) >= c.cfg.MaxPeers
-	c.mu.RUnlock()
+	c.peers.mu.RLock()
+	pr := c.peers.getLocked(from)
+	full := pr == nil && c.peers.strangerLocked(from) == nil && c.peers.strangersFullLocked()
+	c.peers.mu.RUnlock()
 	if full {
 		// Refused before any costly work: a flood of hellos from new
 		// addresses cannot buy handshakes once the table is full.
@@ -72,24 +72,24 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 		return
 	}
 	r := &response{r: resp, localIndex: idx, from: from, local: local, created: c.now()}
-	c.mu.Lock()
-	if pr = c.peers[from]; pr == nil {
+	c.peers.mu.Lock()
+	if pr = c.peers.getLocked(from); pr == nil {
 		// No peer yet: the reply waits on a stranger, outside the
 		// table, until a final message completes it (a replayed or
 		// forged hello, which cannot, leaves nothing in the table).
-		if pr = c.strangers[from]; pr == nil {
-			if c.learned+len(c.strangers) >= c.cfg.MaxPeers {
-				c.mu.Unlock()
+		if pr = c.peers.strangerLocked(from); pr == nil {
+			if c.peers.strangersFullLocked() {
+				c.peers.mu.Unlock()
 				c.index.release(idx)
 				c.stats.peerLimit.Add(1)
 				return
 			}
 			pr = c.newPeer(from, nil)
-			pr.origin, pr.stranger = originHello, true
-			c.strangers[from] = pr
+			pr.origin = originHello
+			c.peers.addStrangerLocked(pr)
 		}
 	}
-	c.mu.Unlock()
+	c.peers.mu.Unlock()
 	pr.mu.Lock()
 	if pr.removed {
 		pr.mu.Unlock()
@@ -307,34 +307,33 @@ func (c *Conn) handleFinal(msg []byte, from netip.AddrPort, local netip.Addr) {
 // has no room (MaxPeers), or another peer took the address meanwhile:
 // the initiator's next attempt finds that one.
 func (c *Conn) adoptStranger(p *peer) (*peer, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.peers.mu.Lock()
+	defer c.peers.mu.Unlock()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !p.stranger {
 		return p, true
 	}
-	if c.strangers[p.addr] != p || c.peers[p.addr] != nil || c.learned >= c.cfg.MaxPeers {
+	if c.peers.strangerLocked(p.addr) != p || c.peers.getLocked(p.addr) != nil || c.peers.learnedFullLocked() {
 		c.stats.peerLimit.Add(1)
 		return nil, false
 	}
-	delete(c.strangers, p.addr)
+	c.peers.takeStrangerLocked(p.addr)
 	p.stranger = false
-	c.peers[p.addr] = p
-	c.learned++
+	c.peers.insertLocked(p)
 	return p, true
 }
 
 // sweepStrangers drops the replies to strangers that waited past the
 // handshake timeout, and the strangers left with none (timers.go).
 func (c *Conn) sweepStrangers(now int64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for addr, p := range c.strangers {
+	c.peers.mu.Lock()
+	defer c.peers.mu.Unlock()
+	for addr, p := range c.peers.strangers {
 		p.mu.Lock()
 		c.expireResponsesLocked(p, now)
 		if p.respNew == nil {
-			delete(c.strangers, addr)
+			c.peers.takeStrangerLocked(addr)
 			p.stranger = false
 			p.closeLocked(ErrUnknownPeer)
 		}

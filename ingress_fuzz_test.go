@@ -187,9 +187,7 @@ func newIngressRig(t testing.TB) *ingressRig {
 	}
 	ca.recording.Store(false)
 	cp.recording.Store(false)
-	r.a.mu.RLock()
-	r.aPeer = r.a.peers[r.pAddr]
-	r.a.mu.RUnlock()
+	r.aPeer = r.a.peers.lookup(r.pAddr)
 
 	// The live packets, in a fixed order.
 	find := func(from []([]byte), what string, ok func([]byte) bool) []byte {
@@ -252,9 +250,7 @@ func (r *ingressRig) close() {
 
 // pSession is P's session with A.
 func (r *ingressRig) pSession() *session {
-	r.p.mu.RLock()
-	pr := r.p.peers[r.aAddr]
-	r.p.mu.RUnlock()
+	pr := r.p.peers.lookup(r.aAddr)
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
 	return pr.kp.current()
@@ -286,9 +282,7 @@ func (r *ingressRig) sealEnvelope(env []byte) []byte {
 // new one if it has none (a reply may have completed it).
 func (r *ingressRig) pendingInit() *initiation {
 	for range 2 {
-		r.a.mu.RLock()
-		bp := r.a.peers[r.blackhole]
-		r.a.mu.RUnlock()
+		bp := r.a.peers.lookup(r.blackhole)
 		if bp != nil {
 			bp.mu.Lock()
 			init := bp.init

@@ -102,9 +102,7 @@ var challengeWireLen = sealedOverhead + (&record{control: make([]byte, challenge
 // kept p.
 func (c *Conn) onNewPath(pr *peer, s *session, p *packet, rec *record) bool {
 	from := p.from
-	c.mu.RLock()
-	other := c.peers[from]
-	c.mu.RUnlock()
+	other := c.peers.lookup(from)
 	if other != nil && other != pr {
 		// Never onto an address that another peer holds: a configured
 		// one, or another identity. Nothing is delivered as from it.
@@ -254,23 +252,20 @@ func (c *Conn) movePeer(pr *peer, to netip.AddrPort) bool {
 
 // movePeerTable is movePeer's part under c.mu and pr.mu.
 func (c *Conn) movePeerTable(pr *peer, to netip.AddrPort) (from netip.AddrPort, ok bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if other := c.peers[to]; other != nil && other != pr {
+	c.peers.mu.Lock()
+	defer c.peers.mu.Unlock()
+	if other := c.peers.getLocked(to); other != nil && other != pr {
 		c.stats.unvalidated.Add(1)
 		return from, false
 	}
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
-	if pr.removed || c.peers[pr.addr] != pr {
+	if pr.removed || c.peers.getLocked(pr.addr) != pr {
 		return from, false
 	}
 	from = pr.addr
-	delete(c.peers, from)
-	pr.addr = to
-	pr.at.Store(&to)
+	c.peers.moveLocked(pr, to)
 	pr.lastSeen.Store(c.now())
-	c.peers[to] = pr
 	return from, true
 }
 

@@ -167,9 +167,9 @@ func TestAttackSpoofedHello(t *testing.T) {
 	if s.HasPeer(v.addr()) {
 		t.Fatal("the forged hello made a peer")
 	}
-	s.mu.RLock()
-	waiting := s.strangers[v.addr()] != nil
-	s.mu.RUnlock()
+	s.peers.mu.RLock()
+	waiting := s.peers.strangerLocked(v.addr()) != nil
+	s.peers.mu.RUnlock()
 	if !waiting {
 		t.Fatal("the forged hello was not answered (the test needs a reply waiting)")
 	}
@@ -218,9 +218,7 @@ func TestAttackOpportunisticStaysSealed(t *testing.T) {
 	}
 	defer pc.Close()
 	// The session lapses (as after 1.5 × KeyLifetime idle).
-	a.mu.RLock()
-	p := a.peers[bAddr]
-	a.mu.RUnlock()
+	p := a.peers.lookup(bAddr)
 	p.mu.Lock()
 	a.index.remove(p.kp.dropSending()...)
 	p.mu.Unlock()
@@ -264,31 +262,30 @@ func TestPeerTableNoResurrection(t *testing.T) {
 				case 1:
 					c.RemovePeer(addr(i))
 				case 2:
-					c.mu.Lock()
-					if p := c.peers[addr(i)]; p != nil {
+					c.peers.mu.Lock()
+					if p := c.peers.getLocked(addr(i)); p != nil {
 						c.dropPeerTableLocked(p, errors.New("forgotten"))
 					}
-					c.mu.Unlock()
+					c.peers.mu.Unlock()
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	learned := 0
-	for a, p := range c.peers {
+	c.peers.mu.RLock()
+	defer c.peers.mu.RUnlock()
+	for a, p := range c.peers.byAddr {
 		p.mu.Lock()
-		if p.removed || p.addr != a {
-			t.Errorf("table entry %v: removed %v, at %v", a, p.removed, p.addr)
-		}
-		if !p.configured {
-			learned++
+		if p.removed {
+			t.Errorf("table entry %v: removed", a)
 		}
 		p.mu.Unlock()
 	}
-	if c.learned != learned || c.learned < 0 {
-		t.Errorf("learned count %d, %d learned peers in the table", c.learned, learned)
+	if err := c.peers.checkLocked(); err != nil {
+		t.Error(err)
+	}
+	if c.peers.learned < 0 {
+		t.Errorf("learned count %d", c.peers.learned)
 	}
 }
 

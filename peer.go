@@ -191,16 +191,16 @@ func (c *Conn) AddPeer(pc PeerConfig) error {
 		return c.opError("add peer", nil, ErrClosed)
 	}
 	addr := normAddr(pc.Addr)
-	c.mu.Lock()
-	if old := c.peers[addr]; old != nil {
+	c.peers.mu.Lock()
+	if old := c.peers.getLocked(addr); old != nil {
 		if old.configured {
-			c.mu.Unlock()
+			c.peers.mu.Unlock()
 			return fmt.Errorf("%w: %v is already a peer", ErrInvalidConfig, addr)
 		}
 		if c.adoptTableLocked(old, &pc) {
 			// The peer contacted us first (its hello may have crossed
 			// ours): it keeps its sessions, now as a configured peer.
-			c.mu.Unlock()
+			c.peers.mu.Unlock()
 			if old.policy() != Plaintext {
 				c.startHandshake(old)
 			}
@@ -208,11 +208,10 @@ func (c *Conn) AddPeer(pc PeerConfig) error {
 		}
 		c.dropPeerTableLocked(old, ErrUnknownPeer)
 	}
-	if s := c.strangers[addr]; s != nil {
+	if s := c.peers.takeStrangerLocked(addr); s != nil {
 		// Replies to hellos from there wait for final messages judged
 		// by no peer's rules: they go, and the initiator's retry meets
 		// the configured peer.
-		delete(c.strangers, addr)
 		s.mu.Lock()
 		c.clearResponsesLocked(s)
 		s.stranger = false
@@ -223,12 +222,12 @@ func (c *Conn) AddPeer(pc PeerConfig) error {
 	if pc.Protocol == ProtocolV2 {
 		// Protocol v2 (proto_v2.go): the reference's key exchange, no handshake.
 		if err := c.v2AddLocked(p, &pc); err != nil {
-			c.mu.Unlock()
+			c.peers.mu.Unlock()
 			return err
 		}
 	}
-	c.peers[addr] = p
-	c.mu.Unlock()
+	c.peers.insertLocked(p)
+	c.peers.mu.Unlock()
 	if p.proto != nil {
 		p.proto.start() // protocol v2 (proto_v2.go)
 		return nil
@@ -241,7 +240,7 @@ func (c *Conn) AddPeer(pc PeerConfig) error {
 
 // adoptTableLocked makes the learned peer p the configured peer pc describes,
 // keeping its sessions, if its identity fits pc (pc pins none, or p's) and
-// both speak the native protocol. c.mu is held.
+// both speak the native protocol. c.peers.mu is held.
 func (c *Conn) adoptTableLocked(p *peer, pc *PeerConfig) bool {
 	if pc.Protocol != ProtocolNative {
 		return false
@@ -251,34 +250,20 @@ func (c *Conn) adoptTableLocked(p *peer, pc *PeerConfig) bool {
 	if p.removed || p.proto != nil || (pc.PublicKey != nil && p.identity != nil && !bytes.Equal(p.identity, pc.PublicKey)) {
 		return false
 	}
-	if p.origin == originPlaintext {
-		c.plainPeers--
-	}
-	c.learned--
-	np := c.newPeer(p.addr, pc)
-	p.configured, p.origin, p.pinned, p.keepalive, p.psk = true, originConfig, np.pinned, np.keepalive, np.psk
-	p.policyV.Store(np.policyV.Load())
+	c.peers.configureLocked(p, c.newPeer(p.addr, pc))
 	// Replies waiting for their final message stay: the trust rules,
 	// now the configured peer's, judge the identity it reveals.
 	return true
 }
 
-// dropPeerTableLocked removes p; c.mu is held.
+// dropPeerTableLocked removes p; c.peers.mu is held.
 func (c *Conn) dropPeerTableLocked(p *peer, reason error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.removed {
 		return // dropped already: the count must not go twice
 	}
-	if c.peers[p.addr] == p {
-		delete(c.peers, p.addr)
-	}
-	if !p.configured {
-		c.learned--
-	}
-	if p.origin == originPlaintext {
-		c.plainPeers--
-	}
+	c.peers.removeLocked(p)
 	c.dropHeldLocked(p.path)
 	p.path, p.live = nil, nil
 	c.stats.dropHandshakeTimeout.Add(uint64(len(c.takeQueueLocked(p))))
@@ -296,9 +281,9 @@ func (c *Conn) RemovePeer(addr netip.AddrPort) error {
 		return errZeroConn("remove peer")
 	}
 	addr = normAddr(addr)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	p := c.peers[addr]
+	c.peers.mu.Lock()
+	defer c.peers.mu.Unlock()
+	p := c.peers.getLocked(addr)
 	if p == nil {
 		return fmt.Errorf("%w: %v", ErrUnknownPeer, addr)
 	}
@@ -314,9 +299,7 @@ func (c *Conn) HasPeer(addr netip.AddrPort) bool {
 	if !c.ok() {
 		return false
 	}
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return c.peers[normAddr(addr)] != nil
+	return c.peers.lookup(normAddr(addr)) != nil
 }
 
 // Peers lists the peers, configured and learned, sorted by address.
@@ -337,18 +320,13 @@ func (c *Conn) PeersByIP(ip netip.Addr) []PeerInfo {
 }
 
 func (c *Conn) peerInfos(match func(netip.AddrPort) bool) []PeerInfo {
-	c.mu.RLock()
-	ps := make([]*peer, 0, len(c.peers))
-	for a, p := range c.peers {
-		if match(a) {
-			ps = append(ps, p)
-		}
-	}
-	c.mu.RUnlock()
+	ps := c.peers.snapshot()
 	out := make([]PeerInfo, 0, len(ps))
 	now := c.now()
 	for _, p := range ps {
-		out = append(out, c.infoOf(p, now))
+		if info := c.infoOf(p, now); match(info.Addr) {
+			out = append(out, info)
+		}
 	}
 	slices.SortFunc(out, func(a, b PeerInfo) int { return a.Addr.Compare(b.Addr) })
 	return out
@@ -402,43 +380,40 @@ const maxPlaintextPeers = 1024
 // peerFor returns the peer at addr, creating a learned one of the given
 // origin if there is none (unless origin is lookupOnly).
 func (c *Conn) peerFor(addr netip.AddrPort, origin peerOrigin) (*peer, error) {
-	c.mu.RLock()
-	p := c.peers[addr]
-	c.mu.RUnlock()
+	p := c.peers.lookup(addr)
 	if p != nil || origin == lookupOnly {
 		return p, nil
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if p = c.peers[addr]; p != nil {
+	c.peers.mu.Lock()
+	defer c.peers.mu.Unlock()
+	if p = c.peers.getLocked(addr); p != nil {
 		return p, nil
 	}
-	if origin == originWrite && c.plainEvicted.has(addr) {
+	if origin == originWrite && c.peers.plainEvicted.has(addr) {
 		// Known only from plaintext, then evicted: the application's
 		// answer does not make it an address the Conn may send hellos
 		// to and retry (mayInitiateLocked), however it came back.
 		origin = originPlaintext
 	}
-	if origin == originPlaintext && c.plainPeers >= maxPlaintextPeers {
+	if origin == originPlaintext && c.peers.plain >= maxPlaintextPeers {
 		c.evictPlaintextPeerTableLocked()
 	}
-	if c.learned >= c.cfg.MaxPeers {
+	if c.peers.learnedFullLocked() {
 		return nil, fmt.Errorf("%w: %v: MaxPeers (%d) reached", ErrNoSession, addr, c.cfg.MaxPeers)
 	}
 	return c.addLearnedTableLocked(addr, origin), nil
 }
 
-// addLearnedTableLocked makes a learned peer at addr; c.mu is held and the
-// caller checked MaxPeers.
+// addLearnedTableLocked makes a learned peer at addr; c.peers.mu is held
+// and the caller checked MaxPeers.
 func (c *Conn) addLearnedTableLocked(addr netip.AddrPort, origin peerOrigin) *peer {
-	p := c.strangers[addr]
+	p := c.peers.takeStrangerLocked(addr)
 	if p != nil {
 		// A reply waits there for its final message: the stranger
 		// becomes the peer, its handshake still completes, and for the
 		// Conn's own hellos the address counts as one that sent a
 		// hello (mayInitiateLocked): a write to it waits for that
 		// handshake, as when the hello made the peer.
-		delete(c.strangers, addr)
 		if origin == originWrite {
 			origin = originHello
 		}
@@ -449,33 +424,17 @@ func (c *Conn) addLearnedTableLocked(addr netip.AddrPort, origin peerOrigin) *pe
 		p = c.newPeer(addr, nil)
 		p.origin = origin
 	}
-	c.peers[addr] = p
-	c.learned++
-	if origin == originPlaintext {
-		c.plainPeers++
-		if len(c.plainOrder) >= 2*maxPlaintextPeers {
-			c.plainOrder = slices.DeleteFunc(c.plainOrder, func(q *peer) bool { return c.peers[q.addrLoad()] != q })
-		}
-		c.plainOrder = append(c.plainOrder, p)
-	}
+	c.peers.insertLocked(p)
 	return p
 }
 
 // evictPlaintextPeerTableLocked forgets the oldest peer known only from
-// plaintext; c.mu is held.
+// plaintext; c.peers.mu is held.
 func (c *Conn) evictPlaintextPeerTableLocked() {
-	for len(c.plainOrder) > 0 {
-		q := c.plainOrder[0]
-		c.plainOrder = c.plainOrder[1:]
-		q.mu.Lock()
-		plain := !q.removed && q.origin == originPlaintext && !q.established && !q.seenSealed.Load()
-		addr := q.addr
-		q.mu.Unlock()
-		if plain && c.peers[addr] == q {
-			c.plainEvicted.add(addr)
-			c.dropPeerTableLocked(q, fmt.Errorf("%w: %v: evicted by newer plaintext peers", ErrUnknownPeer, addr))
-			return
-		}
+	if q := c.peers.plainCandidateLocked(); q != nil {
+		addr := q.addrLoad()
+		c.peers.plainEvicted.add(addr)
+		c.dropPeerTableLocked(q, fmt.Errorf("%w: %v: evicted by newer plaintext peers", ErrUnknownPeer, addr))
 	}
 }
 

@@ -250,9 +250,7 @@ func TestRoamingAndRebind(t *testing.T) {
 // sending it: what an eavesdropper captures on the wire.
 func sealedFrom(t testing.TB, c *Conn, to netip.AddrPort, p string) []byte {
 	t.Helper()
-	c.mu.RLock()
-	pr := c.peers[normAddr(to)]
-	c.mu.RUnlock()
+	pr := c.peers.lookup(normAddr(to))
 	if pr == nil {
 		t.Fatalf("%v is not a peer", to)
 	}

@@ -85,14 +85,14 @@ func TestReviewEvictedSetOverwritten(t *testing.T) {
 	close(stop)
 	<-drained
 	srv.SetReadDeadline(time.Time{})
-	srv.mu.RLock()
+	srv.peers.mu.RLock()
 	remembered := 0
 	for _, v := range victims {
-		if srv.plainEvicted.has(v.addr()) {
+		if srv.peers.plainEvicted.has(v.addr()) {
 			remembered++
 		}
 	}
-	srv.mu.RUnlock()
+	srv.peers.mu.RUnlock()
 	for _, v := range victims {
 		if _, err := srv.WriteToUDPAddrPort([]byte("the answer"), v.addr()); err != nil {
 			t.Fatal(err)

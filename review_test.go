@@ -33,9 +33,7 @@ func TestForgedHelloDoesNotPinPeer(t *testing.T) {
 	}
 	// A hello that wins the crossed-hello tie-break against a's own
 	// (the greater ephemeral key): a answers it.
-	a.mu.RLock()
-	p := a.peers[bAddr]
-	a.mu.RUnlock()
+	p := a.peers.lookup(bAddr)
 	var mine *noise.Initiation
 	for range 1000 {
 		p.mu.Lock()
@@ -106,9 +104,7 @@ func TestLostConfirmation(t *testing.T) {
 	handshakeT(t, a, mb.addr)
 	// Idle past the responder's unconfirmed expiry.
 	if took, ok := waitFor(waitLong, func() bool {
-		a.mu.RLock()
-		p := a.peers[mb.addr]
-		a.mu.RUnlock()
+		p := a.peers.lookup(mb.addr)
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		s := p.kp.current()
@@ -165,9 +161,7 @@ func TestLostChallengeDoesNotDisplace(t *testing.T) {
 			t.Fatalf("write %d: read %q", i, got)
 		}
 	}
-	s.mu.RLock()
-	p := s.peers[ml.addr]
-	s.mu.RUnlock()
+	p := s.peers.lookup(ml.addr)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !bytes.Equal(p.identity, l.PublicKey()) {

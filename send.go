@@ -375,17 +375,15 @@ func (c *Conn) Broadcast(b []byte) (int, error) {
 		// Also with no peers to fail: calls after Close return errors.
 		return 0, c.opError("write", nil, ErrClosed)
 	}
-	c.mu.RLock()
-	addrs := make([]netip.AddrPort, 0, len(c.peers))
-	for a, p := range c.peers {
+	var addrs []netip.AddrPort
+	for _, p := range c.peers.snapshot() {
 		p.mu.Lock()
-		proved := p.configured || p.established
+		proved, a := p.configured || p.established, p.addr
 		p.mu.Unlock()
 		if proved {
 			addrs = append(addrs, a)
 		}
 	}
-	c.mu.RUnlock()
 	slices.SortFunc(addrs, netip.AddrPort.Compare)
 	var errs []error
 	n := 0

@@ -88,9 +88,7 @@ func (c *Conn) Stats() Stats {
 	if !c.ok() {
 		return Stats{}
 	}
-	c.mu.RLock()
-	peers := len(c.peers)
-	c.mu.RUnlock()
+	peers := c.peers.count()
 	sessions, _ := c.index.counts()
 	k := &c.stats
 	return Stats{

@@ -38,12 +38,7 @@ import (
 // tick runs the timers once.
 func (c *Conn) tick() {
 	now := c.now()
-	c.mu.RLock()
-	ps := make([]*peer, 0, len(c.peers))
-	for _, p := range c.peers {
-		ps = append(ps, p)
-	}
-	c.mu.RUnlock()
+	ps := c.peers.snapshot()
 	var idle []*peer
 	for _, p := range ps {
 		p.mu.Lock()
@@ -92,14 +87,14 @@ func (c *Conn) tick() {
 	}
 	if len(idle) > 0 {
 		var forgotten []netip.AddrPort
-		c.mu.Lock()
+		c.peers.mu.Lock()
 		for _, p := range idle {
-			if c.peers[p.addr] == p {
+			if c.peers.getLocked(p.addr) == p {
 				c.dropPeerTableLocked(p, fmt.Errorf("%w: %v was idle", ErrUnknownPeer, p.addr))
 				forgotten = append(forgotten, p.addr)
 			}
 		}
-		c.mu.Unlock()
+		c.peers.mu.Unlock()
 		for _, a := range forgotten {
 			c.event(Event{Kind: EventForgotten, Addr: a})
 		}

@@ -28,9 +28,9 @@ type peerSnapshot struct {
 func peerState(c *Conn, addr netip.AddrPort) peerSnapshot {
 	p, _ := c.peerFor(normAddr(addr), lookupOnly)
 	if p == nil {
-		c.mu.RLock()
-		p = c.strangers[normAddr(addr)] // replies to a hello from no peer wait there
-		c.mu.RUnlock()
+		c.peers.mu.RLock()
+		p = c.peers.strangerLocked(normAddr(addr)) // replies to a hello from no peer wait there
+		c.peers.mu.RUnlock()
 	}
 	if p == nil {
 		return peerSnapshot{}
