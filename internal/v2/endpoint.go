@@ -67,7 +67,6 @@ import (
 	"time"
 
 	"github.com/vaultudp/vaultudp/internal/zstd"
-	"golang.org/x/crypto/nacl/box"
 	"golang.org/x/time/rate"
 )
 
@@ -749,8 +748,7 @@ func (e *Endpoint) appendDatagram(dst []byte, shared *[32]byte, payload, control
 	defer e.putBuf(pp)
 	plain := appendInnerPrefix((*pp)[:0], inner, sendTimestamp(e.cfg.Now()))
 	plain = AppendFrame(plain, payload, control, zeros[:pad])
-	dst = append(dst, boxNonce[:]...)
-	return box.SealAfterPrecomputation(dst, plain, boxNonce, shared), nil
+	return sealBox(dst, shared, boxNonce, plain), nil
 }
 
 // Send is the write path to the peer: b is compressed (always, even

@@ -800,10 +800,16 @@ func appendInnerPrefix(dst []byte, nonce *[InnerNonceLen]byte, ts float64) []byt
 // PyNaCl's Box.encrypt returns. The box nonce and the inner nonce must be
 // fresh random bytes for every datagram (the reference draws both at
 // random); ts comes from sendTimestamp. They are parameters so that the
-// vectors reproduce.
+// vectors reproduce; the Endpoint seals with the same sealBox, into
+// buffers of its own.
 func Seal(dst []byte, shared *[32]byte, boxNonce *[BoxNonceLen]byte, innerNonce *[InnerNonceLen]byte, ts float64, frame []byte) []byte {
 	plain := make([]byte, 0, InnerLen+len(frame))
 	plain = append(appendInnerPrefix(plain, innerNonce, ts), frame...)
+	return sealBox(dst, shared, boxNonce, plain)
+}
+
+// sealBox appends box_nonce ‖ crypto_box(plain) to dst.
+func sealBox(dst []byte, shared *[32]byte, boxNonce *[BoxNonceLen]byte, plain []byte) []byte {
 	dst = append(dst, boxNonce[:]...)
 	return box.SealAfterPrecomputation(dst, plain, boxNonce, shared)
 }
