@@ -304,7 +304,7 @@ func (pc *peerConn) state() (netip.AddrPort, chan struct{}, error) {
 			err = fmt.Errorf("%w: %v was dropped", ErrUnknownPeer, pc.p.addr)
 		}
 	}
-	return pc.p.addr, pc.p.changed, err
+	return pc.p.addr, pc.p.changedLocked(), err
 }
 
 func (pc *peerConn) Read(b []byte) (int, error) {

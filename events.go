@@ -73,17 +73,21 @@ func (c *Conn) event(e Event) {
 	case EventForgotten:
 		level = slog.LevelDebug
 	}
-	attrs := []any{"peer", e.Addr}
-	if e.From.IsValid() {
-		attrs = append(attrs, "from", e.From)
+	if ctx := context.Background(); c.log.Enabled(ctx, level) {
+		// Only then: the key's text and the attributes cost a handshake
+		// four allocations that a discarding Logger would throw away.
+		attrs := []any{"peer", e.Addr}
+		if e.From.IsValid() {
+			attrs = append(attrs, "from", e.From)
+		}
+		if e.Key != nil {
+			attrs = append(attrs, "key", EncodePublicKey(e.Key))
+		}
+		if e.Err != nil {
+			attrs = append(attrs, "err", e.Err)
+		}
+		c.log.Log(ctx, level, "vaultudp: peer "+e.Kind.String(), attrs...)
 	}
-	if e.Key != nil {
-		attrs = append(attrs, "key", EncodePublicKey(e.Key))
-	}
-	if e.Err != nil {
-		attrs = append(attrs, "err", e.Err)
-	}
-	c.log.Log(context.Background(), level, "vaultudp: peer "+e.Kind.String(), attrs...)
 	if c.events == nil {
 		return
 	}

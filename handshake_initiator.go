@@ -53,7 +53,7 @@ func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 			// datagram (receiveSealed notifies), or fails the attempt
 			// (onUnansweredFinal).
 			started = true
-			ch := p.changed
+			ch := p.changedLocked()
 			p.mu.Unlock()
 			select {
 			case <-ch:
@@ -82,7 +82,7 @@ func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 		if hello || p.handshakingLocked() {
 			started = true
 		}
-		ch := p.changed
+		ch := p.changedLocked()
 		p.mu.Unlock()
 		if hello {
 			c.sendHello(p)

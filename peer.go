@@ -105,7 +105,7 @@ type peer struct {
 	// Its life.
 	lastHandshake time.Time
 	established   bool          // it has had a confirmed session
-	changed       chan struct{} // closed and replaced when a session comes or an attempt fails
+	changed       chan struct{} // closed when a session comes or an attempt fails; nil until one waits (changedLocked)
 	removed       bool
 	stranger      bool // in Conn.strangers, not the table: only replies waiting (handshake_responder.go)
 }
@@ -131,7 +131,7 @@ type PeerInfo struct {
 }
 
 func (c *Conn) newPeer(addr netip.AddrPort, pc *PeerConfig) *peer {
-	p := &peer{addr: addr, changed: make(chan struct{})}
+	p := &peer{addr: addr}
 	p.policyV.Store(int32(c.cfg.Policy))
 	p.lastSeen.Store(c.now())
 	p.at.Store(&addr)
@@ -156,10 +156,23 @@ func (c *Conn) newPeer(addr netip.AddrPort, pc *PeerConfig) *peer {
 // policy returns p's policy.
 func (p *peer) policy() Policy { return Policy(p.policyV.Load()) }
 
-// notifyLocked wakes the goroutines waiting in Handshake.
+// changedLocked returns a channel closed at the peer's next change (a
+// session comes, an attempt fails: notifyLocked). It is made when a
+// goroutine first waits: most peers never have one waiting, and a channel
+// is 96 bytes.
+func (p *peer) changedLocked() chan struct{} {
+	if p.changed == nil {
+		p.changed = make(chan struct{})
+	}
+	return p.changed
+}
+
+// notifyLocked wakes the goroutines waiting for a change (changedLocked).
 func (p *peer) notifyLocked() {
-	close(p.changed)
-	p.changed = make(chan struct{})
+	if p.changed != nil {
+		close(p.changed)
+		p.changed = nil
+	}
 }
 
 // closeLocked ends the peer: no sessions, no queue. The caller removes

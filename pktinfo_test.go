@@ -103,7 +103,7 @@ func TestAnswersLeaveFromTheAddressAsked(t *testing.T) {
 			defer timeout.Stop()
 			for i := 0; server.Stats().Handshakes == before; i++ {
 				sp.mu.Lock()
-				ch := sp.changed
+				ch := sp.changedLocked()
 				sp.mu.Unlock()
 				server.startHandshake(sp)
 				select {

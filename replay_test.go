@@ -68,8 +68,8 @@ func TestReplayConstants(t *testing.T) {
 	if counterLimit != math.MaxUint64-1<<13 {
 		t.Errorf("counterLimit = %d, want 2^64 - 2^13 - 1 = %d", counterLimit, uint64(math.MaxUint64-1<<13))
 	}
-	if replayWindowSize != 8128 {
-		t.Errorf("replayWindowSize = %d, want 8128", replayWindowSize)
+	if replayWindowSize != 4032 {
+		t.Errorf("replayWindowSize = %d, want 4032 (PROTOCOL.md 5.8)", replayWindowSize)
 	}
 }
 
@@ -107,10 +107,10 @@ func TestReplaySequences(t *testing.T) {
 			{64, false}, {130, false}, {128, false}, {131, true},
 		}},
 		{"late packets behind the highest", []replayStep{
-			{10, true}, {5000, true}, {10, false}, {11, true}, {4999, true}, {9, true}, {5001, true}, {4999, false},
+			{10, true}, {2500, true}, {10, false}, {11, true}, {2499, true}, {9, true}, {2501, true}, {2499, false},
 		}},
 		{"duplicate of the highest", []replayStep{{100, true}, {100, false}, {99, true}, {100, false}}},
-		{"duplicate deep in the window", []replayStep{{7, true}, {8000, true}, {7, false}, {8, true}, {8, false}}},
+		{"duplicate deep in the window", []replayStep{{7, true}, {4000, true}, {7, false}, {8, true}, {8, false}}},
 		{"whole window in reverse, then slide one", append(reversed(replayWindowSize-1),
 			replayStep{0, false}, replayStep{replayWindowSize - 1, false},
 			replayStep{replayWindowSize, true}, // now 0 is exactly replayWindowSize behind: too old
@@ -173,8 +173,8 @@ func TestReplayWindowEdge(t *testing.T) {
 		replayWindowSize,     // 0 is just too old
 		10000,
 		64 * 200,    // h at the start of a block
-		64*200 + 63, // h at the end of a block: the window is exactly 127 blocks
-		64*200 + 17, // the window straddles 128 blocks
+		64*200 + 63, // h at the end of a block: the window is exactly 63 blocks
+		64*200 + 17, // the window straddles 64 blocks
 		1e12 + 5,
 		counterLimit - 1,
 	} {
