@@ -18,7 +18,7 @@ func TestHandshakeCrossedAddPeer(t *testing.T) {
 		for _, p := range c.peers.snapshot() {
 			p.mu.Lock()
 			t.Logf("%s: peer %v: current %v, replies waiting %v %v, init %v, initiating %v, failure %v",
-				name, p.addr, p.kp.current() != nil, p.respNew != nil, p.respOld != nil, p.init != nil, p.initiating, p.failErr)
+				name, p.addr, p.kp.current() != nil, p.respNew != nil, p.respOld != nil, p.hs.init != nil, p.hs.initiating, p.hs.failErr)
 			p.mu.Unlock()
 		}
 		t.Logf("%s: %+v", name, c.Stats())

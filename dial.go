@@ -299,7 +299,7 @@ func (pc *peerConn) state() (netip.AddrPort, chan struct{}, error) {
 	defer pc.p.mu.Unlock()
 	var err error
 	if pc.p.removed {
-		err = pc.p.failErr
+		err = pc.p.hs.failErr
 		if err == nil {
 			err = fmt.Errorf("%w: %v was dropped", ErrUnknownPeer, pc.p.addr)
 		}

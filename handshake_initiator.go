@@ -11,6 +11,30 @@ import (
 	"github.com/vaultudp/vaultudp/internal/noise"
 )
 
+// initiatorState is a peer's side of the handshakes it initiates, as
+// crypto/tls keeps a clientHandshakeState: the attempt under way, one at
+// a time and started only by wantHelloLocked, and what the attempts left
+// behind. Guarded by the peer's mu.
+type initiatorState struct {
+	// The attempt under way.
+	init       *initiation // the hello of this attempt awaiting a reply
+	prevInit   *initiation // the one it replaced: a slow reply to it still completes
+	initStart  int64       // Conn clock at the first hello of this attempt
+	initSent   int64       // Conn clock at the last hello sent
+	initiating bool        // a hello is being made (claimHelloLocked)
+	deferredAt int64       // Conn clock (|1) at the first hello deferred for a waiting responder session (awaitingConfirmLocked)
+	claimGen   uint64      // gen at the claim
+	silent     bool        // the attempt began with a silence (timers.go)
+
+	// What the attempts left.
+	gen         uint64 // sessions installed, ever
+	hellos      int    // hellos sent to it, ever
+	failErr     error  // the last attempt's failure, until failedAt+backoff
+	failedAt    int64
+	lastFailure error // the last failure, kept for PeerInfo
+	refused     error // the trust rules refused a hello from the peer's address since its last session
+}
+
 // Handshake waits until the peer at addr has a session that it has
 // confirmed, starting a handshake if none is under way (also after a
 // failed one). When it returns nil, MaxPayloadTo(addr) is final: the
@@ -40,7 +64,7 @@ func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 	for {
 		p.mu.Lock()
 		if p.removed {
-			err := p.failErr
+			err := p.hs.failErr
 			p.mu.Unlock()
 			return err
 		}
@@ -64,8 +88,8 @@ func (c *Conn) Handshake(ctx context.Context, addr netip.AddrPort) error {
 				return c.opError("handshake", nil, ErrClosed)
 			}
 		}
-		if started && !p.handshakingLocked() && p.failErr != nil {
-			err := p.failErr
+		if started && !p.handshakingLocked() && p.hs.failErr != nil {
+			err := p.hs.failErr
 			p.mu.Unlock()
 			return err
 		}
@@ -155,7 +179,7 @@ func (c *Conn) wantHelloLocked(p *peer, why helloReason, now int64) bool {
 		return false // protocol v2 (proto_v2.go): no native handshake
 	}
 	if why == helloRetry {
-		return p.init != nil && p.mayRetryLocked() && p.claimHelloLocked()
+		return p.hs.init != nil && p.mayRetryLocked() && p.claimHelloLocked()
 	}
 	if p.handshakingLocked() {
 		return false // the attempt under way serves
@@ -163,10 +187,10 @@ func (c *Conn) wantHelloLocked(p *peer, why helloReason, now int64) bool {
 	switch why {
 	case helloAsked, helloRekey:
 	case helloOffer:
-		if p.failErr != nil && time.Duration(now-p.failedAt) < c.cfg.HandshakeTimeout {
+		if p.hs.failErr != nil && time.Duration(now-p.hs.failedAt) < c.cfg.HandshakeTimeout {
 			return false
 		}
-		if !p.established && p.origin != originConfig && (p.hellos > 0 || p.credit < c.helloWireLen()) {
+		if !p.established && p.origin != originConfig && (p.hs.hellos > 0 || p.credit < c.helloWireLen()) {
 			// The datagram itself went in clear: the hello is only an
 			// offer, and to an address that has not proved it receives
 			// it goes once, paid for by what the address sent, whoever
@@ -202,25 +226,25 @@ func (c *Conn) wantHelloLocked(p *peer, why helloReason, now int64) bool {
 // is held.
 func (c *Conn) awaitingConfirmLocked(p *peer, now int64) bool {
 	if p.respNew == nil {
-		p.deferredAt = 0
+		p.hs.deferredAt = 0
 		return false
 	}
-	if p.deferredAt == 0 {
-		p.deferredAt = now | 1
+	if p.hs.deferredAt == 0 {
+		p.hs.deferredAt = now | 1
 		return true
 	}
-	return time.Duration(now-p.deferredAt) < c.retryAfter()
+	return time.Duration(now-p.hs.deferredAt) < c.retryAfter()
 }
 
 // claimHelloLocked reserves the making of p's next hello. It reports false
 // if one is being made already or p is gone; p.mu is held. A successful
 // claim clears the last attempt's failure: a new attempt begins.
 func (p *peer) claimHelloLocked() bool {
-	if p.initiating || p.removed {
+	if p.hs.initiating || p.removed {
 		return false
 	}
-	p.initiating, p.claimGen = true, p.gen
-	p.failErr, p.deferredAt = nil, 0
+	p.hs.initiating, p.hs.claimGen = true, p.hs.gen
+	p.hs.failErr, p.hs.deferredAt = nil, 0
 	return true
 }
 
@@ -238,7 +262,7 @@ func (c *Conn) mayInitiateLocked(p *peer) bool {
 	case p.established || p.origin == originConfig || p.origin == originWrite:
 		return true
 	case p.origin == originPlaintext:
-		return p.hellos == 0 && p.credit >= c.helloWireLen()
+		return p.hs.hellos == 0 && p.credit >= c.helloWireLen()
 	}
 	return false
 }
@@ -255,7 +279,7 @@ func (c *Conn) helloWireLen() int { return noise.HelloLen }
 
 // handshakingLocked reports whether an initiation is pending or being
 // made; p.mu is held.
-func (p *peer) handshakingLocked() bool { return p.init != nil || p.initiating }
+func (p *peer) handshakingLocked() bool { return p.hs.init != nil || p.hs.initiating }
 
 // sendHello makes a new hello for p, replacing any pending one, and sends
 // it. The caller holds a claim (claimHelloLocked) and not p.mu. A retry
@@ -270,8 +294,8 @@ func (c *Conn) sendHello(p *peer) {
 	}
 	now := c.now()
 	p.mu.Lock()
-	p.initiating = false
-	if err != nil || p.removed || p.gen != p.claimGen {
+	p.hs.initiating = false
+	if err != nil || p.removed || p.hs.gen != p.hs.claimGen {
 		// Gone, or a session came while the hello was made (the peer's
 		// own handshake, answered here): this attempt is superseded.
 		// (The system's random source does not fail; if it did, the
@@ -285,18 +309,18 @@ func (c *Conn) sendHello(p *peer) {
 		return
 	}
 	init := &initiation{localIndex: idx, n: ni, hello: bytes.Clone(ni.Hello())}
-	c.index.forget(p, p.prevInit)
-	old := p.init
+	c.index.forget(p, p.hs.prevInit)
+	old := p.hs.init
 	if old == nil {
-		p.initStart = now
+		p.hs.initStart = now
 	} else {
 		// A retry: the responder may be under load and want the
 		// cookie it gave us back.
 		init.setCookie(old.cookie())
 	}
-	p.prevInit, p.init = old, init
-	p.initSent = now
-	p.hellos++
+	p.hs.prevInit, p.hs.init = old, init
+	p.hs.initSent = now
+	p.hs.hellos++
 	hello, to := init.hello, p.addr
 	p.mu.Unlock()
 	c.sendRawFrom(to, p.localAddr(), hello)
@@ -327,8 +351,8 @@ func (p *peer) helloPathFor(init *initiation) *pathAt {
 
 // clearInitLocked forgets p's pending initiations.
 func (c *Conn) clearInitLocked(p *peer) {
-	c.index.forget(p, p.init, p.prevInit)
-	p.init, p.prevInit = nil, nil
+	c.index.forget(p, p.hs.init, p.hs.prevInit)
+	p.hs.init, p.hs.prevInit = nil, nil
 }
 
 // failLocked ends p's handshake attempt with err (a timeout, or a key the
@@ -336,15 +360,15 @@ func (c *Conn) clearInitLocked(p *peer) {
 // that follows are dropped too (or fail, for a refused key).
 func (c *Conn) failLocked(p *peer, now int64, err error) {
 	c.clearInitLocked(p)
-	if p.silent {
+	if p.hs.silent {
 		// The peer has not answered for SilenceTimeout and then a
 		// handshake: it is gone (restarted, or another key). Its
 		// session would only swallow what is written.
 		c.index.remove(p.kp.dropSending()...)
-		p.silent = false
+		p.hs.silent = false
 	}
-	p.failErr, p.lastFailure = err, err
-	p.failedAt = now
+	p.hs.failErr, p.hs.lastFailure = err, err
+	p.hs.failedAt = now
 	p.lastSeen.Store(now) // keep the peer (and its error) a while for writers to see
 	c.stats.handshakeFailures.Add(1)
 	c.stats.dropHandshakeTimeout.Add(uint64(len(c.takeQueueLocked(p))))
@@ -371,9 +395,9 @@ func (c *Conn) handleReply(msg []byte) {
 		return
 	}
 	p.mu.Lock()
-	init, addr := p.init, p.addr
-	if p.prevInit != nil && p.prevInit.localIndex == idx {
-		init = p.prevInit // a reply slower than our retry
+	init, addr := p.hs.init, p.addr
+	if p.hs.prevInit != nil && p.hs.prevInit.localIndex == idx {
+		init = p.hs.prevInit // a reply slower than our retry
 	}
 	p.mu.Unlock()
 	if init == nil || init.localIndex != idx {
@@ -392,7 +416,7 @@ func (c *Conn) handleReply(msg []byte) {
 			ferr := fmt.Errorf("%w: %w: %v: its reply does not decrypt under our preshared key (the two sides hold different keys, or one holds none)", ErrPeerRejected, ErrPresharedKey, addr)
 			c.event(Event{Kind: EventFailed, Addr: addr, Err: ferr})
 			p.mu.Lock()
-			if p.init == init || p.prevInit == init {
+			if p.hs.init == init || p.hs.prevInit == init {
 				c.failLocked(p, c.now(), ferr)
 			}
 			p.mu.Unlock()
@@ -414,14 +438,14 @@ func (c *Conn) handleReply(msg []byte) {
 		c.stats.rejected.Add(1)
 		c.event(Event{Kind: EventRefused, Addr: addr, Key: rp.Identity, Err: err})
 		p.mu.Lock()
-		if p.init == init || p.prevInit == init {
+		if p.hs.init == init || p.hs.prevInit == init {
 			c.failLocked(p, c.now(), err)
 		}
 		p.mu.Unlock()
 		return
 	}
 	p.mu.Lock()
-	still := p.init == init || p.prevInit == init
+	still := p.hs.init == init || p.hs.prevInit == init
 	p.mu.Unlock()
 	if !still {
 		c.stats.stale.Add(1)
@@ -513,10 +537,10 @@ func (c *Conn) handleCookie(msg []byte, from netip.AddrPort) {
 	var hello []byte
 	// Only the address we sent the hello to may ask for a cookie, and
 	// only once per hello (the cookie is then in it).
-	if p.init != nil && p.init.localIndex == idx && from == p.addr && !bytes.Equal(p.init.cookie(), cookie) {
-		p.init.setCookie(cookie)
-		hello = p.init.hello
-		p.initSent = c.now()
+	if p.hs.init != nil && p.hs.init.localIndex == idx && from == p.addr && !bytes.Equal(p.hs.init.cookie(), cookie) {
+		p.hs.init.setCookie(cookie)
+		hello = p.hs.init.hello
+		p.hs.initSent = c.now()
 	}
 	to := p.addr
 	p.mu.Unlock()

@@ -42,7 +42,7 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 		// initiates, the other answers (PROTOCOL.md 9.9). Our
 		// initiation's noise state is the handshake goroutine's, which
 		// this is.
-		keep := pr.init != nil && pr.init.n.KeepsInitiating(h)
+		keep := pr.hs.init != nil && pr.hs.init.n.KeepsInitiating(h)
 		pr.mu.Unlock()
 		if keep {
 			return
@@ -242,7 +242,7 @@ func (c *Conn) handleFinal(msg []byte, from netip.AddrPort, local netip.Addr) {
 	if err := c.trust(p, r.from, id); err != nil && !replacing {
 		c.stats.rejected.Add(1)
 		p.mu.Lock()
-		p.lastFailure, p.refused = err, err
+		p.hs.lastFailure, p.hs.refused = err, err
 		if candidate {
 			// Judged again when the initiator sends its final message
 			// again, once the liveness challenge has had its time.

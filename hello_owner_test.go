@@ -20,10 +20,10 @@ func TestWantHello(t *testing.T) {
 		wrote      state = func(p *peer) { p.configured, p.origin = false, originWrite }
 		plain      state = func(p *peer) { p.configured, p.origin = false, originPlaintext }
 		credited   state = func(p *peer) { p.credit = c.helloWireLen() }
-		helloed    state = func(p *peer) { p.hellos = 1 }
-		attempt    state = func(p *peer) { p.init = &initiation{} }
-		making     state = func(p *peer) { p.initiating = true }
-		failed     state = func(p *peer) { p.failErr, p.failedAt = errors.New("timeout"), 0 }
+		helloed    state = func(p *peer) { p.hs.hellos = 1 }
+		attempt    state = func(p *peer) { p.hs.init = &initiation{} }
+		making     state = func(p *peer) { p.hs.initiating = true }
+		failed     state = func(p *peer) { p.hs.failErr, p.hs.failedAt = errors.New("timeout"), 0 }
 		waiting    state = func(p *peer) { p.respNew = &response{} }
 		gone       state = func(p *peer) { p.removed = true }
 		proven     state = func(p *peer) { p.established = true }
@@ -70,7 +70,7 @@ func TestWantHello(t *testing.T) {
 			if got := c.wantHelloLocked(p, tc.why, tc.now); got != tc.want {
 				t.Fatalf("wantHelloLocked(%v) = %v, want %v", tc.why, got, tc.want)
 			}
-			if tc.want && !p.initiating {
+			if tc.want && !p.hs.initiating {
 				t.Fatal("a hello granted without a claim")
 			}
 		})

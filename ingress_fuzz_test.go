@@ -285,7 +285,7 @@ func (r *ingressRig) pendingInit() *initiation {
 		bp := r.a.peers.lookup(r.blackhole)
 		if bp != nil {
 			bp.mu.Lock()
-			init := bp.init
+			init := bp.hs.init
 			bp.mu.Unlock()
 			if init != nil {
 				return init

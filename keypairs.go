@@ -342,13 +342,13 @@ func (c *Conn) installLocked(p *peer, s *session, identity ed25519.PublicKey, wa
 // one's sessions go. p.mu is held; s is indexed.
 func (c *Conn) makeCurrentLocked(p *peer, s *session, identity ed25519.PublicKey, wall time.Time, now int64, rekey, replace bool) [][]byte {
 	c.clearInitLocked(p)
-	p.gen++
+	p.hs.gen++
 	queued := c.flushQueueLocked(p) // before s is current: see acquireSession
 	c.index.remove(p.kp.promote(s, replace)...)
 	p.established = true
 	p.identity = identity
 	p.lastHandshake = wall
-	p.failErr, p.refused, p.silent = nil, nil, false
+	p.hs.failErr, p.hs.refused, p.hs.silent = nil, nil, false
 	p.lastSeen.Store(now)
 	c.stats.handshakes.Add(1)
 	if rekey {

@@ -68,21 +68,8 @@ type peer struct {
 	addr     netip.AddrPort
 	identity ed25519.PublicKey // the key of its sessions (remembered: trust on first use)
 
-	// The handshake attempt (handshake_initiator.go): one at a time,
-	// started only by wantHelloLocked.
-	init          *initiation // the hello of this attempt awaiting a reply
-	prevInit      *initiation // the one it replaced: a slow reply to it still completes
-	initStart     int64       // Conn clock at the first hello of this attempt
-	initSent      int64       // Conn clock at the last hello sent
-	initiating    bool        // a hello is being made (claimHelloLocked)
-	deferredAt    int64       // Conn clock (|1) at the first hello deferred for a waiting responder session (awaitingConfirmLocked)
-	gen, claimGen uint64      // sessions installed, ever; gen at the claim
-	hellos        int         // hellos sent to it, ever
-	silent        bool        // the attempt under way began with a silence (timers.go)
-	failErr       error       // the last attempt's failure, until failedAt+backoff
-	failedAt      int64
-	lastFailure   error // the last failure, kept for PeerInfo
-	refused       error // the trust rules refused a hello from the peer's address since its last session
+	// The initiator's side of its handshakes (handshake_initiator.go).
+	hs initiatorState
 
 	// Replies we sent, waiting for the initiator's final message
 	// (handshake_responder.go): the newest, and the one before.
@@ -181,9 +168,9 @@ func (p *peer) closeLocked(reason error) {
 	p.removed = true
 	p.dropPathLocked() // path.go
 	p.kp.clear()
-	p.init, p.prevInit = nil, nil
+	p.hs.init, p.hs.prevInit = nil, nil
 	p.queue = nil
-	p.failErr = reason
+	p.hs.failErr = reason
 	p.notifyLocked()
 }
 
@@ -365,7 +352,7 @@ func (c *Conn) infoOf(p *peer, now int64) PeerInfo {
 		BytesIn:       p.bytesIn.Load(),
 		DatagramsOut:  p.datagramsOut.Load(),
 		BytesOut:      p.bytesOut.Load(),
-		LastFailure:   p.lastFailure,
+		LastFailure:   p.hs.lastFailure,
 	}
 	if p.proto != nil {
 		p.proto.info(&info) // protocol v2 (proto_v2.go)

@@ -107,14 +107,14 @@ func TestRetryCookieRules(t *testing.T) {
 	}
 	hello()
 	p.mu.Lock()
-	first := p.init.localIndex
+	first := p.hs.init.localIndex
 	p.mu.Unlock()
 
 	// A cookie from another address is ignored.
 	stranger := netip.AddrPortFrom(peerAddr.Addr(), peerAddr.Port()+1)
 	c.handleCookie(noise.CookieMsg(first, cookie), stranger)
 	p.mu.Lock()
-	if !bytes.Equal(p.init.cookie(), make([]byte, cookieLen)) {
+	if !bytes.Equal(p.hs.init.cookie(), make([]byte, cookieLen)) {
 		p.mu.Unlock()
 		t.Fatal("a cookie from another address was taken")
 	}
@@ -123,7 +123,7 @@ func TestRetryCookieRules(t *testing.T) {
 	// From the peer's address it is taken, and a retry keeps it.
 	c.handleCookie(noise.CookieMsg(first, cookie), peerAddr)
 	p.mu.Lock()
-	taken := bytes.Equal(p.init.cookie(), cookie)
+	taken := bytes.Equal(p.hs.init.cookie(), cookie)
 	p.mu.Unlock()
 	if !taken {
 		t.Fatal("the peer's cookie was not taken")
@@ -131,13 +131,13 @@ func TestRetryCookieRules(t *testing.T) {
 	hello()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !bytes.Equal(p.init.cookie(), cookie) {
+	if !bytes.Equal(p.hs.init.cookie(), cookie) {
 		t.Fatal("the retry dropped the cookie")
 	}
-	if p.prevInit == nil || p.prevInit.localIndex != first {
+	if p.hs.prevInit == nil || p.hs.prevInit.localIndex != first {
 		t.Fatal("the replaced hello is not kept")
 	}
-	if c.index.initiator(first) != p || c.index.initiator(p.init.localIndex) != p {
+	if c.index.initiator(first) != p || c.index.initiator(p.hs.init.localIndex) != p {
 		t.Fatal("both hellos of the attempt must stay answerable")
 	}
 }

@@ -360,7 +360,7 @@ func (c *Conn) peerHellos(addr netip.AddrPort) int {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.hellos
+	return p.hs.hellos
 }
 
 // reviewSniffer reads the IPv4 packets that cross the loopback

@@ -37,8 +37,8 @@ func TestForgedHelloDoesNotPinPeer(t *testing.T) {
 	var mine *noise.Initiation
 	for range 1000 {
 		p.mu.Lock()
-		if p.init != nil {
-			mine = p.init.n
+		if p.hs.init != nil {
+			mine = p.hs.init.n
 		}
 		p.mu.Unlock()
 		if mine != nil {

@@ -206,7 +206,7 @@ func (c *Conn) send(b []byte, addr netip.AddrPort, wd *deadline) error {
 		return c.sendData(p, s, to, b, wd)
 	}
 	now := c.now() // p.mu is held from here on
-	backoff := !p.handshakingLocked() && p.failErr != nil && time.Duration(now-p.failedAt) < c.cfg.HandshakeTimeout
+	backoff := !p.handshakingLocked() && p.hs.failErr != nil && time.Duration(now-p.hs.failedAt) < c.cfg.HandshakeTimeout
 	// Opportunistic is sticky: a peer that has had a session, or been
 	// seen sealed, is written to sealed only, as under RequireEncryption.
 	if p.policy() == Opportunistic && !p.established && !p.seenSealed.Load() {
@@ -227,7 +227,7 @@ func (c *Conn) send(b []byte, addr netip.AddrPort, wd *deadline) error {
 		return err
 	}
 	if backoff {
-		err := p.failErr
+		err := p.hs.failErr
 		p.mu.Unlock()
 		if errors.Is(err, ErrPeerRejected) {
 			return err // lasting: the key is refused until the configuration changes

@@ -145,7 +145,7 @@ func (c *Conn) onSilence(p *peer, now int64) bool {
 	if !c.wantHelloLocked(p, helloSilence, now) {
 		return false
 	}
-	p.silent = true // if this attempt fails too, the session is given up (failLocked)
+	p.hs.silent = true // if this attempt fails too, the session is given up (failLocked)
 	c.stats.silences.Add(1)
 	return true
 }
@@ -217,22 +217,22 @@ func (c *Conn) retryAfter() time.Duration {
 // onHandshakeTimer: handshake retry and handshake timeout. It reports
 // whether it claimed a hello, and the attempt's failure if it ended it.
 func (c *Conn) onHandshakeTimer(p *peer, now int64) (hello bool, failed error) {
-	if p.init == nil || p.initiating {
+	if p.hs.init == nil || p.hs.initiating {
 		return false, nil
 	}
 	switch {
-	case time.Duration(now-p.initStart) >= c.cfg.HandshakeTimeout:
+	case time.Duration(now-p.hs.initStart) >= c.cfg.HandshakeTimeout:
 		err := fmt.Errorf("%w: no session with %v after %v", ErrHandshakeTimeout, p.addr, c.cfg.HandshakeTimeout)
-		if p.refused != nil {
+		if p.hs.refused != nil {
 			// The peer's own hellos came with a key the trust rules
 			// refuse: that is why (a hello alone does not end the
 			// attempt: anyone can send one from the peer's address).
-			err = fmt.Errorf("%w; %w", err, p.refused)
+			err = fmt.Errorf("%w; %w", err, p.hs.refused)
 		}
 		err = &timeoutError{err}
 		c.failLocked(p, now, err)
 		return false, err
-	case time.Duration(now-p.initSent) >= c.retryAfter():
+	case time.Duration(now-p.hs.initSent) >= c.retryAfter():
 		return c.wantHelloLocked(p, helloRetry, now), nil
 	}
 	return false, nil
@@ -265,7 +265,7 @@ func (c *Conn) onQueueWaiting(p *peer, now int64) bool {
 // once the deferral has run out. It reports whether it claimed a hello.
 func (c *Conn) onDeferredRekey(p *peer, now int64) bool {
 	s := p.kp.current()
-	return p.deferredAt != 0 && c.usable(s, now) && c.needsRekey(s, now) && c.wantHelloLocked(p, helloRekey, now)
+	return p.hs.deferredAt != 0 && c.usable(s, now) && c.needsRekey(s, now) && c.wantHelloLocked(p, helloRekey, now)
 }
 
 // onIdle: a learned peer with no session and no attempt is forgotten when

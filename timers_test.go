@@ -40,7 +40,7 @@ func peerState(c *Conn, addr netip.AddrPort) peerSnapshot {
 	p.kp.mu.Lock()
 	defer p.kp.mu.Unlock()
 	return peerSnapshot{
-		exists: true, hellos: p.hellos, attempt: p.init != nil, failErr: p.failErr,
+		exists: true, hellos: p.hs.hellos, attempt: p.hs.init != nil, failErr: p.hs.failErr,
 		established: p.established, cur: p.kp.cur.Load() != nil, prev: p.kp.prev != nil, next: p.respNew != nil,
 		queued: len(p.queue), configured: p.configured, removed: p.removed,
 	}
