@@ -272,43 +272,9 @@ func TestSendQueueMemoryBroadcast(t *testing.T) {
 func TestSendQueueMemoryEchoClients(t *testing.T) {
 	srv := listenT(t, "udp4", "127.0.0.1:0", &Config{ReadQueue: 4096})
 	streaming(t, srv)
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := srv.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			srv.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
+	echoServer(srv)
 	const together = 30
-	round := func() {
-		errs := make(chan error, together)
-		for range together {
-			go func() {
-				c, err := Listen("udp4", "127.0.0.1:0", nil)
-				if err != nil {
-					errs <- err
-					return
-				}
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(waitLong))
-				msg := make([]byte, 200)
-				if _, err := c.WriteToUDPAddrPort(msg, addrOf(srv)); err != nil {
-					errs <- err
-					return
-				}
-				_, _, err = c.ReadFromUDPAddrPort(make([]byte, 2048))
-				errs <- err
-			}()
-		}
-		for range together {
-			if err := <-errs; err != nil {
-				t.Fatalf("client: %v", err)
-			}
-		}
-	}
+	round := func() { echoClients(t, srv, together, together) }
 	// A first round makes what the server makes once (its receive
 	// buffers, the queue's trains); the next 300 clients are measured.
 	round()
