@@ -31,7 +31,8 @@ const DefaultCookieThreshold = 500
 // MAC per hello, not a signature verification.
 type cookieJar struct {
 	threshold int
-	budget    sourceBudget   // cookies per source
+	budget    sourceBudget   // cookie messages per source and hello (cookieRate)
+	holders   sourceBudget   // hellos with a valid cookie per source (holderRate)
 	jobs      chan cookieJob // cookie messages to send (handshake_queue.go)
 
 	// mu guards the fields below.
@@ -45,8 +46,10 @@ type cookieJar struct {
 }
 
 func newCookieJar(threshold int, now time.Time) *cookieJar {
-	j := &cookieJar{threshold: threshold, rotated: now, second: now, budget: newSourceBudget(cookieRate, cookieBurst),
-		jobs: make(chan cookieJob, cookieQueueLen)}
+	j := &cookieJar{threshold: threshold, rotated: now, second: now,
+		budget:  newSourceBudget(cookieRate, cookieBurst),
+		holders: newSourceBudget(holderRate, holderBurst),
+		jobs:    make(chan cookieJob, cookieQueueLen)}
 	rand.Read(j.secret[:])
 	rand.Read(j.previous[:])
 	return j
@@ -122,22 +125,46 @@ func (j *cookieJar) underLoad(now time.Time) bool {
 	return now.Before(j.loadedUntil)
 }
 
-// Cookies per source. Under load, a hello without a valid cookie costs the
-// reader a cookie message, a system call: a flood from one source (or a
-// few) that never answers its cookies would make the reader spend its time
-// sending them. A source (an address and port) gets at most cookieRate
-// cookies a second, in bursts of cookieBurst; past that its cookieless
-// hellos are dropped (Drops.CookieLimit), and a client that answered its
-// cookie is not affected: its hellos carry a valid one. Sources forged at
-// random (or one host's many ports) each get their cookie, as before: the
-// budget cannot tell them apart.
+// Budgets under load, as WireGuard's: on what proves a source receives,
+// not on what anyone can forge.
+//
+// Cookie messages. A hello without a valid cookie costs the reader a
+// cookie message, a system call: a flood that never answers its cookies
+// would make the reader spend its time sending them. Each source (an
+// address and port) gets at most cookieRate cookies a second, in bursts
+// of cookieBurst; past that its cookieless hellos are dropped
+// (Drops.CookieLimit). Sources forged at random each get their cookie (the
+// cookie goroutine's queue bounds them, Drops.HandshakeQueueFull).
+//
+// What this does not stop: hellos forged from a client's own address and
+// port spend its budget, and it gets no cookie while that lasts (README,
+// "does not protect"). The forger must know the port, which an off-path
+// attacker rarely does. The budget cannot be kept for what only the
+// client knows (its hello's sender index, say) without letting one socket
+// that sends many distinct hellos have a cookie message for each:
+// measured so, an unpaced flood from one socket kept new clients waiting
+// 0.7 s on average, up to 2.1 s, where the budget per source keeps them
+// at a few milliseconds (TestSecurityHelloFloodHandshake).
+//
+// Hellos with a valid cookie. The cookie proves the source receives; it
+// does not limit it: a source that answered one cookie could send signed
+// hellos, each costing a responder's key exchange, as fast as its link
+// allows, and fill the handshake queue ahead of new clients. Each source
+// (an address and port: the cookie's) gets at most holderRate of them a
+// second, in bursts of holderBurst, past that dropped (Drops.CookieLimit).
+// WireGuard bounds these initiations per IP (20 a second); by port too
+// here, so that clients behind one NAT address, or a flash crowd from one
+// host, are not one budget. A client sends one hello a retry interval,
+// and one more when a cookie comes.
 const (
 	cookieRate  = 20
 	cookieBurst = 20
+	holderRate  = 20
+	holderBurst = 5
 )
 
 // budgetSlots is the size of a sourceBudget's table, 24 bytes a slot,
-// allocated at the first use.
+// allocated at the first use (96 KiB).
 const budgetSlots = 4096
 
 // sourceBudget paces something (resets, cookies) per source, in a fixed

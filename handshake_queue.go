@@ -204,7 +204,7 @@ func (c *Conn) handleHandshake(msg []byte, from netip.AddrPort, local netip.Addr
 // helloGate applies the cookie rule (cookie.go) to a hello on the reader,
 // before it is queued, and reports whether it is done with it: malformed,
 // or, the Conn being under load, carrying no valid cookie for its source.
-// Such a hello gets a cookie message, within its source's budget, sent by
+// Such a hello gets a cookie message, within its budget, sent by
 // a goroutine of its own from a queue of its own (cookieQueueLen; full, the
 // hello is dropped, Drops.HandshakeQueueFull). So under a flood of hellos
 // from sources that do not answer cookies (forged ones), the handshake
@@ -221,8 +221,17 @@ func (c *Conn) helloGate(msg []byte, from netip.AddrPort, local netip.Addr) bool
 		return true
 	}
 	wall := c.cfg.now()
-	if !c.cookies.underLoad(wall) || (!allZero(m.Cookie) && c.cookies.valid(from, m.Cookie, wall)) {
+	if !c.cookies.underLoad(wall) {
 		return false
+	}
+	if !allZero(m.Cookie) && c.cookies.valid(from, m.Cookie, wall) {
+		// It proved its source; within the source's budget, on to the
+		// queue (cookie.go: hellos with a valid cookie).
+		if c.cookies.holders.allow(from, c.now()) {
+			return false
+		}
+		c.stats.cookieLimit.Add(1)
+		return true
 	}
 	if !c.cookies.budget.allow(from, c.now()) {
 		c.stats.cookieLimit.Add(1)

@@ -52,7 +52,7 @@ type Drops struct {
 	HandshakeTimeout   uint64 // written datagrams dropped when their handshake failed
 	PeerLimit          uint64 // handshakes refused because Config.MaxPeers was reached
 	HandshakeQueueFull uint64 // handshake messages dropped because the handshake queue was full (a flood)
-	CookieLimit        uint64 // hellos without a valid cookie under load from a source past its cookie budget (a flood)
+	CookieLimit        uint64 // hellos under load from a source past its budget: of cookie messages, or of hellos with a valid cookie (a flood)
 	V2SendLimit        uint64 // written to ProtocolV2 peers but not sent: over the reference's 100 a second
 	Unvalidated        uint64 // authentic, but from an address the peer has not proved: held for path validation and dropped when it failed, or another peer holds the address
 
