@@ -103,6 +103,7 @@ var resetLabel = []byte("vaultudp/3 reset key\x00")
 type resetter struct {
 	key    [32]byte
 	budget sourceBudget // cookie.go
+	pool   resendPool   // the stores of what a peer's reset would have its datagrams sent again from (resend.go)
 }
 
 func newResetter(identity ed25519.PrivateKey) *resetter {
@@ -212,7 +213,9 @@ func (c *Conn) receiveReset(p *packet) {
 		pr.mu.Unlock()
 		return
 	}
-	c.index.remove(pr.kp.clear()...)
+	dead := pr.kp.clear()
+	c.index.remove(dead...)
+	c.takeForResendLocked(pr, reset, dead) // resend.go: what it lost goes again under the next session
 	hello := c.wantHelloLocked(pr, helloReset, c.now())
 	pr.notifyLocked()
 	pr.mu.Unlock()
