@@ -172,6 +172,7 @@ func resendPair(t *testing.T, id ed25519.PrivateKey, cc *Config) (client, server
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { s.Close() }) // the tests close it earlier, to restart it
 	c := listenT(t, "udp4", "127.0.0.1:0", cc)
 	writeUntilRead(t, c, s, "hello")
 	if _, err := s.WriteToUDPAddrPort([]byte("hi"), addrOf(c)); err != nil {
