@@ -58,8 +58,8 @@ import (
 // the peer's store, under the lock of one of its slots, which a writer
 // only tries: a writer that finds its slot busy (more than resendSlots
 // writers of one peer at once) keeps nothing rather than wait. Nothing
-// is allocated but the store, once per peer. BENCHMARKS.md has the
-// figures.
+// is allocated but the store, once per peer. About 50 ns a datagram
+// (BenchmarkResendKeep).
 const (
 	resendSlots       = 4
 	resendMaxDatagram = 1472 // the largest UDP payload an Ethernet path carries unfragmented: QUIC's Initials fit

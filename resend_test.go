@@ -313,3 +313,40 @@ func TestResendWindow(t *testing.T) {
 		t.Errorf("Resent %d, ResetsReceived %d; want 1 (within), 1", st.Resent, st.ResetsReceived)
 	}
 }
+
+// BenchmarkResendKeep: what keeping a sealed datagram for a resend costs
+// the data path (keepSent), beside the copy alone, and with writers of
+// one peer on every core at once. The sealing and the send it is added
+// to cost 1 to 2 µs on loopback (BenchmarkSeal, BenchmarkStream).
+func BenchmarkResendKeep(b *testing.B) {
+	c := listenT(b, "udp4", "127.0.0.1:0", nil)
+	for _, size := range []int{64, 1200} {
+		msg := randomPayload(size)
+		b.Run(fmt.Sprintf("copy/%dB", size), func(b *testing.B) {
+			var dst [resendMaxDatagram]byte
+			b.ReportAllocs()
+			b.SetBytes(int64(size))
+			for range b.N {
+				copy(dst[:], msg)
+			}
+		})
+		b.Run(fmt.Sprintf("keep/%dB", size), func(b *testing.B) {
+			s := &session{peer: &peer{}}
+			b.ReportAllocs()
+			b.SetBytes(int64(size))
+			for range b.N {
+				c.keepSent(s, msg)
+			}
+		})
+		b.Run(fmt.Sprintf("keep-parallel/%dB", size), func(b *testing.B) {
+			s := &session{peer: &peer{}}
+			b.ReportAllocs()
+			b.SetBytes(int64(size))
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					c.keepSent(s, msg)
+				}
+			})
+		})
+	}
+}
