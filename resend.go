@@ -333,7 +333,9 @@ func (c *Conn) takeForResendLocked(p *peer, cur *session, dead []*session) {
 // held.
 func (c *Conn) resendLocked(p *peer, identity ed25519.PublicKey) {
 	r := &p.resend
-	if r.taken == 0 {
+	taken := p.takenLocked()
+	if taken == 0 {
+		r.taken, r.oldKey = 0, nil
 		return
 	}
 	now := int64(c.clk.since())
@@ -344,7 +346,7 @@ func (c *Conn) resendLocked(p *peer, identity ed25519.PublicKey) {
 	}
 	q := make([][]byte, 0, len(p.queue))
 	due := 0
-	for i, b := range p.queue[:r.taken] {
+	for i, b := range p.queue[:taken] {
 		if !resendDue(r.takenAt[i], r.quiet, r.resetAt, now, r.oldKey, identity) {
 			c.unqueueLocked(p, b) // send.go
 			continue
@@ -354,18 +356,23 @@ func (c *Conn) resendLocked(p *peer, identity ed25519.PublicKey) {
 		due++
 		q = append(q, b)
 	}
-	p.queue = append(q, p.queue[r.taken:]...)
+	p.queue = append(q, p.queue[taken:]...)
 	r.taken, r.oldKey = 0, nil
 	c.stats.resent.Add(uint64(due))
 }
+
+// takenLocked is how many datagrams at the front of p's queue a reset
+// took (resend.go); p.mu is held. (A peer closed meanwhile has no queue.)
+func (p *peer) takenLocked() int { return min(p.resend.taken, len(p.queue)) }
 
 // dropTakenLocked takes the datagrams a reset took out of p's queue, if
 // any are still there. p.mu is held.
 func (c *Conn) dropTakenLocked(p *peer) {
 	r := &p.resend
-	for _, b := range p.queue[:r.taken] {
+	taken := p.takenLocked()
+	for _, b := range p.queue[:taken] {
 		c.unqueueLocked(p, b)
 	}
-	p.queue = slices.Delete(p.queue, 0, r.taken)
+	p.queue = slices.Delete(p.queue, 0, taken)
 	r.taken, r.oldKey = 0, nil
 }

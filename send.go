@@ -457,7 +457,7 @@ func (c *Conn) unqueueLocked(p *peer, b []byte) {
 // not the datagrams a reset took to go again that no session decided on
 // (resend.go), which were sent once already. p.mu is held.
 func (c *Conn) takeQueueLocked(p *peer) [][]byte {
-	q := p.queue[p.resend.taken:]
+	q := p.queue[p.takenLocked():]
 	c.queuedBytes.Add(-p.queuedBytes)
 	p.queue, p.queuedBytes = nil, 0
 	p.resend.taken, p.resend.oldKey = 0, nil
