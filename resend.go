@@ -20,9 +20,9 @@ import (
 // would have delivered them (a QUIC client's Initial after its server's
 // restart: quic-go then waits for its 200 ms probe timeout). So a Conn
 // keeps the last datagrams it sealed to each peer, and when a reset for
-// the peer's current session arrives, those sealed since the peer was
-// last heard from, or within a round trip before the reset, go again,
-// once, under the new session, before anything written since.
+// the peer's current session arrives, those sealed within a round trip
+// before it, or since the peer last answered, go again, once, under the
+// new session, before anything written since.
 //
 // The rule, decided in one place (resendDue):
 //
@@ -30,13 +30,13 @@ import (
 //     session (its token, from the peer's validated address: receiveReset);
 //   - only under a new session whose peer key is the lost session's: a new
 //     identity at the address gets nothing of the old one's;
-//   - only datagrams sealed within a window before the reset arrived (and
-//     those sealed after it under the lost session, by a writer that held
-//     it already): the longer of the round trip the new handshake
-//     measured, from the reset to the new session, and the time since the
-//     first datagram sealed after the peer was last heard from, within
-//     [resendFloor, resendCeiling]; and none if the new session came more
-//     than resendCeiling after the reset;
+//   - only datagrams sealed (under the lost sessions) within the round trip
+//     the new handshake measured, from the reset to the new session, kept
+//     within [resendFloor, resendCeiling], before the reset arrived (or
+//     after it, by a writer that held the session already), or sealed
+//     after the last authenticated datagram received from the peer;
+//     never one sealed more than resendCeiling before the reset, and none
+//     if the new session came more than resendCeiling after it;
 //   - once: a datagram sent again is not kept to go a third time.
 //
 // A datagram sent again may already have reached the peer's previous
@@ -73,20 +73,18 @@ const (
 // resendDue is the rule: whether a datagram sealed at sealed, under a
 // session that a reset arriving at resetAt showed the peer had lost, goes
 // again under the session that came at now, with a peer of key newKey
-// (the lost session's peer key: oldKey). quiet is when the first sealed
-// datagram since the peer was last heard from (an authenticated
-// datagram) was sent, zero if it was heard from after the last one. Times
-// are the Conn's clock (c.clk), in nanoseconds.
+// (the lost session's peer key: oldKey). unanswered: it was sealed after
+// the last authenticated datagram received from the peer. Times are the
+// Conn's clock (c.clk), in nanoseconds.
 //
-// The window it goes back from the reset is the longer of the new
-// handshake's round trip (now-resetAt) and the time the peer has been
-// quiet (resetAt-quiet), within [resendFloor, resendCeiling]: the round
-// trip alone misses the datagram that caused the reset when the reset
-// took longer than the handshake (a new instance slow to read, or a
-// reader of this Conn's own that was away: directGrace), while the
-// datagrams sealed before the peer was last heard from reached its
-// previous instance, which was alive to answer.
-func resendDue(sealed, quiet, resetAt, now int64, oldKey, newKey ed25519.PublicKey) bool {
+// A datagram sealed within the new handshake's round trip (now-resetAt,
+// within [resendFloor, resendCeiling]) before the reset goes again, and
+// so does one sealed earlier that the peer never answered, up to
+// resendCeiling: the round trip alone misses the datagram that caused the
+// reset when the reset took longer than the handshake (a new instance
+// slow to read, or this Conn's reader away: directGrace), while what the
+// peer answered reached its previous instance.
+func resendDue(sealed int64, unanswered bool, resetAt, now int64, oldKey, newKey ed25519.PublicKey) bool {
 	if len(oldKey) == 0 || !bytes.Equal(oldKey, newKey) {
 		return false // never across an identity change
 	}
@@ -94,12 +92,11 @@ func resendDue(sealed, quiet, resetAt, now int64, oldKey, newKey ed25519.PublicK
 	if rtt < 0 || rtt > resendCeiling {
 		return false // too late: what waited is older than any round trip allowed
 	}
-	window := rtt
-	if quiet != 0 {
-		window = max(window, time.Duration(resetAt-quiet))
+	age := time.Duration(resetAt - sealed)
+	if age > resendCeiling {
+		return false
 	}
-	window = min(max(window, resendFloor), resendCeiling)
-	return time.Duration(resetAt-sealed) <= window
+	return unanswered || age <= min(max(rtt, resendFloor), resendCeiling)
 }
 
 // resendKeepFrom is the oldest a datagram may have been sealed, for a
@@ -114,6 +111,7 @@ type resendSlot struct {
 	s     *session    // the session it was sealed under; nil: empty
 	at    int64       // c.clk when sealed
 	seq   uint64      // the order it was sealed in
+	heard uint64      // resendRing.heard when sealed
 	n     int
 	data  [resendMaxDatagram]byte
 }
@@ -130,6 +128,9 @@ type resendRing struct {
 	store atomic.Pointer[resendStore] // nil until lent
 	next  atomic.Uint64               // the next slot, modulo resendSlots
 	last  atomic.Int64                // c.now() (the coarse clock) at the last datagram kept
+	// heard counts the times the peer answered: an authenticated
+	// datagram from it after one sealed to it (markReceived, timers.go).
+	heard atomic.Uint64
 	// refused is c.clk at which a peer refused a store may ask again.
 	refused atomic.Int64
 	// pending holds the datagrams given to the queue to go again: when
@@ -140,11 +141,11 @@ type resendRing struct {
 	// Under the peer's mu: the datagrams a reset took, at the front of
 	// the peer's queue (taken of them, sealed at takenAt), the reset's
 	// time and the lost session's peer key.
-	taken   int
-	takenAt [resendSlots]int64
-	resetAt int64
-	quiet   int64 // p.unanswered at the reset (see resendDue)
-	oldKey  ed25519.PublicKey
+	taken      int
+	takenAt    [resendSlots]int64
+	unanswered [resendSlots]bool
+	resetAt    int64
+	oldKey     ed25519.PublicKey
 }
 
 // resendPool lends stores to peers, at most resendConnStores of them;
@@ -183,7 +184,7 @@ func (c *Conn) keepSent(s *session, b []byte) {
 		return // another writer of this peer has the slot: it keeps something as recent
 	}
 	if sl.owner == r { // else the store was taken back meanwhile
-		sl.s, sl.at, sl.seq, sl.n = s, now, seq, copy(sl.data[:], b)
+		sl.s, sl.at, sl.seq, sl.heard, sl.n = s, now, seq, r.heard.Load(), copy(sl.data[:], b)
 	}
 	sl.mu.Unlock()
 }
@@ -290,10 +291,12 @@ func (c *Conn) takeForResendLocked(p *peer, cur *session, dead []*session) {
 	now := int64(c.clk.since())
 	from := resendKeepFrom(now)
 	type kept struct {
-		seq uint64
-		at  int64
-		b   []byte
+		seq        uint64
+		at         int64
+		unanswered bool
+		b          []byte
 	}
+	heard := r.heard.Load()
 	var ks []kept
 	for i := range st.slots {
 		sl := &st.slots[i]
@@ -303,7 +306,7 @@ func (c *Conn) takeForResendLocked(p *peer, cur *session, dead []*session) {
 			// its own even when empty, which unpend tells by.
 			b := make([]byte, sl.n, sl.n+1)
 			copy(b, sl.data[:sl.n])
-			ks = append(ks, kept{sl.seq, sl.at, b})
+			ks = append(ks, kept{sl.seq, sl.at, sl.heard == heard, b})
 		}
 		if sl.owner == r && slices.Contains(dead, sl.s) {
 			sl.s, sl.n = nil, 0 // taken, or too old: gone with its session
@@ -320,10 +323,9 @@ func (c *Conn) takeForResendLocked(p *peer, cur *session, dead []*session) {
 	}
 	n := c.requeueLocked(p, bs) // send.go: the queue's bounds
 	for i := range n {
-		r.takenAt[i] = ks[i].at
+		r.takenAt[i], r.unanswered[i] = ks[i].at, ks[i].unanswered
 	}
 	r.taken, r.resetAt, r.oldKey = n, now, cur.identity
-	r.quiet = p.unanswered.Load() // timers.go: the coarse clock | 1, which is c.clk's at a tick
 }
 
 // resendLocked is a new session's part: a session with a peer of key
@@ -347,7 +349,7 @@ func (c *Conn) resendLocked(p *peer, identity ed25519.PublicKey) {
 	q := make([][]byte, 0, len(p.queue))
 	due := 0
 	for i, b := range p.queue[:taken] {
-		if !resendDue(r.takenAt[i], r.quiet, r.resetAt, now, r.oldKey, identity) {
+		if !resendDue(r.takenAt[i], r.unanswered[i], r.resetAt, now, r.oldKey, identity) {
 			c.unqueueLocked(p, b) // send.go
 			continue
 		}

@@ -4,6 +4,7 @@ import (
 	"crypto/ed25519"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -11,56 +12,51 @@ import (
 
 // TestResendDue: the rule, on the fake clock. A reset arrives at resetAt;
 // the new session comes rtt later; a datagram goes again if it was sealed
-// within the window before the reset (the longer of the round trip and
-// the time the peer was quiet, at least resendFloor, at most
-// resendCeiling), or after it; only to the same key; and not at all if
-// the new session came later than resendCeiling.
+// within the round trip (at least resendFloor, at most resendCeiling)
+// before the reset, or after it, or if the peer never answered it, up to
+// resendCeiling; only to the same key; and not at all if the new session
+// came later than resendCeiling.
 func TestResendDue(t *testing.T) {
 	k1 := GenerateIdentity().Public().(ed25519.PublicKey)
 	k2 := GenerateIdentity().Public().(ed25519.PublicKey)
 	ms := time.Millisecond
 	cases := []struct {
-		name     string
-		sealedAt time.Duration // before the reset (negative: after it)
-		quiet    time.Duration // since the first datagram unanswered, before the reset; 0: none
-		rtt      time.Duration // from the reset to the new session
-		newKey   ed25519.PublicKey
-		want     bool
+		name       string
+		sealedAt   time.Duration // before the reset (negative: after it)
+		unanswered bool          // sealed after the peer last answered
+		rtt        time.Duration // from the reset to the new session
+		newKey     ed25519.PublicKey
+		want       bool
 	}{
-		{"within the floor", 4 * ms, 0, ms, k1, true},
-		{"at the floor", resendFloor, 0, ms, k1, true},
-		{"past the floor", resendFloor + ms, 0, ms, k1, false},
-		{"within the round trip", 40 * ms, 0, 50 * ms, k1, true},
-		{"at the round trip", 50 * ms, 0, 50 * ms, k1, true},
-		{"past the round trip", 51 * ms, 0, 50 * ms, k1, false},
-		{"sealed after the reset", -ms, 0, ms, k1, true},
-		{"quiet since before it", 20 * ms, 21 * ms, ms, k1, true},
-		{"quiet since after it", 20 * ms, 19 * ms, ms, k1, false},
-		{"quiet past the ceiling", resendCeiling + ms, time.Hour, ms, k1, false},
-		{"quiet, within the ceiling", resendCeiling, time.Hour, ms, k1, true},
-		{"round trip at the ceiling", resendCeiling, 0, resendCeiling, k1, true},
-		{"new session past the ceiling", 0, 0, resendCeiling + ms, k1, false},
-		{"another key", ms, 0, ms, k2, false},
-		{"no key", ms, 0, ms, nil, false},
+		{"within the floor", 4 * ms, false, ms, k1, true},
+		{"at the floor", resendFloor, false, ms, k1, true},
+		{"past the floor", resendFloor + ms, false, ms, k1, false},
+		{"within the round trip", 40 * ms, false, 50 * ms, k1, true},
+		{"at the round trip", 50 * ms, false, 50 * ms, k1, true},
+		{"past the round trip", 51 * ms, false, 50 * ms, k1, false},
+		{"sealed after the reset", -ms, false, ms, k1, true},
+		{"past the round trip, unanswered", 51 * ms, true, 50 * ms, k1, true},
+		{"unanswered, at the ceiling", resendCeiling, true, ms, k1, true},
+		{"unanswered, past the ceiling", resendCeiling + ms, true, ms, k1, false},
+		{"round trip at the ceiling", resendCeiling, false, resendCeiling, k1, true},
+		{"new session past the ceiling", 0, true, resendCeiling + ms, k1, false},
+		{"another key", ms, true, ms, k2, false},
+		{"no key", ms, true, ms, nil, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := newFakeClock()
-			clk.advance(t, 2*time.Hour, 0) // room for sealedAt and quiet before the reset
+			clk.advance(t, time.Hour, 0) // room for sealedAt before the reset
 			resetAt := int64(clk.since())
 			sealed := resetAt - int64(tc.sealedAt)
-			quiet := int64(0)
-			if tc.quiet != 0 {
-				quiet = resetAt - int64(tc.quiet)
-			}
 			clk.advance(t, tc.rtt, 0)
 			now := int64(clk.since())
-			if got := resendDue(sealed, quiet, resetAt, now, k1, tc.newKey); got != tc.want {
-				t.Errorf("sealed %v before the reset, quiet %v, new session %v after it: due %v, want %v", tc.sealedAt, tc.quiet, tc.rtt, got, tc.want)
+			if got := resendDue(sealed, tc.unanswered, resetAt, now, k1, tc.newKey); got != tc.want {
+				t.Errorf("sealed %v before the reset (unanswered %v), new session %v after it: due %v, want %v", tc.sealedAt, tc.unanswered, tc.rtt, got, tc.want)
 			}
 		})
 	}
-	if resendDue(0, 0, 0, 0, nil, nil) {
+	if resendDue(0, true, 0, 0, nil, nil) {
 		t.Error("no key on either side: due, want not (a session of no identity)")
 	}
 }
@@ -278,10 +274,9 @@ func TestResendNotAcrossIdentity(t *testing.T) {
 }
 
 // TestResendWindow: on the client's fake clock, a datagram sealed before
-// the window does not go again, one sealed within it does. The server
-// answered the first, so the window is the round trip, which the
-// handshake after the reset measures as nothing on the fake clock: the
-// window is resendFloor.
+// the round trip before the reset, which the server answered, does not go
+// again; one sealed within it does. The handshake after the reset takes
+// no time on the fake clock: the round trip is resendFloor.
 func TestResendWindow(t *testing.T) {
 	clk := newFakeClock()
 	id := GenerateIdentity()
@@ -347,6 +342,44 @@ func BenchmarkResendKeep(b *testing.B) {
 					c.keepSent(s, msg)
 				}
 			})
+		})
+	}
+}
+
+// TestResendUnanswered: on the client's fake clock, a datagram the server
+// never answered goes again however long before the reset it was sealed,
+// up to resendCeiling, and not beyond. It is sealed while no server
+// listens (it is lost), the clock moves, a server with the identity
+// listens again, and the next datagram brings the reset.
+func TestResendUnanswered(t *testing.T) {
+	for _, tc := range []struct {
+		wait time.Duration
+		want []string
+	}{
+		{100 * time.Millisecond, []string{"unanswered"}},
+		{resendCeiling + 100*time.Millisecond, nil},
+	} {
+		t.Run(tc.wait.String(), func(t *testing.T) {
+			clk := newFakeClock()
+			id := GenerateIdentity()
+			c, s1 := resendPair(t, id, &Config{clock: clk})
+			sAddr := addrOf(s1)
+			s1.Close()
+			if _, err := c.WriteToUDPAddrPort([]byte("unanswered"), sAddr); err != nil {
+				t.Fatal(err)
+			}
+			clk.advance(t, tc.wait, housekeepingEvery)
+			s2 := restartOn(t, sAddr, &Config{Identity: id})
+			if _, err := c.WriteToUDPAddrPort([]byte("marker"), sAddr); err != nil {
+				t.Fatal(err)
+			}
+			got := readUntil(t, s2, "marker", addrOf(c))
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("sealed %v before the reset, unanswered: the new server read %q before the marker, want %q", tc.wait, got, tc.want)
+			}
+			if st := c.Stats(); st.Resent != uint64(len(tc.want))+1 {
+				t.Errorf("Resent %d, want %d (and the marker)", st.Resent, len(tc.want)+1)
+			}
 		})
 	}
 }
