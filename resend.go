@@ -54,12 +54,13 @@ import (
 // the peer's handshake queue, under its bounds (send.go).
 //
 // What it costs the data path, per sealed datagram of at most
-// resendMaxDatagram bytes: one read of the Conn's clock and one copy into
-// the peer's store, under the lock of one of its slots, which a writer
-// only tries: a writer that finds its slot busy (more than resendSlots
-// writers of one peer at once) keeps nothing rather than wait. Nothing
-// is allocated but the store, once per peer. About 50 ns a datagram
-// (BenchmarkResendKeep).
+// resendMaxDatagram bytes: one copy into the peer's store, under the lock
+// of one of its slots, which a writer only tries (a writer that finds its
+// slot busy, with more than resendSlots writers of one peer at once,
+// keeps nothing rather than wait), and a few atomic loads and one atomic
+// add. The stamp is the coarse clock, a load: the system clock's read
+// would cost more than the rest together (BenchmarkResendKeep). Nothing
+// is allocated but the store, once per peer.
 const (
 	resendSlots       = 4
 	resendMaxDatagram = 1472 // the largest UDP payload an Ethernet path carries unfragmented: QUIC's Initials fit
@@ -70,20 +71,25 @@ const (
 	resendRetry       = time.Second
 )
 
-// resendDue is the rule: whether a datagram sealed at sealed, under a
+// resendDue is the rule: whether a datagram stamped sealed, under a
 // session that a reset arriving at resetAt showed the peer had lost, goes
 // again under the session that came at now, with a peer of key newKey
 // (the lost session's peer key: oldKey). unanswered: it was sealed after
-// the last authenticated datagram received from the peer. Times are the
-// Conn's clock (c.clk), in nanoseconds.
+// the last authenticated datagram received from the peer. resetAt and
+// now are the Conn's clock (c.clk); sealed is its coarse clock (c.now(),
+// the clock's time at the last tick), which the data path reads for
+// nothing, where c.clk costs a system clock read: a datagram was sealed
+// at most a tick (housekeepingEvery, or a late tick's time) after its
+// stamp. All in nanoseconds.
 //
 // A datagram sealed within the new handshake's round trip (now-resetAt,
-// within [resendFloor, resendCeiling]) before the reset goes again, and
-// so does one sealed earlier that the peer never answered, up to
-// resendCeiling: the round trip alone misses the datagram that caused the
-// reset when the reset took longer than the handshake (a new instance
-// slow to read, or this Conn's reader away: directGrace), while what the
-// peer answered reached its previous instance.
+// within [resendFloor, resendCeiling]) before the reset goes again, as
+// far as its stamp tells (a tick more), and so does one sealed earlier
+// that the peer never answered: the round trip alone misses the datagram
+// that caused the reset when the reset took longer than the handshake (a
+// new instance slow to read, or this Conn's reader away: directGrace),
+// while what the peer answered had reached its previous instance. None
+// stamped more than resendCeiling before the reset goes.
 func resendDue(sealed int64, unanswered bool, resetAt, now int64, oldKey, newKey ed25519.PublicKey) bool {
 	if len(oldKey) == 0 || !bytes.Equal(oldKey, newKey) {
 		return false // never across an identity change
@@ -92,16 +98,16 @@ func resendDue(sealed int64, unanswered bool, resetAt, now int64, oldKey, newKey
 	if rtt < 0 || rtt > resendCeiling {
 		return false // too late: what waited is older than any round trip allowed
 	}
-	age := time.Duration(resetAt - sealed)
+	age := time.Duration(resetAt - sealed) // at least its age: the stamp is no later than the seal
 	if age > resendCeiling {
 		return false
 	}
-	return unanswered || age <= min(max(rtt, resendFloor), resendCeiling)
+	return unanswered || age <= min(max(rtt, resendFloor), resendCeiling)+housekeepingEvery
 }
 
-// resendKeepFrom is the oldest a datagram may have been sealed, for a
-// reset arriving at resetAt, to be due under any new session: what a
-// reset takes from the store (resendDue decides, at the new session).
+// resendKeepFrom is the oldest stamp a datagram may have, for a reset
+// arriving at resetAt, to be due under any new session: what a reset
+// takes from the store (resendDue decides, at the new session).
 func resendKeepFrom(resetAt int64) int64 { return resetAt - int64(resendCeiling) }
 
 // resendSlot is one datagram of a peer's store. mu guards the fields.
@@ -109,7 +115,7 @@ type resendSlot struct {
 	mu    sync.Mutex
 	owner *resendRing // the ring the store is lent to
 	s     *session    // the session it was sealed under; nil: empty
-	at    int64       // c.clk when sealed
+	at    int64       // c.now() when sealed: the coarse clock (see resendDue)
 	seq   uint64      // the order it was sealed in
 	heard uint64      // resendRing.heard when sealed
 	n     int
@@ -131,7 +137,7 @@ type resendRing struct {
 	// heard counts the times the peer answered: an authenticated
 	// datagram from it after one sealed to it (markReceived, timers.go).
 	heard atomic.Uint64
-	// refused is c.clk at which a peer refused a store may ask again.
+	// refused is c.now() at which a peer refused a store may ask again.
 	refused atomic.Int64
 	// pending holds the datagrams given to the queue to go again: when
 	// they are sealed, they are not kept (once).
@@ -167,14 +173,13 @@ func (c *Conn) keepSent(s *session, b []byte) {
 	if r.npending.Load() != 0 && r.unpend(b) {
 		return // going again: once
 	}
-	cn := c.now()
-	if r.last.Load() != cn { // the coarse clock: most datagrams change nothing
-		r.last.Store(cn)
+	now := c.now() // the coarse clock: a load, where c.clk is a system clock read
+	if r.last.Load() != now { // most datagrams change nothing
+		r.last.Store(now)
 	}
-	now := int64(c.clk.since())
 	st := r.store.Load()
 	if st == nil {
-		if st = c.resets.pool.lend(r, now, cn); st == nil {
+		if st = c.resets.pool.lend(r, now); st == nil {
 			return
 		}
 	}
@@ -203,8 +208,8 @@ func (r *resendRing) unpend(b []byte) bool {
 }
 
 // lend gives r a store, or nil if none is left for now (then r asks
-// again only after resendRetry); now is c.clk, coarse c.now().
-func (pl *resendPool) lend(r *resendRing, now, coarse int64) *resendStore {
+// again only after resendRetry); now is the coarse clock, c.now().
+func (pl *resendPool) lend(r *resendRing, now int64) *resendStore {
 	if now < r.refused.Load() {
 		return nil
 	}
@@ -218,7 +223,7 @@ func (pl *resendPool) lend(r *resendRing, now, coarse int64) *resendStore {
 		st = new(resendStore)
 	} else {
 		for i, v := range pl.lent {
-			if st = v.giveBack(coarse); st != nil {
+			if st = v.giveBack(now); st != nil {
 				pl.lent = slices.Delete(pl.lent, i, i+1)
 				break
 			}

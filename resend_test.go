@@ -11,8 +11,9 @@ import (
 )
 
 // TestResendDue: the rule, on the fake clock. A reset arrives at resetAt;
-// the new session comes rtt later; a datagram goes again if it was sealed
-// within the round trip (at least resendFloor, at most resendCeiling)
+// the new session comes rtt later; a datagram goes again if its stamp
+// (the coarse clock: a tick at most before it was sealed) is within the
+// round trip (at least resendFloor, at most resendCeiling) and a tick
 // before the reset, or after it, or if the peer never answered it, up to
 // resendCeiling; only to the same key; and not at all if the new session
 // came later than resendCeiling.
@@ -20,22 +21,23 @@ func TestResendDue(t *testing.T) {
 	k1 := GenerateIdentity().Public().(ed25519.PublicKey)
 	k2 := GenerateIdentity().Public().(ed25519.PublicKey)
 	ms := time.Millisecond
+	tick := housekeepingEvery
 	cases := []struct {
 		name       string
-		sealedAt   time.Duration // before the reset (negative: after it)
+		stamped    time.Duration // before the reset (negative: after it)
 		unanswered bool          // sealed after the peer last answered
 		rtt        time.Duration // from the reset to the new session
 		newKey     ed25519.PublicKey
 		want       bool
 	}{
 		{"within the floor", 4 * ms, false, ms, k1, true},
-		{"at the floor", resendFloor, false, ms, k1, true},
-		{"past the floor", resendFloor + ms, false, ms, k1, false},
-		{"within the round trip", 40 * ms, false, 50 * ms, k1, true},
-		{"at the round trip", 50 * ms, false, 50 * ms, k1, true},
-		{"past the round trip", 51 * ms, false, 50 * ms, k1, false},
+		{"at the floor and a tick", resendFloor + tick, false, ms, k1, true},
+		{"past the floor and a tick", resendFloor + tick + ms, false, ms, k1, false},
+		{"within the round trip", 140 * ms, false, 100 * ms, k1, true},
+		{"at the round trip and a tick", 100*ms + tick, false, 100 * ms, k1, true},
+		{"past the round trip and a tick", 101*ms + tick, false, 100 * ms, k1, false},
 		{"sealed after the reset", -ms, false, ms, k1, true},
-		{"past the round trip, unanswered", 51 * ms, true, 50 * ms, k1, true},
+		{"past the round trip, unanswered", 101*ms + tick, true, 100 * ms, k1, true},
 		{"unanswered, at the ceiling", resendCeiling, true, ms, k1, true},
 		{"unanswered, past the ceiling", resendCeiling + ms, true, ms, k1, false},
 		{"round trip at the ceiling", resendCeiling, false, resendCeiling, k1, true},
@@ -48,11 +50,11 @@ func TestResendDue(t *testing.T) {
 			clk := newFakeClock()
 			clk.advance(t, time.Hour, 0) // room for sealedAt before the reset
 			resetAt := int64(clk.since())
-			sealed := resetAt - int64(tc.sealedAt)
+			sealed := resetAt - int64(tc.stamped)
 			clk.advance(t, tc.rtt, 0)
 			now := int64(clk.since())
 			if got := resendDue(sealed, tc.unanswered, resetAt, now, k1, tc.newKey); got != tc.want {
-				t.Errorf("sealed %v before the reset (unanswered %v), new session %v after it: due %v, want %v", tc.sealedAt, tc.unanswered, tc.rtt, got, tc.want)
+				t.Errorf("stamped %v before the reset (unanswered %v), new session %v after it: due %v, want %v", tc.stamped, tc.unanswered, tc.rtt, got, tc.want)
 			}
 		})
 	}
@@ -153,7 +155,7 @@ func TestResendStoreConcurrent(t *testing.T) {
 	wg.Go(func() {
 		for range 200 {
 			p.resend.giveBack(c.now() + int64(time.Hour))
-			c.resets.pool.lend(&resendRing{}, 0, 0)
+			c.resets.pool.lend(&resendRing{}, 0)
 		}
 	})
 	wg.Wait()
@@ -274,9 +276,10 @@ func TestResendNotAcrossIdentity(t *testing.T) {
 }
 
 // TestResendWindow: on the client's fake clock, a datagram sealed before
-// the round trip before the reset, which the server answered, does not go
-// again; one sealed within it does. The handshake after the reset takes
-// no time on the fake clock: the round trip is resendFloor.
+// the round trip (and a tick of the coarse clock) before the reset, which
+// the server answered, does not go again; one sealed within it does. The
+// handshake after the reset takes no time on the fake clock: the round
+// trip is resendFloor.
 func TestResendWindow(t *testing.T) {
 	clk := newFakeClock()
 	id := GenerateIdentity()
@@ -293,7 +296,7 @@ func TestResendWindow(t *testing.T) {
 	expectRead(t, c, "answer", sAddr)
 	s1.Close()
 	s2 := restartOn(t, sAddr, &Config{Identity: id})
-	clk.advance(t, resendFloor+time.Millisecond, 0)
+	clk.advance(t, resendFloor+housekeepingEvery+time.Millisecond, 0)
 	if _, err := c.WriteToUDPAddrPort([]byte("within"), sAddr); err != nil {
 		t.Fatal(err)
 	}
