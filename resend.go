@@ -173,7 +173,7 @@ func (c *Conn) keepSent(s *session, b []byte) {
 	if r.npending.Load() != 0 && r.unpend(b) {
 		return // going again: once
 	}
-	now := c.now() // the coarse clock: a load, where c.clk is a system clock read
+	now := c.now()            // the coarse clock: a load, where c.clk is a system clock read
 	if r.last.Load() != now { // most datagrams change nothing
 		r.last.Store(now)
 	}
