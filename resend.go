@@ -30,13 +30,14 @@ import (
 //     session (its token, from the peer's validated address: receiveReset);
 //   - only under a new session whose peer key is the lost session's: a new
 //     identity at the address gets nothing of the old one's;
-//   - only datagrams sealed (under the lost sessions) within the round trip
-//     the new handshake measured, from the reset to the new session, kept
-//     within [resendFloor, resendCeiling], before the reset arrived (or
-//     after it, by a writer that held the session already), or sealed
-//     after the last authenticated datagram received from the peer;
-//     never one sealed more than resendCeiling before the reset, and none
-//     if the new session came more than resendCeiling after it;
+//   - only datagrams sealed (under the lost sessions) after the last
+//     authenticated datagram received from the peer, or within the round
+//     trip the new handshake measured, from the reset to the new session,
+//     kept within [resendFloor, resendCeiling], before the reset arrived
+//     (a tick of the coarse clock more: their stamp), or after it, by a
+//     writer that held the session already; never one stamped more than
+//     resendCeiling before the reset, and none if the new session came
+//     more than resendCeiling after it;
 //   - once: a datagram sent again is not kept to go a third time.
 //
 // A datagram sent again may already have reached the peer's previous
