@@ -34,11 +34,16 @@ import (
 //     authenticated datagram received from the peer, or within the round
 //     trip the new handshake measured, from the reset to the new session,
 //     kept within [resendFloor, resendCeiling], before the reset arrived
-//     (a tick of the coarse clock more: their stamp), or after it, by a
-//     writer that held the session already; never one stamped more than
+//     (a tick of the coarse clock more: their stamp), or after it arrived
+//     and before it was handled; never one stamped more than
 //     resendCeiling before the reset, and none if the new session came
 //     more than resendCeiling after it;
 //   - once: a datagram sent again is not kept to go a third time.
+//
+// The store holds copies of the last datagrams sealed to the peer, in
+// clear, until they are overwritten, taken by a reset, or the store is
+// taken back for another peer (with the sessions they were sealed under,
+// for the reset to tell which were lost).
 //
 // A datagram sent again may already have reached the peer's previous
 // instance just before it stopped, or have been sent while no instance
