@@ -21,8 +21,8 @@ import (
 // restart: quic-go then waits for its 200 ms probe timeout). So a Conn
 // keeps the last datagrams it sealed to each peer, and when a reset for
 // the peer's current session arrives, those sealed within a round trip
-// before it, or since the peer last answered, go again, once, under the
-// new session, before anything written since.
+// before it go again, once, under the new session, before anything
+// written since.
 //
 // The rule, decided in one place (resendDue):
 //
@@ -30,14 +30,11 @@ import (
 //     session (its token, from the peer's validated address: receiveReset);
 //   - only under a new session whose peer key is the lost session's: a new
 //     identity at the address gets nothing of the old one's;
-//   - only datagrams sealed (under the lost sessions) after the last
-//     authenticated datagram received from the peer, or within the round
+//   - only datagrams sealed (under the lost sessions) within the round
 //     trip the new handshake measured, from the reset to the new session,
-//     kept within [resendFloor, resendCeiling], before the reset arrived
-//     (a tick of the coarse clock more: their stamp), or after it arrived
-//     and before it was handled; never one stamped more than
-//     resendCeiling before the reset, and none if the new session came
-//     more than resendCeiling after it;
+//     kept within [resendFloor, resendCeiling], before the reset was
+//     handled; none if the new session came more than resendCeiling after
+//     it;
 //   - once: a datagram sent again is not kept to go a third time.
 //
 // The store holds copies of the last datagrams sealed to the peer, in
@@ -48,7 +45,7 @@ import (
 // A datagram sent again may already have reached the peer's previous
 // instance just before it stopped, or have been sent while no instance
 // listened: the new one then receives it, as a network may duplicate a
-// datagram or deliver it late (by at most resendCeiling and a round trip).
+// datagram or deliver it late (by at most twice resendCeiling).
 //
 // Bounds. Per peer: the last resendSlots datagrams of at most
 // resendMaxDatagram bytes sealed to it (larger ones are not kept), in one
@@ -60,43 +57,39 @@ import (
 // the peer's handshake queue, under its bounds (send.go).
 //
 // What it costs the data path, per sealed datagram of at most
-// resendMaxDatagram bytes: one copy into the peer's store, under the lock
-// of one of its slots, which a writer only tries (a writer that finds its
-// slot busy, with more than resendSlots writers of one peer at once,
-// keeps nothing rather than wait), and a few atomic loads and one atomic
-// add. The stamp is the coarse clock, a load: the system clock's read
-// would cost more than the rest together (BenchmarkResendKeep). Nothing
-// is allocated but the store, once per peer.
+// resendMaxDatagram bytes: a read of the Conn's clock, one copy into the
+// peer's store under the lock of one of its slots, which a writer only
+// tries (a writer that finds its slot busy, with more than resendSlots
+// writers of one peer at once, keeps nothing rather than wait), and a few
+// atomic operations. Nothing is allocated but the store, once per peer.
+// BenchmarkResendKeep measures it. (The coarse clock, a load, would be
+// cheaper, but lags by a tick or more under load, which a window of a
+// round trip cannot absorb.)
 const (
 	resendSlots       = 4
 	resendMaxDatagram = 1472 // the largest UDP payload an Ethernet path carries unfragmented: QUIC's Initials fit
 	resendConnStores  = 160
 	resendStoreBytes  = int(unsafe.Sizeof(resendStore{}))
-	resendFloor       = 5 * time.Millisecond
-	resendCeiling     = 500 * time.Millisecond
-	resendRetry       = time.Second
+	// resendFloor covers what delays a reset and not the handshake that
+	// measures the round trip: this Conn's reader away from the socket
+	// (directGrace) while no application goroutine reads, scheduling.
+	resendFloor   = 50 * time.Millisecond
+	resendCeiling = 500 * time.Millisecond
+	resendRetry   = time.Second
 )
 
-// resendDue is the rule: whether a datagram stamped sealed, under a
-// session that a reset arriving at resetAt showed the peer had lost, goes
+// resendDue is the rule: whether a datagram sealed at sealed, under a
+// session that a reset handled at resetAt showed the peer had lost, goes
 // again under the session that came at now, with a peer of key newKey
-// (the lost session's peer key: oldKey). unanswered: it was sealed after
-// the last authenticated datagram received from the peer. resetAt and
-// now are the Conn's clock (c.clk); sealed is its coarse clock (c.now(),
-// the clock's time at the last tick), which the data path reads for
-// nothing, where c.clk costs a system clock read: a datagram was sealed
-// at most a tick (housekeepingEvery, or a late tick's time) after its
-// stamp. All in nanoseconds.
+// (the lost session's peer key: oldKey). Times are the Conn's clock
+// (c.clk), in nanoseconds.
 //
-// A datagram sealed within the new handshake's round trip (now-resetAt,
-// within [resendFloor, resendCeiling]) before the reset goes again, as
-// far as its stamp tells (a tick more), and so does one sealed earlier
-// that the peer never answered: the round trip alone misses the datagram
-// that caused the reset when the reset took longer than the handshake (a
-// new instance slow to read, or this Conn's reader away: directGrace),
-// while what the peer answered had reached its previous instance. None
-// stamped more than resendCeiling before the reset goes.
-func resendDue(sealed int64, unanswered bool, resetAt, now int64, oldKey, newKey ed25519.PublicKey) bool {
+// The datagrams the peer's new instance refused are those that reached it
+// in the round trip before its first reset came back; the new
+// handshake's round trip (now-resetAt) measures it, within [resendFloor,
+// resendCeiling]. A datagram sealed earlier reached the previous instance,
+// or nothing (the peer was down): plain UDP would not deliver it either.
+func resendDue(sealed, resetAt, now int64, oldKey, newKey ed25519.PublicKey) bool {
 	if len(oldKey) == 0 || !bytes.Equal(oldKey, newKey) {
 		return false // never across an identity change
 	}
@@ -104,15 +97,11 @@ func resendDue(sealed int64, unanswered bool, resetAt, now int64, oldKey, newKey
 	if rtt < 0 || rtt > resendCeiling {
 		return false // too late: what waited is older than any round trip allowed
 	}
-	age := time.Duration(resetAt - sealed) // at least its age: the stamp is no later than the seal
-	if age > resendCeiling {
-		return false
-	}
-	return unanswered || age <= min(max(rtt, resendFloor), resendCeiling)+housekeepingEvery
+	return time.Duration(resetAt-sealed) <= min(max(rtt, resendFloor), resendCeiling)
 }
 
-// resendKeepFrom is the oldest stamp a datagram may have, for a reset
-// arriving at resetAt, to be due under any new session: what a reset
+// resendKeepFrom is the oldest a datagram may have been sealed, for a
+// reset handled at resetAt, to be due under any new session: what a reset
 // takes from the store (resendDue decides, at the new session).
 func resendKeepFrom(resetAt int64) int64 { return resetAt - int64(resendCeiling) }
 
@@ -121,9 +110,8 @@ type resendSlot struct {
 	mu    sync.Mutex
 	owner *resendRing // the ring the store is lent to
 	s     *session    // the session it was sealed under; nil: empty
-	at    int64       // c.now() when sealed: the coarse clock (see resendDue)
+	at    int64       // c.clk when sealed
 	seq   uint64      // the order it was sealed in
-	heard uint64      // resendRing.heard when sealed
 	n     int
 	data  [resendMaxDatagram]byte
 }
@@ -140,10 +128,7 @@ type resendRing struct {
 	store atomic.Pointer[resendStore] // nil until lent
 	next  atomic.Uint64               // the next slot, modulo resendSlots
 	last  atomic.Int64                // c.now() (the coarse clock) at the last datagram kept
-	// heard counts the times the peer answered: an authenticated
-	// datagram from it after one sealed to it (markReceived, timers.go).
-	heard atomic.Uint64
-	// refused is c.now() at which a peer refused a store may ask again.
+	// refused is c.clk at which a peer refused a store may ask again.
 	refused atomic.Int64
 	// pending holds the datagrams given to the queue to go again: when
 	// they are sealed, they are not kept (once).
@@ -153,11 +138,10 @@ type resendRing struct {
 	// Under the peer's mu: the datagrams a reset took, at the front of
 	// the peer's queue (taken of them, sealed at takenAt), the reset's
 	// time and the lost session's peer key.
-	taken      int
-	takenAt    [resendSlots]int64
-	unanswered [resendSlots]bool
-	resetAt    int64
-	oldKey     ed25519.PublicKey
+	taken   int
+	takenAt [resendSlots]int64
+	resetAt int64
+	oldKey  ed25519.PublicKey
 }
 
 // resendPool lends stores to peers, at most resendConnStores of them;
@@ -179,13 +163,13 @@ func (c *Conn) keepSent(s *session, b []byte) {
 	if r.npending.Load() != 0 && r.unpend(b) {
 		return // going again: once
 	}
-	now := c.now()            // the coarse clock: a load, where c.clk is a system clock read
-	if r.last.Load() != now { // most datagrams change nothing
-		r.last.Store(now)
+	if cn := c.now(); r.last.Load() != cn { // the coarse clock: most datagrams change nothing
+		r.last.Store(cn)
 	}
+	now := int64(c.clk.since())
 	st := r.store.Load()
 	if st == nil {
-		if st = c.resets.pool.lend(r, now); st == nil {
+		if st = c.resets.pool.lend(r, now, c.now()); st == nil {
 			return
 		}
 	}
@@ -195,7 +179,7 @@ func (c *Conn) keepSent(s *session, b []byte) {
 		return // another writer of this peer has the slot: it keeps something as recent
 	}
 	if sl.owner == r { // else the store was taken back meanwhile
-		sl.s, sl.at, sl.seq, sl.heard, sl.n = s, now, seq, r.heard.Load(), copy(sl.data[:], b)
+		sl.s, sl.at, sl.seq, sl.n = s, now, seq, copy(sl.data[:], b)
 	}
 	sl.mu.Unlock()
 }
@@ -214,8 +198,8 @@ func (r *resendRing) unpend(b []byte) bool {
 }
 
 // lend gives r a store, or nil if none is left for now (then r asks
-// again only after resendRetry); now is the coarse clock, c.now().
-func (pl *resendPool) lend(r *resendRing, now int64) *resendStore {
+// again only after resendRetry); now is c.clk, coarse c.now().
+func (pl *resendPool) lend(r *resendRing, now, coarse int64) *resendStore {
 	if now < r.refused.Load() {
 		return nil
 	}
@@ -229,7 +213,7 @@ func (pl *resendPool) lend(r *resendRing, now int64) *resendStore {
 		st = new(resendStore)
 	} else {
 		for i, v := range pl.lent {
-			if st = v.giveBack(now); st != nil {
+			if st = v.giveBack(coarse); st != nil {
 				pl.lent = slices.Delete(pl.lent, i, i+1)
 				break
 			}
@@ -302,12 +286,10 @@ func (c *Conn) takeForResendLocked(p *peer, cur *session, dead []*session) {
 	now := int64(c.clk.since())
 	from := resendKeepFrom(now)
 	type kept struct {
-		seq        uint64
-		at         int64
-		unanswered bool
-		b          []byte
+		seq uint64
+		at  int64
+		b   []byte
 	}
-	heard := r.heard.Load()
 	var ks []kept
 	for i := range st.slots {
 		sl := &st.slots[i]
@@ -317,7 +299,7 @@ func (c *Conn) takeForResendLocked(p *peer, cur *session, dead []*session) {
 			// its own even when empty, which unpend tells by.
 			b := make([]byte, sl.n, sl.n+1)
 			copy(b, sl.data[:sl.n])
-			ks = append(ks, kept{sl.seq, sl.at, sl.heard == heard, b})
+			ks = append(ks, kept{sl.seq, sl.at, b})
 		}
 		if sl.owner == r && slices.Contains(dead, sl.s) {
 			sl.s, sl.n = nil, 0 // taken, or too old: gone with its session
@@ -334,7 +316,7 @@ func (c *Conn) takeForResendLocked(p *peer, cur *session, dead []*session) {
 	}
 	n := c.requeueLocked(p, bs) // send.go: the queue's bounds
 	for i := range n {
-		r.takenAt[i], r.unanswered[i] = ks[i].at, ks[i].unanswered
+		r.takenAt[i] = ks[i].at
 	}
 	r.taken, r.resetAt, r.oldKey = n, now, cur.identity
 }
@@ -360,7 +342,7 @@ func (c *Conn) resendLocked(p *peer, identity ed25519.PublicKey) {
 	q := make([][]byte, 0, len(p.queue))
 	due := 0
 	for i, b := range p.queue[:taken] {
-		if !resendDue(r.takenAt[i], r.unanswered[i], r.resetAt, now, r.oldKey, identity) {
+		if !resendDue(r.takenAt[i], r.resetAt, now, r.oldKey, identity) {
 			c.unqueueLocked(p, b) // send.go
 			continue
 		}

@@ -129,7 +129,6 @@ func (c *Conn) markSent(p *peer) {
 func (c *Conn) markReceived(p *peer, data bool) {
 	if p.unanswered.Load() != 0 {
 		p.unanswered.Store(0)
-		p.resend.heard.Add(1) // resend.go: what was sealed before was answered
 	}
 	if data && p.dataIn.Load() == 0 {
 		p.dataIn.CompareAndSwap(0, c.now()|1)
