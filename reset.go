@@ -15,6 +15,8 @@ import (
 // compute for that index and that path; the peer, which got the token
 // sealed under the session, drops the session and handshakes at once, so
 // it is reached again within a round trip instead of after SilenceTimeout.
+// What it sealed to the peer in the round trip before the reset goes
+// again under the new session (resend.go).
 //
 //	token(i, a, p) = BLAKE2b-128(key = resetKey,
 //	                 i as uint32 big endian || a's IP (16 bytes, IPv4 as
