@@ -343,6 +343,7 @@ func (c *Conn) installLocked(p *peer, s *session, identity ed25519.PublicKey, wa
 func (c *Conn) makeCurrentLocked(p *peer, s *session, identity ed25519.PublicKey, wall time.Time, now int64, rekey, replace bool) [][]byte {
 	c.clearInitLocked(p)
 	p.hs.gen++
+	c.resendLocked(p, identity)     // resend.go: what a reset took, if due, goes first
 	queued := c.flushQueueLocked(p) // before s is current: see acquireSession
 	c.index.remove(p.kp.promote(s, replace)...)
 	p.established = true

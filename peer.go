@@ -60,6 +60,8 @@ type peer struct {
 
 	// kp holds its sessions, under a lock of its own (keypairs.go).
 	kp keypairs
+	// resend keeps its last datagrams, to go again after its restart (resend.go).
+	resend resendRing
 
 	// mu guards the fields below.
 	mu sync.Mutex

@@ -15,6 +15,8 @@ import (
 // compute for that index and that path; the peer, which got the token
 // sealed under the session, drops the session and handshakes at once, so
 // it is reached again within a round trip instead of after SilenceTimeout.
+// What it sealed to the peer in the round trip before the reset goes
+// again under the new session (resend.go).
 //
 //	token(i, a, p) = BLAKE2b-128(key = resetKey,
 //	                 i as uint32 big endian || a's IP (16 bytes, IPv4 as
@@ -103,6 +105,7 @@ var resetLabel = []byte("vaultudp/3 reset key\x00")
 type resetter struct {
 	key    [32]byte
 	budget sourceBudget // cookie.go
+	pool   resendPool   // the stores of what a peer's reset would have its datagrams sent again from (resend.go)
 }
 
 func newResetter(identity ed25519.PrivateKey) *resetter {
@@ -212,7 +215,9 @@ func (c *Conn) receiveReset(p *packet) {
 		pr.mu.Unlock()
 		return
 	}
-	c.index.remove(pr.kp.clear()...)
+	dead := pr.kp.clear()
+	c.index.remove(dead...)
+	c.takeForResendLocked(pr, reset, dead) // resend.go: what it lost goes again under the next session
 	hello := c.wantHelloLocked(pr, helloReset, c.now())
 	pr.notifyLocked()
 	pr.mu.Unlock()

@@ -80,6 +80,9 @@ func (c *Conn) appendSealed(dst []byte, s *session, b []byte, hasPayload bool) (
 	if tl, ok := err.(*tooLargeError); ok {
 		tl.n = len(b) // the caller's datagram, not what it compressed to
 	}
+	if err == nil && hasPayload {
+		c.keepSent(s, b) // resend.go: what a restart of the peer would lose
+	}
 	return out, err
 }
 
@@ -420,11 +423,41 @@ func (c *Conn) enqueueLocked(p *peer, b []byte) bool {
 	return true
 }
 
-// takeQueueLocked empties p's queue and returns what was in it; p.mu is
-// held.
+// requeueLocked puts bs, datagrams a reset took to go again (resend.go),
+// at the front of p's queue, in order, as many as the bounds allow, and
+// returns how many; p.mu is held.
+func (c *Conn) requeueLocked(p *peer, bs [][]byte) int {
+	n := 0
+	for _, b := range bs {
+		l := int64(len(b))
+		if p.queuedBytes+l > maxQueuedBytesPerPeer {
+			break
+		}
+		if c.queuedBytes.Add(l) > maxQueuedBytesPerConn {
+			c.queuedBytes.Add(-l)
+			break
+		}
+		p.queuedBytes += l
+		n++
+	}
+	p.queue = append(bs[:n:n], p.queue...)
+	return n
+}
+
+// unqueueLocked gives back the bytes of b, taken out of p's queue; p.mu
+// is held.
+func (c *Conn) unqueueLocked(p *peer, b []byte) {
+	p.queuedBytes -= int64(len(b))
+	c.queuedBytes.Add(-int64(len(b)))
+}
+
+// takeQueueLocked empties p's queue and returns what was written to it:
+// not the datagrams a reset took to go again that no session decided on
+// (resend.go), which were sent once already. p.mu is held.
 func (c *Conn) takeQueueLocked(p *peer) [][]byte {
-	q := p.queue
+	q := p.queue[p.takenLocked():]
 	c.queuedBytes.Add(-p.queuedBytes)
 	p.queue, p.queuedBytes = nil, 0
+	p.resend.taken, p.resend.oldKey = 0, nil
 	return q
 }

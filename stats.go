@@ -26,6 +26,7 @@ type Stats struct {
 	KeepalivesIn      uint64 // ... received
 	ResetsSent        uint64 // stateless resets sent for sealed datagrams of unknown sessions
 	ResetsReceived    uint64 // valid resets received: the peer had lost the session
+	Resent            uint64 // datagrams sent again under the session that followed a reset, having been sealed within a round trip before it under the lost one (PROTOCOL.md 5.15); counted again in DatagramsOut when sent
 	V2KeyExchanges    uint64 // key exchanges accepted from ProtocolV2 peers
 
 	Drops Drops
@@ -79,7 +80,7 @@ type counters struct {
 	silences, keepalivesSent, keepalivesReceived       atomic.Uint64
 	handshakeQueueFull                                 atomic.Uint64
 	cookieLimit                                        atomic.Uint64
-	resetsSent, resetsReceived                         atomic.Uint64
+	resetsSent, resetsReceived, resent                 atomic.Uint64
 	pskMismatch                                        atomic.Uint64
 }
 
@@ -112,6 +113,7 @@ func (c *Conn) Stats() Stats {
 		KeepalivesIn:      k.keepalivesReceived.Load(),
 		ResetsSent:        k.resetsSent.Load(),
 		ResetsReceived:    k.resetsReceived.Load(),
+		Resent:            k.resent.Load(),
 		V2KeyExchanges:    c.v2.KeyExchanges(), // protocol v2 (proto_v2.go)
 		Drops: Drops{
 			Malformed:          k.malformed.Load(),

@@ -57,11 +57,13 @@ func socketKinds(t *testing.T) []socketKind {
 // listener: all state lost), and the client dials again at once, seven
 // times. It prints the time from each dial after a restart to its echo
 // (median, min, max), over UDP and over vaultudp, and asserts only that the
-// client reconnects. Over vaultudp
-// the client's first datagram after the restart is sealed under the
-// session the server lost; the server answers with a reset and the
-// client handshakes again (issue 25, item 4: that datagram, quic-go's
-// Initial, is then lost, and quic-go waits for its probe timeout).
+// client reconnects. Over vaultudp the client's first datagram after the
+// restart is sealed under the session the server lost; the server
+// answers with a reset, the client handshakes again, and sends that
+// datagram, quic-go's Initial, again under the new session (resend.go;
+// issue 25, item 4: before, the Initial was lost, and quic-go waited for
+// its 200 ms probe timeout: a median of about 203 ms against 2 ms over
+// UDP).
 func TestConformQUICServerRestart(t *testing.T) {
 	const restarts = 7
 	tlsServer, tlsClient := tlsPair(t)
@@ -111,7 +113,7 @@ func TestConformQUICServerRestart(t *testing.T) {
 				kind.name, restarts, times[len(times)/2].Round(time.Microsecond), times[0].Round(time.Microsecond), times[len(times)-1].Round(time.Microsecond))
 			if vc, ok := clientPC.(*vaultudp.Conn); ok {
 				st := vc.Stats()
-				t.Logf("%s: client resets received %d, handshakes %d", kind.name, st.ResetsReceived, st.Handshakes)
+				t.Logf("%s: client resets received %d, handshakes %d, datagrams sent again %d", kind.name, st.ResetsReceived, st.Handshakes, st.Resent)
 			}
 		})
 	}
