@@ -31,8 +31,8 @@ const DefaultCookieThreshold = 500
 // MAC per hello, not a signature verification.
 type cookieJar struct {
 	threshold int
-	budget    sourceBudget   // cookies per source
-	jobs      chan cookieJob // cookie messages to send (handshake_queue.go)
+	budget    sourceBudget // cookies per source
+	jobs      cookieQueue  // cookie messages to send (handshake_queue.go)
 
 	// mu guards the fields below.
 	mu          sync.Mutex
@@ -46,7 +46,7 @@ type cookieJar struct {
 
 func newCookieJar(threshold int, now time.Time) *cookieJar {
 	j := &cookieJar{threshold: threshold, rotated: now, second: now, budget: newSourceBudget(cookieRate, cookieBurst),
-		jobs: make(chan cookieJob, cookieQueueLen)}
+		jobs: newCookieQueue()}
 	rand.Read(j.secret[:])
 	rand.Read(j.previous[:])
 	return j

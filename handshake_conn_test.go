@@ -454,9 +454,7 @@ func BenchmarkHandshakeResponderConn(b *testing.B) {
 		init := helloInitFrom(id, uint32(i+1))
 		hello := init.Hello()
 		b.StartTimer()
-		c.hsMu.Lock()
-		c.handleHello(hello, from, netip.Addr{})
-		c.hsMu.Unlock()
+		c.handleHandshakeNow(hello, from, netip.Addr{})
 		b.StopTimer()
 		if _, err := init.ReadReply(read(typeReply)); err != nil {
 			b.Fatal(err)
@@ -466,9 +464,7 @@ func BenchmarkHandshakeResponderConn(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.StartTimer()
-		c.hsMu.Lock()
-		c.handleFinal(final, from, netip.Addr{})
-		c.hsMu.Unlock()
+		c.handleHandshakeNow(final, from, netip.Addr{})
 		b.StopTimer()
 		read(typeSealed) // the confirmation
 		b.StartTimer()
