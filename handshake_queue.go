@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"net/netip"
 	"sync"
-	"time"
 
 	"golang.org/x/time/rate"
 
@@ -69,8 +68,7 @@ type handshakeElem struct {
 	from   netip.AddrPort
 	local  netip.Addr
 	kind   hsKind
-	proved bool          // a hello with a valid cookie for its source
-	cost   time.Duration // its estimated cost when it was queued (hsWork)
+	proved bool // a hello with a valid cookie for its source
 }
 
 // data returns the message.

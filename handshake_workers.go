@@ -40,7 +40,9 @@ import (
 // budget's work. Hellos without a cookie proving their source (under the
 // cookie threshold, or before the load was noticed) take at most half the
 // budget: under load the queue keeps room for the hellos that proved
-// their source. A bound on the number of messages
+// their source. A hello from a source whose earlier hello still waits
+// in the queue is dropped too: that one is answered first, and the
+// initiator takes its answer. A bound on the number of messages
 // (hsMaxQueuedPerWorker) keeps the memory bounded when the estimates are
 // low.
 
@@ -89,12 +91,14 @@ type hsWork struct {
 
 	mu         sync.Mutex
 	q          [2]elemFIFO // [0]: replies and final messages, taken first; [1]: hellos and v2 key exchanges
-	work       [2]time.Duration
+	queued     [numKinds]int
 	est        [numKinds]time.Duration
-	workers    int               // running, the first included
-	next, due  uint64            // the ticket taken last + 1; the ticket whose commit is due
-	ready      map[uint64]func() // commits prepared, waiting for their turn
-	committing bool              // a goroutine is running commits
+	hellosFrom map[netip.AddrPort]int // hellos queued, by source
+	workers    int                    // running, the first included
+	peak       int                    // workers at most so far
+	next, due  uint64                 // the ticket taken last + 1; the ticket whose commit is due
+	ready      map[uint64]func()      // commits prepared, waiting for their turn
+	committing bool                   // a goroutine is running commits
 }
 
 // elemFIFO is a queue of handshake messages; its array is kept between
@@ -131,6 +135,7 @@ func newHSWork(workers int, retry time.Duration) *hsWork {
 		wake:       make(chan struct{}, 1),
 		est:        hsFirstCost,
 		workers:    1,
+		peak:       1,
 	}
 }
 
@@ -142,44 +147,61 @@ func (k hsKind) class() int {
 	return 1
 }
 
+// workLocked returns the estimated work of the messages of class 0 (and
+// of both classes if all) queued, at the estimates of now. w.mu is held.
+func (w *hsWork) workLocked(all bool) time.Duration {
+	var d time.Duration
+	for k := range numKinds {
+		if all || k.class() == 0 {
+			d += time.Duration(w.queued[k]) * w.est[k]
+		}
+	}
+	return d
+}
+
 // roomLocked reports whether a message of kind k (a hello with a valid
-// cookie if proved) fits in the queue, and its estimated cost: the rules
-// above. An empty queue always takes one message. w.mu is held.
-func (w *hsWork) roomLocked(k hsKind, proved bool) (time.Duration, bool) {
-	cost := w.est[k]
+// cookie if proved) fits in the queue: the rules above. An empty queue
+// always takes one message. w.mu is held.
+func (w *hsWork) roomLocked(k hsKind, proved bool) bool {
 	n := w.q[0].len() + w.q[1].len()
 	var ahead, limit time.Duration
 	switch {
 	case k.class() == 0:
-		ahead, limit = w.work[0], w.budget
+		ahead, limit = w.workLocked(false), w.budget
 	case k == kindHello && proved:
-		ahead, limit = w.work[0]+w.work[1], w.budget
+		ahead, limit = w.workLocked(true), w.budget
 	default: // hellos that proved nothing, v2 key exchanges
-		ahead, limit = w.work[0]+w.work[1], w.budget/2
+		ahead, limit = w.workLocked(true), w.budget/2
 	}
-	return cost, n < w.maxLen && (n == 0 || ahead+cost <= limit)
+	return n < w.maxLen && (n == 0 || ahead+w.est[k] <= limit)
 }
 
 // room reports whether a message of kind k would be queued now.
 func (w *hsWork) room(k hsKind, proved bool) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	_, ok := w.roomLocked(k, proved)
-	return ok
+	return w.roomLocked(k, proved)
 }
 
-// push queues e, or reports false if the queue has no room for its work.
+// push queues e, or reports false if the queue has no room for its work,
+// or e is a hello from a source whose earlier hello still waits there:
+// that one will be answered first, and its initiator takes the answer
+// (it keeps its previous hello answerable when it sends another), so the
+// later one, its retry, would only cost a second answer.
 func (w *hsWork) push(e *handshakeElem) bool {
 	w.mu.Lock()
-	cost, ok := w.roomLocked(e.kind, e.proved)
-	if !ok {
+	if !w.roomLocked(e.kind, e.proved) || (e.kind == kindHello && w.hellosFrom[e.from] > 0) {
 		w.mu.Unlock()
 		return false
 	}
-	e.cost = cost
-	c := e.kind.class()
-	w.q[c].push(e)
-	w.work[c] += cost
+	if e.kind == kindHello {
+		if w.hellosFrom == nil {
+			w.hellosFrom = make(map[netip.AddrPort]int)
+		}
+		w.hellosFrom[e.from]++
+	}
+	w.q[e.kind.class()].push(e)
+	w.queued[e.kind]++
 	w.mu.Unlock()
 	select {
 	case w.wake <- struct{}{}:
@@ -197,9 +219,11 @@ func (w *hsWork) pop(first bool) (e *handshakeElem, ticket uint64, ok bool) {
 	for c := range w.q {
 		if w.q[c].len() > 0 {
 			e = w.q[c].pop()
-			w.work[c] -= e.cost
-			if w.q[c].len() == 0 {
-				w.work[c] = 0 // no drift from rounding
+			w.queued[e.kind]--
+			if e.kind == kindHello {
+				if w.hellosFrom[e.from]--; w.hellosFrom[e.from] <= 0 {
+					delete(w.hellosFrom, e.from)
+				}
 			}
 			t := w.next
 			w.next++
@@ -240,6 +264,7 @@ func (w *hsWork) moreWorkers() bool {
 		return false
 	}
 	w.workers++
+	w.peak = max(w.peak, w.workers)
 	return true
 }
 
@@ -284,11 +309,18 @@ func (w *hsWork) finish(t uint64, commit func()) {
 	w.mu.Unlock()
 }
 
-// estimate returns kind k's estimated cost (for tests and Stats).
+// estimate returns kind k's estimated cost (for tests).
 func (w *hsWork) estimate(k hsKind) time.Duration {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.est[k]
+}
+
+// peakWorkers returns the most workers that ran at once (for tests).
+func (w *hsWork) peakWorkers() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.peak
 }
 
 // handshakeLoop is the first handshake worker, which runs until Close;
