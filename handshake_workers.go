@@ -211,13 +211,15 @@ func (w *hsWork) push(e *handshakeElem) bool {
 }
 
 // pop takes the next message, replies and final messages first, with the
-// ticket of its commit. If there is none and the caller is not the first
-// worker, the caller's worker ends (it is counted out).
+// ticket of its commit. If there is none, or maxAhead messages taken wait
+// for their commits, and the caller is not the first worker, the caller's
+// worker ends (it is counted out); the first waits for wake, which each
+// commit sends.
 func (w *hsWork) pop(first bool) (e *handshakeElem, ticket uint64, ok bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for c := range w.q {
-		if w.q[c].len() > 0 {
+		if w.q[c].len() > 0 && w.next-w.due < uint64(w.maxAhead()) {
 			e = w.q[c].pop()
 			w.queued[e.kind]--
 			if e.kind == kindHello {
@@ -235,6 +237,12 @@ func (w *hsWork) pop(first bool) (e *handshakeElem, ticket uint64, ok bool) {
 	}
 	return nil, 0, false
 }
+
+// maxAhead bounds the messages taken off the queue whose commits have not
+// run: the workers do not run ahead of the commits, or messages whose work
+// is all in their commit (a reply, a v2 key exchange) would leave the
+// queue, and its bound, at once, and wait in w.ready without one.
+func (w *hsWork) maxAhead() int { return 2 * w.maxWorkers }
 
 // retire counts out a worker that ends with messages queued (Close).
 func (w *hsWork) retire() {
@@ -303,6 +311,10 @@ func (w *hsWork) finish(t uint64, commit func()) {
 		w.due++
 		w.mu.Unlock()
 		f()
+		select {
+		case w.wake <- struct{}{}: // a worker held back by maxAhead may take the next
+		default:
+		}
 		w.mu.Lock()
 	}
 	w.committing = false
@@ -387,7 +399,7 @@ func (c *Conn) work(e *handshakeElem, t uint64) {
 	took := time.Since(start)
 	c.hw.finish(t, func() {
 		start := time.Now()
-		if commit != nil {
+		if commit != nil && !c.isClosed() {
 			commit()
 		}
 		c.hw.observe(e.kind, took+time.Since(start))
@@ -426,3 +438,4 @@ func (c *Conn) handleHandshakeNow(msg []byte, from netip.AddrPort, local netip.A
 	c.hsQueued.Add(1)
 	c.work(e, c.hw.ticket())
 }
+
