@@ -438,4 +438,3 @@ func (c *Conn) handleHandshakeNow(msg []byte, from netip.AddrPort, local netip.A
 	c.hsQueued.Add(1)
 	c.work(e, c.hw.ticket())
 }
-
