@@ -40,7 +40,11 @@ import (
 // budget's work. Hellos without a cookie proving their source (under the
 // cookie threshold, or before the load was noticed) take at most half the
 // budget: under load the queue keeps room for the hellos that proved
-// their source. A hello from a source whose earlier hello still waits
+// their source. Protocol v2 key exchanges, which no cookie gates and whose
+// work is all in their commits, take at most 1/hsV2Share of one worker's
+// budget, so that a flood of them forged from a v2 peer's IP delays the
+// native hellos behind them by tens of milliseconds, not by a retry
+// interval. A hello from a source whose earlier hello still waits
 // in the queue is dropped too: that one is answered first, and the
 // initiator takes its answer. A bound on the number of messages
 // (hsMaxQueuedPerWorker) keeps the memory bounded when the estimates are
@@ -75,6 +79,12 @@ const (
 	// that waited for VerifyPeer, or a worker descheduled for a while,
 	// must not make the queue refuse everything for long.
 	hsMinCost = 10 * time.Microsecond
+	// hsV2Share bounds the protocol v2 key exchanges queued to a
+	// 1/hsV2Share of a retry interval's work (62 ms by default, about 200
+	// of them; before the work bound, 128): they are all in their
+	// commits, one at a time, and anyone who forges a v2 peer's IP can
+	// send them, with no cookie to prove the source.
+	hsV2Share = 16
 	// hsCostWeight is the weight of the newest measurement in a kind's
 	// average (1/hsCostWeight).
 	hsCostWeight = 8
@@ -85,6 +95,7 @@ const (
 // message's handling.
 type hsWork struct {
 	maxWorkers int           // runtime.GOMAXPROCS at Listen: workers at most
+	retry      time.Duration // the retry interval (Conn.retryAfter)
 	budget     time.Duration // the work queued at most: maxWorkers × the retry interval
 	maxLen     int           // messages queued at most
 	wake       chan struct{} // cap 1: work came for the first worker
@@ -130,6 +141,7 @@ func newHSWork(workers int, retry time.Duration) *hsWork {
 	}
 	return &hsWork{
 		maxWorkers: workers,
+		retry:      retry,
 		budget:     time.Duration(workers) * retry,
 		maxLen:     workers * hsMaxQueuedPerWorker,
 		wake:       make(chan struct{}, 1),
@@ -170,6 +182,8 @@ func (w *hsWork) roomLocked(k hsKind, proved bool) bool {
 		ahead, limit = w.workLocked(false), w.budget
 	case k == kindHello && proved:
 		ahead, limit = w.workLocked(true), w.budget
+	case k == kindV2 && time.Duration(w.queued[kindV2]+1)*w.est[kindV2] > w.retry/hsV2Share:
+		return false
 	default: // hellos that proved nothing, v2 key exchanges
 		ahead, limit = w.workLocked(true), w.budget/2
 	}

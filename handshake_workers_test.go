@@ -41,8 +41,8 @@ func fill(t *testing.T, w *hsWork, k hsKind, proved bool, first int) int {
 // with one worker and a retry interval of 100 ms, so a budget of 100 ms
 // of work: hellos at their first estimate (500 µs) fill it at 200, those
 // that proved nothing at half of it; replies and final messages have the
-// whole budget to themselves, ahead of the hellos; v2 key exchanges half
-// of it, with what is queued; measured costs change what fits at once;
+// whole budget to themselves, ahead of the hellos; v2 key exchanges a
+// sixteenth of a retry interval's work, leaving room for hellos; measured costs change what fits at once;
 // a hello from a source whose earlier hello waits is refused; the number
 // of messages is bounded whatever the estimates.
 func TestHSWorkBudget(t *testing.T) {
@@ -98,10 +98,14 @@ func TestHSWorkBudget(t *testing.T) {
 		t.Error("a hello from a source whose hello was taken was refused")
 	}
 
-	// v2 key exchanges: half the budget, behind what is queued.
-	w = newHSWork(1, retry)
-	if got, want := fill(t, w, kindV2, false, 0), int(retry/2/hsFirstCost[kindV2]); got != want {
+	// v2 key exchanges: a 1/hsV2Share of one worker's budget, and hellos
+	// that proved nothing still find room behind them.
+	w = newHSWork(2, retry)
+	if got, want := fill(t, w, kindV2, false, 0), int(retry/hsV2Share/hsFirstCost[kindV2]); got != want {
 		t.Errorf("v2 key exchanges: %d, want %d", got, want)
+	}
+	if !w.room(kindHello, false) {
+		t.Error("v2 key exchanges left no room for a hello without a cookie")
 	}
 
 	// Measurements: hellos that cost 5 ms each lately leave room for 20.
