@@ -121,8 +121,8 @@ func TestFlashCrowd(t *testing.T) {
 	t.Logf("%d clients at once: all done in %v; to the handshake p50 %v, p90 %v, max %v; to the echo p50 %v, p90 %v, p99 %v, max %v",
 		n, all.Round(time.Millisecond), q(hsTook, 0.5), q(hsTook, 0.9), hsTook[n-1].Round(time.Millisecond),
 		q(took, 0.5), q(took, 0.9), q(took, 0.99), took[n-1].Round(time.Millisecond))
-	t.Logf("server: %d handshakes, %d hellos answered, %d dropped at the handshake queue (full, or one from the source waits there), %d cookies sent, %d workers at once (GOMAXPROCS %d), hello %v each lately; clients: %d hellos sent again on the retry timer",
-		st.Handshakes, st.Verifications, st.Drops.HandshakeQueueFull, st.CookiesSent, srv.hw.peakWorkers(), srv.hw.maxWorkers, srv.hw.estimate(kindHello).Round(time.Microsecond), retries)
+	t.Logf("server: %d handshakes, %d hellos answered, %d dropped at the full handshake queue, %d retries in a queued hello's place, %d cookies sent, %d workers at once (GOMAXPROCS %d), hello %v each lately; clients: %d hellos sent again on the retry timer",
+		st.Handshakes, st.Verifications, st.Drops.HandshakeQueueFull, srv.hw.mergedCount(), st.CookiesSent, srv.hw.peakWorkers(), srv.hw.maxWorkers, srv.hw.estimate(kindHello).Round(time.Microsecond), retries)
 	if cpuOK {
 		msg := "process CPU " + (cpu1 - cpu0).Round(time.Millisecond).String() + " in " + all.Round(time.Millisecond).String()
 		if idleOK && total1 > total0 {

@@ -140,10 +140,13 @@ func (c *Conn) queueHandshake(msg []byte, from netip.AddrPort, local netip.Addr)
 	e := c.getElem(msg, from, local)
 	e.proved = proved
 	c.hsQueued.Add(1)
-	if !c.hw.push(e) {
+	switch c.hw.push(e) {
+	case pushDropped:
+		c.stats.handshakeQueueFull.Add(1)
+		fallthrough
+	case pushMerged:
 		c.hsQueued.Add(-1)
 		c.putElem(e)
-		c.stats.handshakeQueueFull.Add(1)
 	}
 }
 
@@ -162,7 +165,7 @@ func (c *Conn) queueV2(src netip.AddrPort, b []byte) bool {
 	e := c.hsElems.Get().(*handshakeElem)
 	e.from, e.local, e.kind, e.v2 = src, netip.Addr{}, kindV2, bytes.Clone(b)
 	c.hsQueued.Add(1)
-	if !c.hw.push(e) {
+	if c.hw.push(e) != pushQueued { // v2 key exchanges are never merged
 		c.hsQueued.Add(-1)
 		c.putElem(e)
 		c.stats.handshakeQueueFull.Add(1)

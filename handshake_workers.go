@@ -40,13 +40,13 @@ import (
 // budget's work. Hellos without a cookie proving their source (under the
 // cookie threshold, or before the load was noticed) take at most half the
 // budget: under load the queue keeps room for the hellos that proved
-// their source. Protocol v2 key exchanges, which no cookie gates and whose
+// their source. A hello from a source whose earlier hello waits in the
+// queue (its retry) takes that one's place: its answer is the one its
+// initiator can use. Protocol v2 key exchanges, which no cookie gates and whose
 // work is all in their commits, take at most 1/hsV2Share of one worker's
 // budget, so that a flood of them forged from a v2 peer's IP delays the
 // native hellos behind them by tens of milliseconds, not by a retry
-// interval. A hello from a source whose earlier hello still waits
-// in the queue is dropped too: that one is answered first, and the
-// initiator takes its answer. A bound on the number of messages
+// interval. A bound on the number of messages
 // (hsMaxQueuedPerWorker) keeps the memory bounded when the estimates are
 // low.
 
@@ -104,12 +104,13 @@ type hsWork struct {
 	q          [2]elemFIFO // [0]: replies and final messages, taken first; [1]: hellos and v2 key exchanges
 	queued     [numKinds]int
 	est        [numKinds]time.Duration
-	hellosFrom map[netip.AddrPort]int // hellos queued, by source
-	workers    int                    // running, the first included
-	peak       int                    // workers at most so far
-	next, due  uint64                 // the ticket taken last + 1; the ticket whose commit is due
-	ready      map[uint64]func()      // commits prepared, waiting for their turn
-	committing bool                   // a goroutine is running commits
+	hellosFrom map[netip.AddrPort]*handshakeElem // the hello queued from each source
+	workers    int                               // running, the first included
+	peak       int                               // workers at most so far
+	merged     int                               // hellos that took a queued one's place (for tests)
+	next, due  uint64                            // the ticket taken last + 1; the ticket whose commit is due
+	ready      map[uint64]func()                 // commits prepared, waiting for their turn
+	committing bool                              // a goroutine is running commits
 }
 
 // elemFIFO is a queue of handshake messages; its array is kept between
@@ -197,22 +198,41 @@ func (w *hsWork) room(k hsKind, proved bool) bool {
 	return w.roomLocked(k, proved)
 }
 
-// push queues e, or reports false if the queue has no room for its work,
-// or e is a hello from a source whose earlier hello still waits there:
-// that one will be answered first, and its initiator takes the answer
-// (it keeps its previous hello answerable when it sends another), so the
-// later one, its retry, would only cost a second answer.
-func (w *hsWork) push(e *handshakeElem) bool {
+// pushResult is what push did with a message.
+type pushResult uint8
+
+const (
+	pushDropped pushResult = iota // no room: the caller drops and counts it
+	pushQueued                    // queued: a worker has it now
+	pushMerged                    // a hello whose source's earlier hello waits: copied over it; the caller keeps e
+)
+
+// push queues e, or reports that the queue has no room for its work. A
+// hello from a source whose earlier hello still waits there takes that
+// one's place instead (pushMerged): its initiator sent it as a retry, and
+// takes an answer to its newest hello or the one before only, so the
+// answer goes to the newest, as soon as the earlier would have had one,
+// and costs one answer, not two.
+func (w *hsWork) push(e *handshakeElem) pushResult {
 	w.mu.Lock()
-	if !w.roomLocked(e.kind, e.proved) || (e.kind == kindHello && w.hellosFrom[e.from] > 0) {
+	if e.kind == kindHello {
+		if q := w.hellosFrom[e.from]; q != nil {
+			q.n = copy(q.msg[:], e.data())
+			q.local, q.proved = e.local, q.proved || e.proved
+			w.merged++
+			w.mu.Unlock()
+			return pushMerged
+		}
+	}
+	if !w.roomLocked(e.kind, e.proved) {
 		w.mu.Unlock()
-		return false
+		return pushDropped
 	}
 	if e.kind == kindHello {
 		if w.hellosFrom == nil {
-			w.hellosFrom = make(map[netip.AddrPort]int)
+			w.hellosFrom = make(map[netip.AddrPort]*handshakeElem)
 		}
-		w.hellosFrom[e.from]++
+		w.hellosFrom[e.from] = e
 	}
 	w.q[e.kind.class()].push(e)
 	w.queued[e.kind]++
@@ -221,7 +241,7 @@ func (w *hsWork) push(e *handshakeElem) bool {
 	case w.wake <- struct{}{}:
 	default:
 	}
-	return true
+	return pushQueued
 }
 
 // pop takes the next message, replies and final messages first, with the
@@ -237,9 +257,7 @@ func (w *hsWork) pop(first bool) (e *handshakeElem, ticket uint64, ok bool) {
 			e = w.q[c].pop()
 			w.queued[e.kind]--
 			if e.kind == kindHello {
-				if w.hellosFrom[e.from]--; w.hellosFrom[e.from] <= 0 {
-					delete(w.hellosFrom, e.from)
-				}
+				delete(w.hellosFrom, e.from)
 			}
 			t := w.next
 			w.next++
@@ -451,4 +469,12 @@ func (c *Conn) handleHandshakeNow(msg []byte, from netip.AddrPort, local netip.A
 	}
 	c.hsQueued.Add(1)
 	c.work(e, c.hw.ticket())
+}
+
+// mergedCount returns how many hellos took a queued one's place (for
+// tests).
+func (w *hsWork) mergedCount() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.merged
 }

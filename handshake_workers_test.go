@@ -29,7 +29,7 @@ func take(w *hsWork, first bool) (*handshakeElem, uint64, bool) {
 func fill(t *testing.T, w *hsWork, k hsKind, proved bool, first int) int {
 	t.Helper()
 	for n := 0; n < 100000; n++ {
-		if !w.push(hsElemFrom(k, first+n, proved)) {
+		if w.push(hsElemFrom(k, first+n, proved)) != pushQueued {
 			return n
 		}
 	}
@@ -42,8 +42,9 @@ func fill(t *testing.T, w *hsWork, k hsKind, proved bool, first int) int {
 // of work: hellos at their first estimate (500 µs) fill it at 200, those
 // that proved nothing at half of it; replies and final messages have the
 // whole budget to themselves, ahead of the hellos; v2 key exchanges a
-// sixteenth of a retry interval's work, leaving room for hellos; measured costs change what fits at once;
-// a hello from a source whose earlier hello waits is refused; the number
+// sixteenth of a retry interval's work, leaving room for hellos; measured
+// costs change what fits at once; a hello from a source whose earlier
+// hello waits takes its place; the number
 // of messages is bounded whatever the estimates.
 func TestHSWorkBudget(t *testing.T) {
 	retry := 100 * time.Millisecond
@@ -80,21 +81,29 @@ func TestHSWorkBudget(t *testing.T) {
 		last = tk
 	}
 
-	// Same source: refused while its hello waits, taken once it is out.
+	// Same source: a hello whose source's earlier one waits takes its
+	// place (its message, its cookie's proof) and leaves the count and
+	// the order as they were; once that one is out, it queues.
 	w = newHSWork(1, retry)
-	if !w.push(hsElemFrom(kindHello, 1, false)) || !w.push(hsElemFrom(kindHello, 2, false)) {
+	if w.push(hsElemFrom(kindHello, 1, false)) != pushQueued || w.push(hsElemFrom(kindHello, 2, false)) != pushQueued {
 		t.Fatal("two hellos refused by an empty queue")
 	}
-	if w.push(hsElemFrom(kindHello, 1, true)) {
-		t.Error("a second hello from a source whose hello waits was queued")
+	retried := hsElemFrom(kindHello, 1, true)
+	retried.n = copy(retried.msg[:], "the retry")
+	if got := w.push(retried); got != pushMerged {
+		t.Errorf("a hello from a source whose hello waits: %v, want merged", got)
 	}
-	if !w.push(hsElemFrom(kindFinal, 1, false)) {
+	if w.push(hsElemFrom(kindFinal, 1, false)) != pushQueued {
 		t.Error("a final message from the same source was refused")
 	}
-	for range 3 {
-		take(w, true)
+	take(w, true) // the final
+	if e, _, _ := take(w, true); e.from != retried.from || string(e.data()) != "the retry" || !e.proved {
+		t.Errorf("first hello taken: from %v, %q, proved %v; want the retry's, in the first's place", e.from, e.data(), e.proved)
 	}
-	if !w.push(hsElemFrom(kindHello, 1, true)) {
+	if e, _, _ := take(w, true); e.from == retried.from {
+		t.Error("the source's hello was taken twice")
+	}
+	if w.push(hsElemFrom(kindHello, 1, true)) != pushQueued {
 		t.Error("a hello from a source whose hello was taken was refused")
 	}
 
