@@ -263,7 +263,7 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 		"identity", EncodePublicKey(c.hs.public))
 
 	c.hsElems.New = func() any { return new(handshakeElem) }
-	c.hw = newHSWork(0, c.retryAfter()) // handshake_workers.go
+	c.hw = newHSWork(0, c.retryAfter(), cfg.HandshakeTimeout) // handshake_workers.go
 	c.wg.Add(3)
 	go c.readLoop(s)
 	if cfg.Events != nil {

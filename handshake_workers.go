@@ -30,25 +30,28 @@ import (
 //
 // The queue is bounded in work, not in messages: each message counts the
 // time its kind took lately (an average of measured prepare and commit
-// times), and a message is dropped (Drops.HandshakeQueueFull) when the
-// queue holds more than its workers can do within a retry interval
-// (Conn.retryAfter): such a message would be answered after its sender
-// had sent it again anyway, so a drop costs its sender no more than the
-// wait it would have had, and the server had no CPU to spare for it
-// sooner. Replies and final messages complete handshakes under way and go
-// first; they are dropped only when those already queued are a whole
-// budget's work. Hellos without a cookie proving their source (under the
-// cookie threshold, or before the load was noticed) take at most half the
-// budget: under load the queue keeps room for the hellos that proved
-// their source. A hello from a source whose earlier hello waits in the
-// queue (its retry) takes that one's place: its answer is the one its
-// initiator can use. Protocol v2 key exchanges, which no cookie gates and whose
-// work is all in their commits, take at most 1/hsV2Share of one worker's
-// budget, so that a flood of them forged from a v2 peer's IP delays the
-// native hellos behind them by tens of milliseconds, not by a retry
-// interval. A bound on the number of messages
-// (hsMaxQueuedPerWorker) keeps the memory bounded when the estimates are
-// low.
+// times, wall clock: on a loaded machine, when answers actually come),
+// and a message is dropped (Drops.HandshakeQueueFull) when the queue holds
+// more than its workers can do within the horizon: half the handshake
+// timeout, a retry interval at least (Conn.retryAfter). An answer within
+// it is one the initiator still takes: a hello from a source whose
+// earlier hello waits in the queue (the initiator's retry) takes that
+// one's place, so the answer is to its newest hello, and it comes before
+// the initiator's attempt times out. A dropped message's sender retries:
+// a drop means the workers have a horizon's work queued, no CPU to spare
+// for it sooner. Replies and final messages complete handshakes under way
+// and go first; they are dropped only when those already queued are a
+// whole budget's work. Hellos without a cookie proving their source
+// (under the cookie threshold, or before the load was noticed) take at
+// most half the budget: under load the queue keeps room for the hellos
+// that proved their source; and one source has one hello queued at most,
+// so that one socket holding a cookie cannot fill the queue. Protocol v2
+// key exchanges, which no cookie gates and whose work is all in their
+// commits, take at most 1/hsV2Share of a retry interval's work, so that a
+// flood of them forged from a v2 peer's IP delays the native hellos
+// behind them by tens of milliseconds, not by a retry interval. A bound
+// on the number of messages (hsMaxQueuedPerWorker) keeps the memory
+// bounded when the estimates are low.
 
 // hsKind is a handshake message's kind, for its cost estimate.
 type hsKind uint8
@@ -96,7 +99,7 @@ const (
 type hsWork struct {
 	maxWorkers int           // runtime.GOMAXPROCS at Listen: workers at most
 	retry      time.Duration // the retry interval (Conn.retryAfter)
-	budget     time.Duration // the work queued at most: maxWorkers × the retry interval
+	budget     time.Duration // the work queued at most: maxWorkers × the horizon
 	maxLen     int           // messages queued at most
 	wake       chan struct{} // cap 1: work came for the first worker
 
@@ -134,16 +137,17 @@ func (f *elemFIFO) pop() *handshakeElem {
 	return e
 }
 
-// newHSWork returns the queue of a Conn whose retry interval is retry,
-// with up to workers workers (0: runtime.GOMAXPROCS).
-func newHSWork(workers int, retry time.Duration) *hsWork {
+// newHSWork returns the queue of a Conn whose retry interval is retry and
+// handshake timeout timeout, with up to workers workers (0:
+// runtime.GOMAXPROCS).
+func newHSWork(workers int, retry, timeout time.Duration) *hsWork {
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
 	return &hsWork{
 		maxWorkers: workers,
 		retry:      retry,
-		budget:     time.Duration(workers) * retry,
+		budget:     time.Duration(workers) * max(retry, timeout/2),
 		maxLen:     workers * hsMaxQueuedPerWorker,
 		wake:       make(chan struct{}, 1),
 		est:        hsFirstCost,

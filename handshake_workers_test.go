@@ -50,7 +50,7 @@ func TestHSWorkBudget(t *testing.T) {
 	retry := 100 * time.Millisecond
 	hello, final := hsFirstCost[kindHello], hsFirstCost[kindFinal]
 
-	w := newHSWork(1, retry)
+	w := newHSWork(1, retry, 0)
 	if got, want := fill(t, w, kindHello, false, 0), int(retry/2/hello); got != want {
 		t.Errorf("hellos without a cookie: %d queued, want %d (half the budget)", got, want)
 	}
@@ -84,7 +84,7 @@ func TestHSWorkBudget(t *testing.T) {
 	// Same source: a hello whose source's earlier one waits takes its
 	// place (its message, its cookie's proof) and leaves the count and
 	// the order as they were; once that one is out, it queues.
-	w = newHSWork(1, retry)
+	w = newHSWork(1, retry, 0)
 	if w.push(hsElemFrom(kindHello, 1, false)) != pushQueued || w.push(hsElemFrom(kindHello, 2, false)) != pushQueued {
 		t.Fatal("two hellos refused by an empty queue")
 	}
@@ -109,7 +109,7 @@ func TestHSWorkBudget(t *testing.T) {
 
 	// v2 key exchanges: a 1/hsV2Share of one worker's budget, and hellos
 	// that proved nothing still find room behind them.
-	w = newHSWork(2, retry)
+	w = newHSWork(2, retry, 0)
 	if got, want := fill(t, w, kindV2, false, 0), int(retry/hsV2Share/hsFirstCost[kindV2]); got != want {
 		t.Errorf("v2 key exchanges: %d, want %d", got, want)
 	}
@@ -118,7 +118,7 @@ func TestHSWorkBudget(t *testing.T) {
 	}
 
 	// Measurements: hellos that cost 5 ms each lately leave room for 20.
-	w = newHSWork(1, retry)
+	w = newHSWork(1, retry, 0)
 	for range 200 {
 		w.observe(kindHello, 5*time.Millisecond)
 	}
@@ -144,7 +144,7 @@ func TestHSWorkBudget(t *testing.T) {
 	}
 
 	// The number of messages is bounded when the estimates are tiny.
-	w = newHSWork(2, time.Hour)
+	w = newHSWork(2, time.Hour, 0)
 	for range 100 {
 		w.observe(kindHello, 0)
 	}
@@ -152,8 +152,14 @@ func TestHSWorkBudget(t *testing.T) {
 		t.Errorf("at the least estimate: %d queued, want %d", got, 2*hsMaxQueuedPerWorker)
 	}
 
+	// The horizon is half the handshake timeout, if longer than a retry
+	// interval: an answer until then is one the initiator takes.
+	if w := newHSWork(2, retry, 10*retry); w.budget != 10*retry {
+		t.Errorf("budget with 2 workers, a timeout of 10 retry intervals: %v, want %v", w.budget, 10*retry)
+	}
+
 	// An empty queue always takes one, whatever its cost.
-	w = newHSWork(1, time.Millisecond)
+	w = newHSWork(1, time.Millisecond, 0)
 	for range 100 {
 		w.observe(kindHello, time.Second)
 	}
@@ -165,7 +171,7 @@ func TestHSWorkBudget(t *testing.T) {
 // TestHSWorkWorkers: the first worker starts others while messages wait,
 // up to maxWorkers, and each ends when it finds the queue empty.
 func TestHSWorkWorkers(t *testing.T) {
-	w := newHSWork(3, time.Second)
+	w := newHSWork(3, time.Second, 0)
 	for i := range 10 {
 		w.push(hsElemFrom(kindHello, i, true))
 	}
@@ -200,7 +206,7 @@ func TestHSWorkWorkers(t *testing.T) {
 	// The workers do not run ahead of the commits by more than
 	// maxAhead: messages whose work is all in their commit would
 	// otherwise leave the queue, and its bound, at once.
-	w = newHSWork(1, time.Second)
+	w = newHSWork(1, time.Second, 0)
 	for i := range 5 {
 		w.push(hsElemFrom(kindV2, i, false))
 	}
@@ -232,7 +238,7 @@ func TestHSWorkWorkers(t *testing.T) {
 // exactly once; and finish never waits for a commit of another's: the
 // goroutine that finds the turn taken leaves its commit to the holder.
 func TestHSWorkCommitOrder(t *testing.T) {
-	w := newHSWork(4, time.Second)
+	w := newHSWork(4, time.Second, 0)
 	const n = 200
 	tickets := make([]uint64, n)
 	for i := range tickets {
