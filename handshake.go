@@ -184,7 +184,7 @@ type response struct {
 	from       netip.AddrPort
 	local      netip.Addr
 	created    int64        // Conn clock
-	result     *finalResult // its final message, read, while trust waits (handleFinal); under the peer's lock
+	result     *finalResult // its final message, read, while trust waits (commitFinal); under the peer's lock
 	path       int          // the path's size to from (Conn.pathDatagram), looked up after the reply went; under the peer's lock
 	// held are sealed datagrams for the session that came before the
 	// final message (it travels the handshake queue, they do not), up to
