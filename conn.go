@@ -83,11 +83,10 @@ type Conn struct {
 	bufs     sync.Pool // *[]byte, for sealing
 	runBufs  sync.Pool // *[]byte, for WriteBatch's trains of sealed datagrams
 	recvQ    chan *packet
-	hsQueue  chan *handshakeElem // handshake_queue.go: hellos (and v2 key exchanges)
-	hsFinish chan *handshakeElem // handshake_queue.go: replies and final messages, handled first
-	hsElems  sync.Pool           // *handshakeElem
-	hsQueued atomic.Int32        // messages queued and not yet handled (handshake_queue.go)
-	hsInline *rate.Limiter       // handshake messages the readers may handle themselves
+	hw       *hsWork       // the handshake queue and workers, with its own lock (handshake_workers.go)
+	hsElems  sync.Pool     // *handshakeElem
+	hsQueued atomic.Int32  // messages queued or handled, not yet committed (handshake_queue.go)
+	hsInline *rate.Limiter // handshake messages the readers may handle themselves
 
 	// The read side (reader.go): deadlines, and who reads the socket.
 	readDeadline  *deadline
@@ -118,11 +117,15 @@ type Conn struct {
 	//	           the handling of what came, handshakes answered inline
 	//	           included; only the reading goroutines and the release
 	//	           of a closed socket's set take it
-	//	hsMu       one handshake message handled at a time (handshake_queue.go):
-	//	           held across its crypto (Ed25519, X25519), the route's
-	//	           MTU lookup, the answer's send, and the wait for
+	//	hs turn    the handshake messages' commits (hsWork.finish,
+	//	           handshake_workers.go): one at a time, in queue order, run
+	//	           by whichever goroutine finds the turn free; never waited
+	//	           for (one that finds it taken leaves its commit to the
+	//	           holder). Held across the answer's send, the route's MTU
+	//	           lookup, a reply's crypto (handleReply) and the wait for
 	//	           Config.VerifyPeer (which runs on a goroutine of its own);
-	//	           readers only try it (TryLock), so no reader waits on it
+	//	           a hello's and a final message's crypto run before, on a
+	//	           worker, with none of these locks held
 	//	rd.mu      who reads the socket (reader.go); brief
 	//	rebindMu   Rebind against Close: held across the send queue's
 	//	           drain and the socket's close
@@ -137,21 +140,23 @@ type Conn struct {
 	//	sq.mu      the send queue (sendqueue.go); like index.mu, it is
 	//	           taken last and never held while waiting
 	//
-	// The leaves, each taken alone: cookies.mu, resets.mu, routes.mu, the deadlines'.
+	// The leaves, each taken alone: cookies.mu, resets.mu, routes.mu, the
+	// deadlines', hw.mu and the response's (handshake.go: held across
+	// ReadFinal).
 	//
 	// A name ending in Locked is called with a lock held: TableLocked,
 	// c.peers.mu; otherwise the mu of the peer it works on (its argument, or
 	// its receiver), or of the value it is a method of (a cookieJar,
 	// the sessionIndex), or the lock its comment names (c.rd.mu in
-	// reader.go). No lock but rs.mu and hsMu is held across crypto or a
-	// system call, and none across a call of the application's code: the
+	// reader.go). No lock but rs.mu, the hs turn and a response's is held
+	// across crypto or a system call, and none across a call of the
+	// application's code: the
 	// Logger is called with no lock held, VerifyPeer on a goroutine of
 	// its own, so both may call any method of the Conn, Close included.
 	// The data path takes none of them in the steady state but rs.mu,
 	// once per read: it finds sessions by index without a lock, a writer
 	// reads its peer's current session atomically (keypairs.go), and a
 	// direct write takes no lock of the send queue's (sendqueue.go).
-	hsMu     sync.Mutex
 	rebindMu sync.Mutex
 
 	// The peers by address, under a lock of their own (peertable.go).
@@ -203,8 +208,6 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 		start:         time.Now(),
 		clk:           cfg.clock,
 		recvQ:         make(chan *packet, cfg.ReadQueue),
-		hsQueue:       make(chan *handshakeElem, handshakeQueueLen),
-		hsFinish:      make(chan *handshakeElem, handshakeQueueLen),
 		hsInline:      newInlineLimiter(),
 		readDeadline:  newDeadline(),
 		appToken:      make(chan struct{}, 1),
@@ -237,6 +240,7 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 		"identity", EncodePublicKey(c.hs.public))
 
 	c.hsElems.New = func() any { return new(handshakeElem) }
+	c.hw = newHSWork(0, c.retryAfter(), cfg.HandshakeTimeout) // handshake_workers.go
 	c.wg.Add(3)
 	go c.readLoop(s)
 	if cfg.Events != nil {

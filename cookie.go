@@ -31,9 +31,9 @@ const DefaultCookieThreshold = 500
 // MAC per hello, not a signature verification.
 type cookieJar struct {
 	threshold int
-	budget    sourceBudget   // cookie messages per source and hello (cookieRate)
-	holders   sourceBudget   // hellos with a valid cookie per source (holderRate)
-	jobs      chan cookieJob // cookie messages to send (handshake_queue.go)
+	budget    sourceBudget // cookie messages per source (cookieRate)
+	holders   sourceBudget // hellos with a valid cookie per source (holderRate)
+	jobs      cookieQueue  // cookie messages to send (handshake_queue.go)
 
 	// mu guards the fields below.
 	mu          sync.Mutex
@@ -49,7 +49,7 @@ func newCookieJar(threshold int, now time.Time) *cookieJar {
 	j := &cookieJar{threshold: threshold, rotated: now, second: now,
 		budget:  newSourceBudget(cookieRate, cookieBurst),
 		holders: newSourceBudget(holderRate, holderBurst),
-		jobs:    make(chan cookieJob, cookieQueueLen)}
+		jobs:    newCookieQueue()}
 	rand.Read(j.secret[:])
 	rand.Read(j.previous[:])
 	return j

@@ -152,9 +152,10 @@ func (e *preparedEntropy) Encapsulate768(ek *mlkem.EncapsulationKey768) ([]byte,
 }
 
 // initiation is a hello we sent and whose reply we wait for. localIndex
-// and n never change once it is made; n is used only by the handshake
-// goroutine (c.hsMu held). hello (with its cookie) is replaced under the
-// peer's lock, and read under it.
+// and n never change once it is made; n's state is used only by replies'
+// commits, one at a time (handshake_workers.go), and its ephemeral key,
+// which never changes, by any worker (crossed hellos). hello (with its
+// cookie) is replaced under the peer's lock, and read under it.
 type initiation struct {
 	localIndex uint32
 	n          *noise.Initiation
@@ -177,12 +178,13 @@ func (i *initiation) setCookie(cookie []byte) {
 // message: the Noise state, the address the hello came from and where it
 // arrived, and when. A peer holds two at most (respNew, respOld).
 type response struct {
-	r          *noise.Response // used by the handshake goroutine only
+	mu         sync.Mutex      // guards r's use: two workers may read final messages for it at once
+	r          *noise.Response // under mu
 	localIndex uint32
 	from       netip.AddrPort
 	local      netip.Addr
 	created    int64        // Conn clock
-	result     *finalResult // its final message, read, while trust waits (handleFinal); under the peer's lock
+	result     *finalResult // its final message, read, while trust waits (commitFinal); under the peer's lock
 	path       int          // the path's size to from (Conn.pathDatagram), looked up after the reply went; under the peer's lock
 	// held are sealed datagrams for the session that came before the
 	// final message (it travels the handshake queue, they do not), up to
@@ -264,7 +266,7 @@ func (c *Conn) trust(p *peer, addr netip.AddrPort, key ed25519.PublicKey) error 
 
 // verifyPeer asks Config.VerifyPeer, on a goroutine of its own, and waits
 // for its answer or for Close. The callback is the application's code and
-// may call Close, which waits for the handshake goroutine that waits here:
+// may call Close, which waits for the handshake worker that waits here:
 // Close then ends the wait, and the callback's goroutine returns from
 // Close and ends by itself.
 func (c *Conn) verifyPeer(addr netip.AddrPort, key ed25519.PublicKey) error {

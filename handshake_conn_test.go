@@ -422,12 +422,15 @@ func TestV4HelloCreditFromPlaintext(t *testing.T) {
 var _ = net.IPv4 // net is used by helpers in other files' tests
 
 // BenchmarkHandshakeResponderConn: one op is one whole v4 handshake as a
-// Conn's responder does it, through the Conn's own code: handleHello
-// (parse, Respond: a static key, an ephemeral key, the encapsulation, two
-// DH, a signature; the reply sent) and handleFinal (ReadFinal: a DH and a
-// signature check; the trust rules; the session made and installed; the
-// confirmation sent). The initiator's side is computed outside the timer,
-// from a plain socket. handshakes/s is on one core of this machine.
+// Conn's responder does it, through the Conn's own code (handleHandshakeNow,
+// one message at a time): the hello (parse, Respond: a static key, an
+// ephemeral key, the encapsulation, two DH, a signature; the reply sent)
+// and the final message (ReadFinal: a DH and a signature check; the trust
+// rules; the session made and installed; the confirmation sent). The
+// initiator's side is computed outside the timer, from a plain socket.
+// handshakes/s is on one core of this machine; BenchmarkHandshakeServer
+// (handshake_workers_bench_test.go) is the same through the socket, the
+// queue and the workers.
 func BenchmarkHandshakeResponderConn(b *testing.B) {
 	c := listenT(b, "udp4", "127.0.0.1:0", &Config{CookieThreshold: 1 << 30})
 	raw := rawUDP(b)
@@ -454,9 +457,7 @@ func BenchmarkHandshakeResponderConn(b *testing.B) {
 		init := helloInitFrom(id, uint32(i+1))
 		hello := init.Hello()
 		b.StartTimer()
-		c.hsMu.Lock()
-		c.handleHello(hello, from, netip.Addr{})
-		c.hsMu.Unlock()
+		c.handleHandshakeNow(hello, from, netip.Addr{})
 		b.StopTimer()
 		if _, err := init.ReadReply(read(typeReply)); err != nil {
 			b.Fatal(err)
@@ -466,9 +467,7 @@ func BenchmarkHandshakeResponderConn(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.StartTimer()
-		c.hsMu.Lock()
-		c.handleFinal(final, from, netip.Addr{})
-		c.hsMu.Unlock()
+		c.handleHandshakeNow(final, from, netip.Addr{})
 		b.StopTimer()
 		read(typeSealed) // the confirmation
 		b.StartTimer()

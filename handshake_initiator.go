@@ -382,7 +382,9 @@ func (c *Conn) failLocked(p *peer, now int64, err error) {
 // final message goes out with our parameters and the session is current
 // at once, its peer's parameters known (MaxPayloadTo is final). The
 // datagram that waited longest rides in the final message when it fits
-// there. c.hsMu is held.
+// there. It runs as a commit, one at a time, in queue order
+// (handshake_workers.go): the initiation's state is not safe for
+// concurrent use, and an initiator has few replies to read.
 func (c *Conn) handleReply(msg []byte) {
 	idx, err := noise.ReplyIndex(msg)
 	if err != nil {

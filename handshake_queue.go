@@ -3,6 +3,7 @@ package vaultudp
 import (
 	"bytes"
 	"net/netip"
+	"sync"
 
 	"golang.org/x/time/rate"
 
@@ -13,26 +14,27 @@ import (
 // device/receive.go does: the reader that finds a hello, a reply or a
 // final message (each costs several X25519 operations, an ML-KEM one or
 // a signature, about a thousand times a datagram's open)
-// copies it onto a bounded queue and goes on with the next datagram; one
-// handshake goroutine per Conn works the queue. When the queue is full the
-// message is dropped and counted (Drops.HandshakeQueueFull): the sender
-// retries, and under a flood the cookies (cookie.go) keep the queue short.
-// Cookie messages are cheap and handled at once.
+// copies it onto a queue bounded in work and goes on with the next
+// datagram; up to runtime.GOMAXPROCS handshake workers per Conn work the
+// queue, their cryptography in parallel, their commits in queue order
+// (handshake_workers.go). When the queue holds more work than the
+// workers can do within a retry interval the message is dropped and
+// counted (Drops.HandshakeQueueFull): the sender retries, and under a
+// flood the cookies (cookie.go) keep the queue for the sources that
+// proved themselves. Cookie messages are cheap and handled at once.
 //
 // A message that finds the handshake path idle (nothing queued, nothing
 // being handled) is handled at once by the reader instead, within a small
-// rate (handshakeInlineRate): the hand-off to the handshake goroutine
+// rate (handshakeInlineRate): the hand-off to a handshake worker
 // wakes a second goroutine, which costs each message of a Conn's first
 // handshake tens of microseconds here, while a few signature checks a
 // second cost the data path little. Beyond that rate, and while the
-// handshake goroutine is busy, messages queue as above, so a flood never
+// workers are busy, messages queue as above, so a flood never
 // holds up the data path for more than the rate allows. A Conn with a
 // VerifyPeer callback always queues: the callback is the application's
 // code, of unknown duration.
 
 const (
-	// handshakeQueueLen bounds the handshake messages waiting.
-	handshakeQueueLen = 256
 	// maxHandshakeMsg is the longest handshake datagram queued: a
 	// 1500-byte Ethernet frame's UDP payload over IPv4 (1472) and more. A
 	// final message with a coalesced datagram is never longer than a
@@ -55,14 +57,57 @@ func newInlineLimiter() *rate.Limiter {
 	return rate.NewLimiter(handshakeInlineRate, handshakeInlineBurst)
 }
 
-// handshakeElem is a queued handshake message, copied out of the packet
-// that carried it (the packet goes back to the reader at once).
+// handshakeElem is a handshake message, copied out of the packet that
+// carried it (the packet goes back to the reader at once), from the
+// reader to the commit of its handling.
 type handshakeElem struct {
-	msg   [maxHandshakeMsg]byte
-	n     int
-	from  netip.AddrPort
-	local netip.Addr
-	v2    []byte // instead of msg: a protocol v2 key exchange datagram (queueV2)
+	msg    [maxHandshakeMsg]byte
+	n      int
+	big    []byte // instead of msg: a final message longer than it (handleHandshakeNow)
+	v2     []byte // instead of msg: a protocol v2 key exchange datagram (queueV2)
+	from   netip.AddrPort
+	local  netip.Addr
+	kind   hsKind
+	proved bool // a hello with a valid cookie for its source
+}
+
+// data returns the message.
+func (e *handshakeElem) data() []byte {
+	if e.big != nil {
+		return e.big
+	}
+	return e.msg[:e.n]
+}
+
+// kindOf returns the kind of a native handshake message (msg[1] is a
+// hello's, a reply's or a final message's type).
+func kindOf(msg []byte) hsKind {
+	switch msg[1] {
+	case typeReply:
+		return kindReply
+	case typeFinal:
+		return kindFinal
+	}
+	return kindHello
+}
+
+// getElem returns msg copied into an element of the pool (or, longer
+// than maxHandshakeMsg, onto the heap).
+func (c *Conn) getElem(msg []byte, from netip.AddrPort, local netip.Addr) *handshakeElem {
+	e := c.hsElems.Get().(*handshakeElem)
+	if len(msg) > len(e.msg) {
+		e.big = bytes.Clone(msg)
+	} else {
+		e.n = copy(e.msg[:], msg)
+	}
+	e.from, e.local, e.kind = from, local, kindOf(msg)
+	return e
+}
+
+// putElem gives e back to the pool.
+func (c *Conn) putElem(e *handshakeElem) {
+	e.big, e.v2, e.proved = nil, nil, false
+	c.hsElems.Put(e)
 }
 
 // queueHandshake handles msg at once if the handshake path is idle, and
@@ -75,72 +120,58 @@ func (c *Conn) queueHandshake(msg []byte, from netip.AddrPort, local netip.Addr)
 			return
 		}
 		// A final message with a large coalesced datagram (a jumbo
-		// path): handled here, its lock waited for.
-		c.hsMu.Lock()
-		c.handleHandshake(msg, from, local)
-		c.hsMu.Unlock()
+		// path): handled here.
+		c.handleHandshakeNow(msg, from, local)
 		return
 	}
-	if msg[1] == typeHello && c.helloGate(msg, from, local) {
-		return
-	}
-	// hsQueued, not len(hsQueue): a message taken off the queue but not
-	// yet handled must not be overtaken either.
-	if c.cfg.VerifyPeer == nil && c.hsQueued.Load() == 0 && c.hsMu.TryLock() {
-		inline := c.hsInline.Allow()
-		if inline {
-			c.handleHandshake(msg, from, local)
-		}
-		c.hsMu.Unlock()
-		if inline {
+	proved := false
+	if msg[1] == typeHello {
+		var done bool
+		if done, proved = c.helloGate(msg, from, local); done {
 			return
 		}
 	}
-	e := c.hsElems.Get().(*handshakeElem)
-	e.n, e.from, e.local = copy(e.msg[:], msg), from, local
-	q := c.hsQueue
-	if msg[1] != typeHello {
-		// A reply or a final message completes work already done (our
-		// hello, our reply), and costs less than a hello's answer: it
-		// goes first, so that a crowd of new hellos does not make the
-		// handshakes under way time out.
-		q = c.hsFinish
+	// hsQueued, not the queue's length: a message taken off the queue
+	// but not yet handled must not be overtaken either.
+	if c.cfg.VerifyPeer == nil && c.hsQueued.Load() == 0 && c.hsInline.Allow() {
+		c.handleHandshakeNow(msg, from, local)
+		return
 	}
+	e := c.getElem(msg, from, local)
+	e.proved = proved
 	c.hsQueued.Add(1)
-	select {
-	case q <- e:
-	default:
-		c.hsQueued.Add(-1)
-		c.hsElems.Put(e)
+	switch c.hw.push(e) {
+	case pushDropped:
 		c.stats.handshakeQueueFull.Add(1)
+		fallthrough
+	case pushMerged:
+		c.hsQueued.Add(-1)
+		c.putElem(e)
 	}
 }
 
 // queueV2 puts a protocol v2 datagram carrying a plaintext key exchange
 // (a signature check, and VerifyPeer, from any source on a v2 peer's IP)
-// on the handshake queue, as a native hello is: handled by the handshake
-// goroutine, dropped and counted (Drops.HandshakeQueueFull) when the queue
-// is half full: v2 key exchanges pass no cookie check (the reference has
-// none), and anyone who forges a v2 peer's IP could otherwise fill the
-// queue and crowd out native handshakes. It copies b.
+// on the handshake queue, as a native hello is: handled by a handshake
+// worker, dropped and counted (Drops.HandshakeQueueFull) when the queue
+// holds half its budget of work: v2 key exchanges pass no cookie check
+// (the reference has none), and anyone who forges a v2 peer's IP could
+// otherwise fill the queue and crowd out native handshakes. It copies b.
 func (c *Conn) queueV2(src netip.AddrPort, b []byte) bool {
-	if len(c.hsQueue) >= cap(c.hsQueue)/2 {
+	if !c.hw.room(kindV2, false) {
 		c.stats.handshakeQueueFull.Add(1) // full: dropped before the copy
 		return false
 	}
 	e := c.hsElems.Get().(*handshakeElem)
-	e.from, e.local, e.v2 = src, netip.Addr{}, bytes.Clone(b)
+	e.from, e.local, e.kind, e.v2 = src, netip.Addr{}, kindV2, bytes.Clone(b)
 	c.hsQueued.Add(1)
-	select {
-	case c.hsQueue <- e:
-		return true
-	default:
+	if c.hw.push(e) != pushQueued { // v2 key exchanges are never merged
 		c.hsQueued.Add(-1)
-		e.v2 = nil
-		c.hsElems.Put(e)
+		c.putElem(e)
 		c.stats.handshakeQueueFull.Add(1)
 		return false
 	}
+	return true
 }
 
 // receiveV2Deferred handles what queueV2 queued, and delivers its
@@ -158,53 +189,13 @@ func (c *Conn) receiveV2Deferred(src netip.AddrPort, b []byte) {
 	}
 }
 
-// handshakeLoop works the handshake queue until Close.
-func (c *Conn) handshakeLoop() {
-	defer c.wg.Done()
-	c.wg.Add(1) // counted while this one is: Close waits for both
-	go c.cookieLoop()
-	for {
-		var e *handshakeElem
-		select {
-		case e = <-c.hsFinish: // first, when there is one
-		default:
-			select {
-			case <-c.closed:
-				return
-			case e = <-c.hsFinish:
-			case e = <-c.hsQueue:
-			}
-		}
-		c.hsMu.Lock()
-		if e.v2 != nil {
-			c.receiveV2Deferred(e.from, e.v2)
-			e.v2 = nil
-		} else {
-			c.handleHandshake(e.msg[:e.n], e.from, e.local)
-		}
-		c.hsQueued.Add(-1)
-		c.hsMu.Unlock()
-		c.hsElems.Put(e)
-	}
-}
-
-// handleHandshake handles a hello, a reply or a final message; c.hsMu is
-// held, so that one is handled at a time, as by one goroutine.
-func (c *Conn) handleHandshake(msg []byte, from netip.AddrPort, local netip.Addr) {
-	switch msg[1] {
-	case typeHello:
-		c.handleHello(msg, from, local)
-	case typeReply:
-		c.handleReply(msg)
-	case typeFinal:
-		c.handleFinal(msg, from, local)
-	}
-}
-
 // helloGate applies the cookie rule (cookie.go) to a hello on the reader,
 // before it is queued, and reports whether it is done with it: malformed,
-// or, the Conn being under load, carrying no valid cookie for its source.
-// Such a hello gets a cookie message, within its budget, sent by
+// or, the Conn being under load, carrying no valid cookie for its source,
+// or one past its source's budget for such hellos; and whether the hello
+// carries a valid cookie for its source (the queue favours those,
+// hsWork.push).
+// Such a hello gets a cookie message, within its source's budget, sent by
 // a goroutine of its own from a queue of its own (cookieQueueLen; full, the
 // hello is dropped, Drops.HandshakeQueueFull). So under a flood of hellos
 // from sources that do not answer cookies (forged ones), the handshake
@@ -214,35 +205,35 @@ func (c *Conn) handleHandshake(msg []byte, from netip.AddrPort, local netip.Addr
 // and checked, and its cookie sent, by the one handshake goroutine: a flood
 // of 87,000 a second filled the queue, dropped 58% of the hellos,
 // legitimate ones alike, and a new client needed seconds of retries.)
-func (c *Conn) helloGate(msg []byte, from netip.AddrPort, local netip.Addr) bool {
+func (c *Conn) helloGate(msg []byte, from netip.AddrPort, local netip.Addr) (done, proved bool) {
 	m, err := noise.ParseHello(msg) // structure only: no cryptography
 	if err != nil {
 		c.stats.malformed.Add(1)
-		return true
+		return true, false
 	}
 	wall := c.cfg.now()
-	if !c.cookies.underLoad(wall) {
-		return false
+	loaded := c.cookies.underLoad(wall)
+	proved = !allZero(m.Cookie) && c.cookies.valid(from, m.Cookie, wall)
+	if !loaded {
+		return false, proved
 	}
-	if !allZero(m.Cookie) && c.cookies.valid(from, m.Cookie, wall) {
+	if proved {
 		// It proved its source; within the source's budget, on to the
 		// queue (cookie.go: hellos with a valid cookie).
 		if c.cookies.holders.allow(from, c.now()) {
-			return false
+			return false, true
 		}
 		c.stats.cookieLimit.Add(1)
-		return true
+		return true, true
 	}
 	if !c.cookies.budget.allow(from, c.now()) {
 		c.stats.cookieLimit.Add(1)
-		return true
+		return true, false
 	}
-	select {
-	case c.cookies.jobs <- cookieJob{from: from, local: local, index: m.SenderIndex}:
-	default:
+	if !c.cookies.jobs.push(cookieJob{from: from, local: local, index: m.SenderIndex}) {
 		c.stats.handshakeQueueFull.Add(1)
 	}
-	return true
+	return true, false
 }
 
 // allZero reports whether b is all zero bytes: a hello with no cookie.
@@ -255,10 +246,12 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// cookieQueueLen bounds the cookie messages waiting to be sent: a burst's
-// worth (the goroutine sends them as they come; a read batch is 32
-// datagrams); 4 KiB a Conn.
-const cookieQueueLen = 64
+// cookieQueueLen bounds the cookie messages waiting to be sent: a crowd's
+// worth (a thousand clients whose hellos came at once, once the load was
+// noticed, each get theirs at once rather than after a retry interval),
+// 40 bytes each, allocated as they come: the goroutine sends them as they
+// come, about 5 µs each.
+const cookieQueueLen = 1024
 
 // cookieJob is a cookie message to send: to from, from local, for the
 // hello with sender index index.
@@ -268,18 +261,63 @@ type cookieJob struct {
 	index uint32
 }
 
+// cookieQueue holds the cookie messages waiting to be sent.
+type cookieQueue struct {
+	wake chan struct{} // cap 1: jobs came
+	mu   sync.Mutex
+	jobs []cookieJob
+}
+
+func newCookieQueue() cookieQueue { return cookieQueue{wake: make(chan struct{}, 1)} }
+
+// push queues j, or reports false if cookieQueueLen wait.
+func (q *cookieQueue) push(j cookieJob) bool {
+	q.mu.Lock()
+	if len(q.jobs) >= cookieQueueLen {
+		q.mu.Unlock()
+		return false
+	}
+	q.jobs = append(q.jobs, j)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// take returns the jobs waiting, and keeps spare's array for the next.
+func (q *cookieQueue) take(spare []cookieJob) []cookieJob {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	jobs := q.jobs
+	q.jobs = spare[:0]
+	return jobs
+}
+
 // cookieLoop sends the cookie messages helloGate queued, until Close.
 func (c *Conn) cookieLoop() {
 	defer c.wg.Done()
+	var spare []cookieJob
 	for {
 		select {
 		case <-c.closed:
 			return
-		case j := <-c.cookies.jobs:
+		case <-c.cookies.jobs.wake:
+		}
+		for {
+			jobs := c.cookies.jobs.take(spare)
+			if len(jobs) == 0 {
+				spare = jobs
+				break
+			}
 			wall := c.cfg.now()
-			cookie := c.cookies.make(j.from, wall)
-			c.stats.cookiesSent.Add(1)
-			c.sendRawFrom(j.from, j.local, noise.CookieMsg(j.index, cookie[:]))
+			for _, j := range jobs {
+				cookie := c.cookies.make(j.from, wall)
+				c.stats.cookiesSent.Add(1)
+				c.sendRawFrom(j.from, j.local, noise.CookieMsg(j.index, cookie[:]))
+			}
+			spare = jobs
 		}
 	}
 }

@@ -10,15 +10,18 @@ import (
 	"github.com/vaultudp/vaultudp/internal/noise"
 )
 
-// handleHello answers a hello from from that arrived at local. Nothing
-// about the initiator's identity is known yet: the reply reveals ours (to
-// holders of the preshared key, if one is set) and the Noise state waits
-// for the final message, where trust is decided. c.hsMu is held.
-func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
+// prepareHello answers a hello from from that arrived at local: its
+// costly step (Noise message 2) now, on a handshake worker, and the
+// returned commit, in its turn (handshake_workers.go), keeps the
+// response and sends the reply. Nothing about the initiator's identity
+// is known yet: the reply reveals ours (to holders of the preshared key,
+// if one is set) and the Noise state waits for the final message, where
+// trust is decided. It returns nil if there is nothing to commit.
+func (c *Conn) prepareHello(msg []byte, from netip.AddrPort, local netip.Addr) func() {
 	h, err := noise.ParseHello(msg)
 	if err != nil {
 		c.stats.malformed.Add(1)
-		return
+		return nil
 	}
 	// The reader applied the cookie rule already (helloGate): under
 	// load, only a hello with its source's cookie comes here.
@@ -30,27 +33,26 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 		// Refused before any costly work: a flood of hellos from new
 		// addresses cannot buy handshakes once the table is full.
 		c.stats.peerLimit.Add(1)
-		return
+		return nil
 	}
 	if c.policyFor(pr) == Plaintext {
 		c.stats.policy.Add(1)
-		return
+		return nil
 	}
 	if pr != nil {
 		pr.mu.Lock()
 		// Both sides sent hellos at once: the greater ephemeral key
-		// initiates, the other answers (PROTOCOL.md 9.9). Our
-		// initiation's noise state is the handshake goroutine's, which
-		// this is.
+		// initiates, the other answers (PROTOCOL.md 9.9). The
+		// initiation's ephemeral key never changes once it is made.
 		keep := pr.hs.init != nil && pr.hs.init.n.KeepsInitiating(h)
 		pr.mu.Unlock()
 		if keep {
-			return
+			return nil
 		}
 	}
 	st, ent, err := c.handshakeEntropy()
 	if err != nil {
-		return
+		return nil
 	}
 	idx := c.index.reserve()
 	c.stats.verifications.Add(1)
@@ -69,11 +71,20 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 		} else {
 			c.stats.malformed.Add(1)
 		}
-		return
+		return nil
 	}
-	r := &response{r: resp, localIndex: idx, from: from, local: local, created: c.now()}
+	r := &response{r: resp, localIndex: idx, from: from, local: local}
+	return func() { c.commitHello(r, reply) }
+}
+
+// commitHello keeps r, the response to a hello, on the peer at its
+// address (or on a stranger, outside the table) and sends its reply.
+func (c *Conn) commitHello(r *response, reply []byte) {
+	from, idx := r.from, r.localIndex
+	r.created = c.now()
 	c.peers.mu.Lock()
-	if pr = c.peers.getLocked(from); pr == nil {
+	pr := c.peers.getLocked(from)
+	if pr == nil {
 		// No peer yet: the reply waits on a stranger, outside the
 		// table, until a final message completes it (a replayed or
 		// forged hello, which cannot, leaves nothing in the table).
@@ -98,7 +109,7 @@ func (c *Conn) handleHello(msg []byte, from netip.AddrPort, local netip.Addr) {
 	}
 	c.addResponseLocked(pr, r)
 	pr.mu.Unlock()
-	c.sendRawFrom(from, local, reply)
+	c.sendRawFrom(from, r.local, reply)
 	// The path's size, which the session takes, is looked up (a system
 	// call) while the reply travels, not once the final message is in.
 	// Read under the peer's lock, with the response.
@@ -175,27 +186,28 @@ type finalResult struct {
 	keys *noise.Keys
 }
 
-// handleFinal completes a response with the initiator's final message:
-// its identity passes the trust rules (and the rules of a new identity
-// at a learned peer's address), the session becomes current and
-// confirmed, the datagrams that waited for the peer go (or a keepalive,
-// which confirms the session to the initiator), and the sealed datagram
-// coalesced in the final message is received as any other. c.hsMu is
-// held.
-func (c *Conn) handleFinal(msg []byte, from netip.AddrPort, local netip.Addr) {
+// prepareFinal reads a final message, the initiator's identity and
+// parameters, on a handshake worker (its DH and signature check), and
+// returns the commit that completes the response, in its turn
+// (handshake_workers.go): the identity passes the trust rules (and the
+// rules of a new identity at a learned peer's address), the session
+// becomes current and confirmed, the datagrams that waited for the peer
+// go (or a keepalive, which confirms the session to the initiator), and
+// the sealed datagram coalesced in the final message is received as any
+// other. It returns nil if there is nothing to commit.
+func (c *Conn) prepareFinal(msg []byte, from netip.AddrPort, local netip.Addr) func() {
 	f, err := noise.ParseFinal(msg)
 	if err != nil {
 		c.stats.malformed.Add(1)
-		return
+		return nil
 	}
 	p := c.index.responder(f.ReceiverIndex)
 	if p == nil {
 		if s := c.index.lookup(f.ReceiverIndex); s != nil && !s.initiator && s.peer != nil {
-			c.finalAgain(s, f.Sealed, from, local) // our confirmation was lost
-			return
+			return func() { c.finalAgain(s, f.Sealed, from, local) } // our confirmation was lost
 		}
 		c.stats.stale.Add(1)
-		return
+		return nil
 	}
 	p.mu.Lock()
 	var r *response
@@ -211,11 +223,15 @@ func (c *Conn) handleFinal(msg []byte, from netip.AddrPort, local netip.Addr) {
 	p.mu.Unlock()
 	if r == nil {
 		c.stats.stale.Add(1)
-		return
+		return nil
 	}
 	msg3 := msg[:len(msg)-len(f.Sealed)]
 	if res == nil {
+		// The response's own lock: another worker may read the same
+		// final message, sent again, at once.
+		r.mu.Lock()
 		pi, keys, err := r.r.ReadFinal(f)
+		r.mu.Unlock()
 		if err != nil {
 			switch {
 			case errors.Is(err, noise.ErrState):
@@ -225,13 +241,19 @@ func (c *Conn) handleFinal(msg []byte, from netip.AddrPort, local netip.Addr) {
 			default:
 				c.stats.auth.Add(1)
 			}
-			return
+			return nil
 		}
 		res = &finalResult{msg3: bytes.Clone(msg3), peer: pi, keys: keys}
 	} else if !bytes.Equal(res.msg3, msg3) {
 		c.stats.stale.Add(1) // the state is consumed: only the same message counts again
-		return
+		return nil
 	}
+	return func() { c.commitFinal(p, r, res, f.Sealed, from, local) }
+}
+
+// commitFinal completes r, p's response, with res, what its final
+// message revealed; sealed is the datagram coalesced after it.
+func (c *Conn) commitFinal(p *peer, r *response, res *finalResult, sealed []byte, from netip.AddrPort, local netip.Addr) {
 	id := res.peer.Identity
 	// A learned peer whose old identity did not answer a liveness
 	// challenge (path.go): perhaps a client that restarted with a new
@@ -282,8 +304,8 @@ func (c *Conn) handleFinal(msg []byte, from netip.AddrPort, local netip.Addr) {
 	// The initiator's first datagrams first (what waits for a reader),
 	// then the confirmation: what waited here, or a keepalive, to the
 	// peer's validated address.
-	if len(f.Sealed) > 0 {
-		c.receiveCoalesced(f.Sealed, from, local)
+	if len(sealed) > 0 {
+		c.receiveCoalesced(sealed, from, local)
 	}
 	for _, q := range held {
 		if !c.receive(q) {
@@ -415,7 +437,7 @@ func (c *Conn) receiveCoalesced(sealed []byte, from netip.AddrPort, local netip.
 	if !c.receive(q) {
 		c.putPacket(q)
 	}
-	// This may run on the handshake goroutine while a reader is blocked
+	// This may run on a handshake worker while a reader is blocked
 	// in the socket (reader.go), where the datagram will not come: it
 	// must look at the queue now, as for a datagram to oneself.
 	c.kickDirectReader()

@@ -164,11 +164,16 @@ func reviewCookie(t *testing.T, pc *net.UDPConn, to netip.AddrPort, hello []byte
 // (20/s, device/receive.go ratelimiter). The figure: five new clients'
 // handshake times under the flood from one socket.
 //
-// Fixed: such hellos have a budget per source (cookie.go, holderRate). The
-// test checks that the attacker's hellos verified are those before the
-// responder was under load (CookieThreshold) and within the budget, and
-// that every new client completes; it prints their times.
+// Fixed twice over: a source has one hello queued at most, a later one
+// takes its place (handshake_workers.go), and such hellos have a budget per
+// source (cookie.go, holderRate). The test checks that the attacker's
+// hellos verified are those before the responder was under load
+// (CookieThreshold) and within the budget, and that every new client
+// completes; it prints their times.
 func TestReviewCookieHolderFloodsHandshakes(t *testing.T) {
+	if raceEnabled {
+		t.Skip("rates under -race say nothing: the reader, not the queue, is what a flood of 30,000/s meets there")
+	}
 	srv := listenT(t, "udp4", "127.0.0.1:0", nil)
 	att, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 3)})
 	if err != nil {
