@@ -256,6 +256,7 @@ func waitBlockedIn(t testing.TB, fn string) {
 }
 
 func TestSmokeRoundTrip(t *testing.T) {
+	parallel(t)
 	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
 	if _, err := a.WriteToUDPAddrPort([]byte("hello"), addrOf(b)); err != nil {
 		t.Fatal(err)
@@ -547,6 +548,7 @@ func checkClean(t testing.TB, name string, c *Conn) {
 }
 
 func TestBulkExchange(t *testing.T) {
+	heavy(t)
 	for _, tc := range []struct {
 		name, network, host string
 		padding             Padding
@@ -588,6 +590,7 @@ func TestBulkExchange(t *testing.T) {
 // TestRekeyUnderTraffic runs the flow both ways for about two seconds with
 // sessions renewed every 300 ms: nothing may be lost or duplicated.
 func TestRekeyUnderTraffic(t *testing.T) {
+	heavy(t)
 	cfg := Config{MTU: 1500, KeyLifetime: 300 * time.Millisecond}
 	a, b := pair(t, "udp4", "127.0.0.1", &cfg, &cfg)
 	handshakeT(t, a, addrOf(b))
@@ -611,6 +614,7 @@ func TestRekeyUnderTraffic(t *testing.T) {
 // exactly MaxPayload goes through. (Without it, larger datagrams are sent
 // as a UDP socket sends them: TestSizesAsUDP.)
 func TestTooLarge(t *testing.T) {
+	parallel(t)
 	for _, tc := range []struct{ network, host string }{{"udp4", "127.0.0.1"}, {"udp6", "::1"}} {
 		t.Run(tc.network, func(t *testing.T) {
 			for _, pad := range []Padding{PadMTU, PadNone, PadBlock(64)} {
@@ -658,6 +662,7 @@ func TestTooLarge(t *testing.T) {
 // TestShortReadBuffer: as with *net.UDPConn, a datagram longer than the
 // read buffer is cut to it, without an error, and the rest is lost.
 func TestShortReadBuffer(t *testing.T) {
+	parallel(t)
 	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
 	for _, m := range []string{"0123456789", "next"} {
 		if _, err := a.WriteToUDPAddrPort([]byte(m), addrOf(b)); err != nil {
@@ -681,6 +686,7 @@ func TestShortReadBuffer(t *testing.T) {
 // done, arrive in the order written (loopback keeps the order of one
 // socket's datagrams, so any reordering would be the Conn's).
 func TestQueuedOrder(t *testing.T) {
+	parallel(t)
 	for round := range 20 {
 		a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
 		const n = 24 // within the handshake queue, whatever the timing
@@ -703,6 +709,7 @@ func TestQueuedOrder(t *testing.T) {
 // ---- Handshake failures ----
 
 func TestHandshakeTimeout(t *testing.T) {
+	parallel(t)
 	a := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: 300 * time.Millisecond})
 	dead := deadPort(t, "udp4", "127.0.0.1")
 	for i := range 3 {
@@ -744,6 +751,7 @@ func TestHandshakeTimeout(t *testing.T) {
 }
 
 func TestPinnedKeyMismatch(t *testing.T) {
+	parallel(t)
 	wrong := GenerateIdentity().Public().(ed25519.PublicKey)
 	short := &Config{HandshakeTimeout: 300 * time.Millisecond}
 
@@ -833,6 +841,7 @@ func TestPinnedKeyMismatch(t *testing.T) {
 // seen from an address is remembered; another identity on that address is
 // refused until the peer is removed.
 func TestTrustOnFirstUse(t *testing.T) {
+	parallel(t)
 	a := listenT(t, "udp4", "127.0.0.1:0", nil)
 	b, err := Listen("udp4", "127.0.0.1:0", nil)
 	if err != nil {
@@ -922,6 +931,7 @@ func echoCheck(t *testing.T, client net.PacketConn, server net.Addr) {
 }
 
 func TestDropInEcho(t *testing.T) {
+	parallel(t)
 	listeners := map[string]func() (net.PacketConn, error){
 		"net.UDPConn": func() (net.PacketConn, error) { return net.ListenPacket("udp4", "127.0.0.1:0") },
 		"vaultudp.Conn": func() (net.PacketConn, error) {
@@ -960,6 +970,7 @@ func TestDropInEcho(t *testing.T) {
 // SetWriteBuffer, and has no ReadMsgUDP or WriteMsgUDP, which would let
 // quic-go and kcp-go read the socket beneath it and bypass decryption.
 func TestMethodSet(t *testing.T) {
+	parallel(t)
 	var c any = (*Conn)(nil)
 	if _, ok := c.(net.PacketConn); !ok {
 		t.Error("*Conn is not a net.PacketConn")
@@ -991,6 +1002,7 @@ func TestMethodSet(t *testing.T) {
 // TestFreshAddr: each ReadFrom returns its own *net.UDPAddr; callers keep
 // them.
 func TestFreshAddr(t *testing.T) {
+	parallel(t)
 	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
 	for range 2 {
 		if _, err := a.WriteToUDPAddrPort([]byte("x"), addrOf(b)); err != nil {
@@ -1232,6 +1244,7 @@ func wrapT(t testing.TB, pc net.PacketConn, cfg *Config) *Conn {
 }
 
 func TestWrapInMemory(t *testing.T) {
+	parallel(t)
 	n := newMemNet()
 	ma, mb := n.listen(t, "10.0.0.1:1000"), n.listen(t, "10.0.0.2:2000")
 	cfg := &Config{MTU: 1500}

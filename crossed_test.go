@@ -14,6 +14,7 @@ import (
 // sides waiting as responders, or one side sealing under a session the
 // other dropped.
 func TestHandshakeCrossedAddPeer(t *testing.T) {
+	parallel(t)
 	dump := func(name string, c *Conn) {
 		c.mu.RLock()
 		defer c.mu.RUnlock()

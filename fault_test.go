@@ -644,8 +644,12 @@ func lossyFaults(seed uint64) vaulttest.Faults {
 // between them, faulty both ways, whose addresses the Conns see ("relay").
 // Counts: 1000 datagrams/s each way for 3 s (300/s for 2 s under -race).
 func TestFaultLossyExchange(t *testing.T) {
+	parallel(t)
 	for _, topo := range []string{"conns", "relay"} {
-		t.Run(topo, func(t *testing.T) { testLossy(t, topo) })
+		t.Run(topo, func(t *testing.T) {
+			t.Parallel()
+			testLossy(t, topo)
+		})
 	}
 }
 
@@ -759,6 +763,7 @@ func testLossy(t *testing.T, topo string) {
 // injected datagram by its header, and every datagram too large for the
 // receiver's buffer as too large. 3000 datagrams (1000 under -race).
 func TestFaultDamageCountedByReason(t *testing.T) {
+	parallel(t)
 	n := scaled(3000, 1000)
 	nw := vaulttest.NewNetwork()
 	ea, eb, ex := listenMem(t, nw, "10.0.0.1:1000"), listenMem(t, nw, "10.0.0.2:2000"), listenMem(t, nw, "10.0.0.9:9000")
@@ -889,6 +894,7 @@ func countDamagedDuplicates(events []vaulttest.Event) int {
 // the replies too; the handshake completes through the retries, and
 // traffic follows.
 func TestFaultHandshakeRetries(t *testing.T) {
+	parallel(t)
 	// A seed whose first two draws drop: the faults depend only on the
 	// seed and the sequence of writes, so probing it on a scratch pipe
 	// tells what the real path will do.

@@ -24,6 +24,7 @@ import (
 // that fit the queue (bounded in bytes) arrive, in order, and the rest are
 // counted in Stats.Drops.WriteQueueFull.
 func TestFieldBurstBeforePeerExists(t *testing.T) {
+	parallel(t)
 	a := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: 5 * time.Second})
 	to := deadPort(t, "udp4", "127.0.0.1")
 	const writes, size = 200, 1000
@@ -56,6 +57,7 @@ func TestFieldBurstBeforePeerExists(t *testing.T) {
 // TestFieldQueueBoundPerConn: the bytes waiting for handshakes are bounded
 // per Conn as well as per peer, whatever the number of peers.
 func TestFieldQueueBoundPerConn(t *testing.T) {
+	parallel(t)
 	a := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: 5 * time.Second, MaxPeers: 1000})
 	big := make([]byte, 1200)
 	peers := maxQueuedBytesPerConn/maxQueuedBytesPerPeer + 4
@@ -81,6 +83,7 @@ func TestFieldQueueBoundPerConn(t *testing.T) {
 // session, gets no answer, and takes the new identity within about a
 // hello retry.
 func TestFieldClientRestartsWithNewKey(t *testing.T) {
+	parallel(t)
 	s := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: time.Second})
 	c1, err := Listen("udp4", "127.0.0.1:0", nil)
 	if err != nil {
@@ -116,6 +119,7 @@ func TestFieldClientRestartsWithNewKey(t *testing.T) {
 // session, and no liveness challenge is even needed (a new identity is
 // judged at a final message, which the forger cannot make).
 func TestFieldLivePeerNotDisplaced(t *testing.T) {
+	parallel(t)
 	sp := newSpoofer(t)
 	s := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: time.Second})
 	c := listenT(t, "udp4", "127.0.0.1:0", nil)
@@ -191,6 +195,7 @@ func writeUntilRead(t *testing.T, c, r *Conn, msg string) time.Duration {
 // reset; the client handshakes at once and its datagrams arrive again,
 // long before any silence timer (the defaults: 15 s) would have noticed.
 func TestFieldPeerRestartsSameIdentity(t *testing.T) {
+	parallel(t)
 	id := GenerateIdentity()
 	s1, err := Listen("udp4", "127.0.0.1:0", &Config{Identity: id})
 	if err != nil {
@@ -216,6 +221,7 @@ func TestFieldPeerRestartsSameIdentity(t *testing.T) {
 // TestFieldForgedReset: a reset without the session's token (an attacker
 // who saw the traffic, not the token) changes nothing.
 func TestFieldForgedReset(t *testing.T) {
+	parallel(t)
 	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
 	handshakeT(t, a, addrOf(b))
 	writeUntilRead(t, a, b, "one")
@@ -248,6 +254,7 @@ func TestFieldForgedReset(t *testing.T) {
 // SilenceTimeout, handshakes in vain and gives the session up; when the
 // server is back (same identity), the client's writes reach it again.
 func TestFieldSilence(t *testing.T) {
+	parallel(t)
 	id := GenerateIdentity()
 	short := &Config{KeepaliveTimeout: 100 * time.Millisecond, HandshakeTimeout: 300 * time.Millisecond}
 	s1, err := Listen("udp4", "127.0.0.1:0", &Config{Identity: id})
@@ -286,6 +293,7 @@ func TestFieldSilence(t *testing.T) {
 // first use, refuses it, visibly: Handshake returns ErrPeerRejected naming
 // both keys, PeerInfo carries it, Stats counts it.
 func TestFieldPeerRestartsNewIdentity(t *testing.T) {
+	parallel(t)
 	for _, pinned := range []bool{true, false} {
 		t.Run(map[bool]string{true: "pinned", false: "remembered"}[pinned], func(t *testing.T) {
 			short := &Config{KeepaliveTimeout: 100 * time.Millisecond, HandshakeTimeout: 300 * time.Millisecond}
@@ -344,6 +352,7 @@ func (c *Conn) handshakeFailure(addr netip.AddrPort) (error, bool) {
 // passive keepalives, so the sender does not take it for silent and
 // handshake again.
 func TestFieldPassiveKeepalive(t *testing.T) {
+	parallel(t)
 	short := &Config{KeepaliveTimeout: 50 * time.Millisecond, HandshakeTimeout: 200 * time.Millisecond}
 	a, b := pair(t, "udp4", "127.0.0.1", short, short)
 	handshakeT(t, a, addrOf(b))
@@ -369,6 +378,7 @@ func TestFieldPassiveKeepalive(t *testing.T) {
 // TestFieldPersistentKeepalive: PeerConfig.Keepalive sends empty sealed
 // datagrams to an idle peer at that interval (for NAT mappings).
 func TestFieldPersistentKeepalive(t *testing.T) {
+	parallel(t)
 	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
 	if err := a.AddPeer(PeerConfig{Addr: addrOf(b), Keepalive: 60 * time.Millisecond}); err != nil {
 		t.Fatal(err)
@@ -404,6 +414,7 @@ func waitFor(d time.Duration, ok func() bool) (time.Duration, bool) {
 // them, though it finds the new session without taking a lock. Loopback
 // keeps a socket's datagrams in order, so any reordering is the Conn's.
 func TestFieldWritesDuringFlushKeepOrder(t *testing.T) {
+	parallel(t)
 	a := listenT(t, "udp4", "127.0.0.1:0", nil)
 	b := listenT(t, "udp4", "127.0.0.1:0", nil)
 	const after = 2000 // writes once the session is there

@@ -252,6 +252,7 @@ func loopbackPair(t *testing.T, ca, cb *Config) (a, b *Conn) {
 // live session's index (each costs b an AEAD open), and open envelopes of
 // random bytes or with malformed handshake messages.
 func TestFloodGarbage(t *testing.T) {
+	alone(t)
 	n := scaled(1_000_000, 100_000)
 	cfg := &Config{MTU: 1500}
 	a, b := loopbackPair(t, cfg, cfg)
@@ -418,6 +419,7 @@ func helloStream(t testing.TB, n int) <-chan []byte {
 // passes CookieThreshold, b answers with cookies and verifies no more
 // signatures but those of hellos that return a valid cookie: a's rekeys.
 func TestFloodSpoofedHellos(t *testing.T) {
+	alone(t)
 	n := scaled(100_000, 5_000)
 	// Under -race a signature costs b 10 times as much: the threshold
 	// comes down with it, so that b still sees it passed.
@@ -512,6 +514,7 @@ func settledHellos(c *Conn, before Stats, n int) (verified, refused, queued int)
 // sessions) and, without cookies, the remembered timestamps (2 s window)
 // are forgotten, and a new client is welcome again.
 func TestFloodSpoofedHellosManySources(t *testing.T) {
+	alone(t)
 	for _, tc := range []struct {
 		name      string
 		threshold int
@@ -675,6 +678,7 @@ func (c *tapConn) capture() [][]byte {
 // (replayed counter, stale hello), nothing is delivered twice, and no
 // replay moves a's peer to the attacker's address or creates a peer.
 func TestFloodReplay(t *testing.T) {
+	alone(t)
 	n := scaled(200_000, 20_000)
 	b := listenT(t, "udp4", "127.0.0.1:0", &Config{MTU: 1500})
 	b.SetReadBuffer(4 << 20)
@@ -757,6 +761,7 @@ func addrOf2(pc *net.UDPConn) netip.AddrPort {
 // at HandshakeTimeout, its datagram dropped and counted; the idle peers
 // are then forgotten.
 func TestFloodPendingInitiationsBounded(t *testing.T) {
+	heavy(t)
 	n := scaled(5000, 1000)
 	const maxPeers = 300
 	mn := newMemNet()
@@ -805,6 +810,7 @@ func TestFloodPendingInitiationsBounded(t *testing.T) {
 // network loses nothing either. 20,000 datagrams from a (5,000 under
 // -race).
 func TestFloodDataRateLimited(t *testing.T) {
+	heavy(t)
 	n := scaled(20_000, 5_000)
 	const rate, fromC = 500, 100
 	mn := newMemNet()

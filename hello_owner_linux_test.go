@@ -16,6 +16,7 @@ import (
 // session defers it for retryAfter at most) and complete, and the
 // application's datagram arrive.
 func TestForgedHellosDoNotBlockOwnHandshake(t *testing.T) {
+	parallel(t)
 	sp := newSpoofer(t)
 	cfg := &Config{HandshakeTimeout: time.Second}
 	a := listenT(t, "udp4", "127.0.0.1:0", cfg)
@@ -73,6 +74,7 @@ func TestForgedHellosDoNotBlockOwnHandshake(t *testing.T) {
 // gets at most one hello, paid for by what it sent, however it came back
 // into the table.
 func TestEvictedPlaintextPeerGetsNoHellos(t *testing.T) {
+	parallel(t)
 	sp := newSpoofer(t)
 	cfg := &Config{Policy: Opportunistic, HandshakeTimeout: 500 * time.Millisecond, ReadQueue: 4096}
 	srv := listenT(t, "udp4", "127.0.0.1:0", cfg)

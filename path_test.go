@@ -62,6 +62,7 @@ func factor(got, sent int) float64 { return float64(got) / float64(max(sent, 1))
 // delivered as from X or Y; neither peer moves or is dropped; both still
 // talk to the server.
 func TestAttackImpersonation(t *testing.T) {
+	parallel(t)
 	sp := newSpoofer(t)
 	s := listenT(t, "udp4", "127.0.0.1:0", nil)
 	x := listenT(t, "udp4", "127.0.0.1:0", nil)
@@ -122,6 +123,7 @@ func TestAttackImpersonation(t *testing.T) {
 // challenge that address, but never send it more bytes than were sent in
 // its name, and deliver nothing as from it.
 func TestAttackReflection(t *testing.T) {
+	parallel(t)
 	sp := newSpoofer(t)
 	s := listenT(t, "udp4", "127.0.0.1:0", nil) // pads to the MTU: answers would be large
 	m := listenT(t, "udp4", "127.0.0.1:0", &Config{Padding: PadNone})
@@ -156,6 +158,7 @@ func TestAttackReflection(t *testing.T) {
 // the hello), gets no Broadcast datagrams, no retried hellos, and is
 // forgotten HandshakeTimeout after its hello.
 func TestAttackSpoofedHello(t *testing.T) {
+	parallel(t)
 	sp := newSpoofer(t)
 	s := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: 300 * time.Millisecond})
 	live := listenT(t, "udp4", "127.0.0.1:0", nil)
@@ -198,6 +201,7 @@ func TestAttackSpoofedHello(t *testing.T) {
 // had a session nothing goes to it in clear again, also after its session
 // lapsed and the rekey cannot complete: writes wait for a new handshake.
 func TestAttackOpportunisticStaysSealed(t *testing.T) {
+	parallel(t)
 	cfg := &Config{Policy: Opportunistic, HandshakeTimeout: 300 * time.Millisecond}
 	a := listenT(t, "udp4", "127.0.0.1:0", cfg)
 	b, err := Listen("udp4", "127.0.0.1:0", cfg)
@@ -245,6 +249,7 @@ func TestAttackOpportunisticStaysSealed(t *testing.T) {
 // count equals the learned peers in the table and is never negative, and
 // no removed peer is reachable.
 func TestPeerTableNoResurrection(t *testing.T) {
+	parallel(t)
 	c := listenT(t, "udp4", "127.0.0.1:0", &Config{MaxPeers: 64})
 	base := netip.MustParseAddrPort("192.0.2.1:1000")
 	addr := func(i int) netip.AddrPort { return netip.AddrPortFrom(base.Addr(), uint16(1000+i)) }
@@ -299,6 +304,7 @@ func TestPeerTableNoResurrection(t *testing.T) {
 // the application answers (as a UDP socket sends it) and nothing the Conn
 // adds before it has sent as many bytes: no hellos for a short datagram.
 func TestAttackOpportunisticPlaintextFlood(t *testing.T) {
+	heavy(t)
 	sp := newSpoofer(t)
 	s := listenT(t, "udp4", "127.0.0.1:0", &Config{Policy: Opportunistic, MaxPeers: maxPlaintextPeers + 10, HandshakeTimeout: 300 * time.Millisecond})
 	dg := (&record{payload: []byte("hi"), hasPayload: true}).appendTo([]byte{ProtocolVersion, typeOpen}, 0)

@@ -118,6 +118,7 @@ func TestManyPeersOneIP(t *testing.T) {
 
 // TestBroadcast: to three live peers and one whose handshake timed out.
 func TestBroadcast(t *testing.T) {
+	parallel(t)
 	d := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: time.Second})
 	var cs []*Conn
 	for range 3 {
@@ -162,6 +163,7 @@ func TestBroadcast(t *testing.T) {
 // b's first authenticated datagram from there. Datagrams from a third
 // address that do not authenticate never move the peer.
 func TestRoamingAndRebind(t *testing.T) {
+	parallel(t)
 	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
 	aAddr, b0 := addrOf(a), addrOf(b)
 	if _, err := b.WriteToUDPAddrPort([]byte("one"), aAddr); err != nil {

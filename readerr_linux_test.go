@@ -16,6 +16,7 @@ import (
 // goroutine in ReadFrom reads the socket itself (direct.go) and returns
 // the error at once, as *net.UDPConn does, rather than reading again.
 func TestReadErrorDirectSurfaces(t *testing.T) {
+	parallel(t)
 	uc, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
 	if err != nil {
 		t.Fatal(err)

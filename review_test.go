@@ -21,6 +21,7 @@ import (
 // forger's key that peer's remembered identity: the real peer, when it
 // comes, completes its handshake.
 func TestForgedHelloDoesNotPinPeer(t *testing.T) {
+	parallel(t)
 	atk, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -85,6 +86,7 @@ func TestForgedHelloDoesNotPinPeer(t *testing.T) {
 // writes nothing for a while; the final message is sent again until the
 // responder confirms it, so the session works when it writes.
 func TestLostConfirmation(t *testing.T) {
+	parallel(t)
 	n := newMemNet()
 	ma, mb := n.listen(t, "10.0.0.1:1000"), n.listen(t, "10.0.0.2:2000")
 	var mu sync.Mutex
@@ -127,6 +129,7 @@ func TestLostConfirmation(t *testing.T) {
 // from there (it receives nothing there), so it never takes the address;
 // the live peer keeps it and gets through.
 func TestLostChallengeDoesNotDisplace(t *testing.T) {
+	parallel(t)
 	n := newMemNet()
 	ms, ml := n.listen(t, "10.0.0.1:1000"), n.listen(t, "10.0.0.2:2000")
 	cfg := &Config{MTU: 1500, HandshakeTimeout: 300 * time.Millisecond}

@@ -157,6 +157,7 @@ func spoofedFlood(t testing.TB, to netip.AddrPort, hellos [][]byte, workers, rat
 // handshake during it must take well under a second. It prints the
 // flood's rate and the handshake times.
 func TestSecurityHelloFloodHandshake(t *testing.T) {
+	alone(t)
 	if raceEnabled {
 		t.Skip("rates under -race say nothing")
 	}

@@ -34,6 +34,7 @@ func heldOnPaths(c *Conn) (bytes, datagrams int) {
 // datagrams from addresses that never answer a path challenge. What the
 // server holds meanwhile is bounded for the whole Conn, not only per peer.
 func TestSecurityPathHeldMemory(t *testing.T) {
+	parallel(t)
 	sp := newSpoofer(t)
 	s := listenT(t, "udp4", "127.0.0.1:0", &Config{Padding: PadNone, HandshakeTimeout: time.Second})
 	if !s.sock.Load().Caps().GRO {

@@ -128,6 +128,7 @@ func readReset(pc *net.UDPConn, idx uint32, d time.Duration) ([]byte, bool) {
 // will with one forged datagram. The Conn sends no reset for an index it
 // issued.
 func TestSecurityNoResetForPendingHello(t *testing.T) {
+	parallel(t)
 	sp := newSpoofer(t)
 	s := listenT(t, "udp4", "127.0.0.1:0", nil)
 	c := listenT(t, "udp4", "127.0.0.1:0", nil)
@@ -187,6 +188,7 @@ func TestSecurityNoResetForPendingHello(t *testing.T) {
 // peer's own address instead, a2's reset goes to the peer, not to the
 // attacker, from an address the peer accepts no reset from.
 func TestSecuritySiblingResetOracle(t *testing.T) {
+	parallel(t)
 	sp := newSpoofer(t)
 	id := GenerateIdentity()
 	a1 := listenT(t, "udp4", "127.0.0.1:0", &Config{Identity: id})
@@ -278,6 +280,7 @@ func TestSecurityBalancerMoveRecovers(t *testing.T) {
 // within three writes, and is reached again; the table of budgets is
 // bounded.
 func TestSecurityResetBudgetPerSource(t *testing.T) {
+	alone(t)
 	sp := newSpoofer(t)
 	id := GenerateIdentity()
 	s1, err := Listen("udp4", "127.0.0.1:0", &Config{Identity: id})

@@ -32,6 +32,7 @@ func setBeforeSend(c *Conn, f func() error) {
 // sent before the socket closes, as a socket sends what a write that
 // returned gave it.
 func TestSendQueueOrderAndClose(t *testing.T) {
+	parallel(t)
 	a := listenT(t, "udp4", "127.0.0.1:0", nil)
 	b := listenT(t, "udp4", "127.0.0.1:0", nil)
 	handshakeT(t, a, addrOf(b))
@@ -68,6 +69,7 @@ func TestSendQueueOrderAndClose(t *testing.T) {
 // a socket whose send buffer is full: until there is room, its write
 // deadline (a timeout error), or Close (net.ErrClosed).
 func TestSendQueueFullWaits(t *testing.T) {
+	parallel(t)
 	a := listenT(t, "udp4", "127.0.0.1:0", nil)
 	b := listenT(t, "udp4", "127.0.0.1:0", nil)
 	handshakeT(t, a, addrOf(b))
@@ -131,6 +133,7 @@ func TestSendQueueFullWaits(t *testing.T) {
 // counted in Drops.SendFailed, each (the writes that queued them have
 // returned).
 func TestSendQueueFailureCounted(t *testing.T) {
+	parallel(t)
 	a := listenT(t, "udp4", "127.0.0.1:0", nil)
 	b := listenT(t, "udp4", "127.0.0.1:0", nil)
 	handshakeT(t, a, addrOf(b))
@@ -209,6 +212,7 @@ func waitQueueIdle(t *testing.T, c *Conn) {
 // than a few trains: the queue's bound counts the memory of its trains,
 // which start small, and it keeps few spent ones.
 func TestSendQueueMemoryBroadcast(t *testing.T) {
+	alone(t)
 	cfg := func() *Config { return &Config{Padding: PadNone, ReadQueue: 4096} }
 	a := listenT(t, "udp4", "127.0.0.1:0", cfg())
 	streaming(t, a)
@@ -270,6 +274,7 @@ func TestSendQueueMemoryBroadcast(t *testing.T) {
 // to 300 clients, each of which says hello, reads its echo and goes, keeps
 // little more than the clients' peer state once they are gone.
 func TestSendQueueMemoryEchoClients(t *testing.T) {
+	alone(t)
 	srv := listenT(t, "udp4", "127.0.0.1:0", &Config{ReadQueue: 4096})
 	streaming(t, srv)
 	go func() {
@@ -332,6 +337,7 @@ func TestSendQueueMemoryEchoClients(t *testing.T) {
 // deadline allows): a keepalive the timer goroutine sends then is not
 // sent, at once, and the timers go on.
 func TestSendQueueFullConnOwnDoesNotWait(t *testing.T) {
+	parallel(t)
 	a := listenT(t, "udp4", "127.0.0.1:0", nil)
 	b := listenT(t, "udp4", "127.0.0.1:0", nil)
 	handshakeT(t, a, addrOf(b))

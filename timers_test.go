@@ -84,6 +84,7 @@ func fakeListen(t *testing.T, clk *fakeClock, cfg *Config) *Conn {
 // goes again, and the attempt fails HandshakeTimeout after its first
 // hello, with the queued datagram dropped and counted.
 func TestTimerHandshakeRetryAndTimeout(t *testing.T) {
+	parallel(t)
 	clk := newFakeClock()
 	a := fakeListen(t, clk, nil) // HandshakeTimeout 5 s: retryAfter 1 s
 	silent := addrOf2(rawUDP(t))
@@ -124,6 +125,7 @@ func TestTimerHandshakeRetryAndTimeout(t *testing.T) {
 // from the plaintext it sent is never retried (it has not proved it
 // receives), and the peer is forgotten once idle.
 func TestTimerNoRetryToUnprovedAddress(t *testing.T) {
+	parallel(t)
 	clk := newFakeClock()
 	a := fakeListen(t, clk, &Config{Policy: Opportunistic})
 	raw := rawUDP(t)
@@ -154,6 +156,7 @@ func TestTimerNoRetryToUnprovedAddress(t *testing.T) {
 // after which the datagram that waits gets an attempt of its own (the
 // queue-waiting event) however often the waiting session is renewed.
 func TestTimerDeferredHello(t *testing.T) {
+	parallel(t)
 	clk := newFakeClock()
 	a := fakeListen(t, clk, nil)
 	silent := addrOf2(rawUDP(t))
@@ -186,6 +189,7 @@ func TestTimerDeferredHello(t *testing.T) {
 // TestTimerUnconfirmedExpiry: a reply whose final message never comes
 // goes after HandshakeTimeout, and with it the stranger it waited on.
 func TestTimerUnconfirmedExpiry(t *testing.T) {
+	parallel(t)
 	clk := newFakeClock()
 	a := fakeListen(t, clk, nil)
 	raw := rawUDP(t)
@@ -218,6 +222,7 @@ func TestTimerUnconfirmedExpiry(t *testing.T) {
 // limit, a handshake timeout later; the learned peer is then forgotten
 // (idle for more than a session's lifetime), the configured peer stays.
 func TestTimerSessionLifetime(t *testing.T) {
+	parallel(t)
 	clk := newFakeClock()
 	cfg := func() *Config {
 		return &Config{KeyLifetime: 10 * time.Second, KeepaliveTimeout: -1, SilenceTimeout: -1}
@@ -250,6 +255,7 @@ func TestTimerSessionLifetime(t *testing.T) {
 // for PeerConfig.Keepalive; a passive one when a payload came in and
 // nothing went back for KeepaliveTimeout.
 func TestTimerKeepalives(t *testing.T) {
+	parallel(t)
 	clk := newFakeClock()
 	a := fakeListen(t, clk, &Config{KeepaliveTimeout: -1})
 	b := fakeListen(t, clk, &Config{KeepaliveTimeout: 3 * time.Second})
@@ -284,6 +290,7 @@ func TestTimerKeepalives(t *testing.T) {
 // TestTimerSilence: sealed datagrams went out and nothing authenticated
 // came back for SilenceTimeout: a new handshake starts, once.
 func TestTimerSilence(t *testing.T) {
+	parallel(t)
 	clk := newFakeClock()
 	a := fakeListen(t, clk, &Config{SilenceTimeout: 4 * time.Second, KeepaliveTimeout: -1})
 	b := fakeListen(t, clk, &Config{KeepaliveTimeout: -1})
@@ -314,6 +321,7 @@ func TestTimerSilence(t *testing.T) {
 // and keepalives go under the session it renews; once confirmed, under
 // the new one; a rekey never confirmed is abandoned for the old session.
 func TestSendableDuringRekey(t *testing.T) {
+	parallel(t)
 	c := listenT(t, "udp4", "127.0.0.1:0", nil)
 	p := c.newPeer(netip.MustParseAddrPort("127.0.0.1:9"), nil)
 	old, renewed := &session{initiator: true}, &session{initiator: true}
@@ -348,6 +356,7 @@ func TestSendableDuringRekey(t *testing.T) {
 // waited for its final message is asked for again by the timer once the
 // deferral has run out, with no further write.
 func TestTimerDeferredRekey(t *testing.T) {
+	parallel(t)
 	clk := newFakeClock()
 	a := fakeListen(t, clk, &Config{KeepaliveTimeout: -1, SilenceTimeout: -1})
 	b := fakeListen(t, clk, &Config{KeepaliveTimeout: -1, SilenceTimeout: -1})

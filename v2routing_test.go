@@ -29,6 +29,7 @@ func (r *fakeRef) sealedWithNonce(c *Conn, payload string, prefix []byte) []byte
 // A native peer on the v2 peer's IP is unaffected, and a native hello
 // from the v2 peer's own address makes no session.
 func TestV2RoutingNativeFirst(t *testing.T) {
+	parallel(t)
 	r := newFakeRef(t)
 	c := v2Conn(t, nil, PeerConfig{Addr: r.addr()})
 	keyed(t, c, r)
@@ -102,6 +103,7 @@ func TestV2RoutingNativeFirst(t *testing.T) {
 
 // TestV2PeerInfoCounters: PeerInfo counts a v2 peer's traffic both ways.
 func TestV2PeerInfoCounters(t *testing.T) {
+	parallel(t)
 	r := newFakeRef(t)
 	c := v2Conn(t, nil, PeerConfig{Addr: r.addr()})
 	keyed(t, c, r)
@@ -124,6 +126,7 @@ func TestV2PeerInfoCounters(t *testing.T) {
 // counts WriteQueueFull and the write succeeds, as for a native peer), and
 // go out in order once the key is known.
 func TestV2WriteQueue(t *testing.T) {
+	parallel(t)
 	r := newFakeRef(t)
 	c := v2Conn(t, nil, PeerConfig{Addr: r.addr()})
 	size := c.MaxPayload()
@@ -153,6 +156,7 @@ func TestV2WriteQueue(t *testing.T) {
 // TestV2SmallMTU: on the smallest MTU, where MaxPayload is below a zstd
 // window, v2 payloads (always compressed) are still read and written.
 func TestV2SmallMTU(t *testing.T) {
+	parallel(t)
 	r := newFakeRef(t)
 	c := v2Conn(t, &Config{MTU: MinMTU}, PeerConfig{Addr: r.addr()})
 	if c.MaxPayload() >= 1024 {
