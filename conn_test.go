@@ -710,22 +710,36 @@ func TestQueuedOrder(t *testing.T) {
 
 func TestHandshakeTimeout(t *testing.T) {
 	parallel(t)
-	a := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: 300 * time.Millisecond})
+	clk := newFakeClock()
+	a := fakeListen(t, clk, &Config{HandshakeTimeout: 300 * time.Millisecond})
 	dead := deadPort(t, "udp4", "127.0.0.1")
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- a.Handshake(ctx, dead) }()
+	if !pollUntil(waitLong, func() bool { return peerState(a, dead).attempt }) {
+		t.Fatal("Handshake sent no hello")
+	}
 	for i := range 3 {
 		if n, err := a.WriteToUDPAddrPort([]byte("queued"), dead); err != nil || n != 6 {
 			t.Fatalf("write %d before the handshake failed: %d, %v; want 6, nil (queued)", i, n, err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-	defer cancel()
-	start := time.Now()
-	err := a.Handshake(ctx, dead)
+	clk.advance(t, 300*time.Millisecond-time.Millisecond, 50*time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("Handshake returned before HandshakeTimeout: %v", err)
+	default:
+	}
+	clk.advance(t, 2*time.Millisecond, 0)
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(waitLong):
+		t.Fatal("Handshake did not return at HandshakeTimeout")
+	}
 	if !errors.Is(err, ErrHandshakeTimeout) {
 		t.Fatalf("Handshake with a dead port: %v, want ErrHandshakeTimeout", err)
-	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Errorf("Handshake returned after %v with a HandshakeTimeout of 300ms", d)
 	}
 	s := a.Stats()
 	if s.Drops.HandshakeTimeout != 3 || s.HandshakeFailures != 1 {

@@ -353,17 +353,26 @@ func (c *Conn) handshakeFailure(addr netip.AddrPort) (error, bool) {
 // handshake again.
 func TestFieldPassiveKeepalive(t *testing.T) {
 	parallel(t)
-	short := &Config{KeepaliveTimeout: 50 * time.Millisecond, HandshakeTimeout: 200 * time.Millisecond}
-	a, b := pair(t, "udp4", "127.0.0.1", short, short)
+	clk := newFakeClock()
+	short := func() *Config {
+		return &Config{KeepaliveTimeout: 50 * time.Millisecond, HandshakeTimeout: 200 * time.Millisecond}
+	}
+	a, b := fakeListen(t, clk, short()), fakeListen(t, clk, short())
 	handshakeT(t, a, addrOf(b))
-	deadline := time.Now().Add(4 * a.cfg.SilenceTimeout)
-	for i := 0; time.Now().Before(deadline); i++ {
+	settleSession(t, a, b)
+	in0, sent0 := a.Stats().KeepalivesIn, b.Stats().KeepalivesSent // b's confirmation is a keepalive too
+	for i := 0; time.Duration(i)*10*time.Millisecond < 4*a.cfg.SilenceTimeout; i++ {
 		msg := fmt.Sprintf("one-way %d", i)
 		if _, err := a.WriteToUDPAddrPort([]byte(msg), addrOf(b)); err != nil {
 			t.Fatal(err)
 		}
 		expectRead(t, b, msg, addrOf(a))
-		time.Sleep(10 * time.Millisecond) // a program's pace; the test's length is the deadline above
+		clk.advance(t, 10*time.Millisecond, 0) // a program's pace
+		// Every keepalive b sent has reached a before a's timers look
+		// again (loopback loses nothing).
+		if !pollUntil(waitLong, func() bool { return a.Stats().KeepalivesIn-in0 == b.Stats().KeepalivesSent-sent0 }) {
+			t.Fatalf("a got %d keepalives of the %d b sent", a.Stats().KeepalivesIn-in0, b.Stats().KeepalivesSent-sent0)
+		}
 	}
 	sa, sb := a.Stats(), b.Stats()
 	t.Logf("a: silences %d, handshakes %d, keepalives in %d; b: keepalives sent %d", sa.Silences, sa.Handshakes, sa.KeepalivesIn, sb.KeepalivesSent)
@@ -379,16 +388,17 @@ func TestFieldPassiveKeepalive(t *testing.T) {
 // datagrams to an idle peer at that interval (for NAT mappings).
 func TestFieldPersistentKeepalive(t *testing.T) {
 	parallel(t)
-	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
+	clk := newFakeClock()
+	a, b := fakeListen(t, clk, nil), listenT(t, "udp4", "127.0.0.1:0", nil)
 	if err := a.AddPeer(PeerConfig{Addr: addrOf(b), Keepalive: 60 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
 	handshakeT(t, a, addrOf(b))
+	clk.advance(t, 4*61*time.Millisecond, 61*time.Millisecond) // the marks are the clock | 1: a nanosecond late
 	took, ok := waitFor(waitLong, func() bool { return b.Stats().KeepalivesIn >= 4 })
 	if !ok {
-		t.Fatalf("%d keepalives received after %v", b.Stats().KeepalivesIn, took)
+		t.Fatalf("%d keepalives received %v after 4 intervals", b.Stats().KeepalivesIn, took)
 	}
-	t.Logf("4 keepalives after %v at a 60 ms interval", took.Round(time.Millisecond))
 	if s := a.Stats(); s.KeepalivesSent < 3 || s.DatagramsOut != 0 {
 		t.Errorf("a: KeepalivesSent %d, DatagramsOut %d", s.KeepalivesSent, s.DatagramsOut)
 	}

@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"time"
 )
 
 // The helpers every test of the package shares: how a test runs beside
@@ -64,4 +65,11 @@ func alone(t *testing.T) {
 	world.Lock()
 	t.Cleanup(world.Unlock)
 	runtime.GC()
+}
+
+// pollUntil polls ok until it holds, at most d: the bounded wait on a
+// state that has no channel to wait on. It reports whether ok held.
+func pollUntil(d time.Duration, ok func() bool) bool {
+	_, held := waitFor(d, ok)
+	return held
 }

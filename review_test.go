@@ -27,7 +27,10 @@ func TestForgedHelloDoesNotPinPeer(t *testing.T) {
 		t.Fatal(err)
 	}
 	bAddr := addrOf2(atk)
-	a := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: 300 * time.Millisecond})
+	// a's attempt neither retries nor fails but when the test moves the
+	// clock: its first hello goes to atk, its retry to the real peer.
+	clk := newFakeClock()
+	a := fakeListen(t, clk, &Config{HandshakeTimeout: 300 * time.Millisecond})
 	if err := a.AddPeer(PeerConfig{Addr: bAddr}); err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +80,10 @@ func TestForgedHelloDoesNotPinPeer(t *testing.T) {
 	listenT(t, "udp4", bAddr.String(), nil) // the real peer
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
-	if err := a.Handshake(ctx, bAddr); err != nil {
+	done := make(chan error, 1)
+	go func() { done <- a.Handshake(ctx, bAddr) }()
+	clk.advance(t, 150*time.Millisecond, 0) // one retry (every 100 ms), the deferral for the forged reply over
+	if err := <-done; err != nil {
 		t.Fatalf("the configured peer after one forged hello: %v", err)
 	}
 }
