@@ -57,7 +57,7 @@ func listenT(t testing.TB, network, address string, cfg *Config) *Conn {
 		}
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
+	closeAtEnd(t, c)
 	return c
 }
 
@@ -141,7 +141,7 @@ func rawUDP(t testing.TB) *net.UDPConn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { pc.Close() })
+	closeAtEnd(t, pc)
 	return pc
 }
 
@@ -1253,7 +1253,7 @@ func wrapT(t testing.TB, pc net.PacketConn, cfg *Config) *Conn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
+	closeAtEnd(t, c)
 	return c
 }
 

@@ -22,7 +22,7 @@ func dialT(t testing.TB, network, address string, cfg *Config) net.Conn {
 	if err != nil {
 		t.Fatalf("dial %s: %v", address, err)
 	}
-	t.Cleanup(func() { d.Close() })
+	closeAtEnd(t, d)
 	return d
 }
 

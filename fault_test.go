@@ -676,7 +676,7 @@ func testLossy(t *testing.T, topo string) {
 		a, b = wrapT(t, ea, cfg), wrapT(t, eb, cfg)
 		// Close the Conns first: the relay's FaultyConns then hold no
 		// delayed datagram for a closed endpoint.
-		t.Cleanup(func() { a.Close(); b.Close(); r.Close() })
+		t.Cleanup(func() { a.Close(); b.Close(); r.Close(); a, b, r = nil, nil, nil })
 		toB, toA = r.ToServer(), r.ToClient()
 		aToB, bSeesA, bToA, aSeesB = memAddr(front), memAddr(back), memAddr(back), memAddr(front)
 	}
@@ -777,6 +777,7 @@ func TestFaultDamageCountedByReason(t *testing.T) {
 
 	// b's reader checks every delivery, until the barrier (seq n).
 	var delivered int
+	var progress atomic.Int64 // delivered, for the writer's pacing
 	seen := make(map[uint32]bool)
 	readErr := make(chan error, 1)
 	go func() {
@@ -805,13 +806,20 @@ func TestFaultDamageCountedByReason(t *testing.T) {
 			}
 			seen[seq] = true
 			delivered++
+			progress.Add(1)
 		}
 	}()
 
 	sw.on.Store(true)
 	buf := make([]byte, a.MaxPayload())
 	for seq := range uint32(n) {
-		for eb.Stats().Queued > 256 { // never overflow b's endpoint
+		// Never overflow b's endpoint, nor its read queue (1,024): its
+		// reader may be slower than its receive path on a busy machine.
+		handled := func() int64 { return progress.Load() + int64(dropSum(b.Stats())-dropSum(before)) }
+		for i := 0; eb.Stats().Queued > 256 || int64(seq)-handled() > 512; i++ {
+			if i == 100_000 { // 10 s
+				t.Fatalf("b handles nothing: %d of %d written, %d handled", seq, n, handled())
+			}
 			time.Sleep(100 * time.Microsecond)
 		}
 		if _, err := a.WriteToUDPAddrPort(tdFill(buf[:tdSize(1, 2, seq, len(buf))], 1, 2, seq), memAddr(eb)); err != nil {

@@ -163,7 +163,7 @@ func restartOn(t *testing.T, addr netip.AddrPort, cfg *Config) *Conn {
 	if err != nil {
 		t.Skipf("cannot listen again on %v: %v", addr, err)
 	}
-	t.Cleanup(func() { c.Close() })
+	closeAtEnd(t, c)
 	return c
 }
 

@@ -1,6 +1,7 @@
 package vaultudp
 
 import (
+	"io"
 	"runtime"
 	"sync"
 	"testing"
@@ -72,4 +73,15 @@ func alone(t *testing.T) {
 func pollUntil(d time.Duration, ok func() bool) bool {
 	_, held := waitFor(d, ok)
 	return held
+}
+
+// closeAtEnd closes c when t ends, and then forgets it. Go keeps a
+// parallel test's cleanups until the whole run ends (it pops them without
+// clearing), so a cleanup holding a Conn would keep its buffers in the
+// heap that the tests that run alone measure.
+func closeAtEnd(t testing.TB, c io.Closer) {
+	t.Cleanup(func() {
+		c.Close()
+		c = nil
+	})
 }

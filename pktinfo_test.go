@@ -71,7 +71,7 @@ func TestAnswersLeaveFromTheAddressAsked(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Cleanup(func() { client.Close() })
+			closeAtEnd(t, client)
 			at := netip.AddrPortFrom(netip.MustParseAddr(tc.target), addrOf(server).Port())
 			clientAt := normAddr(addrOf(client))
 

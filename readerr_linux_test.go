@@ -25,7 +25,7 @@ func TestReadErrorDirectSurfaces(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
+	closeAtEnd(t, c)
 	if !c.sock.Load().Caps().Deadlines {
 		t.Fatal("a *net.UDPConn without Caps.Deadlines: no direct reads to test")
 	}

@@ -44,7 +44,7 @@ func wrapFailing(t *testing.T, f *failingConn) (*Conn, *Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
+	closeAtEnd(t, c)
 	return c, listenT(t, "udp4", "127.0.0.1:0", &Config{})
 }
 

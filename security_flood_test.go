@@ -38,7 +38,7 @@ func helloFloodFrom(t testing.TB, ip byte, to *net.UDPAddr, hellos [][]byte, wor
 		if err != nil {
 			t.Skipf("no 127.0.0.%d: %v", ip+byte(w), err)
 		}
-		t.Cleanup(func() { raw.Close() })
+		closeAtEnd(t, raw)
 		pc := ipv4.NewPacketConn(raw)
 		wg.Add(1)
 		go func() {

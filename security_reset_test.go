@@ -233,12 +233,12 @@ func TestSecurityBalancerMoveRecovers(t *testing.T) {
 	if err != nil {
 		t.Skipf("no 127.0.0.2: %v", err)
 	}
-	t.Cleanup(func() { h1.Close() })
+	closeAtEnd(t, h1)
 	h2, err := Listen("udp4", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.3"), addrOf(h1).Port()).String(), &Config{Identity: id})
 	if err != nil {
 		t.Skipf("no 127.0.0.3 on the same port: %v", err)
 	}
-	t.Cleanup(func() { h2.Close() })
+	closeAtEnd(t, h2)
 	c := listenT(t, "udp4", "127.0.0.1:0", nil)
 	lb := newPathRelay(t, addrOf(c), addrOf(h1))
 	buf := make([]byte, 2048)

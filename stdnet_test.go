@@ -70,12 +70,12 @@ func stdnetUDPPair(t *testing.T) (stdnetConn, stdnetConn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { a.Close() })
+	closeAtEnd(t, a)
 	b, err := net.ListenUDP("udp4", lo)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { b.Close() })
+	closeAtEnd(t, b)
 	return a, b
 }
 
@@ -693,7 +693,7 @@ func TestStdnetWriteToWrongFamily6(t *testing.T) {
 			if err != nil {
 				t.Skipf("IPv6 loopback unavailable: %v", err)
 			}
-			t.Cleanup(func() { uc.Close() })
+			closeAtEnd(t, uc)
 			c = uc
 		}
 		_, peer := impl.pair(t)
