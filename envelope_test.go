@@ -301,8 +301,9 @@ func testCompressor(t testing.TB) *compressor {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(z.close)
-	return z
+	ret := z
+	t.Cleanup(func() { z.close(); z = nil }) // forgotten: see closeAtEnd
+	return ret
 }
 
 func BenchmarkEnvelope(b *testing.B) {

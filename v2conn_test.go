@@ -860,7 +860,7 @@ func mustRefZstd(t testing.TB) *refZstd {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { enc.Close(); dec.Close() })
+	t.Cleanup(func() { enc.Close(); dec.Close(); enc, dec = nil, nil }) // forgotten: see closeAtEnd
 	return &refZstd{enc: enc, dec: dec}
 }
 
