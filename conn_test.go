@@ -8,7 +8,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/vaultudp/vaultudp/internal/noise"
 	mrand "math/rand/v2"
 	"net"
 	"net/netip"
@@ -20,130 +19,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vaultudp/vaultudp/internal/noise"
 )
 
 // Tests of the Conn over loopback sockets (127.0.0.1 and ::1) and over an
 // in-memory PacketConn. No test sleeps to synchronise: they wait on
 // deadlines, channels, Handshake, the FIFO order of one socket's datagrams
 // (see strangerBarrier) or the in-memory network's quiescence (memConn).
-
-// waitLong bounds every wait of these tests: nothing on loopback should
-// come near it, so reaching it is a failure, not a flake.
-const waitLong = 10 * time.Second
-
-// pair returns two Conns on loopback. An IPv6 network skips the test when
-// ::1 is not available.
-func pair(t testing.TB, network, host string, ca, cb *Config) (*Conn, *Conn) {
-	t.Helper()
-	if ca == nil {
-		ca = &Config{}
-	}
-	if cb == nil {
-		cb = &Config{}
-	}
-	a := listenT(t, network, net.JoinHostPort(host, "0"), ca)
-	b := listenT(t, network, net.JoinHostPort(host, "0"), cb)
-	return a, b
-}
-
-// listenT listens and closes the Conn when the test ends. It skips the
-// test if an IPv6 loopback socket cannot be made.
-func listenT(t testing.TB, network, address string, cfg *Config) *Conn {
-	t.Helper()
-	c, err := Listen(network, address, cfg)
-	if err != nil {
-		if network == "udp6" || strings.Contains(address, "::1") {
-			t.Skipf("IPv6 loopback unavailable: %v", err)
-		}
-		t.Fatal(err)
-	}
-	closeAtEnd(t, c)
-	return c
-}
-
-func addrOf(c *Conn) netip.AddrPort {
-	return c.LocalAddr().(*net.UDPAddr).AddrPort()
-}
-
-func readWithin(t testing.TB, c *Conn, d time.Duration) ([]byte, netip.AddrPort) {
-	t.Helper()
-	c.SetReadDeadline(time.Now().Add(d))
-	defer c.SetReadDeadline(time.Time{})
-	buf := make([]byte, 65536)
-	n, from, err := c.ReadFromUDPAddrPort(buf)
-	if err != nil {
-		t.Fatalf("read: %v (stats %+v)", err, c.Stats())
-	}
-	return buf[:n], from
-}
-
-// expectRead reads one datagram and fails unless it is want from from.
-func expectRead(t testing.TB, c *Conn, want string, from netip.AddrPort) {
-	t.Helper()
-	got, src := readWithin(t, c, waitLong)
-	if string(got) != want || src != from {
-		t.Fatalf("read %q from %v, want %q from %v", trunc(got), src, trunc([]byte(want)), from)
-	}
-}
-
-// expectNothing fails if c has a datagram for ReadFrom within d. Callers
-// make sure first that whatever might be delivered has been processed
-// (quiesce, strangerBarrier, a later datagram on the same path), so d
-// only needs to outlast a select.
-func expectNothing(t testing.TB, c *Conn, d time.Duration) {
-	t.Helper()
-	c.SetReadDeadline(time.Now().Add(d))
-	defer c.SetReadDeadline(time.Time{})
-	buf := make([]byte, 65536)
-	n, from, err := c.ReadFromUDPAddrPort(buf)
-	if err == nil {
-		t.Fatalf("read %q from %v, want nothing", trunc(buf[:n]), from)
-	}
-	if !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("read: %v, want a timeout", err)
-	}
-}
-
-func trunc(b []byte) string {
-	if len(b) > 40 {
-		return string(b[:40]) + fmt.Sprintf("...(%d bytes)", len(b))
-	}
-	return string(b)
-}
-
-func handshakeT(t testing.TB, c *Conn, to netip.AddrPort) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-	defer cancel()
-	if err := c.Handshake(ctx, to); err != nil {
-		t.Fatalf("handshake with %v: %v (stats %+v)", to, err, c.Stats())
-	}
-}
-
-// deadPort returns the address of a UDP socket that was just closed:
-// nobody answers there.
-func deadPort(t testing.TB, network, host string) netip.AddrPort {
-	t.Helper()
-	pc, err := net.ListenPacket(network, net.JoinHostPort(host, "0"))
-	if err != nil {
-		t.Skipf("cannot listen on %s %s: %v", network, host, err)
-	}
-	a := pc.LocalAddr().(*net.UDPAddr).AddrPort()
-	pc.Close()
-	return a
-}
-
-// rawUDP returns a plain UDP socket on 127.0.0.1, closed at the end of
-// the test: the stranger of the tests, or a relay.
-func rawUDP(t testing.TB) *net.UDPConn {
-	t.Helper()
-	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeAtEnd(t, pc)
-	return pc
-}
 
 // helloDatagram is a valid hello from a fresh identity, as a datagram:
 // what a stranger sends to start a handshake.
@@ -1245,16 +1128,6 @@ func settle(t testing.TB, ms ...*memConn) {
 		}
 	}
 	t.Fatal("memNet: traffic did not settle after 100 rounds")
-}
-
-func wrapT(t testing.TB, pc net.PacketConn, cfg *Config) *Conn {
-	t.Helper()
-	c, err := Wrap(pc, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeAtEnd(t, c)
-	return c
 }
 
 func TestWrapInMemory(t *testing.T) {

@@ -16,9 +16,7 @@ import (
 func TestHandshakeCrossedAddPeer(t *testing.T) {
 	parallel(t)
 	dump := func(name string, c *Conn) {
-		c.mu.RLock()
-		defer c.mu.RUnlock()
-		for _, p := range c.peers {
+		for _, p := range allPeers(c) {
 			p.mu.Lock()
 			t.Logf("%s: peer %v: current %v, replies waiting %v %v, init %v, initiating %v, failure %v",
 				name, p.addr, p.kp.current() != nil, p.respNew != nil, p.respOld != nil, p.init != nil, p.initiating, p.failErr)

@@ -155,18 +155,6 @@ func TestFieldLivePeerNotDisplaced(t *testing.T) {
 	expectRead(t, c, "still yours", addrOf(s))
 }
 
-// restartOn listens again on addr with cfg, skipping the test if the port
-// was taken meanwhile.
-func restartOn(t *testing.T, addr netip.AddrPort, cfg *Config) *Conn {
-	t.Helper()
-	c, err := Listen("udp4", addr.String(), cfg)
-	if err != nil {
-		t.Skipf("cannot listen again on %v: %v", addr, err)
-	}
-	closeAtEnd(t, c)
-	return c
-}
-
 // writeUntilRead writes msg from c to to until r reads it (from c's
 // address), as a program that keeps sending does; it returns how long it
 // took. Bounded by waitLong.
@@ -229,12 +217,7 @@ func TestFieldForgedReset(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectRead(t, a, "two", addrOf(b))
-	a.mu.RLock()
-	p := a.peers[addrOf(b)]
-	a.mu.RUnlock()
-	p.mu.Lock()
-	idx := p.kp.current().remoteIndex
-	p.mu.Unlock()
+	idx := sessionOf(t, a, addrOf(b)).remoteIndex
 	sp := newSpoofer(t)
 	before := a.Stats()
 	forged := make([]byte, resetLen)
@@ -402,19 +385,6 @@ func TestFieldPersistentKeepalive(t *testing.T) {
 	if s := a.Stats(); s.KeepalivesSent < 3 || s.DatagramsOut != 0 {
 		t.Errorf("a: KeepalivesSent %d, DatagramsOut %d", s.KeepalivesSent, s.DatagramsOut)
 	}
-}
-
-// waitFor polls ok until it holds, at most d (a bounded wait on a
-// condition that has no channel to wait on).
-func waitFor(d time.Duration, ok func() bool) (time.Duration, bool) {
-	start := time.Now()
-	for !ok() {
-		if time.Since(start) > d {
-			return time.Since(start), false
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return time.Since(start), true
 }
 
 // TestFieldWritesDuringFlushKeepOrder: one goroutine writes numbered

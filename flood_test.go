@@ -6,7 +6,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/binary"
-	"github.com/vaultudp/vaultudp/internal/noise"
 	mrand "math/rand/v2"
 	"net"
 	"net/netip"
@@ -17,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vaultudp/vaultudp/internal/noise"
 
 	"golang.org/x/net/ipv4"
 )
@@ -178,59 +179,6 @@ func (f *flooder) pace() {
 			return
 		}
 		time.Sleep(20 * time.Microsecond)
-	}
-}
-
-// sessionOf returns c's current session with the peer at addr.
-func sessionOf(t testing.TB, c *Conn, addr netip.AddrPort) *session {
-	t.Helper()
-	c.mu.RLock()
-	p := c.peers[normAddr(addr)]
-	c.mu.RUnlock()
-	if p == nil {
-		t.Fatalf("%v is not a peer", addr)
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	s := p.kp.current()
-	if s == nil {
-		t.Fatalf("no session with %v", addr)
-	}
-	return s
-}
-
-// stateSizes returns the sizes of c's per-source state: peers, learned
-// peers, sessions (with reserved indexes), pending initiations, replies
-// waiting for their final message.
-type stateSizes struct {
-	peers, learned, sessions, initiated, responding int
-}
-
-func stateOf(c *Conn) stateSizes {
-	var s stateSizes
-	c.mu.RLock()
-	s.peers, s.learned = len(c.peers), c.learned
-	c.mu.RUnlock()
-	s.sessions, s.initiated = c.index.counts()
-	c.index.mu.Lock()
-	s.responding = len(c.index.responding)
-	c.index.mu.Unlock()
-	return s
-}
-
-// waitState waits until ok(stateOf(c)), at most d, and returns how long
-// it took and the last state seen.
-func waitState(c *Conn, d time.Duration, ok func(stateSizes) bool) (time.Duration, stateSizes, bool) {
-	start := time.Now()
-	for {
-		s := stateOf(c)
-		if ok(s) {
-			return time.Since(start), s, true
-		}
-		if time.Since(start) > d {
-			return time.Since(start), s, false
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -747,10 +695,6 @@ func TestFloodReplay(t *testing.T) {
 	if len(ps) != 1 || ps[0].Addr != addrOf(a) || b.HasPeer(addrOf2(attacker)) {
 		t.Errorf("after the replays b's peers are %+v: want a alone, at its own address", ps)
 	}
-}
-
-func addrOf2(pc *net.UDPConn) netip.AddrPort {
-	return normAddr(pc.LocalAddr().(*net.UDPAddr).AddrPort())
 }
 
 // TestFloodPendingInitiationsBounded: the application writes to thousands

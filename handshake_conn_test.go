@@ -122,9 +122,7 @@ var finalAloneLen = 8 + noise.MessageLen(2, 32+64+26)
 // final message in its socket for a few tens of milliseconds (direct.go).
 func rekeyNow(t *testing.T, a, b *Conn, to netip.AddrPort) {
 	t.Helper()
-	p, _ := a.peerFor(to, lookupOnly)
-	pb, _ := b.peerFor(to, lookupOnly)
-	old := p.kp.current()
+	old := sessionOf(t, a, to)
 	old.sendCounter.Store(rekeyAfterMessages)
 	// Writes ask for rekeys: a keeps writing, as an application that
 	// has traffic does (once a second; the first write asks at once).
@@ -136,7 +134,7 @@ func rekeyNow(t *testing.T, a, b *Conn, to netip.AddrPort) {
 			}
 			next = time.Now().Add(time.Second)
 		}
-		s, sb := p.kp.current(), pb.kp.current()
+		s, sb := currentSession(a, to), currentSession(b, to)
 		return s != nil && s != old && sb != nil && sb.localIndex == s.remoteIndex
 	}); !ok {
 		t.Fatalf("no rekey on both sides after %v: a %+v, b %+v", took, peerState(a, to), peerState(b, to))
@@ -303,7 +301,7 @@ func TestV4MaxPayloadFinalAtHandshake(t *testing.T) {
 		}
 		cancel()
 		n := a.MaxPayloadTo(addrOf(b))
-		if p, _ := a.peerFor(addrOf(b), lookupOnly); p.kp.current().final.Load() != nil {
+		if !confirmed(a, addrOf(b)) {
 			t.Fatal("Handshake returned before the responder confirmed the session")
 		}
 		// What b said in the handshake: the largest datagram it takes

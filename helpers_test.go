@@ -1,8 +1,15 @@
 package vaultudp
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"io"
+	"net"
+	"net/netip"
+	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -68,12 +75,7 @@ func alone(t *testing.T) {
 	runtime.GC()
 }
 
-// pollUntil polls ok until it holds, at most d: the bounded wait on a
-// state that has no channel to wait on. It reports whether ok held.
-func pollUntil(d time.Duration, ok func() bool) bool {
-	_, held := waitFor(d, ok)
-	return held
-}
+// ---- Conns ----
 
 // closeAtEnd closes c when t ends, and then forgets it. Go keeps a
 // parallel test's cleanups until the whole run ends (it pops them without
@@ -84,4 +86,311 @@ func closeAtEnd(t testing.TB, c io.Closer) {
 		c.Close()
 		c = nil
 	})
+}
+
+// waitLong bounds every wait of these tests: nothing on loopback should
+// come near it, so reaching it is a failure, not a flake.
+const waitLong = 10 * time.Second
+
+// pair returns two Conns on loopback. An IPv6 network skips the test when
+// ::1 is not available.
+func pair(t testing.TB, network, host string, ca, cb *Config) (*Conn, *Conn) {
+	t.Helper()
+	if ca == nil {
+		ca = &Config{}
+	}
+	if cb == nil {
+		cb = &Config{}
+	}
+	a := listenT(t, network, net.JoinHostPort(host, "0"), ca)
+	b := listenT(t, network, net.JoinHostPort(host, "0"), cb)
+	return a, b
+}
+
+// listenT listens and closes the Conn when the test ends. It skips the
+// test if an IPv6 loopback socket cannot be made.
+func listenT(t testing.TB, network, address string, cfg *Config) *Conn {
+	t.Helper()
+	c, err := Listen(network, address, cfg)
+	if err != nil {
+		if network == "udp6" || strings.Contains(address, "::1") {
+			t.Skipf("IPv6 loopback unavailable: %v", err)
+		}
+		t.Fatal(err)
+	}
+	closeAtEnd(t, c)
+	return c
+}
+
+// fakeListen is listenT with the clock clk.
+func fakeListen(t *testing.T, clk *fakeClock, cfg *Config) *Conn {
+	t.Helper()
+	if cfg == nil {
+		cfg = &Config{}
+	}
+	cfg.clock = clk
+	return listenT(t, "udp4", "127.0.0.1:0", cfg)
+}
+
+func wrapT(t testing.TB, pc net.PacketConn, cfg *Config) *Conn {
+	t.Helper()
+	c, err := Wrap(pc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeAtEnd(t, c)
+	return c
+}
+
+// restartOn listens again on addr with cfg, skipping the test if the port
+// was taken meanwhile.
+func restartOn(t *testing.T, addr netip.AddrPort, cfg *Config) *Conn {
+	t.Helper()
+	c, err := Listen("udp4", addr.String(), cfg)
+	if err != nil {
+		t.Skipf("cannot listen again on %v: %v", addr, err)
+	}
+	closeAtEnd(t, c)
+	return c
+}
+
+// rawUDP returns a plain UDP socket on 127.0.0.1, closed at the end of
+// the test: the stranger of the tests, or a relay.
+func rawUDP(t testing.TB) *net.UDPConn {
+	t.Helper()
+	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeAtEnd(t, pc)
+	return pc
+}
+
+// deadPort returns the address of a UDP socket that was just closed:
+// nobody answers there.
+func deadPort(t testing.TB, network, host string) netip.AddrPort {
+	t.Helper()
+	pc, err := net.ListenPacket(network, net.JoinHostPort(host, "0"))
+	if err != nil {
+		t.Skipf("cannot listen on %s %s: %v", network, host, err)
+	}
+	a := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	pc.Close()
+	return a
+}
+
+func addrOf(c *Conn) netip.AddrPort {
+	return c.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+func addrOf2(pc *net.UDPConn) netip.AddrPort {
+	return normAddr(pc.LocalAddr().(*net.UDPAddr).AddrPort())
+}
+
+func handshakeT(t testing.TB, c *Conn, to netip.AddrPort) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	if err := c.Handshake(ctx, to); err != nil {
+		t.Fatalf("handshake with %v: %v (stats %+v)", to, err, c.Stats())
+	}
+}
+
+// ---- Reading with a deadline ----
+
+func readWithin(t testing.TB, c *Conn, d time.Duration) ([]byte, netip.AddrPort) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(d))
+	defer c.SetReadDeadline(time.Time{})
+	buf := make([]byte, 65536)
+	n, from, err := c.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		t.Fatalf("read: %v (stats %+v)", err, c.Stats())
+	}
+	return buf[:n], from
+}
+
+// expectRead reads one datagram and fails unless it is want from from.
+func expectRead(t testing.TB, c *Conn, want string, from netip.AddrPort) {
+	t.Helper()
+	got, src := readWithin(t, c, waitLong)
+	if string(got) != want || src != from {
+		t.Fatalf("read %q from %v, want %q from %v", trunc(got), src, trunc([]byte(want)), from)
+	}
+}
+
+// expectNothing fails if c has a datagram for ReadFrom within d. Callers
+// make sure first that whatever might be delivered has been processed
+// (quiesce, strangerBarrier, a later datagram on the same path), so d
+// only needs to outlast a select.
+func expectNothing(t testing.TB, c *Conn, d time.Duration) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(d))
+	defer c.SetReadDeadline(time.Time{})
+	buf := make([]byte, 65536)
+	n, from, err := c.ReadFromUDPAddrPort(buf)
+	if err == nil {
+		t.Fatalf("read %q from %v, want nothing", trunc(buf[:n]), from)
+	}
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read: %v, want a timeout", err)
+	}
+}
+
+func trunc(b []byte) string {
+	if len(b) > 40 {
+		return string(b[:40]) + fmt.Sprintf("...(%d bytes)", len(b))
+	}
+	return string(b)
+}
+
+// ---- Polling a state ----
+
+// waitFor polls ok until it holds, at most d (a bounded wait on a
+// condition that has no channel to wait on), and returns how long it
+// took and whether ok held.
+func waitFor(d time.Duration, ok func() bool) (time.Duration, bool) {
+	start := time.Now()
+	for !ok() {
+		if time.Since(start) > d {
+			return time.Since(start), false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return time.Since(start), true
+}
+
+// pollUntil polls ok until it holds, at most d: the bounded wait on a
+// state that has no channel to wait on. It reports whether ok held.
+func pollUntil(d time.Duration, ok func() bool) bool {
+	_, held := waitFor(d, ok)
+	return held
+}
+
+// ---- A peer's state, without reaching into its locks ----
+
+// peerSnapshot is what a test reads of a peer's state, copied under its
+// locks so that no test reaches into them.
+type peerSnapshot struct {
+	exists              bool
+	hellos              int
+	attempt             bool // a hello of this attempt awaits its reply
+	failErr             error
+	established         bool
+	cur, prev, next     bool
+	queued              int
+	configured, removed bool
+}
+
+func peerState(c *Conn, addr netip.AddrPort) peerSnapshot {
+	p := peerOf(c, addr)
+	if p == nil {
+		c.mu.RLock()
+		p = c.strangers[normAddr(addr)] // replies to a hello from no peer wait there
+		c.mu.RUnlock()
+	}
+	if p == nil {
+		return peerSnapshot{}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.kp.mu.Lock()
+	defer p.kp.mu.Unlock()
+	return peerSnapshot{
+		exists: true, hellos: p.hellos, attempt: p.init != nil, failErr: p.failErr,
+		established: p.established, cur: p.kp.cur.Load() != nil, prev: p.kp.prev != nil, next: p.respNew != nil,
+		queued: len(p.queue), configured: p.configured, removed: p.removed,
+	}
+}
+
+// peerOf returns c's peer at addr, or nil: the one place the tests look a
+// peer up (without making one).
+func peerOf(c *Conn, addr netip.AddrPort) *peer {
+	p, _ := c.peerFor(normAddr(addr), lookupOnly)
+	return p
+}
+
+// allPeers returns c's peers.
+func allPeers(c *Conn) []*peer {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	ps := make([]*peer, 0, len(c.peers))
+	for _, p := range c.peers {
+		ps = append(ps, p)
+	}
+	return ps
+}
+
+// currentSession returns c's current session with the peer at addr, or
+// nil.
+func currentSession(c *Conn, addr netip.AddrPort) *session {
+	p := peerOf(c, addr)
+	if p == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.kp.current()
+}
+
+// sessionOf returns c's current session with the peer at addr, and fails
+// t if there is none.
+func sessionOf(t testing.TB, c *Conn, addr netip.AddrPort) *session {
+	t.Helper()
+	if peerOf(c, addr) == nil {
+		t.Fatalf("%v is not a peer", addr)
+	}
+	s := currentSession(c, addr)
+	if s == nil {
+		t.Fatalf("no session with %v", addr)
+	}
+	return s
+}
+
+// confirmed reports whether c's current session with the peer at addr is
+// confirmed: the other side's answer to its final message came.
+func confirmed(c *Conn, addr netip.AddrPort) bool {
+	s := currentSession(c, addr)
+	return s != nil && s.final.Load() == nil
+}
+
+// settleSession waits (polling, bounded) until a's session with b is
+// settled: a holds b's reset token (b answered a's token message) and b's
+// session is confirmed, so that no handshake message is still on its way
+// when a test moves the clock.
+func settleSession(t *testing.T, a, b *Conn) {
+	t.Helper()
+	if !pollUntil(waitLong, func() bool { return confirmed(a, addrOf(b)) && confirmed(b, addrOf(a)) }) {
+		t.Fatalf("the session did not settle: a %+v, b %+v", peerState(a, addrOf(b)), peerState(b, addrOf(a)))
+	}
+}
+
+// stateSizes returns the sizes of c's per-source state: peers, learned
+// peers, sessions (with reserved indexes), pending initiations, replies
+// waiting for their final message.
+type stateSizes struct {
+	peers, learned, sessions, initiated, responding int
+}
+
+func stateOf(c *Conn) stateSizes {
+	var s stateSizes
+	c.mu.RLock()
+	s.peers, s.learned = len(c.peers), c.learned
+	c.mu.RUnlock()
+	s.sessions, s.initiated = c.index.counts()
+	c.index.mu.Lock()
+	s.responding = len(c.index.responding)
+	c.index.mu.Unlock()
+	return s
+}
+
+// waitState waits until ok(stateOf(c)), at most d, and returns how long
+// it took and the last state seen.
+func waitState(c *Conn, d time.Duration, ok func(stateSizes) bool) (time.Duration, stateSizes, bool) {
+	var s stateSizes
+	took, held := waitFor(d, func() bool {
+		s = stateOf(c)
+		return ok(s)
+	})
+	return took, s, held
 }

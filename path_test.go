@@ -222,9 +222,7 @@ func TestAttackOpportunisticStaysSealed(t *testing.T) {
 	}
 	defer pc.Close()
 	// The session lapses (as after 1.5 × KeyLifetime idle).
-	a.mu.RLock()
-	p := a.peers[bAddr]
-	a.mu.RUnlock()
+	p := peerOf(a, bAddr)
 	p.mu.Lock()
 	a.index.remove(p.kp.dropSending()...)
 	p.mu.Unlock()

@@ -252,18 +252,7 @@ func TestRoamingAndRebind(t *testing.T) {
 // sending it: what an eavesdropper captures on the wire.
 func sealedFrom(t testing.TB, c *Conn, to netip.AddrPort, p string) []byte {
 	t.Helper()
-	c.mu.RLock()
-	pr := c.peers[normAddr(to)]
-	c.mu.RUnlock()
-	if pr == nil {
-		t.Fatalf("%v is not a peer", to)
-	}
-	pr.mu.Lock()
-	s := pr.kp.current()
-	pr.mu.Unlock()
-	if s == nil {
-		t.Fatalf("no session with %v", to)
-	}
+	s := sessionOf(t, c, to)
 	rec := record{payload: []byte(p), hasPayload: true}
 	buf := rec.appendTo(make([]byte, sealedHeaderLen, 4096), 0)
 	out, err := s.seal(buf)

@@ -94,9 +94,7 @@ func TestAnswersLeaveFromTheAddressAsked(t *testing.T) {
 				expectRead(t, client, "batch", at)
 			}
 			// A rekey the server starts: its hello leaves from there too.
-			server.mu.RLock()
-			sp := server.peers[clientAt]
-			server.mu.RUnlock()
+			sp := peerOf(server, clientAt)
 			if sp == nil {
 				t.Fatalf("the server has no peer at %v", clientAt)
 			}

@@ -36,9 +36,7 @@ func TestForgedHelloDoesNotPinPeer(t *testing.T) {
 	}
 	// A hello that wins the crossed-hello tie-break against a's own
 	// (the greater ephemeral key): a answers it.
-	a.mu.RLock()
-	p := a.peers[bAddr]
-	a.mu.RUnlock()
+	p := peerOf(a, bAddr)
 	var mine *noise.Initiation
 	for range 1000 {
 		p.mu.Lock()
@@ -112,15 +110,7 @@ func TestLostConfirmation(t *testing.T) {
 	a, b := wrapT(t, ma, cfg), wrapT(t, mb, cfg)
 	handshakeT(t, a, mb.addr)
 	// Idle past the responder's unconfirmed expiry.
-	if took, ok := waitFor(waitLong, func() bool {
-		a.mu.RLock()
-		p := a.peers[mb.addr]
-		a.mu.RUnlock()
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		s := p.kp.current()
-		return s != nil && s.final.Load() == nil
-	}); !ok {
+	if took, ok := waitFor(waitLong, func() bool { return confirmed(a, mb.addr) }); !ok {
 		t.Fatalf("the responder never confirmed after %v", took)
 	}
 	if _, err := a.WriteToUDPAddrPort([]byte("after a lost confirmation"), mb.addr); err != nil {
@@ -173,9 +163,7 @@ func TestLostChallengeDoesNotDisplace(t *testing.T) {
 			t.Fatalf("write %d: read %q", i, got)
 		}
 	}
-	s.mu.RLock()
-	p := s.peers[ml.addr]
-	s.mu.RUnlock()
+	p := peerOf(s, ml.addr)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !bytes.Equal(p.identity, l.PublicKey()) {

@@ -10,13 +10,7 @@ import (
 // heldOnPaths sums the buffers that c holds for datagrams waiting for
 // path validation, over all its peers.
 func heldOnPaths(c *Conn) (bytes, datagrams int) {
-	c.mu.RLock()
-	peers := make([]*peer, 0, len(c.peers))
-	for _, p := range c.peers {
-		peers = append(peers, p)
-	}
-	c.mu.RUnlock()
-	for _, p := range peers {
+	for _, p := range allPeers(c) {
 		p.mu.Lock()
 		if pc := p.path; pc != nil {
 			for _, q := range pc.held {

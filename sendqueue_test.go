@@ -352,8 +352,7 @@ func TestSendQueueFullConnOwnDoesNotWait(t *testing.T) {
 			break
 		}
 	}
-	p, _ := a.peerFor(addrOf(b), lookupOnly)
-	s := p.kp.current()
+	p, s := peerOf(a, addrOf(b)), currentSession(a, addrOf(b))
 	done := make(chan struct{})
 	go func() { a.sendKeepalive(p, s, addrOf(b)); close(done) }()
 	select {

@@ -12,74 +12,6 @@ import (
 // the clock, so a rule that waits seconds takes microseconds to test and
 // cannot race the machine's speed.
 
-// peerSnapshot is what a test reads of a peer's state, copied under its
-// locks so that no test reaches into them.
-type peerSnapshot struct {
-	exists              bool
-	hellos              int
-	attempt             bool // a hello of this attempt awaits its reply
-	failErr             error
-	established         bool
-	cur, prev, next     bool
-	queued              int
-	configured, removed bool
-}
-
-func peerState(c *Conn, addr netip.AddrPort) peerSnapshot {
-	p, _ := c.peerFor(normAddr(addr), lookupOnly)
-	if p == nil {
-		c.mu.RLock()
-		p = c.strangers[normAddr(addr)] // replies to a hello from no peer wait there
-		c.mu.RUnlock()
-	}
-	if p == nil {
-		return peerSnapshot{}
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.kp.mu.Lock()
-	defer p.kp.mu.Unlock()
-	return peerSnapshot{
-		exists: true, hellos: p.hellos, attempt: p.init != nil, failErr: p.failErr,
-		established: p.established, cur: p.kp.cur.Load() != nil, prev: p.kp.prev != nil, next: p.respNew != nil,
-		queued: len(p.queue), configured: p.configured, removed: p.removed,
-	}
-}
-
-// settleSession waits (polling, bounded) until a's session with b is settled:
-// a holds b's reset token (b answered a's token message) and b's session
-// is confirmed, so that no handshake message is still on its way when a
-// test moves the clock.
-func settleSession(t *testing.T, a, b *Conn) {
-	t.Helper()
-	done := func() bool {
-		pa, _ := a.peerFor(addrOf(b), lookupOnly)
-		pb, _ := b.peerFor(addrOf(a), lookupOnly)
-		if pa == nil || pb == nil {
-			return false
-		}
-		sa, sb := pa.kp.current(), pb.kp.current()
-		return sa != nil && sb != nil && sa.final.Load() == nil && sb.final.Load() == nil
-	}
-	deadline := time.Now().Add(waitLong)
-	for !done() {
-		if time.Now().After(deadline) {
-			t.Fatal("the session did not settle")
-		}
-		time.Sleep(time.Millisecond) // real sockets, no event to wait on; bounded
-	}
-}
-
-// fakeListen is listenT with the clock clk.
-func fakeListen(t *testing.T, clk *fakeClock, cfg *Config) *Conn {
-	t.Helper()
-	if cfg == nil {
-		cfg = &Config{}
-	}
-	cfg.clock = clk
-	return listenT(t, "udp4", "127.0.0.1:0", cfg)
-}
-
 // TestTimerHandshakeRetryAndTimeout: a hello unanswered for retryAfter
 // goes again, and the attempt fails HandshakeTimeout after its first
 // hello, with the queued datagram dropped and counted.
@@ -197,10 +129,7 @@ func TestTimerUnconfirmedExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	from := addrOf2(raw)
-	deadline := time.Now().Add(waitLong)
-	for !peerState(a, from).next && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond) // the hello is handled off this goroutine; bounded
-	}
+	pollUntil(waitLong, func() bool { return peerState(a, from).next }) // the hello is handled off this goroutine
 	if s := peerState(a, from); !s.next || s.cur {
 		t.Fatalf("after the hello: %+v, want a waiting reply only", s)
 	}
@@ -362,11 +291,11 @@ func TestTimerDeferredRekey(t *testing.T) {
 	b := fakeListen(t, clk, &Config{KeepaliveTimeout: -1, SilenceTimeout: -1})
 	handshakeT(t, a, addrOf(b))
 	settleSession(t, a, b)
-	p, _ := a.peerFor(addrOf(b), lookupOnly)
+	p := peerOf(a, addrOf(b))
 	p.mu.Lock()
 	p.respNew = &response{created: a.now()} // a reply waits for b's final message
 	p.mu.Unlock()
-	p.kp.current().sendCounter.Store(rekeyAfterMessages)
+	sessionOf(t, a, addrOf(b)).sendCounter.Store(rekeyAfterMessages)
 	before := peerState(a, addrOf(b)).hellos
 	a.WriteToUDPAddrPort([]byte("wants a rekey"), addrOf(b))
 	if h := peerState(a, addrOf(b)).hellos; h != before {
