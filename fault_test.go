@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/vaultudp/vaultudp/internal/noise"
 	"hash/crc32"
 	"net"
 	"net/netip"
@@ -21,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vaultudp/vaultudp/internal/noise"
 
 	"github.com/vaultudp/vaultudp/vaulttest"
 )
@@ -501,12 +502,7 @@ func reportFaults(events []vaulttest.Event, live func(uint32) bool) faultReport 
 // liveIn returns a function reporting whether c has a session with an
 // index, now.
 func liveIn(c *Conn) func(uint32) bool {
-	return func(idx uint32) bool {
-		c.index.mu.Lock()
-		defer c.index.mu.Unlock()
-		_, ok := c.index.sessions[idx]
-		return ok
-	}
+	return func(idx uint32) bool { return indexed(c, idx) }
 }
 
 // ---- Heap ----

@@ -347,6 +347,28 @@ func sessionOf(t testing.TB, c *Conn, addr netip.AddrPort) *session {
 	return s
 }
 
+// indexedSessions returns the indexes of c's sessions in its index.
+func indexedSessions(c *Conn) []uint32 {
+	c.index.mu.Lock()
+	defer c.index.mu.Unlock()
+	var idx []uint32
+	for i, s := range c.index.sessions {
+		if s != nil {
+			idx = append(idx, i)
+		}
+	}
+	return idx
+}
+
+// indexed reports whether c's index holds idx (a session's, or one
+// reserved for a handshake).
+func indexed(c *Conn, idx uint32) bool {
+	c.index.mu.Lock()
+	defer c.index.mu.Unlock()
+	_, ok := c.index.sessions[idx]
+	return ok
+}
+
 // confirmed reports whether c's current session with the peer at addr is
 // confirmed: the other side's answer to its final message came.
 func confirmed(c *Conn, addr netip.AddrPort) bool {

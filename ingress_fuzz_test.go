@@ -6,7 +6,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/binary"
-	"github.com/vaultudp/vaultudp/internal/noise"
 	"net"
 	"net/netip"
 	"runtime"
@@ -16,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vaultudp/vaultudp/internal/noise"
 
 	"github.com/vaultudp/vaultudp/vaulttest"
 )
@@ -186,9 +187,7 @@ func newIngressRig(t testing.TB) *ingressRig {
 	}
 	ca.recording.Store(false)
 	cp.recording.Store(false)
-	r.a.mu.RLock()
-	r.aPeer = r.a.peers[r.pAddr]
-	r.a.mu.RUnlock()
+	r.aPeer = peerOf(r.a, r.pAddr)
 
 	// The live packets, in a fixed order.
 	find := func(from []([]byte), what string, ok func([]byte) bool) []byte {
@@ -251,12 +250,7 @@ func (r *ingressRig) close() {
 
 // pSession is P's session with A.
 func (r *ingressRig) pSession() *session {
-	r.p.mu.RLock()
-	pr := r.p.peers[r.aAddr]
-	r.p.mu.RUnlock()
-	pr.mu.Lock()
-	defer pr.mu.Unlock()
-	return pr.kp.current()
+	return currentSession(r.p, r.aAddr)
 }
 
 // seal seals payload as P's next datagram to A, compressed if asked and
@@ -285,9 +279,7 @@ func (r *ingressRig) sealEnvelope(env []byte) []byte {
 // new one if it has none (a reply may have completed it).
 func (r *ingressRig) pendingInit() *initiation {
 	for range 2 {
-		r.a.mu.RLock()
-		bp := r.a.peers[r.blackhole]
-		r.a.mu.RUnlock()
+		bp := peerOf(r.a, r.blackhole)
 		if bp != nil {
 			bp.mu.Lock()
 			init := bp.init

@@ -34,14 +34,10 @@ func TestV2RoutingNativeFirst(t *testing.T) {
 	c := v2Conn(t, nil, PeerConfig{Addr: r.addr()})
 	keyed(t, c, r)
 	strangerSession(t, c) // a native session from a stranger on the same IP
-	c.index.mu.Lock()
 	var live uint32
-	for idx, s := range c.index.sessions {
-		if s != nil {
-			live = idx
-		}
+	for _, idx := range indexedSessions(c) {
+		live = idx
 	}
-	c.index.mu.Unlock()
 	if live == 0 {
 		t.Fatal("no native session")
 	}
