@@ -1117,7 +1117,10 @@ var stdnetVariousTimeouts = []time.Duration{
 // so that a read may succeed first.)
 func TestStdnetVariousDeadlines(t *testing.T) {
 	parallel(t)
-	runStdnet(t, func(t *testing.T, impl stdnetImpl) { stdnetTestVariousDeadlines(t, impl) })
+	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
+		t.Parallel() // each waits on its deadlines: 1.9 s
+		stdnetTestVariousDeadlines(t, impl)
+	})
 }
 
 // TestStdnetVariousDeadlines1Proc is timeout_test.go's
@@ -1129,8 +1132,15 @@ func TestStdnetVariousDeadlines1Proc(t *testing.T) {
 	if testing.Short() {
 		t.Skip("skipping in short mode")
 	}
-	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	runStdnet(t, func(t *testing.T, impl stdnetImpl) { stdnetTestVariousDeadlines(t, impl) })
+	prev := runtime.GOMAXPROCS(1)
+	t.Cleanup(func() { runtime.GOMAXPROCS(prev) }) // once the parallel subtests are done
+	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
+		t.Parallel() // both wait on their deadlines, on the one P
+		if n := runtime.GOMAXPROCS(0); n != 1 {
+			t.Fatalf("GOMAXPROCS %d, want 1", n)
+		}
+		stdnetTestVariousDeadlines(t, impl)
+	})
 }
 
 func stdnetTestVariousDeadlines(t *testing.T, impl stdnetImpl) {
