@@ -155,28 +155,6 @@ func TestFieldLivePeerNotDisplaced(t *testing.T) {
 	expectRead(t, c, "still yours", addrOf(s))
 }
 
-// writeUntilRead writes msg from c to to until r reads it (from c's
-// address), as a program that keeps sending does; it returns how long it
-// took. Bounded by waitLong.
-func writeUntilRead(t *testing.T, c, r *Conn, msg string) time.Duration {
-	t.Helper()
-	start := time.Now()
-	buf := make([]byte, 2048)
-	for time.Since(start) < waitLong {
-		if _, err := c.WriteToUDPAddrPort([]byte(msg), addrOf(r)); err != nil {
-			t.Fatalf("write: %v", err)
-		}
-		r.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-		n, from, err := r.ReadFromUDPAddrPort(buf)
-		if err == nil && string(buf[:n]) == msg && from == addrOf(c) {
-			r.SetReadDeadline(time.Time{})
-			return time.Since(start)
-		}
-	}
-	t.Fatalf("%q never arrived (writer %+v, reader %+v)", msg, c.Stats(), r.Stats())
-	return 0
-}
-
 // TestFieldPeerRestartsSameIdentity: a server restarts on the same port
 // with the same identity while a client keeps writing. The new server
 // answers the client's datagrams for the lost session with a stateless
@@ -245,30 +223,35 @@ func TestFieldSilence(t *testing.T) {
 		t.Fatal(err)
 	}
 	sAddr := addrOf(s1)
-	c := listenT(t, "udp4", "127.0.0.1:0", short)
+	clk := newFakeClock()
+	c := fakeListen(t, clk, short)
 	if err := c.AddPeer(PeerConfig{Addr: sAddr, PublicKey: id.Public().(ed25519.PublicKey)}); err != nil {
 		t.Fatal(err)
 	}
 	writeUntilRead(t, c, s1, "before")
+	settleSession(t, c, s1) // else c's final message, unanswered, fails the handshake before any silence
 	s1.Close()
 	hole, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(sAddr))
 	if err != nil {
 		t.Skipf("cannot listen again on %v: %v", sAddr, err)
 	}
-	took, ok := waitFor(waitLong, func() bool {
+	// The client's timers run as the test moves its clock: 50 ms a write.
+	var took time.Duration
+	for c.Stats().HandshakeFailures == 0 {
+		if took > 100*c.cfg.SilenceTimeout {
+			t.Fatalf("no failed handshake after %v of silence: %+v", took, c.Stats())
+		}
 		c.WriteToUDPAddrPort([]byte("into the void"), sAddr)
-		return c.Stats().HandshakeFailures > 0
-	})
-	if !ok {
-		t.Fatalf("no failed handshake after %v of silence: %+v", took, c.Stats())
+		clk.advance(t, 50*time.Millisecond, 0)
+		took += 50 * time.Millisecond
 	}
 	if st := c.Stats(); st.Silences == 0 {
 		t.Errorf("Silences %d, want the silence counted", st.Silences)
 	}
 	hole.Close()
 	s2 := restartOn(t, sAddr, &Config{Identity: id})
-	back := writeUntilRead(t, c, s2, "after the silence")
-	t.Logf("silence noticed and given up after %v; reached again %v after the server came back", took.Round(time.Millisecond), back.Round(time.Millisecond))
+	back := writeUntilReadTicking(t, c, s2, "after the silence", func() { clk.advance(t, 50*time.Millisecond, 0) })
+	t.Logf("silence noticed and given up after %v (the client's clock); reached again %v after the server came back", took, back.Round(time.Millisecond))
 }
 
 // TestFieldPeerRestartsNewIdentity: a server comes back on the same port

@@ -244,6 +244,39 @@ func trunc(b []byte) string {
 	return string(b)
 }
 
+// writeUntilRead writes msg from c to r until r reads it (from c's
+// address), as a program that keeps sending does; it returns how long it
+// took. Bounded by waitLong.
+func writeUntilRead(t *testing.T, c, r *Conn, msg string) time.Duration {
+	t.Helper()
+	return writeUntilReadTicking(t, c, r, msg, nil)
+}
+
+// writeUntilReadTicking is writeUntilRead calling tick (if not nil)
+// after each write that did not arrive: for a writer on a fakeClock, the
+// time that passes between its writes.
+func writeUntilReadTicking(t *testing.T, c, r *Conn, msg string, tick func()) time.Duration {
+	t.Helper()
+	start := time.Now()
+	buf := make([]byte, 2048)
+	for time.Since(start) < waitLong {
+		if _, err := c.WriteToUDPAddrPort([]byte(msg), addrOf(r)); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		r.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		n, from, err := r.ReadFromUDPAddrPort(buf)
+		if err == nil && string(buf[:n]) == msg && from == addrOf(c) {
+			r.SetReadDeadline(time.Time{})
+			return time.Since(start)
+		}
+		if tick != nil {
+			tick()
+		}
+	}
+	t.Fatalf("%q never arrived (writer %+v, reader %+v)", msg, c.Stats(), r.Stats())
+	return 0
+}
+
 // ---- Polling a state ----
 
 // waitFor polls ok until it holds, at most d (a bounded wait on a
