@@ -268,25 +268,32 @@ func TestFieldPeerRestartsNewIdentity(t *testing.T) {
 				t.Fatal(err)
 			}
 			sAddr, oldKey := addrOf(s1), s1.PublicKey()
-			c := listenT(t, "udp4", "127.0.0.1:0", short)
+			clk := newFakeClock()
+			c := fakeListen(t, clk, short)
 			if pinned {
 				if err := c.AddPeer(PeerConfig{Addr: sAddr, PublicKey: oldKey}); err != nil {
 					t.Fatal(err)
 				}
 			}
 			writeUntilRead(t, c, s1, "before")
+			settleSession(t, c, s1) // else c's final message, unanswered, fails a handshake with s1
 			s1.Close()
 			s2 := restartOn(t, sAddr, nil)
 			ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 			defer cancel()
-			// The silence starts a handshake; the new key is refused.
+			// The silence starts a handshake; the new key is refused. c's
+			// timers run as the test moves its clock: 10 ms a write.
 			var err2 error
-			for ctx.Err() == nil {
+			for i := 0; i < 1000; i++ {
 				c.WriteToUDPAddrPort([]byte("lost"), sAddr)
-				if _, ok := c.handshakeFailure(sAddr); ok {
+				failed := func() bool { _, ok := c.handshakeFailure(sAddr); return ok }
+				if peerState(c, sAddr).attempt { // its hello is out: s2's answer ends it
+					pollUntil(waitLong, failed)
+				}
+				if failed() {
 					break
 				}
-				time.Sleep(10 * time.Millisecond) // writes paced as a program's; bounded by ctx
+				clk.advance(t, 10*time.Millisecond, 0)
 			}
 			err2, _ = c.handshakeFailure(sAddr)
 			if !errors.Is(err2, ErrPeerRejected) || !strings.Contains(err2.Error(), EncodePublicKey(oldKey)) ||
