@@ -300,6 +300,18 @@ func pollUntil(d time.Duration, ok func() bool) bool {
 	return held
 }
 
+// waitQueueIdle waits until c's send queue has sent everything.
+func waitQueueIdle(t *testing.T, c *Conn) {
+	t.Helper()
+	deadline := time.Now().Add(waitLong)
+	for c.sq.sending.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("send queue still sending")
+		}
+		time.Sleep(time.Millisecond) // the sender goroutine has no event to wait on; bounded
+	}
+}
+
 // ---- A peer's state, without reaching into its locks ----
 
 // peerSnapshot is what a test reads of a peer's state, copied under its

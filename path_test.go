@@ -21,11 +21,15 @@ type victim struct {
 	n     int // datagrams
 	bytes int
 	done  chan struct{}
+	marks chan struct{} // a barrier's marker read
 }
+
+// victimMarker is barrier's datagram, not counted.
+const victimMarker = "victim barrier marker"
 
 func newVictim(t testing.TB) *victim {
 	t.Helper()
-	v := &victim{pc: rawUDP(t), done: make(chan struct{})}
+	v := &victim{pc: rawUDP(t), done: make(chan struct{}), marks: make(chan struct{}, 1)}
 	go func() {
 		defer close(v.done)
 		buf := make([]byte, 65536)
@@ -33,6 +37,10 @@ func newVictim(t testing.TB) *victim {
 			n, _, err := v.pc.ReadFromUDPAddrPort(buf)
 			if err != nil {
 				return
+			}
+			if string(buf[:n]) == victimMarker {
+				v.marks <- struct{}{}
+				continue
 			}
 			v.mu.Lock()
 			v.n++
@@ -45,6 +53,21 @@ func newVictim(t testing.TB) *victim {
 }
 
 func (v *victim) addr() netip.AddrPort { return normAddr(v.pc.LocalAddr().(*net.UDPAddr).AddrPort()) }
+
+// barrier returns once v has counted every datagram that reached its
+// socket before the call: its marker, sent now, queues behind them (one
+// socket's receive queue is in order).
+func (v *victim) barrier(t testing.TB) {
+	t.Helper()
+	if _, err := rawUDP(t).WriteToUDPAddrPort([]byte(victimMarker), v.addr()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-v.marks:
+	case <-time.After(waitLong):
+		t.Fatal("the victim's reader did not read the barrier's marker")
+	}
+}
 
 func (v *victim) received() (int, int) {
 	v.mu.Lock()
@@ -351,6 +374,8 @@ func TestAttackOpportunisticPlaintextFlood(t *testing.T) {
 	if _, st, ok := waitState(s, waitLong, func(st stateSizes) bool { return st.initiated == 0 }); !ok {
 		t.Fatalf("initiations pending: %+v", st)
 	}
+	waitQueueIdle(t, s)
+	v.barrier(t) // what s sent has been counted
 	got, bytesGot := v.received()
 	answer := len(dg) // the application's answer, in an open datagram of the same size
 	t.Logf("Opportunistic, plaintext forged as from a victim: %d bytes sent, victim got %d datagrams (%d bytes, %d of them the application's answer): Conn-added factor %.2f",

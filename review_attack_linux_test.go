@@ -47,7 +47,8 @@ func TestReviewEvictedSetOverwritten(t *testing.T) {
 	parallel(t)
 	sp := newSpoofer(t)
 	cfg := &Config{Policy: Opportunistic, HandshakeTimeout: 500 * time.Millisecond}
-	srv := listenT(t, "udp4", "127.0.0.1:0", cfg)
+	clk := newFakeClock()
+	srv := fakeListen(t, clk, cfg)
 	msg := reviewOpen([]byte("twelve bytes"))
 	var victims []*victim
 	for range 4 {
@@ -99,9 +100,13 @@ func TestReviewEvictedSetOverwritten(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(3 * cfg.HandshakeTimeout / 2) // a hello and its retries (100 ms apart)
+	// A hello and its retries (100 ms apart), then all that srv sent has
+	// reached the victims.
+	clk.advance(t, 3*cfg.HandshakeTimeout/2, 50*time.Millisecond)
+	waitQueueIdle(t, srv)
 	bad := 0
 	for i, v := range victims {
+		v.barrier(t)
 		n, bytes := v.received()
 		t.Logf("victim %d: sent %d bytes, got %d datagrams, %d bytes (x%.1f)", i, len(msg), n, bytes, factor(bytes, len(msg)))
 		if n != 1 {

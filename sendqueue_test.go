@@ -195,18 +195,6 @@ func liveHeap() uint64 {
 	return ms.HeapAlloc
 }
 
-// waitQueueIdle waits until c's send queue has sent everything.
-func waitQueueIdle(t *testing.T, c *Conn) {
-	t.Helper()
-	deadline := time.Now().Add(waitLong)
-	for c.sq.sending.Load() {
-		if time.Now().After(deadline) {
-			t.Fatal("send queue still sending")
-		}
-		time.Sleep(time.Millisecond) // the sender goroutine has no event to wait on; bounded
-	}
-}
-
 // TestSendQueueMemoryBroadcast: a server that Broadcasts small updates to
 // 16 clients through the send queue holds, once they are sent, no more
 // than a few trains: the queue's bound counts the memory of its trains,
