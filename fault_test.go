@@ -640,7 +640,7 @@ func lossyFaults(seed uint64) vaulttest.Faults {
 // between them, faulty both ways, whose addresses the Conns see ("relay").
 // Counts: 1000 datagrams/s each way for 3 s (300/s for 2 s under -race).
 func TestFaultLossyExchange(t *testing.T) {
-	parallel(t)
+	heavy(t) // its rekeys and retries run on time: a starved Conn fails one
 	for _, topo := range []string{"conns", "relay"} {
 		t.Run(topo, func(t *testing.T) {
 			t.Parallel()

@@ -38,7 +38,7 @@ var (
 )
 
 // lightParallel is how many waiting tests run at once.
-const lightParallel = 32
+const lightParallel = 16
 
 // parallel runs t beside the other parallel tests.
 func parallel(t *testing.T) {
