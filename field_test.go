@@ -3,7 +3,6 @@ package vaultudp
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -162,17 +161,8 @@ func TestFieldLivePeerNotDisplaced(t *testing.T) {
 // long before any silence timer (the defaults: 15 s) would have noticed.
 func TestFieldPeerRestartsSameIdentity(t *testing.T) {
 	parallel(t)
-	id := GenerateIdentity()
-	s1, err := Listen("udp4", "127.0.0.1:0", &Config{Identity: id})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s1, c, id := pinnedServer(t, nil)
 	sAddr := addrOf(s1)
-	c := listenT(t, "udp4", "127.0.0.1:0", nil)
-	if err := c.AddPeer(PeerConfig{Addr: sAddr, PublicKey: id.Public().(ed25519.PublicKey)}); err != nil {
-		t.Fatal(err)
-	}
-	writeUntilRead(t, c, s1, "before")
 	s1.Close()
 	s2 := restartOn(t, sAddr, &Config{Identity: id})
 	took := writeUntilRead(t, c, s2, "after the restart")
@@ -216,19 +206,10 @@ func TestFieldForgedReset(t *testing.T) {
 // server is back (same identity), the client's writes reach it again.
 func TestFieldSilence(t *testing.T) {
 	parallel(t)
-	id := GenerateIdentity()
-	short := &Config{KeepaliveTimeout: 100 * time.Millisecond, HandshakeTimeout: 300 * time.Millisecond}
-	s1, err := Listen("udp4", "127.0.0.1:0", &Config{Identity: id})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sAddr := addrOf(s1)
 	clk := newFakeClock()
-	c := fakeListen(t, clk, short)
-	if err := c.AddPeer(PeerConfig{Addr: sAddr, PublicKey: id.Public().(ed25519.PublicKey)}); err != nil {
-		t.Fatal(err)
-	}
-	writeUntilRead(t, c, s1, "before")
+	short := &Config{KeepaliveTimeout: 100 * time.Millisecond, HandshakeTimeout: 300 * time.Millisecond, clock: clk}
+	s1, c, id := pinnedServer(t, short)
+	sAddr := addrOf(s1)
 	settleSession(t, c, s1) // else c's final message, unanswered, fails the handshake before any silence
 	s1.Close()
 	hole, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(sAddr))

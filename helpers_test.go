@@ -2,6 +2,7 @@ package vaultudp
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
@@ -194,6 +195,25 @@ func handshakeT(t testing.TB, c *Conn, to netip.AddrPort) {
 	if err := c.Handshake(ctx, to); err != nil {
 		t.Fatalf("handshake with %v: %v (stats %+v)", to, err, c.Stats())
 	}
+}
+
+// pinnedServer returns a server s1 with identity id and a client c
+// (Config cc) that pinned it, once c's "before" has reached s1: the
+// start of the tests in which the server goes away and comes back on its
+// address (restartOn). The test closes s1.
+func pinnedServer(t *testing.T, cc *Config) (s1, c *Conn, id ed25519.PrivateKey) {
+	t.Helper()
+	id = GenerateIdentity()
+	s1, err := Listen("udp4", "127.0.0.1:0", &Config{Identity: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c = listenT(t, "udp4", "127.0.0.1:0", cc)
+	if err := c.AddPeer(PeerConfig{Addr: addrOf(s1), PublicKey: id.Public().(ed25519.PublicKey)}); err != nil {
+		t.Fatal(err)
+	}
+	writeUntilRead(t, c, s1, "before")
+	return s1, c, id
 }
 
 // ---- Reading with a deadline ----

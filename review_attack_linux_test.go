@@ -479,17 +479,8 @@ func TestReviewResetBudgetDrainedByForgery(t *testing.T) {
 	t.Skip("finding 10 (LOW): junk forged from a client's address and port starves it of its reset (3 runs in 4)")
 	sp := newSpoofer(t)
 	run := func(name string, forged func(client netip.AddrPort) netip.AddrPort) bool {
-		id := GenerateIdentity()
-		s1, err := Listen("udp4", "127.0.0.1:0", &Config{Identity: id})
-		if err != nil {
-			t.Fatal(err)
-		}
+		s1, c, id := pinnedServer(t, nil)
 		sAddr := addrOf(s1)
-		c := listenT(t, "udp4", "127.0.0.1:0", nil)
-		if err := c.AddPeer(PeerConfig{Addr: sAddr, PublicKey: id.Public().(ed25519.PublicKey)}); err != nil {
-			t.Fatal(err)
-		}
-		writeUntilRead(t, c, s1, "before")
 		if _, err := s1.WriteToUDPAddrPort([]byte("ack"), addrOf(c)); err != nil {
 			t.Fatal(err)
 		}

@@ -4,10 +4,8 @@ package vaultudp
 
 import (
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/binary"
-	"github.com/vaultudp/vaultudp/internal/noise"
 	mrand "math/rand/v2"
 	"net"
 	"net/netip"
@@ -15,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vaultudp/vaultudp/internal/noise"
 )
 
 // The attacks on stateless resets (issue 21, items 1 to 3), through real
@@ -282,17 +282,8 @@ func TestSecurityBalancerMoveRecovers(t *testing.T) {
 func TestSecurityResetBudgetPerSource(t *testing.T) {
 	alone(t)
 	sp := newSpoofer(t)
-	id := GenerateIdentity()
-	s1, err := Listen("udp4", "127.0.0.1:0", &Config{Identity: id})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s1, c, id := pinnedServer(t, nil)
 	sAddr := addrOf(s1)
-	c := listenT(t, "udp4", "127.0.0.1:0", nil)
-	if err := c.AddPeer(PeerConfig{Addr: sAddr, PublicKey: id.Public().(ed25519.PublicKey)}); err != nil {
-		t.Fatal(err)
-	}
-	writeUntilRead(t, c, s1, "before")
 	if _, err := s1.WriteToUDPAddrPort([]byte("ack"), addrOf(c)); err != nil {
 		t.Fatal(err)
 	}
