@@ -643,7 +643,9 @@ func TestFaultLossyExchange(t *testing.T) {
 	heavy(t) // its rekeys and retries run on time: a starved Conn fails one
 	for _, topo := range []string{"conns", "relay"} {
 		t.Run(topo, func(t *testing.T) {
-			t.Parallel()
+			if !raceEnabled { // see helpers_test.go
+				t.Parallel()
+			}
 			testLossy(t, topo)
 		})
 	}

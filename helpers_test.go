@@ -28,6 +28,11 @@ import (
 // goroutine's stack do not call any of these: Go runs them first, before
 // any parallel test starts.
 //
+// Under the race detector every goroutine runs several times slower, and
+// the tests whose rules run on real time (short HandshakeTimeouts, retry
+// intervals, rates) miss them when they share the cores: there, parallel,
+// heavy and alone leave the tests one after the other, as before.
+//
 // Go's own limit on parallel tests (-parallel) is lifted in TestMain: a
 // test waiting here for its turn would hold one of its places, and a test
 // whose parallel subtests need places would never end. The limit is
@@ -44,6 +49,9 @@ const lightParallel = 16
 // parallel runs t beside the other parallel tests.
 func parallel(t *testing.T) {
 	t.Helper()
+	if raceEnabled {
+		return // one after the other under -race (see above)
+	}
 	t.Parallel()
 	light <- struct{}{} // before world: a test holding world never waits
 	world.RLock()
@@ -56,6 +64,9 @@ func parallel(t *testing.T) {
 // heavy runs t beside the waiting tests, one heavy test at a time.
 func heavy(t *testing.T) {
 	t.Helper()
+	if raceEnabled {
+		return // one after the other under -race (see above)
+	}
 	t.Parallel()
 	cpuHeavy.Lock()
 	world.RLock()
@@ -70,9 +81,11 @@ func heavy(t *testing.T) {
 // heap it starts from is collected, as when it ran first.
 func alone(t *testing.T) {
 	t.Helper()
-	t.Parallel()
-	world.Lock()
-	t.Cleanup(world.Unlock)
+	if !raceEnabled { // one after the other under -race (see above)
+		t.Parallel()
+		world.Lock()
+		t.Cleanup(world.Unlock)
+	}
 	runtime.GC()
 }
 
