@@ -38,10 +38,62 @@ import (
 // whose parallel subtests need places would never end. The limit is
 // lightParallel instead.
 var (
-	world    sync.RWMutex // read by every parallel test, written by alone
+	world    = newTurns() // shared by every parallel test, held alone by alone
 	cpuHeavy sync.Mutex   // held by the heavy test that runs
 	light    = make(chan struct{}, lightParallel)
 )
+
+// turns is a readers-writer lock that hands over from writer to writer:
+// while a writer waits, no reader starts, so the tests that run alone run
+// one after the other, not each after a wave of the others.
+// (sync.RWMutex lets the waiting readers in at each writer's Unlock.)
+type turns struct {
+	mu      sync.Mutex
+	changed *sync.Cond
+	readers int
+	writing bool
+	waiting int // writers
+}
+
+func newTurns() *turns {
+	w := &turns{}
+	w.changed = sync.NewCond(&w.mu)
+	return w
+}
+
+func (w *turns) RLock() {
+	w.mu.Lock()
+	for w.writing || w.waiting > 0 {
+		w.changed.Wait()
+	}
+	w.readers++
+	w.mu.Unlock()
+}
+
+func (w *turns) RUnlock() {
+	w.mu.Lock()
+	w.readers--
+	w.changed.Broadcast()
+	w.mu.Unlock()
+}
+
+func (w *turns) Lock() {
+	w.mu.Lock()
+	w.waiting++
+	for w.writing || w.readers > 0 {
+		w.changed.Wait()
+	}
+	w.waiting--
+	w.writing = true
+	w.mu.Unlock()
+}
+
+func (w *turns) Unlock() {
+	w.mu.Lock()
+	w.writing = false
+	w.changed.Broadcast()
+	w.mu.Unlock()
+}
 
 // lightParallel is how many waiting tests run at once.
 const lightParallel = 16
