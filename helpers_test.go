@@ -36,11 +36,11 @@ import (
 // Go's own limit on parallel tests (-parallel) is lifted in TestMain: a
 // test waiting here for its turn would hold one of its places, and a test
 // whose parallel subtests need places would never end. The limit is
-// lightParallel instead.
+// lightParallel instead (or -parallel, if given).
 var (
-	world    = newTurns() // shared by every parallel test, held alone by alone
-	cpuHeavy sync.Mutex   // held by the heavy test that runs
-	light    = make(chan struct{}, lightParallel)
+	world    = newTurns()                         // shared by every parallel test, held alone by alone
+	cpuHeavy sync.Mutex                           // held by the heavy test that runs
+	light    = make(chan struct{}, lightParallel) // TestMain makes it -parallel's size if given
 )
 
 // turns is a readers-writer lock that hands over from writer to writer:

@@ -2,28 +2,32 @@ package vaultudp
 
 import (
 	"flag"
-	"runtime"
 	"strconv"
 	"testing"
 
 	"go.uber.org/goleak"
 )
 
-// testParallel lifts Go's limit on parallel tests unless -parallel is
-// given: the tests take turns by helpers_test.go's parallel, heavy and
-// alone, which know which may run beside which (a test waiting for its
-// turn would hold one of Go's places).
-const testParallel = 1 << 10
-
 // TestMain fails the test binary if any goroutine is still running once
 // every test has finished: every Conn a test opened must have been closed,
 // and Close must have waited for every goroutine the Conn started.
+//
+// It also lifts Go's limit on parallel tests: they take turns by
+// helpers_test.go's parallel, heavy and alone, and one waiting for its
+// turn would hold one of Go's places, which the parallel subtests of a
+// test that runs may need. An explicit -parallel N limits the waiting
+// tests that run at once instead (lightParallel).
 func TestMain(m *testing.M) {
 	flag.Parse()
-	set := false
-	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
-	if !set {
-		flag.Set("test.parallel", strconv.Itoa(max(testParallel, runtime.GOMAXPROCS(0))))
+	if f := flag.Lookup("test.parallel"); f != nil {
+		flag.Visit(func(g *flag.Flag) {
+			if g == f {
+				if n, err := strconv.Atoi(f.Value.String()); err == nil && n > 0 {
+					light = make(chan struct{}, n)
+				}
+			}
+		})
+		f.Value.Set(strconv.Itoa(1 << 10))
 	}
 	goleak.VerifyTestMain(m)
 }
