@@ -16,6 +16,7 @@ import (
 // Conn; Close returns (the handshake waiting for the callback's answer ends
 // with it), and so does the callback.
 func TestCloseFromVerifyPeer(t *testing.T) {
+	parallel(t)
 	var srv atomic.Pointer[Conn]
 	closed := make(chan error, 1)
 	cfg := &Config{VerifyPeer: func(netip.AddrPort, ed25519.PublicKey) error {
@@ -63,6 +64,7 @@ func (h *reentrantHandler) Handle(_ context.Context, r slog.Record) error {
 // locks held, so a handler may call Stats and Peers: a session, a
 // handshake that fails, and a rekey all log, and none deadlocks.
 func TestLoggerMayCallTheConn(t *testing.T) {
+	parallel(t)
 	var ap atomic.Pointer[Conn]
 	h := &reentrantHandler{c: &ap}
 	cfg := &Config{Logger: slog.New(h), HandshakeTimeout: 300 * time.Millisecond}

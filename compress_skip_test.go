@@ -5,6 +5,7 @@ import "testing"
 // TestCompressSkip: payloads that never shrink are tried less and less
 // often, down to one in 64; one that shrinks brings back every try.
 func TestCompressSkip(t *testing.T) {
+	parallel(t)
 	var z compressSkip
 	tries := 0
 	for range 1000 {

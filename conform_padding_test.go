@@ -18,6 +18,7 @@ import (
 // sees that it was cut (it ends inside its own padding) and counts it as
 // Drops.Truncated, not as a forgery.
 func TestConformRelay1452(t *testing.T) {
+	parallel(t)
 	client, server := pair(t, "udp4", "127.0.0.1", nil, nil)
 	relay := newUDPRelay(t, addrOf(client), addrOf(server), 1452, false)
 	fit := maxPayloadFor(padSmall) // 1411: sealed, exactly 1452
@@ -72,6 +73,7 @@ func TestConformRelay1452(t *testing.T) {
 // removes only part of the tag (not recognised: counted as failed
 // authentication, as before).
 func TestConformTruncatedOrForged(t *testing.T) {
+	parallel(t)
 	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
 	r := newRelay(t, addrOf(a), addrOf(b))
 	if _, err := a.WriteToUDPAddrPort([]byte("hello"), r.addr()); err != nil {
@@ -134,6 +136,7 @@ func TestConformTruncatedOrForged(t *testing.T) {
 // peer's smaller datagram) and a limit: 1452 for what fits it (or t, if
 // smaller), t for what fits t, multiples of t above.
 func TestConformPadSizes(t *testing.T) {
+	parallel(t)
 	for _, c := range []struct{ n, t, limit, want int }{
 		{36, 1472, 1472, 1452},
 		{1452, 1472, 1472, 1452},

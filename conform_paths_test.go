@@ -16,6 +16,7 @@ import (
 // and dropped it as stale, and that path waited for the 1 s retry (quic-go
 // saw 1.02 s where UDP takes 6 ms).
 func TestConformTwoPathsOneIdentity(t *testing.T) {
+	parallel(t)
 	client, server := pair(t, "udp4", "127.0.0.1", nil, nil)
 	relay := newUDPRelay(t, addrOf(client), addrOf(server), 65536, true)
 
@@ -55,6 +56,7 @@ func TestConformTwoPathsOneIdentity(t *testing.T) {
 // hello's private keys: no session, no peer at the attacker's address,
 // and the relayed path's session goes on.
 func TestConformTwoPathsReplay(t *testing.T) {
+	parallel(t)
 	client, server := pair(t, "udp4", "127.0.0.1", nil, nil)
 	relay := newUDPRelay(t, addrOf(client), addrOf(server), 65536, true)
 

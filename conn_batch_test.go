@@ -14,6 +14,7 @@ import (
 // every padding mode (equal lengths on the wire make GSO trains; unequal
 // ones break them), including datagrams that wait for the handshake.
 func TestWriteBatchReadBatch(t *testing.T) {
+	parallel(t)
 	for _, pad := range []Padding{PadMTU, PadNone, PadBlock(100)} {
 		t.Run(pad.String(), func(t *testing.T) {
 			cfg := func() *Config { return &Config{Padding: pad, ReadQueue: 4096} }
@@ -67,6 +68,7 @@ func TestWriteBatchReadBatch(t *testing.T) {
 // A datagram larger than the peer receives stops the batch there: those
 // before it are sent, it and those after are not, and the error says why.
 func TestWriteBatchTooLarge(t *testing.T) {
+	parallel(t)
 	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
 	handshakeT(t, a, addrOf(b))
 	to := addrOf(b)
@@ -86,6 +88,7 @@ func TestWriteBatchTooLarge(t *testing.T) {
 // within MaxPayloadTo goes either way, and each is counted, in Stats and
 // in the peer's PeerInfo, as WriteTo counts it.
 func TestWriteBatchSameRulesAsWriteTo(t *testing.T) {
+	parallel(t)
 	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
 	handshakeT(t, a, addrOf(b))
 	to := addrOf(b)
@@ -116,6 +119,7 @@ func TestWriteBatchSameRulesAsWriteTo(t *testing.T) {
 // WriteBatch does not overtake datagrams a streaming WriteTo left in the
 // send queue: the peer receives everything in the order it was written.
 func TestWriteBatchAfterQueuedWrites(t *testing.T) {
+	parallel(t)
 	a := listenT(t, "udp4", "127.0.0.1:0", nil)
 	b := listenT(t, "udp4", "127.0.0.1:0", nil)
 	handshakeT(t, a, addrOf(b))

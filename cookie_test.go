@@ -13,6 +13,7 @@ var cookieT0 = time.Unix(1_700_000_000, 0)
 
 // TestCookieAddress: a cookie is valid for its address and port only.
 func TestCookieAddress(t *testing.T) {
+	parallel(t)
 	j := newCookieJar(DefaultCookieThreshold, cookieT0)
 	addr := netip.MustParseAddrPort("192.0.2.1:4000")
 	c := j.make(addr, cookieT0)
@@ -59,6 +60,7 @@ func TestCookieAddress(t *testing.T) {
 // between (an idle responder must not accept an old cookie when the next
 // hello arrives).
 func TestCookieRotation(t *testing.T) {
+	parallel(t)
 	addr := netip.MustParseAddrPort("[2001:db8::7]:53")
 	at := func(d time.Duration) time.Time { return cookieT0.Add(d) }
 
@@ -116,6 +118,7 @@ func TestCookieRotation(t *testing.T) {
 // the rate above the threshold per second until a second after the rate
 // falls back; never at or below the threshold.
 func TestCookieUnderLoad(t *testing.T) {
+	heavy(t)
 	const threshold = 10
 	ms := func(n int) time.Time { return cookieT0.Add(time.Duration(n) * time.Millisecond) }
 	j := newCookieJar(threshold, cookieT0)
@@ -178,6 +181,7 @@ func TestCookieUnderLoad(t *testing.T) {
 // (receive.go): under a flood of spoofed hellos, only hellos that carry a
 // valid cookie for their source reach the handshake's costly step.
 func TestCookieFloodBoundsVerifications(t *testing.T) {
+	heavy(t)
 	j := newCookieJar(DefaultCookieThreshold, cookieT0)
 	init := helloInitFrom(GenerateIdentity(), 1)
 	hello := init.Hello()

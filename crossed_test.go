@@ -14,8 +14,9 @@ import (
 // sides waiting as responders, or one side sealing under a session the
 // other dropped.
 func TestHandshakeCrossedAddPeer(t *testing.T) {
+	parallel(t)
 	dump := func(name string, c *Conn) {
-		for _, p := range c.peers.snapshot() {
+		for _, p := range allPeers(c) {
 			p.mu.Lock()
 			t.Logf("%s: peer %v: current %v, replies waiting %v %v, init %v, initiating %v, failure %v",
 				name, p.addr, p.kp.current() != nil, p.respNew != nil, p.respOld != nil, p.hs.init != nil, p.hs.initiating, p.hs.failErr)

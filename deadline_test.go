@@ -168,6 +168,7 @@ func TestReadDeadline(t *testing.T) {
 }
 
 func TestWriteDeadline(t *testing.T) {
+	parallel(t)
 	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
 	handshakeT(t, a, addrOf(b))
 	for _, set := range []struct {

@@ -22,7 +22,7 @@ func dialT(t testing.TB, network, address string, cfg *Config) net.Conn {
 	if err != nil {
 		t.Fatalf("dial %s: %v", address, err)
 	}
-	t.Cleanup(func() { d.Close() })
+	closeAtEnd(t, d)
 	return d
 }
 
@@ -49,6 +49,7 @@ func connEcho(t *testing.T, d net.Conn) {
 }
 
 func TestDialEcho(t *testing.T) {
+	parallel(t)
 	for _, tc := range []struct{ network, host string }{
 		{"udp", "127.0.0.1"},
 		{"udp4", "127.0.0.1"},
@@ -103,6 +104,7 @@ func checkPacketConn(t *testing.T, d net.Conn, peer net.Addr) {
 
 // A host name is resolved; "udp" prefers its IPv4 address.
 func TestDialHostName(t *testing.T) {
+	parallel(t)
 	if ips, err := net.DefaultResolver.LookupNetIP(context.Background(), "ip4", "localhost"); err != nil || len(ips) == 0 {
 		t.Skipf("localhost does not resolve to IPv4 here: %v", err)
 	}
@@ -117,6 +119,7 @@ func TestDialHostName(t *testing.T) {
 }
 
 func TestDialBadArguments(t *testing.T) {
+	parallel(t)
 	for _, tc := range []struct{ network, address string }{
 		{"tcp", "127.0.0.1:1"},
 		{"udp", "127.0.0.1"},          // no port
@@ -136,6 +139,7 @@ func TestDialBadArguments(t *testing.T) {
 // Datagrams from other addresses are dropped: only the dialed peer's reach
 // Read.
 func TestDialReadsOnlyThePeer(t *testing.T) {
+	parallel(t)
 	server := listenT(t, "udp4", "127.0.0.1:0", nil)
 	go echoServe(server)
 	d := dialT(t, "udp", server.LocalAddr().String(), nil)
@@ -160,6 +164,7 @@ func TestDialReadsOnlyThePeer(t *testing.T) {
 }
 
 func TestDialDeadline(t *testing.T) {
+	parallel(t)
 	server := listenT(t, "udp4", "127.0.0.1:0", nil)
 	d := dialT(t, "udp", server.LocalAddr().String(), nil)
 	d.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
@@ -212,6 +217,7 @@ func TestDialCloseUnblocksRead(t *testing.T) {
 // The trust rules apply to the dialed peer: a key pinned in Config.Peers
 // or VerifyPeer.
 func TestDialTrust(t *testing.T) {
+	parallel(t)
 	server := listenT(t, "udp4", "127.0.0.1:0", nil)
 	go echoServe(server)
 	at := addrOf(server)
@@ -250,6 +256,7 @@ func TestDialTrust(t *testing.T) {
 // A Plaintext peer has no handshake: Dial returns at once, and the
 // datagrams go in clear.
 func TestDialPlaintext(t *testing.T) {
+	parallel(t)
 	server := listenT(t, "udp4", "127.0.0.1:0", &Config{Policy: Plaintext})
 	go echoServe(server)
 	d := dialT(t, "udp", server.LocalAddr().String(), &Config{Policy: Plaintext})
@@ -261,6 +268,7 @@ func TestDialPlaintext(t *testing.T) {
 
 // DialContext returns ctx's error when ctx ends before the handshake.
 func TestDialContextCanceled(t *testing.T) {
+	parallel(t)
 	dead := deadPort(t, "udp4", "127.0.0.1")
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -286,6 +294,7 @@ func connToRead(t *testing.T, c net.Conn) string {
 // ConnTo diverts one peer's datagrams to its net.Conn; others still reach
 // ReadFrom, and each net.Conn gets only its own peer's.
 func TestConnToDemux(t *testing.T) {
+	parallel(t)
 	server := listenT(t, "udp4", "127.0.0.1:0", nil)
 	srv := addrOf(server)
 	var clients [3]*Conn
@@ -385,6 +394,7 @@ func TestConnToDemux(t *testing.T) {
 
 // ConnTo refuses a ProtocolV2 peer: its datagrams take another path.
 func TestConnToProtocolV2(t *testing.T) {
+	parallel(t)
 	c := listenT(t, "udp4", "127.0.0.1:0", nil)
 	at := deadPort(t, "udp4", "127.0.0.1")
 	if err := c.AddPeer(PeerConfig{Addr: at, Protocol: ProtocolV2}); err != nil {
@@ -553,6 +563,7 @@ func BenchmarkDialPingPong(b *testing.B) {
 // error, as a *net.UDPConn write waits for a full send buffer; the Conn's
 // own deadline (none) does not keep it.
 func TestConnToWriteDeadlineFullQueue(t *testing.T) {
+	parallel(t)
 	server, client := pair(t, "udp4", "127.0.0.1", nil, nil)
 	handshakeT(t, server, addrOf(client))
 	streaming(t, server)
@@ -585,6 +596,7 @@ func TestConnToWriteDeadlineFullQueue(t *testing.T) {
 // times out in the net package does, and that still matches
 // ErrHandshakeTimeout.
 func TestDialTimeoutIsNetError(t *testing.T) {
+	parallel(t)
 	silent := rawUDP(t) // never answers
 	_, err := Dial("udp4", silent.LocalAddr().String(), &Config{HandshakeTimeout: 200 * time.Millisecond})
 	var ne net.Error

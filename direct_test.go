@@ -11,6 +11,7 @@ import (
 // others wait for what it queues or for their turn) receive every
 // datagram exactly once.
 func TestConcurrentReaders(t *testing.T) {
+	parallel(t)
 	a, b := pair(t, "udp4", "127.0.0.1", nil, &Config{ReadQueue: 4096})
 	handshakeT(t, a, addrOf(b))
 	const readers, total = 4, 4000
@@ -80,6 +81,7 @@ func TestConcurrentReaders(t *testing.T) {
 // handshakes (the background reader takes the socket when no one reads),
 // and a reader arriving later takes the socket back and gets the data.
 func TestBackgroundReaderHandsOver(t *testing.T) {
+	parallel(t)
 	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
 	// Nobody reads b: the handshake completes through b's background reader.
 	handshakeT(t, a, addrOf(b))

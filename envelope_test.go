@@ -31,6 +31,7 @@ func testPayload(n int, compressible bool, seed uint64) []byte {
 }
 
 func TestEnvelopeRoundTrip(t *testing.T) {
+	parallel(t)
 	z := testCompressor(t)
 	const datagram = 1452
 	max := maxPayloadFor(datagram)
@@ -89,6 +90,7 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 // boundaries of the padding and payload headers, for small and large
 // payloads, plain and compressed.
 func TestEnvelopePaddingExact(t *testing.T) {
+	parallel(t)
 	for _, r := range []record{
 		{payload: []byte("x"), hasPayload: true},
 		{payload: make([]byte, 300), hasPayload: true},
@@ -131,6 +133,7 @@ func TestEnvelopePaddingExact(t *testing.T) {
 
 // Our bytes decode with msgpack/v5, and msgpack/v5's bytes decode with ours.
 func TestEnvelopeMsgpackInterop(t *testing.T) {
+	parallel(t)
 	r := record{payload: []byte("hello"), hasPayload: true, control: []byte{1, 2, 3}}
 	enc := r.appendTo(nil, 100)
 	var m map[string]any
@@ -164,6 +167,7 @@ func TestEnvelopeMsgpackInterop(t *testing.T) {
 }
 
 func TestEnvelopeEmptyAndAbsentPayload(t *testing.T) {
+	parallel(t)
 	for _, r := range []record{{hasPayload: true}, {hasPayload: false, control: []byte{}}, {}} {
 		got, err := parseRecord(r.appendTo(nil, 0))
 		if err != nil {
@@ -187,6 +191,7 @@ func mp(t testing.TB, v any) []byte {
 // Every class of malformed input is rejected with errMalformed, never a
 // panic.
 func TestEnvelopeMalformed(t *testing.T) {
+	parallel(t)
 	valid := (&record{payload: []byte("abc"), hasPayload: true}).appendTo(nil, 0)
 	cases := map[string][]byte{
 		"empty":              {},
@@ -232,6 +237,7 @@ func TestEnvelopeMalformed(t *testing.T) {
 
 // Unknown keys with well-formed values of every msgpack type are ignored.
 func TestEnvelopeUnknownKeysIgnored(t *testing.T) {
+	parallel(t)
 	in := mp(t, map[string]any{
 		"v": 3, "p": []byte("data"),
 		"future":  map[string]any{"a": []any{int64(-5), uint64(1 << 40), float32(1.5), 2.5, "s", []byte{1}, false}},
@@ -247,6 +253,7 @@ func TestEnvelopeUnknownKeysIgnored(t *testing.T) {
 }
 
 func TestCompressorBounded(t *testing.T) {
+	parallel(t)
 	z := testCompressor(t)
 	// A zip bomb: 60 KB of zeros compress to a few bytes but inflate past
 	// a 1 KB limit.
@@ -294,8 +301,9 @@ func testCompressor(t testing.TB) *compressor {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(z.close)
-	return z
+	ret := z
+	t.Cleanup(func() { z.close(); z = nil }) // forgotten: see closeAtEnd
+	return ret
 }
 
 func BenchmarkEnvelope(b *testing.B) {

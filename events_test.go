@@ -57,6 +57,7 @@ func (l *eventLog) wait(t *testing.T, kind EventKind, addr netip.AddrPort) Event
 // failed, reset when the peer restarted, down when the sessions expired,
 // roamed when the peer moved, forgotten when a learned peer idled out.
 func TestEvents(t *testing.T) {
+	parallel(t)
 	clk := newFakeClock()
 	la, lb := newEventLog(), newEventLog()
 	a := fakeListen(t, clk, &Config{Events: la.add, KeyLifetime: 10 * time.Second, KeepaliveTimeout: -1, SilenceTimeout: -1})
@@ -99,6 +100,7 @@ func TestEvents(t *testing.T) {
 // TestEventsRoam: a peer whose NAT mapping changes is reported as
 // EventRoamed, with the address it left.
 func TestEventsRoam(t *testing.T) {
+	parallel(t)
 	la := newEventLog()
 	a := listenT(t, "udp4", "127.0.0.1:0", &Config{Events: la.add})
 	b := listenT(t, "udp4", "127.0.0.1:0", nil)
@@ -129,6 +131,7 @@ func TestEventsRoam(t *testing.T) {
 // TestEventsReset: a peer that restarts with its key on its address
 // answers a datagram under the session it lost with a reset: EventReset.
 func TestEventsReset(t *testing.T) {
+	parallel(t)
 	la := newEventLog()
 	a := listenT(t, "udp4", "127.0.0.1:0", &Config{Events: la.add})
 	id := GenerateIdentity() // b keeps its key across its restart, as a server does
@@ -148,6 +151,7 @@ func TestEventsReset(t *testing.T) {
 // TestEventsCallbackMayCallTheConn: the Events callback may call Stats,
 // Peers and Close; Close returns, and so does the callback.
 func TestEventsCallbackMayCallTheConn(t *testing.T) {
+	parallel(t)
 	var mu sync.Mutex
 	var a *Conn
 	closed := make(chan error, 1)

@@ -3,7 +3,6 @@ package vaultudp
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -24,6 +23,7 @@ import (
 // that fit the queue (bounded in bytes) arrive, in order, and the rest are
 // counted in Stats.Drops.WriteQueueFull.
 func TestFieldBurstBeforePeerExists(t *testing.T) {
+	parallel(t)
 	a := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: 5 * time.Second})
 	to := deadPort(t, "udp4", "127.0.0.1")
 	const writes, size = 200, 1000
@@ -56,6 +56,7 @@ func TestFieldBurstBeforePeerExists(t *testing.T) {
 // TestFieldQueueBoundPerConn: the bytes waiting for handshakes are bounded
 // per Conn as well as per peer, whatever the number of peers.
 func TestFieldQueueBoundPerConn(t *testing.T) {
+	parallel(t)
 	a := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: 5 * time.Second, MaxPeers: 1000})
 	big := make([]byte, 1200)
 	peers := maxQueuedBytesPerConn/maxQueuedBytesPerPeer + 4
@@ -81,6 +82,7 @@ func TestFieldQueueBoundPerConn(t *testing.T) {
 // session, gets no answer, and takes the new identity within about a
 // hello retry.
 func TestFieldClientRestartsWithNewKey(t *testing.T) {
+	parallel(t)
 	s := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: time.Second})
 	c1, err := Listen("udp4", "127.0.0.1:0", nil)
 	if err != nil {
@@ -116,6 +118,7 @@ func TestFieldClientRestartsWithNewKey(t *testing.T) {
 // session, and no liveness challenge is even needed (a new identity is
 // judged at a final message, which the forger cannot make).
 func TestFieldLivePeerNotDisplaced(t *testing.T) {
+	parallel(t)
 	sp := newSpoofer(t)
 	s := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: time.Second})
 	c := listenT(t, "udp4", "127.0.0.1:0", nil)
@@ -151,57 +154,15 @@ func TestFieldLivePeerNotDisplaced(t *testing.T) {
 	expectRead(t, c, "still yours", addrOf(s))
 }
 
-// restartOn listens again on addr with cfg, skipping the test if the port
-// was taken meanwhile.
-func restartOn(t *testing.T, addr netip.AddrPort, cfg *Config) *Conn {
-	t.Helper()
-	c, err := Listen("udp4", addr.String(), cfg)
-	if err != nil {
-		t.Skipf("cannot listen again on %v: %v", addr, err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-// writeUntilRead writes msg from c to to until r reads it (from c's
-// address), as a program that keeps sending does; it returns how long it
-// took. Bounded by waitLong.
-func writeUntilRead(t *testing.T, c, r *Conn, msg string) time.Duration {
-	t.Helper()
-	start := time.Now()
-	buf := make([]byte, 2048)
-	for time.Since(start) < waitLong {
-		if _, err := c.WriteToUDPAddrPort([]byte(msg), addrOf(r)); err != nil {
-			t.Fatalf("write: %v", err)
-		}
-		r.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-		n, from, err := r.ReadFromUDPAddrPort(buf)
-		if err == nil && string(buf[:n]) == msg && from == addrOf(c) {
-			r.SetReadDeadline(time.Time{})
-			return time.Since(start)
-		}
-	}
-	t.Fatalf("%q never arrived (writer %+v, reader %+v)", msg, c.Stats(), r.Stats())
-	return 0
-}
-
 // TestFieldPeerRestartsSameIdentity: a server restarts on the same port
 // with the same identity while a client keeps writing. The new server
 // answers the client's datagrams for the lost session with a stateless
 // reset; the client handshakes at once and its datagrams arrive again,
 // long before any silence timer (the defaults: 15 s) would have noticed.
 func TestFieldPeerRestartsSameIdentity(t *testing.T) {
-	id := GenerateIdentity()
-	s1, err := Listen("udp4", "127.0.0.1:0", &Config{Identity: id})
-	if err != nil {
-		t.Fatal(err)
-	}
+	parallel(t)
+	s1, c, id := pinnedServer(t, nil)
 	sAddr := addrOf(s1)
-	c := listenT(t, "udp4", "127.0.0.1:0", nil)
-	if err := c.AddPeer(PeerConfig{Addr: sAddr, PublicKey: id.Public().(ed25519.PublicKey)}); err != nil {
-		t.Fatal(err)
-	}
-	writeUntilRead(t, c, s1, "before")
 	s1.Close()
 	s2 := restartOn(t, sAddr, &Config{Identity: id})
 	took := writeUntilRead(t, c, s2, "after the restart")
@@ -216,6 +177,7 @@ func TestFieldPeerRestartsSameIdentity(t *testing.T) {
 // TestFieldForgedReset: a reset without the session's token (an attacker
 // who saw the traffic, not the token) changes nothing.
 func TestFieldForgedReset(t *testing.T) {
+	parallel(t)
 	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
 	handshakeT(t, a, addrOf(b))
 	writeUntilRead(t, a, b, "one")
@@ -223,10 +185,7 @@ func TestFieldForgedReset(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectRead(t, a, "two", addrOf(b))
-	p := a.peers.lookup(addrOf(b))
-	p.mu.Lock()
-	idx := p.kp.current().remoteIndex
-	p.mu.Unlock()
+	idx := sessionOf(t, a, addrOf(b)).remoteIndex
 	sp := newSpoofer(t)
 	before := a.Stats()
 	forged := make([]byte, resetLen)
@@ -246,37 +205,34 @@ func TestFieldForgedReset(t *testing.T) {
 // SilenceTimeout, handshakes in vain and gives the session up; when the
 // server is back (same identity), the client's writes reach it again.
 func TestFieldSilence(t *testing.T) {
-	id := GenerateIdentity()
-	short := &Config{KeepaliveTimeout: 100 * time.Millisecond, HandshakeTimeout: 300 * time.Millisecond}
-	s1, err := Listen("udp4", "127.0.0.1:0", &Config{Identity: id})
-	if err != nil {
-		t.Fatal(err)
-	}
+	parallel(t)
+	clk := newFakeClock()
+	short := &Config{KeepaliveTimeout: 100 * time.Millisecond, HandshakeTimeout: 300 * time.Millisecond, clock: clk}
+	s1, c, id := pinnedServer(t, short)
 	sAddr := addrOf(s1)
-	c := listenT(t, "udp4", "127.0.0.1:0", short)
-	if err := c.AddPeer(PeerConfig{Addr: sAddr, PublicKey: id.Public().(ed25519.PublicKey)}); err != nil {
-		t.Fatal(err)
-	}
-	writeUntilRead(t, c, s1, "before")
+	settleSession(t, c, s1) // else c's final message, unanswered, fails the handshake before any silence
 	s1.Close()
 	hole, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(sAddr))
 	if err != nil {
 		t.Skipf("cannot listen again on %v: %v", sAddr, err)
 	}
-	took, ok := waitFor(waitLong, func() bool {
+	// The client's timers run as the test moves its clock: 50 ms a write.
+	var took time.Duration
+	for c.Stats().HandshakeFailures == 0 {
+		if took > 100*c.cfg.SilenceTimeout {
+			t.Fatalf("no failed handshake after %v of silence: %+v", took, c.Stats())
+		}
 		c.WriteToUDPAddrPort([]byte("into the void"), sAddr)
-		return c.Stats().HandshakeFailures > 0
-	})
-	if !ok {
-		t.Fatalf("no failed handshake after %v of silence: %+v", took, c.Stats())
+		clk.advance(t, 50*time.Millisecond, 0)
+		took += 50 * time.Millisecond
 	}
 	if st := c.Stats(); st.Silences == 0 {
 		t.Errorf("Silences %d, want the silence counted", st.Silences)
 	}
 	hole.Close()
 	s2 := restartOn(t, sAddr, &Config{Identity: id})
-	back := writeUntilRead(t, c, s2, "after the silence")
-	t.Logf("silence noticed and given up after %v; reached again %v after the server came back", took.Round(time.Millisecond), back.Round(time.Millisecond))
+	back := writeUntilReadTicking(t, c, s2, "after the silence", func() { clk.advance(t, 50*time.Millisecond, 0) })
+	t.Logf("silence noticed and given up after %v (the client's clock); reached again %v after the server came back", took, back.Round(time.Millisecond))
 }
 
 // TestFieldPeerRestartsNewIdentity: a server comes back on the same port
@@ -284,6 +240,7 @@ func TestFieldSilence(t *testing.T) {
 // first use, refuses it, visibly: Handshake returns ErrPeerRejected naming
 // both keys, PeerInfo carries it, Stats counts it.
 func TestFieldPeerRestartsNewIdentity(t *testing.T) {
+	parallel(t)
 	for _, pinned := range []bool{true, false} {
 		t.Run(map[bool]string{true: "pinned", false: "remembered"}[pinned], func(t *testing.T) {
 			short := &Config{KeepaliveTimeout: 100 * time.Millisecond, HandshakeTimeout: 300 * time.Millisecond}
@@ -292,25 +249,32 @@ func TestFieldPeerRestartsNewIdentity(t *testing.T) {
 				t.Fatal(err)
 			}
 			sAddr, oldKey := addrOf(s1), s1.PublicKey()
-			c := listenT(t, "udp4", "127.0.0.1:0", short)
+			clk := newFakeClock()
+			c := fakeListen(t, clk, short)
 			if pinned {
 				if err := c.AddPeer(PeerConfig{Addr: sAddr, PublicKey: oldKey}); err != nil {
 					t.Fatal(err)
 				}
 			}
 			writeUntilRead(t, c, s1, "before")
+			settleSession(t, c, s1) // else c's final message, unanswered, fails a handshake with s1
 			s1.Close()
 			s2 := restartOn(t, sAddr, nil)
 			ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 			defer cancel()
-			// The silence starts a handshake; the new key is refused.
+			// The silence starts a handshake; the new key is refused. c's
+			// timers run as the test moves its clock: 10 ms a write.
 			var err2 error
-			for ctx.Err() == nil {
+			for i := 0; i < 1000; i++ {
 				c.WriteToUDPAddrPort([]byte("lost"), sAddr)
-				if _, ok := c.handshakeFailure(sAddr); ok {
+				failed := func() bool { _, ok := c.handshakeFailure(sAddr); return ok }
+				if peerState(c, sAddr).attempt { // its hello is out: s2's answer ends it
+					pollUntil(waitLong, failed)
+				}
+				if failed() {
 					break
 				}
-				time.Sleep(10 * time.Millisecond) // writes paced as a program's; bounded by ctx
+				clk.advance(t, 10*time.Millisecond, 0)
 			}
 			err2, _ = c.handshakeFailure(sAddr)
 			if !errors.Is(err2, ErrPeerRejected) || !strings.Contains(err2.Error(), EncodePublicKey(oldKey)) ||
@@ -342,17 +306,27 @@ func (c *Conn) handshakeFailure(addr netip.AddrPort) (error, bool) {
 // passive keepalives, so the sender does not take it for silent and
 // handshake again.
 func TestFieldPassiveKeepalive(t *testing.T) {
-	short := &Config{KeepaliveTimeout: 50 * time.Millisecond, HandshakeTimeout: 200 * time.Millisecond}
-	a, b := pair(t, "udp4", "127.0.0.1", short, short)
+	parallel(t)
+	clk := newFakeClock()
+	short := func() *Config {
+		return &Config{KeepaliveTimeout: 50 * time.Millisecond, HandshakeTimeout: 200 * time.Millisecond}
+	}
+	a, b := fakeListen(t, clk, short()), fakeListen(t, clk, short())
 	handshakeT(t, a, addrOf(b))
-	deadline := time.Now().Add(4 * a.cfg.SilenceTimeout)
-	for i := 0; time.Now().Before(deadline); i++ {
+	settleSession(t, a, b)
+	in0, sent0 := a.Stats().KeepalivesIn, b.Stats().KeepalivesSent // b's confirmation is a keepalive too
+	for i := 0; time.Duration(i)*10*time.Millisecond < 4*a.cfg.SilenceTimeout; i++ {
 		msg := fmt.Sprintf("one-way %d", i)
 		if _, err := a.WriteToUDPAddrPort([]byte(msg), addrOf(b)); err != nil {
 			t.Fatal(err)
 		}
 		expectRead(t, b, msg, addrOf(a))
-		time.Sleep(10 * time.Millisecond) // a program's pace; the test's length is the deadline above
+		clk.advance(t, 10*time.Millisecond, 0) // a program's pace
+		// Every keepalive b sent has reached a before a's timers look
+		// again (loopback loses nothing).
+		if !pollUntil(waitLong, func() bool { return a.Stats().KeepalivesIn-in0 == b.Stats().KeepalivesSent-sent0 }) {
+			t.Fatalf("a got %d keepalives of the %d b sent", a.Stats().KeepalivesIn-in0, b.Stats().KeepalivesSent-sent0)
+		}
 	}
 	sa, sb := a.Stats(), b.Stats()
 	t.Logf("a: silences %d, handshakes %d, keepalives in %d; b: keepalives sent %d", sa.Silences, sa.Handshakes, sa.KeepalivesIn, sb.KeepalivesSent)
@@ -367,32 +341,21 @@ func TestFieldPassiveKeepalive(t *testing.T) {
 // TestFieldPersistentKeepalive: PeerConfig.Keepalive sends empty sealed
 // datagrams to an idle peer at that interval (for NAT mappings).
 func TestFieldPersistentKeepalive(t *testing.T) {
-	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
+	parallel(t)
+	clk := newFakeClock()
+	a, b := fakeListen(t, clk, nil), listenT(t, "udp4", "127.0.0.1:0", nil)
 	if err := a.AddPeer(PeerConfig{Addr: addrOf(b), Keepalive: 60 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
 	handshakeT(t, a, addrOf(b))
+	clk.advance(t, 4*61*time.Millisecond, 61*time.Millisecond) // the marks are the clock | 1: a nanosecond late
 	took, ok := waitFor(waitLong, func() bool { return b.Stats().KeepalivesIn >= 4 })
 	if !ok {
-		t.Fatalf("%d keepalives received after %v", b.Stats().KeepalivesIn, took)
+		t.Fatalf("%d keepalives received %v after 4 intervals", b.Stats().KeepalivesIn, took)
 	}
-	t.Logf("4 keepalives after %v at a 60 ms interval", took.Round(time.Millisecond))
 	if s := a.Stats(); s.KeepalivesSent < 3 || s.DatagramsOut != 0 {
 		t.Errorf("a: KeepalivesSent %d, DatagramsOut %d", s.KeepalivesSent, s.DatagramsOut)
 	}
-}
-
-// waitFor polls ok until it holds, at most d (a bounded wait on a
-// condition that has no channel to wait on).
-func waitFor(d time.Duration, ok func() bool) (time.Duration, bool) {
-	start := time.Now()
-	for !ok() {
-		if time.Since(start) > d {
-			return time.Since(start), false
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return time.Since(start), true
 }
 
 // TestFieldWritesDuringFlushKeepOrder: one goroutine writes numbered
@@ -402,6 +365,7 @@ func waitFor(d time.Duration, ok func() bool) (time.Duration, bool) {
 // them, though it finds the new session without taking a lock. Loopback
 // keeps a socket's datagrams in order, so any reordering is the Conn's.
 func TestFieldWritesDuringFlushKeepOrder(t *testing.T) {
+	parallel(t)
 	a := listenT(t, "udp4", "127.0.0.1:0", nil)
 	b := listenT(t, "udp4", "127.0.0.1:0", nil)
 	const after = 2000 // writes once the session is there

@@ -182,57 +182,6 @@ func (f *flooder) pace() {
 	}
 }
 
-// sessionOf returns c's current session with the peer at addr.
-func sessionOf(t testing.TB, c *Conn, addr netip.AddrPort) *session {
-	t.Helper()
-	p := c.peers.lookup(normAddr(addr))
-	if p == nil {
-		t.Fatalf("%v is not a peer", addr)
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	s := p.kp.current()
-	if s == nil {
-		t.Fatalf("no session with %v", addr)
-	}
-	return s
-}
-
-// stateSizes returns the sizes of c's per-source state: peers, learned
-// peers, sessions (with reserved indexes), pending initiations, replies
-// waiting for their final message.
-type stateSizes struct {
-	peers, learned, sessions, initiated, responding int
-}
-
-func stateOf(c *Conn) stateSizes {
-	var s stateSizes
-	c.peers.mu.RLock()
-	s.peers, s.learned = len(c.peers.byAddr), c.peers.learned
-	c.peers.mu.RUnlock()
-	s.sessions, s.initiated = c.index.counts()
-	c.index.mu.Lock()
-	s.responding = len(c.index.responding)
-	c.index.mu.Unlock()
-	return s
-}
-
-// waitState waits until ok(stateOf(c)), at most d, and returns how long
-// it took and the last state seen.
-func waitState(c *Conn, d time.Duration, ok func(stateSizes) bool) (time.Duration, stateSizes, bool) {
-	start := time.Now()
-	for {
-		s := stateOf(c)
-		if ok(s) {
-			return time.Since(start), s, true
-		}
-		if time.Since(start) > d {
-			return time.Since(start), s, false
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // loopbackPair returns two Conns on 127.0.0.1 with sessions both ways and
 // large socket buffers.
 func loopbackPair(t *testing.T, ca, cb *Config) (a, b *Conn) {
@@ -251,6 +200,7 @@ func loopbackPair(t *testing.T, ca, cb *Config) (a, b *Conn) {
 // live session's index (each costs b an AEAD open), and open envelopes of
 // random bytes or with malformed handshake messages.
 func TestFloodGarbage(t *testing.T) {
+	alone(t)
 	n := scaled(1_000_000, 100_000)
 	cfg := &Config{MTU: 1500}
 	a, b := loopbackPair(t, cfg, cfg)
@@ -417,6 +367,7 @@ func helloStream(t testing.TB, n int) <-chan []byte {
 // passes CookieThreshold, b answers with cookies and verifies no more
 // signatures but those of hellos that return a valid cookie: a's rekeys.
 func TestFloodSpoofedHellos(t *testing.T) {
+	alone(t)
 	n := scaled(100_000, 5_000)
 	// Under -race a signature costs b 10 times as much: the threshold
 	// comes down with it, so that b still sees it passed.
@@ -511,6 +462,7 @@ func settledHellos(c *Conn, before Stats, n int) (verified, refused, queued int)
 // sessions) and, without cookies, the remembered timestamps (2 s window)
 // are forgotten, and a new client is welcome again.
 func TestFloodSpoofedHellosManySources(t *testing.T) {
+	alone(t)
 	for _, tc := range []struct {
 		name      string
 		threshold int
@@ -674,6 +626,7 @@ func (c *tapConn) capture() [][]byte {
 // (replayed counter, stale hello), nothing is delivered twice, and no
 // replay moves a's peer to the attacker's address or creates a peer.
 func TestFloodReplay(t *testing.T) {
+	alone(t)
 	n := scaled(200_000, 20_000)
 	b := listenT(t, "udp4", "127.0.0.1:0", &Config{MTU: 1500})
 	b.SetReadBuffer(4 << 20)
@@ -744,10 +697,6 @@ func TestFloodReplay(t *testing.T) {
 	}
 }
 
-func addrOf2(pc *net.UDPConn) netip.AddrPort {
-	return normAddr(pc.LocalAddr().(*net.UDPAddr).AddrPort())
-}
-
 // TestFloodPendingInitiationsBounded: the application writes to thousands
 // of addresses where nobody answers (a scan, or a bug). Each becomes a
 // learned peer with a pending initiation and a queued datagram, up to
@@ -756,6 +705,7 @@ func addrOf2(pc *net.UDPConn) netip.AddrPort {
 // at HandshakeTimeout, its datagram dropped and counted; the idle peers
 // are then forgotten.
 func TestFloodPendingInitiationsBounded(t *testing.T) {
+	heavy(t)
 	n := scaled(5000, 1000)
 	const maxPeers = 300
 	mn := newMemNet()
@@ -804,6 +754,7 @@ func TestFloodPendingInitiationsBounded(t *testing.T) {
 // network loses nothing either. 20,000 datagrams from a (5,000 under
 // -race).
 func TestFloodDataRateLimited(t *testing.T) {
+	heavy(t)
 	n := scaled(20_000, 5_000)
 	const rate, fromC = 500, 100
 	mn := newMemNet()

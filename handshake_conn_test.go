@@ -40,6 +40,7 @@ func identityForms(pub []byte) [][]byte {
 // handshake datagrams' sizes, and checks that the first datagram rode in
 // the final message.
 func TestV4CaptureHidesIdentities(t *testing.T) {
+	parallel(t)
 	var psk [32]byte
 	rand.Read(psk[:])
 	for _, tc := range []struct {
@@ -121,9 +122,7 @@ var finalAloneLen = 8 + noise.MessageLen(2, 32+64+26)
 // final message in its socket for a few tens of milliseconds (direct.go).
 func rekeyNow(t *testing.T, a, b *Conn, to netip.AddrPort) {
 	t.Helper()
-	p, _ := a.peerFor(to, lookupOnly)
-	pb, _ := b.peerFor(to, lookupOnly)
-	old := p.kp.current()
+	old := sessionOf(t, a, to)
 	old.sendCounter.Store(rekeyAfterMessages)
 	// Writes ask for rekeys: a keeps writing, as an application that
 	// has traffic does (once a second; the first write asks at once).
@@ -135,7 +134,7 @@ func rekeyNow(t *testing.T, a, b *Conn, to netip.AddrPort) {
 			}
 			next = time.Now().Add(time.Second)
 		}
-		s, sb := p.kp.current(), pb.kp.current()
+		s, sb := currentSession(a, to), currentSession(b, to)
 		return s != nil && s != old && sb != nil && sb.localIndex == s.remoteIndex
 	}); !ok {
 		t.Fatalf("no rekey on both sides after %v: a %+v, b %+v", took, peerState(a, to), peerState(b, to))
@@ -148,6 +147,7 @@ func rekeyNow(t *testing.T, a, b *Conn, to netip.AddrPort) {
 // Conns, a path that rewrites the hello to any of them makes the
 // handshake fail (a v4 peer never settles for less with another).
 func TestV4DowngradeFails(t *testing.T) {
+	parallel(t)
 	v3Only := func(hello []byte) []byte {
 		h := bytes.Clone(hello)
 		h[9] = 3 // the version list (n = 1): the prologue, so no key opens it
@@ -213,6 +213,7 @@ func TestV4DowngradeFails(t *testing.T) {
 // ErrPeerRejected), counted in Drops.PresharedKey, well before the
 // handshake timeout; the other side has made nothing.
 func TestV4PresharedKey(t *testing.T) {
+	parallel(t)
 	k1, k2 := new([32]byte), new([32]byte)
 	rand.Read(k1[:])
 	rand.Read(k2[:])
@@ -290,6 +291,7 @@ func TestV4PresharedKey(t *testing.T) {
 // succeeds at once and arrives whole (v3: 1431 for the first 100-200 ms,
 // and such a write failed with EMSGSIZE).
 func TestV4MaxPayloadFinalAtHandshake(t *testing.T) {
+	parallel(t)
 	for range 5 {
 		a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
 		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
@@ -299,7 +301,7 @@ func TestV4MaxPayloadFinalAtHandshake(t *testing.T) {
 		}
 		cancel()
 		n := a.MaxPayloadTo(addrOf(b))
-		if p, _ := a.peerFor(addrOf(b), lookupOnly); p.kp.current().final.Load() != nil {
+		if !confirmed(a, addrOf(b)) {
 			t.Fatal("Handshake returned before the responder confirmed the session")
 		}
 		// What b said in the handshake: the largest datagram it takes
@@ -323,6 +325,7 @@ func TestV4MaxPayloadFinalAtHandshake(t *testing.T) {
 // v4 Conn, from a plain socket, and measures the answer: never larger
 // than what caused it. It prints every factor.
 func TestV4Amplification(t *testing.T) {
+	heavy(t)
 	b := listenT(t, "udp4", "127.0.0.1:0", &Config{CookieThreshold: 2})
 	raw := rawUDP(t)
 	buf := make([]byte, 65536)
@@ -395,6 +398,7 @@ func TestV4Amplification(t *testing.T) {
 // TestV4HelloCreditFromPlaintext: a peer known only from plaintext gets a
 // hello (1360 bytes) only once it has sent at least as many bytes.
 func TestV4HelloCreditFromPlaintext(t *testing.T) {
+	parallel(t)
 	if got := (&Conn{}).helloWireLen(); got != noise.HelloLen {
 		t.Fatalf("helloWireLen = %d, want %d", got, noise.HelloLen)
 	}

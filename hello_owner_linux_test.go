@@ -16,6 +16,7 @@ import (
 // session defers it for retryAfter at most) and complete, and the
 // application's datagram arrive.
 func TestForgedHellosDoNotBlockOwnHandshake(t *testing.T) {
+	parallel(t)
 	sp := newSpoofer(t)
 	cfg := &Config{HandshakeTimeout: time.Second}
 	a := listenT(t, "udp4", "127.0.0.1:0", cfg)
@@ -73,9 +74,11 @@ func TestForgedHellosDoNotBlockOwnHandshake(t *testing.T) {
 // gets at most one hello, paid for by what it sent, however it came back
 // into the table.
 func TestEvictedPlaintextPeerGetsNoHellos(t *testing.T) {
+	parallel(t)
 	sp := newSpoofer(t)
 	cfg := &Config{Policy: Opportunistic, HandshakeTimeout: 500 * time.Millisecond, ReadQueue: 4096}
-	srv := listenT(t, "udp4", "127.0.0.1:0", cfg)
+	clk := newFakeClock()
+	srv := fakeListen(t, clk, cfg)
 	open := func(b []byte) []byte {
 		return (&record{payload: b, hasPayload: true}).appendTo([]byte{ProtocolVersion, typeOpen}, 0)
 	}
@@ -103,9 +106,12 @@ func TestEvictedPlaintextPeerGetsNoHellos(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Long enough for a hello and its retries (retryAfter: 100 ms).
-	time.Sleep(3 * cfg.HandshakeTimeout / 2)
+	// Long enough for a hello and its retries (retryAfter: 100 ms), then
+	// all that srv sent has reached the victims.
+	clk.advance(t, 3*cfg.HandshakeTimeout/2, 50*time.Millisecond)
+	waitQueueIdle(t, srv)
 	for i, v := range victims {
+		v.barrier(t)
 		n, bytes := v.received()
 		sent := len(open([]byte("twelve bytes")))
 		t.Logf("victim %d: sent %d bytes, got %d datagrams, %d bytes (x%.1f)", i, sent, n, bytes, float64(bytes)/float64(sent))

@@ -11,6 +11,7 @@ import (
 // gets a hello (wantHelloLocked), by reason and the peer's state, with the
 // clock given: no network, no waiting.
 func TestWantHello(t *testing.T) {
+	parallel(t)
 	c := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: time.Second})
 	retry := int64(c.retryAfter())
 	addr := netip.MustParseAddrPort("127.0.0.1:9")
@@ -100,6 +101,7 @@ func TestWantHello(t *testing.T) {
 // forgets an address only after four later ones fell into its bucket, and
 // holds a fixed 32 KiB however many pass.
 func TestAddrSet(t *testing.T) {
+	parallel(t)
 	var s addrSet
 	if s.has(netip.MustParseAddrPort("127.0.0.1:1")) {
 		t.Fatal("the zero addrSet remembers something")

@@ -187,7 +187,7 @@ func newIngressRig(t testing.TB) *ingressRig {
 	}
 	ca.recording.Store(false)
 	cp.recording.Store(false)
-	r.aPeer = r.a.peers.lookup(r.pAddr)
+	r.aPeer = peerOf(r.a, r.pAddr)
 
 	// The live packets, in a fixed order.
 	find := func(from []([]byte), what string, ok func([]byte) bool) []byte {
@@ -250,10 +250,7 @@ func (r *ingressRig) close() {
 
 // pSession is P's session with A.
 func (r *ingressRig) pSession() *session {
-	pr := r.p.peers.lookup(r.aAddr)
-	pr.mu.Lock()
-	defer pr.mu.Unlock()
-	return pr.kp.current()
+	return currentSession(r.p, r.aAddr)
 }
 
 // seal seals payload as P's next datagram to A, compressed if asked and
@@ -282,7 +279,7 @@ func (r *ingressRig) sealEnvelope(env []byte) []byte {
 // new one if it has none (a reply may have completed it).
 func (r *ingressRig) pendingInit() *initiation {
 	for range 2 {
-		bp := r.a.peers.lookup(r.blackhole)
+		bp := peerOf(r.a, r.blackhole)
 		if bp != nil {
 			bp.mu.Lock()
 			init := bp.hs.init

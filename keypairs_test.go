@@ -18,6 +18,7 @@ type slots struct{ cur, prev string }
 // session exists only once its handshake is complete: replies waiting for
 // their final message are the peer's, not slots here.)
 func TestKeypairsTransitions(t *testing.T) {
+	parallel(t)
 	const limit = 10 * time.Second
 	cases := []struct {
 		name    string

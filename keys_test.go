@@ -16,6 +16,7 @@ import (
 // standard base64 and parse back to the same keys, surrounding spaces
 // and a trailing newline ignored.
 func TestKeyEncodeParseRoundTrip(t *testing.T) {
+	parallel(t)
 	for _, priv := range []ed25519.PrivateKey{hsIdentity(1), hsIdentity(0xff), GenerateIdentity(), GenerateIdentity()} {
 		pub := priv.Public().(ed25519.PublicKey)
 		ps, ks := EncodePublicKey(pub), EncodePrivateKey(priv)
@@ -48,6 +49,7 @@ func TestKeyEncodeParseRoundTrip(t *testing.T) {
 
 // TestKeyParseInvalid: bad base64 and wrong lengths are ErrInvalidKey.
 func TestKeyParseInvalid(t *testing.T) {
+	parallel(t)
 	k := GenerateIdentity()
 	ps := EncodePublicKey(k.Public().(ed25519.PublicKey))
 	enc := base64.StdEncoding.EncodeToString
@@ -83,6 +85,7 @@ func TestKeyParseInvalid(t *testing.T) {
 // TestKeyWritePrivateKey: WritePrivateKey makes a 0600 file that loads
 // back, and refuses to overwrite an existing file.
 func TestKeyWritePrivateKey(t *testing.T) {
+	parallel(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "id.key")
 	k := GenerateIdentity()
@@ -134,6 +137,7 @@ func TestKeyWritePrivateKey(t *testing.T) {
 // (or write) is refused with ErrInvalidKey and an error that says how to
 // fix it; owner-only modes load.
 func TestKeyLoadPrivateKeyPermissions(t *testing.T) {
+	parallel(t)
 	dir := t.TempDir()
 	k := GenerateIdentity()
 	for _, mode := range []fs.FileMode{0o644, 0o640, 0o604, 0o660, 0o606, 0o620, 0o602, 0o610, 0o777} {

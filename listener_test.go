@@ -14,6 +14,7 @@ import (
 // tells the client's key and the counters; a net.Conn closed by the server
 // is accepted anew when its client writes again.
 func TestListenerAccept(t *testing.T) {
+	parallel(t)
 	l, err := ListenConns("udp4", "127.0.0.1:0", nil)
 	if err != nil {
 		t.Fatal(err)

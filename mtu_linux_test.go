@@ -10,6 +10,7 @@ import (
 // The netlink dump Listen reads lists what net.Interfaces lists: the same
 // links, with the same names, MTUs and flags.
 func TestDumpLinksMatchesStdlib(t *testing.T) {
+	parallel(t)
 	want, err := stdInterfaces()
 	if err != nil {
 		t.Skipf("net.Interfaces: %v", err)
@@ -26,6 +27,7 @@ func TestDumpLinksMatchesStdlib(t *testing.T) {
 // parseLinks refuses what it does not expect (net.Interfaces then
 // decides) rather than misreading it.
 func TestParseLinksRefusesMalformed(t *testing.T) {
+	parallel(t)
 	for _, b := range [][]byte{
 		{1, 2, 3}, // shorter than a header
 		append([]byte{200, 0, 0, 0}, make([]byte, 12)...), // length past the end

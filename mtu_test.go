@@ -10,6 +10,7 @@ func fakeInterfaces(ifs ...netInterface) interfaceLister {
 }
 
 func TestDiscoverMTU(t *testing.T) {
+	parallel(t)
 	lo := netInterface{Name: "lo", MTU: 65536, Up: true, Loopback: true}
 	cases := []struct {
 		name      string
@@ -58,6 +59,7 @@ func TestDiscoverMTU(t *testing.T) {
 
 // systemInterfaces works on this host, whatever it has.
 func TestSystemInterfaces(t *testing.T) {
+	parallel(t)
 	ifs, err := systemInterfaces()
 	if err != nil {
 		t.Skipf("the system cannot list interfaces here: %v", err)
@@ -78,6 +80,7 @@ func TestSystemInterfaces(t *testing.T) {
 // maxPayloadFor is the exact inverse of sealedLen: the largest payload
 // fits, one byte more does not, across the bin header boundaries.
 func TestMaxPayloadArithmetic(t *testing.T) {
+	parallel(t)
 	for d := 40; d <= 70000; d++ {
 		n := maxPayloadFor(d)
 		if n < 0 {
@@ -104,6 +107,7 @@ func TestMaxPayloadArithmetic(t *testing.T) {
 
 // The envelope length used in the arithmetic is what appendTo writes.
 func TestSealedLenMatchesEnvelope(t *testing.T) {
+	parallel(t)
 	for _, n := range []int{0, 1, 255, 256, 1400, 65535 - 9} {
 		r := record{payload: make([]byte, n), hasPayload: true}
 		if got, want := sealedOverhead+len(r.appendTo(nil, 0)), sealedLen(n); got != want {
@@ -113,6 +117,7 @@ func TestSealedLenMatchesEnvelope(t *testing.T) {
 }
 
 func TestCheckMTU(t *testing.T) {
+	parallel(t)
 	for _, ok := range []int{0, MinMTU, 1500, 9000, MaxMTU} {
 		if err := checkMTU(ok); err != nil {
 			t.Errorf("checkMTU(%d) = %v", ok, err)

@@ -21,11 +21,15 @@ type victim struct {
 	n     int // datagrams
 	bytes int
 	done  chan struct{}
+	marks chan struct{} // a barrier's marker read
 }
+
+// victimMarker is barrier's datagram, not counted.
+const victimMarker = "victim barrier marker"
 
 func newVictim(t testing.TB) *victim {
 	t.Helper()
-	v := &victim{pc: rawUDP(t), done: make(chan struct{})}
+	v := &victim{pc: rawUDP(t), done: make(chan struct{}), marks: make(chan struct{}, 1)}
 	go func() {
 		defer close(v.done)
 		buf := make([]byte, 65536)
@@ -33,6 +37,10 @@ func newVictim(t testing.TB) *victim {
 			n, _, err := v.pc.ReadFromUDPAddrPort(buf)
 			if err != nil {
 				return
+			}
+			if string(buf[:n]) == victimMarker {
+				v.marks <- struct{}{}
+				continue
 			}
 			v.mu.Lock()
 			v.n++
@@ -45,6 +53,21 @@ func newVictim(t testing.TB) *victim {
 }
 
 func (v *victim) addr() netip.AddrPort { return normAddr(v.pc.LocalAddr().(*net.UDPAddr).AddrPort()) }
+
+// barrier returns once v has counted every datagram that reached its
+// socket before the call: its marker, sent now, queues behind them (one
+// socket's receive queue is in order).
+func (v *victim) barrier(t testing.TB) {
+	t.Helper()
+	if _, err := rawUDP(t).WriteToUDPAddrPort([]byte(victimMarker), v.addr()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-v.marks:
+	case <-time.After(waitLong):
+		t.Fatal("the victim's reader did not read the barrier's marker")
+	}
+}
 
 func (v *victim) received() (int, int) {
 	v.mu.Lock()
@@ -62,6 +85,7 @@ func factor(got, sent int) float64 { return float64(got) / float64(max(sent, 1))
 // delivered as from X or Y; neither peer moves or is dropped; both still
 // talk to the server.
 func TestAttackImpersonation(t *testing.T) {
+	parallel(t)
 	sp := newSpoofer(t)
 	s := listenT(t, "udp4", "127.0.0.1:0", nil)
 	x := listenT(t, "udp4", "127.0.0.1:0", nil)
@@ -122,6 +146,7 @@ func TestAttackImpersonation(t *testing.T) {
 // challenge that address, but never send it more bytes than were sent in
 // its name, and deliver nothing as from it.
 func TestAttackReflection(t *testing.T) {
+	parallel(t)
 	sp := newSpoofer(t)
 	s := listenT(t, "udp4", "127.0.0.1:0", nil) // pads to the MTU: answers would be large
 	m := listenT(t, "udp4", "127.0.0.1:0", &Config{Padding: PadNone})
@@ -156,6 +181,7 @@ func TestAttackReflection(t *testing.T) {
 // the hello), gets no Broadcast datagrams, no retried hellos, and is
 // forgotten HandshakeTimeout after its hello.
 func TestAttackSpoofedHello(t *testing.T) {
+	parallel(t)
 	sp := newSpoofer(t)
 	s := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: 300 * time.Millisecond})
 	live := listenT(t, "udp4", "127.0.0.1:0", nil)
@@ -198,6 +224,7 @@ func TestAttackSpoofedHello(t *testing.T) {
 // had a session nothing goes to it in clear again, also after its session
 // lapsed and the rekey cannot complete: writes wait for a new handshake.
 func TestAttackOpportunisticStaysSealed(t *testing.T) {
+	parallel(t)
 	cfg := &Config{Policy: Opportunistic, HandshakeTimeout: 300 * time.Millisecond}
 	a := listenT(t, "udp4", "127.0.0.1:0", cfg)
 	b, err := Listen("udp4", "127.0.0.1:0", cfg)
@@ -218,7 +245,7 @@ func TestAttackOpportunisticStaysSealed(t *testing.T) {
 	}
 	defer pc.Close()
 	// The session lapses (as after 1.5 × KeyLifetime idle).
-	p := a.peers.lookup(bAddr)
+	p := peerOf(a, bAddr)
 	p.mu.Lock()
 	a.index.remove(p.kp.dropSending()...)
 	p.mu.Unlock()
@@ -243,6 +270,7 @@ func TestAttackOpportunisticStaysSealed(t *testing.T) {
 // count equals the learned peers in the table and is never negative, and
 // no removed peer is reachable.
 func TestPeerTableNoResurrection(t *testing.T) {
+	parallel(t)
 	c := listenT(t, "udp4", "127.0.0.1:0", &Config{MaxPeers: 64})
 	base := netip.MustParseAddrPort("192.0.2.1:1000")
 	addr := func(i int) netip.AddrPort { return netip.AddrPortFrom(base.Addr(), uint16(1000+i)) }
@@ -296,6 +324,7 @@ func TestPeerTableNoResurrection(t *testing.T) {
 // the application answers (as a UDP socket sends it) and nothing the Conn
 // adds before it has sent as many bytes: no hellos for a short datagram.
 func TestAttackOpportunisticPlaintextFlood(t *testing.T) {
+	heavy(t)
 	sp := newSpoofer(t)
 	s := listenT(t, "udp4", "127.0.0.1:0", &Config{Policy: Opportunistic, MaxPeers: maxPlaintextPeers + 10, HandshakeTimeout: 300 * time.Millisecond})
 	dg := (&record{payload: []byte("hi"), hasPayload: true}).appendTo([]byte{ProtocolVersion, typeOpen}, 0)
@@ -344,6 +373,8 @@ func TestAttackOpportunisticPlaintextFlood(t *testing.T) {
 	if _, st, ok := waitState(s, waitLong, func(st stateSizes) bool { return st.initiated == 0 }); !ok {
 		t.Fatalf("initiations pending: %+v", st)
 	}
+	waitQueueIdle(t, s)
+	v.barrier(t) // what s sent has been counted
 	got, bytesGot := v.received()
 	answer := len(dg) // the application's answer, in an open datagram of the same size
 	t.Logf("Opportunistic, plaintext forged as from a victim: %d bytes sent, victim got %d datagrams (%d bytes, %d of them the application's answer): Conn-added factor %.2f",

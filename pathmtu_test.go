@@ -22,6 +22,7 @@ func (f *fakeRoutes) lookup(addr netip.AddrPort) (int, bool) {
 // the port; asks again once the entry expires (seeing a changed MTU); and
 // remembers a failed lookup for routeFailTTL only.
 func TestRouteCache(t *testing.T) {
+	parallel(t)
 	a := netip.MustParseAddr("192.0.2.1")
 	b := netip.MustParseAddr("2001:db8::1")
 	gone := netip.MustParseAddr("198.51.100.1")
@@ -62,6 +63,7 @@ func TestRouteCache(t *testing.T) {
 // A full cache makes room: first by dropping what expired, else by
 // starting over; it never holds more than routeCacheMax destinations.
 func TestRouteCacheBounded(t *testing.T) {
+	parallel(t)
 	f := &fakeRoutes{mtu: map[netip.Addr]int{}}
 	rc := &routeCache{ttl: time.Minute, lookup: f.lookup, m: make(map[netip.Addr]routeEntry)}
 	t0 := time.Unix(1000, 0)

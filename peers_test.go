@@ -131,6 +131,7 @@ func TestManyPeersOneIP(t *testing.T) {
 
 // TestBroadcast: to three live peers and one whose handshake timed out.
 func TestBroadcast(t *testing.T) {
+	parallel(t)
 	d := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: time.Second})
 	var cs []*Conn
 	for range 3 {
@@ -175,6 +176,7 @@ func TestBroadcast(t *testing.T) {
 // b's first authenticated datagram from there. Datagrams from a third
 // address that do not authenticate never move the peer.
 func TestRoamingAndRebind(t *testing.T) {
+	parallel(t)
 	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
 	aAddr, b0 := addrOf(a), addrOf(b)
 	if _, err := b.WriteToUDPAddrPort([]byte("one"), aAddr); err != nil {
@@ -263,16 +265,7 @@ func TestRoamingAndRebind(t *testing.T) {
 // sending it: what an eavesdropper captures on the wire.
 func sealedFrom(t testing.TB, c *Conn, to netip.AddrPort, p string) []byte {
 	t.Helper()
-	pr := c.peers.lookup(normAddr(to))
-	if pr == nil {
-		t.Fatalf("%v is not a peer", to)
-	}
-	pr.mu.Lock()
-	s := pr.kp.current()
-	pr.mu.Unlock()
-	if s == nil {
-		t.Fatalf("no session with %v", to)
-	}
+	s := sessionOf(t, c, to)
 	rec := record{payload: []byte(p), hasPayload: true}
 	buf := rec.appendTo(make([]byte, sealedHeaderLen, 4096), 0)
 	out, err := s.seal(buf)

@@ -71,7 +71,7 @@ func TestAnswersLeaveFromTheAddressAsked(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Cleanup(func() { client.Close() })
+			closeAtEnd(t, client)
 			at := netip.AddrPortFrom(netip.MustParseAddr(tc.target), addrOf(server).Port())
 			clientAt := normAddr(addrOf(client))
 
@@ -94,7 +94,7 @@ func TestAnswersLeaveFromTheAddressAsked(t *testing.T) {
 				expectRead(t, client, "batch", at)
 			}
 			// A rekey the server starts: its hello leaves from there too.
-			sp := server.peers.lookup(clientAt)
+			sp := peerOf(server, clientAt)
 			if sp == nil {
 				t.Fatalf("the server has no peer at %v", clientAt)
 			}

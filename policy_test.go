@@ -112,6 +112,7 @@ func openDatagram(p string) []byte {
 // A side that requires encryption never sends a payload in clear, and a
 // side whose policy is Plaintext never sends a hello.
 func TestPolicyMatrix(t *testing.T) {
+	parallel(t)
 	cases := []struct {
 		pa, pb       Policy
 		bGets, aGets [2]string // m1, m3 at B; m2, m4 at A
@@ -249,6 +250,7 @@ func TestPolicyMatrix(t *testing.T) {
 // address) is dropped and counted as a policy drop. Before that, open
 // datagrams from it are accepted.
 func TestOpportunisticNoDowngrade(t *testing.T) {
+	parallel(t)
 	n := newMemNet()
 	ma, mb := n.listen(t, "10.0.0.1:1000"), n.listen(t, "10.0.0.2:2000")
 	cfg := &Config{Policy: Opportunistic, MTU: 1500}

@@ -16,6 +16,7 @@ import (
 // Conn over it exchanges datagrams singly and in batches. This guards
 // against the tag silently building Linux's I/O.
 func TestPortableBuildCaps(t *testing.T) {
+	parallel(t)
 	for _, bind := range []string{"127.0.0.1:0", "0.0.0.0:0"} {
 		c := listenT(t, "udp4", bind, nil)
 		got := c.sock.Load().Caps()

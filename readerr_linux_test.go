@@ -16,6 +16,7 @@ import (
 // goroutine in ReadFrom reads the socket itself (direct.go) and returns
 // the error at once, as *net.UDPConn does, rather than reading again.
 func TestReadErrorDirectSurfaces(t *testing.T) {
+	parallel(t)
 	uc, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
 	if err != nil {
 		t.Fatal(err)
@@ -24,7 +25,7 @@ func TestReadErrorDirectSurfaces(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
+	closeAtEnd(t, c)
 	if !c.sock.Load().Caps().Deadlines {
 		t.Fatal("a *net.UDPConn without Caps.Deadlines: no direct reads to test")
 	}

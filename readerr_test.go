@@ -44,7 +44,7 @@ func wrapFailing(t *testing.T, f *failingConn) (*Conn, *Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
+	closeAtEnd(t, c)
 	return c, listenT(t, "udp4", "127.0.0.1:0", &Config{})
 }
 
@@ -54,6 +54,7 @@ func wrapFailing(t *testing.T, f *failingConn) (*Conn, *Conn) {
 // ReadFrom calls that each return the error, the socket is read a few
 // dozen times at most, where the loop before read it millions of times.
 func TestReadErrorPersistentSurfaces(t *testing.T) {
+	parallel(t)
 	f := &failingConn{UDPConn: rawUDP(t), err: &net.OpError{Op: "read", Net: "udp", Err: errNotImplemented}, fail: -1}
 	c, _ := wrapFailing(t, f)
 	cpu0, cpuOK := processCPU()
@@ -117,6 +118,7 @@ func transientErr(t *testing.T) error {
 // errors do, as they would from a *net.UDPConn, and once the socket reads
 // again the datagrams come, with no stale error in between.
 func TestReadErrorTransientResumes(t *testing.T) {
+	parallel(t)
 	for _, tc := range []struct {
 		name       string
 		err        error

@@ -119,6 +119,7 @@ func waitClosed(t *testing.T, ch <-chan struct{}, what string) {
 }
 
 func TestRelay(t *testing.T) {
+	parallel(t)
 	for _, pad := range []Padding{PadMTU, PadNone, PadBlock(64)} {
 		t.Run(pad.String(), func(t *testing.T) {
 			cfg := &Config{MTU: 1500, Padding: pad}

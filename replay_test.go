@@ -65,6 +65,7 @@ func expectReplay(t testing.TB, w *replayWindow, c uint64, want bool) {
 }
 
 func TestReplayConstants(t *testing.T) {
+	parallel(t)
 	if counterLimit != math.MaxUint64-1<<13 {
 		t.Errorf("counterLimit = %d, want 2^64 - 2^13 - 1 = %d", counterLimit, uint64(math.MaxUint64-1<<13))
 	}
@@ -74,6 +75,7 @@ func TestReplayConstants(t *testing.T) {
 }
 
 func TestReplayInOrder(t *testing.T) {
+	parallel(t)
 	var w replayWindow
 	const n = 3 * replayRingBlocks * replayBlockBits // several laps of the ring
 	for c := uint64(0); c < n; c++ {
@@ -87,6 +89,7 @@ func TestReplayInOrder(t *testing.T) {
 }
 
 func TestReplaySequences(t *testing.T) {
+	parallel(t)
 	reversed := func(hi uint64) []replayStep { // hi, hi-1, ..., 0, all fresh
 		var s []replayStep
 		for c := hi; ; c-- {
@@ -130,6 +133,7 @@ func TestReplaySequences(t *testing.T) {
 }
 
 func TestReplayDuplicate(t *testing.T) {
+	parallel(t)
 	// Each counter alone in a fresh window: accepted once, then never again.
 	for _, c := range []uint64{0, 1, 63, 64, 65, 127, 128, replayWindowSize - 1, replayWindowSize,
 		8191, 8192, 1 << 32, 1<<63 + 12345, counterLimit - 1} {
@@ -164,6 +168,7 @@ func TestReplayDuplicate(t *testing.T) {
 }
 
 func TestReplayWindowEdge(t *testing.T) {
+	parallel(t)
 	// h is the highest counter accepted; the oldest counter still in the
 	// window is h-replayWindowSize+1 and h-replayWindowSize is the first too
 	// old. The cases put h at various offsets within a block, because the
@@ -200,6 +205,7 @@ func TestReplayWindowEdge(t *testing.T) {
 }
 
 func TestReplayFarFutureJump(t *testing.T) {
+	parallel(t)
 	// Fill the whole ring with counters 0..base, jump forward by j, then
 	// check every counter around the new window: those ring slots that now
 	// stand for new counters must have been cleared, the rest kept.
@@ -233,6 +239,7 @@ func TestReplayFarFutureJump(t *testing.T) {
 }
 
 func TestReplayCounterLimit(t *testing.T) {
+	parallel(t)
 	for _, tt := range []replayStep{
 		{counterLimit - 1, true},
 		{counterLimit, false},
@@ -263,6 +270,7 @@ func TestReplayCounterLimit(t *testing.T) {
 }
 
 func TestReplayReset(t *testing.T) {
+	parallel(t)
 	var w replayWindow
 	for c := uint64(0); c < 100; c++ {
 		expectReplay(t, &w, c, true)
@@ -293,6 +301,7 @@ func TestReplayNoAllocs(t *testing.T) {
 // pseudo-random mix of steps, jumps, edge probes and limit probes, in
 // episodes that each start from a reset window.
 func TestReplayMatchesModel(t *testing.T) {
+	parallel(t)
 	rng := rand.New(rand.NewPCG(0x7265706c6179, 42)) // fixed seed: reproducible
 	var w replayWindow
 	m := newReplayModel()

@@ -30,6 +30,7 @@ func (s *slowConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 // to an earlier hello is accepted after a retry, and the responder's
 // session for it is confirmed although a newer hello came in meanwhile.
 func TestHandshakeSlowPath(t *testing.T) {
+	parallel(t)
 	pa, pb := vaulttest.Pipe()
 	cfg := func() *Config { return &Config{HandshakeTimeout: 3 * time.Second} } // retry every 600 ms
 	a, err := Wrap(&slowConn{pa, 400 * time.Millisecond}, cfg())                // round trip 800 ms
@@ -69,6 +70,7 @@ func TestHandshakeSlowPath(t *testing.T) {
 // The responder does not send under a session the initiator never
 // confirmed: its Handshake waits, and its datagrams wait in the queue.
 func TestResponderWaitsForConfirmation(t *testing.T) {
+	parallel(t)
 	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
 	handshakeT(t, a, addrOf(b))
 	// a confirmed at once (keepalive): b's session is established, and
@@ -88,6 +90,7 @@ func TestResponderWaitsForConfirmation(t *testing.T) {
 // replaces stays answerable; a cookie message counts only from the address
 // the hello went to.
 func TestRetryCookieRules(t *testing.T) {
+	parallel(t)
 	c := listenT(t, "udp4", "127.0.0.1:0", nil)
 	peerAddr := deadPort(t, "udp4", "127.0.0.1")
 	p, err := c.peerFor(peerAddr, originWrite)

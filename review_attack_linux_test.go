@@ -44,9 +44,11 @@ func reviewHandled(c *Conn) uint64 {
 // write-origin peers again, which get a hello and its retries. The
 // figure is the victims' amplification, as in item 4 (x70 before).
 func TestReviewEvictedSetOverwritten(t *testing.T) {
+	parallel(t)
 	sp := newSpoofer(t)
 	cfg := &Config{Policy: Opportunistic, HandshakeTimeout: 500 * time.Millisecond}
-	srv := listenT(t, "udp4", "127.0.0.1:0", cfg)
+	clk := newFakeClock()
+	srv := fakeListen(t, clk, cfg)
 	msg := reviewOpen([]byte("twelve bytes"))
 	var victims []*victim
 	for range 4 {
@@ -98,9 +100,13 @@ func TestReviewEvictedSetOverwritten(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(3 * cfg.HandshakeTimeout / 2) // a hello and its retries (100 ms apart)
+	// A hello and its retries (100 ms apart), then all that srv sent has
+	// reached the victims.
+	clk.advance(t, 3*cfg.HandshakeTimeout/2, 50*time.Millisecond)
+	waitQueueIdle(t, srv)
 	bad := 0
 	for i, v := range victims {
+		v.barrier(t)
 		n, bytes := v.received()
 		t.Logf("victim %d: sent %d bytes, got %d datagrams, %d bytes (x%.1f)", i, len(msg), n, bytes, factor(bytes, len(msg)))
 		if n != 1 {
@@ -201,6 +207,7 @@ func TestReviewCookieBudgetDrainedByForgery(t *testing.T) {
 // The figure: resets sent per junk datagram, and the rate the reader
 // keeps up with, from one source and from random ones.
 func TestReviewResetsUncappedInTotal(t *testing.T) {
+	heavy(t)
 	t.Skip("finding 5 (LOW): one reset (a sendto) per junk datagram from random forged sources; the reader keeps up with 62%")
 	sp := newSpoofer(t)
 	srv := listenT(t, "udp4", "127.0.0.1:0", nil)
@@ -297,6 +304,7 @@ func (r *reviewSlowRelay) addr() netip.AddrPort {
 // TestForgedHellosDoNotBlockOwnHandshake covers only a loopback round trip
 // and random keys.
 func TestReviewForgedHellosCancelOwnHandshake(t *testing.T) {
+	parallel(t)
 	sp := newSpoofer(t)
 	run := func(name string, larger bool) error {
 		a := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: 3 * time.Second})
@@ -467,20 +475,12 @@ func TestReviewSiblingSamePortResetOracle(t *testing.T) {
 // Probabilistic: the client still wins a token now and then (1 run in 4
 // at 20,000/s, 1 in 3 at 5,000/s here).
 func TestReviewResetBudgetDrainedByForgery(t *testing.T) {
+	parallel(t)
 	t.Skip("finding 10 (LOW): junk forged from a client's address and port starves it of its reset (3 runs in 4)")
 	sp := newSpoofer(t)
 	run := func(name string, forged func(client netip.AddrPort) netip.AddrPort) bool {
-		id := GenerateIdentity()
-		s1, err := Listen("udp4", "127.0.0.1:0", &Config{Identity: id})
-		if err != nil {
-			t.Fatal(err)
-		}
+		s1, c, id := pinnedServer(t, nil)
 		sAddr := addrOf(s1)
-		c := listenT(t, "udp4", "127.0.0.1:0", nil)
-		if err := c.AddPeer(PeerConfig{Addr: sAddr, PublicKey: id.Public().(ed25519.PublicKey)}); err != nil {
-			t.Fatal(err)
-		}
-		writeUntilRead(t, c, s1, "before")
 		if _, err := s1.WriteToUDPAddrPort([]byte("ack"), addrOf(c)); err != nil {
 			t.Fatal(err)
 		}
@@ -534,6 +534,7 @@ func TestReviewResetBudgetDrainedByForgery(t *testing.T) {
 // proved dropped instead of held and delivered. The figure: the roaming
 // client's first datagram, with the pool empty and with it full.
 func TestReviewHeldBytesStarveRoamers(t *testing.T) {
+	parallel(t)
 	sp := newSpoofer(t)
 	s := listenT(t, "udp4", "127.0.0.1:0", &Config{Padding: PadNone, HandshakeTimeout: 2 * time.Second})
 	roam := func(name string) bool {

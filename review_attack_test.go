@@ -72,6 +72,7 @@ func reviewHandshakeTime(t *testing.T, c *Conn, limit time.Duration) (time.Durat
 // time under the same datagram rate of v2 junk (the control: the reader
 // drops it) and of v2 key exchanges.
 func TestReviewV2KeyExchangesCrowdOutHellos(t *testing.T) {
+	heavy(t)
 	ref := newFakeRef(t)
 	c := v2Conn(t, nil, PeerConfig{Addr: ref.addr()})
 	keyed(t, c, ref)
@@ -265,6 +266,7 @@ func TestReviewCookieHolderFloodsHandshakes(t *testing.T) {
 // application accepts but has not read yet, against a Conn read by
 // ReadFrom.
 func TestReviewListenerQueuesPerPeer(t *testing.T) {
+	alone(t)
 	const peers, each = 32, 1024
 	heap := func() uint64 {
 		runtime.GC()

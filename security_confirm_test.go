@@ -18,6 +18,7 @@ import (
 // from another address is not delivered as from the peer (the new address
 // must prove itself first, path.go); sent from the address, it is.
 func TestSecurityConfirmFromTheAddress(t *testing.T) {
+	parallel(t)
 	s := listenT(t, "udp4", "127.0.0.1:0", nil)
 	c := listenT(t, "udp4", "127.0.0.1:0", nil)
 	r := newPathRelay(t, addrOf(c), addrOf(s))

@@ -38,7 +38,7 @@ func helloFloodFrom(t testing.TB, ip byte, to *net.UDPAddr, hellos [][]byte, wor
 		if err != nil {
 			t.Skipf("no 127.0.0.%d: %v", ip+byte(w), err)
 		}
-		t.Cleanup(func() { raw.Close() })
+		closeAtEnd(t, raw)
 		pc := ipv4.NewPacketConn(raw)
 		wg.Add(1)
 		go func() {
@@ -157,6 +157,7 @@ func spoofedFlood(t testing.TB, to netip.AddrPort, hellos [][]byte, workers, rat
 // handshake during it must take well under a second. It prints the
 // flood's rate and the handshake times.
 func TestSecurityHelloFloodHandshake(t *testing.T) {
+	alone(t)
 	if raceEnabled {
 		t.Skip("rates under -race say nothing")
 	}

@@ -14,6 +14,7 @@ import (
 // owns, a directory group or others may write. A sticky directory such
 // as /tmp, and one of the caller's own, are fine.
 func TestSecurityLoadPrivateKeyOwners(t *testing.T) {
+	parallel(t)
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to give files to another user")
 	}

@@ -10,7 +10,7 @@ import (
 // heldOnPaths sums the buffers that c holds for datagrams waiting for
 // path validation, over all its peers.
 func heldOnPaths(c *Conn) (bytes, datagrams int) {
-	for _, p := range c.peers.snapshot() {
+	for _, p := range allPeers(c) {
 		p.mu.Lock()
 		if pc := p.path; pc != nil {
 			for _, q := range pc.held {
@@ -28,6 +28,7 @@ func heldOnPaths(c *Conn) (bytes, datagrams int) {
 // datagrams from addresses that never answer a path challenge. What the
 // server holds meanwhile is bounded for the whole Conn, not only per peer.
 func TestSecurityPathHeldMemory(t *testing.T) {
+	parallel(t)
 	sp := newSpoofer(t)
 	s := listenT(t, "udp4", "127.0.0.1:0", &Config{Padding: PadNone, HandshakeTimeout: time.Second})
 	if !s.sock.Load().Caps().GRO {

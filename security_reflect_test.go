@@ -14,6 +14,7 @@ import (
 // in its name, and the peer's PeerInfo.LastFailure must not take the
 // refusal of a hello nobody proved came from there.
 func TestSecurityLivenessChallengeReflection(t *testing.T) {
+	parallel(t)
 	sp := newSpoofer(t)
 	cfg := &Config{HandshakeTimeout: 500 * time.Millisecond} // pads to the MTU
 	s := listenT(t, "udp4", "127.0.0.1:0", cfg)

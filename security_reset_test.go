@@ -4,7 +4,6 @@ package vaultudp
 
 import (
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/binary"
 	mrand "math/rand/v2"
@@ -129,6 +128,7 @@ func readReset(pc *net.UDPConn, idx uint32, d time.Duration) ([]byte, bool) {
 // will with one forged datagram. The Conn sends no reset for an index it
 // issued.
 func TestSecurityNoResetForPendingHello(t *testing.T) {
+	parallel(t)
 	sp := newSpoofer(t)
 	s := listenT(t, "udp4", "127.0.0.1:0", nil)
 	c := listenT(t, "udp4", "127.0.0.1:0", nil)
@@ -188,6 +188,7 @@ func TestSecurityNoResetForPendingHello(t *testing.T) {
 // peer's own address instead, a2's reset goes to the peer, not to the
 // attacker, from an address the peer accepts no reset from.
 func TestSecuritySiblingResetOracle(t *testing.T) {
+	parallel(t)
 	sp := newSpoofer(t)
 	id := GenerateIdentity()
 	a1 := listenT(t, "udp4", "127.0.0.1:0", &Config{Identity: id})
@@ -232,12 +233,12 @@ func TestSecurityBalancerMoveRecovers(t *testing.T) {
 	if err != nil {
 		t.Skipf("no 127.0.0.2: %v", err)
 	}
-	t.Cleanup(func() { h1.Close() })
+	closeAtEnd(t, h1)
 	h2, err := Listen("udp4", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.3"), addrOf(h1).Port()).String(), &Config{Identity: id})
 	if err != nil {
 		t.Skipf("no 127.0.0.3 on the same port: %v", err)
 	}
-	t.Cleanup(func() { h2.Close() })
+	closeAtEnd(t, h2)
 	c := listenT(t, "udp4", "127.0.0.1:0", nil)
 	lb := newPathRelay(t, addrOf(c), addrOf(h1))
 	buf := make([]byte, 2048)
@@ -279,18 +280,10 @@ func TestSecurityBalancerMoveRecovers(t *testing.T) {
 // within three writes, and is reached again; the table of budgets is
 // bounded.
 func TestSecurityResetBudgetPerSource(t *testing.T) {
+	alone(t)
 	sp := newSpoofer(t)
-	id := GenerateIdentity()
-	s1, err := Listen("udp4", "127.0.0.1:0", &Config{Identity: id})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s1, c, id := pinnedServer(t, nil)
 	sAddr := addrOf(s1)
-	c := listenT(t, "udp4", "127.0.0.1:0", nil)
-	if err := c.AddPeer(PeerConfig{Addr: sAddr, PublicKey: id.Public().(ed25519.PublicKey)}); err != nil {
-		t.Fatal(err)
-	}
-	writeUntilRead(t, c, s1, "before")
 	if _, err := s1.WriteToUDPAddrPort([]byte("ack"), addrOf(c)); err != nil {
 		t.Fatal(err)
 	}

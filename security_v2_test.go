@@ -19,6 +19,7 @@ import (
 //     a flood of them is dropped there, past the queue, and a native
 //     datagram that arrives behind it is not held up by the checks.
 func TestSecurityV2ReaderBounded(t *testing.T) {
+	parallel(t)
 	const peers = 64
 	refs := make([]*fakeRef, peers)
 	pcs := make([]PeerConfig, peers)

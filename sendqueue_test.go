@@ -32,6 +32,7 @@ func setBeforeSend(c *Conn, f func() error) {
 // sent before the socket closes, as a socket sends what a write that
 // returned gave it.
 func TestSendQueueOrderAndClose(t *testing.T) {
+	parallel(t)
 	a := listenT(t, "udp4", "127.0.0.1:0", nil)
 	b := listenT(t, "udp4", "127.0.0.1:0", nil)
 	handshakeT(t, a, addrOf(b))
@@ -68,6 +69,7 @@ func TestSendQueueOrderAndClose(t *testing.T) {
 // a socket whose send buffer is full: until there is room, its write
 // deadline (a timeout error), or Close (net.ErrClosed).
 func TestSendQueueFullWaits(t *testing.T) {
+	parallel(t)
 	a := listenT(t, "udp4", "127.0.0.1:0", nil)
 	b := listenT(t, "udp4", "127.0.0.1:0", nil)
 	handshakeT(t, a, addrOf(b))
@@ -131,6 +133,7 @@ func TestSendQueueFullWaits(t *testing.T) {
 // counted in Drops.SendFailed, each (the writes that queued them have
 // returned).
 func TestSendQueueFailureCounted(t *testing.T) {
+	parallel(t)
 	a := listenT(t, "udp4", "127.0.0.1:0", nil)
 	b := listenT(t, "udp4", "127.0.0.1:0", nil)
 	handshakeT(t, a, addrOf(b))
@@ -192,23 +195,12 @@ func liveHeap() uint64 {
 	return ms.HeapAlloc
 }
 
-// waitQueueIdle waits until c's send queue has sent everything.
-func waitQueueIdle(t *testing.T, c *Conn) {
-	t.Helper()
-	deadline := time.Now().Add(waitLong)
-	for c.sq.sending.Load() {
-		if time.Now().After(deadline) {
-			t.Fatal("send queue still sending")
-		}
-		time.Sleep(time.Millisecond) // the sender goroutine has no event to wait on; bounded
-	}
-}
-
 // TestSendQueueMemoryBroadcast: a server that Broadcasts small updates to
 // 16 clients through the send queue holds, once they are sent, no more
 // than a few trains: the queue's bound counts the memory of its trains,
 // which start small, and it keeps few spent ones.
 func TestSendQueueMemoryBroadcast(t *testing.T) {
+	alone(t)
 	cfg := func() *Config { return &Config{Padding: PadNone, ReadQueue: 4096} }
 	a := listenT(t, "udp4", "127.0.0.1:0", cfg())
 	streaming(t, a)
@@ -270,6 +262,7 @@ func TestSendQueueMemoryBroadcast(t *testing.T) {
 // to 300 clients, each of which says hello, reads its echo and goes, keeps
 // little more than the clients' peer state once they are gone.
 func TestSendQueueMemoryEchoClients(t *testing.T) {
+	alone(t)
 	srv := listenT(t, "udp4", "127.0.0.1:0", &Config{ReadQueue: 4096})
 	streaming(t, srv)
 	echoServer(srv)
@@ -298,6 +291,7 @@ func TestSendQueueMemoryEchoClients(t *testing.T) {
 // deadline allows): a keepalive the timer goroutine sends then is not
 // sent, at once, and the timers go on.
 func TestSendQueueFullConnOwnDoesNotWait(t *testing.T) {
+	parallel(t)
 	a := listenT(t, "udp4", "127.0.0.1:0", nil)
 	b := listenT(t, "udp4", "127.0.0.1:0", nil)
 	handshakeT(t, a, addrOf(b))
@@ -312,8 +306,7 @@ func TestSendQueueFullConnOwnDoesNotWait(t *testing.T) {
 			break
 		}
 	}
-	p, _ := a.peerFor(addrOf(b), lookupOnly)
-	s := p.kp.current()
+	p, s := peerOf(a, addrOf(b)), currentSession(a, addrOf(b))
 	done := make(chan struct{})
 	go func() { a.sendKeepalive(p, s, addrOf(b)); close(done) }()
 	select {

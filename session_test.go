@@ -53,6 +53,7 @@ func sessOpen(s *session, dg []byte) ([]byte, error) {
 // receiver's index and the counter, big endian; counters start at 0 and
 // count up; the overhead is exactly 32 bytes; the nonce is the counter.
 func TestSealedFormat(t *testing.T) {
+	parallel(t)
 	a, b, x := sessPair(t)
 	env := []byte("an envelope")
 	for want := uint64(0); want < 3; want++ {
@@ -105,6 +106,7 @@ func TestSealedFormat(t *testing.T) {
 // TestSealedIndex: sealedIndex accepts only sealed datagrams of plausible
 // length with zero reserved bytes.
 func TestSealedIndex(t *testing.T) {
+	parallel(t)
 	a, _, _ := sessPair(t)
 	dg := sessSeal(t, a, []byte("x"))
 	if idx, ok := sealedIndex(dg); !ok || idx != hsRespIndex {
@@ -128,6 +130,7 @@ func TestSealedIndex(t *testing.T) {
 // any earlier one, is refused; reordering within the window is fine; a
 // counter older than the window is refused.
 func TestSealedReplayed(t *testing.T) {
+	parallel(t)
 	a, b, _ := sessPair(t)
 	var dgs [][]byte
 	for i := 0; i < 5; i++ {
@@ -160,6 +163,7 @@ func TestSealedReplayed(t *testing.T) {
 // tag included, never opens; and the forgeries do not move the replay
 // window, so the genuine datagram still opens afterwards.
 func TestSealedTampered(t *testing.T) {
+	parallel(t)
 	a, b, _ := sessPair(t)
 	for _, size := range []int{0, 1, 100, 1200} {
 		env := bytes.Repeat([]byte{0x5a}, size)
@@ -188,6 +192,7 @@ func TestSealedTampered(t *testing.T) {
 // TestSealedTruncated: every prefix of a datagram, and the datagram with
 // bytes appended, never opens and never panics.
 func TestSealedTruncated(t *testing.T) {
+	parallel(t)
 	a, b, _ := sessPair(t)
 	dg := sessSeal(t, a, bytes.Repeat([]byte{7}, 64))
 	for n := 0; n < len(dg); n++ {
@@ -214,6 +219,7 @@ func TestSealedTruncated(t *testing.T) {
 // to seal (and stays refusing, never wrapping), and open refuses counters
 // at or past the limit even when authentic.
 func TestSealedCounterLimit(t *testing.T) {
+	parallel(t)
 	a, b, x := sessPair(t)
 	a.sendCounter.Store(counterLimit - 1)
 	last := sessSeal(t, a, []byte("last"))
@@ -252,6 +258,7 @@ func TestSealedCounterLimit(t *testing.T) {
 // datagram does not open with its sender's own receive key (a reflected
 // datagram), nor under another session.
 func TestSealedWrongDirection(t *testing.T) {
+	parallel(t)
 	a, b, _ := sessPair(t)
 	fromA := sessSeal(t, a, []byte("from A"))
 	fromB := sessSeal(t, b, []byte("from B"))
@@ -278,6 +285,7 @@ func TestSealedWrongDirection(t *testing.T) {
 // TestSealedConcurrent: concurrent senders never reuse a counter, and the
 // receiver, opening concurrently out of order, accepts each datagram once.
 func TestSealedConcurrent(t *testing.T) {
+	parallel(t)
 	a, b, _ := sessPair(t)
 	const workers, each = 8, 500 // 4000 < replayWindowSize: all within the window
 	dgs := make([][]byte, workers*each)
@@ -361,6 +369,7 @@ func TestSealedNoAllocs(t *testing.T) {
 // refused after 1.5 times it (wireguard-go's 120 s / 180 s). The Conn
 // applies it; here the arithmetic.
 func TestSealedRejectAfter(t *testing.T) {
+	parallel(t)
 	if got := rejectAfter(120 * time.Second); got != 180*time.Second {
 		t.Fatalf("rejectAfter(120s) = %v", got)
 	}

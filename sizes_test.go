@@ -14,6 +14,7 @@ import (
 // other interfaces' MTUs; beyond what the peer receives, the write fails
 // with an error matching ErrMessageTooLarge and EMSGSIZE.
 func TestSizesAsUDP(t *testing.T) {
+	parallel(t)
 	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
 	handshakeT(t, a, addrOf(b))
 	msg := bytes.Repeat([]byte{0xa5}, 1400)
@@ -38,6 +39,7 @@ func TestSizesAsUDP(t *testing.T) {
 // (PadMTU) to 1452 if it fits, else to the smaller of the path's datagram
 // and what the receiver takes, and larger ones to a multiple of that.
 func TestSizesMixedMTU(t *testing.T) {
+	parallel(t)
 	tap := &wireTap{}
 	n := newMemNet()
 	lengths := map[netip.AddrPort]map[int]int{}
@@ -105,6 +107,7 @@ func TestSizesMixedMTU(t *testing.T) {
 // *net.UDPConn sends and receives it; padding still pads small datagrams
 // to the MTU's size, not to the 64 KiB loopback route.
 func TestSizesLargeDatagram(t *testing.T) {
+	parallel(t)
 	a, b := pair(t, "udp4", "127.0.0.1", nil, nil)
 	if !b.sock.Load().Caps().GRO {
 		t.Skip("no UDP GRO on this kernel: datagrams above the MTU's size are refused with EMSGSIZE instead")
@@ -132,6 +135,7 @@ func TestSizesLargeDatagram(t *testing.T) {
 // exchange datagrams of every size both ways, and every one arrives (the
 // padded lengths on the wire are TestSizesMixedMTU's).
 func TestSizesMixedMTUSockets(t *testing.T) {
+	parallel(t)
 	jumbo := listenT(t, "udp4", "127.0.0.1:0", &Config{MTU: 9000})
 	small := listenT(t, "udp4", "127.0.0.1:0", &Config{MTU: 1500})
 	handshakeT(t, jumbo, addrOf(small))

@@ -70,12 +70,12 @@ func stdnetUDPPair(t *testing.T) (stdnetConn, stdnetConn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { a.Close() })
+	closeAtEnd(t, a)
 	b, err := net.ListenUDP("udp4", lo)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { b.Close() })
+	closeAtEnd(t, b)
 	return a, b
 }
 
@@ -306,6 +306,7 @@ func stdnetIsDeadlineExceeded(err error) bool {
 // TestStdnetPacketConn is packetconn_test.go's TestPacketConn: a datagram
 // each way, from the source ReadFrom reports.
 func TestStdnetPacketConn(t *testing.T) {
+	parallel(t)
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		c1, c2 := impl.pair(t)
 		c1.LocalAddr()
@@ -405,6 +406,7 @@ func stdnetPacketTransceiver(c net.PacketConn, wb []byte, dst net.Addr, ch chan<
 // TestStdnetPacketTransponder runs mockserver_test.go's transponder and
 // transceiver against each other, as server_test.go's TestUDPServer does.
 func TestStdnetPacketTransponder(t *testing.T) {
+	parallel(t)
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		server, client := impl.pair(t)
 		sch, cch := make(chan error, 4), make(chan error, 4)
@@ -425,6 +427,7 @@ func TestStdnetPacketTransponder(t *testing.T) {
 // LocalAddr is a *net.UDPAddr with the port chosen; it is also what the
 // peer sees as the source, and it still answers after Close.
 func TestStdnetUDPConnLocalName(t *testing.T) {
+	parallel(t)
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		a, b := impl.pair(t)
 		la := a.LocalAddr()
@@ -458,6 +461,7 @@ func TestStdnetUDPConnLocalName(t *testing.T) {
 // to the peer (Go's writes to its own address: TestStdnetWriteToSelf): a
 // zero-length datagram is sent, and read as one, from the writer.
 func TestStdnetUDPZeroBytePayload(t *testing.T) {
+	parallel(t)
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		a, b := impl.pair(t)
 		for _, addrPort := range []bool{false, true} {
@@ -491,6 +495,7 @@ func TestStdnetUDPZeroBytePayload(t *testing.T) {
 // ReadFrom into an empty buffer succeeds on Linux and consumes the
 // datagram (the next read gets the next one).
 func TestStdnetUDPZeroByteBuffer(t *testing.T) {
+	parallel(t)
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		a, b := impl.pair(t)
 		msg := []byte("UDP ZERO BYTE BUFFER TEST")
@@ -520,6 +525,7 @@ func TestStdnetUDPZeroByteBuffer(t *testing.T) {
 // datagram longer than the buffer is cut to it without an error (the
 // rest is lost: the next read gets the next datagram).
 func TestStdnetUDPReadSizeError(t *testing.T) {
+	parallel(t)
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		c2, c1 := impl.pair(t)
 		b1 := []byte("READ SIZE ERROR TEST")
@@ -560,6 +566,7 @@ func TestStdnetUDPReadSizeError(t *testing.T) {
 // read that times out returns no data and no address (a nil net.Addr,
 // not a typed nil).
 func TestStdnetUDPReadTimeout(t *testing.T) {
+	parallel(t)
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		c, _ := impl.pair(t)
 		c.SetDeadline(time.Now())
@@ -587,6 +594,7 @@ func TestStdnetUDPReadTimeout(t *testing.T) {
 // WriteToUDPAddrPort succeed; an address of another type, a nil address
 // and a nil *net.UDPAddr fail with a valid *net.OpError.
 func TestStdnetWriteToUDP(t *testing.T) {
+	parallel(t)
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		c, peer := impl.pair(t)
 		ra := peer.LocalAddr().(*net.UDPAddr)
@@ -630,6 +638,7 @@ func TestStdnetWriteToUDP(t *testing.T) {
 // have): an IPv4 socket refuses an IPv6 destination at once with a
 // *net.AddrError, and takes an IPv4-mapped IPv6 one as the IPv4 address.
 func TestStdnetWriteToWrongFamily(t *testing.T) {
+	parallel(t)
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		a, b := impl.pair(t)
 		v6 := netip.AddrPortFrom(netip.IPv6Loopback(), stdnetAddrPort(b).Port())
@@ -673,6 +682,7 @@ func TestStdnetWriteToWrongFamily(t *testing.T) {
 // write says so at once (the kernel's ENETUNREACH, through Go's
 // *os.SyscallError).
 func TestStdnetWriteToWrongFamily6(t *testing.T) {
+	parallel(t)
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		var c stdnetConn
 		if impl.isVault() {
@@ -683,7 +693,7 @@ func TestStdnetWriteToWrongFamily6(t *testing.T) {
 			if err != nil {
 				t.Skipf("IPv6 loopback unavailable: %v", err)
 			}
-			t.Cleanup(func() { uc.Close() })
+			closeAtEnd(t, uc)
 			c = uc
 		}
 		_, peer := impl.pair(t)
@@ -726,6 +736,7 @@ func TestStdnetWriteToSelfBlockedReader(t *testing.T) {
 // TestUDPZeroBytePayload and TestUDPZeroByteBuffer, which write to the
 // socket's own address: the datagram comes back, from that address.
 func TestStdnetWriteToSelf(t *testing.T) {
+	parallel(t)
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		c, _ := impl.pair(t)
 		for _, msg := range []string{"", "UDP ZERO BYTE BUFFER TEST"} {
@@ -748,6 +759,7 @@ func TestStdnetWriteToSelf(t *testing.T) {
 // sent (IP fragments it where the path needs it; loopback's MTU is 64 KiB)
 // and read whole, as DNS answers of EDNS0's 4096 bytes are.
 func TestStdnetWriteLarge(t *testing.T) {
+	parallel(t)
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		a, b := impl.pair(t)
 		largest := 65507 // the UDP maximum
@@ -783,6 +795,7 @@ func TestStdnetWriteLarge(t *testing.T) {
 // UDP maximum fails with an error matching syscall.EMSGSIZE (Go's
 // consumers such as quic-go look for it), and nothing is sent.
 func TestStdnetWriteTooLarge(t *testing.T) {
+	parallel(t)
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		a, b := impl.pair(t)
 		n, err := a.WriteTo(make([]byte, 70000), b.LocalAddr())
@@ -817,6 +830,7 @@ func TestStdnetWriteTooLarge(t *testing.T) {
 // the data), and a deadline in the future lets the data through before
 // it fails.
 func TestStdnetReadFromTimeout(t *testing.T) {
+	parallel(t)
 	readFromTimeoutTests := []struct {
 		timeout time.Duration
 		xerrs   [2]error // expected errors in transition
@@ -880,6 +894,7 @@ func TestStdnetReadFromTimeout(t *testing.T) {
 // SetWriteDeadline, then the read deadline cleared, leave ReadFrom
 // blocked; Close then ends it with an error that is not a timeout.
 func TestStdnetReadTimeoutMustNotReturn(t *testing.T) {
+	parallel(t)
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		c, _ := impl.pair(t)
 		maxch := make(chan *time.Timer)
@@ -927,6 +942,7 @@ func TestStdnetReadTimeoutMustNotReturn(t *testing.T) {
 // network: past deadlines set by SetDeadline and SetReadDeadline, then
 // the write deadline cleared, leave writes working (and reads failing).
 func TestStdnetWriteTimeoutMustNotReturn(t *testing.T) {
+	parallel(t)
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		c, peer := impl.pair(t)
 		if err := c.SetDeadline(time.Now().Add(-5 * time.Second)); err != nil {
@@ -954,6 +970,7 @@ func TestStdnetWriteTimeoutMustNotReturn(t *testing.T) {
 // write deadline in the past fails WriteTo at once, with nothing
 // written; one in the future lets writes through until it passes.
 func TestStdnetWriteToTimeout(t *testing.T) {
+	parallel(t)
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		c1, c2 := impl.pair(t)
 		for _, timeout := range []time.Duration{-5 * time.Second, 10 * time.Millisecond} {
@@ -1025,6 +1042,7 @@ func stdnetNextTimeout(actual time.Duration) (next time.Duration, ok bool) {
 // is too slow for that; here a miss at 4 s is logged, not failed (the
 // loaded 2-core machine this runs on misses any bound at times).
 func TestStdnetReadFromTimeoutFluctuation(t *testing.T) {
+	parallel(t)
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		c2, _ := impl.pair(t)
 		d := stdnetMinDynamicTimeout
@@ -1098,19 +1116,31 @@ var stdnetVariousTimeouts = []time.Duration{
 // loop reads a TCP stream; here a peer writes a datagram before each run
 // so that a read may succeed first.)
 func TestStdnetVariousDeadlines(t *testing.T) {
-	runStdnet(t, func(t *testing.T, impl stdnetImpl) { stdnetTestVariousDeadlines(t, impl) })
+	parallel(t)
+	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
+		t.Parallel() // each waits on its deadlines: 1.9 s
+		stdnetTestVariousDeadlines(t, impl)
+	})
 }
 
 // TestStdnetVariousDeadlines1Proc is timeout_test.go's
 // TestVariousDeadlines1Proc: the same with GOMAXPROCS 1, where the timer
 // that closes a deadline competes with the reader for the one P.
 func TestStdnetVariousDeadlines1Proc(t *testing.T) {
+	alone(t)
 	// Cannot use t.Parallel - modifies global GOMAXPROCS.
 	if testing.Short() {
 		t.Skip("skipping in short mode")
 	}
-	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	runStdnet(t, func(t *testing.T, impl stdnetImpl) { stdnetTestVariousDeadlines(t, impl) })
+	prev := runtime.GOMAXPROCS(1)
+	t.Cleanup(func() { runtime.GOMAXPROCS(prev) }) // once the parallel subtests are done
+	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
+		t.Parallel() // both wait on their deadlines, on the one P
+		if n := runtime.GOMAXPROCS(0); n != 1 {
+			t.Fatalf("GOMAXPROCS %d, want 1", n)
+		}
+		stdnetTestVariousDeadlines(t, impl)
+	})
 }
 
 func stdnetTestVariousDeadlines(t *testing.T, impl stdnetImpl) {
@@ -1162,6 +1192,7 @@ func stdnetTestVariousDeadlines(t *testing.T, impl stdnetImpl) {
 // server's writer answers each datagram its reader reads (UDP writes
 // never block, so an unpaced writer would only flood).
 func TestStdnetReadWriteProlongedTimeout(t *testing.T) {
+	parallel(t)
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		c, server := impl.pair(t)
 		var wg sync.WaitGroup
@@ -1228,6 +1259,7 @@ func TestStdnetReadWriteProlongedTimeout(t *testing.T) {
 // other goroutines read and write; nothing may race or hang, and every
 // error is a well-formed timeout.
 func TestStdnetReadWriteDeadlineRace(t *testing.T) {
+	parallel(t)
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		N := 1000
 		if testing.Short() {
@@ -1288,6 +1320,7 @@ func TestStdnetReadWriteDeadlineRace(t *testing.T) {
 // earlier deadlines on both sockets at once. Afterwards the sockets still
 // work, their read deadlines hours away.
 func TestStdnetConcurrentSetDeadline(t *testing.T) {
+	parallel(t)
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		a, b := impl.pair(t)
 		c := [...]stdnetConn{a, b}
@@ -1402,6 +1435,7 @@ func TestStdnetDeadlineChangedWhileBlocked(t *testing.T) {
 // many times before it fires behaves as the last one set, and so does
 // one that fired and was set again, or was moved away just as it fired.
 func TestStdnetManyDeadlines(t *testing.T) {
+	parallel(t)
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		c, peer := impl.pair(t)
 		buf := make([]byte, 64)
@@ -1448,6 +1482,7 @@ func TestStdnetManyDeadlines(t *testing.T) {
 // succeeds, a second Close and ReadFrom after it fail with
 // "use of closed network connection", as do the other methods.
 func TestStdnetPacketConnClose(t *testing.T) {
+	parallel(t)
 	runStdnet(t, func(t *testing.T, impl stdnetImpl) {
 		c, peer := impl.pair(t)
 		if err := c.Close(); err != nil {
@@ -1591,6 +1626,7 @@ func TestStdnetCloseRace(t *testing.T) {
 // destination of a write), and Err, which is os.ErrDeadlineExceeded or
 // net.ErrClosed itself, not a wrapper.
 func TestStdnetErrors(t *testing.T) {
+	parallel(t)
 	var (
 		_ net.Error = &net.OpError{}
 		_ net.Error = &net.AddrError{}

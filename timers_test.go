@@ -12,78 +12,11 @@ import (
 // the clock, so a rule that waits seconds takes microseconds to test and
 // cannot race the machine's speed.
 
-// peerSnapshot is what a test reads of a peer's state, copied under its
-// locks so that no test reaches into them.
-type peerSnapshot struct {
-	exists              bool
-	hellos              int
-	attempt             bool // a hello of this attempt awaits its reply
-	failErr             error
-	established         bool
-	cur, prev, next     bool
-	queued              int
-	configured, removed bool
-}
-
-func peerState(c *Conn, addr netip.AddrPort) peerSnapshot {
-	p, _ := c.peerFor(normAddr(addr), lookupOnly)
-	if p == nil {
-		c.peers.mu.RLock()
-		p = c.peers.strangerLocked(normAddr(addr)) // replies to a hello from no peer wait there
-		c.peers.mu.RUnlock()
-	}
-	if p == nil {
-		return peerSnapshot{}
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.kp.mu.Lock()
-	defer p.kp.mu.Unlock()
-	return peerSnapshot{
-		exists: true, hellos: p.hs.hellos, attempt: p.hs.init != nil, failErr: p.hs.failErr,
-		established: p.established, cur: p.kp.cur.Load() != nil, prev: p.kp.prev != nil, next: p.respNew != nil,
-		queued: len(p.queue), configured: p.configured, removed: p.removed,
-	}
-}
-
-// settleSession waits (polling, bounded) until a's session with b is settled:
-// a holds b's reset token (b answered a's token message) and b's session
-// is confirmed, so that no handshake message is still on its way when a
-// test moves the clock.
-func settleSession(t *testing.T, a, b *Conn) {
-	t.Helper()
-	done := func() bool {
-		pa, _ := a.peerFor(addrOf(b), lookupOnly)
-		pb, _ := b.peerFor(addrOf(a), lookupOnly)
-		if pa == nil || pb == nil {
-			return false
-		}
-		sa, sb := pa.kp.current(), pb.kp.current()
-		return sa != nil && sb != nil && sa.final.Load() == nil && sb.final.Load() == nil
-	}
-	deadline := time.Now().Add(waitLong)
-	for !done() {
-		if time.Now().After(deadline) {
-			t.Fatal("the session did not settle")
-		}
-		time.Sleep(time.Millisecond) // real sockets, no event to wait on; bounded
-	}
-}
-
-// fakeListen is listenT with the clock clk.
-func fakeListen(t *testing.T, clk *fakeClock, cfg *Config) *Conn {
-	t.Helper()
-	if cfg == nil {
-		cfg = &Config{}
-	}
-	cfg.clock = clk
-	return listenT(t, "udp4", "127.0.0.1:0", cfg)
-}
-
 // TestTimerHandshakeRetryAndTimeout: a hello unanswered for retryAfter
 // goes again, and the attempt fails HandshakeTimeout after its first
 // hello, with the queued datagram dropped and counted.
 func TestTimerHandshakeRetryAndTimeout(t *testing.T) {
+	parallel(t)
 	clk := newFakeClock()
 	a := fakeListen(t, clk, nil) // HandshakeTimeout 5 s: retryAfter 1 s
 	silent := addrOf2(rawUDP(t))
@@ -124,6 +57,7 @@ func TestTimerHandshakeRetryAndTimeout(t *testing.T) {
 // from the plaintext it sent is never retried (it has not proved it
 // receives), and the peer is forgotten once idle.
 func TestTimerNoRetryToUnprovedAddress(t *testing.T) {
+	parallel(t)
 	clk := newFakeClock()
 	a := fakeListen(t, clk, &Config{Policy: Opportunistic})
 	raw := rawUDP(t)
@@ -154,6 +88,7 @@ func TestTimerNoRetryToUnprovedAddress(t *testing.T) {
 // after which the datagram that waits gets an attempt of its own (the
 // queue-waiting event) however often the waiting session is renewed.
 func TestTimerDeferredHello(t *testing.T) {
+	parallel(t)
 	clk := newFakeClock()
 	a := fakeListen(t, clk, nil)
 	silent := addrOf2(rawUDP(t))
@@ -186,6 +121,7 @@ func TestTimerDeferredHello(t *testing.T) {
 // TestTimerUnconfirmedExpiry: a reply whose final message never comes
 // goes after HandshakeTimeout, and with it the stranger it waited on.
 func TestTimerUnconfirmedExpiry(t *testing.T) {
+	parallel(t)
 	clk := newFakeClock()
 	a := fakeListen(t, clk, nil)
 	raw := rawUDP(t)
@@ -193,10 +129,7 @@ func TestTimerUnconfirmedExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	from := addrOf2(raw)
-	deadline := time.Now().Add(waitLong)
-	for !peerState(a, from).next && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond) // the hello is handled off this goroutine; bounded
-	}
+	pollUntil(waitLong, func() bool { return peerState(a, from).next }) // the hello is handled off this goroutine
 	if s := peerState(a, from); !s.next || s.cur {
 		t.Fatalf("after the hello: %+v, want a waiting reply only", s)
 	}
@@ -218,6 +151,7 @@ func TestTimerUnconfirmedExpiry(t *testing.T) {
 // limit, a handshake timeout later; the learned peer is then forgotten
 // (idle for more than a session's lifetime), the configured peer stays.
 func TestTimerSessionLifetime(t *testing.T) {
+	parallel(t)
 	clk := newFakeClock()
 	cfg := func() *Config {
 		return &Config{KeyLifetime: 10 * time.Second, KeepaliveTimeout: -1, SilenceTimeout: -1}
@@ -250,6 +184,7 @@ func TestTimerSessionLifetime(t *testing.T) {
 // for PeerConfig.Keepalive; a passive one when a payload came in and
 // nothing went back for KeepaliveTimeout.
 func TestTimerKeepalives(t *testing.T) {
+	parallel(t)
 	clk := newFakeClock()
 	a := fakeListen(t, clk, &Config{KeepaliveTimeout: -1})
 	b := fakeListen(t, clk, &Config{KeepaliveTimeout: 3 * time.Second})
@@ -284,6 +219,7 @@ func TestTimerKeepalives(t *testing.T) {
 // TestTimerSilence: sealed datagrams went out and nothing authenticated
 // came back for SilenceTimeout: a new handshake starts, once.
 func TestTimerSilence(t *testing.T) {
+	parallel(t)
 	clk := newFakeClock()
 	a := fakeListen(t, clk, &Config{SilenceTimeout: 4 * time.Second, KeepaliveTimeout: -1})
 	b := fakeListen(t, clk, &Config{KeepaliveTimeout: -1})
@@ -314,6 +250,7 @@ func TestTimerSilence(t *testing.T) {
 // and keepalives go under the session it renews; once confirmed, under
 // the new one; a rekey never confirmed is abandoned for the old session.
 func TestSendableDuringRekey(t *testing.T) {
+	parallel(t)
 	c := listenT(t, "udp4", "127.0.0.1:0", nil)
 	p := c.newPeer(netip.MustParseAddrPort("127.0.0.1:9"), nil)
 	old, renewed := &session{initiator: true}, &session{initiator: true}
@@ -348,16 +285,17 @@ func TestSendableDuringRekey(t *testing.T) {
 // waited for its final message is asked for again by the timer once the
 // deferral has run out, with no further write.
 func TestTimerDeferredRekey(t *testing.T) {
+	parallel(t)
 	clk := newFakeClock()
 	a := fakeListen(t, clk, &Config{KeepaliveTimeout: -1, SilenceTimeout: -1})
 	b := fakeListen(t, clk, &Config{KeepaliveTimeout: -1, SilenceTimeout: -1})
 	handshakeT(t, a, addrOf(b))
 	settleSession(t, a, b)
-	p, _ := a.peerFor(addrOf(b), lookupOnly)
+	p := peerOf(a, addrOf(b))
 	p.mu.Lock()
 	p.respNew = &response{created: a.now()} // a reply waits for b's final message
 	p.mu.Unlock()
-	p.kp.current().sendCounter.Store(rekeyAfterMessages)
+	sessionOf(t, a, addrOf(b)).sendCounter.Store(rekeyAfterMessages)
 	before := peerState(a, addrOf(b)).hellos
 	a.WriteToUDPAddrPort([]byte("wants a rekey"), addrOf(b))
 	if h := peerState(a, addrOf(b)).hellos; h != before {

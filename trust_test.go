@@ -20,6 +20,7 @@ func pubOf(k ed25519.PrivateKey) ed25519.PublicKey { return k.Public().(ed25519.
 // The allow list file: keys, comments, blank lines; a key in a comment is
 // not allowed; a bad line is named; a file others may write is refused.
 func TestAllowListFile(t *testing.T) {
+	parallel(t)
 	dir := t.TempDir()
 	a, b, c := pubOf(GenerateIdentity()), pubOf(GenerateIdentity()), pubOf(GenerateIdentity())
 	path := filepath.Join(dir, "allowed")
@@ -76,6 +77,7 @@ func TestAllowListFile(t *testing.T) {
 // fails with an error matching ErrPeerRejected (the server tells nothing,
 // so the client times out: that is the refusal seen from outside).
 func TestAllowListConn(t *testing.T) {
+	parallel(t)
 	friend, stranger := GenerateIdentity(), GenerateIdentity()
 	al := NewAllowList(pubOf(friend))
 	server, err := Listen("udp4", "127.0.0.1:0", &Config{VerifyPeer: al.VerifyPeer})
@@ -111,6 +113,7 @@ func TestAllowListConn(t *testing.T) {
 // restart), another is refused naming both keys and the line, and line
 // numbers stay right when the file has comments and no last newline.
 func TestKnownHosts(t *testing.T) {
+	parallel(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "sub", "known_hosts")
 	kh, err := OpenKnownHosts(path)
@@ -187,6 +190,7 @@ func TestKnownHosts(t *testing.T) {
 // Many goroutines meeting one new address at once agree on one key: the
 // first written.
 func TestKnownHostsConcurrent(t *testing.T) {
+	parallel(t)
 	kh, err := OpenKnownHosts(filepath.Join(t.TempDir(), "known_hosts"))
 	if err != nil {
 		t.Fatal(err)
@@ -220,6 +224,7 @@ func TestKnownHostsConcurrent(t *testing.T) {
 // accepts the server, then after the server changes identity at the same
 // address, refuses it with a KeyChangedError through Handshake's error.
 func TestKnownHostsConn(t *testing.T) {
+	parallel(t)
 	path := filepath.Join(t.TempDir(), "known_hosts")
 	server, err := Listen("udp4", "127.0.0.1:0", nil)
 	if err != nil {

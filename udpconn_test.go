@@ -12,6 +12,7 @@ import (
 // and behave as *net.UDPConn's on their edges: a nil destination and a
 // read that fails.
 func TestReadFromUDPWriteToUDP(t *testing.T) {
+	parallel(t)
 	a, err := Listen("udp4", "127.0.0.1:0", nil)
 	if err != nil {
 		t.Fatal(err)

@@ -188,6 +188,7 @@ func peerInfo(t *testing.T, c *Conn, addr netip.AddrPort) PeerInfo {
 }
 
 func TestV2Exchange(t *testing.T) {
+	parallel(t)
 	r := newFakeRef(t)
 	c := v2Conn(t, nil, PeerConfig{Addr: r.addr()})
 	// Written before the reference's key is known: it waits (RequireEncryption).
@@ -268,6 +269,7 @@ func TestV2Exchange(t *testing.T) {
 // TestV2PinnedBoxKey: with the reference's box key given, the Conn sends
 // its key exchange at AddPeer and seals at once.
 func TestV2PinnedBoxKey(t *testing.T) {
+	parallel(t)
 	r := newFakeRef(t)
 	c := v2Conn(t, nil, PeerConfig{Addr: r.addr(), BoxKey: r.keys.BoxPublic[:]})
 	r.readKx(c)
@@ -286,6 +288,7 @@ func TestV2PinnedBoxKey(t *testing.T) {
 // over other keys, and an unsigned one are all refused, answered with
 // nothing, and install nothing.
 func TestV2AttackLiftedSignature(t *testing.T) {
+	parallel(t)
 	r := newFakeRef(t)
 	c := v2Conn(t, nil, PeerConfig{Addr: r.addr()})
 	var ak [32]byte
@@ -323,6 +326,7 @@ func TestV2AttackLiftedSignature(t *testing.T) {
 // correctly self-signed key exchange from its very address with other keys
 // is refused, and the Conn keeps sealing to the pinned peer.
 func TestV2AttackSpoofedKeyExchange(t *testing.T) {
+	parallel(t)
 	for _, pin := range []string{"PublicKey", "BoxKey"} {
 		t.Run(pin, func(t *testing.T) {
 			r := newFakeRef(t)
@@ -371,6 +375,7 @@ func TestV2AttackSpoofedKeyExchange(t *testing.T) {
 // TestV2AttackReplay: a sealed datagram is delivered once, whatever port
 // it is replayed from.
 func TestV2AttackReplay(t *testing.T) {
+	parallel(t)
 	r := newFakeRef(t)
 	c := v2Conn(t, nil, PeerConfig{Addr: r.addr()})
 	keyed(t, c, r)
@@ -404,6 +409,7 @@ func TestV2AttackReplay(t *testing.T) {
 // exchanges are still read. Under Opportunistic, plaintext is delivered
 // until the peer has been seen sealed.
 func TestV2AttackPlaintext(t *testing.T) {
+	parallel(t)
 	t.Run("RequireEncryption", func(t *testing.T) {
 		r := newFakeRef(t)
 		c := v2Conn(t, nil, PeerConfig{Addr: r.addr()})
@@ -446,6 +452,7 @@ func TestV2AttackPlaintext(t *testing.T) {
 // peer's installs nothing and is not answered (the reference would store
 // the keys under that port and answer there, §13e).
 func TestV2AttackPortField(t *testing.T) {
+	parallel(t)
 	r := newFakeRef(t)
 	victim := rawUDP(t) // a port of the same IP that is not a peer
 	vport := int(victim.LocalAddr().(*net.UDPAddr).Port)
@@ -490,6 +497,7 @@ func TestV2AttackPortField(t *testing.T) {
 // TestV2OwnKeysReflected: our own key exchange sent back to us installs
 // nothing.
 func TestV2OwnKeysReflected(t *testing.T) {
+	parallel(t)
 	r := newFakeRef(t)
 	c := v2Conn(t, nil, PeerConfig{Addr: r.addr()})
 	own := v2.AppendFrame(nil, nil, v2.AppendKeyExchange(nil, c.v2.Keys().KeyExchange(r.port())), nil)
@@ -504,6 +512,7 @@ func TestV2OwnKeysReflected(t *testing.T) {
 // draws them at random). Trust on first use refuses them; a VerifyPeer
 // that accepts them lets the Conn follow.
 func TestV2ReferenceRestart(t *testing.T) {
+	parallel(t)
 	for _, follow := range []bool{false, true} {
 		t.Run(map[bool]string{false: "tofu", true: "VerifyPeer"}[follow], func(t *testing.T) {
 			r := newFakeRef(t)
@@ -534,6 +543,7 @@ func TestV2ReferenceRestart(t *testing.T) {
 // TestV2KeyProbe: with Config.V2KeyProbe the Conn asks for the reference's
 // key exchange at AddPeer.
 func TestV2KeyProbe(t *testing.T) {
+	parallel(t)
 	r := newFakeRef(t)
 	c := v2Conn(t, &Config{V2KeyProbe: true}, PeerConfig{Addr: r.addr()})
 	b := r.read()
@@ -545,6 +555,7 @@ func TestV2KeyProbe(t *testing.T) {
 }
 
 func TestV2TooLarge(t *testing.T) {
+	parallel(t)
 	r := newFakeRef(t)
 	c := v2Conn(t, nil, PeerConfig{Addr: r.addr(), BoxKey: r.keys.BoxPublic[:]})
 	r.readKx(c)
@@ -591,6 +602,7 @@ func TestV2TooLarge(t *testing.T) {
 
 // TestV2ConnPadding: Config.Padding applies to sealed v2 datagrams.
 func TestV2ConnPadding(t *testing.T) {
+	parallel(t)
 	for _, pad := range []Padding{PadNone, PadBlock(64), PadBlock(500)} {
 		t.Run(pad.String(), func(t *testing.T) {
 			r := newFakeRef(t)
@@ -621,6 +633,7 @@ func TestV2ConnPadding(t *testing.T) {
 // TestV2SendRateLimit: no more than the reference accepts per second goes
 // out; the rest is counted.
 func TestV2SendRateLimit(t *testing.T) {
+	parallel(t)
 	r := newFakeRef(t)
 	c := v2Conn(t, nil, PeerConfig{Addr: r.addr(), BoxKey: r.keys.BoxPublic[:]})
 	r.readKx(c)
@@ -639,6 +652,7 @@ func TestV2SendRateLimit(t *testing.T) {
 // other's box key) exchange binary and large payloads, beside a native
 // peer on the same IP.
 func TestV2GoToGo(t *testing.T) {
+	parallel(t)
 	b := listenT(t, "udp4", "127.0.0.1:0", nil)
 	bBox, _ := b.V2PublicKeys()
 	a := v2Conn(t, nil, PeerConfig{Addr: addrOf(b), BoxKey: bBox})
@@ -679,6 +693,7 @@ func TestV2GoToGo(t *testing.T) {
 }
 
 func TestV2Config(t *testing.T) {
+	parallel(t)
 	v4 := netip.MustParseAddrPort("127.0.0.1:21001")
 	for name, pc := range map[string]PeerConfig{
 		"IPv6":           {Addr: netip.MustParseAddrPort("[::1]:21001"), Protocol: ProtocolV2},
@@ -727,6 +742,7 @@ func TestV2Config(t *testing.T) {
 // a box key are dropped after v2.KeyWait. The schedule is driven by moving
 // the peer's timestamps back rather than by waiting.
 func TestV2KeyRefresh(t *testing.T) {
+	parallel(t)
 	r := newFakeRef(t)
 	c := v2Conn(t, nil, PeerConfig{Addr: r.addr()})
 	vp := c.v2.Lookup(r.addr())
@@ -776,6 +792,7 @@ func TestV2KeyRefresh(t *testing.T) {
 // speaks v2 only) are dropped, never delivered, never answered, and the
 // peer still works afterwards.
 func TestV2Garbage(t *testing.T) {
+	parallel(t)
 	r := newFakeRef(t)
 	c := v2Conn(t, nil, PeerConfig{Addr: r.addr()})
 	keyed(t, c, r)
@@ -843,7 +860,7 @@ func mustRefZstd(t testing.TB) *refZstd {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { enc.Close(); dec.Close() })
+	t.Cleanup(func() { enc.Close(); dec.Close(); enc, dec = nil, nil }) // forgotten: see closeAtEnd
 	return &refZstd{enc: enc, dec: dec}
 }
 

@@ -38,6 +38,7 @@ func (r *fakeRef) sealedAt(c *Conn, payload string, ts time.Time) []byte {
 // 30 s before the add (a Go peer's stamp of a datagram sent after it) is
 // accepted.
 func TestV2ReplayFloor(t *testing.T) {
+	parallel(t)
 	t0 := time.Now().Add(-time.Minute)
 	clk := newTestClock(t0)
 	id := GenerateIdentity()

@@ -354,6 +354,7 @@ func startGoReader(c *Conn) *goReader {
 }
 
 func TestV2InteropReference(t *testing.T) {
+	t.Parallel() // beside everything: its Go side does little, the reference's timers take its time
 	dir := pyseedDir(t)
 	py := pyseedPython(t, dir)
 	cases := []struct {

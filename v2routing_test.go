@@ -29,18 +29,15 @@ func (r *fakeRef) sealedWithNonce(c *Conn, payload string, prefix []byte) []byte
 // A native peer on the v2 peer's IP is unaffected, and a native hello
 // from the v2 peer's own address makes no session.
 func TestV2RoutingNativeFirst(t *testing.T) {
+	parallel(t)
 	r := newFakeRef(t)
 	c := v2Conn(t, nil, PeerConfig{Addr: r.addr()})
 	keyed(t, c, r)
 	strangerSession(t, c) // a native session from a stranger on the same IP
-	c.index.mu.Lock()
 	var live uint32
-	for idx, s := range c.index.sessions {
-		if s != nil {
-			live = idx
-		}
+	for _, idx := range indexedSessions(c) {
+		live = idx
 	}
-	c.index.mu.Unlock()
 	if live == 0 {
 		t.Fatal("no native session")
 	}
@@ -102,6 +99,7 @@ func TestV2RoutingNativeFirst(t *testing.T) {
 
 // TestV2PeerInfoCounters: PeerInfo counts a v2 peer's traffic both ways.
 func TestV2PeerInfoCounters(t *testing.T) {
+	parallel(t)
 	r := newFakeRef(t)
 	c := v2Conn(t, nil, PeerConfig{Addr: r.addr()})
 	keyed(t, c, r)
@@ -124,6 +122,7 @@ func TestV2PeerInfoCounters(t *testing.T) {
 // counts WriteQueueFull and the write succeeds, as for a native peer), and
 // go out in order once the key is known.
 func TestV2WriteQueue(t *testing.T) {
+	parallel(t)
 	r := newFakeRef(t)
 	c := v2Conn(t, nil, PeerConfig{Addr: r.addr()})
 	size := c.MaxPayload()
@@ -153,6 +152,7 @@ func TestV2WriteQueue(t *testing.T) {
 // TestV2SmallMTU: on the smallest MTU, where MaxPayload is below a zstd
 // window, v2 payloads (always compressed) are still read and written.
 func TestV2SmallMTU(t *testing.T) {
+	parallel(t)
 	r := newFakeRef(t)
 	c := v2Conn(t, &Config{MTU: MinMTU}, PeerConfig{Addr: r.addr()})
 	if c.MaxPayload() >= 1024 {

@@ -266,6 +266,7 @@ func computeVectors(in vectorFile, hs map[string]noiseVector, fail vecFail) vect
 // TestVectors recomputes every output of testdata/vectors/sealed_v4.json
 // from its inputs and compares byte for byte.
 func TestVectors(t *testing.T) {
+	parallel(t)
 	hs := readNoiseVectors(t)
 	if *updateVectors {
 		out := computeVectors(vectorInputs(), hs, t.Fatalf)

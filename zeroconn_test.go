@@ -14,6 +14,7 @@ import (
 // error wrapping syscall.EINVAL, or return a zero value, as a zero
 // *net.UDPConn does; none panics.
 func TestZeroConn(t *testing.T) {
+	parallel(t)
 	var udp net.UDPConn
 	if err := udp.Close(); !errors.Is(err, syscall.EINVAL) {
 		t.Fatalf("the model: a zero *net.UDPConn's Close is %v", err)
