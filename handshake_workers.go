@@ -49,9 +49,11 @@ import (
 // key exchanges, which no cookie gates and whose work is all in their
 // commits, take at most 1/hsV2Share of a retry interval's work, so that a
 // flood of them forged from a v2 peer's IP delays the native hellos
-// behind them by tens of milliseconds, not by a retry interval. A bound
-// on the number of messages (hsMaxQueuedPerWorker) keeps the memory
-// bounded when the estimates are low.
+// behind them by tens of milliseconds, not by a retry interval. The
+// first hsMinQueued native messages are queued whatever their estimate
+// (the queue's size before), and a bound on the number of messages
+// (hsMaxQueuedPerWorker) keeps the memory bounded when the estimates are
+// low.
 
 // hsKind is a handshake message's kind, for its cost estimate.
 type hsKind uint8
@@ -78,6 +80,13 @@ const (
 	// 1.6 KiB each, so 1.6 MiB per worker at most, under a crowd of
 	// sources that answered their cookies.
 	hsMaxQueuedPerWorker = 1024
+	// hsMinQueued native messages are always taken, whatever their
+	// estimated work: the queue's size before it was bounded in work, so
+	// that a machine where handshakes are slow (loaded by other work, or
+	// the race detector's, where one costs 10-40 ms) queues a crowd's
+	// first hellos as it did, first come first served, rather than make
+	// them win a place by their retries.
+	hsMinQueued = 256
 	// hsMinCost and the budget bound one measurement's weight: a commit
 	// that waited for VerifyPeer, or a worker descheduled for a while,
 	// must not make the queue refuse everything for long.
@@ -101,6 +110,7 @@ type hsWork struct {
 	retry      time.Duration // the retry interval (Conn.retryAfter)
 	budget     time.Duration // the work queued at most: maxWorkers × the horizon
 	maxLen     int           // messages queued at most
+	minQueued  int           // native messages queued whatever their work (hsMinQueued)
 	wake       chan struct{} // cap 1: work came for the first worker
 
 	mu         sync.Mutex
@@ -149,6 +159,7 @@ func newHSWork(workers int, retry, timeout time.Duration) *hsWork {
 		retry:      retry,
 		budget:     time.Duration(workers) * max(retry, timeout/2),
 		maxLen:     workers * hsMaxQueuedPerWorker,
+		minQueued:  hsMinQueued,
 		wake:       make(chan struct{}, 1),
 		est:        hsFirstCost,
 		workers:    1,
@@ -181,14 +192,17 @@ func (w *hsWork) workLocked(all bool) time.Duration {
 // always takes one message. w.mu is held.
 func (w *hsWork) roomLocked(k hsKind, proved bool) bool {
 	n := w.q[0].len() + w.q[1].len()
+	if k != kindV2 && n < w.minQueued {
+		return true // never fewer than the 256 the queue held before its work bound
+	}
 	var ahead, limit time.Duration
 	switch {
 	case k.class() == 0:
 		ahead, limit = w.workLocked(false), w.budget
 	case k == kindHello && proved:
 		ahead, limit = w.workLocked(true), w.budget
-	case k == kindV2 && time.Duration(w.queued[kindV2]+1)*w.est[kindV2] > w.retry/hsV2Share:
-		return false
+	case k == kindV2 && w.queued[kindV2] > 0 && time.Duration(w.queued[kindV2]+1)*w.est[kindV2] > w.retry/hsV2Share:
+		return false // one at least, whatever its estimate
 	default: // hellos that proved nothing, v2 key exchanges
 		ahead, limit = w.workLocked(true), w.budget/2
 	}

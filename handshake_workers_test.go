@@ -15,6 +15,14 @@ func hsElemFrom(k hsKind, i int, proved bool) *handshakeElem {
 	return &handshakeElem{kind: k, proved: proved, from: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), 4000)}
 }
 
+// workOnly returns a queue whose rules are the work bound's alone: no
+// floor of hsMinQueued messages.
+func workOnly(workers int, retry, timeout time.Duration) *hsWork {
+	w := newHSWork(workers, retry, timeout)
+	w.minQueued = 0
+	return w
+}
+
 // take pops a message and commits it at once, as a worker does.
 func take(w *hsWork, first bool) (*handshakeElem, uint64, bool) {
 	e, tk, ok := w.pop(first)
@@ -45,12 +53,13 @@ func fill(t *testing.T, w *hsWork, k hsKind, proved bool, first int) int {
 // sixteenth of a retry interval's work, leaving room for hellos; measured
 // costs change what fits at once; a hello from a source whose earlier
 // hello waits takes its place; the number
-// of messages is bounded whatever the estimates.
+// of messages is bounded whatever the estimates, and the first 256 are
+// queued whatever their estimates.
 func TestHSWorkBudget(t *testing.T) {
 	retry := 100 * time.Millisecond
 	hello, final := hsFirstCost[kindHello], hsFirstCost[kindFinal]
 
-	w := newHSWork(1, retry, 0)
+	w := workOnly(1, retry, 0)
 	if got, want := fill(t, w, kindHello, false, 0), int(retry/2/hello); got != want {
 		t.Errorf("hellos without a cookie: %d queued, want %d (half the budget)", got, want)
 	}
@@ -84,7 +93,7 @@ func TestHSWorkBudget(t *testing.T) {
 	// Same source: a hello whose source's earlier one waits takes its
 	// place (its message, its cookie's proof) and leaves the count and
 	// the order as they were; once that one is out, it queues.
-	w = newHSWork(1, retry, 0)
+	w = workOnly(1, retry, 0)
 	if w.push(hsElemFrom(kindHello, 1, false)) != pushQueued || w.push(hsElemFrom(kindHello, 2, false)) != pushQueued {
 		t.Fatal("two hellos refused by an empty queue")
 	}
@@ -109,7 +118,7 @@ func TestHSWorkBudget(t *testing.T) {
 
 	// v2 key exchanges: a 1/hsV2Share of one worker's budget, and hellos
 	// that proved nothing still find room behind them.
-	w = newHSWork(2, retry, 0)
+	w = workOnly(2, retry, 0)
 	if got, want := fill(t, w, kindV2, false, 0), int(retry/hsV2Share/hsFirstCost[kindV2]); got != want {
 		t.Errorf("v2 key exchanges: %d, want %d", got, want)
 	}
@@ -118,7 +127,7 @@ func TestHSWorkBudget(t *testing.T) {
 	}
 
 	// Measurements: hellos that cost 5 ms each lately leave room for 20.
-	w = newHSWork(1, retry, 0)
+	w = workOnly(1, retry, 0)
 	for range 200 {
 		w.observe(kindHello, 5*time.Millisecond)
 	}
@@ -144,7 +153,7 @@ func TestHSWorkBudget(t *testing.T) {
 	}
 
 	// The number of messages is bounded when the estimates are tiny.
-	w = newHSWork(2, time.Hour, 0)
+	w = workOnly(2, time.Hour, 0)
 	for range 100 {
 		w.observe(kindHello, 0)
 	}
@@ -154,12 +163,31 @@ func TestHSWorkBudget(t *testing.T) {
 
 	// The horizon is half the handshake timeout, if longer than a retry
 	// interval: an answer until then is one the initiator takes.
-	if w := newHSWork(2, retry, 10*retry); w.budget != 10*retry {
+	if w := workOnly(2, retry, 10*retry); w.budget != 10*retry {
 		t.Errorf("budget with 2 workers, a timeout of 10 retry intervals: %v, want %v", w.budget, 10*retry)
 	}
 
+	// Whatever the estimates, the first hsMinQueued native messages are
+	// queued (the queue's size before its work bound); v2 key exchanges,
+	// one at least.
+	w = newHSWork(1, retry, 0)
+	for range 100 {
+		w.observe(kindHello, time.Second)
+		w.observe(kindV2, time.Second)
+	}
+	if got := fill(t, w, kindHello, false, 0); got != hsMinQueued {
+		t.Errorf("hellos at an estimate of a whole budget: %d queued, want %d", got, hsMinQueued)
+	}
+	w = newHSWork(1, retry, 0)
+	for range 100 {
+		w.observe(kindV2, time.Second)
+	}
+	if got := fill(t, w, kindV2, false, 0); got != 1 {
+		t.Errorf("v2 key exchanges at an estimate of a whole budget: %d queued, want 1", got)
+	}
+
 	// An empty queue always takes one, whatever its cost.
-	w = newHSWork(1, time.Millisecond, 0)
+	w = workOnly(1, time.Millisecond, 0)
 	for range 100 {
 		w.observe(kindHello, time.Second)
 	}
