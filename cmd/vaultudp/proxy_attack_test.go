@@ -261,7 +261,7 @@ func TestProxyBurst300(t *testing.T) {
 	echo := newEchoService(t)
 	ckey, cpub := keygen(t, env, dir, "client.key")
 	skey, spub := keygen(t, env, dir, "server.key")
-	_, server := startProxy(t, env, "-key", skey, "-allow", cpub, "-listen", "127.0.0.1:0", "-forward", echo.addr.String())
+	sp, server := startProxy(t, env, "-key", skey, "-allow", cpub, "-listen", "127.0.0.1:0", "-forward", echo.addr.String())
 	cp, entry := startProxy(t, env, "-key", ckey, "-listen", "127.0.0.1:0", "-to", server.String(), "-remote-key", spub)
 
 	socks := make([]*net.UDPConn, clients)
@@ -309,6 +309,33 @@ func TestProxyBurst300(t *testing.T) {
 	st := showJSON(t, env, cp.cmd.Process.Pid)
 	t.Logf("%d of %d new clients answered, the last after %v; client proxy: %d flows made, %d queue drops, %d failed",
 		answered, clients, last.Round(time.Millisecond), st.Proxy.Made, st.Proxy.QueueFull, st.Proxy.Failed)
+	if answered < clients {
+		// Where the missing datagrams went: each side's counters, summed
+		// over its Conns (the client proxy has one per flow).
+		for _, side := range []struct {
+			name string
+			p    *proc
+		}{{"client proxy", cp}, {"server proxy", sp}} {
+			var sum vaultudp.Stats
+			for _, c := range showJSON(t, env, side.p.cmd.Process.Pid).Conns {
+				s := c.Stats
+				sum.Handshakes += s.Handshakes
+				sum.HandshakeFailures += s.HandshakeFailures
+				sum.ResetsSent += s.ResetsSent
+				sum.ResetsReceived += s.ResetsReceived
+				sum.Resent += s.Resent
+				sum.Drops.Auth += s.Drops.Auth
+				sum.Drops.UnknownSession += s.Drops.UnknownSession
+				sum.Drops.HandshakeTimeout += s.Drops.HandshakeTimeout
+				sum.Drops.HandshakeQueueFull += s.Drops.HandshakeQueueFull
+				sum.Drops.QueueFull += s.Drops.QueueFull
+				sum.Drops.Stale += s.Drops.Stale
+				sum.Drops.Replay += s.Drops.Replay
+			}
+			t.Logf("%s: handshakes %d, failures %d, resets sent %d, received %d, resent %d; drops %+v",
+				side.name, sum.Handshakes, sum.HandshakeFailures, sum.ResetsSent, sum.ResetsReceived, sum.Resent, sum.Drops)
+		}
+	}
 }
 
 // A flow without traffic for -flow-idle is closed and counted; the client
