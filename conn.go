@@ -160,6 +160,8 @@ type Conn struct {
 	// With locks of their own (see the list above).
 	index *sessionIndex // sessions and initiations by local index (keypairs.go)
 	sq    *sendQueue    // sealed datagrams behind a streaming writer (sendqueue.go)
+
+	opens openers // the open workers (receive_workers.go)
 }
 
 // newConn returns a Conn over s; the caller closes s if it fails.
@@ -349,6 +351,7 @@ func (c *Conn) Close() error {
 	err := c.sock.Load().Close()
 	c.rebindMu.Unlock()
 	c.wg.Wait()
+	c.stopOpeners() // after the readers: none shares a read out any more
 	<-c.spare.done
 	c.readDeadline.stop()
 	c.writeDeadline.stop()

@@ -304,7 +304,20 @@ func (c *Conn) readLoop(s *socket) {
 // receiveSet hands the n datagrams of rs's last read to receive, and
 // replaces the packets it keeps; rs.mu is held.
 func (c *Conn) receiveSet(rs *readSet, n int) {
-	for i := 0; i < n; i++ {
+	k := n
+	if own := c.shareOpens(rs, rs.pkts[:n]); own > 0 {
+		k = own // the open workers decrypt the rest meanwhile (receive_workers.go)
+	}
+	c.receiveRange(rs, 0, k)
+	if k < n {
+		c.joinOpens(rs)
+		c.receiveRange(rs, k, n)
+	}
+}
+
+// receiveRange hands rs.pkts[i:n] to receive, in order; rs.mu is held.
+func (c *Conn) receiveRange(rs *readSet, i, n int) {
+	for ; i < n; i++ {
 		if c.receive(rs.pkts[i]) {
 			rs.pkts[i] = c.getPacket()
 		}
