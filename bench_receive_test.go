@@ -46,9 +46,9 @@ func BenchmarkManyPeersReplay(b *testing.B) {
 }
 
 const (
-	replayTrain  = 16
+	replayTrain    = 16
 	replayInFlight = 1024
-	replaySize   = 512
+	replaySize     = 512
 )
 
 type replayPeer struct {
