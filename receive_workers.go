@@ -9,10 +9,11 @@ import (
 
 // Open workers: more than one core opens what one read of the socket
 // brought in. The goroutine that read it (the background reader or a
-// direct reader, reader.go) keeps the first part of the read for itself
-// and hands the other parts to the Conn's open workers, which decrypt
-// their datagrams in place (openAhead) while it opens and handles its own.
-// It then waits for them and handles the rest in the order read: the
+// direct reader, reader.go) keeps the first few datagrams of the read for
+// itself and hands the rest, in jobs of openChunk, to the Conn's open
+// workers, which decrypt them in place (openAhead) while it opens and
+// handles its own. It then decrypts the jobs no worker has taken yet
+// itself, waits for those taken, and handles the rest in the order read: the
 // replay window sees each session's counters in that order (accept, after
 // the decryption, as wireguard-go's sequential receiver checks them), and
 // each peer's datagrams reach the read queue in the order they came.
@@ -34,12 +35,16 @@ const (
 	// be shared out: below it a worker's wake-up costs about what it
 	// saves.
 	openShareMin = 8
-	// openPartMin is the fewest sealed datagrams a part holds.
-	openPartMin = 4
+	// openChunk is how many datagrams of a read make one job. Jobs
+	// smaller than a worker's share balance the work by themselves: a
+	// worker that wakes late takes fewer, and the reader, done with its
+	// own, opens those no worker has taken (joinOpens).
+	openChunk = 4
 	// maxOpenWorkers bounds the workers: a read holds at most
-	// readBatchSize datagrams, so more parts than this would hold too
-	// few each. Past it the single reader is the bound (BENCHMARKS.md).
-	maxOpenWorkers = readBatchSize/openPartMin - 1
+	// readBatchSize datagrams, readBatchSize/openChunk jobs, the first
+	// the reader's own. Past that the single reader is the bound
+	// (BENCHMARKS.md: several sockets, each with its reader, then).
+	maxOpenWorkers = readBatchSize/openChunk - 1
 )
 
 // preOpened is what an open worker found for a sealed datagram: its
@@ -91,7 +96,7 @@ func (c *Conn) openWorkers() int {
 	if n := o.n.Load(); n > 0 {
 		return int(n)
 	}
-	o.jobs = make(chan openJob, 2*maxOpenWorkers) // a reader sends at most maxOpenWorkers; Rebind may briefly make two
+	o.jobs = make(chan openJob, 2*maxOpenWorkers) // a read makes at most maxOpenWorkers jobs; Rebind may briefly make two readers
 	o.wg.Add(want)
 	for range want {
 		go c.openWorker(o.jobs)
@@ -160,10 +165,10 @@ func (c *Conn) receivable(s *session) bool {
 	return time.Duration(c.now()-s.created) < c.receiveLimit()
 }
 
-// shareOpens hands parts of pkts, the datagrams of one read, to the open
-// workers, if the read is worth sharing, and returns how many of pkts,
-// from the first, the caller opens itself before it waits for the workers
-// (joinOpens); 0 if none was shared. rs.mu is held.
+// shareOpens hands the datagrams of one read, pkts, to the open workers
+// in jobs of openChunk, if the read is worth sharing, and returns how many
+// of pkts, from the first, the caller opens itself before it waits for
+// the workers (joinOpens); 0 if none was shared. rs.mu is held.
 func (c *Conn) shareOpens(rs *readSet, pkts []*packet) int {
 	sealed := 0
 	for _, p := range pkts {
@@ -171,27 +176,21 @@ func (c *Conn) shareOpens(rs *readSet, pkts []*packet) int {
 			sealed++
 		}
 	}
-	if sealed < openShareMin {
+	if sealed < openShareMin || c.openWorkers() == 0 {
 		return 0
 	}
-	w := c.openWorkers()
-	if w == 0 {
-		return 0
-	}
-	parts := min(w+1, sealed/openPartMin)
-	size := (len(pkts) + parts - 1) / parts
 	jobs := c.opens.jobs
-	for lo := size; lo < len(pkts); lo += size {
-		j := openJob{pkts: pkts[lo:min(lo+size, len(pkts))], done: &rs.opening}
+	for lo := openChunk; lo < len(pkts); lo += openChunk {
+		j := openJob{pkts: pkts[lo:min(lo+openChunk, len(pkts))], done: &rs.opening}
 		rs.opening.Add(1)
 		select {
 		case jobs <- j:
 		default:
-			c.openPart(j) // never with a full queue: do it here
+			c.openPart(j) // the queue is full (another reader's jobs): do it here
 		}
 	}
 	c.opens.shared.Add(1)
-	return size
+	return openChunk
 }
 
 // joinOpens waits until the parts shareOpens handed out are decrypted,
