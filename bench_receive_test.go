@@ -206,12 +206,12 @@ func replayBench(b *testing.B, servers, peers int, raw, workers bool) {
 		b.ReportMetric(float64(n)/elapsed.Seconds(), "recv/s")
 	}
 	b.ReportMetric(100*float64(sent-n)/float64(sent), "loss%")
-	shared := uint64(0)
+	byWorkers := uint64(0)
 	for _, c := range conns {
-		shared += c.opens.shared.Load()
+		byWorkers += c.opens.byWorkers.Load()
 	}
 	if !raw {
-		b.ReportMetric(float64(shared)*1e6/float64(sent), "shared/Mdgram")
+		b.ReportMetric(100*float64(byWorkers)/float64(max(n, 1)), "byworkers%")
 	}
 }
 
@@ -285,6 +285,7 @@ func BenchmarkOpenShared(b *testing.B) {
 				}
 			}
 			b.StopTimer()
+			b.ReportMetric(100*float64(y.opens.byWorkers.Load())/float64(b.N), "byworkers%")
 			if y.Stats().Drops.Replay != 0 || y.Stats().Drops.Auth != 0 {
 				b.Fatalf("drops: %+v", y.Stats().Drops)
 			}

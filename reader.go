@@ -304,14 +304,8 @@ func (c *Conn) readLoop(s *socket) {
 // receiveSet hands the n datagrams of rs's last read to receive, and
 // replaces the packets it keeps; rs.mu is held.
 func (c *Conn) receiveSet(rs *readSet, n int) {
-	k := n
-	if own := c.shareOpens(rs, rs.pkts[:n]); own > 0 {
-		k = own // the open workers decrypt the rest meanwhile (receive_workers.go)
-	}
-	c.receiveRange(rs, 0, k)
-	if k < n {
-		c.joinOpens(rs)
-		c.receiveRange(rs, k, n)
+	if !c.receiveShared(rs, n) { // the open workers decrypt ahead (receive_workers.go)
+		c.receiveRange(rs, 0, n)
 	}
 }
 

@@ -9,19 +9,24 @@ import (
 
 // Open workers: more than one core opens what one read of the socket
 // brought in. The goroutine that read it (the background reader or a
-// direct reader, reader.go) keeps the first few datagrams of the read for
-// itself and hands the rest, in jobs of openChunk, to the Conn's open
-// workers, which decrypt them in place (openAhead) while it opens and
-// handles its own. It then decrypts the jobs no worker has taken yet
-// itself, waits for those taken, and handles the rest in the order read: the
-// replay window sees each session's counters in that order (accept, after
-// the decryption, as wireguard-go's sequential receiver checks them), and
-// each peer's datagrams reach the read queue in the order they came.
-// Nothing but the decryption runs on a worker: the session lookup, the
-// replay window, the record, the path checks and the queueing stay with
-// the reader, so the receive path's rules are the same whoever decrypts.
+// direct reader, reader.go) publishes the read (an openBatch) and wakes
+// some of the Conn's open workers. Reader and workers then claim the
+// read's datagrams one at a time, in order, from one atomic counter, and
+// decrypt what they claim in place (openAhead). Meanwhile the reader
+// handles the datagrams in the order read, each once it is decrypted:
+// while the next one is still with a worker, it claims and decrypts a
+// later one itself, so it waits only when every datagram of the read is
+// claimed, and then for one datagram per worker at most.
 //
-// A read is shared out only when it holds openShareMin sealed datagrams or
+// Only the decryption runs on a worker: the session lookup again, the
+// replay window, the record, the path checks and the queueing stay with
+// the reader, in the order read. So the replay window sees each session's
+// counters in that order (session.accept, after the decryption, as
+// wireguard-go's sequential receiver checks them after its parallel
+// decryption), each peer's datagrams reach the read queue in the order
+// they came, and the receive path's rules are the same whoever decrypts.
+//
+// A read is shared only when it holds openShareMin sealed datagrams or
 // more: a lone datagram (a round trip, a direct reader waiting for its
 // reply) is opened by the goroutine that read it, with no hand-off. The
 // workers start with the first read worth sharing, one fewer than
@@ -32,24 +37,21 @@ import (
 
 const (
 	// openShareMin is the fewest sealed datagrams one read must hold to
-	// be shared out: below it a worker's wake-up costs about what it
-	// saves.
+	// be shared: below it a worker's wake-up costs about what it saves.
 	openShareMin = 8
-	// openChunk is how many datagrams of a read make one job. Jobs
-	// smaller than a worker's share balance the work by themselves: a
-	// worker that wakes late takes fewer, and the reader, done with its
-	// own, opens those no worker has taken (joinOpens).
-	openChunk = 4
-	// maxOpenWorkers bounds the workers: a read holds at most
-	// readBatchSize datagrams, readBatchSize/openChunk jobs, the first
-	// the reader's own. Past that the single reader is the bound
-	// (BENCHMARKS.md: several sockets, each with its reader, then).
-	maxOpenWorkers = readBatchSize/openChunk - 1
+	// openPerWorker is how many datagrams of a read there are for each
+	// worker woken for it.
+	openPerWorker = 4
+	// maxOpenWorkers bounds the workers: more would find nothing left
+	// of a read of readBatchSize datagrams. Past that the single reader
+	// is the bound (BENCHMARKS.md: several sockets, each with its
+	// reader, then).
+	maxOpenWorkers = readBatchSize/openPerWorker - 1
 )
 
-// preOpened is what an open worker found for a sealed datagram: its
-// session, and the result of decrypting it (session.decrypt). s is nil
-// when the worker left the datagram to the reader.
+// preOpened is what openAhead found for a sealed datagram: its session,
+// and the result of decrypting it (session.decrypt). s is nil when it left
+// the datagram to receive.
 type preOpened struct {
 	s       *session
 	env     []byte
@@ -58,27 +60,54 @@ type preOpened struct {
 	head    [16]byte // the bytes after the header before decryption (cutShort)
 }
 
-// openJob is a part of a read for a worker: it decrypts pkts and then
-// marks done.
-type openJob struct {
-	pkts []*packet
-	done *sync.WaitGroup
+// openBatch is a read being shared: its datagrams, and which of them have
+// been claimed. state packs the read's generation (high 32 bits), its
+// datagram count (bits 16–31) and the next unclaimed datagram (bits
+// 0–15): a worker woken for an earlier read of the same set finds another
+// generation and claims nothing.
+type openBatch struct {
+	state atomic.Uint64
+	pkts  []*packet // written by the reader before it publishes state
+	gen   uint32    // the reader's, under rs.mu
+}
+
+// claim returns the next unclaimed datagram of read gen, if any.
+func (b *openBatch) claim(gen uint32) (int, bool) {
+	for {
+		s := b.state.Load()
+		n, next := int(s>>16&0xffff), int(s&0xffff)
+		if uint32(s>>32) != gen || next >= n {
+			return 0, false
+		}
+		if b.state.CompareAndSwap(s, s+1) {
+			return next, true
+		}
+	}
+}
+
+// openWake is the message that wakes a worker for read gen of b.
+type openWake struct {
+	b   *openBatch
+	gen uint32
 }
 
 // openers are a Conn's open workers.
 type openers struct {
 	n    atomic.Int32 // workers started; 0 until the first read worth sharing
-	jobs chan openJob
+	wake chan openWake
 
 	mu      sync.Mutex // start against stop
 	stopped bool
 	wg      sync.WaitGroup
 
-	shared atomic.Uint64 // reads shared out, ever (tests and benchmarks look)
+	// Tests and benchmarks look: reads shared, and datagrams the
+	// workers (not the readers) decrypted, ever.
+	shared, byWorkers atomic.Uint64
 }
 
 // openWorkers returns how many open workers the Conn has, starting them
-// if it has none and GOMAXPROCS allows more than one core.
+// if it has none and GOMAXPROCS allows more than one core. The number is
+// fixed when they start.
 func (c *Conn) openWorkers() int {
 	if n := c.opens.n.Load(); n > 0 {
 		return int(n)
@@ -96,18 +125,19 @@ func (c *Conn) openWorkers() int {
 	if n := o.n.Load(); n > 0 {
 		return int(n)
 	}
-	o.jobs = make(chan openJob, 2*maxOpenWorkers) // a read makes at most maxOpenWorkers jobs; Rebind may briefly make two readers
+	// Room for every worker of two readers (Rebind may briefly make a
+	// second): a wake that finds it full is not needed.
+	o.wake = make(chan openWake, 2*maxOpenWorkers)
 	o.wg.Add(want)
 	for range want {
-		go c.openWorker(o.jobs)
+		go c.openWorker(o.wake)
 	}
 	o.n.Store(int32(want))
 	return want
 }
 
-// stopOpeners ends the open workers and waits for them (Close). Parts a
-// worker did not take are done by the reader that shared them out
-// (joinOpens).
+// stopOpeners ends the open workers and waits for them (Close). What a
+// worker has not claimed of a read, its reader decrypts itself.
 func (c *Conn) stopOpeners() {
 	o := &c.opens
 	o.mu.Lock()
@@ -116,24 +146,44 @@ func (c *Conn) stopOpeners() {
 	o.wg.Wait()
 }
 
-func (c *Conn) openWorker(jobs chan openJob) {
+// openSpin is how long a worker done with a read looks for the next one
+// before it sleeps: a stream's next read comes within about that, and a
+// sleeping worker's wake-up (several µs, often tens on a busy machine)
+// would come when the reader has opened most of it alone.
+const openSpin = 50 * time.Microsecond
+
+func (c *Conn) openWorker(wake chan openWake) {
 	defer c.opens.wg.Done()
 	for {
+		var w openWake
 		select {
-		case j := <-jobs:
-			c.openPart(j)
+		case w = <-wake:
 		case <-c.closed:
 			return
 		}
+		for w.b != nil {
+			k := uint64(0)
+			for {
+				i, ok := w.b.claim(w.gen)
+				if !ok {
+					break
+				}
+				p := w.b.pkts[i]
+				c.openAhead(p)
+				p.opened.Store(true)
+				k++
+			}
+			c.opens.byWorkers.Add(k)
+			w = openWake{}
+			for spun := time.Now(); w.b == nil && time.Since(spun) < openSpin; {
+				select {
+				case w = <-wake:
+				default:
+					runtime.Gosched()
+				}
+			}
+		}
 	}
-}
-
-// openPart decrypts the sealed datagrams of j ahead of their turn.
-func (c *Conn) openPart(j openJob) {
-	for _, p := range j.pkts {
-		c.openAhead(p)
-	}
-	j.done.Done()
 }
 
 // openAhead decrypts p in place if it is a sealed datagram of a live
@@ -165,46 +215,56 @@ func (c *Conn) receivable(s *session) bool {
 	return time.Duration(c.now()-s.created) < c.receiveLimit()
 }
 
-// shareOpens hands the datagrams of one read, pkts, to the open workers
-// in jobs of openChunk, if the read is worth sharing, and returns how many
-// of pkts, from the first, the caller opens itself before it waits for
-// the workers (joinOpens); 0 if none was shared. rs.mu is held.
-func (c *Conn) shareOpens(rs *readSet, pkts []*packet) int {
+// receiveShared hands the n datagrams of rs's last read to receive, in
+// order, with the open workers decrypting ahead, and reports whether it
+// did; it does nothing and returns false if the read is not worth sharing
+// or the Conn has no workers. rs.mu is held.
+func (c *Conn) receiveShared(rs *readSet, n int) bool {
+	pkts := rs.pkts[:n]
 	sealed := 0
 	for _, p := range pkts {
 		if len(p.data) > 1 && p.data[1] == typeSealed {
 			sealed++
 		}
 	}
-	if sealed < openShareMin || c.openWorkers() == 0 {
-		return 0
+	if sealed < openShareMin {
+		return false
 	}
-	jobs := c.opens.jobs
-	for lo := openChunk; lo < len(pkts); lo += openChunk {
-		j := openJob{pkts: pkts[lo:min(lo+openChunk, len(pkts))], done: &rs.opening}
-		rs.opening.Add(1)
+	w := c.openWorkers()
+	if w == 0 {
+		return false
+	}
+	b := &rs.batch
+	b.gen++
+	gen := b.gen
+	b.pkts = pkts
+	for _, p := range pkts {
+		p.opened.Store(false)
+	}
+	b.state.Store(uint64(gen)<<32 | uint64(n)<<16)
+	for range min(w, (n-1)/openPerWorker) {
 		select {
-		case jobs <- j:
-		default:
-			c.openPart(j) // the queue is full (another reader's jobs): do it here
+		case c.opens.wake <- openWake{b, gen}:
+		default: // full of wakes the workers have yet to see: they will
 		}
 	}
 	c.opens.shared.Add(1)
-	return openChunk
-}
-
-// joinOpens waits until the parts shareOpens handed out are decrypted,
-// doing those no worker has taken yet itself. rs.mu is held.
-func (c *Conn) joinOpens(rs *readSet) {
-	jobs := c.opens.jobs
-	for {
-		select {
-		case j := <-jobs: // ours, or another reader's (Rebind): done either way
-			c.openPart(j)
-			continue
-		default:
+	for i, p := range pkts {
+		for !p.opened.Load() {
+			// With a worker: decrypt a later one meanwhile, or, when
+			// all are claimed, let the worker's goroutine run.
+			if j, ok := b.claim(gen); ok {
+				q := pkts[j]
+				c.openAhead(q)
+				q.opened.Store(true)
+			} else {
+				runtime.Gosched()
+			}
 		}
-		break
+		if c.receive(p) {
+			rs.pkts[i] = c.getPacket()
+		}
 	}
-	rs.opening.Wait()
+	b.pkts = nil
+	return true
 }

@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"github.com/vaultudp/vaultudp/internal/udpio"
 )
@@ -89,8 +90,8 @@ func (r *reader) read(pkts []*packet) (int, error) {
 // does not allocate and zero 32 of them (and, where the socket has GRO, a
 // 64 KiB buffer) for each goroutine that reads it.
 type readSet struct {
-	mu       sync.Mutex     // held while reading into the set and handling what came
-	opening  sync.WaitGroup // the open workers' parts of the last read (receive_workers.go)
+	mu       sync.Mutex // held while reading into the set and handling what came
+	batch    openBatch  // the last read, shared with the open workers (receive_workers.go)
 	r        *reader
 	pkts     []*packet
 	full     bool // the last read filled pkts
@@ -159,7 +160,8 @@ type packet struct {
 
 	// pre is set for a sealed datagram an open worker decrypted ahead of
 	// its turn (receive_workers.go); receiveSealed takes it from there.
-	pre preOpened
+	pre    preOpened
+	opened atomic.Bool // in a shared read: pre is set, or left unset for receive to do it all
 }
 
 func (c *Conn) getPacket() *packet {
