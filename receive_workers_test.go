@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"net"
 	"net/netip"
 	"os"
 	"runtime"
@@ -259,5 +260,79 @@ func TestOpenWorkersReplay(t *testing.T) {
 	}
 	if server.opens.shared.Load() == 0 || server.opens.byWorkers.Load() == 0 {
 		t.Error("the open workers were not exercised")
+	}
+}
+
+// TestOpenWorkersCloseRebind: Rebind and then Close while peers stream
+// and reads are being shared with the open workers: neither waits for
+// long, the reader gets net.ErrClosed, and (under -race) no worker touches
+// a read after its reader is done with it.
+func TestOpenWorkersCloseRebind(t *testing.T) {
+	server, clients := workersSetup(t, 2)
+	to := addrOf(server)
+	stop := make(chan struct{})
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		seals := make([][][]byte, len(clients))
+		for i, c := range clients {
+			seals[i] = sealedRun(t, c, server, byte(i), 0, 4096, 200)
+		}
+		for off := 0; off < 4096; off += 32 {
+			for i, c := range clients {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				b := make([]byte, 0, 32*len(seals[i][0]))
+				for _, d := range seals[i][off : off+32] {
+					b = append(b, d...)
+				}
+				c.sock.Load().WriteSegments(b, len(seals[i][0]), to, netip.Addr{}) // errors once the port is gone: fine
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+	}()
+	readErr := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			if _, _, err := server.ReadFromUDPAddrPort(buf); err != nil {
+				readErr <- err
+				return
+			}
+		}
+	}()
+	for deadline := time.Now().Add(10 * time.Second); server.opens.byWorkers.Load() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no datagram was decrypted by a worker")
+		}
+	}
+	if err := server.Rebind("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- server.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return")
+	}
+	select {
+	case err := <-readErr:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("read: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the reader did not return")
+	}
+	close(stop)
+	<-sent
+	if n := server.opens.n.Load(); n > 0 {
+		t.Logf("%d open workers ended with the Conn; they decrypted %d datagrams", n, server.opens.byWorkers.Load())
 	}
 }
