@@ -342,3 +342,26 @@ func TestOpenWorkersCloseRebind(t *testing.T) {
 		t.Logf("%d open workers ended with the Conn; they decrypted %d datagrams", n, server.opens.byWorkers.Load())
 	}
 }
+
+// TestOpenWorkersAllocs: a read shared with the open workers allocates
+// nothing once they have started (the first shared read starts them).
+func TestOpenWorkersAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	if runtime.GOMAXPROCS(0) < 4 {
+		prev := runtime.GOMAXPROCS(4)
+		t.Cleanup(func() { runtime.GOMAXPROCS(prev) })
+	}
+	y, read := sharedReads(t, true)
+	if !y.sock.Load().Caps().BatchRead {
+		t.Skip("no batch reads on this socket: the open workers are never used")
+	}
+	read()
+	if a := testing.AllocsPerRun(200, read); a != 0 {
+		t.Errorf("%v allocations per shared read of %d datagrams, want 0", a, readBatchSize)
+	}
+	if y.opens.shared.Load() == 0 {
+		t.Error("no read was shared")
+	}
+}
