@@ -243,7 +243,8 @@ func BenchmarkOpenShared(b *testing.B) {
 
 // sharedReads returns a receiving Conn and a function that hands it one
 // read of readBatchSize sealed datagrams of one session (receiveSet) and
-// takes them from its read queue, failing tb if one is not delivered. The
+// takes them from its read queue, failing tb if one is not delivered, or
+// not in the order of the read. The
 // same datagrams go round: the session's replay window is cleared first.
 // Without workers, the Conn has none.
 func sharedReads(tb testing.TB, workers bool) (*Conn, func()) {
@@ -272,6 +273,7 @@ func sharedReads(tb testing.TB, workers bool) (*Conn, func()) {
 	payload := randomPayload(replaySize)
 	sealed := make([][]byte, readBatchSize)
 	for i := range sealed {
+		payload[0] = byte(i) // read checks the order by it
 		d, err := x.appendSealed(make([]byte, 0, x.bufSize+tagLen), s, payload, true)
 		if err != nil {
 			tb.Fatal(err)
@@ -309,9 +311,12 @@ func sharedReads(tb testing.TB, workers bool) (*Conn, func()) {
 		rs.mu.Lock()
 		y.receiveSet(rs, readBatchSize)
 		rs.mu.Unlock()
-		for range readBatchSize {
+		for i := range readBatchSize {
 			select {
 			case p := <-y.recvQ:
+				if len(p.data) != replaySize || p.data[0] != byte(i) {
+					tb.Fatalf("datagram %d of a read delivered as datagram %d", p.data[0], i)
+				}
 				y.putPacket(p)
 			default:
 				tb.Fatalf("a datagram was not delivered; drops %+v", y.Stats().Drops)

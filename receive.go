@@ -68,10 +68,17 @@ func (c *Conn) receiveSealed(p *packet) bool {
 	now := c.now()
 	s := p.pre.s
 	if s != nil {
-		if !c.receivable(s) {
-			// Expired since the worker looked: no longer what came, so
-			// not protocol v2's either.
+		if idx := s.localIndex; c.index.lookup(idx) != s {
+			// Retired by a datagram handled since the worker looked
+			// (one of the same read): what the reader would have found
+			// had it opened this one itself. It is no longer what came
+			// (decrypted in place), so not protocol v2's either.
 			c.stats.unknownSession.Add(1)
+			c.sendReset(idx, p.from, p.local)
+			return false
+		}
+		if !c.receivable(s) {
+			c.stats.unknownSession.Add(1) // expired since the worker looked
 			return false
 		}
 		env, err, head = p.pre.env, p.pre.err, p.pre.head

@@ -179,8 +179,8 @@ func TestOpenWorkersOrder(t *testing.T) {
 	shared, byWorkers := server.opens.shared.Load(), server.opens.byWorkers.Load()
 	t.Logf("received %d of %d; reads shared with open workers: %d, datagrams they decrypted: %d; drops: replay %d, auth %d, queue full %d",
 		got.Load(), peers*perPeer, shared, byWorkers, st.Drops.Replay, st.Drops.Auth, st.Drops.QueueFull)
-	if shared == 0 || byWorkers == 0 {
-		t.Error("the open workers were not exercised")
+	if shared == 0 {
+		t.Error("no read was shared with the open workers")
 	}
 	if st.Drops.Replay != 0 || st.Drops.Auth != 0 {
 		t.Errorf("fresh datagrams dropped: replay %d, auth %d", st.Drops.Replay, st.Drops.Auth)
@@ -264,8 +264,8 @@ func TestOpenWorkersReplay(t *testing.T) {
 	if int(st.Drops.Auth) != forged {
 		t.Errorf("failed authentications counted %d, want %d", st.Drops.Auth, forged)
 	}
-	if server.opens.shared.Load() == 0 || server.opens.byWorkers.Load() == 0 {
-		t.Error("the open workers were not exercised")
+	if server.opens.shared.Load() == 0 {
+		t.Error("no read was shared with the open workers")
 	}
 }
 
@@ -363,5 +363,31 @@ func TestOpenWorkersAllocs(t *testing.T) {
 	}
 	if y.opens.shared.Load() == 0 {
 		t.Error("no read was shared")
+	}
+}
+
+// TestOpenWorkersSharedOrder: reads of 32 datagrams of one session handed
+// to the receive stage directly (no socket, so every read is shared),
+// until the workers have decrypted a few hundred of them (bounded in count
+// and time): each read is delivered whole and in order, whoever decrypted
+// which datagram. The tests over sockets above cannot make sure a worker
+// takes part (a fast reader may open a whole read alone); this one loops
+// until one has.
+func TestOpenWorkersSharedOrder(t *testing.T) {
+	if runtime.GOMAXPROCS(0) < 4 {
+		prev := runtime.GOMAXPROCS(4)
+		t.Cleanup(func() { runtime.GOMAXPROCS(prev) })
+	}
+	y, read := sharedReads(t, true)
+	reads := 0
+	for deadline := time.Now().Add(20 * time.Second); y.opens.byWorkers.Load() < 300 && reads < 20000 && time.Now().Before(deadline); reads++ {
+		read() // fails t on a datagram lost or out of order
+	}
+	t.Logf("%d reads of %d: the workers decrypted %d datagrams", reads, readBatchSize, y.opens.byWorkers.Load())
+	if y.opens.byWorkers.Load() == 0 {
+		t.Error("no datagram was decrypted by a worker")
+	}
+	if st := y.Stats(); st.Drops.Replay != 0 || st.Drops.Auth != 0 {
+		t.Errorf("drops: %+v", st.Drops)
 	}
 }
