@@ -28,7 +28,10 @@ import (
 //
 // A read is shared only when it holds openShareMin sealed datagrams or
 // more: a lone datagram (a round trip, a direct reader waiting for its
-// reply) is opened by the goroutine that read it, with no hand-off. The
+// reply) is opened by the goroutine that read it, with no hand-off. And
+// where the workers keep coming too late to take a part of the reads (no
+// core is free for them), the reader stops sharing for a while
+// (openMisses). The
 // workers start with the first read worth sharing, one fewer than
 // GOMAXPROCS (at most maxOpenWorkers), and end with the Conn.
 //
@@ -38,7 +41,7 @@ import (
 const (
 	// openShareMin is the fewest sealed datagrams one read must hold to
 	// be shared: below it a worker's wake-up costs about what it saves.
-	openShareMin = 8
+	openShareMin = 16
 	// openPerWorker is how many datagrams of a read there are for each
 	// worker woken for it.
 	openPerWorker = 4
@@ -68,8 +71,24 @@ type preOpened struct {
 type openBatch struct {
 	state atomic.Uint64
 	pkts  []*packet // written by the reader before it publishes state
-	gen   uint32    // the reader's, under rs.mu
+
+	// The reader's, under rs.mu.
+	gen    uint32
+	misses int // shared reads in a row the workers did little of
+	skip   int // reads not to share before trying again
 }
+
+// openMissShare is the share of a read below which the workers are said
+// to have missed it: woken too late to matter, because no core was free
+// for them. After openMisses such reads in a row, the reader stops
+// sharing for 2, 4, ... up to openBackoffMax reads, then tries again: on
+// a machine whose cores are all busy, waking workers costs the reader and
+// takes a core from whatever else runs, and gains nothing.
+const (
+	openMissShare  = 8 // 1/8 of a read's datagrams
+	openMisses     = 4
+	openBackoffMax = 256
+)
 
 // claim returns the next unclaimed datagram of read gen, if any.
 func (b *openBatch) claim(gen uint32) (int, bool) {
@@ -82,6 +101,19 @@ func (b *openBatch) claim(gen uint32) (int, bool) {
 		if b.state.CompareAndSwap(s, s+1) {
 			return next, true
 		}
+	}
+}
+
+// score counts a shared read of n datagrams of which the workers
+// decrypted byWorkers, and sets how many reads are not to be shared next
+// (openMisses).
+func (b *openBatch) score(n, byWorkers int) {
+	if byWorkers*openMissShare >= n {
+		b.misses = 0
+		return
+	}
+	if b.misses++; b.misses >= openMisses {
+		b.skip = min(1<<min(b.misses-openMisses+1, 30), openBackoffMax)
 	}
 }
 
@@ -103,6 +135,9 @@ type openers struct {
 	// Tests and benchmarks look: reads shared, and datagrams the
 	// workers (not the readers) decrypted, ever.
 	shared, byWorkers atomic.Uint64
+	// persist, set by tests, has readers share every read worth it,
+	// however little the workers take (no backoff).
+	persist atomic.Bool
 }
 
 // openWorkers returns how many open workers the Conn has, starting them
@@ -230,11 +265,15 @@ func (c *Conn) receiveShared(rs *readSet, n int) bool {
 	if sealed < openShareMin {
 		return false
 	}
+	b := &rs.batch
+	if b.skip > 0 {
+		b.skip--
+		return false
+	}
 	w := c.openWorkers()
 	if w == 0 {
 		return false
 	}
-	b := &rs.batch
 	b.gen++
 	gen := b.gen
 	b.pkts = pkts
@@ -249,6 +288,7 @@ func (c *Conn) receiveShared(rs *readSet, n int) bool {
 		}
 	}
 	c.opens.shared.Add(1)
+	own := 0 // datagrams the reader decrypted itself
 	for i, p := range pkts {
 		for !p.opened.Load() {
 			// With a worker: decrypt a later one meanwhile, or, when
@@ -257,6 +297,7 @@ func (c *Conn) receiveShared(rs *readSet, n int) bool {
 				q := pkts[j]
 				c.openAhead(q)
 				q.opened.Store(true)
+				own++
 			} else {
 				runtime.Gosched()
 			}
@@ -266,5 +307,8 @@ func (c *Conn) receiveShared(rs *readSet, n int) bool {
 		}
 	}
 	b.pkts = nil
+	if !c.opens.persist.Load() {
+		b.score(n, n-own)
+	}
 	return true
 }

@@ -57,7 +57,8 @@ func sendTrain(tb testing.TB, c *Conn, ds [][]byte, to netip.AddrPort) {
 
 // workersSetup returns a server Conn and n clients with sessions with it,
 // with GOMAXPROCS at least 4 for the test, so that the server has open
-// workers however many cores the machine has.
+// workers however many cores the machine has, and shares every read with
+// them (no backoff).
 func workersSetup(t *testing.T, n int) (*Conn, []*Conn) {
 	t.Helper()
 	if runtime.GOMAXPROCS(0) < 4 {
@@ -69,6 +70,7 @@ func workersSetup(t *testing.T, n int) (*Conn, []*Conn) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { server.Close() })
+	server.opens.persist.Store(true) // share every read, so that the workers are tested however busy the machine
 	if !server.sock.Load().Caps().BatchRead {
 		// The portable path (udp_portable.go) reads one datagram at a
 		// time: no read is worth sharing, and every datagram is opened
@@ -389,5 +391,39 @@ func TestOpenWorkersSharedOrder(t *testing.T) {
 	}
 	if st := y.Stats(); st.Drops.Replay != 0 || st.Drops.Auth != 0 {
 		t.Errorf("drops: %+v", st.Drops)
+	}
+}
+
+// TestOpenWorkersBackoff: reads the workers keep missing stop being shared
+// for 2, 4, ... up to 256 reads after the fourth miss in a row; a read they
+// took their share of resets it.
+func TestOpenWorkersBackoff(t *testing.T) {
+	var b openBatch
+	for i := range 3 {
+		b.score(32, 3) // 3 of 32: a miss
+		if b.skip != 0 {
+			t.Fatalf("after %d misses: skip %d, want 0", i+1, b.skip)
+		}
+	}
+	for _, want := range []int{2, 4, 8, 16, 32, 64, 128, 256, 256, 256} {
+		b.score(32, 0)
+		if b.skip != want {
+			t.Fatalf("after %d misses: skip %d, want %d", b.misses, b.skip, want)
+		}
+	}
+	for range 100 { // however long it went on
+		b.score(32, 1)
+	}
+	if b.skip != openBackoffMax {
+		t.Fatalf("skip %d after many misses, want %d", b.skip, openBackoffMax)
+	}
+	b.skip = 0
+	b.score(32, 4) // 4 of 32: a share
+	if b.misses != 0 {
+		t.Fatalf("misses %d after a read the workers took part in, want 0", b.misses)
+	}
+	b.score(32, 0)
+	if b.skip != 0 {
+		t.Fatalf("skip %d after one miss, want 0", b.skip)
 	}
 }
