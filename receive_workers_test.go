@@ -381,6 +381,7 @@ func TestOpenWorkersSharedOrder(t *testing.T) {
 		t.Cleanup(func() { runtime.GOMAXPROCS(prev) })
 	}
 	y, read := sharedReads(t, true)
+	y.opens.persist.Store(true)
 	reads := 0
 	for deadline := time.Now().Add(20 * time.Second); y.opens.byWorkers.Load() < 300 && reads < 20000 && time.Now().Before(deadline); reads++ {
 		read() // fails t on a datagram lost or out of order
