@@ -137,8 +137,9 @@ type Conn struct {
 	//	sq.mu      the send queue (sendqueue.go); like index.mu, it is
 	//	           taken last and never held while waiting
 	//
-	// The leaves, each taken alone: cookies.mu, resets.mu, routes.mu, the deadlines',
-	// opens.mu (the open workers' start, under rs.mu, and stop: receive_workers.go).
+	// The leaves, each taken alone: cookies.mu, resets.mu, routes.mu, the deadlines'.
+	// opens.mu (the open workers' start and stop, receive_workers.go) is a leaf
+	// too, taken by a reader with rs.mu held.
 	//
 	// A name ending in Locked is called with a lock held: TableLocked,
 	// c.peers.mu; otherwise the mu of the peer it works on (its argument, or
