@@ -31,12 +31,12 @@ import (
 // reply) is opened by the goroutine that read it, with no hand-off. And
 // where the workers keep coming too late to take a part of the reads (no
 // core is free for them), the reader stops sharing for a while
-// (openMisses). The
-// workers start with the first read worth sharing, one fewer than
-// GOMAXPROCS (at most maxOpenWorkers), and end with the Conn.
+// (openMisses). The workers start with the first read worth sharing, one
+// fewer than GOMAXPROCS (at most maxOpenWorkers), and end with the Conn.
 //
 // Why workers behind one socket rather than several SO_REUSEPORT sockets
-// per Conn: BENCHMARKS.md ("Open workers").
+// per Conn, and how this goes past 8 cores: BENCHMARKS.md ("Many cores on
+// the receive side").
 
 const (
 	// openShareMin is the fewest sealed datagrams one read must hold to
@@ -47,8 +47,8 @@ const (
 	openPerWorker = 4
 	// maxOpenWorkers bounds the workers: more would find nothing left
 	// of a read of readBatchSize datagrams. Past that the single reader
-	// is the bound (BENCHMARKS.md: several sockets, each with its
-	// reader, then).
+	// is the bound (BENCHMARKS.md: several SO_REUSEPORT sockets, each
+	// with its reader, feeding the same workers, then).
 	maxOpenWorkers = readBatchSize/openPerWorker - 1
 )
 
