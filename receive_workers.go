@@ -85,7 +85,7 @@ type openBatch struct {
 // a machine whose cores are all busy, waking workers costs the reader and
 // takes a core from whatever else runs, and gains nothing.
 const (
-	openMissShare  = 8 // 1/8 of a read's datagrams
+	openMissShare  = 4 // 1/4 of a read's datagrams
 	openMisses     = 4
 	openBackoffMax = 256
 )

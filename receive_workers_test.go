@@ -395,13 +395,14 @@ func TestOpenWorkersSharedOrder(t *testing.T) {
 	}
 }
 
-// TestOpenWorkersBackoff: reads the workers keep missing stop being shared
+// TestOpenWorkersBackoff: reads the workers keep missing (taking less than
+// a quarter of each) stop being shared
 // for 2, 4, ... up to 256 reads after the fourth miss in a row; a read they
 // took their share of resets it.
 func TestOpenWorkersBackoff(t *testing.T) {
 	var b openBatch
 	for i := range 3 {
-		b.score(32, 3) // 3 of 32: a miss
+		b.score(32, 7) // 7 of 32: a miss
 		if b.skip != 0 {
 			t.Fatalf("after %d misses: skip %d, want 0", i+1, b.skip)
 		}
@@ -419,7 +420,7 @@ func TestOpenWorkersBackoff(t *testing.T) {
 		t.Fatalf("skip %d after many misses, want %d", b.skip, openBackoffMax)
 	}
 	b.skip = 0
-	b.score(32, 4) // 4 of 32: a share
+	b.score(32, 8) // 8 of 32: a share
 	if b.misses != 0 {
 		t.Fatalf("misses %d after a read the workers took part in, want 0", b.misses)
 	}
