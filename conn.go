@@ -142,7 +142,8 @@ type Conn struct {
 	//
 	// The leaves, each taken alone: cookies.mu, resets.mu, routes.mu, the
 	// deadlines', hw.mu and the response's (handshake.go: held across
-	// ReadFinal).
+	// ReadFinal). opens.mu (the open workers' start and stop,
+	// receive_workers.go) is a leaf too, taken by a reader with rs.mu held.
 	//
 	// A name ending in Locked is called with a lock held: TableLocked,
 	// c.peers.mu; otherwise the mu of the peer it works on (its argument, or
@@ -165,6 +166,8 @@ type Conn struct {
 	// With locks of their own (see the list above).
 	index *sessionIndex // sessions and initiations by local index (keypairs.go)
 	sq    *sendQueue    // sealed datagrams behind a streaming writer (sendqueue.go)
+
+	opens openers // the open workers (receive_workers.go)
 }
 
 // newConn returns a Conn over s; the caller closes s if it fails.
@@ -353,6 +356,7 @@ func (c *Conn) Close() error {
 	err := c.sock.Load().Close()
 	c.rebindMu.Unlock()
 	c.wg.Wait()
+	c.stopOpeners() // after the readers: none shares a read out any more
 	<-c.spare.done
 	c.readDeadline.stop()
 	c.writeDeadline.stop()

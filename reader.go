@@ -304,7 +304,14 @@ func (c *Conn) readLoop(s *socket) {
 // receiveSet hands the n datagrams of rs's last read to receive, and
 // replaces the packets it keeps; rs.mu is held.
 func (c *Conn) receiveSet(rs *readSet, n int) {
-	for i := 0; i < n; i++ {
+	if !c.receiveShared(rs, n) { // the open workers decrypt ahead (receive_workers.go)
+		c.receiveRange(rs, 0, n)
+	}
+}
+
+// receiveRange hands rs.pkts[i:n] to receive, in order; rs.mu is held.
+func (c *Conn) receiveRange(rs *readSet, i, n int) {
+	for ; i < n; i++ {
 		if c.receive(rs.pkts[i]) {
 			rs.pkts[i] = c.getPacket()
 		}

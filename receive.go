@@ -22,6 +22,11 @@ func (c *Conn) receive(p *packet) bool {
 		c.stats.tooLarge.Add(1)
 		return false
 	}
+	if p.pre.s != nil {
+		// Decrypted ahead, in place: the checks that sent it there
+		// passed (openAhead), and it is not what came any more.
+		return c.receiveSealed(p)
+	}
 	if len(b) < openHeaderLen || b[0] != ProtocolVersion || c.notNativeAddr(p.from) {
 		return c.notNative(p, &c.stats.malformed)
 	}
@@ -50,30 +55,59 @@ func (c *Conn) receive(p *packet) bool {
 	return c.notNative(p, &c.stats.malformed)
 }
 
+// receiveSealed handles a sealed datagram: opened here, or, when p.pre is
+// set, decrypted ahead by an open worker, whose result it takes in the
+// datagram's turn (the replay window sees the counters in the order read,
+// as wireguard-go's sequential receiver does after parallel decryption).
 func (c *Conn) receiveSealed(p *packet) bool {
-	idx, ok := sealedIndex(p.data)
-	if !ok {
-		return c.notNative(p, &c.stats.malformed)
-	}
-	s := c.index.lookup(idx) // keypairs.go: no lock
-	if s == nil {
-		if c.receiveOther(p) { // protocol v2 (proto_v2.go)
+	var (
+		env  []byte
+		err  error
+		head [16]byte // for cutShort: a failed open overwrites the datagram
+	)
+	now := c.now()
+	s := p.pre.s
+	if s != nil {
+		if idx := s.localIndex; c.index.lookup(idx) != s {
+			// Retired by a datagram handled since the worker looked
+			// (one of the same read): what the reader would have found
+			// had it opened this one itself. It is no longer what came
+			// (decrypted in place), so not protocol v2's either.
+			c.stats.unknownSession.Add(1)
+			c.sendReset(idx, p.from, p.local)
 			return false
 		}
-		if kept, ours := c.holdForResponse(idx, p); ours {
-			return kept // handshake_responder.go: its final message is on its way
+		if !c.receivable(s) {
+			c.stats.unknownSession.Add(1) // expired since the worker looked
+			return false
 		}
-		c.stats.unknownSession.Add(1)
-		c.sendReset(idx, p.from, p.local) // reset.go: we may have restarted
-		return false
+		env, err, head = p.pre.env, p.pre.err, p.pre.head
+		if err == nil && !s.accept(p.pre.counter) {
+			err = errReplay
+		}
+	} else {
+		idx, ok := sealedIndex(p.data)
+		if !ok {
+			return c.notNative(p, &c.stats.malformed)
+		}
+		s = c.index.lookup(idx) // keypairs.go: no lock
+		if s == nil {
+			if c.receiveOther(p) { // protocol v2 (proto_v2.go)
+				return false
+			}
+			if kept, ours := c.holdForResponse(idx, p); ours {
+				return kept // handshake_responder.go: its final message is on its way
+			}
+			c.stats.unknownSession.Add(1)
+			c.sendReset(idx, p.from, p.local) // reset.go: we may have restarted
+			return false
+		}
+		if time.Duration(now-s.created) >= c.receiveLimit() {
+			return c.notNative(p, &c.stats.unknownSession)
+		}
+		copy(head[:], p.data[sealedHeaderLen:])
+		env, err = s.open(p.data)
 	}
-	now := c.now()
-	if time.Duration(now-s.created) >= c.receiveLimit() {
-		return c.notNative(p, &c.stats.unknownSession)
-	}
-	var head [16]byte
-	copy(head[:], p.data[sealedHeaderLen:]) // for cutShort: a failed open overwrites it
-	env, err := s.open(p.data)
 	switch {
 	case errors.Is(err, errReplay):
 		c.stats.replay.Add(1)

@@ -176,27 +176,46 @@ func sealedIndex(b []byte) (index uint32, ok bool) {
 // the envelope (aliasing b). The counter is marked in the replay window
 // only after authentication succeeded, so forgeries cannot move it.
 func (s *session) open(b []byte) ([]byte, error) {
-	// The Conn calls sealedIndex first, but open must not rely on it: a
-	// datagram shorter than the header made the counter read panic.
-	if len(b) < sealedOverhead {
-		return nil, errMalformed
-	}
-	counter := binary.BigEndian.Uint64(b[8:])
-	if counter >= counterLimit {
-		return nil, errReplay
-	}
-	nonce := noncePool.Get().(*[chacha20poly1305.NonceSize]byte)
-	*nonce = nonceFor(counter)
-	env, err := s.recv.Open(b[sealedHeaderLen:sealedHeaderLen], nonce[:], b[sealedHeaderLen:], b[:sealedHeaderLen])
-	noncePool.Put(nonce)
+	env, counter, err := s.decrypt(b)
 	if err != nil {
-		return nil, errAuth
+		return nil, err
 	}
-	s.mu.Lock()
-	fresh := s.replay.checkAndUpdate(counter)
-	s.mu.Unlock()
-	if !fresh {
+	if !s.accept(counter) {
 		return nil, errReplay
 	}
 	return env, nil
+}
+
+// decrypt is open without the replay window: it authenticates and
+// decrypts b in place and returns the envelope and b's counter, which the
+// caller passes to accept before it uses the envelope. It touches no
+// state of s, so datagrams of one session may be decrypted in parallel
+// (receive_workers.go) and accepted in the order they came.
+func (s *session) decrypt(b []byte) (env []byte, counter uint64, err error) {
+	// The Conn calls sealedIndex first, but decrypt must not rely on it:
+	// a datagram shorter than the header made the counter read panic.
+	if len(b) < sealedOverhead {
+		return nil, 0, errMalformed
+	}
+	counter = binary.BigEndian.Uint64(b[8:])
+	if counter >= counterLimit {
+		return nil, 0, errReplay
+	}
+	nonce := noncePool.Get().(*[chacha20poly1305.NonceSize]byte)
+	*nonce = nonceFor(counter)
+	env, err = s.recv.Open(b[sealedHeaderLen:sealedHeaderLen], nonce[:], b[sealedHeaderLen:], b[:sealedHeaderLen])
+	noncePool.Put(nonce)
+	if err != nil {
+		return nil, 0, errAuth
+	}
+	return env, counter, nil
+}
+
+// accept marks counter, of a datagram decrypt authenticated, in the
+// replay window, and reports whether it was fresh.
+func (s *session) accept(counter uint64) bool {
+	s.mu.Lock()
+	fresh := s.replay.checkAndUpdate(counter)
+	s.mu.Unlock()
+	return fresh
 }

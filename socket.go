@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"github.com/vaultudp/vaultudp/internal/udpio"
 )
@@ -66,6 +67,7 @@ func (r *reader) read(pkts []*packet) (int, error) {
 		p, m := pkts[i], &ms[i]
 		p.data, p.truncated = p.buf[:m.N], m.Truncated
 		p.from, p.local = m.Addr, m.Local
+		p.pre = preOpened{}
 		if m.Whole != nil && len(m.Whole) <= udpMaxDatagram {
 			// Larger than the packet's buffer, but received whole: a
 			// buffer of its own (the rare path; it allocates).
@@ -89,6 +91,7 @@ func (r *reader) read(pkts []*packet) (int, error) {
 // 64 KiB buffer) for each goroutine that reads it.
 type readSet struct {
 	mu       sync.Mutex // held while reading into the set and handling what came
+	batch    openBatch  // the last read, shared with the open workers (receive_workers.go)
 	r        *reader
 	pkts     []*packet
 	full     bool // the last read filled pkts
@@ -154,6 +157,11 @@ type packet struct {
 	from      netip.AddrPort
 	local     netip.Addr // the local address it came to, where the socket tells (udpio.Caps.PacketInfo)
 	truncated bool
+
+	// pre is set for a sealed datagram an open worker decrypted ahead of
+	// its turn (receive_workers.go); receiveSealed takes it from there.
+	pre    preOpened
+	opened atomic.Bool // in a shared read: pre is set, or left unset for receive to do it all
 }
 
 func (c *Conn) getPacket() *packet {
@@ -170,6 +178,7 @@ func (c *Conn) putPacket(p *packet) {
 		return // one made for a datagram larger than the MTU's: not kept, so the free list stays small
 	}
 	p.data, p.from, p.local, p.truncated = nil, netip.AddrPort{}, netip.Addr{}, false
+	p.pre = preOpened{}
 	select {
 	case c.freePkts <- p:
 	default: // more than ever wait at once: let it go
