@@ -314,7 +314,9 @@ func TestFieldPassiveKeepalive(t *testing.T) {
 	a, b := fakeListen(t, clk, short()), fakeListen(t, clk, short())
 	handshakeT(t, a, addrOf(b))
 	settleSession(t, a, b)
-	in0, sent0 := a.Stats().KeepalivesIn, b.Stats().KeepalivesSent // b's confirmation is a keepalive too
+	// b's confirmation and its answer to a's token are keepalives it does
+	// not count as sent: a may get more than b counts.
+	in0, sent0 := a.Stats().KeepalivesIn, b.Stats().KeepalivesSent
 	for i := 0; time.Duration(i)*10*time.Millisecond < 4*a.cfg.SilenceTimeout; i++ {
 		msg := fmt.Sprintf("one-way %d", i)
 		if _, err := a.WriteToUDPAddrPort([]byte(msg), addrOf(b)); err != nil {
@@ -324,7 +326,7 @@ func TestFieldPassiveKeepalive(t *testing.T) {
 		clk.advance(t, 10*time.Millisecond, 0) // a program's pace
 		// Every keepalive b sent has reached a before a's timers look
 		// again (loopback loses nothing).
-		if !pollUntil(waitLong, func() bool { return a.Stats().KeepalivesIn-in0 == b.Stats().KeepalivesSent-sent0 }) {
+		if !pollUntil(waitLong, func() bool { return a.Stats().KeepalivesIn-in0 >= b.Stats().KeepalivesSent-sent0 }) {
 			t.Fatalf("a got %d keepalives of the %d b sent", a.Stats().KeepalivesIn-in0, b.Stats().KeepalivesSent-sent0)
 		}
 	}

@@ -24,9 +24,10 @@ import (
 // more than they compute, so they run in parallel (parallel). Those that
 // load the cores run one at a time, beside the waiting ones (heavy).
 // Those that measure the process (its heap, GOMAXPROCS) or a time under
-// load run alone (alone). Those that count allocations or look at every
-// goroutine's stack do not call any of these: Go runs them first, before
-// any parallel test starts.
+// load run alone (alone). Those that count allocations, weigh the heap
+// to the MiB or look at every goroutine's stack do not call any of these:
+// Go runs them first, before any parallel test starts (the live interop
+// test runs beside the alone ones and makes Conns).
 //
 // Under the race detector every goroutine runs several times slower, and
 // the tests whose rules run on real time (short HandshakeTimeouts, retry

@@ -107,12 +107,30 @@ func TestLostConfirmation(t *testing.T) {
 		return false
 	}
 	n.mu.Unlock()
-	cfg := &Config{MTU: 1500, HandshakeTimeout: 300 * time.Millisecond}
-	a, b := wrapT(t, ma, cfg), wrapT(t, mb, cfg)
-	handshakeT(t, a, mb.addr)
-	// Idle past the responder's unconfirmed expiry.
-	if took, ok := waitFor(waitLong, func() bool { return confirmed(a, mb.addr) }); !ok {
-		t.Fatalf("the responder never confirmed after %v", took)
+	clk := newFakeClock() // the final message goes again when the test moves it
+	cfg := func() *Config { return &Config{MTU: 1500, HandshakeTimeout: 300 * time.Millisecond, clock: clk} }
+	a, b := wrapT(t, ma, cfg()), wrapT(t, mb, cfg())
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- a.Handshake(ctx, mb.addr) }()
+	lost := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return dropped && currentSession(a, mb.addr) != nil
+	}
+	if !pollUntil(waitLong, lost) {
+		t.Fatal("no final message was sent")
+	}
+	if confirmed(a, mb.addr) {
+		t.Fatal("confirmed though the final message was lost")
+	}
+	clk.advance(t, 150*time.Millisecond, 50*time.Millisecond) // a retry (every 100 ms), within HandshakeTimeout
+	if err := <-done; err != nil {
+		t.Fatalf("handshake with %v: %v (stats %+v)", mb.addr, err, a.Stats())
+	}
+	if !confirmed(a, mb.addr) {
+		t.Fatal("the responder never confirmed")
 	}
 	if _, err := a.WriteToUDPAddrPort([]byte("after a lost confirmation"), mb.addr); err != nil {
 		t.Fatal(err)

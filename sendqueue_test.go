@@ -200,7 +200,8 @@ func liveHeap() uint64 {
 // than a few trains: the queue's bound counts the memory of its trains,
 // which start small, and it keeps few spent ones.
 func TestSendQueueMemoryBroadcast(t *testing.T) {
-	alone(t)
+	// Not parallel: its heap must be its own to the MiB (run first, as the
+	// allocation counts are).
 	cfg := func() *Config { return &Config{Padding: PadNone, ReadQueue: 4096} }
 	a := listenT(t, "udp4", "127.0.0.1:0", cfg())
 	streaming(t, a)
@@ -262,7 +263,8 @@ func TestSendQueueMemoryBroadcast(t *testing.T) {
 // to 300 clients, each of which says hello, reads its echo and goes, keeps
 // little more than the clients' peer state once they are gone.
 func TestSendQueueMemoryEchoClients(t *testing.T) {
-	alone(t)
+	// Not parallel: its heap must be its own to the MiB (run first, as the
+	// allocation counts are).
 	srv := listenT(t, "udp4", "127.0.0.1:0", &Config{ReadQueue: 4096})
 	streaming(t, srv)
 	echoServer(srv)
