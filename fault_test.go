@@ -728,16 +728,22 @@ func testLossy(t *testing.T, topo string) {
 		// responder's copy of the session (a round trip and a clock tick
 		// older than the initiator's) ends first. Rare, and counted. A
 		// copy damaged in its first field's length may look cut short
-		// and count as truncated (sizes.go, cutShort).
+		// and count as truncated (sizes.go, cutShort). And the sender's
+		// datagrams in flight under the sessions a reset took from the
+		// receiver: a rekey the initiator gave up on (its confirmation
+		// lost on the path) while the responder had installed it, whose
+		// first datagram the initiator answered with a reset (5.15).
+		// Rare: each such reset allows a round of the sender's rate.
+		allow := int64(fr.otherDamaged) + max(10, written/50) + int64(d.rs.ResetsReceived)*max(10, written/20)
 		got := int64(d.rs.Drops.Malformed + d.rs.Drops.UnknownSession + d.rs.Drops.Auth + d.rs.Drops.Truncated)
 		want := int64(fr.dataDamaged.sum() + fr.injected.sum())
 		excess := got - want
 		if got < want {
 			t.Errorf("%s: %d drops as malformed, unknown session or forged, want at least %d (damaged sealed copies)", d.name, got, want)
 		}
-		if excess > int64(fr.otherDamaged)+max(10, written/50) {
-			t.Errorf("%s: %d drops as malformed, unknown session or forged beyond the %d damaged sealed copies and %d damaged handshake messages",
-				d.name, excess, want, fr.otherDamaged)
+		if excess > allow {
+			t.Errorf("%s: %d drops as malformed, unknown session or forged beyond the %d damaged sealed copies and %d damaged handshake messages (%d resets received)",
+				d.name, excess, want, fr.otherDamaged, d.rs.ResetsReceived)
 		}
 		// No loss goes uncounted: what the path destroyed, what the
 		// sender dropped with a failed handshake, what the receiver
