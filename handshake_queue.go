@@ -143,8 +143,10 @@ func (c *Conn) queueHandshake(msg []byte, from netip.AddrPort, local netip.Addr)
 	switch c.hw.push(e) {
 	case pushDropped:
 		c.stats.handshakeQueueFull.Add(1)
-		fallthrough
+		c.hsQueued.Add(-1)
+		c.putElem(e)
 	case pushMerged:
+		c.stats.helloReplaced.Add(1)
 		c.hsQueued.Add(-1)
 		c.putElem(e)
 	}

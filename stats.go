@@ -53,6 +53,7 @@ type Drops struct {
 	HandshakeTimeout   uint64 // written datagrams dropped when their handshake failed
 	PeerLimit          uint64 // handshakes refused because Config.MaxPeers was reached
 	HandshakeQueueFull uint64 // handshake messages dropped because the handshake queue was full (a flood)
+	HelloReplaced      uint64 // hellos dropped unanswered for a newer one from the same source (a retry) that took their place in the handshake queue
 	CookieLimit        uint64 // hellos under load from a source past its budget: of cookie messages, or of hellos with a valid cookie (a flood)
 	V2SendLimit        uint64 // written to ProtocolV2 peers but not sent: over the reference's 100 a second
 	Unvalidated        uint64 // authentic, but from an address the peer has not proved: held for path validation and dropped when it failed, or another peer holds the address
@@ -78,7 +79,7 @@ type counters struct {
 	sendFailed, truncated, eventsDropped               atomic.Uint64
 	unvalidated, abovePathMTU                          atomic.Uint64
 	silences, keepalivesSent, keepalivesReceived       atomic.Uint64
-	handshakeQueueFull                                 atomic.Uint64
+	handshakeQueueFull, helloReplaced                  atomic.Uint64
 	cookieLimit                                        atomic.Uint64
 	resetsSent, resetsReceived, resent                 atomic.Uint64
 	pskMismatch                                        atomic.Uint64
@@ -131,6 +132,7 @@ func (c *Conn) Stats() Stats {
 			HandshakeTimeout:   k.dropHandshakeTimeout.Load(),
 			PeerLimit:          k.peerLimit.Load(),
 			HandshakeQueueFull: k.handshakeQueueFull.Load(),
+			HelloReplaced:      k.helloReplaced.Load(),
 			CookieLimit:        k.cookieLimit.Load(),
 			Unvalidated:        k.unvalidated.Load(),
 			WriteQueueFull:     k.writeQueueFull.Load(),
