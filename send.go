@@ -410,16 +410,26 @@ const (
 // enqueueLocked keeps a copy of b until p's handshake completes, if the
 // bounds allow; p.mu is held.
 func (c *Conn) enqueueLocked(p *peer, b []byte) bool {
-	n := int64(len(b))
-	if p.queuedBytes+n > maxQueuedBytesPerPeer {
-		return false
-	}
-	if c.queuedBytes.Add(n) > maxQueuedBytesPerConn {
-		c.queuedBytes.Add(-n)
+	if !c.reserveQueueLocked(p, len(b)) {
 		return false
 	}
 	p.queue = append(p.queue, bytes.Clone(b))
-	p.queuedBytes += n
+	return true
+}
+
+// reserveQueueLocked counts n more bytes in p's queue if the bounds, per
+// peer and per Conn, allow them, and reports whether they did; p.mu is
+// held.
+func (c *Conn) reserveQueueLocked(p *peer, n int) bool {
+	l := int64(n)
+	if p.queuedBytes+l > maxQueuedBytesPerPeer {
+		return false
+	}
+	if c.queuedBytes.Add(l) > maxQueuedBytesPerConn {
+		c.queuedBytes.Add(-l)
+		return false
+	}
+	p.queuedBytes += l
 	return true
 }
 
@@ -428,16 +438,7 @@ func (c *Conn) enqueueLocked(p *peer, b []byte) bool {
 // returns how many; p.mu is held.
 func (c *Conn) requeueLocked(p *peer, bs [][]byte) int {
 	n := 0
-	for _, b := range bs {
-		l := int64(len(b))
-		if p.queuedBytes+l > maxQueuedBytesPerPeer {
-			break
-		}
-		if c.queuedBytes.Add(l) > maxQueuedBytesPerConn {
-			c.queuedBytes.Add(-l)
-			break
-		}
-		p.queuedBytes += l
+	for n < len(bs) && c.reserveQueueLocked(p, len(bs[n])) {
 		n++
 	}
 	p.queue = append(bs[:n:n], p.queue...)
