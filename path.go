@@ -239,7 +239,7 @@ func (c *Conn) handleResponse(pr *peer, data [8]byte, from netip.AddrPort) {
 	}
 }
 
-// movePeer moves pr to the address it proved, under c.mu, so that moving,
+// movePeer moves pr to the address it proved, under c.peers.mu, so that moving,
 // removing and forgetting peers are atomic with respect to each other. It
 // refuses (false) if pr is gone or another peer holds the address.
 func (c *Conn) movePeer(pr *peer, to netip.AddrPort) bool {
@@ -250,7 +250,7 @@ func (c *Conn) movePeer(pr *peer, to netip.AddrPort) bool {
 	return ok
 }
 
-// movePeerTable is movePeer's part under c.mu and pr.mu.
+// movePeerTable is movePeer's part under c.peers.mu and pr.mu.
 func (c *Conn) movePeerTable(pr *peer, to netip.AddrPort) (from netip.AddrPort, ok bool) {
 	c.peers.mu.Lock()
 	defer c.peers.mu.Unlock()

@@ -17,7 +17,7 @@ import (
 // peer is the state kept for one remote address. Its fields are grouped
 // by what guards them, as in Conn.
 type peer struct {
-	// Written under both c.mu and mu (AddPeer adopting a learned peer),
+	// Written under both c.peers.mu and mu (AddPeer adopting a learned peer),
 	// so read under either.
 	configured bool
 	origin     peerOrigin
@@ -66,7 +66,7 @@ type peer struct {
 	// mu guards the fields below.
 	mu sync.Mutex
 
-	// Where it is and who: addr is also written under c.mu (movePeer).
+	// Where it is and who: addr is also written under c.peers.mu (movePeer).
 	addr     netip.AddrPort
 	identity ed25519.PublicKey // the key of its sessions (remembered: trust on first use)
 
@@ -77,7 +77,7 @@ type peer struct {
 	// (handshake_responder.go): the newest, and the one before.
 	respNew, respOld *response
 	// psk is its preshared key (PeerConfig.PresharedKey), nil for the
-	// Config's; also written under c.mu (AddPeer adopting a learned peer).
+	// Config's; also written under c.peers.mu (AddPeer adopting a learned peer).
 	psk *[32]byte
 
 	// Datagrams written before a session, waiting for one (send.go).
@@ -326,8 +326,8 @@ func (c *Conn) peerInfos(match func(netip.AddrPort) bool) []PeerInfo {
 	out := make([]PeerInfo, 0, len(ps))
 	now := c.now()
 	for _, p := range ps {
-		if info := c.infoOf(p, now); match(info.Addr) {
-			out = append(out, info)
+		if match(p.addrLoad()) {
+			out = append(out, c.infoOf(p, now))
 		}
 	}
 	slices.SortFunc(out, func(a, b PeerInfo) int { return a.Addr.Compare(b.Addr) })
@@ -452,7 +452,7 @@ func (p *peer) addrLoad() netip.AddrPort {
 // made to look remembered without its own hash. It holds the peers known
 // only from plaintext that were evicted (plainEvicted), so that its memory
 // stays fixed however many addresses pass. The zero value is empty; it is
-// guarded by c.mu.
+// guarded by c.peers.mu.
 type addrSet struct {
 	seed  maphash.Seed
 	slots []uint64 // made at the first add: addrSetBuckets buckets of addrSetWays
