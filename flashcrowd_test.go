@@ -125,7 +125,7 @@ func TestFlashCrowd(t *testing.T) {
 		n, all.Round(time.Millisecond), q(hsTook, 0.5), q(hsTook, 0.9), hsTook[n-1].Round(time.Millisecond),
 		q(took, 0.5), q(took, 0.9), q(took, 0.99), took[n-1].Round(time.Millisecond))
 	t.Logf("server: %d handshakes, %d hellos answered, %d dropped at the full handshake queue, %d retries in a queued hello's place, %d cookies sent, %d workers at once (GOMAXPROCS %d), hello %v each lately; clients: %d hellos sent again on the retry timer",
-		st.Handshakes, st.Verifications, st.Drops.HandshakeQueueFull, srv.hw.mergedCount(), st.CookiesSent, srv.hw.peakWorkers(), srv.hw.maxWorkers, srv.hw.estimate(kindHello).Round(time.Microsecond), retries)
+		st.Handshakes, st.Verifications, st.Drops.HandshakeQueueFull, st.Drops.HelloReplaced, st.CookiesSent, srv.hw.peakWorkers(), srv.hw.maxWorkers, srv.hw.estimate(kindHello).Round(time.Microsecond), retries)
 	if cpuOK {
 		msg := "process CPU " + (cpu1 - cpu0).Round(time.Millisecond).String() + " in " + all.Round(time.Millisecond).String()
 		if idleOK && total1 > total0 {

@@ -120,7 +120,6 @@ type hsWork struct {
 	hellosFrom map[netip.AddrPort]*handshakeElem // the hello queued from each source
 	workers    int                               // running, the first included
 	peak       int                               // workers at most so far
-	merged     int                               // hellos that took a queued one's place (for tests)
 	next, due  uint64                            // the ticket taken last + 1; the ticket whose commit is due
 	ready      map[uint64]func()                 // commits prepared, waiting for their turn
 	committing bool                              // a goroutine is running commits
@@ -237,7 +236,6 @@ func (w *hsWork) push(e *handshakeElem) pushResult {
 		if q := w.hellosFrom[e.from]; q != nil {
 			q.n = copy(q.msg[:], e.data())
 			q.local, q.proved = e.local, q.proved || e.proved
-			w.merged++
 			w.mu.Unlock()
 			return pushMerged
 		}
@@ -487,12 +485,4 @@ func (c *Conn) handleHandshakeNow(msg []byte, from netip.AddrPort, local netip.A
 	}
 	c.hsQueued.Add(1)
 	c.work(e, c.hw.ticket())
-}
-
-// mergedCount returns how many hellos took a queued one's place (for
-// tests).
-func (w *hsWork) mergedCount() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.merged
 }
