@@ -119,7 +119,7 @@ type hsWork struct {
 	est        [numKinds]time.Duration
 	hellosFrom map[netip.AddrPort]*handshakeElem // the hello queued from each source
 	workers    int                               // running, the first included
-	peak       int                               // workers at most so far
+	peak       int                               // workers at most so far (read by the tests)
 	next, due  uint64                            // the ticket taken last + 1; the ticket whose commit is due
 	ready      map[uint64]func()                 // commits prepared, waiting for their turn
 	committing bool                              // a goroutine is running commits
@@ -367,20 +367,6 @@ func (w *hsWork) finish(t uint64, commit func()) {
 	}
 	w.committing = false
 	w.mu.Unlock()
-}
-
-// estimate returns kind k's estimated cost (for tests).
-func (w *hsWork) estimate(k hsKind) time.Duration {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.est[k]
-}
-
-// peakWorkers returns the most workers that ran at once (for tests).
-func (w *hsWork) peakWorkers() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.peak
 }
 
 // handshakeLoop is the first handshake worker, which runs until Close;

@@ -378,3 +378,17 @@ func TestHandshakeWorkersInParallel(t *testing.T) {
 		t.Error("the extra workers did not end with the queue empty")
 	}
 }
+
+// estimate returns kind k's estimated cost (for tests).
+func (w *hsWork) estimate(k hsKind) time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.est[k]
+}
+
+// peakWorkers returns the most workers that ran at once (for tests).
+func (w *hsWork) peakWorkers() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.peak
+}
