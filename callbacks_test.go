@@ -60,6 +60,50 @@ func (h *reentrantHandler) Handle(_ context.Context, r slog.Record) error {
 	return nil
 }
 
+// TestLoggerMayClose: a Logger's handler that closes the Conn when a
+// session comes up (logged from a handshake's commit, perhaps on the
+// reader) does not wait for itself: its records are handled on the
+// events goroutine, which Close does not wait for while it is in the
+// handler. (Before, Close waited forever for the reader that called it.)
+func TestLoggerMayClose(t *testing.T) {
+	parallel(t)
+	closed := make(chan error, 1)
+	var ap atomic.Pointer[Conn]
+	h := &closingHandler{c: &ap, on: "vaultudp: peer up", closed: closed}
+	a := listenT(t, "udp4", "127.0.0.1:0", &Config{Logger: slog.New(h)})
+	ap.Store(a)
+	b := listenT(t, "udp4", "127.0.0.1:0", nil)
+	if _, err := b.WriteToUDPAddrPort([]byte("x"), addrOf(a)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatalf("Close from the Logger: %v", err)
+		}
+	case <-time.After(waitLong):
+		t.Fatal("Close called from the Logger's handler did not return")
+	}
+}
+
+// closingHandler closes its Conn at the first record with message on.
+type closingHandler struct {
+	c      *atomic.Pointer[Conn]
+	on     string
+	once   sync.Once
+	closed chan error
+}
+
+func (h *closingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *closingHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *closingHandler) WithGroup(string) slog.Handler            { return h }
+func (h *closingHandler) Handle(_ context.Context, r slog.Record) error {
+	if c := h.c.Load(); c != nil && r.Message == h.on {
+		h.once.Do(func() { h.closed <- c.Close() })
+	}
+	return nil
+}
+
 // TestLoggerMayCallTheConn: the Conn calls its Logger with none of its
 // locks held, so a handler may call Stats and Peers: a session, a
 // handshake that fails, and a rekey all log, and none deadlocks.

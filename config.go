@@ -189,9 +189,11 @@ type Config struct {
 
 	// Logger receives the Conn's events (peers up, down, refused, failed,
 	// roamed, reset: Info and Warn) and diagnostics (Debug), never one
-	// per datagram above Debug. It is called with no lock of the Conn
-	// held, so a handler may call any method of the Conn. nil: no
-	// logging.
+	// per datagram above Debug. Its handler is called on a goroutine of
+	// the Conn's own, in order, with no lock held, so it may call any
+	// method of the Conn, Close included; only its Enabled runs where the
+	// Conn logs. Records beyond a queue of 256 (a slow handler) are
+	// dropped and counted (Stats.Drops.EventsDropped). nil: no logging.
 	Logger *slog.Logger
 
 	// Events, if set, is called for each Event (a peer up, down, refused,

@@ -103,7 +103,7 @@ type Conn struct {
 
 	// Config.Events (events.go): the queue, its goroutine's end, and
 	// whether it is inside the callback.
-	events chan Event
+	events chan notice
 	evDone chan struct{}
 	evBusy atomic.Bool
 
@@ -244,12 +244,15 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 
 	c.hsElems.New = func() any { return new(handshakeElem) }
 	c.hw = newHSWork(0, c.retryAfter(), cfg.HandshakeTimeout) // handshake_workers.go
-	c.wg.Add(3)
-	go c.readLoop(s)
-	if cfg.Events != nil {
-		c.events, c.evDone = make(chan Event, eventQueueLen), make(chan struct{})
+	if h := cfg.Logger.Handler(); cfg.Events != nil || h != slog.DiscardHandler {
+		c.events, c.evDone = make(chan notice, eventQueueLen), make(chan struct{})
+		if h != slog.DiscardHandler {
+			c.log = slog.New(queuedHandler{h, c}) // events.go: the handler runs on the events goroutine
+		}
 		go c.dispatchEvents()
 	}
+	c.wg.Add(3)
+	go c.readLoop(s)
 	ticks, stop := c.clk.ticker(housekeepingEvery)
 	go c.housekeeping(ticks, stop)
 	go c.handshakeLoop()

@@ -58,12 +58,56 @@ type Event struct {
 	Time time.Time
 }
 
-// eventQueueLen bounds the events waiting for Config.Events; beyond it
-// they are dropped and counted (Stats.EventsDropped).
+// eventQueueLen bounds the events and log records waiting for
+// Config.Events and the Logger; beyond it they are dropped and counted
+// (Stats.EventsDropped).
 const eventQueueLen = 256
 
-// event reports e: logs it, and queues it for Config.Events. No lock may
-// be held.
+// notice is what the events goroutine hands to the application: an event
+// for Config.Events, or a log record for the Logger's handler h.
+type notice struct {
+	e Event
+	h slog.Handler // nil: e is an event
+	r slog.Record
+}
+
+// queuedHandler is the application's slog.Handler behind the Conn's
+// Logger: records go to the events goroutine (dispatchEvents), which
+// calls the handler. So the application's handler never runs under a
+// lock of the Conn's, on its reader, or in a handshake's commit, which
+// the Conn's code logs from (a handler that calls Close from there would
+// wait for itself): it may call any method of the Conn, Close included.
+// Only Enabled runs where the Conn logs.
+type queuedHandler struct {
+	h slog.Handler
+	c *Conn
+}
+
+func (q queuedHandler) Enabled(ctx context.Context, l slog.Level) bool { return q.h.Enabled(ctx, l) }
+
+func (q queuedHandler) Handle(_ context.Context, r slog.Record) error {
+	q.c.notify(notice{h: q.h, r: r.Clone()})
+	return nil
+}
+
+func (q queuedHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return queuedHandler{q.h.WithAttrs(as), q.c}
+}
+
+func (q queuedHandler) WithGroup(name string) slog.Handler {
+	return queuedHandler{q.h.WithGroup(name), q.c}
+}
+
+// notify queues n for the events goroutine, or counts it dropped.
+func (c *Conn) notify(n notice) {
+	select {
+	case c.events <- n:
+	default:
+		c.stats.eventsDropped.Add(1)
+	}
+}
+
+// event reports e: logs it, and queues it for Config.Events.
 func (c *Conn) event(e Event) {
 	e.Time = c.clk.wall()
 	level := slog.LevelInfo
@@ -88,26 +132,26 @@ func (c *Conn) event(e Event) {
 		}
 		c.log.Log(ctx, level, "vaultudp: peer "+e.Kind.String(), attrs...)
 	}
-	if c.events == nil {
-		return
-	}
-	select {
-	case c.events <- e:
-	default:
-		c.stats.eventsDropped.Add(1)
+	if c.cfg.Events != nil {
+		c.notify(notice{e: e})
 	}
 }
 
-// dispatchEvents calls Config.Events for each queued event, in order,
-// until Close. It is not one of the goroutines Close waits for while it
-// is inside the callback (evBusy): the callback may call Close.
+// dispatchEvents calls Config.Events for each queued event, and the
+// Logger's handler for each queued record, in order, until Close. It is
+// not one of the goroutines Close waits for while it is inside either
+// (evBusy): they may call Close.
 func (c *Conn) dispatchEvents() {
 	defer close(c.evDone)
 	for {
 		select {
-		case e := <-c.events:
+		case n := <-c.events:
 			c.evBusy.Store(true)
-			c.cfg.Events(e)
+			if n.h != nil {
+				n.h.Handle(context.Background(), n.r)
+			} else {
+				c.cfg.Events(n.e)
+			}
 			c.evBusy.Store(false)
 		case <-c.closed:
 			return

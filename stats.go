@@ -64,7 +64,7 @@ type Drops struct {
 	WriteBackoff   uint64 // the last handshake with the peer failed less than HandshakeTimeout ago
 	WritePeerLimit uint64 // a write to a new address while Config.MaxPeers learned peers exist
 	SendFailed     uint64 // sealed and queued behind a streaming writer's earlier datagrams, then refused by the socket (the write had returned)
-	EventsDropped  uint64 // events not given to Config.Events: its queue was full (the callback is slow)
+	EventsDropped  uint64 // events not given to Config.Events, or log records not given to the Logger: their queue was full (the callback or handler is slow)
 }
 
 // counters are the Conn's atomic counters behind Stats.
