@@ -114,14 +114,12 @@ func (c *Conn) putElem(e *handshakeElem) {
 // otherwise puts it on the handshake queue, or drops it if the queue is
 // full.
 func (c *Conn) queueHandshake(msg []byte, from netip.AddrPort, local netip.Addr) {
-	if len(msg) > maxHandshakeMsg {
-		if msg[1] != typeFinal {
-			c.stats.malformed.Add(1)
-			return
-		}
-		// A final message with a large coalesced datagram (a jumbo
-		// path): handled here.
-		c.handleHandshakeNow(msg, from, local)
+	if len(msg) > maxHandshakeMsg && msg[1] != typeFinal {
+		// Only a final message is longer: it carries a coalesced
+		// datagram, large on a jumbo path (queued on the heap, getElem,
+		// under the same rule as any other: never handled on the reader
+		// while VerifyPeer may be waited for).
+		c.stats.malformed.Add(1)
 		return
 	}
 	proved := false
