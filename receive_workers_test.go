@@ -429,3 +429,58 @@ func TestOpenWorkersBackoff(t *testing.T) {
 		t.Fatalf("skip %d after one miss, want 0", b.skip)
 	}
 }
+
+// TestOpenAheadSessionGone: a datagram a worker decrypted ahead whose
+// session went before the reader's turn (retired by a datagram of the
+// same read, or past its receive limit) is dropped and counted as of an
+// unknown session, and nothing of it is delivered; for a retired one the
+// reader answers with a reset, as it would had it found the index
+// unknown itself.
+func TestOpenAheadSessionGone(t *testing.T) {
+	parallel(t)
+	clk := newFakeClock()
+	srv := fakeListen(t, clk, nil) // its clock moves only when the test says
+	cl := listenT(t, "udp4", "127.0.0.1:0", nil)
+	handshakeT(t, cl, addrOf(srv))
+	writeUntilRead(t, cl, srv, "up")
+	ds := sealedRun(t, cl, srv, 7, 1000, 2, 100)
+	ahead := func(d []byte) *packet {
+		p := srv.getPacket()
+		p.data = p.buf[:copy(p.buf, d)]
+		p.from = addrOf(cl)
+		srv.openAhead(p)
+		if p.pre.s == nil {
+			t.Fatal("openAhead did not decrypt a datagram of a live session")
+		}
+		return p
+	}
+	cases := []struct {
+		name  string
+		gone  func(s *session)
+		reset bool
+	}{
+		{"expired", func(s *session) { srv.clock.Store(s.created + int64(srv.receiveLimit())) }, false},
+		{"retired", func(s *session) { srv.index.remove(s) }, true},
+	}
+	for i, tc := range cases {
+		p := ahead(ds[i])
+		before := srv.Stats()
+		clock := srv.clock.Load()
+		tc.gone(p.pre.s)
+		kept := srv.receive(p)
+		srv.clock.Store(clock) // the next case's session is live again
+		if kept {
+			t.Fatalf("%s: the datagram was kept for the application", tc.name)
+		}
+		st := srv.Stats()
+		if got := st.Drops.UnknownSession - before.Drops.UnknownSession; got != 1 {
+			t.Errorf("%s: %d counted as of an unknown session, want 1", tc.name, got)
+		}
+		if got := st.DatagramsIn - before.DatagramsIn; got != 0 {
+			t.Errorf("%s: %d delivered", tc.name, got)
+		}
+		if sent := st.ResetsSent > before.ResetsSent; sent != tc.reset {
+			t.Errorf("%s: reset sent %v, want %v", tc.name, sent, tc.reset)
+		}
+	}
+}
