@@ -197,7 +197,6 @@ func (c *Conn) openWorker(wake chan openWake) {
 			return
 		}
 		for w.b != nil {
-			k := uint64(0)
 			for {
 				i, ok := w.b.claim(w.gen)
 				if !ok {
@@ -206,9 +205,7 @@ func (c *Conn) openWorker(wake chan openWake) {
 				p := w.b.pkts[i]
 				c.openAhead(p)
 				p.opened.Store(true)
-				k++
 			}
-			c.opens.byWorkers.Add(k)
 			w = openWake{}
 			for spun := time.Now(); w.b == nil && time.Since(spun) < openSpin; {
 				select {
@@ -307,6 +304,7 @@ func (c *Conn) receiveShared(rs *readSet, n int) bool {
 		}
 	}
 	b.pkts = nil
+	c.opens.byWorkers.Add(uint64(n - own)) // every datagram is claimed once: what the reader did not, a worker did
 	if !c.opens.persist.Load() {
 		b.score(n, n-own)
 	}
