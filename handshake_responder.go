@@ -210,12 +210,7 @@ func (c *Conn) prepareFinal(msg []byte, from netip.AddrPort, local netip.Addr) f
 		return nil
 	}
 	p.mu.Lock()
-	var r *response
-	for _, x := range []*response{p.respNew, p.respOld} {
-		if x != nil && x.localIndex == f.ReceiverIndex {
-			r = x
-		}
-	}
+	r := p.responseLocked(f.ReceiverIndex)
 	var res *finalResult
 	if r != nil {
 		res = r.result
@@ -376,17 +371,28 @@ func (c *Conn) holdForResponse(idx uint32, p *packet) (kept, ours bool) {
 	}
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
-	for _, r := range []*response{pr.respNew, pr.respOld} {
+	r := pr.responseLocked(idx)
+	if r == nil {
+		return false, false
+	}
+	if len(r.held) >= maxHeld {
+		c.stats.unknownSession.Add(1)
+		return false, true
+	}
+	r.held = append(r.held, p)
+	return true, true
+}
+
+// responseLocked returns p's reply waiting for its final message whose
+// local index is idx (the newest or the one before), or nil; p.mu is
+// held.
+func (p *peer) responseLocked(idx uint32) *response {
+	for _, r := range []*response{p.respNew, p.respOld} {
 		if r != nil && r.localIndex == idx {
-			if len(r.held) >= maxHeld {
-				c.stats.unknownSession.Add(1)
-				return false, true
-			}
-			r.held = append(r.held, p)
-			return true, true
+			return r
 		}
 	}
-	return false, false
+	return nil
 }
 
 // dropHeldResponse gives back the datagrams r held; the peer's lock is

@@ -462,13 +462,10 @@ func (c *Conn) prepareHandshake(e *handshakeElem) func() {
 // outside the queue: its first step on the calling goroutine, its commit
 // in its turn after those of the messages taken before it (on this
 // goroutine, unless another is running commits: then by that one). A
-// reader calls it for a final message too long for the queue; tests and
-// benchmarks call it.
+// reader calls it when the handshake path is idle (queueHandshake); tests
+// and benchmarks call it.
 func (c *Conn) handleHandshakeNow(msg []byte, from netip.AddrPort, local netip.Addr) {
 	e := c.getElem(msg, from, local)
-	if e == nil {
-		return
-	}
 	c.hsQueued.Add(1)
 	c.work(e, c.hw.ticket())
 }

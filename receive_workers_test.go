@@ -230,7 +230,7 @@ func TestOpenWorkersReplay(t *testing.T) {
 			ds := sealedRun(t, c, server, byte(i), r*distinct, distinct, 100)
 			burst := append([][]byte(nil), ds...)
 			// The copies, in another order: in the same read as their
-			// originals or the next, in the same part or another.
+			// originals or the next, by the reader or a worker.
 			for k := range ds {
 				burst = append(burst, ds[(k+distinct/2)%distinct])
 			}
