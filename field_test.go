@@ -80,34 +80,51 @@ func TestFieldQueueBoundPerConn(t *testing.T) {
 // with a fresh identity. The server, which accepts any key, remembers the
 // old one at that address (trust on first use), challenges the old
 // session, gets no answer, and takes the new identity within about a
-// hello retry.
+// hello retry, whatever the two sides' handshake timeouts: with a server
+// at 1 s and a client at the default 5 s, the client's final message came
+// again (every second) only after the server had dropped its response,
+// and the client waited out its whole attempt (CI met it when a parallel
+// test's client was given a closed client's port).
 func TestFieldClientRestartsWithNewKey(t *testing.T) {
 	parallel(t)
-	s := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: time.Second})
-	c1, err := Listen("udp4", "127.0.0.1:0", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := addrOf(c1)
-	if _, err := c1.WriteToUDPAddrPort([]byte("old key"), addrOf(s)); err != nil {
-		t.Fatal(err)
-	}
-	expectRead(t, s, "old key", port)
-	c1.Close()
+	for _, tc := range []struct {
+		name           string
+		server, client time.Duration // HandshakeTimeout; zero: the default
+	}{
+		{"defaults", 0, 0},
+		{"server 1s, client 2s", time.Second, 2 * time.Second},
+		{"server 1s, client default", time.Second, 0},
+		{"server default, client 1s", 0, time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: tc.server})
+			c1, err := Listen("udp4", "127.0.0.1:0", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			port := addrOf(c1)
+			if _, err := c1.WriteToUDPAddrPort([]byte("old key"), addrOf(s)); err != nil {
+				t.Fatal(err)
+			}
+			expectRead(t, s, "old key", port)
+			c1.Close()
 
-	c2 := listenT(t, "udp4", port.String(), &Config{HandshakeTimeout: 2 * time.Second})
-	start := time.Now()
-	handshakeT(t, c2, addrOf(s))
-	if _, err := c2.WriteToUDPAddrPort([]byte("new key"), addrOf(s)); err != nil {
-		t.Fatal(err)
-	}
-	expectRead(t, s, "new key", port)
-	t.Logf("back after %v", time.Since(start).Round(time.Millisecond))
-	ps := s.PeersByIP(port.Addr())
-	for _, p := range ps {
-		if p.Addr == port && !bytes.Equal(p.PublicKey, c2.PublicKey()) {
-			t.Errorf("the server's peer at %v has the old key", port)
-		}
+			c2 := restartOn(t, port, &Config{HandshakeTimeout: tc.client})
+			closeAtEnd(t, c2)
+			start := time.Now()
+			handshakeT(t, c2, addrOf(s))
+			if _, err := c2.WriteToUDPAddrPort([]byte("new key"), addrOf(s)); err != nil {
+				t.Fatal(err)
+			}
+			expectRead(t, s, "new key", port)
+			t.Logf("back after %v", time.Since(start).Round(time.Millisecond))
+			ps := s.PeersByIP(port.Addr())
+			for _, p := range ps {
+				if p.Addr == port && !bytes.Equal(p.PublicKey, c2.PublicKey()) {
+					t.Errorf("the server's peer at %v has the old key", port)
+				}
+			}
+		})
 	}
 }
 

@@ -178,14 +178,15 @@ func (i *initiation) setCookie(cookie []byte) {
 // message: the Noise state, the address the hello came from and where it
 // arrived, and when. A peer holds two at most (respNew, respOld).
 type response struct {
-	mu         sync.Mutex      // guards r's use: two workers may read final messages for it at once
-	r          *noise.Response // under mu
-	localIndex uint32
-	from       netip.AddrPort
-	local      netip.Addr
-	created    int64        // Conn clock
-	result     *finalResult // its final message, read, while trust waits (commitFinal); under the peer's lock
-	path       int          // the path's size to from (Conn.pathDatagram), looked up after the reply went; under the peer's lock
+	mu          sync.Mutex      // guards r's use: two workers may read final messages for it at once
+	r           *noise.Response // under mu
+	localIndex  uint32
+	from        netip.AddrPort
+	local       netip.Addr
+	created     int64        // Conn clock
+	result      *finalResult // its final message, read, while trust waits (commitFinal); under the peer's lock
+	judgedAgain bool         // result was queued to be judged again (onLivenessUnanswered); under the peer's lock
+	path        int          // the path's size to from (Conn.pathDatagram), looked up after the reply went; under the peer's lock
 	// held are sealed datagrams for the session that came before the
 	// final message (it travels the handshake queue, they do not), up to
 	// maxHeld, under the peer's lock; received once the session is made.

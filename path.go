@@ -302,6 +302,29 @@ func (c *Conn) dropHeld(held []*packet) {
 // overdue and a restarted client is back within about a retry.
 func (c *Conn) liveWait() time.Duration { return c.retryAfter() / 2 }
 
+// onLivenessUnanswered: a new identity's final message waits at a learned
+// peer's address (commitFinal kept what it revealed) while the old
+// identity's liveness challenge goes unanswered; once liveWait has
+// passed, the final message is judged again now (replaceable then lets
+// it in), not when its initiator sends it again: that comes at the
+// initiator's own retry interval, up to a second, which may be after this
+// Conn's handshake timeout has dropped the response, and the restarted
+// client would then wait out its whole attempt. It returns the final
+// messages to judge again, each once, with where they came from.
+func (c *Conn) onLivenessUnanswered(p *peer, now int64) (again []*response) {
+	lc := p.live
+	if lc == nil || lc.sentAt == 0 || time.Duration(now-lc.sentAt) < c.liveWait() {
+		return nil
+	}
+	for _, r := range []*response{p.respOld, p.respNew} {
+		if r != nil && r.result != nil && !r.judgedAgain {
+			r.judgedAgain = true
+			again = append(again, r)
+		}
+	}
+	return again
+}
+
 // replaceable decides whether a hello from pr's address with another
 // identity may replace pr, a learned peer whose remembered key (trust on
 // first use) is the only objection. It reports true once a liveness

@@ -18,6 +18,9 @@ import (
 //	                     HandshakeTimeout is dropped
 //	path timeout         a path or liveness challenge unanswered for
 //	                     HandshakeTimeout is abandoned (path.go)
+//	replacement          a new identity's final message waits at a learned
+//	                     peer's address whose liveness challenge went
+//	                     unanswered for liveWait: judged again (path.go)
 //	queue attempt        datagrams wait and no attempt is under way
 //	deferred rekey       a rekey a write asked for was deferred: asked again
 //	silence              sealed datagrams went out and nothing authenticated
@@ -47,6 +50,11 @@ func (c *Conn) tick() {
 		c.onSessionExpiry(p, now)
 		c.onUnconfirmedExpiry(p, now)
 		c.onPathTimeout(p, now)
+		again := c.onLivenessUnanswered(p, now)
+		var finals [][]byte
+		for _, r := range again {
+			finals = append(finals, r.result.msg3)
+		}
 		hello = c.onQueueWaiting(p, now) || hello
 		hello = c.onDeferredRekey(p, now) || hello
 		hello = c.onSilence(p, now) || hello
@@ -83,6 +91,9 @@ func (c *Conn) tick() {
 		}
 		if fin != nil {
 			c.sendRawFrom(to, p.localAddr(), fin)
+		}
+		for i, r := range again {
+			c.queueHandshake(finals[i], r.from, r.local)
 		}
 	}
 	if len(idle) > 0 {

@@ -1,6 +1,8 @@
 package vaultudp
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"net/netip"
 	"testing"
@@ -304,5 +306,57 @@ func TestTimerDeferredRekey(t *testing.T) {
 	clk.advance(t, time.Second+time.Millisecond, 100*time.Millisecond) // retryAfter: 1 s
 	if h := peerState(a, addrOf(b)).hellos; h != before+1 {
 		t.Fatalf("after the deferral: %d hellos, want %d (the timer asks again)", h, before+1)
+	}
+}
+
+// TestTimerReplacement: a client restarts on its port with a new key
+// (trust on first use is the server's only rule). Its final message finds
+// the old identity's session: the server keeps what the final message
+// revealed and challenges the old identity; liveWait (500 ms at the
+// default timeout) after the unanswered challenge, the server's own
+// timer judges the kept final message again and the new identity takes
+// the address, without the client sending anything more (its clock does
+// not move here, so it never retries).
+func TestTimerReplacement(t *testing.T) {
+	parallel(t)
+	clk := newFakeClock()
+	s := fakeListen(t, clk, nil)
+	c1, err := Listen("udp4", "127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	handshakeT(t, c1, addrOf(s))
+	port := addrOf(c1)
+	c1.Close()
+	c2 := restartOn(t, port, &Config{clock: newFakeClock()})
+	closeAtEnd(t, c2)
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+		defer cancel()
+		done <- c2.Handshake(ctx, addrOf(s))
+	}()
+	if took, ok := waitFor(waitLong, func() bool { return s.Stats().Drops.Rejected == 1 }); !ok {
+		t.Fatalf("the new identity's final message was not held for judging after %v: %+v", took, s.Stats())
+	}
+	clk.advance(t, 450*time.Millisecond, 50*time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("the handshake ended before liveWait: %v", err)
+	default:
+	}
+	for _, p := range s.PeersByIP(port.Addr()) {
+		if p.Addr == port && !bytes.Equal(p.PublicKey, c1.PublicKey()) {
+			t.Fatalf("the new identity took the address before liveWait")
+		}
+	}
+	clk.advance(t, 50*time.Millisecond+time.Nanosecond, 0) // the challenge's mark is the clock | 1
+	if err := <-done; err != nil {
+		t.Fatalf("after liveWait: %v (server %+v)", err, s.Stats())
+	}
+	for _, p := range s.PeersByIP(port.Addr()) {
+		if p.Addr == port && !bytes.Equal(p.PublicKey, c2.PublicKey()) {
+			t.Errorf("the server's peer at %v has the old key", port)
+		}
 	}
 }
