@@ -154,3 +154,96 @@ func TestLoggerMayCallTheConn(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// countingHandler counts the records it is handed.
+type countingHandler struct{ n atomic.Int64 }
+
+func (h *countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *countingHandler) WithGroup(string) slog.Handler            { return h }
+func (h *countingHandler) Handle(context.Context, slog.Record) error {
+	h.n.Add(1)
+	return nil
+}
+
+// TestLoggerFlushedAtClose: what the Conn logged before Close reaches the
+// Logger's handler by the time Close returns (the CLI logs why a
+// handshake failed and exits at once: the record was lost when the
+// events goroutine saw Close first), as do the Events queued before it.
+func TestLoggerFlushedAtClose(t *testing.T) {
+	parallel(t)
+	h := &countingHandler{}
+	var events atomic.Int64
+	c, err := Listen("udp4", "127.0.0.1:0", &Config{Logger: slog.New(h), Events: func(Event) { events.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := h.n.Load() // "listening", perhaps handled already
+	const n = 100
+	for i := range n {
+		c.event(Event{Kind: EventForgotten, Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(i+1))})
+	}
+	c.Close()
+	if got := h.n.Load() - before; got < n {
+		t.Errorf("the handler had %d of the %d records logged before Close", got, n)
+	}
+	if got := events.Load(); got != n {
+		t.Errorf("Config.Events had %d of the %d events queued before Close", got, n)
+	}
+	if d := c.Stats().Drops.EventsDropped; d != 0 {
+		t.Errorf("%d dropped: the test queued more than the queue holds", d)
+	}
+}
+
+// blockingHandler holds its first record until release is closed,
+// having said so on inside; it counts them all.
+type blockingHandler struct {
+	countingHandler
+	once            sync.Once
+	inside, release chan struct{}
+}
+
+func (h *blockingHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message != "vaultudp: peer forgotten" {
+		return nil // "listening", logged in Listen
+	}
+	h.once.Do(func() {
+		close(h.inside)
+		<-h.release
+	})
+	return h.countingHandler.Handle(ctx, r)
+}
+
+// TestCloseWaitsForBusyHandler: Close called on another goroutine while
+// the Logger's handler runs waits for it, and for the records queued
+// behind it (before, a flag set around the handler made Close return at
+// once, and a program that exited then lost the records, as the CLI's
+// "peer refused" in CI).
+func TestCloseWaitsForBusyHandler(t *testing.T) {
+	parallel(t)
+	h := &blockingHandler{inside: make(chan struct{}), release: make(chan struct{})}
+	c, err := Listen("udp4", "127.0.0.1:0", &Config{Logger: slog.New(h)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.event(Event{Kind: EventForgotten, Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), 1)})
+	<-h.inside
+	const n = 10
+	for i := range n {
+		c.event(Event{Kind: EventForgotten, Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(i+1))})
+	}
+	closed := make(chan struct{})
+	go func() {
+		c.Close()
+		close(closed)
+	}()
+	close(h.release)
+	select {
+	case <-closed:
+	case <-time.After(waitLong):
+		t.Fatal("Close did not return")
+	}
+	if got := h.n.Load(); got != n+1 {
+		t.Errorf("when Close returned the handler had %d records, want %d", got, n+1)
+	}
+}

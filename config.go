@@ -192,8 +192,10 @@ type Config struct {
 	// per datagram above Debug. Its handler is called on a goroutine of
 	// the Conn's own, in order, with no lock held, so it may call any
 	// method of the Conn, Close included; only its Enabled runs where the
-	// Conn logs. Records beyond a queue of 256 (a slow handler) are
-	// dropped and counted (Stats.Drops.EventsDropped). nil: no logging.
+	// Conn logs. Records logged before Close reach the handler before
+	// Close returns (unless Close is called from the handler itself).
+	// Records beyond a queue of 256 (a slow handler) are dropped and
+	// counted (Stats.Drops.EventsDropped). nil: no logging.
 	Logger *slog.Logger
 
 	// Events, if set, is called for each Event (a peer up, down, refused,

@@ -101,11 +101,12 @@ type Conn struct {
 	closing atomic.Bool // Close has begun: a second returns at once, as *net.UDPConn's does
 	wg      sync.WaitGroup
 
-	// Config.Events (events.go): the queue, its goroutine's end, and
-	// whether it is inside the callback.
-	events chan notice
-	evDone chan struct{}
-	evBusy atomic.Bool
+	// Config.Events and the Logger's handler (events.go): the queue, its
+	// goroutine's end, and that goroutine's id (Close called from a
+	// callback must not wait for itself).
+	events   chan notice
+	evDone   chan struct{}
+	evCaller atomic.Uint64
 
 	// Owned by the housekeeping goroutine (timers.go).
 
@@ -373,8 +374,8 @@ func (c *Conn) Close() error {
 	if err != nil {
 		c.log.Debug("vaultudp: closing socket", "err", err)
 	}
-	if c.evDone != nil && !c.evBusy.Load() {
-		<-c.evDone
+	if c.evDone != nil && goroutineID() != c.evCaller.Load() {
+		<-c.evDone // what was queued before Close is delivered first
 	}
 	return nil
 }

@@ -1,10 +1,12 @@
 package vaultudp
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"log/slog"
 	"net/netip"
+	"runtime"
 	"time"
 )
 
@@ -138,23 +140,58 @@ func (c *Conn) event(e Event) {
 }
 
 // dispatchEvents calls Config.Events for each queued event, and the
-// Logger's handler for each queued record, in order, until Close. It is
-// not one of the goroutines Close waits for while it is inside either
-// (evBusy): they may call Close.
+// Logger's handler for each queued record, in order, until Close; what
+// was queued before Close is still delivered before Close returns (a
+// record of why the last handshake failed, logged just before a program
+// closes the Conn and exits, is not lost), at most eventQueueLen of them.
+// A callback may call Close: that Close does not wait for the goroutine
+// it runs on (evCaller), and the rest is delivered once the callback
+// returns.
 func (c *Conn) dispatchEvents() {
 	defer close(c.evDone)
+	c.evCaller.Store(goroutineID())
 	for {
 		select {
 		case n := <-c.events:
-			c.evBusy.Store(true)
-			if n.h != nil {
-				n.h.Handle(context.Background(), n.r)
-			} else {
-				c.cfg.Events(n.e)
-			}
-			c.evBusy.Store(false)
+			c.hand(n)
 		case <-c.closed:
-			return
+			for {
+				select {
+				case n := <-c.events:
+					c.hand(n)
+				default:
+					return
+				}
+			}
 		}
 	}
+}
+
+// hand gives n to the application.
+func (c *Conn) hand(n notice) {
+	if n.h != nil {
+		n.h.Handle(context.Background(), n.r)
+	} else {
+		c.cfg.Events(n.e)
+	}
+}
+
+// goroutineID returns the calling goroutine's id, from the first line of
+// its stack ("goroutine 42 [running]:"). Only Close asks (once), and the
+// events goroutine (once): whether Close runs inside a callback is the one
+// question the Conn cannot answer otherwise, and a flag set around the
+// callback cannot tell that Close from one on another goroutine while a
+// callback runs, which must wait.
+func goroutineID() uint64 {
+	var buf [32]byte
+	b := buf[:runtime.Stack(buf[:], false)]
+	b = bytes.TrimPrefix(b, []byte("goroutine "))
+	var id uint64
+	for _, ch := range b {
+		if ch < '0' || ch > '9' {
+			break
+		}
+		id = id*10 + uint64(ch-'0')
+	}
+	return id
 }
