@@ -90,11 +90,14 @@ func TestFieldClientRestartsWithNewKey(t *testing.T) {
 	for _, tc := range []struct {
 		name           string
 		server, client time.Duration // HandshakeTimeout; zero: the default
+		writeFirst     bool          // no Handshake: the datagram rides in the final message
 	}{
-		{"defaults", 0, 0},
-		{"server 1s, client 2s", time.Second, 2 * time.Second},
-		{"server 1s, client default", time.Second, 0},
-		{"server default, client 1s", 0, time.Second},
+		{"defaults", 0, 0, false},
+		{"server 1s, client 2s", time.Second, 2 * time.Second, false},
+		{"server 1s, client default", time.Second, 0, false},
+		{"server default, client 1s", 0, time.Second, false},
+		{"defaults, written at once", 0, 0, true},
+		{"server 1s, client default, written at once", time.Second, 0, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: tc.server})
@@ -112,7 +115,9 @@ func TestFieldClientRestartsWithNewKey(t *testing.T) {
 			c2 := restartOn(t, port, &Config{HandshakeTimeout: tc.client})
 			closeAtEnd(t, c2)
 			start := time.Now()
-			handshakeT(t, c2, addrOf(s))
+			if !tc.writeFirst {
+				handshakeT(t, c2, addrOf(s))
+			}
 			if _, err := c2.WriteToUDPAddrPort([]byte("new key"), addrOf(s)); err != nil {
 				t.Fatal(err)
 			}

@@ -261,9 +261,14 @@ func (c *Conn) commitFinal(p *peer, r *response, res *finalResult, sealed []byte
 		p.mu.Lock()
 		p.hs.lastFailure, p.hs.refused = err, err
 		if candidate {
-			// Judged again when the initiator sends its final message
-			// again, once the liveness challenge has had its time.
+			// Judged again once the liveness challenge has had its
+			// time (onLivenessUnanswered), or when the initiator
+			// sends its final message again. The datagram coalesced
+			// in it waits with the response, as those that came after
+			// it do: the initiator counts it sent, and a judgment by
+			// the timer has no resend to bring it again.
 			r.result = res
+			c.holdCoalescedLocked(r, sealed, from, local)
 		} else if p.takeResponseLocked(r) {
 			c.dropHeldResponse(r)
 			c.index.dropResponse(r.localIndex)
@@ -381,6 +386,28 @@ func (c *Conn) holdForResponse(idx uint32, p *packet) (kept, ours bool) {
 	}
 	r.held = append(r.held, p)
 	return true, true
+}
+
+// holdCoalescedLocked keeps sealed, the datagram coalesced in r's final
+// message (none: nothing), with r's held datagrams, within maxHeld; the
+// mu of r's peer is held.
+func (c *Conn) holdCoalescedLocked(r *response, sealed []byte, from netip.AddrPort, local netip.Addr) {
+	if len(sealed) == 0 {
+		return
+	}
+	if len(r.held) >= maxHeld {
+		c.stats.unknownSession.Add(1) // as holdForResponse counts one
+		return
+	}
+	q := c.getPacket()
+	if len(sealed) > len(q.buf) {
+		c.putPacket(q)
+		c.stats.tooLarge.Add(1) // as receiveCoalesced counts one
+		return
+	}
+	q.data = q.buf[:copy(q.buf, sealed)]
+	q.from, q.local, q.truncated = from, local, false
+	r.held = append(r.held, q)
 }
 
 // responseLocked returns p's reply waiting for its final message whose
