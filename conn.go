@@ -94,6 +94,7 @@ type Conn struct {
 	bgWake        chan struct{} // wakes the background reader
 	readErr       chan error    // a read error of the background reader's, for ReadFrom (readerr.go)
 	appToken      chan struct{} // held by the one application goroutine reading the socket
+	own           appReader     // the Conn's read methods as a reader of the socket (reader.go)
 	writeDeadline *deadline
 	noDeadline    *deadline // never set: what the Conn sends for the application waits under it (keypairs.go flush)
 
@@ -224,6 +225,7 @@ func newConn(s *socket, config *Config) (*Conn, error) {
 		index:         newSessionIndex(),
 		sq:            newSendQueue(),
 	}
+	c.own = appReader{q: c.recvQ, deadline: c.readDeadline, closed: c.closed}
 	if cfg.PresharedKey != nil {
 		k := *cfg.PresharedKey
 		c.psk = &k

@@ -124,7 +124,7 @@ func (c *Conn) SetDeadline(t time.Time) error {
 		return c.opError("set", nil, net.ErrClosed)
 	}
 	c.readDeadline.set(t)
-	c.setSocketReadDeadline(t)
+	c.setSocketReadDeadline(c.readDeadline, t)
 	c.writeDeadline.set(t)
 	return nil
 }
@@ -139,7 +139,7 @@ func (c *Conn) SetReadDeadline(t time.Time) error {
 		return c.opError("set", nil, net.ErrClosed)
 	}
 	c.readDeadline.set(t)
-	c.setSocketReadDeadline(t)
+	c.setSocketReadDeadline(c.readDeadline, t)
 	return nil
 }
 

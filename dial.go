@@ -264,12 +264,14 @@ func (c *Conn) ConnTo(addr netip.AddrPort) (net.Conn, error) {
 	if !p.connTo.CompareAndSwap(nil, q) {
 		return nil, fmt.Errorf("%w: %v already has a net.Conn from ConnTo", ErrInvalidConfig, addr)
 	}
-	return &peerConn{
+	pc := &peerConn{
 		c: c, p: p, q: q,
 		readDeadline:  newDeadline(),
 		writeDeadline: newDeadline(),
 		closed:        make(chan struct{}),
-	}, nil
+	}
+	pc.r = appReader{q: q.ch, deadline: pc.readDeadline, closed: pc.closed, gone: pc.gone}
+	return pc, nil
 }
 
 // peerConn is the net.Conn of ConnTo.
@@ -282,6 +284,12 @@ type peerConn struct {
 	writeDeadline *deadline
 	closed        chan struct{}
 	closeOnce     sync.Once
+
+	// r is its Read as a reader of c's socket: while no other goroutine
+	// reads it, Read reads the socket itself (reader.go), and its peer's
+	// datagrams reach it with no hand-off between goroutines, as the
+	// Conn's own ReadFrom does.
+	r appReader
 }
 
 func (pc *peerConn) opError(op string, err error) error {
@@ -307,7 +315,15 @@ func (pc *peerConn) state() (netip.AddrPort, chan struct{}, error) {
 	return pc.p.addr, pc.p.changedLocked(), err
 }
 
+// gone reports why the peer can no longer be read (it was dropped), or
+// nil.
+func (pc *peerConn) gone() error {
+	_, _, dropped := pc.state()
+	return dropped
+}
+
 func (pc *peerConn) Read(b []byte) (int, error) {
+	c := pc.c
 	for {
 		select {
 		case pkt := <-pc.q.ch:
@@ -321,12 +337,28 @@ func (pc *peerConn) Read(b []byte) (int, error) {
 		if dropped != nil {
 			return 0, pc.opError("read", dropped)
 		}
+		direct := c.appToken // nil (never ready) unless the socket allows direct reads
+		if !c.sock.Load().Caps().Deadlines {
+			direct = nil
+		}
 		select {
+		case direct <- struct{}{}:
+			pkt, err := c.readDirect(&pc.r)
+			<-direct
+			if err != nil {
+				if oe, ok := err.(*net.OpError); ok {
+					return 0, oe // the socket fails (readerr.go)
+				}
+				return 0, pc.opError("read", err)
+			}
+			return pc.take(b, pkt), nil
 		case pkt := <-pc.q.ch:
 			return pc.take(b, pkt), nil
+		case err := <-c.readErr:
+			return 0, err // the socket fails (readerr.go)
 		case <-pc.closed:
 			return 0, pc.opError("read", net.ErrClosed)
-		case <-pc.c.closed:
+		case <-c.closed:
 			return 0, pc.opError("read", net.ErrClosed)
 		case <-pc.readDeadline.wait():
 			return 0, pc.opError("read", os.ErrDeadlineExceeded)
@@ -380,6 +412,7 @@ func (pc *peerConn) Close() error {
 	pc.closeOnce.Do(func() {
 		first = true
 		close(pc.closed)
+		pc.c.kickDirectReader() // a Read in the socket returns (reader.go)
 		pc.p.connTo.CompareAndSwap(pc.q, nil)
 		pc.readDeadline.stop()
 		pc.writeDeadline.stop()
@@ -418,6 +451,7 @@ func (pc *peerConn) SetReadDeadline(t time.Time) error {
 		return pc.opError("set", net.ErrClosed)
 	}
 	pc.readDeadline.set(t)
+	pc.c.setSocketReadDeadline(pc.readDeadline, t) // a Read in the socket (reader.go)
 	return nil
 }
 

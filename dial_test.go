@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -499,8 +500,9 @@ func TestConnToDeadlineCloseRemove(t *testing.T) {
 
 // BenchmarkDialPingPong: 64-byte round trips from a dialed net.Conn to an
 // echo server, raw UDP (net.DialUDP) beside vaultudp.Dial, and beside a
-// server that reads its one client through ConnTo (one hand-off between
-// goroutines more per datagram than ReadFrom's direct reads).
+// server that reads its one client through ConnTo (whose Read reads the
+// socket itself, as ReadFrom does; it had one hand-off between goroutines
+// more per datagram before).
 func BenchmarkDialPingPong(b *testing.B) {
 	run := func(b *testing.B, d net.Conn) {
 		msg, buf := make([]byte, 64), make([]byte, 2048)
@@ -605,5 +607,123 @@ func TestDialTimeoutIsNetError(t *testing.T) {
 	}
 	if oe, ok := err.(*net.OpError); !ok || !oe.Timeout() || oe.Op != "dial" {
 		t.Fatalf("Dial's error %T %v: want a *net.OpError whose Timeout() is true", err, err)
+	}
+}
+
+// TestConnToReadsSocket: a ConnTo net.Conn's Read, with no other reader,
+// reads the socket itself (no hand-off from another goroutine), and while
+// it does: its peer's datagrams reach it in order, another peer's reach
+// the Conn's ReadFrom (which waits for them meanwhile), the Conn's read
+// deadline does not end it and its own does, and the Conn's ReadFrom
+// times out on the Conn's deadline alone. Run under -race.
+func TestConnToReadsSocket(t *testing.T) {
+	parallel(t)
+	server := listenT(t, "udp4", "127.0.0.1:0", nil)
+	if !server.sock.Load().Caps().Deadlines {
+		t.Skip("the socket's deadlines do not interrupt a read: no direct reads")
+	}
+	srv := addrOf(server)
+	a := listenT(t, "udp4", "127.0.0.1:0", nil)
+	b := listenT(t, "udp4", "127.0.0.1:0", nil)
+	handshakeT(t, a, srv)
+	handshakeT(t, b, srv)
+	ca, err := server.ConnTo(addrOf(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ca.Close()
+
+	got := make(chan string, 1)
+	go func() {
+		buf := make([]byte, 100)
+		n, err := ca.Read(buf)
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		got <- string(buf[:n])
+	}()
+	waitBlockedIn(t, "readDirect")
+	if _, err := a.WriteToUDPAddrPort([]byte("a0"), srv); err != nil {
+		t.Fatal(err)
+	}
+	if s := <-got; s != "a0" {
+		t.Fatalf("ConnTo's Read: %q", s)
+	}
+
+	// Both read at once, each its own peer's datagrams, in order.
+	const rounds = 50
+	errs := make(chan error, 2)
+	go func() {
+		buf := make([]byte, 100)
+		for i := range rounds {
+			ca.SetReadDeadline(time.Now().Add(waitLong))
+			n, err := ca.Read(buf)
+			if want := "a#" + strconv.Itoa(i); err != nil || string(buf[:n]) != want {
+				errs <- fmt.Errorf("ConnTo read %q, %v; want %q", buf[:n], err, want)
+				return
+			}
+		}
+		errs <- nil
+	}()
+	go func() {
+		buf := make([]byte, 100)
+		for i := range rounds {
+			server.SetReadDeadline(time.Now().Add(waitLong))
+			n, from, err := server.ReadFromUDPAddrPort(buf)
+			if want := "b#" + strconv.Itoa(i); err != nil || string(buf[:n]) != want || from != addrOf(b) {
+				errs <- fmt.Errorf("ReadFrom read %q from %v, %v; want %q", buf[:n], from, err, want)
+				return
+			}
+		}
+		errs <- nil
+	}()
+	for i := range rounds { // in lockstep with neither reader: nothing lost
+		for _, cl := range []struct {
+			c    *Conn
+			name string
+		}{{a, "a"}, {b, "b"}} {
+			if _, err := cl.c.WriteToUDPAddrPort([]byte(cl.name+"#"+strconv.Itoa(i)), srv); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// The deadlines are each reader's own.
+	server.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+	ca.SetReadDeadline(time.Time{})
+	go func() {
+		buf := make([]byte, 100)
+		n, err := ca.Read(buf)
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		got <- string(buf[:n])
+	}()
+	waitBlockedIn(t, "readDirect")
+	if _, _, err := server.ReadFromUDPAddrPort(make([]byte, 10)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the Conn's ReadFrom past its deadline: %v", err)
+	}
+	if _, err := a.WriteToUDPAddrPort([]byte("after the Conn's deadline"), srv); err != nil {
+		t.Fatal(err)
+	}
+	if s := <-got; s != "after the Conn's deadline" {
+		t.Fatalf("ConnTo's Read, the Conn's deadline passed: %q", s)
+	}
+	server.SetReadDeadline(time.Time{})
+	go func() {
+		_, err := ca.Read(make([]byte, 10))
+		got <- fmt.Sprint(errors.Is(err, os.ErrDeadlineExceeded))
+	}()
+	waitBlockedIn(t, "readDirect")
+	ca.SetReadDeadline(time.Now().Add(-time.Second)) // moved while it reads
+	if s := <-got; s != "true" {
+		t.Fatal("ConnTo's Read in the socket did not end at its own deadline")
 	}
 }

@@ -273,6 +273,9 @@ func (c *Conn) dropPeerTableLocked(p *peer, reason error) {
 	c.clearInitLocked(p)
 	c.clearResponsesLocked(p)
 	p.closeLocked(reason)
+	if p.connTo.Load() != nil {
+		c.kickDirectReader() // its ConnTo's Read may be in the socket (reader.go)
+	}
 }
 
 // RemovePeer removes a peer, configured or learned, and drops its keys and

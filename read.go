@@ -45,8 +45,13 @@ func (c *Conn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) {
 	case direct <- struct{}{}:
 		// This goroutine reads the socket itself (reader.go); others
 		// wait here for what it queues, or for their turn.
-		defer func() { <-direct }()
-		return c.readDirect(b)
+		p, err := c.readDirect(&c.own)
+		<-direct
+		if err != nil {
+			return 0, netip.AddrPort{}, c.readError(err)
+		}
+		n, from := c.take(p, b)
+		return n, from, nil
 	case p := <-c.recvQ:
 		n, from := c.take(p, b)
 		return n, from, nil

@@ -2,15 +2,16 @@ package vaultudp
 
 import (
 	"errors"
-	"net/netip"
 	"os"
 	"sync"
 	"time"
 )
 
-// Who reads the socket. A goroutine blocked in ReadFrom reads the socket
-// itself and handles what arrives (handshakes included), so that a
-// datagram reaches it with no hand-off between goroutines: on two cores a
+// Who reads the socket. A goroutine blocked in ReadFrom (or in the Read of
+// a net.Conn from ConnTo or a Listener: an appReader) reads the socket
+// itself and handles what arrives (handshakes, and other readers'
+// datagrams, which go to their queues), so that a datagram reaches it
+// with no hand-off between goroutines: on two cores a
 // hand-off wakes a second thread, which costs more than the rest of the
 // receive path. The background reader (readLoop) reads only while no
 // application goroutine has been reading for directGrace, so that a
@@ -31,6 +32,21 @@ const directGrace = 20 * time.Millisecond
 // aLongTimeAgo is a deadline in the past, to interrupt a socket read.
 var aLongTimeAgo = time.Unix(1, 0)
 
+// appReader is an application reader that may read the socket itself
+// (readDirect): the Conn's own read methods (Conn.own), or the Read of a
+// net.Conn from ConnTo, whose peer's datagrams receive queues apart. What
+// receive queues for it arrives on q; its deadline and its own end bound
+// its reads.
+type appReader struct {
+	q        chan *packet
+	deadline *deadline
+	closed   chan struct{} // its Close (the Conn's, for the Conn's own)
+	// gone, if set, reports why the reader cannot read any more (its
+	// peer dropped); it is asked before every socket read, and the
+	// reader is interrupted when it may have changed (dropPeerTableLocked).
+	gone func() error
+}
+
 // readCoord coordinates the socket's readers.
 type readCoord struct {
 	// mu guards the fields below.
@@ -38,6 +54,7 @@ type readCoord struct {
 	appReaders int           // goroutines in ReadFrom that read the socket
 	appReads   uint64        // how many direct reads have begun, ever
 	sockDL     time.Time     // the read deadline last set on the socket
+	appDL      *deadline     // the deadline of the application reader in the socket
 	bgReading  bool          // the background reader is in a socket read
 	bgSock     *socket       // ... of this socket
 	kicked     bool          // ... and has been interrupted
@@ -114,13 +131,14 @@ func (c *Conn) kickDirectReader() {
 	rc.mu.Unlock()
 }
 
-// appBegin registers an application reader and waits until the
+// appBegin registers r, an application reader, and waits until the
 // background reader is out of the socket.
-func (c *Conn) appBegin(s *socket) {
+func (c *Conn) appBegin(s *socket, r *appReader) {
 	rc := &c.rd
 	rc.mu.Lock()
 	rc.appReaders++
 	rc.appReads++
+	rc.appDL = r.deadline
 	for rc.bgReading {
 		if !rc.kicked {
 			rc.kicked = true
@@ -131,9 +149,9 @@ func (c *Conn) appBegin(s *socket) {
 		<-ch // the background reader leaves at once: its read fails
 		rc.mu.Lock()
 	}
-	// The socket's deadline is the Conn's read deadline while
-	// application readers read it (SetReadDeadline keeps it so).
-	c.setSockDeadlineLocked(s, c.readDeadline.time())
+	// The socket's deadline is the reader's read deadline while it
+	// reads the socket (SetReadDeadline keeps it so).
+	c.setSockDeadlineLocked(s, r.deadline.time())
 	rc.mu.Unlock()
 }
 
@@ -163,12 +181,12 @@ func (c *Conn) wakeBackgroundReader() {
 	}
 }
 
-// setSocketReadDeadline passes a new read deadline to the socket while
-// application readers read it.
-func (c *Conn) setSocketReadDeadline(t time.Time) {
+// setSocketReadDeadline passes t, d's new time, to the socket while the
+// application reader whose deadline d is reads it.
+func (c *Conn) setSocketReadDeadline(d *deadline, t time.Time) {
 	rc := &c.rd
 	rc.mu.Lock()
-	if rc.appReaders > 0 {
+	if rc.appReaders > 0 && rc.appDL == d {
 		c.setSockDeadlineLocked(c.sock.Load(), t)
 	}
 	rc.mu.Unlock()
@@ -185,19 +203,23 @@ func (c *Conn) setSockDeadlineLocked(s *socket, t time.Time) {
 	}
 }
 
-// readDirect is ReadFromUDPAddrPort reading the socket itself, with the
-// socket's read set: the background reader is out of the socket (appBegin)
-// and no other application goroutine reads it (the token it holds).
-func (c *Conn) readDirect(b []byte) (int, netip.AddrPort, error) {
+// readDirect reads the socket for r, an application reader, with the
+// socket's read set, until a datagram is queued for r, and returns the
+// first in r's queue: the background reader is out of the socket
+// (appBegin) and no other application goroutine reads it (the token r's
+// goroutine holds). Its errors are unwrapped: ErrClosed (the Conn's or
+// r's Close), os.ErrDeadlineExceeded, what r.gone says, or the socket's
+// (readerr.go).
+func (c *Conn) readDirect(r *appReader) (*packet, error) {
 	for {
 		s := c.sock.Load()
-		c.appBegin(s)
+		c.appBegin(s, r)
 		s.rs.mu.Lock()
-		n, from, err := c.readOnce(s.rs, b, s)
+		p, err := c.readOnce(s.rs, s, r)
 		s.rs.mu.Unlock()
 		c.appEnd()
 		if err != errRetry {
-			return n, from, err
+			return p, err
 		}
 	}
 }
@@ -205,40 +227,44 @@ func (c *Conn) readDirect(b []byte) (int, netip.AddrPort, error) {
 // errRetry says the socket was replaced under a reader (Rebind).
 var errRetry = errors.New("vaultudp: socket replaced")
 
-// readOnce reads the socket until a datagram for the application is
-// queued, and returns the first in the queue.
-func (c *Conn) readOnce(rs *readSet, b []byte, s *socket) (int, netip.AddrPort, error) {
+// readOnce reads the socket until a datagram is queued for r, and returns
+// the first in its queue.
+func (c *Conn) readOnce(rs *readSet, s *socket, r *appReader) (*packet, error) {
 	var fails readBackoff // transient errors in a row (readerr.go)
 	for {
 		select {
-		case p := <-c.recvQ:
-			n, from := c.take(p, b)
-			return n, from, nil
+		case p := <-r.q:
+			return p, nil
 		default:
 		}
-		if c.isClosed() {
-			return 0, netip.AddrPort{}, c.opError("read", nil, ErrClosed)
+		if c.isClosed() || isClosed(r.closed) {
+			return nil, ErrClosed
 		}
-		if isClosed(c.readDeadline.wait()) {
-			return 0, netip.AddrPort{}, c.opError("read", nil, os.ErrDeadlineExceeded)
+		if isClosed(r.deadline.wait()) {
+			return nil, os.ErrDeadlineExceeded
+		}
+		if r.gone != nil {
+			if err := r.gone(); err != nil {
+				return nil, err
+			}
 		}
 		n, err := c.readInto(rs)
 		if err != nil {
 			switch {
 			case c.isClosed():
-				return 0, netip.AddrPort{}, c.opError("read", nil, ErrClosed)
+				return nil, ErrClosed
 			case c.sock.Load() != s:
-				return 0, netip.AddrPort{}, errRetry
+				return nil, errRetry
 			case errors.Is(err, os.ErrDeadlineExceeded):
-				// The Conn's deadline passed (its timer may close the
+				// The reader's deadline passed (its timer may close the
 				// channel checked above a moment later), or it moved.
-				t := c.readDeadline.time()
+				t := r.deadline.time()
 				if !t.IsZero() && !time.Now().Before(t) {
-					return 0, netip.AddrPort{}, c.opError("read", nil, os.ErrDeadlineExceeded)
+					return nil, os.ErrDeadlineExceeded
 				}
-				// Or a datagram was queued for this reader
-				// (kickDirectReader): the socket gets the Conn's
-				// deadline back, and the loop takes the datagram.
+				// Or a datagram was queued for this reader, or its
+				// state changed (kickDirectReader): the socket gets the
+				// reader's deadline back, and the loop looks again.
 				c.rd.mu.Lock()
 				c.setSockDeadlineLocked(s, t)
 				c.rd.mu.Unlock()
@@ -246,7 +272,7 @@ func (c *Conn) readOnce(rs *readSet, b []byte, s *socket) (int, netip.AddrPort, 
 			}
 			c.log.Debug("vaultudp: read", "err", err)
 			if err := c.directReadFailed(err, &fails); err != nil {
-				return 0, netip.AddrPort{}, err // the socket fails
+				return nil, err // the socket fails
 			}
 			continue
 		}
