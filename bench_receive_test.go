@@ -1,9 +1,17 @@
 package vaultudp
 
 import (
+	"bufio"
 	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,11 +23,13 @@ import (
 // BenchmarkManyPeersReplay measures the receive path alone: 64 peers'
 // sealed datagrams (512-byte payloads, the default padding), made ahead
 // on real sessions, are sent in GSO trains of replayTrain from the peers'
-// own sockets by one goroutine that does nothing else, round-robin over
-// the peers, with at most replayInFlight in flight (no progress for 10 ms
-// counts what is in flight as lost). So the senders cost next to nothing
-// but their system calls, and what is measured is how fast the server
-// side opens and delivers.
+// own sockets by another process (this test binary again,
+// TestReplaySenderHelper, given the sockets and the datagrams), one
+// goroutine that does nothing else, round-robin over the peers, with at
+// most replayInFlight in flight (the readers' count goes to it over a
+// pipe; no progress for 10 ms counts what is in flight as lost). So the
+// senders cost the server's process nothing, and what is measured is how
+// fast the server side opens and delivers.
 //
 //   - one-conn: one server Conn, all 64 peers, one reading goroutine;
 //   - two-conns: two independent server Conns with 32 peers each, a
@@ -30,9 +40,9 @@ import (
 //
 // Run with -cpu 1,2 and a fixed count (-benchtime 100000x: the datagrams
 // are made before the timer starts, about 1.4 KB each). recv/s is what
-// the readers got per second, loss% what never arrived. The sender runs
-// in the same process; its system calls (which on loopback also do the
-// kernel's receive work) hold a P until the runtime hands it off.
+// the readers got per second, loss% what never arrived. On a machine of
+// two cores the sender's process takes its share of them: its system
+// calls also do the kernel's loopback receive work.
 func BenchmarkManyPeersReplay(b *testing.B) {
 	const peers = 64
 	for _, servers := range []int{1, 2} {
@@ -49,13 +59,15 @@ const (
 	replayTrain    = 16
 	replayInFlight = 1024
 	replaySize     = 512
+	replayEnv      = "VAULTUDP_REPLAY_SENDER" // TestReplaySenderHelper's orders
 )
 
+// replayPeer is one peer's part of the replay: where it sends, and its
+// datagrams back to back, each seg bytes.
 type replayPeer struct {
-	sock udpio.Socket
-	to   netip.AddrPort
-	run  []byte // the datagrams back to back
-	seg  int    // the size of each
+	to  netip.AddrPort
+	run []byte
+	seg int
 }
 
 func replayBench(b *testing.B, servers, peers int, raw, workers bool) {
@@ -86,24 +98,29 @@ func replayBench(b *testing.B, servers, peers int, raw, workers bool) {
 	}
 	per := (b.N + peers - 1) / peers
 	ps := make([]replayPeer, peers)
+	files := make([]*os.File, peers) // the peers' sockets, for the sender's process
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	payload := randomPayload(replaySize)
 	for i := range ps {
 		k := i * servers / peers // the server this peer sends to
 		to := ends[k].LocalAddr().(*net.UDPAddr).AddrPort()
+		uc, err := net.ListenUDP("udp4", lo)
+		if err != nil {
+			b.Fatal(err)
+		}
+		setSocketBuffers(uc)
+		if files[i], err = uc.File(); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { files[i].Close() })
 		if raw {
-			uc, err := net.ListenUDP("udp4", lo)
-			if err != nil {
-				b.Fatal(err)
-			}
-			setSocketBuffers(uc)
 			b.Cleanup(func() { uc.Close() })
 			seg := 1400 // about what a sealed one is
-			ps[i] = replayPeer{sock: udpio.New(uc), to: to, run: make([]byte, per*seg), seg: seg}
+			ps[i] = replayPeer{to: to, run: make([]byte, per*seg), seg: seg}
 			continue
 		}
-		c, err := Listen("udp4", "127.0.0.1:0", nil)
+		c, err := Wrap(uc, nil)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -134,7 +151,7 @@ func replayBench(b *testing.B, servers, peers int, raw, workers bool) {
 			seg = len(d)
 			run = append(run, d...)
 		}
-		ps[i] = replayPeer{sock: c.sock.Load().Socket, to: to, run: run, seg: seg}
+		ps[i] = replayPeer{to: to, run: run, seg: seg}
 	}
 	buf := make([]byte, 2048)
 	for i, c := range conns {
@@ -147,13 +164,14 @@ func replayBench(b *testing.B, servers, peers int, raw, workers bool) {
 		c.SetReadDeadline(time.Time{})
 	}
 
-	var got, last atomic.Int64
-	progress := make(chan struct{}, 1)
+	sender := startReplaySender(b, ps, files)
+	var got atomic.Int64
 	var wg sync.WaitGroup
 	b.SetBytes(replaySize)
 	b.ReportAllocs()
 	b.ResetTimer()
 	start := time.Now()
+	var last atomic.Int64
 	for _, e := range ends {
 		wg.Add(1)
 		go func() {
@@ -166,17 +184,180 @@ func replayBench(b *testing.B, servers, peers int, raw, workers bool) {
 				got.Add(1)
 				if k%replayTrain == 0 {
 					last.Store(int64(time.Since(start)))
-					select {
-					case progress <- struct{}{}:
-					default:
-					}
+					sender.progress(got.Load())
 				}
 			}
 		}()
 	}
-	// The sender: trains round-robin over the peers, within the window.
+	sender.start()
+	sent := sender.wait()
+	for _, e := range ends {
+		e.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	}
+	wg.Wait()
+	b.StopTimer()
+	n := got.Load()
+	if elapsed := time.Duration(last.Load()); elapsed > 0 {
+		b.ReportMetric(float64(n)/elapsed.Seconds(), "recv/s")
+	}
+	b.ReportMetric(100*float64(sent-n)/float64(max(sent, 1)), "loss%")
+	byWorkers := uint64(0)
+	for _, c := range conns {
+		byWorkers += c.opens.byWorkers.Load()
+	}
+	if !raw {
+		b.ReportMetric(100*float64(byWorkers)/float64(max(n, 1)), "byworkers%")
+	}
+}
+
+// replaySender is the sender's process, seen from the benchmark: the
+// readers' count goes to it (progress), and it says what it sent.
+type replaySender struct {
+	tb   testing.TB
+	cmd  *exec.Cmd
+	in   io.WriteCloser
+	out  *bufio.Scanner
+	mu   sync.Mutex // guards writes to in
+	last int64      // the count last written; under mu
+}
+
+// startReplaySender starts the sender's process with the peers' sockets
+// and datagrams, and waits until it is ready to send.
+func startReplaySender(tb testing.TB, ps []replayPeer, files []*os.File) *replaySender {
+	tb.Helper()
+	// The datagrams go through a file: hundreds of MB at large counts.
+	f, err := os.CreateTemp("", "vaultudp-replay-")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { os.Remove(f.Name()) })
+	spec := []string{f.Name()}
+	w := bufio.NewWriterSize(f, 1<<20)
+	for _, p := range ps {
+		w.Write(p.run)
+		spec = append(spec, fmt.Sprintf("%s/%d/%d", p.to, p.seg, len(p.run)))
+	}
+	if err := w.Flush(); err != nil {
+		tb.Fatal(err)
+	}
+	f.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestReplaySenderHelper$", "-test.count=1")
+	cmd.Env = append(os.Environ(), replayEnv+"="+strings.Join(spec, " "))
+	cmd.ExtraFiles = files // fd 3 onwards, in the peers' order
+	cmd.Stderr = os.Stderr
+	rs := &replaySender{tb: tb, cmd: cmd}
+	if rs.in, err = cmd.StdinPipe(); err != nil {
+		tb.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	rs.out = bufio.NewScanner(out)
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { rs.in.Close(); cmd.Wait() })
+	rs.line("ready")
+	return rs
+}
+
+// line waits for the sender's line starting with want, and returns it.
+func (rs *replaySender) line(want string) string {
+	for rs.out.Scan() {
+		if strings.HasPrefix(rs.out.Text(), want) {
+			return rs.out.Text()
+		}
+	}
+	rs.tb.Fatalf("the sender's process ended before %q: %v", want, rs.out.Err())
+	return ""
+}
+
+// start has the sender begin; progress tells it the readers' count.
+func (rs *replaySender) start() { rs.progress(0) }
+
+func (rs *replaySender) progress(got int64) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if got < rs.last {
+		return
+	}
+	rs.last = got
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], uint64(got))
+	rs.in.Write(b[:]) // an error: the sender has ended, and says why
+}
+
+// wait waits for the sender to finish and returns how many it sent.
+func (rs *replaySender) wait() int64 {
+	var sent int64
+	if _, err := fmt.Sscanf(rs.line("done"), "done %d", &sent); err != nil {
+		rs.tb.Fatal(err)
+	}
+	return sent
+}
+
+// TestReplaySenderHelper is BenchmarkManyPeersReplay's sender, in a
+// process of its own; it does nothing unless that benchmark runs it. Its
+// orders (replayEnv): the datagrams' file, then each peer's destination,
+// datagram size and run length, in the order of its sockets (fd 3 on).
+// Its standard input brings the readers' counts (8 bytes each, the first
+// one the start); it prints "ready", then "done <sent>".
+func TestReplaySenderHelper(t *testing.T) {
+	spec := strings.Fields(os.Getenv(replayEnv))
+	if len(spec) == 0 {
+		t.Skip("run by BenchmarkManyPeersReplay")
+	}
+	data, err := os.ReadFile(spec[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	type peer struct {
+		sock udpio.Socket
+		to   netip.AddrPort
+		run  []byte
+		seg  int
+	}
+	var ps []peer
+	off := 0
+	for i, p := range spec[1:] {
+		var to string
+		var seg, n int
+		f := strings.Split(p, "/")
+		to, seg, n = f[0], atoi(t, f[1]), atoi(t, f[2])
+		pc, err := net.FilePacketConn(os.NewFile(uintptr(3+i), "peer"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps = append(ps, peer{sock: udpio.New(pc), to: netip.MustParseAddrPort(to), run: data[off : off+n], seg: seg})
+		off += n
+	}
+	var got atomic.Int64
+	progress := make(chan struct{}, 1)
+	started := make(chan struct{})
+	go func() {
+		var b [8]byte
+		first := true
+		for {
+			if _, err := io.ReadFull(os.Stdin, b[:]); err != nil {
+				return
+			}
+			got.Store(int64(binary.LittleEndian.Uint64(b[:])))
+			if first {
+				close(started)
+				first = false
+			}
+			select {
+			case progress <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	fmt.Println("ready")
+	<-started
 	idle := time.NewTimer(time.Hour)
 	sent, lost := int64(0), int64(0)
+	per := len(ps[0].run) / ps[0].seg
 	for off := 0; off < per; off += replayTrain {
 		for i := range ps {
 			p := &ps[i]
@@ -191,28 +372,20 @@ func replayBench(b *testing.B, servers, peers int, raw, workers bool) {
 				idle.Stop()
 			}
 			if _, err := p.sock.WriteSegments(p.run[off*p.seg:(off+n)*p.seg], p.seg, p.to, netip.Addr{}); err != nil {
-				b.Fatal(err)
+				t.Fatal(err)
 			}
 			sent += int64(n)
 		}
 	}
-	for _, e := range ends {
-		e.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	fmt.Printf("done %d\n", sent)
+}
+
+func atoi(t *testing.T, s string) int {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
 	}
-	wg.Wait()
-	b.StopTimer()
-	n := got.Load()
-	if elapsed := time.Duration(last.Load()); elapsed > 0 {
-		b.ReportMetric(float64(n)/elapsed.Seconds(), "recv/s")
-	}
-	b.ReportMetric(100*float64(sent-n)/float64(sent), "loss%")
-	byWorkers := uint64(0)
-	for _, c := range conns {
-		byWorkers += c.opens.byWorkers.Load()
-	}
-	if !raw {
-		b.ReportMetric(100*float64(byWorkers)/float64(max(n, 1)), "byworkers%")
-	}
+	return n
 }
 
 // BenchmarkOpenShared measures the receive stage alone, without sockets:
