@@ -159,14 +159,25 @@ func (c *Conn) clearResponsesLocked(p *peer) {
 	p.respNew, p.respOld = nil, nil
 }
 
-// expireResponsesLocked drops the responses older than the handshake
-// timeout: their initiator never finished (it refused us, its keys
-// differ, or the hello was a replay). It reports whether any went. p.mu
-// is held.
+// responseLifetime is how long a reply waits for its final message: the
+// handshake timeout, and two seconds at least. The initiator sends a lost
+// final message again every retry interval of its own (a second at most:
+// retryAfter), which this Conn does not know; a reply that waits two
+// seconds sees at least one resend whatever the two sides' timeouts.
+// (With a handshake timeout of 1 s here and the default 5 s there, the
+// resend came just after the reply was dropped, and the initiator resent
+// it to nothing until its attempt failed.)
+func (c *Conn) responseLifetime() time.Duration {
+	return max(c.cfg.HandshakeTimeout, 2*time.Second)
+}
+
+// expireResponsesLocked drops the responses older than responseLifetime:
+// their initiator never finished (it refused us, its keys differ, or the
+// hello was a replay). It reports whether any went. p.mu is held.
 func (c *Conn) expireResponsesLocked(p *peer, now int64) bool {
 	gone := false
 	for _, r := range []*response{p.respOld, p.respNew} {
-		if r != nil && now-r.created >= int64(c.cfg.HandshakeTimeout) {
+		if r != nil && now-r.created >= int64(c.responseLifetime()) {
 			p.takeResponseLocked(r)
 			c.dropHeldResponse(r)
 			c.index.dropResponse(r.localIndex)

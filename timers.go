@@ -15,7 +15,8 @@ import (
 //	handshake timeout    an attempt unanswered for HandshakeTimeout fails
 //	session expiry       a session past its receive limit is dropped
 //	unconfirmed expiry   a reply whose final message did not come within
-//	                     HandshakeTimeout is dropped
+//	                     responseLifetime (HandshakeTimeout, 2 s at least)
+//	                     is dropped
 //	path timeout         a path or liveness challenge unanswered for
 //	                     HandshakeTimeout is abandoned (path.go)
 //	replacement          a new identity's final message waits at a learned

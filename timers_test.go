@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -358,5 +359,67 @@ func TestTimerReplacement(t *testing.T) {
 		if p.Addr == port && !bytes.Equal(p.PublicKey, c2.PublicKey()) {
 			t.Errorf("the server's peer at %v has the old key", port)
 		}
+	}
+}
+
+// TestTimerUnconfirmedExpiryFloor: with a handshake timeout of 1 s, a
+// reply still waits two seconds for its final message
+// (responseLifetime).
+func TestTimerUnconfirmedExpiryFloor(t *testing.T) {
+	parallel(t)
+	clk := newFakeClock()
+	a := fakeListen(t, clk, &Config{HandshakeTimeout: time.Second})
+	raw := rawUDP(t)
+	if _, err := raw.WriteToUDPAddrPort(helloDatagram(t), addrOf(a)); err != nil {
+		t.Fatal(err)
+	}
+	from := addrOf2(raw)
+	pollUntil(waitLong, func() bool { return peerState(a, from).next })
+	clk.advance(t, 2*time.Second-time.Millisecond, 100*time.Millisecond)
+	if s := peerState(a, from); !s.next {
+		t.Fatalf("before two seconds: %+v, want the reply still waiting", s)
+	}
+	clk.advance(t, time.Millisecond, 0)
+	if s := peerState(a, from); s.next || s.exists {
+		t.Fatalf("at two seconds: %+v, want it dropped", s)
+	}
+}
+
+// TestLostFinalShortServerTimeout: a server with a handshake timeout of
+// 1 s, a client with the default 5 s (a retry every second), and the
+// client's first final message lost on the path. Its resend, a second
+// later, still finds the server's reply, and the handshake completes
+// (before, the reply had been dropped at 1 s: the resend was stale, and
+// the client resent it to nothing until its attempt failed). Both clocks
+// are the test's.
+func TestLostFinalShortServerTimeout(t *testing.T) {
+	parallel(t)
+	clkS, clkC := newFakeClock(), newFakeClock()
+	s := fakeListen(t, clkS, &Config{HandshakeTimeout: time.Second})
+	c := fakeListen(t, clkC, nil)
+	r := newRelay(t, addrOf(c), addrOf(s))
+	var finals atomic.Int32
+	r.setRewrite(func(p []byte, toB bool) [][]byte {
+		if toB && len(p) > 1 && p[1] == typeFinal && finals.Add(1) == 1 {
+			return nil // the first final message is lost
+		}
+		return [][]byte{p}
+	})
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+		defer cancel()
+		done <- c.Handshake(ctx, r.addr())
+	}()
+	if took, ok := waitFor(waitLong, func() bool { return finals.Load() == 1 }); !ok {
+		t.Fatalf("no final message after %v", took)
+	}
+	clkS.advance(t, 1100*time.Millisecond, 100*time.Millisecond) // past the server's HandshakeTimeout
+	clkC.advance(t, 1100*time.Millisecond, 100*time.Millisecond) // the client's final retry, at 1 s
+	if err := <-done; err != nil {
+		t.Fatalf("handshake: %v (server %+v)", err, s.Stats())
+	}
+	if n := finals.Load(); n != 2 {
+		t.Errorf("%d final messages, want 2 (one lost, one resent)", n)
 	}
 }
