@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	mathrand "math/rand/v2"
 	mrand "math/rand/v2"
 	"net"
 	"net/netip"
@@ -32,7 +33,9 @@ import (
 // what a stranger sends to start a handshake.
 func helloDatagram(t testing.TB) []byte {
 	t.Helper()
-	return newStrangerInit(t, 1).Hello()
+	// A random sender index, as a real initiator's: a Conn answers one
+	// hello per sender index from a source (answeredLocked).
+	return newStrangerInit(t, mathrand.Uint32()|1).Hello()
 }
 
 // newStrangerInit starts a handshake of a fresh identity with index idx.

@@ -27,7 +27,11 @@ func (c *Conn) prepareHello(msg []byte, from netip.AddrPort, local netip.Addr) f
 	// load, only a hello with its source's cookie comes here.
 	c.peers.mu.RLock()
 	pr := c.peers.getLocked(from)
-	full := pr == nil && c.peers.strangerLocked(from) == nil && c.peers.strangersFullLocked()
+	holder := pr // the peer or stranger that keeps replies to from
+	if holder == nil {
+		holder = c.peers.strangerLocked(from)
+	}
+	full := holder == nil && c.peers.strangersFullLocked()
 	c.peers.mu.RUnlock()
 	if full {
 		// Refused before any costly work: a flood of hellos from new
@@ -38,6 +42,15 @@ func (c *Conn) prepareHello(msg []byte, from netip.AddrPort, local netip.Addr) f
 	if c.policyFor(pr) == Plaintext {
 		c.stats.policy.Add(1)
 		return nil
+	}
+	if holder != nil {
+		holder.mu.Lock()
+		dup := holder.answeredLocked(h.SenderIndex)
+		holder.mu.Unlock()
+		if dup {
+			c.stats.stale.Add(1) // answered already (commitHello checks again)
+			return nil
+		}
 	}
 	if pr != nil {
 		pr.mu.Lock()
@@ -107,6 +120,13 @@ func (c *Conn) commitHello(r *response, reply []byte) {
 		c.index.release(idx)
 		return
 	}
+	if pr.answeredLocked(r.r.RemoteIndex()) {
+		// The same hello, prepared twice at once on two workers.
+		pr.mu.Unlock()
+		c.index.release(idx)
+		c.stats.stale.Add(1)
+		return
+	}
 	c.addResponseLocked(pr, r)
 	pr.mu.Unlock()
 	c.sendRawFrom(from, r.local, reply)
@@ -117,6 +137,24 @@ func (c *Conn) commitHello(r *response, reply []byte) {
 	pr.mu.Lock()
 	r.path = path
 	pr.mu.Unlock()
+}
+
+// answeredLocked reports whether a reply waiting on p answers the hello
+// whose sender index is sender: the same hello again, sent again with a
+// new cookie, duplicated, or replayed from p's address. It is not
+// answered twice: the initiator accepts a reply to either of its two
+// newest hellos, and p keeps replies to two hellos, so a second reply to
+// one of them must not push out the reply to the other, which the
+// initiator may be answering (a client whose hello went again with a
+// second cookie under load answered the reply pushed out, and its final
+// message found nothing, until its attempt failed). p.mu is held.
+func (p *peer) answeredLocked(sender uint32) bool {
+	for _, r := range []*response{p.respNew, p.respOld} {
+		if r != nil && r.r.RemoteIndex() == sender {
+			return true
+		}
+	}
+	return false
 }
 
 // addResponseLocked keeps r, a reply sent for p, waiting for its final
