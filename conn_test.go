@@ -8,7 +8,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	mathrand "math/rand/v2"
 	mrand "math/rand/v2"
 	"net"
 	"net/netip"
@@ -35,7 +34,7 @@ func helloDatagram(t testing.TB) []byte {
 	t.Helper()
 	// A random sender index, as a real initiator's: a Conn answers one
 	// hello per sender index from a source (answeredLocked).
-	return newStrangerInit(t, mathrand.Uint32()|1).Hello()
+	return newStrangerInit(t, mrand.Uint32()|1).Hello()
 }
 
 // newStrangerInit starts a handshake of a fresh identity with index idx.
