@@ -70,6 +70,9 @@ func (l *Listener) Accept() (net.Conn, error) {
 			// dropped, as a listener has no one to give it to.
 			if p, _ := l.c.peerFor(from, lookupOnly); p != nil {
 				if q := p.connTo.Load(); q != nil && l.deliver(q, pkt) {
+					// Its Read may be the goroutine in the socket,
+					// waiting for its own queue (reader.go).
+					l.c.kickDirectReader()
 					continue
 				}
 			}
