@@ -4,7 +4,10 @@ import (
 	"errors"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -148,4 +151,191 @@ func TestReview6ConnToReadErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectRead(t, server, "after", addrOf(cl))
+}
+
+// TestReview6ConnToReadPeerGoneAndRebind: a ConnTo Read in the socket
+// follows a Rebind (it reads the new socket: a datagram the peer sends
+// there reaches it) and ends when its peer is removed, with an error
+// wrapping ErrUnknownPeer (dropPeerTableLocked interrupts it).
+func TestReview6ConnToReadPeerGoneAndRebind(t *testing.T) {
+	parallel(t)
+	server := listenT(t, "udp4", "127.0.0.1:0", nil)
+	if !server.sock.Load().Caps().Deadlines {
+		t.Skip("the socket's deadlines do not interrupt a read: no direct reads")
+	}
+	cl := listenT(t, "udp4", "127.0.0.1:0", nil)
+	handshakeT(t, cl, addrOf(server))
+	pc, err := server.ConnTo(addrOf(cl))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	type result struct {
+		s   string
+		err error
+	}
+	got := make(chan result, 1)
+	read := func() {
+		pc.SetReadDeadline(time.Now().Add(waitLong))
+		buf := make([]byte, 100)
+		n, err := pc.Read(buf)
+		got <- result{string(buf[:n]), err}
+	}
+	go read()
+	waitInSocket(t, "readDirect", "TestReview6ConnToReadPeerGoneAndRebind")
+	if err := server.Rebind("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	// The peer follows once it hears from the new port.
+	if _, err := pc.Write([]byte("moved")); err != nil {
+		t.Fatal(err)
+	}
+	expectRead(t, cl, "moved", addrOf(server))
+	if _, err := cl.WriteToUDPAddrPort([]byte("to the new port"), addrOf(server)); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-got; r.err != nil || r.s != "to the new port" {
+		t.Fatalf("ConnTo Read across a Rebind: %q, %v", r.s, r.err)
+	}
+
+	go read()
+	waitInSocket(t, "readDirect", "TestReview6ConnToReadPeerGoneAndRebind")
+	start := time.Now()
+	if err := server.RemovePeer(addrOf(cl)); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-got; !errors.Is(r.err, ErrUnknownPeer) || time.Since(start) > waitLong/2 {
+		t.Fatalf("ConnTo Read in the socket, its peer removed: %q, %v after %v", r.s, r.err, time.Since(start))
+	}
+}
+
+// TestReview6ReadersRace: three readers of one Conn race for its socket
+// under -race: a ConnTo net.Conn for peer a (short deadlines, retried),
+// the Conn's ReadFrom (peers b and c), and a ConnTo net.Conn for b that
+// is closed and made again and again (b's datagrams go to ReadFrom
+// meanwhile). No reader gets another's datagram, none hangs, and once the
+// churn stops every reader gets what is sent to it.
+func TestReview6ReadersRace(t *testing.T) {
+	parallel(t)
+	server := listenT(t, "udp4", "127.0.0.1:0", nil)
+	srv := addrOf(server)
+	var cls [3]*Conn
+	for i := range cls {
+		cls[i] = listenT(t, "udp4", "127.0.0.1:0", nil)
+		handshakeT(t, cls[i], srv)
+	}
+	a, b, c := cls[0], cls[1], cls[2]
+	pa, err := server.ConnTo(addrOf(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pa.Close()
+
+	stop := make(chan struct{})
+	fail := make(chan string, 16)
+	var wg sync.WaitGroup
+	var gotA, gotRF atomic.Int64
+	wg.Add(3)
+	go func() { // a's reader: short deadlines
+		defer wg.Done()
+		buf := make([]byte, 100)
+		for !isClosed(stop) {
+			pa.SetReadDeadline(time.Now().Add(time.Duration(1+gotA.Load()%5) * time.Millisecond))
+			n, err := pa.Read(buf)
+			if err != nil {
+				if !errors.Is(err, os.ErrDeadlineExceeded) {
+					fail <- "a's reader: " + err.Error()
+					return
+				}
+				continue
+			}
+			if !strings.HasPrefix(string(buf[:n]), "a") {
+				fail <- "a's reader got " + string(buf[:n])
+				return
+			}
+			gotA.Add(1)
+		}
+	}()
+	go func() { // the Conn's ReadFrom: b's and c's, never a's
+		defer wg.Done()
+		buf := make([]byte, 100)
+		for !isClosed(stop) {
+			server.SetReadDeadline(time.Now().Add(3 * time.Millisecond))
+			n, from, err := server.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				if !errors.Is(err, os.ErrDeadlineExceeded) {
+					fail <- "ReadFrom: " + err.Error()
+					return
+				}
+				continue
+			}
+			if from == addrOf(a) || strings.HasPrefix(string(buf[:n]), "a") {
+				fail <- "ReadFrom got a's " + string(buf[:n])
+				return
+			}
+			gotRF.Add(1)
+		}
+	}()
+	go func() { // b's net.Conn, made and closed again and again
+		defer wg.Done()
+		buf := make([]byte, 100)
+		for !isClosed(stop) {
+			pb, err := server.ConnTo(addrOf(b))
+			if err != nil {
+				fail <- "ConnTo b: " + err.Error()
+				return
+			}
+			pb.SetReadDeadline(time.Now().Add(2 * time.Millisecond))
+			n, err := pb.Read(buf)
+			if err == nil && !strings.HasPrefix(string(buf[:n]), "b") {
+				fail <- "b's reader got " + string(buf[:n])
+			}
+			pb.Close()
+		}
+	}()
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	for i := 0; time.Now().Before(deadline); i++ {
+		for _, cl := range []struct {
+			c    *Conn
+			name string
+		}{{a, "a"}, {b, "b"}, {c, "c"}} {
+			cl.c.WriteToUDPAddrPort([]byte(cl.name+strconv.Itoa(i)), srv)
+		}
+		if i%8 == 0 {
+			time.Sleep(time.Millisecond) // paced: the point is the readers' race, not the queues
+		}
+	}
+	close(stop)
+	wg.Wait()
+	close(fail)
+	for f := range fail {
+		t.Error(f)
+	}
+	t.Logf("a's reader read %d, ReadFrom %d", gotA.Load(), gotRF.Load())
+	// Every reader still works: a's net.Conn, and ReadFrom (c's).
+	pa.SetReadDeadline(time.Time{})
+	for {
+		server.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if _, _, err := server.ReadFromUDPAddrPort(make([]byte, 100)); err != nil {
+			break // drained
+		}
+	}
+	for {
+		pa.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if _, err := pa.Read(make([]byte, 100)); err != nil {
+			break
+		}
+	}
+	if _, err := a.WriteToUDPAddrPort([]byte("a-last"), srv); err != nil {
+		t.Fatal(err)
+	}
+	pa.SetReadDeadline(time.Now().Add(waitLong))
+	buf := make([]byte, 100)
+	if n, err := pa.Read(buf); err != nil || string(buf[:n]) != "a-last" {
+		t.Fatalf("a's net.Conn after the race: %q, %v", buf[:n], err)
+	}
+	if _, err := c.WriteToUDPAddrPort([]byte("c-last"), srv); err != nil {
+		t.Fatal(err)
+	}
+	expectRead(t, server, "c-last", addrOf(c))
 }
