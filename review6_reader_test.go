@@ -311,7 +311,7 @@ func TestReview6ReadersRace(t *testing.T) {
 	for f := range fail {
 		t.Error(f)
 	}
-	t.Logf("a's reader read %d, ReadFrom %d", gotA.Load(), gotRF.Load())
+	t.Logf("a's reader read %d, ReadFrom %d, peerQueued %d, in a's queue %d", gotA.Load(), gotRF.Load(), server.peerQueued.Load(), len(pa.(*peerConn).q.ch))
 	// Every reader still works: a's net.Conn, and ReadFrom (c's).
 	pa.SetReadDeadline(time.Time{})
 	for {
@@ -338,4 +338,57 @@ func TestReview6ReadersRace(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectRead(t, server, "c-last", addrOf(c))
+	// Every packet counted in the ConnTo queues' shared budget is in a
+	// queue that is read: none is left counted in a closed net.Conn's.
+	if _, ok := waitFor(time.Second, func() bool { return server.peerQueued.Load() == int64(len(pa.(*peerConn).q.ch)) }); !ok {
+		t.Errorf("peerQueued %d, but %d wait in the open net.Conn's queue: the budget leaked", server.peerQueued.Load(), len(pa.(*peerConn).q.ch))
+	}
+}
+
+// TestReview6ConnToCloseBudget: a ConnTo net.Conn closed while the
+// socket's reader delivers its peer's datagrams: what the reader queued
+// after Close emptied the queue must not stay counted in the budget the
+// ConnTo queues share (Config.ReadQueue, toPeerQueue), or each such race
+// shrinks it for good, until no net.Conn of the Conn gets a datagram
+// (Drops.QueueFull): a Listener whose clients come and go would starve.
+func TestReview6ConnToCloseBudget(t *testing.T) {
+	parallel(t)
+	server := listenT(t, "udp4", "127.0.0.1:0", nil)
+	srv := addrOf(server)
+	b := listenT(t, "udp4", "127.0.0.1:0", nil)
+	handshakeT(t, b, srv)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { // the Conn's reader, in the socket
+		defer wg.Done()
+		buf := make([]byte, 100)
+		for !isClosed(stop) {
+			server.SetReadDeadline(time.Now().Add(5 * time.Millisecond))
+			server.ReadFromUDPAddrPort(buf)
+		}
+	}()
+	go func() { // b sends on and on
+		defer wg.Done()
+		for i := 0; !isClosed(stop); i++ {
+			b.WriteToUDPAddrPort([]byte("b"+strconv.Itoa(i)), srv)
+			if i%16 == 0 {
+				time.Sleep(100 * time.Microsecond)
+			}
+		}
+	}()
+	deadline := time.Now().Add(500 * time.Millisecond) // thousands of races: the whole budget leaked, before
+	n := 0
+	for ; time.Now().Before(deadline); n++ {
+		pb, err := server.ConnTo(addrOf(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pb.Close()
+	}
+	close(stop)
+	wg.Wait()
+	if _, ok := waitFor(time.Second, func() bool { return server.peerQueued.Load() == 0 }); !ok {
+		t.Errorf("after %d ConnTo/Close: %d packets stay counted in the ConnTo queues' budget, none of them readable", n, server.peerQueued.Load())
+	}
 }
