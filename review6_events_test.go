@@ -46,3 +46,27 @@ func TestReview6CloseWithBlockedEventsCallback(t *testing.T) {
 		t.Skip("finding 2: Close waits for an Events callback blocked on the goroutine that called Close (a deadlock in a program; see the report)")
 	}
 }
+
+// TestReview6GoroutineID: goroutineID, which Close compares with the
+// events goroutine's, is non-zero, stable on a goroutine, and differs
+// between goroutines (a zero on both sides would make every Close skip
+// its wait).
+func TestReview6GoroutineID(t *testing.T) {
+	parallel(t)
+	me := goroutineID()
+	if me == 0 || goroutineID() != me {
+		t.Fatalf("goroutineID: %d, then %d", me, goroutineID())
+	}
+	ids := make(chan uint64, 8)
+	for range cap(ids) {
+		go func() { ids <- goroutineID() }()
+	}
+	seen := map[uint64]bool{me: true}
+	for range cap(ids) {
+		id := <-ids
+		if id == 0 || seen[id] {
+			t.Fatalf("goroutineID %d: zero or seen on another goroutine (%v)", id, seen)
+		}
+		seen[id] = true
+	}
+}
