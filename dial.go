@@ -210,17 +210,37 @@ func (p *peer) connToQueue() *peerQueue {
 // waiting in all such queues of the Conn stay within Config.ReadQueue, as
 // they would in the Conn's own queue: a Listener with many peers, or many
 // ConnTo net.Conns, hold no more than one read queue's worth between them.
-func (c *Conn) toPeerQueue(pq *peerQueue, pkt *packet) bool {
+//
+// pq is p's: if p's net.Conn is closed meanwhile, its Close (which takes
+// pq off p, then empties it) may have emptied pq before pkt came, and
+// nobody would take pkt or give its count back: it is dropped here then.
+func (c *Conn) toPeerQueue(p *peer, pq *peerQueue, pkt *packet) bool {
 	if c.peerQueued.Add(1) > int64(c.cfg.ReadQueue) {
 		c.peerQueued.Add(-1)
 		return false
 	}
 	select {
 	case pq.ch <- pkt:
-		return true
 	default:
 		c.peerQueued.Add(-1)
 		return false
+	}
+	if p.connTo.Load() != pq {
+		c.dropPeerQueue(pq)
+	}
+	return true
+}
+
+// dropPeerQueue drops what waits in pq, whose net.Conn is closed.
+func (c *Conn) dropPeerQueue(pq *peerQueue) {
+	for {
+		select {
+		case pkt := <-pq.ch:
+			c.fromPeerQueue()
+			c.putPacket(pkt)
+		default:
+			return
+		}
 	}
 }
 
@@ -416,15 +436,7 @@ func (pc *peerConn) Close() error {
 		pc.p.connTo.CompareAndSwap(pc.q, nil)
 		pc.readDeadline.stop()
 		pc.writeDeadline.stop()
-		for {
-			select {
-			case pkt := <-pc.q.ch:
-				pc.c.fromPeerQueue()
-				pc.c.putPacket(pkt)
-			default:
-				return
-			}
-		}
+		pc.c.dropPeerQueue(pc.q)
 	})
 	if !first {
 		return pc.opError("close", net.ErrClosed)

@@ -69,7 +69,10 @@ func (l *Listener) Accept() (net.Conn, error) {
 			// can serve (the Conn's own address, a ProtocolV2 peer):
 			// dropped, as a listener has no one to give it to.
 			if p, _ := l.c.peerFor(from, lookupOnly); p != nil {
-				if q := p.connTo.Load(); q != nil && l.deliver(q, pkt) {
+				if q := p.connTo.Load(); q != nil && l.deliver(p, q, pkt) {
+					// Its Read may be the goroutine in the socket,
+					// waiting for its own queue (reader.go).
+					l.c.kickDirectReader()
 					continue
 				}
 			}
@@ -79,7 +82,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 			}
 			continue
 		}
-		if !l.deliver(pc.(*peerConn).q, pkt) {
+		if pcc := pc.(*peerConn); !l.deliver(pcc.p, pcc.q, pkt) {
 			l.c.putPacket(pkt)
 		}
 		return pc, nil
@@ -88,8 +91,8 @@ func (l *Listener) Accept() (net.Conn, error) {
 
 // deliver queues pkt for the net.Conn reading q; false if the queues of
 // the Conn's net.Conns are full.
-func (l *Listener) deliver(q *peerQueue, pkt *packet) bool {
-	if !l.c.toPeerQueue(q, pkt) {
+func (l *Listener) deliver(p *peer, q *peerQueue, pkt *packet) bool {
+	if !l.c.toPeerQueue(p, q, pkt) {
 		l.c.stats.queueFull.Add(1)
 		return false
 	}

@@ -223,7 +223,7 @@ func (c *Conn) queueRead(q *packet, pr *peer) bool {
 	}
 	queued := false
 	if pq := pr.connToQueue(); pq != nil {
-		queued = c.toPeerQueue(pq, q) // a net.Conn from ConnTo reads this peer (dial.go)
+		queued = c.toPeerQueue(pr, pq, q) // a net.Conn from ConnTo reads this peer (dial.go)
 	} else {
 		select {
 		case c.recvQ <- q:
