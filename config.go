@@ -193,7 +193,8 @@ type Config struct {
 	// the Conn's own, in order, with no lock held, so it may call any
 	// method of the Conn, Close included; only its Enabled runs where the
 	// Conn logs. Records logged before Close reach the handler before
-	// Close returns (unless Close is called from the handler itself).
+	// Close returns (unless Close is called from the handler itself, or
+	// the handler blocks for more than a second: then after).
 	// Records beyond a queue of 256 (a slow handler) are dropped and
 	// counted (Stats.Drops.EventsDropped). nil: no logging.
 	Logger *slog.Logger
@@ -202,7 +203,9 @@ type Config struct {
 	// failed, roamed, reset or forgotten), in order, on a goroutine of
 	// the Conn's own and with no lock held: it may call any method of the
 	// Conn, Close included (Close then does not wait for the callback to
-	// return). Events wait for it in a queue of 256; when that is full,
+	// return). Events queued before Close reach it before Close returns,
+	// unless it blocks for more than a second (then after). Events wait
+	// for it in a queue of 256; when that is full,
 	// further ones are dropped and counted (Stats.Drops.EventsDropped).
 	// nil: none.
 	Events func(Event)

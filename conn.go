@@ -346,9 +346,13 @@ func (c *Conn) SetWriteBuffer(bytes int) error {
 
 // Close closes the Conn and its socket. Blocked calls return at once with
 // errors wrapping net.ErrClosed; Close returns after every goroutine of
-// the Conn has ended (but the Config.Events callback, if one runs then:
-// it may be what called Close). A second Close returns an error wrapping
-// net.ErrClosed at once, as *net.UDPConn's does.
+// the Conn has ended, and after the events and log records queued before
+// it have been handed to Config.Events and the Logger's handler, for up
+// to a second (eventsFlushWait): a callback that blocks longer (on the
+// goroutine that called Close, say) gets the rest once it returns, after
+// Close has. Close called from such a callback does not wait for it. A
+// second Close returns an error wrapping net.ErrClosed at once, as
+// *net.UDPConn's does.
 func (c *Conn) Close() error {
 	if !c.ok() {
 		return errZeroConn("close")
@@ -377,7 +381,14 @@ func (c *Conn) Close() error {
 		c.log.Debug("vaultudp: closing socket", "err", err)
 	}
 	if c.evDone != nil && goroutineID() != c.evCaller.Load() {
-		<-c.evDone // what was queued before Close is delivered first
+		// What was queued before Close is delivered first, unless a
+		// callback blocks: it may wait for the caller of Close.
+		t := time.NewTimer(eventsFlushWait)
+		select {
+		case <-c.evDone:
+		case <-t.C:
+		}
+		t.Stop()
 	}
 	return nil
 }

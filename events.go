@@ -60,6 +60,13 @@ type Event struct {
 	Time time.Time
 }
 
+// eventsFlushWait bounds how long Close waits for the callbacks to take
+// what was queued before it: long enough for any handler that writes
+// records somewhere, short enough that a callback blocked on the caller
+// of Close (an unbuffered channel the program stopped reading) does not
+// hang it.
+const eventsFlushWait = time.Second
+
 // eventQueueLen bounds the events and log records waiting for
 // Config.Events and the Logger; beyond it they are dropped and counted
 // (Stats.EventsDropped).
@@ -143,10 +150,10 @@ func (c *Conn) event(e Event) {
 // Logger's handler for each queued record, in order, until Close; what
 // was queued before Close is still delivered before Close returns (a
 // record of why the last handshake failed, logged just before a program
-// closes the Conn and exits, is not lost), at most eventQueueLen of them.
-// A callback may call Close: that Close does not wait for the goroutine
-// it runs on (evCaller), and the rest is delivered once the callback
-// returns.
+// closes the Conn and exits, is not lost), at most eventQueueLen of them,
+// for up to eventsFlushWait (then the rest after Close). A callback may
+// call Close: that Close does not wait for the goroutine it runs on
+// (evCaller), and the rest is delivered once the callback returns.
 func (c *Conn) dispatchEvents() {
 	defer close(c.evDone)
 	c.evCaller.Store(goroutineID())
