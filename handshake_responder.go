@@ -444,6 +444,11 @@ func (c *Conn) holdCoalescedLocked(r *response, sealed []byte, from netip.AddrPo
 	if len(sealed) == 0 {
 		return
 	}
+	for _, q := range r.held {
+		if bytes.Equal(q.data, sealed) {
+			return // the initiator sent the final message again: held already
+		}
+	}
 	if len(r.held) >= maxHeld {
 		c.stats.unknownSession.Add(1) // as holdForResponse counts one
 		return

@@ -316,10 +316,16 @@ func (c *Conn) onLivenessUnanswered(p *peer, now int64) (again []*response) {
 	if lc == nil || lc.sentAt == 0 || time.Duration(now-lc.sentAt) < c.liveWait() {
 		return nil
 	}
-	for _, r := range []*response{p.respOld, p.respNew} {
-		if r != nil && r.result != nil && !r.judgedAgain {
-			r.judgedAgain = true
-			again = append(again, r)
+	// The newest such final message only: an initiator that has sent a
+	// newer one has given up the attempt of the older (judging both
+	// could leave the older session current, by a hair).
+	for _, r := range []*response{p.respNew, p.respOld} {
+		if r != nil && r.result != nil {
+			if !r.judgedAgain {
+				r.judgedAgain = true
+				again = append(again, r)
+			}
+			break
 		}
 	}
 	return again
