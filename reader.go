@@ -271,7 +271,7 @@ func (c *Conn) readOnce(rs *readSet, s *socket, r *appReader) (*packet, error) {
 				continue
 			}
 			c.log.Debug("vaultudp: read", "err", err)
-			if err := c.directReadFailed(err, &fails); err != nil {
+			if err := c.directReadFailed(err, &fails, r); err != nil {
 				return nil, err // the socket fails
 			}
 			continue

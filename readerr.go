@@ -100,12 +100,12 @@ func (c *Conn) bgReadSucceeded(b *readBackoff) {
 	*b = readBackoff{}
 }
 
-// directReadFailed handles a failed read of a goroutine in ReadFrom
+// directReadFailed handles a failed read of r, an application reader
 // (readOnce) that is neither a close nor a deadline: it returns the error
 // for ReadFrom to return, or nil when the error is transient, after
-// waiting as b says (less if the Conn closes or its read deadline passes,
-// which the caller checks next).
-func (c *Conn) directReadFailed(err error, b *readBackoff) error {
+// waiting as b says (less if the Conn or r closes or r's read deadline
+// passes, which the caller checks next).
+func (c *Conn) directReadFailed(err error, b *readBackoff, r *appReader) error {
 	if !udpio.Transient(err) {
 		return c.readError(err)
 	}
@@ -115,7 +115,8 @@ func (c *Conn) directReadFailed(err error, b *readBackoff) error {
 		select {
 		case <-t.C:
 		case <-c.closed:
-		case <-c.readDeadline.wait():
+		case <-r.closed:
+		case <-r.deadline.wait():
 		}
 	}
 	return nil
