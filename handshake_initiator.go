@@ -22,6 +22,7 @@ type initiatorState struct {
 	initStart  int64       // Conn clock at the first hello of this attempt
 	initSent   int64       // Conn clock at the last hello sent
 	initiating bool        // a hello is being made (claimHelloLocked)
+	answering  *initiation // a reply to it passed its checks and is being answered (handleReply): no hello meanwhile
 	deferredAt int64       // Conn clock (|1) at the first hello deferred for a waiting responder session (awaitingConfirmLocked)
 	claimGen   uint64      // gen at the claim
 	silent     bool        // the attempt began with a silence (timers.go)
@@ -179,7 +180,7 @@ func (c *Conn) wantHelloLocked(p *peer, why helloReason, now int64) bool {
 		return false // protocol v2 (proto_v2.go): no native handshake
 	}
 	if why == helloRetry {
-		return p.hs.init != nil && p.mayRetryLocked() && p.claimHelloLocked()
+		return p.hs.init != nil && p.hs.answering == nil && p.mayRetryLocked() && p.claimHelloLocked()
 	}
 	if p.handshakingLocked() {
 		return false // the attempt under way serves
@@ -295,7 +296,7 @@ func (c *Conn) sendHello(p *peer) {
 	now := c.now()
 	p.mu.Lock()
 	p.hs.initiating = false
-	if err != nil || p.removed || p.hs.gen != p.hs.claimGen {
+	if err != nil || p.removed || p.hs.gen != p.hs.claimGen || p.hs.answering != nil {
 		// Gone, or a session came while the hello was made (the peer's
 		// own handshake, answered here): this attempt is superseded.
 		// (The system's random source does not fail; if it did, the
@@ -448,6 +449,20 @@ func (c *Conn) handleReply(msg []byte) {
 	}
 	p.mu.Lock()
 	still := p.hs.init == init || p.hs.prevInit == init
+	if still {
+		// No hello goes while this reply is answered: the responder
+		// keeps replies to two hellos, and a third would push out the
+		// one we answer (its final message then finds nothing: under
+		// load, answering took longer than a retry interval).
+		p.hs.answering = init
+		defer func() {
+			p.mu.Lock()
+			if p.hs.answering == init {
+				p.hs.answering = nil
+			}
+			p.mu.Unlock()
+		}()
+	}
 	p.mu.Unlock()
 	if !still {
 		c.stats.stale.Add(1)

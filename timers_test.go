@@ -423,3 +423,34 @@ func TestLostFinalShortServerTimeout(t *testing.T) {
 		t.Errorf("%d final messages, want 2 (one lost, one resent)", n)
 	}
 }
+
+// TestTimerNoRetryWhileAnswering: while a reply to this attempt's hello is
+// being answered (handleReply, past its checks), the retry timer sends no
+// hello: the responder keeps replies to two hellos, and a third pushes
+// out the one being answered (under load, answering took longer than a
+// retry interval, and the final message then found nothing: the proxy's
+// 300-client burst lost a few clients that way).
+func TestTimerNoRetryWhileAnswering(t *testing.T) {
+	parallel(t)
+	clk := newFakeClock()
+	a := fakeListen(t, clk, nil) // retryAfter 1 s
+	silent := addrOf2(rawUDP(t))
+	if _, err := a.WriteToUDPAddrPort([]byte("waits"), silent); err != nil {
+		t.Fatal(err)
+	}
+	p := peerOf(a, silent)
+	p.mu.Lock()
+	p.hs.answering = p.hs.init
+	p.mu.Unlock()
+	clk.advance(t, 2*time.Second, 100*time.Millisecond)
+	if s := peerState(a, silent); s.hellos != 1 {
+		t.Fatalf("%d hellos while a reply is answered, want 1", s.hellos)
+	}
+	p.mu.Lock()
+	p.hs.answering = nil // the reply came to nothing
+	p.mu.Unlock()
+	clk.advance(t, 100*time.Millisecond, 0)
+	if s := peerState(a, silent); s.hellos != 2 {
+		t.Fatalf("%d hellos once no reply is answered, want 2 (the retry)", s.hellos)
+	}
+}
