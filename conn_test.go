@@ -121,6 +121,15 @@ func strangerBarrier(t testing.TB, raw *net.UDPConn, to netip.AddrPort) {
 // a call is blocked, so that what the test does next happens while it is.
 func waitBlockedIn(t testing.TB, fn string) {
 	t.Helper()
+	waitStack(t, "no goroutine blocked in "+fn, func(g string) bool {
+		return strings.Contains(g, fn) && (strings.Contains(g, "[select") || strings.Contains(g, "[chan receive") || strings.Contains(g, "[IO wait"))
+	})
+}
+
+// waitStack waits until the stack of some goroutine satisfies match, or
+// fails t with what after waitLong.
+func waitStack(t testing.TB, what string, match func(stack string) bool) {
+	t.Helper()
 	buf := make([]byte, 1<<20)
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()
@@ -128,14 +137,14 @@ func waitBlockedIn(t testing.TB, fn string) {
 	for {
 		n := runtime.Stack(buf, true)
 		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
-			if strings.Contains(g, fn) && (strings.Contains(g, "[select") || strings.Contains(g, "[chan receive") || strings.Contains(g, "[IO wait")) {
+			if match(g) {
 				return
 			}
 		}
 		select {
 		case <-tick.C:
 		case <-timeout:
-			t.Fatalf("no goroutine blocked in %s", fn)
+			t.Fatal(what)
 		}
 	}
 }

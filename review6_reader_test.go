@@ -3,7 +3,6 @@ package vaultudp
 import (
 	"errors"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,23 +16,9 @@ import (
 // wait): other tests' readers, running in parallel, do not count.
 func waitInSocket(t *testing.T, fn, creator string) {
 	t.Helper()
-	buf := make([]byte, 1<<20)
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	timeout := time.After(waitLong)
-	for {
-		n := runtime.Stack(buf, true)
-		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
-			if strings.Contains(g, "[IO wait") && strings.Contains(g, fn) && strings.Contains(g, "created by") && strings.Contains(g, creator) {
-				return
-			}
-		}
-		select {
-		case <-tick.C:
-		case <-timeout:
-			t.Fatalf("no goroutine of %s blocked in the socket in %s", creator, fn)
-		}
-	}
+	waitStack(t, "no goroutine of "+creator+" blocked in the socket in "+fn, func(g string) bool {
+		return strings.Contains(g, "[IO wait") && strings.Contains(g, fn) && strings.Contains(g, "created by") && strings.Contains(g, creator)
+	})
 }
 
 // TestReview6ListenerDeliverWakesDirectReader: a peer's datagram that was
