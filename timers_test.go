@@ -121,31 +121,37 @@ func TestTimerDeferredHello(t *testing.T) {
 	}
 }
 
-// TestTimerUnconfirmedExpiry: a reply whose final message never comes
-// goes after HandshakeTimeout, and with it the stranger it waited on.
+// TestTimerUnconfirmedExpiry: a reply whose final message does not come
+// is dropped after responseLifetime (HandshakeTimeout, two seconds at
+// least: at a timeout of 1 s, two), and the stranger that held it goes
+// with it.
 func TestTimerUnconfirmedExpiry(t *testing.T) {
 	parallel(t)
-	clk := newFakeClock()
-	a := fakeListen(t, clk, nil)
-	raw := rawUDP(t)
-	if _, err := raw.WriteToUDPAddrPort(helloDatagram(t), addrOf(a)); err != nil {
-		t.Fatal(err)
-	}
-	from := addrOf2(raw)
-	pollUntil(waitLong, func() bool { return peerState(a, from).next }) // the hello is handled off this goroutine
-	if s := peerState(a, from); !s.next || s.cur {
-		t.Fatalf("after the hello: %+v, want a waiting reply only", s)
-	}
-	if a.HasPeer(from) {
-		t.Fatal("a hello alone made a peer")
-	}
-	clk.advance(t, 5*time.Second-time.Millisecond, time.Second)
-	if s := peerState(a, from); !s.next {
-		t.Fatalf("before HandshakeTimeout: %+v, want it still waiting", s)
-	}
-	clk.advance(t, time.Millisecond, 0)
-	if s := peerState(a, from); s.next || s.exists {
-		t.Fatalf("at HandshakeTimeout: %+v, want it dropped, and the stranger with it", s)
+	for _, tc := range []struct {
+		timeout, lifetime time.Duration
+	}{{0, 5 * time.Second}, {time.Second, 2 * time.Second}} {
+		clk := newFakeClock()
+		a := fakeListen(t, clk, &Config{HandshakeTimeout: tc.timeout})
+		raw := rawUDP(t)
+		if _, err := raw.WriteToUDPAddrPort(helloDatagram(t), addrOf(a)); err != nil {
+			t.Fatal(err)
+		}
+		from := addrOf2(raw)
+		pollUntil(waitLong, func() bool { return peerState(a, from).next }) // the hello is handled off this goroutine
+		if s := peerState(a, from); !s.next || s.cur {
+			t.Fatalf("after the hello: %+v, want a waiting reply only", s)
+		}
+		if a.HasPeer(from) {
+			t.Fatal("a hello alone made a peer")
+		}
+		clk.advance(t, tc.lifetime-time.Millisecond, 100*time.Millisecond)
+		if s := peerState(a, from); !s.next {
+			t.Fatalf("HandshakeTimeout %v, before %v: %+v, want it still waiting", tc.timeout, tc.lifetime, s)
+		}
+		clk.advance(t, time.Millisecond, 0)
+		if s := peerState(a, from); s.next || s.exists {
+			t.Fatalf("HandshakeTimeout %v, at %v: %+v, want it dropped, and the stranger with it", tc.timeout, tc.lifetime, s)
+		}
 	}
 }
 
@@ -359,29 +365,6 @@ func TestTimerReplacement(t *testing.T) {
 		if p.Addr == port && !bytes.Equal(p.PublicKey, c2.PublicKey()) {
 			t.Errorf("the server's peer at %v has the old key", port)
 		}
-	}
-}
-
-// TestTimerUnconfirmedExpiryFloor: with a handshake timeout of 1 s, a
-// reply still waits two seconds for its final message
-// (responseLifetime).
-func TestTimerUnconfirmedExpiryFloor(t *testing.T) {
-	parallel(t)
-	clk := newFakeClock()
-	a := fakeListen(t, clk, &Config{HandshakeTimeout: time.Second})
-	raw := rawUDP(t)
-	if _, err := raw.WriteToUDPAddrPort(helloDatagram(t), addrOf(a)); err != nil {
-		t.Fatal(err)
-	}
-	from := addrOf2(raw)
-	pollUntil(waitLong, func() bool { return peerState(a, from).next })
-	clk.advance(t, 2*time.Second-time.Millisecond, 100*time.Millisecond)
-	if s := peerState(a, from); !s.next {
-		t.Fatalf("before two seconds: %+v, want the reply still waiting", s)
-	}
-	clk.advance(t, time.Millisecond, 0)
-	if s := peerState(a, from); s.next || s.exists {
-		t.Fatalf("at two seconds: %+v, want it dropped", s)
 	}
 }
 
