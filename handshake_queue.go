@@ -137,17 +137,28 @@ func (c *Conn) queueHandshake(msg []byte, from netip.AddrPort, local netip.Addr)
 	}
 	e := c.getElem(msg, from, local)
 	e.proved = proved
+	c.enqueue(e)
+}
+
+// enqueue puts e on the handshake queue and counts it in hsQueued until
+// its commit (work); if the queue has no room, or a hello from the same
+// source took e's place there, e is counted (Drops.HandshakeQueueFull,
+// Drops.HelloReplaced) and given back. It reports whether e was queued.
+// The one place a message joins the queue.
+func (c *Conn) enqueue(e *handshakeElem) bool {
 	c.hsQueued.Add(1)
-	switch c.hw.push(e) {
-	case pushDropped:
-		c.stats.handshakeQueueFull.Add(1)
-		c.hsQueued.Add(-1)
-		c.putElem(e)
-	case pushMerged:
-		c.stats.helloReplaced.Add(1)
-		c.hsQueued.Add(-1)
-		c.putElem(e)
+	res := c.hw.push(e)
+	if res == pushQueued {
+		return true
 	}
+	c.hsQueued.Add(-1)
+	c.putElem(e)
+	if res == pushMerged {
+		c.stats.helloReplaced.Add(1)
+	} else {
+		c.stats.handshakeQueueFull.Add(1)
+	}
+	return false
 }
 
 // queueV2 puts a protocol v2 datagram carrying a plaintext key exchange
@@ -164,14 +175,7 @@ func (c *Conn) queueV2(src netip.AddrPort, b []byte) bool {
 	}
 	e := c.hsElems.Get().(*handshakeElem)
 	e.from, e.local, e.kind, e.v2 = src, netip.Addr{}, kindV2, bytes.Clone(b)
-	c.hsQueued.Add(1)
-	if c.hw.push(e) != pushQueued { // v2 key exchanges are never merged
-		c.hsQueued.Add(-1)
-		c.putElem(e)
-		c.stats.handshakeQueueFull.Add(1)
-		return false
-	}
-	return true
+	return c.enqueue(e) // v2 key exchanges are never merged
 }
 
 // receiveV2Deferred handles what queueV2 queued, and delivers its
