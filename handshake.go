@@ -181,6 +181,7 @@ type response struct {
 	mu          sync.Mutex      // guards r's use: two workers may read final messages for it at once
 	r           *noise.Response // under mu
 	localIndex  uint32
+	helloEph    [32]byte // the hello's ephemeral key: with its sender index, what names the hello (answeredLocked)
 	from        netip.AddrPort
 	local       netip.Addr
 	created     int64        // Conn clock

@@ -45,7 +45,7 @@ func (c *Conn) prepareHello(msg []byte, from netip.AddrPort, local netip.Addr) f
 	}
 	if holder != nil {
 		holder.mu.Lock()
-		dup := holder.answeredLocked(h.SenderIndex)
+		dup := holder.answeredLocked(h.SenderIndex, h.Ephemeral())
 		holder.mu.Unlock()
 		if dup {
 			c.stats.stale.Add(1) // answered already (commitHello checks again)
@@ -87,6 +87,7 @@ func (c *Conn) prepareHello(msg []byte, from netip.AddrPort, local netip.Addr) f
 		return nil
 	}
 	r := &response{r: resp, localIndex: idx, from: from, local: local}
+	copy(r.helloEph[:], h.Ephemeral())
 	return func() { c.commitHello(r, reply) }
 }
 
@@ -120,7 +121,7 @@ func (c *Conn) commitHello(r *response, reply []byte) {
 		c.index.release(idx)
 		return
 	}
-	if pr.answeredLocked(r.r.RemoteIndex()) {
+	if pr.answeredLocked(r.r.RemoteIndex(), r.helloEph[:]) {
 		// The same hello, prepared twice at once on two workers.
 		pr.mu.Unlock()
 		c.index.release(idx)
@@ -140,17 +141,20 @@ func (c *Conn) commitHello(r *response, reply []byte) {
 }
 
 // answeredLocked reports whether a reply waiting on p answers the hello
-// whose sender index is sender: the same hello again, sent again with a
-// new cookie, duplicated, or replayed from p's address. It is not
-// answered twice: the initiator accepts a reply to either of its two
-// newest hellos, and p keeps replies to two hellos, so a second reply to
-// one of them must not push out the reply to the other, which the
-// initiator may be answering (a client whose hello went again with a
-// second cookie under load answered the reply pushed out, and its final
-// message found nothing, until its attempt failed). p.mu is held.
-func (p *peer) answeredLocked(sender uint32) bool {
+// whose sender index is sender and ephemeral key eph: the same hello
+// again, sent again with a new cookie, duplicated, or replayed from p's
+// address. It is not answered twice: the initiator accepts a reply to
+// either of its two newest hellos, and p keeps replies to two hellos, so a
+// second reply to one of them must not push out the reply to the other,
+// which the initiator may be answering (a client whose hello went again
+// with a second cookie under load answered the reply pushed out, and its
+// final message found nothing, until its attempt failed). The index alone
+// does not name the hello: an on-path attacker who got a hello of its own
+// with a client's index to the server first made the client's real hello
+// "answered" (TestReview7RacedSameIndexHello). p.mu is held.
+func (p *peer) answeredLocked(sender uint32, eph []byte) bool {
 	for _, r := range []*response{p.respNew, p.respOld} {
-		if r != nil && r.r.RemoteIndex() == sender {
+		if r != nil && r.r.RemoteIndex() == sender && bytes.Equal(r.helloEph[:], eph) {
 			return true
 		}
 	}
