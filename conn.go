@@ -346,11 +346,11 @@ func (c *Conn) SetWriteBuffer(bytes int) error {
 
 // Close closes the Conn and its socket. Blocked calls return at once with
 // errors wrapping net.ErrClosed; Close returns after every goroutine of
-// the Conn has ended, and after the events and log records queued before
-// it have been handed to Config.Events and the Logger's handler, for up
-// to a second (eventsFlushWait): a callback that blocks longer (on the
-// goroutine that called Close, say) gets the rest once it returns, after
-// Close has. Close called from such a callback does not wait for it. A
+// the Conn has ended but the events goroutine, and after that one has
+// handed what was queued before Close to Config.Events and the Logger's
+// handler, for up to a second (eventsFlushWait): a callback that blocks
+// longer (on the goroutine that called Close, say) gets the rest once it
+// returns, after Close has, and the events goroutine ends then. Close called from such a callback does not wait for it. A
 // second Close returns an error wrapping net.ErrClosed at once, as
 // *net.UDPConn's does.
 func (c *Conn) Close() error {

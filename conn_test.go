@@ -32,8 +32,9 @@ import (
 // what a stranger sends to start a handshake.
 func helloDatagram(t testing.TB) []byte {
 	t.Helper()
-	// A random sender index, as a real initiator's: a Conn answers one
-	// hello per sender index from a source (answeredLocked).
+	// A random sender index, as a real initiator's: a Conn answers a
+	// hello (its sender index and ephemeral key) once per source
+	// (answeredLocked).
 	return newStrangerInit(t, mrand.Uint32()|1).Hello()
 }
 

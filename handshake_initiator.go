@@ -490,6 +490,11 @@ func (c *Conn) handleReply(msg []byte) {
 	s.finalSent.Store(c.now() | 1)
 	wall := c.cfg.now()
 	queued := c.install(p, s, rp.Identity, wall, p.helloPathFor(init))
+	p.mu.Lock()
+	if p.hs.answering == init {
+		p.hs.answering = nil // installed: the attempt is over (a hello for a new one may go while what waited is flushed)
+	}
+	p.mu.Unlock()
 	rest := queued
 	if len(queued) > 0 {
 		if out, ok := c.coalesce(s, final, queued[0]); ok {

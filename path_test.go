@@ -179,7 +179,7 @@ func TestAttackReflection(t *testing.T) {
 // no peer (v4: a reply waits for a final message the forger cannot make,
 // outside the peer table). It costs the victim one reply (no larger than
 // the hello), gets no Broadcast datagrams, no retried hellos, and is
-// forgotten HandshakeTimeout after its hello.
+// forgotten responseLifetime (two seconds here) after its hello.
 func TestAttackSpoofedHello(t *testing.T) {
 	parallel(t)
 	sp := newSpoofer(t)
