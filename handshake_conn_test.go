@@ -122,6 +122,15 @@ var finalAloneLen = 8 + noise.MessageLen(2, 32+64+26)
 // final message in its socket for a few tens of milliseconds (direct.go).
 func rekeyNow(t *testing.T, a, b *Conn, to netip.AddrPort) {
 	t.Helper()
+	// First no handshake in flight on either side (pinned peers' hellos
+	// at AddPeer may cross, and the second exchange may land after the
+	// session taken as the old one here; the rekey is then never asked).
+	if took, ok := waitFor(waitLong, func() bool {
+		sa, sb := peerState(a, to), peerState(b, to)
+		return !sa.attempt && !sa.next && !sb.attempt && !sb.next
+	}); !ok {
+		t.Fatalf("handshakes still in flight after %v: a %+v, b %+v", took, peerState(a, to), peerState(b, to))
+	}
 	old := sessionOf(t, a, to)
 	old.sendCounter.Store(rekeyAfterMessages)
 	// Writes ask for rekeys: a keeps writing, as an application that
