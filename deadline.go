@@ -117,16 +117,10 @@ func isClosed(c chan struct{}) bool {
 
 // SetDeadline sets the read and write deadlines.
 func (c *Conn) SetDeadline(t time.Time) error {
-	if !c.ok() {
-		return errZeroConn("set")
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
 	}
-	if c.isClosed() {
-		return c.opError("set", nil, net.ErrClosed)
-	}
-	c.readDeadline.set(t)
-	c.setSocketReadDeadline(c.readDeadline, t)
-	c.writeDeadline.set(t)
-	return nil
+	return c.SetWriteDeadline(t)
 }
 
 // SetReadDeadline sets the deadline for ReadFrom and ReadBatch; a blocked
@@ -138,8 +132,7 @@ func (c *Conn) SetReadDeadline(t time.Time) error {
 	if c.isClosed() {
 		return c.opError("set", nil, net.ErrClosed)
 	}
-	c.readDeadline.set(t)
-	c.setSocketReadDeadline(c.readDeadline, t)
+	c.setReadDeadline(c.readDeadline, t)
 	return nil
 }
 

@@ -357,10 +357,7 @@ func (pc *peerConn) Read(b []byte) (int, error) {
 		if dropped != nil {
 			return 0, pc.opError("read", dropped)
 		}
-		direct := c.appToken // nil (never ready) unless the socket allows direct reads
-		if !c.sock.Load().Caps().Deadlines {
-			direct = nil
-		}
+		direct := c.directToken()
 		select {
 		case direct <- struct{}{}:
 			pkt, err := c.readDirect(&pc.r)
@@ -462,8 +459,7 @@ func (pc *peerConn) SetReadDeadline(t time.Time) error {
 	if isClosed(pc.closed) {
 		return pc.opError("set", net.ErrClosed)
 	}
-	pc.readDeadline.set(t)
-	pc.c.setSocketReadDeadline(pc.readDeadline, t) // a Read in the socket (reader.go)
+	pc.c.setReadDeadline(pc.readDeadline, t) // also a Read's in the socket (reader.go)
 	return nil
 }
 

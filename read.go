@@ -37,10 +37,7 @@ func (c *Conn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) {
 		// even when a datagram waits (the select below would pick either).
 		return 0, netip.AddrPort{}, c.opError("read", nil, os.ErrDeadlineExceeded)
 	}
-	direct := c.appToken // nil (never ready) unless the socket allows direct reads
-	if !c.sock.Load().Caps().Deadlines {
-		direct = nil
-	}
+	direct := c.directToken()
 	select {
 	case direct <- struct{}{}:
 		// This goroutine reads the socket itself (reader.go); others

@@ -181,9 +181,21 @@ func (c *Conn) wakeBackgroundReader() {
 	}
 }
 
-// setSocketReadDeadline passes t, d's new time, to the socket while the
-// application reader whose deadline d is reads it.
-func (c *Conn) setSocketReadDeadline(d *deadline, t time.Time) {
+// directToken is the token an application reader holds to read the
+// socket itself (readDirect): a channel of one, sent to when taken; nil,
+// never ready in a select, if the socket's deadlines cannot interrupt a
+// read (then the background reader reads alone).
+func (c *Conn) directToken() chan struct{} {
+	if !c.sock.Load().Caps().Deadlines {
+		return nil
+	}
+	return c.appToken
+}
+
+// setReadDeadline sets d, an application reader's read deadline, to t,
+// and the socket's while that reader reads it.
+func (c *Conn) setReadDeadline(d *deadline, t time.Time) {
+	d.set(t)
 	rc := &c.rd
 	rc.mu.Lock()
 	if rc.appReaders > 0 && rc.appDL == d {
