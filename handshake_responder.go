@@ -433,12 +433,19 @@ func (c *Conn) holdForResponse(idx uint32, p *packet) (kept, ours bool) {
 	if r == nil {
 		return false, false
 	}
+	return c.holdLocked(r, p), true
+}
+
+// holdLocked keeps q with r until its session is made, within maxHeld
+// (beyond, it is counted as of an unknown session and not kept); the mu
+// of r's peer is held.
+func (c *Conn) holdLocked(r *response, q *packet) bool {
 	if len(r.held) >= maxHeld {
 		c.stats.unknownSession.Add(1)
-		return false, true
+		return false
 	}
-	r.held = append(r.held, p)
-	return true, true
+	r.held = append(r.held, q)
+	return true
 }
 
 // holdCoalescedLocked keeps sealed, the datagram coalesced in r's final
@@ -453,19 +460,9 @@ func (c *Conn) holdCoalescedLocked(r *response, sealed []byte, from netip.AddrPo
 			return // the initiator sent the final message again: held already
 		}
 	}
-	if len(r.held) >= maxHeld {
-		c.stats.unknownSession.Add(1) // as holdForResponse counts one
-		return
-	}
-	q := c.getPacket()
-	if len(sealed) > len(q.buf) {
+	if q := c.packetOf(sealed, from, local); q != nil && !c.holdLocked(r, q) {
 		c.putPacket(q)
-		c.stats.tooLarge.Add(1) // as receiveCoalesced counts one
-		return
 	}
-	q.data = q.buf[:copy(q.buf, sealed)]
-	q.from, q.local, q.truncated = from, local, false
-	r.held = append(r.held, q)
 }
 
 // responseLocked returns p's reply waiting for its final message whose
@@ -514,17 +511,28 @@ func (c *Conn) sendConfirm(s *session, to netip.AddrPort) {
 	}
 }
 
+// packetOf returns a packet holding a copy of b, a sealed datagram that
+// came from from at local inside another (a final message), or nil if it
+// is longer than a packet holds (counted, Drops.TooLarge).
+func (c *Conn) packetOf(b []byte, from netip.AddrPort, local netip.Addr) *packet {
+	q := c.getPacket()
+	if len(b) > len(q.buf) {
+		c.putPacket(q)
+		c.stats.tooLarge.Add(1)
+		return nil
+	}
+	q.data = q.buf[:copy(q.buf, b)]
+	q.from, q.local, q.truncated = from, local, false
+	return q
+}
+
 // receiveCoalesced receives the sealed datagram that came after a final
 // message, from from at local, as if it had come alone.
 func (c *Conn) receiveCoalesced(sealed []byte, from netip.AddrPort, local netip.Addr) {
-	q := c.getPacket()
-	if len(sealed) > len(q.buf) {
-		c.putPacket(q)
-		c.stats.tooLarge.Add(1)
+	q := c.packetOf(sealed, from, local)
+	if q == nil {
 		return
 	}
-	q.data = q.buf[:copy(q.buf, sealed)]
-	q.from, q.local, q.truncated = from, local, false
 	if !c.receive(q) {
 		c.putPacket(q)
 	}
