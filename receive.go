@@ -77,7 +77,7 @@ func (c *Conn) receiveSealed(p *packet) bool {
 			c.sendReset(idx, p.from, p.local)
 			return false
 		}
-		if !c.receivable(s) {
+		if !c.receivable(s, now) {
 			c.stats.unknownSession.Add(1) // expired since the worker looked
 			return false
 		}
@@ -102,7 +102,7 @@ func (c *Conn) receiveSealed(p *packet) bool {
 			c.sendReset(idx, p.from, p.local) // reset.go: we may have restarted
 			return false
 		}
-		if time.Duration(now-s.created) >= c.receiveLimit() {
+		if !c.receivable(s, now) {
 			return c.notNative(p, &c.stats.unknownSession)
 		}
 		copy(head[:], p.data[sealedHeaderLen:])
@@ -292,4 +292,10 @@ func (c *Conn) receiveOpen(p *packet) bool {
 	}
 	pr.mu.Unlock()
 	return c.deliver(p, pr, &rec)
+}
+
+// receivable reports whether s still takes datagrams (receiveLimit): the one
+// rule, for datagrams opened here and those opened ahead by a worker.
+func (c *Conn) receivable(s *session, now int64) bool {
+	return time.Duration(now-s.created) < c.receiveLimit()
 }

@@ -233,18 +233,13 @@ func (c *Conn) openAhead(p *packet) {
 		return
 	}
 	s := c.index.lookup(idx)
-	if s == nil || !c.receivable(s) {
+	if s == nil || !c.receivable(s, c.now()) {
 		return // receive counts it, hands it to protocol v2, or resets
 	}
 	pre := &p.pre
 	copy(pre.head[:], b[sealedHeaderLen:])
 	pre.env, pre.counter, pre.err = s.decrypt(b)
 	pre.s = s
-}
-
-// receivable reports whether s still takes datagrams (receiveLimit).
-func (c *Conn) receivable(s *session) bool {
-	return time.Duration(c.now()-s.created) < c.receiveLimit()
 }
 
 // receiveShared hands the n datagrams of rs's last read to receive, in
