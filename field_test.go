@@ -76,6 +76,37 @@ func TestFieldQueueBoundPerConn(t *testing.T) {
 	}
 }
 
+// clientRestarted has a client on a port of its own send s a datagram
+// (s learns its key), close, and come back on the same port with a new
+// identity and Config cc; it returns the port and the new client (closed
+// when the test ends).
+func clientRestarted(t *testing.T, s *Conn, cc *Config) (netip.AddrPort, *Conn) {
+	t.Helper()
+	c1, err := Listen("udp4", "127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := addrOf(c1)
+	if _, err := c1.WriteToUDPAddrPort([]byte("old key"), addrOf(s)); err != nil {
+		t.Fatal(err)
+	}
+	expectRead(t, s, "old key", port)
+	c1.Close()
+	c2 := restartOn(t, port, cc)
+	closeAtEnd(t, c2)
+	return port, c2
+}
+
+// keyAt returns the key of s's peer at addr (nil: none known).
+func keyAt(s *Conn, addr netip.AddrPort) []byte {
+	for _, p := range s.PeersByIP(addr.Addr()) {
+		if p.Addr == addr {
+			return p.PublicKey
+		}
+	}
+	return nil
+}
+
 // TestFieldClientRestartsWithNewKey: a client on a fixed port restarts
 // with a fresh identity. The server, which accepts any key, remembers the
 // old one at that address (trust on first use), challenges the old
@@ -101,19 +132,7 @@ func TestFieldClientRestartsWithNewKey(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: tc.server})
-			c1, err := Listen("udp4", "127.0.0.1:0", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			port := addrOf(c1)
-			if _, err := c1.WriteToUDPAddrPort([]byte("old key"), addrOf(s)); err != nil {
-				t.Fatal(err)
-			}
-			expectRead(t, s, "old key", port)
-			c1.Close()
-
-			c2 := restartOn(t, port, &Config{HandshakeTimeout: tc.client})
-			closeAtEnd(t, c2)
+			port, c2 := clientRestarted(t, s, &Config{HandshakeTimeout: tc.client})
 			start := time.Now()
 			if !tc.writeFirst {
 				handshakeT(t, c2, addrOf(s))
@@ -123,11 +142,8 @@ func TestFieldClientRestartsWithNewKey(t *testing.T) {
 			}
 			expectRead(t, s, "new key", port)
 			t.Logf("back after %v", time.Since(start).Round(time.Millisecond))
-			ps := s.PeersByIP(port.Addr())
-			for _, p := range ps {
-				if p.Addr == port && !bytes.Equal(p.PublicKey, c2.PublicKey()) {
-					t.Errorf("the server's peer at %v has the old key", port)
-				}
+			if !bytes.Equal(keyAt(s, port), c2.PublicKey()) {
+				t.Errorf("the server's peer at %v has the old key", port)
 			}
 		})
 	}

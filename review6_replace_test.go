@@ -18,19 +18,7 @@ import (
 func TestReview6KeptFinalResentOnce(t *testing.T) {
 	parallel(t)
 	s := listenT(t, "udp4", "127.0.0.1:0", &Config{HandshakeTimeout: 10 * time.Second})
-	c1, err := Listen("udp4", "127.0.0.1:0", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := addrOf(c1)
-	if _, err := c1.WriteToUDPAddrPort([]byte("old key"), addrOf(s)); err != nil {
-		t.Fatal(err)
-	}
-	expectRead(t, s, "old key", port)
-	c1.Close()
-
-	c2 := restartOn(t, port, &Config{HandshakeTimeout: time.Second})
-	closeAtEnd(t, c2)
+	port, c2 := clientRestarted(t, s, &Config{HandshakeTimeout: time.Second})
 	before := s.Stats()
 	if _, err := c2.WriteToUDPAddrPort([]byte("new key"), addrOf(s)); err != nil {
 		t.Fatal(err)
@@ -39,9 +27,7 @@ func TestReview6KeptFinalResentOnce(t *testing.T) {
 	expectNothing(t, s, 700*time.Millisecond)
 	after := s.Stats()
 	t.Logf("rejected %d, replay %d, unknown session %d", after.Drops.Rejected-before.Drops.Rejected, after.Drops.Replay-before.Drops.Replay, after.Drops.UnknownSession-before.Drops.UnknownSession)
-	for _, p := range s.PeersByIP(port.Addr()) {
-		if p.Addr == port && !bytes.Equal(p.PublicKey, c2.PublicKey()) {
-			t.Errorf("the server's peer at %v has the old key", port)
-		}
+	if !bytes.Equal(keyAt(s, port), c2.PublicKey()) {
+		t.Errorf("the server's peer at %v has the old key", port)
 	}
 }
